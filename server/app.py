@@ -1,0 +1,160 @@
+"""Build the server from its config, start it, stop it: the only place that wires the rooms together.
+
+``Server.start()`` binds the gRPC port (so liveness answers at once), loads the repository, then turns
+readiness and gRPC health to SERVING, and returns the bound address. ``stop()`` (also on SIGTERM/SIGINT
+through ``serve``) turns readiness off first, stops accepting, lets in-flight RPCs finish within the grace
+period, then drains and frees every model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from surge.protos import grpc_service_pb2 as pb
+from surge.protos import grpc_service_pb2_grpc as pb_grpc
+
+from .grpc_servicer import InferenceServicer
+from .repository import ModelRepository
+
+__all__ = ["MAX_MESSAGE_BYTES", "Server", "ServerConfig", "serve"]
+
+log = logging.getLogger("surge.server")
+
+#: grpc.aio defaults to 4 MiB; Triton and its clients use INT32_MAX.
+MAX_MESSAGE_BYTES = 2**31 - 1
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+try:
+    from importlib.metadata import version as _dist_version
+
+    SERVER_VERSION = _dist_version("surge")
+except Exception:  # pragma: no cover - running from a source tree without metadata
+    SERVER_VERSION = "0+unknown"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    """How one Surge process serves (the ``surge serve`` flags)."""
+
+    model_repository: Path
+    """Folder of models: ``<model>/config.toml`` and numbered version folders."""
+    host: str = "127.0.0.1"
+    """Interface to bind; 127.0.0.1 is the safe sidecar default, 0.0.0.0 for containers."""
+    grpc_port: int = 8001
+    """gRPC port (Triton's default); 0 picks a free port (the bound one is returned by ``start``)."""
+    model_control_mode: str = "none"
+    """"none" (load all at start), "explicit" (only through the API) or "poll" (watch the folder)."""
+    load_models: tuple[str, ...] = ()
+    """Models to load at start in explicit mode."""
+    poll_interval_s: float = 15.0
+    """Seconds between repository scans in poll mode."""
+    strict_readiness: bool = True
+    """Ready only when every model the control mode wants is serving (Triton's --strict-readiness)."""
+    drain_timeout_s: float = 30.0
+    """On stop or unload: how long in-flight requests may take to finish."""
+
+
+class Server:
+    """One Surge server: gRPC inference service, health, reflection, and the model repository."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.repository = ModelRepository(
+            config.model_repository,
+            control_mode=config.model_control_mode,
+            load_models=config.load_models,
+            poll_interval_s=config.poll_interval_s,
+            drain_timeout_s=config.drain_timeout_s,
+        )
+        self._ready = False
+        self._grpc: grpc.aio.Server | None = None
+        self._health = HealthServicer()
+        self.address = ""
+
+    def is_ready(self) -> bool:
+        """Readiness as ServerReady and gRPC health report it."""
+        return self._ready and (self.repository.ready() or not self.config.strict_readiness)
+
+    async def start(self) -> str:
+        """Bind, load the repository, become ready; returns the bound ``host:port``.
+
+        Raises ConfigError for a bad repository or flags; a model that fails to load does not raise.
+        """
+        options = [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = grpc.aio.server(options=options)
+        servicer = InferenceServicer(self.repository, server_name="surge", server_version=SERVER_VERSION, is_ready=self.is_ready)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+        target = f"[{self.config.host}]:{self.config.grpc_port}" if ":" in self.config.host else f"{self.config.host}:{self.config.grpc_port}"
+        port = server.add_insecure_port(target)
+        if port == 0:
+            raise OSError(f"cannot bind gRPC to {target} (in use, or not an address of this machine)")
+        self._grpc = server
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.start()
+        self.address = f"{self.config.host}:{port}"
+        log.info("gRPC listening on %s (live; loading models from %s, control mode %s)", self.address, self.config.model_repository, self.config.model_control_mode)
+        try:
+            await self.repository.start()
+        except BaseException:
+            await self.stop(0)
+            raise
+        self._ready = True
+        ready = self.is_ready()
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for row in self.repository.index():
+            log.info("  %-24s version %-4s %s%s", row.name, row.version or "-", row.state, f" ({row.reason})" if row.reason else "")
+        log.info("Surge %s %s on %s", SERVER_VERSION, "READY" if ready else "NOT READY (see the model states above)", self.address)
+        return self.address
+
+    async def _set_health(self, status: int) -> None:
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, status)
+
+    async def wait_for_termination(self) -> None:
+        """Return when the gRPC server has stopped."""
+        if self._grpc is not None:
+            await self._grpc.wait_for_termination()
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Readiness off, stop accepting, finish in-flight RPCs within ``grace_s``, then free every model."""
+        self._ready = False
+        await self._health.enter_graceful_shutdown()
+        if self._grpc is not None:
+            await self._grpc.stop(self.config.drain_timeout_s if grace_s is None else grace_s)
+        await self.repository.aclose()
+
+
+async def serve(config: ServerConfig, *, address_file: Path | None = None) -> None:
+    """Run a server until SIGTERM or SIGINT, then stop it gracefully.
+
+    ``address_file``: once ready, the bound ``host:port`` is written there (atomically), for scripts and tests.
+    """
+    server = Server(config)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    address = await server.start()
+    if address_file is not None:
+        tmp = address_file.with_name(address_file.name + ".tmp")
+        tmp.write_text(address)
+        os.replace(tmp, address_file)
+    await stopping.wait()
+    log.info("stopping: readiness off, draining in-flight requests (up to %.0f s)", config.drain_timeout_s)
+    await server.stop()
+    log.info("stopped")

@@ -1,0 +1,169 @@
+"""The ``surge`` command line: ``serve``, ``infer``, ``models``.
+
+    surge serve [--model-repository DIR] [--host 127.0.0.1] [--grpc-port 8001] [--model-control-mode none|explicit|poll]
+    surge infer MODEL [--input NAME=FILE.npy ...] [--url 127.0.0.1:8001] [--batch N]
+    surge models [--url 127.0.0.1:8001]
+
+``infer`` and ``models`` use only the client (``surge.clients``); ``serve`` imports the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="surge", description="Surge: a fast, Triton-compatible inference server.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve a model repository over gRPC")
+    serve.add_argument("--model-repository", type=Path, help="model repository folder (default: the built-in demo repository)")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0 in containers)")
+    serve.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001; 0 = any free port)")
+    serve.add_argument("--model-control-mode", choices=("none", "explicit", "poll"), default="none",
+                       help="none: load all at start; explicit: only through the API; poll: watch the folder")
+    serve.add_argument("--load-model", action="append", default=[], metavar="NAME", help="in explicit mode, load NAME at start (repeatable)")
+    serve.add_argument("--repository-poll-s", type=float, default=15.0, help="seconds between scans in poll mode (default 15)")
+    serve.add_argument("--no-strict-readiness", action="store_true", help="be ready even when some model failed to load")
+    serve.add_argument("--drain-timeout-s", type=float, default=30.0, help="on shutdown/unload, how long in-flight requests may run (default 30)")
+    serve.add_argument("--address-file", type=Path, help="once ready, write the bound host:port into this file (for scripts)")
+    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    serve.add_argument("--loop", default="auto", choices=("auto", "uvloop", "asyncio"), help="event loop (default: uvloop when installed)")
+
+    infer = sub.add_parser("infer", help="send one inference request and print the outputs")
+    infer.add_argument("model")
+    infer.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy", help="input from a .npy file (others get random data)")
+    infer.add_argument("--version", default="")
+    infer.add_argument("--batch", type=int, default=1, help="rows of random data for batchable models (default 1)")
+    infer.add_argument("--url", default="127.0.0.1:8001")
+    infer.add_argument("--timeout-s", type=float, default=30.0)
+    infer.add_argument("--seed", type=int, default=0)
+
+    models = sub.add_parser("models", help="list the repository's models and their states")
+    models.add_argument("--url", default="127.0.0.1:8001")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``surge`` console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    from surge.clients import InferenceServerError
+
+    try:
+        return _infer(args) if args.command == "infer" else _models(args)
+    except InferenceServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    from .app import ServerConfig, serve
+    from .errors import ConfigError
+
+    repository = args.model_repository
+    if repository is None:
+        from .demo import default_location, write_demo_repository
+
+        repository = write_demo_repository(default_location())
+        logging.getLogger("surge.server").info("no --model-repository given: serving the demo repository at %s", repository)
+    config = ServerConfig(
+        model_repository=repository.resolve(),
+        host=args.host,
+        grpc_port=args.grpc_port,
+        model_control_mode=args.model_control_mode,
+        load_models=tuple(args.load_model),
+        poll_interval_s=args.repository_poll_s,
+        strict_readiness=not args.no_strict_readiness,
+        drain_timeout_s=args.drain_timeout_s,
+    )
+
+    try:
+        _run(serve(config, address_file=args.address_file), args.loop)
+    except (ConfigError, OSError) as exc:
+        logging.getLogger("surge.server").error("cannot start: %s", exc)
+        return 2
+    return 0
+
+
+def _run(coro: object, loop: str) -> None:
+    if loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if loop == "uvloop":
+                raise SystemExit("--loop uvloop: uvloop is not installed") from None
+        else:
+            uvloop.run(coro)  # type: ignore[arg-type]
+            return
+    asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def _random_input(datatype: str, shape: list[int], rng: np.random.Generator) -> np.ndarray:
+    from surge.protos.datatypes import numpy_dtype
+
+    if datatype == "BYTES":
+        return np.array([f"surge-{i}".encode() for i in range(int(np.prod(shape)))], dtype=np.object_).reshape(shape)
+    dtype = numpy_dtype(datatype)
+    if dtype.kind == "f" or datatype == "BF16":
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype.kind == "b":
+        return rng.integers(0, 2, shape).astype(np.bool_)
+    return rng.integers(0, 100, shape).astype(dtype)
+
+
+def _infer(args: argparse.Namespace) -> int:
+    from surge.clients import InferenceClient
+
+    given: dict[str, np.ndarray] = {}
+    for item in args.input:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--input {item!r}: expected NAME=FILE.npy")
+        given[name] = np.load(path, allow_pickle=False)
+    rng = np.random.default_rng(args.seed)
+    with InferenceClient(args.url, timeout_s=args.timeout_s) as client:
+        metadata = client.model_metadata(args.model, args.version)
+        inputs: dict[str, np.ndarray] = {}
+        for tensor in metadata.inputs:
+            if tensor.name in given:
+                inputs[tensor.name] = given.pop(tensor.name)
+                continue
+            shape = list(tensor.shape)
+            if shape and shape[0] == -1:
+                shape[0] = args.batch
+            inputs[tensor.name] = _random_input(tensor.datatype, [1 if d < 0 else d for d in shape], rng)
+        if given:
+            raise SystemExit(f"model {args.model} has no input(s) {sorted(given)}; its inputs: {[t.name for t in metadata.inputs]}")
+        result = client.infer(args.model, inputs, version=args.version)
+    print(f"model {result.model_name} version {result.model_version}" + (f" id {result.id}" if result.id else ""))
+    with np.printoptions(precision=5, threshold=64, edgeitems=4, suppress=True):
+        for name, array in result.outputs.items():
+            print(f"{name} {array.dtype} {list(array.shape)}:\n{array}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from surge.clients import InferenceClient
+
+    with InferenceClient(args.url, timeout_s=10.0) as client:
+        rows = client.repository_index()
+    print(f"{'MODEL':<24} {'VERSION':<8} {'STATE':<12} REASON")
+    for row in rows:
+        print(f"{row.name:<24} {row.version or '-':<8} {row.state:<12} {row.reason}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""Protocol messages <-> numpy: the only place tensors are decoded, validated and encoded.
+
+``decode_request`` turns a ``ModelInferRequest`` into ``dict[str, np.ndarray]`` with zero copies for raw
+inputs (``np.frombuffer`` over ``raw_input_contents``), after validating names, datatypes, shapes, batch
+rows and byte sizes against the model's signature once. Every mismatch is an ``InvalidInput`` naming the
+tensor and what was expected; sizes are checked against the received bytes before anything is allocated,
+so a request claiming a huge shape costs nothing. ``encode_response`` writes each output as one
+``raw_output_contents`` entry (Triton's clients index it per output).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from surge.protos import grpc_service_pb2 as pb
+from surge.protos.datatypes import CONTENTS_FIELD, deserialize_bytes_tensor, itemsize_of, numpy_dtype, serialize_bytes_tensor
+
+from .config import ModelConfig, TensorConfig
+from .errors import InvalidInput, Unsupported
+
+__all__ = ["DecodedRequest", "decode_request", "encode_response", "parameter_value"]
+
+
+@dataclass(slots=True)
+class _TensorSpec:
+    name: str
+    datatype: str
+    dtype: np.dtype | None  # None for BF16 without ml_dtypes
+    itemsize: int
+    dims: tuple[int, ...]
+    optional: bool
+
+
+@dataclass(slots=True)
+class _ModelSpec:
+    name: str
+    max_batch_size: int
+    inputs: dict[str, _TensorSpec]
+    required: frozenset[str]
+    outputs: dict[str, _TensorSpec]
+    output_names: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class DecodedRequest:
+    """A validated request: inputs by name, the outputs to compute, and the batch rows."""
+
+    inputs: dict[str, np.ndarray]
+    output_names: tuple[str, ...]
+    rows: int
+
+
+def _tensor_spec(t: TensorConfig) -> _TensorSpec:
+    try:
+        dtype: np.dtype | None = numpy_dtype(t.datatype)
+    except ValueError:  # BF16 without ml_dtypes
+        dtype = None
+    return _TensorSpec(t.name, t.datatype, dtype, itemsize_of(t.datatype), t.dims, t.optional)
+
+
+def model_spec(config: ModelConfig) -> _ModelSpec:
+    """The lookup tables decode/encode use for one completed config (built once per loaded version)."""
+    inputs = {t.name: _tensor_spec(t) for t in config.inputs}
+    outputs = {t.name: _tensor_spec(t) for t in config.outputs}
+    return _ModelSpec(
+        name=config.name,
+        max_batch_size=config.max_batch_size or 0,
+        inputs=inputs,
+        required=frozenset(n for n, s in inputs.items() if not s.optional),
+        outputs=outputs,
+        output_names=tuple(outputs),
+    )
+
+
+def decode_request(request: pb.ModelInferRequest, spec: _ModelSpec) -> DecodedRequest:
+    """Validate and decode a request's inputs; raises InvalidInput (or Unsupported for BF16 without ml_dtypes)."""
+    raw = request.raw_input_contents
+    n_inputs = len(request.inputs)
+    if raw and len(raw) != n_inputs:
+        raise InvalidInput(f"request has {n_inputs} inputs but {len(raw)} raw_input_contents entries; send one per input, in order")
+    inputs: dict[str, np.ndarray] = {}
+    rows = -1
+    for index, tensor in enumerate(request.inputs):
+        name = tensor.name
+        ts = spec.inputs.get(name)
+        if ts is None:
+            raise InvalidInput(f"unexpected input '{name}' for model '{spec.name}'; its inputs are {sorted(spec.inputs)}")
+        if name in inputs:
+            raise InvalidInput(f"input '{name}' appears twice in the request")
+        if tensor.datatype != ts.datatype:
+            raise InvalidInput(f"input '{name}' has datatype {tensor.datatype or '(empty)'} but model '{spec.name}' expects {ts.datatype}")
+        shape = tuple(tensor.shape)
+        tensor_rows = _check_shape(spec, ts, shape)
+        if rows < 0:
+            rows = tensor_rows
+        elif tensor_rows != rows:
+            raise InvalidInput(f"input '{name}' has {tensor_rows} rows but an earlier input has {rows}; all inputs need the same batch size")
+        if ts.dtype is None:
+            raise Unsupported(f"input '{name}' is BF16, which needs the ml_dtypes package on the server")
+        if raw:
+            inputs[name] = _from_raw(ts, shape, raw[index])
+        else:
+            inputs[name] = _from_contents(ts, shape, tensor)
+    missing = spec.required - inputs.keys()
+    if missing:
+        raise InvalidInput(f"missing input(s) {sorted(missing)} for model '{spec.name}'; it needs {sorted(spec.required)}")
+    return DecodedRequest(inputs, _requested_outputs(request, spec), max(rows, 1))
+
+
+def _check_shape(spec: _ModelSpec, ts: _TensorSpec, shape: tuple[int, ...]) -> int:
+    batched = spec.max_batch_size > 0
+    expected_rank = len(ts.dims) + (1 if batched else 0)
+    expected = ("[-1, " if batched else "[") + ", ".join(map(str, ts.dims)) + "]" if ts.dims else ("[-1]" if batched else "[]")
+    if len(shape) != expected_rank or any(d < 0 for d in shape):
+        raise InvalidInput(f"input '{ts.name}' has shape {list(shape)} but model '{spec.name}' expects {expected}")
+    inner = shape[1:] if batched else shape
+    for got, want in zip(inner, ts.dims):
+        if want != -1 and got != want:
+            raise InvalidInput(f"input '{ts.name}' has shape {list(shape)} but model '{spec.name}' expects {expected}")
+    if not batched:
+        return 1
+    rows = shape[0]
+    if rows < 1 or rows > spec.max_batch_size:
+        raise InvalidInput(f"input '{ts.name}' has batch size {rows} but model '{spec.name}' accepts 1 to {spec.max_batch_size} rows per request (max_batch_size)")
+    return rows
+
+
+def _from_raw(ts: _TensorSpec, shape: tuple[int, ...], data: bytes) -> np.ndarray:
+    count = math.prod(shape)
+    if ts.datatype == "BYTES":
+        try:
+            return deserialize_bytes_tensor(data, count).reshape(shape)
+        except ValueError as exc:
+            raise InvalidInput(f"input '{ts.name}': {exc}") from None
+    expected = count * ts.itemsize
+    if len(data) != expected:
+        raise InvalidInput(
+            f"input '{ts.name}' has {len(data)} bytes of raw data but shape {list(shape)} of {ts.datatype} needs {expected} bytes"
+        )
+    return np.frombuffer(data, dtype=ts.dtype).reshape(shape)
+
+
+def _from_contents(ts: _TensorSpec, shape: tuple[int, ...], tensor: Any) -> np.ndarray:
+    field = CONTENTS_FIELD.get(ts.datatype)
+    if field is None:
+        raise InvalidInput(f"input '{ts.name}' is {ts.datatype}, which must be sent in raw_input_contents (it has no typed contents field)")
+    if not tensor.HasField("contents"):
+        raise InvalidInput(f"input '{ts.name}' has no data: set raw_input_contents or contents.{field}")
+    values = getattr(tensor.contents, field)
+    count = math.prod(shape)
+    if len(values) != count:
+        raise InvalidInput(f"input '{ts.name}' has {len(values)} values in contents.{field} but shape {list(shape)} needs {count}")
+    if ts.datatype == "BYTES":
+        array = np.empty(count, dtype=np.object_)
+        array[:] = list(values)
+        return array.reshape(shape)
+    try:
+        return np.array(values, dtype=ts.dtype).reshape(shape)
+    except OverflowError:
+        raise InvalidInput(f"input '{ts.name}': a value in contents.{field} does not fit {ts.datatype}") from None
+
+
+def _requested_outputs(request: pb.ModelInferRequest, spec: _ModelSpec) -> tuple[str, ...]:
+    if not request.outputs:
+        return spec.output_names
+    names: list[str] = []
+    for out in request.outputs:
+        if out.name not in spec.outputs:
+            raise InvalidInput(f"unknown output '{out.name}' requested from model '{spec.name}'; its outputs are {list(spec.output_names)}")
+        if out.name not in names:
+            names.append(out.name)
+    return tuple(names)
+
+
+def encode_response(
+    request: pb.ModelInferRequest, spec: _ModelSpec, version: str, outputs: dict[str, np.ndarray], output_names: tuple[str, ...]
+) -> pb.ModelInferResponse:
+    """Build the response: one ``raw_output_contents`` entry per output, in the order requested."""
+    response = pb.ModelInferResponse(model_name=spec.name, model_version=version, id=request.id)
+    raw = response.raw_output_contents
+    for name in output_names:
+        ts = spec.outputs[name]
+        array = outputs[name]
+        if ts.datatype == "BYTES":
+            data = serialize_bytes_tensor(array)
+        else:
+            if array.dtype != ts.dtype:
+                array = array.astype(ts.dtype)
+            data = array.tobytes()
+        response.outputs.add(name=name, datatype=ts.datatype, shape=array.shape)
+        raw.append(data)
+    return response
+
+
+def parameter_value(param: pb.InferParameter) -> bool | int | float | str | None:
+    """The Python value of an InferParameter (None when unset)."""
+    which = param.WhichOneof("parameter_choice")
+    return None if which is None else getattr(param, which)

@@ -1,0 +1,364 @@
+"""Model and server configuration: TOML in, frozen dataclasses out, validated once at load.
+
+A model's ``config.toml`` (every key optional; inputs and outputs are read from the model file when
+omitted)::
+
+    backend = "onnxruntime"            # or "python"; default from the model file's extension
+    max_batch_size = 64                # rows per request (0: the model has no batch dimension)
+    default_model_filename = "model.onnx"
+
+    [version_policy]                   # exactly one of: latest = N | all = true | specific = [1, 3]
+    latest = 1
+
+    [[input]]
+    name = "x"
+    datatype = "FP32"
+    dims = [16]                        # without the batch dimension; -1 for a variable dimension
+
+    [[output]]
+    name = "probabilities"
+    datatype = "FP32"
+    dims = [4]
+
+    [dynamic_batching]                 # present: requests are batched (Triton's semantics, seconds here)
+    max_queue_delay_s = 0.0005
+    preferred_batch_sizes = [16, 32]
+    max_queue_size = 1024              # 0: unbounded by count (the server's own limits still apply)
+
+    [instance_group]
+    count = 1                          # runtime instances executing concurrently
+    kind = "cpu"                       # "cpu" | "gpu" | "auto"
+    gpus = []
+
+    [parameters]                       # runtime options, validated by the runtime (see README)
+    intra_op_threads = 1
+
+Errors are ``ConfigError`` naming the key path (``mlp/config.toml: input[0].datatype: ...``) and what is valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from surge.protos.datatypes import DATATYPES
+
+from .errors import ConfigError
+
+__all__ = [
+    "BatchingConfig",
+    "InstanceGroupConfig",
+    "ModelConfig",
+    "TensorConfig",
+    "VersionPolicy",
+    "load_model_config",
+    "parse_model_config",
+]
+
+BACKENDS = ("onnxruntime", "python")
+#: Triton's ``platform`` string for each backend (what ModelConfig and ModelMetadata report).
+PLATFORM_OF = {"onnxruntime": "onnxruntime_onnx", "python": "python"}
+#: The model file each backend loads when ``default_model_filename`` is not given.
+DEFAULT_FILENAME = {"onnxruntime": "model.onnx", "python": "model.py"}
+CONFIG_FILENAME = "config.toml"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TensorConfig:
+    """One input or output of a model's signature."""
+
+    name: str
+    """Tensor name as clients send it."""
+    datatype: str
+    """Open Inference Protocol datatype string (FP32, INT64, BYTES, ...)."""
+    dims: tuple[int, ...]
+    """Shape without the batch dimension (when max_batch_size > 0); -1 marks a variable dimension."""
+    optional: bool = False
+    """Inputs only: the request may omit it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VersionPolicy:
+    """Which numbered version folders are served: Triton's latest{n} / all / specific."""
+
+    kind: str = "latest"
+    """"latest", "all" or "specific"."""
+    num_versions: int = 1
+    """For "latest": how many of the highest versions."""
+    versions: tuple[int, ...] = ()
+    """For "specific": the versions to serve."""
+
+    def select(self, available: list[int]) -> list[int]:
+        """The versions to serve among those present on disk, ascending."""
+        available = sorted(available)
+        if self.kind == "all":
+            return available
+        if self.kind == "specific":
+            return [v for v in available if v in self.versions]
+        return available[-self.num_versions :]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchingConfig:
+    """Dynamic batching settings (Triton's ``dynamic_batching``, in seconds)."""
+
+    max_queue_delay_s: float = 0.0
+    """How long the oldest request may wait for more rows before a batch is dispatched."""
+    preferred_batch_sizes: tuple[int, ...] = ()
+    """Batch sizes (rows) to dispatch at as soon as they are reached."""
+    max_queue_size: int = 0
+    """Requests waiting beyond this are rejected at once with UNAVAILABLE (0: no count bound)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstanceGroupConfig:
+    """How many runtime instances execute this model concurrently, and where."""
+
+    count: int = 1
+    """Number of instances (each with its own executor thread)."""
+    kind: str = "cpu"
+    """"cpu", "gpu" or "auto"."""
+    gpus: tuple[int, ...] = ()
+    """GPU ids for kind "gpu" (instances are spread over them)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelConfig:
+    """A model's validated configuration. ``inputs``/``outputs`` are empty until completed from the model file."""
+
+    name: str
+    """The model's name (its folder in the repository)."""
+    backend: str = "onnxruntime"
+    """Which runtime executes it: "onnxruntime" or "python"."""
+    max_batch_size: int | None = None
+    """Rows per request along the leading batch dimension; 0 = no batch dimension; None = decide from the model."""
+    default_model_filename: str = ""
+    """File inside each version folder; empty = the backend's default (model.onnx, model.py)."""
+    version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+    """Which versions are served."""
+    inputs: tuple[TensorConfig, ...] = ()
+    """The input signature (without the batch dimension)."""
+    outputs: tuple[TensorConfig, ...] = ()
+    """The output signature (without the batch dimension)."""
+    dynamic_batching: BatchingConfig | None = None
+    """Present when requests are batched."""
+    instance_group: InstanceGroupConfig = field(default_factory=InstanceGroupConfig)
+    """Concurrent runtime instances."""
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    """Runtime-specific options, validated by the runtime at load."""
+
+    @property
+    def platform(self) -> str:
+        """Triton's platform string for this backend."""
+        return PLATFORM_OF[self.backend]
+
+    @property
+    def model_filename(self) -> str:
+        """The file each version folder holds for this model."""
+        return self.default_model_filename or DEFAULT_FILENAME[self.backend]
+
+    def with_signature(self, inputs: tuple[TensorConfig, ...], outputs: tuple[TensorConfig, ...], max_batch_size: int) -> ModelConfig:
+        """A copy with the signature completed (what the runtime read from the model file)."""
+        return dataclasses.replace(self, inputs=inputs, outputs=outputs, max_batch_size=max_batch_size)
+
+
+def load_model_config(model_dir: Path, overrides: Mapping[str, Any] | None = None) -> ModelConfig:
+    """Read ``<model_dir>/config.toml`` (optional) and validate it; ``overrides`` replace top-level keys.
+
+    Raises ConfigError naming the file and key path.
+    """
+    path = model_dir / CONFIG_FILENAME
+    data: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{model_dir.name}/{CONFIG_FILENAME}: not valid TOML: {exc}") from None
+    if overrides:
+        data = {**data, **overrides}
+    if "backend" not in data:
+        data["backend"] = _guess_backend(model_dir)
+    try:
+        return parse_model_config(model_dir.name, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{model_dir.name}/{CONFIG_FILENAME}: {exc}") from None
+
+
+def _guess_backend(model_dir: Path) -> str:
+    for version_dir in sorted(model_dir.iterdir()) if model_dir.is_dir() else ():
+        if version_dir.is_dir() and version_dir.name.isdigit():
+            if (version_dir / "model.py").is_file():
+                return "python"
+            break
+    return "onnxruntime"
+
+
+def parse_model_config(name: str, data: Mapping[str, Any]) -> ModelConfig:
+    """Validate a decoded TOML table into a ModelConfig; raises ConfigError naming the key path."""
+    reader = _Table(data, "")
+    backend = reader.choice("backend", BACKENDS, "onnxruntime")
+    max_batch_size = reader.integer("max_batch_size", None, minimum=0)
+    config = ModelConfig(
+        name=name,
+        backend=backend,
+        max_batch_size=max_batch_size,
+        default_model_filename=reader.string("default_model_filename", ""),
+        version_policy=_version_policy(reader.table("version_policy")),
+        inputs=tuple(_tensor(t, inputs=True) for t in reader.tables("input")),
+        outputs=tuple(_tensor(t, inputs=False) for t in reader.tables("output")),
+        dynamic_batching=_batching(reader.table("dynamic_batching"), max_batch_size),
+        instance_group=_instance_group(reader.table("instance_group")),
+        parameters=dict(reader.table("parameters").data) if "parameters" in data else {},
+    )
+    reader.check_no_unknown()
+    for kind, tensors in (("input", config.inputs), ("output", config.outputs)):
+        names = [t.name for t in tensors]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{kind}: tensor names must be unique, got {names}")
+    return config
+
+
+def _tensor(reader: _Table, *, inputs: bool) -> TensorConfig:
+    tensor = TensorConfig(
+        name=reader.string("name", _REQUIRED),
+        datatype=reader.choice("datatype", sorted(DATATYPES), _REQUIRED),
+        dims=tuple(reader.int_list("dims", minimum=-1)),
+        optional=reader.boolean("optional", False) if inputs else False,
+    )
+    if 0 in tensor.dims:
+        raise ConfigError(f"{reader.path}dims: a dimension may not be 0 (use -1 for a variable one), got {list(tensor.dims)}")
+    reader.check_no_unknown()
+    return tensor
+
+
+def _version_policy(reader: _Table) -> VersionPolicy:
+    given = [k for k in ("latest", "all", "specific") if k in reader.data]
+    if len(given) > 1:
+        raise ConfigError(f"version_policy: give one of latest, all, specific; got {given}")
+    if not given:
+        policy = VersionPolicy()
+    elif given[0] == "latest":
+        policy = VersionPolicy(kind="latest", num_versions=reader.integer("latest", 1, minimum=1))
+    elif given[0] == "all":
+        if reader.boolean("all", True) is not True:
+            raise ConfigError("version_policy.all: must be true (or use latest / specific)")
+        policy = VersionPolicy(kind="all")
+    else:
+        versions = reader.int_list("specific", minimum=1)
+        if not versions:
+            raise ConfigError("version_policy.specific: list at least one version, e.g. specific = [1, 3]")
+        policy = VersionPolicy(kind="specific", versions=tuple(versions))
+    reader.check_no_unknown()
+    return policy
+
+
+def _batching(reader: _Table, max_batch_size: int | None) -> BatchingConfig | None:
+    if not reader.present:
+        return None
+    if max_batch_size == 0:
+        raise ConfigError("dynamic_batching: needs a batch dimension, but max_batch_size = 0")
+    batching = BatchingConfig(
+        max_queue_delay_s=reader.number("max_queue_delay_s", 0.0, minimum=0.0),
+        preferred_batch_sizes=tuple(reader.int_list("preferred_batch_sizes", minimum=1)),
+        max_queue_size=reader.integer("max_queue_size", 0, minimum=0),
+    )
+    if max_batch_size and any(size > max_batch_size for size in batching.preferred_batch_sizes):
+        raise ConfigError(
+            f"dynamic_batching.preferred_batch_sizes: {list(batching.preferred_batch_sizes)} exceeds max_batch_size = {max_batch_size}"
+        )
+    reader.check_no_unknown()
+    return batching
+
+
+def _instance_group(reader: _Table) -> InstanceGroupConfig:
+    group = InstanceGroupConfig(
+        count=reader.integer("count", 1, minimum=1),
+        kind=reader.choice("kind", ("cpu", "gpu", "auto"), "cpu"),
+        gpus=tuple(reader.int_list("gpus", minimum=0)),
+    )
+    reader.check_no_unknown()
+    return group
+
+
+_MISSING = object()
+_REQUIRED: Any = object()
+
+
+class _Table:
+    """Typed reads from one TOML table, remembering which keys were used so unknown ones are reported."""
+
+    def __init__(self, data: Any, path: str) -> None:
+        if data is not None and not isinstance(data, Mapping):
+            raise ConfigError(f"{path.rstrip('.') or 'config'}: expected a table, got {type(data).__name__}")
+        self.present = data is not None
+        self.data: Mapping[str, Any] = data if data is not None else {}
+        self.path = path
+        self._used: set[str] = set()
+
+    def _get(self, key: str, default: Any) -> Any:
+        self._used.add(key)
+        value = self.data.get(key, _MISSING)
+        if value is _MISSING:
+            if default is _REQUIRED:
+                raise ConfigError(f"{self.path}{key}: required")
+            return default
+        return value
+
+    def string(self, key: str, default: Any) -> str:
+        value = self._get(key, default)
+        if not isinstance(value, str) or (default is _REQUIRED and not value):
+            raise ConfigError(f"{self.path}{key}: expected a non-empty string, got {value!r}")
+        return value
+
+    def choice(self, key: str, choices: Any, default: Any) -> str:
+        value = self._get(key, default)
+        if value not in choices:
+            raise ConfigError(f"{self.path}{key}: expected one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._get(key, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self.path}{key}: expected true or false, got {value!r}")
+        return value
+
+    def integer(self, key: str, default: int | None, *, minimum: int) -> Any:
+        value = self._get(key, default)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(f"{self.path}{key}: expected an integer >= {minimum}, got {value!r}")
+        return value
+
+    def number(self, key: str, default: float, *, minimum: float) -> float:
+        value = self._get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < minimum:
+            raise ConfigError(f"{self.path}{key}: expected a number >= {minimum} (seconds), got {value!r}")
+        return float(value)
+
+    def int_list(self, key: str, *, minimum: int) -> list[int]:
+        value = self._get(key, [])
+        if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in value):
+            raise ConfigError(f"{self.path}{key}: expected a list of integers >= {minimum}, got {value!r}")
+        return value
+
+    def table(self, key: str) -> _Table:
+        return _Table(self._get(key, None), f"{self.path}{key}.")
+
+    def tables(self, key: str) -> list[_Table]:
+        value = self._get(key, [])
+        if not isinstance(value, list):
+            raise ConfigError(f"{self.path}{key}: expected an array of tables ([[{key}]]), got {type(value).__name__}")
+        return [_Table(item, f"{self.path}{key}[{i}].") for i, item in enumerate(value)]
+
+    def check_no_unknown(self) -> None:
+        unknown = sorted(set(self.data) - self._used)
+        if unknown:
+            where = self.path.rstrip(".") or "top level"
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(self._used))}")
+

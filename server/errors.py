@@ -1,0 +1,78 @@
+"""Protocol-neutral errors of the serving core, mapped to gRPC status codes once, in ``grpc_servicer``.
+
+Nothing here imports grpc. Every module below the servicer raises these; the servicer's one table
+(``grpc_servicer.STATUS_OF``) turns each class into a status, and anything not listed becomes INTERNAL
+with a request id (the traceback goes to the log, never to the client).
+
+    InferenceServerError
+    ├── InvalidInput            INVALID_ARGUMENT   malformed request: names the tensor and what was expected
+    ├── ModelNotFound           NOT_FOUND          no such model in the repository
+    ├── VersionNotFound         NOT_FOUND          the model exists, the version does not (or is not loaded)
+    ├── ModelNotReady           UNAVAILABLE        loading, unloading or failed to load; retryable
+    ├── QueueFull               UNAVAILABLE        load shedding; retryable with backoff
+    ├── DeadlineExpired         DEADLINE_EXCEEDED  the request's deadline passed before it was computed
+    ├── LimitExceeded           RESOURCE_EXHAUSTED a configured size limit; names the limit and its value
+    ├── Unsupported             UNIMPLEMENTED      a feature or datatype that is not built (yet)
+    ├── RuntimeFailure          INTERNAL           the model's runtime raised
+    └── ConfigError             INVALID_ARGUMENT   a model or server configuration is invalid (names the key path)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DeadlineExpired",
+    "InferenceServerError",
+    "InvalidInput",
+    "LimitExceeded",
+    "ModelNotFound",
+    "ModelNotReady",
+    "QueueFull",
+    "RuntimeFailure",
+    "Unsupported",
+    "VersionNotFound",
+]
+
+
+class InferenceServerError(Exception):
+    """Base of every error the server reports to a client; ``str(err)`` is the client-facing message."""
+
+
+class InvalidInput(InferenceServerError):
+    """The request does not match the model's signature or the protocol (INVALID_ARGUMENT)."""
+
+
+class ModelNotFound(InferenceServerError):
+    """No model of that name is known (NOT_FOUND)."""
+
+
+class VersionNotFound(InferenceServerError):
+    """The model is known but the version is not served (NOT_FOUND)."""
+
+
+class ModelNotReady(InferenceServerError):
+    """The model exists but cannot serve now: loading, unloading, or failed to load (UNAVAILABLE)."""
+
+
+class QueueFull(InferenceServerError):
+    """The model's queue is at its bound; the request was rejected at once (UNAVAILABLE)."""
+
+
+class DeadlineExpired(InferenceServerError):
+    """The request's deadline passed while it waited; it was dropped before compute (DEADLINE_EXCEEDED)."""
+
+
+class LimitExceeded(InferenceServerError):
+    """A configured size limit was exceeded (RESOURCE_EXHAUSTED)."""
+
+
+class Unsupported(InferenceServerError):
+    """The request asks for something Surge does not implement (UNIMPLEMENTED)."""
+
+
+class RuntimeFailure(InferenceServerError):
+    """The runtime raised while executing; the message carries no internals (INTERNAL)."""
+
+
+class ConfigError(InferenceServerError, ValueError):
+    """A configuration is invalid; the message names the key path and what is expected."""

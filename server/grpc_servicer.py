@@ -1,0 +1,295 @@
+"""The gRPC edge: Triton's ``inference.GRPCInferenceService`` over grpc.aio. The only module that knows grpc.
+
+Each RPC reads top to bottom in a few lines (look up, decode, execute, encode); errors are not handled
+in the RPCs but mapped once, by ``_edge`` below, from the protocol-neutral classes of ``errors.py`` to
+gRPC status codes (``STATUS_OF``). Anything unmapped becomes INTERNAL with a request id; its traceback
+goes to the log, never to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from surge.protos import grpc_service_pb2 as pb
+from surge.protos import grpc_service_pb2_grpc as pb_grpc
+
+from . import codec, errors
+from .model import ModelVersion
+from .repository import ModelRepository
+from .stats import Stamps, now_ns
+from .triton import config_overrides_from_json, model_config_message, statistics_message
+
+__all__ = ["EXTENSIONS", "InferenceServicer", "STATUS_OF"]
+
+log = logging.getLogger("surge.grpc")
+
+#: Error class -> gRPC status (the one table; subclasses resolve through their MRO).
+STATUS_OF: dict[type[BaseException], grpc.StatusCode] = {
+    errors.InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.ConfigError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    errors.VersionNotFound: grpc.StatusCode.NOT_FOUND,
+    errors.ModelNotReady: grpc.StatusCode.UNAVAILABLE,
+    errors.QueueFull: grpc.StatusCode.UNAVAILABLE,
+    errors.DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unsupported: grpc.StatusCode.UNIMPLEMENTED,
+    errors.RuntimeFailure: grpc.StatusCode.INTERNAL,
+}
+
+#: ServerMetadata.extensions: only what is really implemented.
+EXTENSIONS = ("model_repository", "model_configuration", "statistics", "parameters")
+STREAM_MAX_IN_FLIGHT = 128
+
+_request_ids = itertools.count(1)
+_F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
+
+
+def status_of(exc: BaseException) -> grpc.StatusCode:
+    """The status code for an error (INTERNAL for anything not in ``STATUS_OF``)."""
+    for cls in type(exc).__mro__:
+        code = STATUS_OF.get(cls)
+        if code is not None:
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _error_message(exc: BaseException, request_id: str = "") -> str:
+    if isinstance(exc, errors.InferenceServerError) and not isinstance(exc, errors.RuntimeFailure):
+        return str(exc)
+    rid = request_id or f"surge-{next(_request_ids)}"
+    if isinstance(exc, errors.RuntimeFailure):
+        log.error("request %s: %s", rid, exc)
+        return f"{exc} (request id {rid}; the server log has the details)"
+    log.error("request %s failed with an unexpected error", rid, exc_info=exc)
+    return f"internal error (request id {rid}); the server log has the details"
+
+
+def _edge(method: _F) -> _F:
+    """Map errors raised by a unary RPC to its gRPC status, once, at the edge."""
+
+    @functools.wraps(method)
+    async def wrapper(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            await context.abort(status_of(exc), _error_message(exc, getattr(request, "id", "")))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _deadline(context: grpc.aio.ServicerContext, request: pb.ModelInferRequest) -> float | None:
+    """The request's deadline as a ``time.monotonic()`` value: the gRPC deadline or the ``timeout`` parameter (µs)."""
+    remaining = context.time_remaining()
+    deadline = None if remaining is None else time.monotonic() + remaining
+    if "timeout" in request.parameters:
+        timeout_us = codec.parameter_value(request.parameters["timeout"])
+        if isinstance(timeout_us, int | float) and not isinstance(timeout_us, bool) and timeout_us > 0:
+            own = time.monotonic() + timeout_us / 1e6
+            deadline = own if deadline is None else min(deadline, own)
+    return deadline
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """Triton's GRPCInferenceService over a ModelRepository."""
+
+    def __init__(self, repository: ModelRepository, *, server_name: str, server_version: str, is_ready: Callable[[], bool]) -> None:
+        self._repo = repository
+        self._name = server_name
+        self._version = server_version
+        self._is_ready = is_ready
+
+    # -- health and metadata ---------------------------------------------------------------------
+
+    @_edge
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    @_edge
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._is_ready())
+
+    @_edge
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
+        try:
+            self._repo.get(request.name, request.version)
+        except (errors.ModelNotFound, errors.VersionNotFound, errors.ModelNotReady):
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
+
+    @_edge
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name=self._name, version=self._version, extensions=EXTENSIONS)
+
+    @_edge
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext) -> pb.ModelMetadataResponse:
+        version = self._repo.get(request.name, request.version)
+        config = version.config
+        batch = [-1] if config.max_batch_size else []
+        response = pb.ModelMetadataResponse(
+            name=config.name,
+            versions=[v.version_str for v in self._repo.versions_of(request.name) if v.state == "READY"],
+            platform=config.platform,
+        )
+        for t in config.inputs:
+            response.inputs.add(name=t.name, datatype=t.datatype, shape=batch + list(t.dims))
+        for t in config.outputs:
+            response.outputs.add(name=t.name, datatype=t.datatype, shape=batch + list(t.dims))
+        return response
+
+    @_edge
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext) -> pb.ModelConfigResponse:
+        version = self._repo.get(request.name, request.version)
+        return pb.ModelConfigResponse(config=model_config_message(version.config))
+
+    @_edge
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext) -> pb.ModelStatisticsResponse:
+        if request.version and not request.version.isdigit():
+            raise errors.InvalidInput(f"model version must be a positive integer, got '{request.version}'")
+        if not request.name and request.version:
+            raise errors.InvalidInput("ModelStatistics: a version needs a model name")
+        names = [request.name] if request.name else self._repo.model_names()
+        response = pb.ModelStatisticsResponse()
+        for name in names:
+            versions = self._repo.versions_of(name)
+            if request.version:
+                versions = [v for v in versions if v.version_str == request.version]
+                if not versions:
+                    raise errors.VersionNotFound(f"model '{name}' has no loaded version {request.version}")
+            response.model_stats.extend(statistics_message(name, versions))
+        return response
+
+    # -- inference -------------------------------------------------------------------------------
+
+    @_edge
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
+        stamps = Stamps(now_ns())
+        version = self._repo.get(request.model_name, request.model_version)
+        return await self._infer(request, version, stamps, _deadline(context, request))
+
+    async def _infer(self, request: pb.ModelInferRequest, version: ModelVersion, stamps: Stamps, deadline: float | None) -> pb.ModelInferResponse:
+        spec = version.codec_spec
+        if spec is None:
+            spec = version.codec_spec = codec.model_spec(version.config)
+        try:
+            decoded = codec.decode_request(request, spec)
+            stamps.decoded = now_ns()
+            stamps.rows = decoded.rows
+            outputs = await version.execute(decoded.inputs, decoded.output_names, stamps, deadline)
+            response = codec.encode_response(request, spec, version.version_str, outputs, decoded.output_names)
+        except Exception:
+            version.stats.record_failure(stamps, now_ns())
+            raise
+        stamps.end = now_ns()
+        version.stats.record_success(stamps)
+        return response
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Bidirectional stream: requests run concurrently (up to STREAM_MAX_IN_FLIGHT), answers come as they finish.
+
+        A failed request is answered with ``error_message`` (and its id); the stream stays open.
+        """
+        results: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(STREAM_MAX_IN_FLIGHT)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def one(request: pb.ModelInferRequest) -> None:
+            try:
+                stamps = Stamps(now_ns())
+                version = self._repo.get(request.model_name, request.model_version)
+                response = await self._infer(request, version, stamps, _deadline(context, request))
+                results.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
+            except Exception as exc:
+                failed = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
+                message = f"{status_of(exc).name}: {_error_message(exc, request.id)}"  # the code too: streams carry no status
+                results.put_nowait(pb.ModelStreamInferResponse(error_message=message, infer_response=failed))
+            finally:
+                slots.release()
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await slots.acquire()
+                    task = asyncio.create_task(one(request))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                if tasks:
+                    await asyncio.gather(*tasks, return_exceptions=True)
+            finally:
+                results.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await results.get()) is not None:
+                yield item
+        finally:
+            reader.cancel()
+            for task in tasks:
+                task.cancel()
+
+    # -- repository ------------------------------------------------------------------------------
+
+    @_edge
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext) -> pb.RepositoryIndexResponse:
+        response = pb.RepositoryIndexResponse()
+        for row in self._repo.index(ready_only=request.ready):
+            response.models.add(name=row.name, version=row.version, state=row.state, reason=row.reason)
+        return response
+
+    @_edge
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext) -> pb.RepositoryModelLoadResponse:
+        self._repo.check_mutable("RepositoryModelLoad")
+        overrides = None
+        for key, param in request.parameters.items():
+            if key.startswith("file:"):
+                raise errors.Unsupported(f"loading model files sent in the request ('{key}') is not supported; put them in the repository")
+            if key == "config":
+                which = param.WhichOneof("parameter_choice")
+                text = param.string_param if which == "string_param" else param.bytes_param.decode("utf-8", "replace") if which == "bytes_param" else ""
+                overrides = config_overrides_from_json(request.model_name, text)
+        await self._repo.load(request.model_name, overrides)
+        return pb.RepositoryModelLoadResponse()
+
+    @_edge
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        self._repo.check_mutable("RepositoryModelUnload")
+        await self._repo.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+
+
+def _not_built(what: str) -> Callable[..., Awaitable[Any]]:
+    async def rpc(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not implemented by Surge yet")
+
+    return rpc
+
+
+_NOT_BUILT = {
+    "SystemSharedMemoryStatus": "system shared memory (send tensors in the request instead)",
+    "SystemSharedMemoryRegister": "system shared memory (send tensors in the request instead)",
+    "SystemSharedMemoryUnregister": "system shared memory (send tensors in the request instead)",
+    "CudaSharedMemoryStatus": "CUDA shared memory (send tensors in the request instead)",
+    "CudaSharedMemoryRegister": "CUDA shared memory (send tensors in the request instead)",
+    "CudaSharedMemoryUnregister": "CUDA shared memory (send tensors in the request instead)",
+    "TraceSetting": "request tracing (TraceSetting)",
+    "LogSettings": "LogSettings (set the log level with surge serve --log-level)",
+}
+for _rpc, _what in _NOT_BUILT.items():
+    setattr(InferenceServicer, _rpc, _not_built(_what))

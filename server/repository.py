@@ -1,0 +1,285 @@
+"""The versioned model repository: scan, load, unload, reload while serving, and look versions up.
+
+Layout (Triton's)::
+
+    <repository>/<model>/config.toml        optional; see config.py
+    <repository>/<model>/<n>/model.onnx     numbered version folders (model.py for the python backend)
+
+Control modes (Triton's names):
+
+- ``none``: load every model at start; the repository RPCs answer UNIMPLEMENTED-free but refuse changes.
+- ``explicit``: load only what ``--load-model`` names at start, then only through RepositoryModelLoad /
+  RepositoryModelUnload (and ``surge`` CLI calls of them).
+- ``poll``: like ``none`` at start, then every ``poll_interval_s`` the repository is re-read and changed,
+  new or removed models are reloaded, loaded or unloaded.
+
+A reload loads the new versions beside the old ones, warms them, swaps the model's version table in one
+assignment (requests see the old table or the new, never a mix), then drains and frees the old versions.
+A version that fails to reload keeps its old, working instance serving. A model that fails to load is
+UNAVAILABLE with its reason and never takes the server down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import ModelConfig, load_model_config
+from .errors import ConfigError, InvalidInput, ModelNotFound, ModelNotReady, Unsupported, VersionNotFound
+from .model import ModelVersion, State
+
+__all__ = ["CONTROL_MODES", "IndexEntry", "ModelRepository"]
+
+log = logging.getLogger("surge.repository")
+
+CONTROL_MODES = ("none", "explicit", "poll")
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    """One row of RepositoryIndex: a model version (or a model with no version loaded: version "")."""
+
+    name: str
+    version: str
+    state: str
+    reason: str
+
+
+@dataclass(slots=True)
+class _Model:
+    name: str
+    versions: dict[int, ModelVersion] = field(default_factory=dict)
+    serving: tuple[ModelVersion, ...] = ()  # READY versions, ascending; swapped in one assignment
+    reason: str = ""  # why the model as a whole is unavailable (config error, no versions, unloaded)
+    fingerprint: tuple[Any, ...] = ()
+    wanted: bool = False  # the control mode wants it loaded
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class ModelRepository:
+    """Owns every model of one repository folder. All methods run on the event loop."""
+
+    def __init__(
+        self, root: Path, *, control_mode: str = "none", load_models: tuple[str, ...] = (), poll_interval_s: float = 15.0,
+        drain_timeout_s: float = 30.0,
+    ) -> None:
+        if control_mode not in CONTROL_MODES:
+            raise ConfigError(f"model control mode must be one of {', '.join(CONTROL_MODES)}, got {control_mode!r}")
+        self.root = root
+        self.control_mode = control_mode
+        self._load_models = load_models
+        self._poll_interval_s = poll_interval_s
+        self._drain_timeout_s = drain_timeout_s
+        self._models: dict[str, _Model] = {}
+        self._poll_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Scan the repository and load what the control mode asks for; starts polling in ``poll`` mode."""
+        if not self.root.is_dir():
+            raise ConfigError(f"model repository {self.root} is not a directory")
+        names = await asyncio.to_thread(self._scan_names)
+        for name in names:
+            self._models[name] = _Model(name)
+        if self.control_mode == "explicit":
+            unknown = sorted(set(self._load_models) - set(names))
+            if unknown:
+                raise ConfigError(f"--load-model names {unknown} that are not in {self.root} (it has {names})")
+            targets = list(self._load_models)
+        else:
+            targets = names
+        await asyncio.gather(*(self._load_logged(name) for name in targets))
+        if self.control_mode == "poll":
+            self._poll_task = asyncio.create_task(self._poll_forever(), name="surge-repository-poll")
+
+    async def aclose(self) -> None:
+        """Stop polling, drain and free every version."""
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*(v.aclose(self._drain_timeout_s) for m in self._models.values() for v in m.versions.values()), return_exceptions=True)
+
+    # -- queries (hot path: dictionary lookups only) ---------------------------------------------
+
+    def get(self, name: str, version: str = "") -> ModelVersion:
+        """The version that serves ``(name, version)``; "" means the highest READY version.
+
+        Raises ModelNotFound, InvalidInput (non-numeric version), VersionNotFound or ModelNotReady.
+        """
+        model = self._models.get(name)
+        if model is None:
+            raise ModelNotFound(f"model '{name}' is not in the repository" + (f"; models: {sorted(self._models)}" if len(self._models) < 20 else ""))
+        if not version:
+            if model.serving:
+                return model.serving[-1]
+            raise ModelNotReady(f"model '{name}' is not ready: {self._why_not_ready(model)}")
+        if not version.isdigit():
+            raise InvalidInput(f"model version must be a positive integer, got '{version}'")
+        number = int(version)
+        for candidate in model.serving:
+            if candidate.version == number:
+                return candidate
+        loaded = model.versions.get(number)
+        if loaded is None:
+            served = sorted(model.versions)
+            raise VersionNotFound(f"model '{name}' has no version {number}" + (f"; versions: {served}" if served else f" ({self._why_not_ready(model)})"))
+        raise ModelNotReady(f"model '{name}' version {number} is {loaded.state.lower()}" + (f": {loaded.reason}" if loaded.reason else ""))
+
+    def model_names(self) -> list[str]:
+        """Every model in the repository, loaded or not, sorted."""
+        return sorted(self._models)
+
+    def versions_of(self, name: str) -> list[ModelVersion]:
+        """Every version object of a model (any state), ascending; raises ModelNotFound."""
+        model = self._models.get(name)
+        if model is None:
+            raise ModelNotFound(f"model '{name}' is not in the repository")
+        return [model.versions[v] for v in sorted(model.versions)]
+
+    def ready(self) -> bool:
+        """True when every model the control mode wants is serving at least one version."""
+        return all(m.serving for m in self._models.values() if m.wanted)
+
+    def index(self, ready_only: bool = False) -> list[IndexEntry]:
+        """RepositoryIndex rows: one per version of loaded models, one per model otherwise."""
+        rows: list[IndexEntry] = []
+        for name in sorted(self._models):
+            model = self._models[name]
+            if model.versions:
+                rows += [IndexEntry(name, v.version_str, v.state, v.reason) for v in (model.versions[k] for k in sorted(model.versions))]
+            else:
+                rows.append(IndexEntry(name, "", State.UNAVAILABLE, model.reason or "not loaded"))
+        return [r for r in rows if r.state == State.READY] if ready_only else rows
+
+    @staticmethod
+    def _why_not_ready(model: _Model) -> str:
+        reasons = [f"version {v.version} {v.state.lower()}" + (f" ({v.reason})" if v.reason else "") for v in model.versions.values()]
+        return "; ".join(reasons) or model.reason or "not loaded"
+
+    # -- changes ---------------------------------------------------------------------------------
+
+    async def load(self, name: str, overrides: Mapping[str, Any] | None = None) -> None:
+        """Load (or reload) a model: new versions beside old, swap, then drain and free the replaced ones.
+
+        Raises ModelNotFound for a name with no folder, ConfigError for an invalid config; a version that
+        fails to load is reported through ``index`` and ``get``, not raised, unless no version loaded.
+        """
+        path = self.root / name
+        if not name or "/" in name or name.startswith(".") or not await asyncio.to_thread(path.is_dir):
+            raise ModelNotFound(f"model '{name}' has no folder in the repository {self.root}")
+        model = self._models.setdefault(name, _Model(name))
+        async with model.lock:
+            model.wanted = True
+            try:
+                config, fingerprint, on_disk = await asyncio.to_thread(self._read_model, path, overrides)
+            except Exception as exc:
+                model.reason = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+                raise
+            model.fingerprint = fingerprint
+            selected = config.version_policy.select(on_disk)
+            if not selected:
+                model.reason = f"no version folders (numbered sub-folders holding {config.model_filename}) match the version policy; found {on_disk}"
+                log.error("model %s: %s", name, model.reason)
+                raise ConfigError(f"model '{name}': {model.reason}")
+            fresh = {v: ModelVersion(config, v, path / str(v) / config.model_filename) for v in selected}
+            await asyncio.gather(*(version.load() for version in fresh.values()))
+            old = model.versions
+            table: dict[int, ModelVersion] = {}
+            for number, version in fresh.items():
+                previous = old.get(number)
+                if version.state != State.READY and previous is not None and previous.state == State.READY:
+                    log.error("model %s version %d: reload failed (%s); the previous instance keeps serving", name, number, version.reason)
+                    table[number] = previous
+                else:
+                    table[number] = version
+            model.versions = table
+            model.serving = tuple(table[v] for v in sorted(table) if table[v].state == State.READY)
+            model.reason = ""
+            retired = [v for v in old.values() if table.get(v.version) is not v]
+            for version in retired:
+                self._spawn(version.aclose(self._drain_timeout_s))
+            if not model.serving:
+                raise ModelNotReady(f"model '{name}' failed to load: {self._why_not_ready(model)}")
+
+    async def unload(self, name: str) -> None:
+        """Stop serving a model: new requests get UNAVAILABLE at once, in-flight ones finish, then it is freed."""
+        model = self._models.get(name)
+        if model is None:
+            raise ModelNotFound(f"model '{name}' is not in the repository")
+        async with model.lock:
+            model.wanted = False
+            old, model.versions, model.serving = model.versions, {}, ()
+            model.reason = "unloaded"
+            await asyncio.gather(*(v.aclose(self._drain_timeout_s) for v in old.values()))
+        log.info("model %s unloaded", name)
+
+    def check_mutable(self, what: str) -> None:
+        """Raise Unsupported unless the control mode allows repository changes through the API."""
+        if self.control_mode == "none":
+            raise Unsupported(f"{what} needs --model-control-mode explicit or poll (this server runs with 'none')")
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- filesystem (run in a thread) ------------------------------------------------------------
+
+    def _scan_names(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def _read_model(self, path: Path, overrides: Mapping[str, Any] | None) -> tuple[ModelConfig, tuple[Any, ...], list[int]]:
+        config = load_model_config(path, overrides)
+        return config, _fingerprint(path), _versions_on_disk(path)
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_interval_s)
+            try:
+                await self.poll_once()
+            except Exception:  # keep polling whatever one round hit
+                log.exception("repository poll failed")
+
+    async def poll_once(self) -> None:
+        """Apply repository changes: load new models, reload changed ones, unload removed ones."""
+        names = set(await asyncio.to_thread(self._scan_names))
+        for name in sorted(names - self._models.keys()):
+            log.info("poll: new model %s", name)
+            await self._load_logged(name)
+        for name in sorted(self._models.keys() - names):
+            log.info("poll: model %s removed from the repository", name)
+            await self.unload(name)
+            self._models.pop(name, None)
+        for name in sorted(names & self._models.keys()):
+            model = self._models[name]
+            fingerprint = await asyncio.to_thread(_fingerprint, self.root / name)
+            if fingerprint != model.fingerprint:
+                log.info("poll: model %s changed; reloading", name)
+                await self._load_logged(name)
+
+    async def _load_logged(self, name: str) -> None:
+        try:
+            await self.load(name)
+        except Exception as exc:  # reported through index/get; polling goes on
+            log.error("model %s did not load: %s", name, exc)
+
+
+def _versions_on_disk(path: Path) -> list[int]:
+    return sorted(int(p.name) for p in path.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
+
+
+def _fingerprint(path: Path) -> tuple[Any, ...]:
+    """What poll mode compares: names, sizes and mtimes of the config and version folders' files."""
+    items: list[tuple[str, int, int]] = []
+    for entry in sorted(path.rglob("*")):
+        if entry.is_file() and "__pycache__" not in entry.parts:
+            stat = entry.stat()
+            items.append((str(entry.relative_to(path)), stat.st_size, stat.st_mtime_ns))
+    return tuple(items)

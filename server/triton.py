@@ -1,0 +1,171 @@
+"""Triton-shaped views of Surge's state: the ModelConfig and ModelStatistics messages, and config overrides.
+
+Our config is TOML with seconds; Triton's is a protobuf with microseconds. This module is the only place
+that converts between them (both directions), so the units stay at the edge.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from google.protobuf import json_format
+
+from surge.protos import grpc_service_pb2 as pb
+from surge.protos import model_config_pb2 as mc
+
+from .config import ModelConfig
+from .errors import ConfigError, Unsupported
+from .model import ModelVersion
+
+__all__ = ["config_overrides_from_json", "model_config_message", "statistics_message"]
+
+_TYPE_OF = {name: getattr(mc, f"TYPE_{name}") for name in ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BF16")}
+_TYPE_OF["BYTES"] = mc.TYPE_STRING
+_DATATYPE_OF = {value: key for key, value in _TYPE_OF.items()}
+_KIND = {"cpu": mc.ModelInstanceGroup.KIND_CPU, "gpu": mc.ModelInstanceGroup.KIND_GPU, "auto": mc.ModelInstanceGroup.KIND_AUTO}
+_BACKEND_OF_PLATFORM = {"onnxruntime_onnx": "onnxruntime", "onnxruntime": "onnxruntime", "python": "python"}
+
+
+def model_config_message(config: ModelConfig) -> mc.ModelConfig:
+    """Triton's ModelConfig for one of our (completed) configs; ``dynamic_batching`` present iff batching is on."""
+    message = mc.ModelConfig(
+        name=config.name,
+        platform=config.platform,
+        backend=config.backend,
+        max_batch_size=config.max_batch_size or 0,
+        default_model_filename=config.model_filename,
+    )
+    policy = config.version_policy
+    if policy.kind == "all":
+        message.version_policy.all.SetInParent()
+    elif policy.kind == "specific":
+        message.version_policy.specific.versions.extend(policy.versions)
+    else:
+        message.version_policy.latest.num_versions = policy.num_versions
+    for t in config.inputs:
+        message.input.add(name=t.name, data_type=_TYPE_OF[t.datatype], dims=t.dims, optional=t.optional)
+    for t in config.outputs:
+        message.output.add(name=t.name, data_type=_TYPE_OF[t.datatype], dims=t.dims)
+    batching = config.dynamic_batching
+    if batching is not None:
+        message.dynamic_batching.SetInParent()  # present even when every field is default (perf_analyzer checks presence)
+        message.dynamic_batching.preferred_batch_size.extend(batching.preferred_batch_sizes)
+        message.dynamic_batching.max_queue_delay_microseconds = round(batching.max_queue_delay_s * 1e6)
+        if batching.max_queue_size:
+            message.dynamic_batching.default_queue_policy.max_queue_size = batching.max_queue_size
+    group = config.instance_group
+    message.instance_group.add(name=config.name, kind=_KIND[group.kind], count=group.count, gpus=group.gpus)
+    for key, value in config.parameters.items():
+        message.parameters[key].string_value = json.dumps(value) if not isinstance(value, str) else value
+    return message
+
+
+def config_overrides_from_json(model_name: str, text: str) -> dict[str, Any]:
+    """Turn RepositoryModelLoad's ``config`` parameter (Triton ModelConfig JSON) into our TOML keys.
+
+    Only the keys the JSON sets are returned, so they override the model's config.toml top-level keys.
+    Raises ConfigError for invalid JSON and Unsupported for Triton features Surge does not build.
+    """
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"the 'config' parameter is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("the 'config' parameter must be a JSON object (a Triton ModelConfig)")
+    for key in ("sequence_batching", "ensemble_scheduling", "batch_input", "batch_output"):
+        if key in data:
+            raise Unsupported(f"the 'config' parameter sets {key}, which Surge does not support")
+    message = mc.ModelConfig()
+    try:
+        json_format.ParseDict(data, message, ignore_unknown_fields=True)
+    except json_format.ParseError as exc:
+        raise ConfigError(f"the 'config' parameter is not a valid Triton ModelConfig: {exc}") from None
+    if message.name and message.name != model_name:
+        raise ConfigError(f"the 'config' parameter names model '{message.name}' but the request loads '{model_name}'")
+    out: dict[str, Any] = {}
+    backend = message.backend or message.platform
+    if backend:
+        if backend not in _BACKEND_OF_PLATFORM:
+            raise Unsupported(f"backend/platform '{backend}' is not served by Surge (onnxruntime, python)")
+        out["backend"] = _BACKEND_OF_PLATFORM[backend]
+    if "max_batch_size" in data:
+        out["max_batch_size"] = message.max_batch_size
+    if message.default_model_filename:
+        out["default_model_filename"] = message.default_model_filename
+    if "input" in data:
+        out["input"] = [_tensor(t, with_optional=True) for t in message.input]
+    if "output" in data:
+        out["output"] = [_tensor(t, with_optional=False) for t in message.output]
+    if message.HasField("dynamic_batching"):
+        db = message.dynamic_batching
+        batching: dict[str, Any] = {
+            "max_queue_delay_s": db.max_queue_delay_microseconds / 1e6,
+            "preferred_batch_sizes": list(db.preferred_batch_size),
+        }
+        if db.default_queue_policy.max_queue_size:
+            batching["max_queue_size"] = db.default_queue_policy.max_queue_size
+        out["dynamic_batching"] = batching
+    if message.instance_group:
+        groups = message.instance_group
+        kinds = {g.kind for g in groups}
+        kind = {mc.ModelInstanceGroup.KIND_GPU: "gpu", mc.ModelInstanceGroup.KIND_CPU: "cpu"}.get(next(iter(kinds)), "auto") if len(kinds) == 1 else "auto"
+        out["instance_group"] = {
+            "count": sum(max(g.count, 1) for g in groups),
+            "kind": kind,
+            "gpus": sorted({gpu for g in groups for gpu in g.gpus}),
+        }
+    if message.HasField("version_policy"):
+        vp = message.version_policy
+        choice = vp.WhichOneof("policy_choice")
+        out["version_policy"] = (
+            {"all": True} if choice == "all" else {"specific": list(vp.specific.versions)} if choice == "specific" else {"latest": vp.latest.num_versions or 1}
+        )
+    if message.parameters:
+        out["parameters"] = {key: _parameter(p.string_value) for key, p in message.parameters.items()}
+    return out
+
+
+def _tensor(t: Any, *, with_optional: bool) -> dict[str, Any]:
+    if t.data_type not in _DATATYPE_OF:
+        raise ConfigError(f"tensor '{t.name}' in the 'config' parameter has no valid data_type")
+    tensor: dict[str, Any] = {"name": t.name, "datatype": _DATATYPE_OF[t.data_type], "dims": list(t.dims)}
+    if with_optional and t.optional:
+        tensor["optional"] = True
+    return tensor
+
+
+def _parameter(text: str) -> Any:
+    try:
+        return json.loads(text)  # Triton parameters are strings; "2" and "true" mean numbers and booleans
+    except json.JSONDecodeError:
+        return text
+
+
+def statistics_message(name: str, versions: Iterable[ModelVersion]) -> list[pb.ModelStatistics]:
+    """Triton's cumulative ModelStatistics, one per version (numeric version strings)."""
+    out: list[pb.ModelStatistics] = []
+    for version in versions:
+        s = version.stats
+        message = pb.ModelStatistics(
+            name=name,
+            version=version.version_str,
+            last_inference=s.last_inference_ms,
+            inference_count=s.inference_count,
+            execution_count=s.execution_count,
+        )
+        stats = message.inference_stats
+        for field_name in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
+            d = getattr(s, field_name)
+            target = getattr(stats, field_name)
+            target.count, target.ns = d.count, d.ns
+        for size in sorted(s.batches):
+            b = s.batches[size]
+            entry = message.batch_stats.add(batch_size=size)
+            for field_name in ("compute_input", "compute_infer", "compute_output"):
+                d = getattr(b, field_name)
+                target = getattr(entry, field_name)
+                target.count, target.ns = d.count, d.ns
+        out.append(message)
+    return out
