@@ -1,0 +1,80 @@
+"""The ``surge`` command line as a user runs it: serve (a real process), infer, models, graceful SIGTERM."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from surge.clients import InferenceClient
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def served(tmp_path: Path, test_repository: Path):
+    address_file = tmp_path / "address"
+    log = (tmp_path / "server.log").open("w+")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(test_repository),
+         "--grpc-port", "0", "--address-file", str(address_file), "--no-strict-readiness"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while not address_file.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            log.seek(0)
+            pytest.fail(f"surge serve did not start:\n{log.read()}")
+        time.sleep(0.05)
+    yield process, address_file.read_text(), log
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    log.close()
+
+
+def _surge(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "surge.server.cli", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_models_and_infer_commands(served, tmp_path):
+    _, address, _ = served
+    models = _surge("models", "--url", address)
+    assert models.returncode == 0, models.stderr
+    assert any(line.split()[:3] == ["mlp", "1", "READY"] for line in models.stdout.splitlines())
+    random = _surge("infer", "mlp", "--url", address, "--batch", "2")
+    assert random.returncode == 0, random.stderr
+    assert "probabilities float32 [2, 4]" in random.stdout
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.save(tmp_path / "x.npy", x)
+    from_file = _surge("infer", "nobatch", "--url", address, "--input", f"x={tmp_path / 'x.npy'}")
+    assert from_file.returncode == 0, from_file.stderr
+    assert "[[1. 2. 3.]" in from_file.stdout
+    missing = _surge("infer", "no_such_model", "--url", address)
+    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_zero(served):
+    process, address, log = served
+    with InferenceClient(address, timeout_s=30, retries=0) as client, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(client.infer, "slow_py", {"delay_s": np.array([[1.0]], np.float32)})
+        time.sleep(0.3)
+        os.kill(process.pid, signal.SIGTERM)
+        result = in_flight.result()
+    assert result["delay_s_out"][0, 0] == 1.0
+    assert process.wait(30) == 0
+    log.seek(0)
+    assert "stopped" in log.read()
+
+
+def test_serve_refuses_a_missing_repository(tmp_path):
+    result = _surge("serve", "--model-repository", str(tmp_path / "nowhere"), "--grpc-port", "0")
+    assert result.returncode == 2 and "not a directory" in result.stderr

@@ -1,0 +1,142 @@
+"""Repository control over the wire: load, unload, reload while serving, config overrides, poll mode."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import shutil
+import threading
+
+import grpc
+import numpy as np
+import pytest
+
+from surge.clients import InferenceClient, InferenceServerError
+from tests.models import write_add_model, write_test_repository
+
+
+@pytest.fixture
+def repo(tmp_path):
+    return write_test_repository(tmp_path / "repo")
+
+
+def _index(client):
+    return {(m.name, m.version): (m.state, m.reason) for m in client.repository_index()}
+
+
+def test_explicit_mode_load_infer_unload(start_server, repo):
+    server = start_server(model_repository=repo, model_control_mode="explicit", load_models=("mlp",))
+    with InferenceClient(server.address, timeout_s=30, retries=0) as client:
+        index = _index(client)
+        assert index[("mlp", "1")] == ("READY", "")
+        assert index[("nobatch", "")] == ("UNAVAILABLE", "not loaded")
+        assert not client.is_model_ready("nobatch")
+
+        client.load_model("nobatch")
+        assert client.is_model_ready("nobatch")
+        y = client.infer("nobatch", {"x": np.zeros((2, 3), np.float32)})["y"]
+        np.testing.assert_array_equal(y, np.ones((2, 3), np.float32))
+
+        client.unload_model("nobatch")
+        assert not client.is_model_ready("nobatch")
+        assert _index(client)[("nobatch", "")] == ("UNAVAILABLE", "unloaded")
+        with pytest.raises(InferenceServerError) as info:
+            client.infer("nobatch", {"x": np.zeros((2, 3), np.float32)})
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        assert client.is_server_ready()  # an unloaded model is not wanted: readiness holds
+
+        with pytest.raises(InferenceServerError) as info:
+            client.load_model("no_such_model")
+        assert info.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_load_with_triton_config_override(start_server, repo):
+    server = start_server(model_repository=repo, model_control_mode="explicit")
+    with InferenceClient(server.address, timeout_s=30, retries=0) as client:
+        override = {"max_batch_size": 4, "instance_group": [{"count": 2, "kind": "KIND_CPU"}], "dynamic_batching": {"max_queue_delay_microseconds": 500}}
+        client.load_model("mlp", config=json.dumps(override))
+        config = client.model_config("mlp")
+        assert config.max_batch_size == 4 and config.instance_group[0].count == 2
+        assert config.HasField("dynamic_batching") and config.dynamic_batching.max_queue_delay_microseconds == 500
+        with pytest.raises(InferenceServerError) as info:
+            client.infer("mlp", {"x": np.zeros((5, 16), np.float32)})
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "1 to 4 rows" in info.value.message
+
+        with pytest.raises(InferenceServerError) as info:
+            client.load_model("mlp", config=json.dumps({"max_batch_size": "many"}))
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert client.is_model_ready("mlp")  # a rejected reload leaves the served version alone
+
+
+def test_reload_while_serving_drops_no_request(start_server, repo):
+    server = start_server(model_repository=repo, model_control_mode="explicit", load_models=("versioned",))
+    stop = threading.Event()
+    seen_versions: set[str] = set()
+    failures: list[BaseException] = []
+
+    def hammer() -> int:
+        count = 0
+        with InferenceClient(server.address, timeout_s=30, retries=0) as client:
+            while not stop.is_set():
+                try:
+                    result = client.infer("versioned", {"x": np.zeros((1, 4), np.float32)})
+                    seen_versions.add(result.model_version)
+                    assert result["y"][0, 0] == float(result.model_version)
+                    count += 1
+                except BaseException as exc:  # noqa: BLE001 - any failure fails the test
+                    failures.append(exc)
+                    return count
+        return count
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool, InferenceClient(server.address, timeout_s=30) as admin:
+        workers = [pool.submit(hammer) for _ in range(3)]
+        write_add_model(repo / "versioned" / "3" / "model.onnx", 3.0)
+        for _ in range(3):
+            admin.load_model("versioned")
+        (repo / "versioned" / "config.toml").write_text("max_batch_size = 16\n\n[version_policy]\nlatest = 1\n")
+        admin.load_model("versioned")
+        assert [m.version for m in admin.repository_index() if m.name == "versioned"] == ["3"]
+        stop.set()
+        served = sum(w.result() for w in workers)
+    assert not failures, failures[:3]
+    assert served > 0 and "3" in seen_versions
+
+
+def test_failed_reload_keeps_the_old_version_serving(start_server, repo):
+    server = start_server(model_repository=repo, model_control_mode="explicit", load_models=("nobatch",))
+    with InferenceClient(server.address, timeout_s=30, retries=0) as client:
+        (repo / "nobatch" / "1" / "model.onnx").write_bytes(b"corrupted")
+        client.load_model("nobatch")  # the version keeps serving, so the load reports success
+        y = client.infer("nobatch", {"x": np.zeros((2, 3), np.float32)})["y"]
+        np.testing.assert_array_equal(y, np.ones((2, 3), np.float32))
+
+
+def test_poll_mode_applies_new_changed_and_removed_models(start_server, repo, tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    shutil.copytree(repo / "nobatch", small / "nobatch")
+    server = start_server(model_repository=small, model_control_mode="poll", poll_interval_s=3600)
+    with InferenceClient(server.address, timeout_s=30, retries=0) as client:
+        assert {m.name for m in client.repository_index()} == {"nobatch"}
+        shutil.copytree(repo / "mlp", small / "mlp")
+        write_add_model(small / "nobatch" / "1" / "model.onnx", 10.0, batch=False)
+        server.call(server.server.repository.poll_once())
+        assert client.is_model_ready("mlp")
+        y = client.infer("nobatch", {"x": np.zeros((2, 3), np.float32)})["y"]
+        assert y[0, 0] == 10.0
+        shutil.rmtree(small / "mlp")
+        server.call(server.server.repository.poll_once())
+        assert {m.name for m in client.repository_index()} == {"nobatch"}
+
+
+def test_a_model_that_fails_to_load_does_not_stop_the_others(client):
+    index = _index(client)
+    (state, reason), = [v for (name, _), v in index.items() if name == "broken"]
+    assert state == "UNAVAILABLE" and reason
+    assert index[("mlp", "1")] == ("READY", "")
+
+
+def test_strict_readiness_reflects_failed_models(start_server, repo):
+    server = start_server(model_repository=repo, strict_readiness=True)
+    with InferenceClient(server.address, timeout_s=30) as client:
+        assert client.is_server_live() and not client.is_server_ready()

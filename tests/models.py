@@ -1,0 +1,165 @@
+"""Model repositories for tests, generated in code (onnx helper API, small Python models; no downloads).
+
+``write_test_repository(root)`` writes every model below; tests pick what they need:
+
+    mlp            the demo classifier (FP32 x[-1,16] -> probabilities[-1,4]), max_batch_size 64
+    identity       the demo identity (FP32 input[-1,-1] -> output), max_batch_size 8
+    identity_all   one ONNX Identity per datatype (in_<DT> -> out_<DT>), max_batch_size 8
+    nobatch        FP32 a[2,3] -> a + 1, no batch dimension (max_batch_size 0)
+    versioned      versions 1 and 2 (version_policy all): y = x + version
+    echo_py        python backend: echoes FP32 and BF16 inputs
+    failing_py     python backend: raises with a secret in the message
+    slow_py        python backend: sleeps delay_s (an input) seconds; 1 instance, at most 2 waiting
+    broken         a model.onnx that is not ONNX: stays UNAVAILABLE with its reason
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from surge.server.demo import write_demo_repository, write_onnx_model
+
+__all__ = ["ALL_DATATYPES", "ONNX_DATATYPES", "write_add_model", "write_test_repository"]
+
+#: Datatypes the identity_all ONNX model carries (ONNX Runtime's Identity supports all of these).
+ONNX_DATATYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES")
+ALL_DATATYPES = ONNX_DATATYPES + ("BF16",)
+
+
+def _onnx_type(datatype: str) -> int:
+    from onnx import TensorProto
+
+    return {
+        "BOOL": TensorProto.BOOL, "UINT8": TensorProto.UINT8, "UINT16": TensorProto.UINT16, "UINT32": TensorProto.UINT32,
+        "UINT64": TensorProto.UINT64, "INT8": TensorProto.INT8, "INT16": TensorProto.INT16, "INT32": TensorProto.INT32,
+        "INT64": TensorProto.INT64, "FP16": TensorProto.FLOAT16, "FP32": TensorProto.FLOAT, "FP64": TensorProto.DOUBLE,
+        "BYTES": TensorProto.STRING,
+    }[datatype]
+
+
+def write_identity_all(folder: Path) -> None:
+    from onnx import helper
+
+    nodes = [helper.make_node("Identity", [f"in_{dt}"], [f"out_{dt}"]) for dt in ONNX_DATATYPES]
+    inputs = [helper.make_tensor_value_info(f"in_{dt}", _onnx_type(dt), ["batch", "n"]) for dt in ONNX_DATATYPES]
+    outputs = [helper.make_tensor_value_info(f"out_{dt}", _onnx_type(dt), ["batch", "n"]) for dt in ONNX_DATATYPES]
+    write_onnx_model(folder / "1" / "model.onnx", helper.make_graph(nodes, "identity_all", inputs, outputs))
+    (folder / "config.toml").write_text("max_batch_size = 8\n")
+
+
+def write_add_model(path: Path, constant: float, *, batch: bool = True) -> None:
+    """An ONNX model y = x + constant over FP32 x[batch, 4] (or x[2, 3] without a batch dimension)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    shape = ["batch", 4] if batch else [2, 3]
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "c"], ["y"])],
+        "add",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        initializer=[numpy_helper.from_array(np.array(constant, dtype=np.float32), "c")],
+    )
+    write_onnx_model(path, graph)
+
+
+_ECHO_PY = '''
+import numpy as np
+
+class Model:
+    def infer(self, inputs, output_names):
+        return {"y": inputs["x"] * 1, "b_out": inputs["b"].copy()}
+'''
+_ECHO_CONFIG = """
+backend = "python"
+max_batch_size = 4
+
+[[input]]
+name = "x"
+datatype = "FP32"
+dims = [-1]
+
+[[input]]
+name = "b"
+datatype = "BF16"
+dims = [-1]
+
+[[output]]
+name = "y"
+datatype = "FP32"
+dims = [-1]
+
+[[output]]
+name = "b_out"
+datatype = "BF16"
+dims = [-1]
+"""
+_FAILING_PY = '''
+class Model:
+    def infer(self, inputs, output_names):
+        if float(inputs["x"].reshape(-1)[0]) < 0:
+            raise ValueError("secret internal detail: negative input")
+        return {"y": inputs["x"]}
+'''
+_FAILING_CONFIG = """
+backend = "python"
+max_batch_size = 4
+
+[[input]]
+name = "x"
+datatype = "FP32"
+dims = [1]
+
+[[output]]
+name = "y"
+datatype = "FP32"
+dims = [1]
+"""
+_SLOW_PY = '''
+import time
+
+class Model:
+    def infer(self, inputs, output_names):
+        time.sleep(float(inputs["delay_s"].reshape(-1)[0]))
+        return {"delay_s_out": inputs["delay_s"]}
+'''
+_SLOW_CONFIG = """
+backend = "python"
+max_batch_size = 1
+
+[[input]]
+name = "delay_s"
+datatype = "FP32"
+dims = [1]
+
+[[output]]
+name = "delay_s_out"
+datatype = "FP32"
+dims = [1]
+
+[dynamic_batching]
+max_queue_size = 2
+"""
+
+
+def write_test_repository(root: Path) -> Path:
+    """Write every test model under ``root`` (see the module docstring); returns ``root``."""
+    write_demo_repository(root)
+    write_identity_all(root / "identity_all")
+    write_add_model(root / "nobatch" / "1" / "model.onnx", 1.0, batch=False)
+    (root / "nobatch" / "config.toml").write_text("max_batch_size = 0\n")
+    for version in (1, 2):
+        write_add_model(root / "versioned" / str(version) / "model.onnx", float(version))
+    (root / "versioned" / "config.toml").write_text("max_batch_size = 16\n\n[version_policy]\nall = true\n")
+    for name, code, config in (
+        ("echo_py", _ECHO_PY, _ECHO_CONFIG),
+        ("failing_py", _FAILING_PY, _FAILING_CONFIG),
+        ("slow_py", _SLOW_PY, _SLOW_CONFIG),
+    ):
+        (root / name / "1").mkdir(parents=True, exist_ok=True)
+        (root / name / "1" / "model.py").write_text(code)
+        (root / name / "config.toml").write_text(config)
+    (root / "broken" / "1").mkdir(parents=True, exist_ok=True)
+    (root / "broken" / "1" / "model.onnx").write_bytes(b"this is not an onnx model")
+    return root
