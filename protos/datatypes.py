@@ -127,6 +127,8 @@ def deserialize_bytes_tensor(buffer: bytes | memoryview, count: int) -> np.ndarr
     """
     view = memoryview(buffer)
     total = len(view)
+    if count * 4 > total:  # checked before allocating: a claimed shape must not cost memory
+        raise ValueError(f"BYTES data of {total} bytes cannot hold {count} elements (each needs a 4-byte length)")
     out = np.empty(count, dtype=np.object_)
     offset = 0
     for i in range(count):

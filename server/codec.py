@@ -159,7 +159,8 @@ def _from_contents(ts: _TensorSpec, shape: tuple[int, ...], tensor: Any) -> np.n
         array[:] = list(values)
         return array.reshape(shape)
     try:
-        return np.array(values, dtype=ts.dtype).reshape(shape)
+        # list(): numpy wraps out-of-range values from protobuf's container silently, but raises for a list
+        return np.array(list(values), dtype=ts.dtype).reshape(shape)
     except OverflowError:
         raise InvalidInput(f"input '{ts.name}': a value in contents.{field} does not fit {ts.datatype}") from None
 

@@ -213,7 +213,7 @@ def parse_model_config(name: str, data: Mapping[str, Any]) -> ModelConfig:
         outputs=tuple(_tensor(t, inputs=False) for t in reader.tables("output")),
         dynamic_batching=_batching(reader.table("dynamic_batching"), max_batch_size),
         instance_group=_instance_group(reader.table("instance_group")),
-        parameters=dict(reader.table("parameters").data) if "parameters" in data else {},
+        parameters=dict(reader.table("parameters").data),
     )
     reader.check_no_unknown()
     for kind, tensors in (("input", config.inputs), ("output", config.outputs)):
@@ -237,6 +237,7 @@ def _tensor(reader: _Table, *, inputs: bool) -> TensorConfig:
 
 
 def _version_policy(reader: _Table) -> VersionPolicy:
+    reader.allow("latest", "all", "specific")
     given = [k for k in ("latest", "all", "specific") if k in reader.data]
     if len(given) > 1:
         raise ConfigError(f"version_policy: give one of latest, all, specific; got {given}")
@@ -355,6 +356,10 @@ class _Table:
         if not isinstance(value, list):
             raise ConfigError(f"{self.path}{key}: expected an array of tables ([[{key}]]), got {type(value).__name__}")
         return [_Table(item, f"{self.path}{key}[{i}].") for i, item in enumerate(value)]
+
+    def allow(self, *keys: str) -> None:
+        """Count keys as valid without reading them (for tables whose keys are alternatives)."""
+        self._used.update(keys)
 
     def check_no_unknown(self) -> None:
         unknown = sorted(set(self.data) - self._used)

@@ -1,0 +1,58 @@
+"""Public names: every ``__all__`` entry exists, and the client package stays free of server-side imports."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+MODULES = ["surge.clients", "surge.server.errors", "surge.server.config"]
+
+
+@pytest.mark.parametrize("module_name", MODULES)
+def test_all_lists_only_names_that_exist(module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    exported = module.__all__
+    assert exported, f"{module_name}.__all__ is empty"
+    assert all(isinstance(name, str) for name in exported)
+    assert len(set(exported)) == len(exported), f"{module_name}.__all__ has duplicates"
+    missing = [name for name in exported if not hasattr(module, name)]
+    assert missing == []
+
+
+@pytest.mark.parametrize("module_name", MODULES)
+def test_star_import_works(module_name: str) -> None:
+    namespace: dict[str, object] = {}
+    exec(f"from {module_name} import *", namespace)  # noqa: S102 - the point is what * brings in
+    module = importlib.import_module(module_name)
+    assert set(module.__all__) <= set(namespace)
+
+
+def test_server_errors_exports_every_error_class() -> None:
+    errors = importlib.import_module("surge.server.errors")
+    classes = {
+        name for name, value in vars(errors).items() if isinstance(value, type) and issubclass(value, errors.InferenceServerError)
+    }
+    assert classes == set(errors.__all__)
+
+
+_PROBE = textwrap.dedent(
+    """
+    import json, sys
+    import surge.clients
+    heavy = ("surge.server", "onnx", "onnxruntime")
+    loaded = sorted(m for m in sys.modules if any(m == h or m.startswith(h + ".") for h in heavy))
+    print(json.dumps(loaded))
+    """
+)
+
+
+def test_importing_clients_does_not_import_server_or_onnx() -> None:
+    result = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert loaded == []
