@@ -77,6 +77,7 @@ class Server:
         )
         self._ready = False
         self._grpc: grpc.aio.Server | None = None
+        self._servicer: InferenceServicer | None = None
         self._health = HealthServicer()
         self.address = ""
 
@@ -97,6 +98,7 @@ class Server:
         server = grpc.aio.server(options=options)
         servicer = InferenceServicer(self.repository, server_name="surge", server_version=SERVER_VERSION, is_ready=self.is_ready)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+        self._servicer = servicer
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
         target = f"[{self.config.host}]:{self.config.grpc_port}" if ":" in self.config.host else f"{self.config.host}:{self.config.grpc_port}"
@@ -134,6 +136,8 @@ class Server:
         """Readiness off, stop accepting, finish in-flight RPCs within ``grace_s``, then free every model."""
         self._ready = False
         await self._health.enter_graceful_shutdown()
+        if self._servicer is not None:
+            self._servicer.begin_shutdown()
         if self._grpc is not None:
             await self._grpc.stop(self.config.drain_timeout_s if grace_s is None else grace_s)
         await self.repository.aclose()

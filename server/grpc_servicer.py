@@ -110,6 +110,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._name = server_name
         self._version = server_version
         self._is_ready = is_ready
+        self._stream_readers: set[asyncio.Task[None]] = set()
 
     # -- health and metadata ---------------------------------------------------------------------
 
@@ -201,9 +202,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Bidirectional stream: requests run concurrently (up to STREAM_MAX_IN_FLIGHT), answers come as they finish.
 
-        A failed request is answered with ``error_message`` (and its id); the stream stays open.
+        A failed request is answered with ``error_message`` (its status name first, then the message) and its
+        id; the stream stays open. With the ``triton_grpc_error: true`` header (Triton's opt-in), the first
+        error instead ends the stream with that gRPC status. On server shutdown the stream stops reading,
+        answers what it accepted, and ends.
         """
-        results: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        grpc_errors = any(k == "triton_grpc_error" and v.lower() == "true" for k, v in context.invocation_metadata() or ())
+        results: asyncio.Queue[tuple[pb.ModelStreamInferResponse, BaseException | None] | None] = asyncio.Queue()
         slots = asyncio.Semaphore(STREAM_MAX_IN_FLIGHT)
         tasks: set[asyncio.Task[None]] = set()
 
@@ -212,11 +217,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 stamps = Stamps(now_ns())
                 version = self._repo.get(request.model_name, request.model_version)
                 response = await self._infer(request, version, stamps, _deadline(context, request))
-                results.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
+                results.put_nowait((pb.ModelStreamInferResponse(infer_response=response), None))
             except Exception as exc:
                 failed = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
                 message = f"{status_of(exc).name}: {_error_message(exc, request.id)}"  # the code too: streams carry no status
-                results.put_nowait(pb.ModelStreamInferResponse(error_message=message, infer_response=failed))
+                results.put_nowait((pb.ModelStreamInferResponse(error_message=message, infer_response=failed), exc))
             finally:
                 slots.release()
 
@@ -227,19 +232,31 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     task = asyncio.create_task(one(request))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
+            except asyncio.CancelledError:
+                pass  # shutdown (or the client went away): stop reading, finish what was accepted
+            finally:
                 if tasks:
                     await asyncio.gather(*tasks, return_exceptions=True)
-            finally:
                 results.put_nowait(None)
 
         reader = asyncio.create_task(read())
+        self._stream_readers.add(reader)
         try:
             while (item := await results.get()) is not None:
-                yield item
+                response, exc = item
+                if exc is not None and grpc_errors:
+                    await context.abort(status_of(exc), response.error_message.partition(": ")[2])
+                yield response
         finally:
+            self._stream_readers.discard(reader)
             reader.cancel()
             for task in tasks:
                 task.cancel()
+
+    def begin_shutdown(self) -> None:
+        """Make open streams stop reading: each answers what it accepted, then ends (so shutdown is not held open)."""
+        for reader in list(self._stream_readers):
+            reader.cancel()
 
     # -- repository ------------------------------------------------------------------------------
 

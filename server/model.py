@@ -75,6 +75,7 @@ class ModelVersion:
         self.model_path = model_path
         self.state = State.LOADING
         self.reason = ""
+        self.error: Exception | None = None  # why load() failed, for the caller that asked for the load
         self.stats = VersionStats()
         self.output_names: tuple[str, ...] = ()
         self.codec_spec: Any = None  # the codec's lookup tables for this signature, built on first request
@@ -109,7 +110,7 @@ class ModelVersion:
             self.output_names = tuple(t.name for t in self.config.outputs)
             await asyncio.gather(*(loop.run_in_executor(inst.executor, self._warmup, inst) for inst in self._instances))
         except Exception as exc:  # a broken model must not take the server down
-            self.state, self.reason = State.UNAVAILABLE, _reason(exc)
+            self.state, self.reason, self.error = State.UNAVAILABLE, _reason(exc), exc
             log.error("model %s version %d failed to load: %s", self.config.name, self.version, self.reason, exc_info=not isinstance(exc, InferenceServerError))
             await self._close_instances()
             return

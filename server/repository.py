@@ -192,11 +192,13 @@ class ModelRepository:
             await asyncio.gather(*(version.load() for version in fresh.values()))
             old = model.versions
             table: dict[int, ModelVersion] = {}
+            kept: list[ModelVersion] = []  # versions whose reload failed: the old instance keeps serving
             for number, version in fresh.items():
                 previous = old.get(number)
                 if version.state != State.READY and previous is not None and previous.state == State.READY:
                     log.error("model %s version %d: reload failed (%s); the previous instance keeps serving", name, number, version.reason)
                     table[number] = previous
+                    kept.append(version)
                 else:
                     table[number] = version
             model.versions = table
@@ -205,6 +207,10 @@ class ModelRepository:
             retired = [v for v in old.values() if table.get(v.version) is not v]
             for version in retired:
                 self._spawn(version.aclose(self._drain_timeout_s))
+            if kept:  # the caller asked for new versions and did not get them: say so (Triton does too)
+                failed = kept[0]
+                message = f"model '{name}' version {failed.version} failed to reload ({failed.reason}); the previous version keeps serving"
+                raise ConfigError(message) if isinstance(failed.error, ConfigError) else ModelNotReady(message)
             if not model.serving:
                 raise ModelNotReady(f"model '{name}' failed to load: {self._why_not_ready(model)}")
 

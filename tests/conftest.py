@@ -12,6 +12,8 @@ import pytest
 from surge.server.app import Server, ServerConfig
 from tests.models import write_test_repository
 
+collect_ignore = ["triton"]  # tests/triton runs in its own process (tritonclient vs surge.protos); see tests/integration/test_tritonclient_suite.py
+
 
 class ServerThread:
     """A Surge server running its own event loop in a thread, so sync and async clients can both call it."""

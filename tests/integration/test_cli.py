@@ -78,3 +78,27 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(served):
 def test_serve_refuses_a_missing_repository(tmp_path):
     result = _surge("serve", "--model-repository", str(tmp_path / "nowhere"), "--grpc-port", "0")
     assert result.returncode == 2 and "not a directory" in result.stderr
+
+
+def test_an_idle_open_stream_does_not_hold_shutdown(served):
+    """A client keeping a stream open (its request answered) must not make SIGTERM wait the drain timeout (30 s)."""
+    import threading
+
+    from surge.clients import InferRequest
+
+    process, address, _ = served
+    release = threading.Event()
+
+    def requests():
+        yield InferRequest(model="mlp", inputs={"x": np.ones((1, 16), np.float32)}, request_id="only")
+        release.wait(60)  # keep the stream open, idle
+
+    with InferenceClient(address, timeout_s=60, retries=0) as client:
+        stream = client.stream_infer(requests())
+        assert next(stream).id == "only"
+        started = time.monotonic()
+        os.kill(process.pid, signal.SIGTERM)
+        assert process.wait(20) == 0
+        assert time.monotonic() - started < 10
+        assert list(stream) == []  # the server ended the stream cleanly
+        release.set()

@@ -131,3 +131,30 @@ async def test_async_client_concurrent_requests(server):
     for i, (a, b) in enumerate(zip(results, reference)):
         assert a.id == str(i)
         np.testing.assert_array_equal(a["probabilities"], b["probabilities"])
+
+
+def test_stream_with_triton_grpc_error_header_ends_with_the_status(server):
+    import grpc
+
+    good = pb.ModelInferRequest(model_name="nobatch", id="good")
+    good.inputs.add(name="x", datatype="FP32", shape=[2, 3])
+    good.raw_input_contents.append(np.zeros((2, 3), np.float32).tobytes())
+    bad = pb.ModelInferRequest(model_name="no_such_model", id="bad")
+    import threading
+
+    answered = threading.Event()
+
+    def requests():
+        yield good
+        answered.wait(10)  # requests in a stream run concurrently: send the bad one after the good one is answered
+        yield bad
+
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        responses = stub.ModelStreamInfer(requests(), metadata=(("triton_grpc_error", "true"),), timeout=10)
+        first = next(responses)
+        answered.set()
+        assert first.infer_response.id == "good" and not first.error_message
+        with pytest.raises(grpc.RpcError) as info:
+            next(responses)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND and "no_such_model" in info.value.details()

@@ -106,7 +106,14 @@ def test_failed_reload_keeps_the_old_version_serving(start_server, repo):
     server = start_server(model_repository=repo, model_control_mode="explicit", load_models=("nobatch",))
     with InferenceClient(server.address, timeout_s=30, retries=0) as client:
         (repo / "nobatch" / "1" / "model.onnx").write_bytes(b"corrupted")
-        client.load_model("nobatch")  # the version keeps serving, so the load reports success
+        with pytest.raises(InferenceServerError) as info:
+            client.load_model("nobatch")
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE and "previous version keeps serving" in info.value.message
+        write_add_model(repo / "nobatch" / "1" / "model.onnx", 1.0, batch=False)
+        with pytest.raises(InferenceServerError) as info:
+            client.load_model("nobatch", config=json.dumps({"max_batch_size": 8}))  # the model has no batch dimension
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "max_batch_size = 8" in info.value.message
+        assert client.model_config("nobatch").max_batch_size == 0
         y = client.infer("nobatch", {"x": np.zeros((2, 3), np.float32)})["y"]
         np.testing.assert_array_equal(y, np.ones((2, 3), np.float32))
 

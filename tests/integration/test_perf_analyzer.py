@@ -1,0 +1,114 @@
+"""Triton's perf_analyzer (the C++ load generator, unmodified) against a ``surge serve`` subprocess.
+
+perf_analyzer calls ServerMetadata, ModelMetadata, ModelConfig, then ModelInfer / ModelStreamInfer under load
+and ModelStatistics around every measurement window (PROTOCOL.md §2.7); any incompatibility makes it exit 99.
+Needs ``bench/perf_analyzer/setup.sh`` (cached under .cache/perf_analyzer); skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.models import write_test_repository
+
+pytestmark = pytest.mark.perf_analyzer
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BINARY = REPO_ROOT / ".cache" / "perf_analyzer" / "bin" / "perf_analyzer"
+RUN_SH = REPO_ROOT / "bench" / "perf_analyzer" / "run.sh"
+RUN_TIMEOUT_S = 90
+#: Settings that keep one run to ~5-15 s on a noisy 2-core box (see bench/perf_analyzer/README.md).
+COMMON = ["-i", "grpc", "--concurrency-range", "1:2", "-s", "20", "-r", "8", "--measurement-interval", "1000"]
+BAD_LINE = re.compile(r"error|fail|unstable|missing statistics|abort|exception", re.IGNORECASE)
+
+
+@pytest.fixture(scope="module")
+def surge_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``surge serve`` (subprocess, ephemeral port) on the test repository; SIGTERM at the end must exit 0."""
+    if not os.access(BINARY, os.X_OK):
+        pytest.skip(f"perf_analyzer is not set up ({BINARY} missing); run bench/perf_analyzer/setup.sh")
+    work = tmp_path_factory.mktemp("perf-analyzer")
+    repository = write_test_repository(work / "repository")
+    address_file, log_file = work / "address", work / "server.log"
+    cmd = [
+        sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(repository), "--grpc-port", "0",
+        "--address-file", str(address_file), "--no-strict-readiness", "--log-level", "warning", "--drain-timeout-s", "5",
+    ]  # fmt: skip
+    with open(log_file, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    deadline = time.monotonic() + 60
+    try:
+        while not address_file.exists():
+            if proc.poll() is not None:
+                pytest.fail(f"surge serve exited with {proc.returncode} before it was ready:\n{log_file.read_text(errors='replace')}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"surge serve was not ready within 60 s:\n{log_file.read_text(errors='replace')}")
+            time.sleep(0.05)
+        yield address_file.read_text().strip()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            code = None
+    assert code == 0, f"surge serve exited with {code} after SIGTERM:\n{log_file.read_text(errors='replace')}"
+
+
+def run_perf_analyzer(*args: str) -> str:
+    cmd = ["bash", str(RUN_SH), *args]
+    try:
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{' '.join(cmd)} ran over {RUN_TIMEOUT_S} s; output so far:\n{exc.stdout}\n{exc.stderr}", pytrace=False)
+    output = proc.stdout + proc.stderr
+    print(f"$ {' '.join(cmd)}\n{output}")  # shown with -rP / -s, and on failure
+    if proc.returncode != 0:
+        pytest.fail(f"perf_analyzer exited with {proc.returncode}:\n{output}", pytrace=False)
+    bad = [line for line in output.splitlines() if BAD_LINE.search(line)]
+    assert not bad, f"perf_analyzer reported problems: {bad}\n{output}"
+    assert "Throughput:" in output, output
+    for concurrency in (1, 2):
+        assert f"Concurrency: {concurrency}, throughput:" in output, output
+    assert "Server:" in output and "Successful request count:" in output, f"no server-side statistics:\n{output}"
+    return output
+
+
+def server_counts(output: str) -> list[tuple[int, int]]:
+    """(inference count, execution count) of every measured concurrency level (from ModelStatistics)."""
+    inferences = [int(n) for n in re.findall(r"Inference count: (\d+)", output)]
+    executions = [int(n) for n in re.findall(r"Execution count: (\d+)", output)]
+    assert len(inferences) == len(executions) == 2, output
+    return list(zip(inferences, executions))
+
+
+@pytest.mark.parametrize(
+    "model, extra",
+    [
+        pytest.param("mlp", ["--shape", "x:16"], id="mlp-sync"),
+        pytest.param("mlp", ["--shape", "x:16", "--streaming"], id="mlp-streaming"),
+        pytest.param("versioned", [], id="versioned-no-version"),  # stats for every version; PA picks the active one
+    ],
+)
+def test_perf_analyzer_batch_1(surge_address: str, model: str, extra: list[str]) -> None:
+    output = run_perf_analyzer("-m", model, "-u", surge_address, *COMMON, *extra)
+    for inferences, executions in server_counts(output):
+        assert executions > 0 and inferences == executions, output
+
+
+def test_perf_analyzer_batch_4(surge_address: str) -> None:
+    output = run_perf_analyzer("-m", "mlp", "-u", surge_address, *COMMON, "--shape", "x:16", "-b", "4")
+    assert "Batch size: 4" in output
+    for inferences, executions in server_counts(output):
+        assert executions > 0 and inferences == 4 * executions, output  # every request carries 4 rows
