@@ -52,6 +52,10 @@ class DecodedRequest:
     inputs: dict[str, np.ndarray]
     output_names: tuple[str, ...]
     rows: int
+    priority: int = 0
+    """Triton's ``priority`` parameter (0: the model's default level)."""
+    timeout_s: float | None = None
+    """Triton's ``timeout`` parameter (given in µs), in seconds; it may only shorten the queue policy's."""
 
 
 def _tensor_spec(t: TensorConfig) -> _TensorSpec:
@@ -108,7 +112,24 @@ def decode_request(request: pb.ModelInferRequest, spec: _ModelSpec) -> DecodedRe
     missing = spec.required - inputs.keys()
     if missing:
         raise InvalidInput(f"missing input(s) {sorted(missing)} for model '{spec.name}'; it needs {sorted(spec.required)}")
-    return DecodedRequest(inputs, _requested_outputs(request, spec), max(rows, 1))
+    decoded = DecodedRequest(inputs, _requested_outputs(request, spec), max(rows, 1))
+    if request.parameters:
+        _read_parameters(request, decoded)
+    return decoded
+
+
+def _read_parameters(request: pb.ModelInferRequest, decoded: DecodedRequest) -> None:
+    params = request.parameters
+    if "priority" in params:
+        priority = parameter_value(params["priority"])
+        if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
+            raise InvalidInput(f"parameter 'priority' must be a non-negative integer, got {priority!r}")
+        decoded.priority = priority
+    if "timeout" in params:
+        timeout_us = parameter_value(params["timeout"])
+        if isinstance(timeout_us, bool) or not isinstance(timeout_us, int | float) or timeout_us < 0:
+            raise InvalidInput(f"parameter 'timeout' must be a non-negative number of microseconds, got {timeout_us!r}")
+        decoded.timeout_s = timeout_us / 1e6 if timeout_us else None
 
 
 def _check_shape(spec: _ModelSpec, ts: _TensorSpec, shape: tuple[int, ...]) -> int:

@@ -21,9 +21,14 @@ omitted)::
     dims = [4]
 
     [dynamic_batching]                 # present: requests are batched (Triton's semantics, seconds here)
-    max_queue_delay_s = 0.0005
+    max_queue_delay_s = 0.0005         # or latency_slo_s = 0.010: the batcher picks the wait (see batching.py)
     preferred_batch_sizes = [16, 32]
-    max_queue_size = 1024              # 0: unbounded by count (the server's own limits still apply)
+    max_queue_size = 1024              # requests waiting beyond this get UNAVAILABLE at once (0: 4096)
+    default_timeout_s = 0.0            # how long a request may wait (0: no limit); requests may only shorten it
+    priority_levels = 2                # level 1 is the highest
+    default_priority_level = 2
+    [dynamic_batching.priority_queue_policy.1]
+    max_queue_size = 64
 
     [instance_group]
     count = 1                          # runtime instances executing concurrently
@@ -52,6 +57,7 @@ from .errors import ConfigError
 
 __all__ = [
     "BatchingConfig",
+    "QueuePolicyConfig",
     "InstanceGroupConfig",
     "ModelConfig",
     "TensorConfig",
@@ -104,15 +110,35 @@ class VersionPolicy:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class QueuePolicyConfig:
+    """One priority level's queue policy (Triton's ModelQueuePolicy, in seconds)."""
+
+    max_queue_size: int = 0
+    """Requests waiting at this level beyond which new ones are rejected with UNAVAILABLE (0: 4096)."""
+    default_timeout_s: float = 0.0
+    """How long a request may wait before it is rejected (0: no limit); a request's timeout may only shorten it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class BatchingConfig:
     """Dynamic batching settings (Triton's ``dynamic_batching``, in seconds)."""
 
     max_queue_delay_s: float = 0.0
     """How long the oldest request may wait for more rows before a batch is dispatched."""
+    latency_slo_s: float | None = None
+    """Latency-SLO mode: target server latency per request; the batcher picks the wait (replaces max_queue_delay_s)."""
     preferred_batch_sizes: tuple[int, ...] = ()
     """Batch sizes (rows) to dispatch at as soon as they are reached."""
     max_queue_size: int = 0
-    """Requests waiting beyond this are rejected at once with UNAVAILABLE (0: no count bound)."""
+    """Default queue policy: requests waiting beyond this are rejected at once with UNAVAILABLE (0: 4096)."""
+    default_timeout_s: float = 0.0
+    """Default queue policy: how long a request may wait (0: no limit)."""
+    priority_levels: int = 1
+    """Number of priority levels (1 is the highest)."""
+    default_priority_level: int = 1
+    """Level of requests that give no priority."""
+    priority_queue_policy: Mapping[int, QueuePolicyConfig] = field(default_factory=dict)
+    """Queue policy per level, overriding the default one."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -263,17 +289,45 @@ def _batching(reader: _Table, max_batch_size: int | None) -> BatchingConfig | No
         return None
     if max_batch_size == 0:
         raise ConfigError("dynamic_batching: needs a batch dimension, but max_batch_size = 0")
+    slo = reader.number("latency_slo_s", 0.0, minimum=0.0)
+    policies: dict[int, QueuePolicyConfig] = {}
+    by_level = reader.table("priority_queue_policy")
+    for key in list(by_level.data):
+        if not str(key).isdigit():
+            raise ConfigError(f"dynamic_batching.priority_queue_policy.{key}: levels are integers, e.g. [dynamic_batching.priority_queue_policy.1]")
+        policies[int(key)] = _queue_policy(by_level.table(str(key)))
     batching = BatchingConfig(
         max_queue_delay_s=reader.number("max_queue_delay_s", 0.0, minimum=0.0),
+        latency_slo_s=slo or None,
         preferred_batch_sizes=tuple(reader.int_list("preferred_batch_sizes", minimum=1)),
         max_queue_size=reader.integer("max_queue_size", 0, minimum=0),
+        default_timeout_s=reader.number("default_timeout_s", 0.0, minimum=0.0),
+        priority_levels=reader.integer("priority_levels", 1, minimum=1),
+        default_priority_level=reader.integer("default_priority_level", 1, minimum=1),
+        priority_queue_policy=policies,
     )
+    if batching.latency_slo_s and "max_queue_delay_s" in reader.data:
+        raise ConfigError("dynamic_batching: set latency_slo_s or max_queue_delay_s, not both (the SLO mode picks the delay)")
     if max_batch_size and any(size > max_batch_size for size in batching.preferred_batch_sizes):
         raise ConfigError(
             f"dynamic_batching.preferred_batch_sizes: {list(batching.preferred_batch_sizes)} exceeds max_batch_size = {max_batch_size}"
         )
+    if batching.default_priority_level > batching.priority_levels:
+        raise ConfigError(f"dynamic_batching.default_priority_level: {batching.default_priority_level} exceeds priority_levels = {batching.priority_levels}")
+    bad = sorted(level for level in policies if not 1 <= level <= batching.priority_levels)
+    if bad:
+        raise ConfigError(f"dynamic_batching.priority_queue_policy: levels {bad} are outside 1..{batching.priority_levels} (priority_levels)")
     reader.check_no_unknown()
     return batching
+
+
+def _queue_policy(reader: _Table) -> QueuePolicyConfig:
+    policy = QueuePolicyConfig(
+        max_queue_size=reader.integer("max_queue_size", 0, minimum=0),
+        default_timeout_s=reader.number("default_timeout_s", 0.0, minimum=0.0),
+    )
+    reader.check_no_unknown()
+    return policy
 
 
 def _instance_group(reader: _Table) -> InstanceGroupConfig:

@@ -90,16 +90,10 @@ def _edge(method: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
-def _deadline(context: grpc.aio.ServicerContext, request: pb.ModelInferRequest) -> float | None:
-    """The request's deadline as a ``time.monotonic()`` value: the gRPC deadline or the ``timeout`` parameter (µs)."""
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """The request's gRPC deadline as a ``time.monotonic()`` value (None without one)."""
     remaining = context.time_remaining()
-    deadline = None if remaining is None else time.monotonic() + remaining
-    if "timeout" in request.parameters:
-        timeout_us = codec.parameter_value(request.parameters["timeout"])
-        if isinstance(timeout_us, int | float) and not isinstance(timeout_us, bool) and timeout_us > 0:
-            own = time.monotonic() + timeout_us / 1e6
-            deadline = own if deadline is None else min(deadline, own)
-    return deadline
+    return None if remaining is None else time.monotonic() + remaining
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -178,7 +172,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         stamps = Stamps(now_ns())
         version = self._repo.get(request.model_name, request.model_version)
-        return await self._infer(request, version, stamps, _deadline(context, request))
+        return await self._infer(request, version, stamps, _deadline(context))
 
     async def _infer(self, request: pb.ModelInferRequest, version: ModelVersion, stamps: Stamps, deadline: float | None) -> pb.ModelInferResponse:
         spec = version.codec_spec
@@ -188,7 +182,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             decoded = codec.decode_request(request, spec)
             stamps.decoded = now_ns()
             stamps.rows = decoded.rows
-            outputs = await version.execute(decoded.inputs, decoded.output_names, stamps, deadline)
+            outputs = await version.execute(
+                decoded.inputs, decoded.rows, decoded.output_names, stamps, deadline, priority=decoded.priority, timeout_s=decoded.timeout_s
+            )
             response = codec.encode_response(request, spec, version.version_str, outputs, decoded.output_names)
         except Exception:
             version.stats.record_failure(stamps, now_ns())
@@ -216,7 +212,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             try:
                 stamps = Stamps(now_ns())
                 version = self._repo.get(request.model_name, request.model_version)
-                response = await self._infer(request, version, stamps, _deadline(context, request))
+                response = await self._infer(request, version, stamps, _deadline(context))
                 results.put_nowait((pb.ModelStreamInferResponse(infer_response=response), None))
             except Exception as exc:
                 failed = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)

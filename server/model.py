@@ -1,10 +1,12 @@
 """A loaded model version: its runtime instances, its completed signature, its statistics.
 
 ``ModelVersion`` owns ``instance_group.count`` runtime instances, each driven by its own single-thread
-executor (runtimes never run on the event loop). A request takes a free instance (waiting in a bounded
-FIFO when all are busy), runs in that instance's thread, and gives it back when the thread finishes,
-even if the awaiting request was cancelled meanwhile. The dynamic batcher (a later layer) submits whole
-batches through the same ``execute`` path.
+executor (runtimes never run on the event loop), and one ``DynamicBatcher`` that queues requests and
+hands a batch to the next free instance (with batching off, a batch is one request). In the instance's
+thread the batch's inputs are concatenated into a reused per-instance buffer (one ``np.concatenate`` per
+input; a single request's arrays are passed as they are), the runtime runs, and back on the loop each
+request gets zero-copy row slices of the outputs. The instance is given back when its thread is done,
+whatever happened to the requests meanwhile.
 
 Lifecycle: ``LOADING`` -> ``load()`` (instances loaded and warmed up in their threads) -> ``READY`` ->
 ``aclose()`` (``UNLOADING``: new requests refused, in-flight ones drained, instances closed) -> gone.
@@ -27,16 +29,15 @@ import numpy as np
 from surge.protos.datatypes import numpy_dtype
 
 from .config import ModelConfig, TensorConfig
-from .errors import ConfigError, DeadlineExpired, InferenceServerError, ModelNotReady, QueueFull, RuntimeFailure
+from .batching import BatchRequest, DynamicBatcher, QueuePolicy, SchedulerPolicy
+from .errors import ConfigError, InferenceServerError, ModelNotReady, RuntimeFailure
 from .runtimes.base import Runtime, Signature, create_runtime
 from .stats import Stamps, VersionStats, now_ns
 
-__all__ = ["DEFAULT_MAX_QUEUE_SIZE", "ModelVersion", "complete_signature", "State"]
+__all__ = ["ModelVersion", "State", "complete_signature", "scheduler_policy"]
 
 log = logging.getLogger("surge.model")
 
-#: Requests allowed to wait for an instance when the config sets no ``max_queue_size``.
-DEFAULT_MAX_QUEUE_SIZE = 4096
 #: Triton's default max_batch_size for a model whose config does not say and whose file allows batching.
 AUTO_MAX_BATCH_SIZE = 4
 
@@ -51,18 +52,45 @@ class State:
 
 
 class _Instance:
-    __slots__ = ("executor", "index", "runtime")
+    __slots__ = ("buffers", "executor", "index", "runtime")
 
     def __init__(self, runtime: Runtime, executor: ThreadPoolExecutor, index: int) -> None:
         self.runtime = runtime
         self.executor = executor
         self.index = index
+        self.buffers: dict[str, np.ndarray] = {}  # per input: reused batch-assembly buffer (max rows)
 
     def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> tuple[dict[str, np.ndarray], int, int]:
         """In the instance thread: the runtime call, stamped."""
         t0 = now_ns()
         outputs = self.runtime.infer(inputs, output_names)
         return outputs, t0, now_ns()
+
+    def run_batch(self, batch: list[BatchRequest], output_names: Sequence[str], rows: int, reuse: bool) -> tuple[dict[str, np.ndarray], int, int]:
+        """In the instance thread: assemble the batch's inputs, run, stamp."""
+        if len(batch) == 1:
+            return self.run(batch[0].inputs, output_names)
+        inputs: dict[str, np.ndarray] = {}
+        for name, first in batch[0].inputs.items():
+            parts = [r.inputs[name] for r in batch]
+            shape = (rows, *first.shape[1:])
+            buffer = self.buffers.get(name) if reuse else None
+            if buffer is not None and buffer.dtype == first.dtype and buffer.shape[1:] == shape[1:] and buffer.shape[0] >= rows:
+                inputs[name] = np.concatenate(parts, out=buffer[:rows])
+            else:
+                inputs[name] = np.concatenate(parts)
+        outputs, t0, t1 = self.run(inputs, output_names)
+        if reuse:
+            for name, array in outputs.items():  # an output that views the reused buffer must not see the next batch
+                if any(np.may_share_memory(array, b) for b in inputs.values()):
+                    outputs[name] = array.copy()
+        return outputs, t0, t1
+
+    def allocate_buffers(self, config: ModelConfig, max_rows: int) -> None:
+        """Preallocate one input buffer per fixed-shape, fixed-width input (others concatenate into new arrays)."""
+        for t in config.inputs:
+            if t.datatype not in ("BYTES", "BF16") and all(d > 0 for d in t.dims):
+                self.buffers[t.name] = np.empty((max_rows, *t.dims), dtype=numpy_dtype(t.datatype))
 
 
 class ModelVersion:
@@ -81,9 +109,8 @@ class ModelVersion:
         self.codec_spec: Any = None  # the codec's lookup tables for this signature, built on first request
         self._instances: list[_Instance] = []
         self._free: collections.deque[_Instance] = collections.deque()
-        self._waiters: collections.deque[asyncio.Future[_Instance]] = collections.deque()
-        batching = config.dynamic_batching
-        self._max_waiting = (batching.max_queue_size if batching and batching.max_queue_size else DEFAULT_MAX_QUEUE_SIZE)
+        self._batcher: DynamicBatcher | None = None
+        self._reuse_buffers = config.backend != "python"  # a python model may keep references to its inputs
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -108,7 +135,15 @@ class ModelVersion:
             )
             self.config = complete_signature(self.config, signatures[0])
             self.output_names = tuple(t.name for t in self.config.outputs)
-            await asyncio.gather(*(loop.run_in_executor(inst.executor, self._warmup, inst) for inst in self._instances))
+            self._batcher = DynamicBatcher(
+                scheduler_policy(self.config), slots=count, dispatch=self._dispatch, name=f"{self.config.name}' version '{self.version}"
+            )
+            max_rows = self.config.max_batch_size or 1
+            for inst in self._instances:
+                inst.allocate_buffers(self.config, max_rows)
+            timings = await asyncio.gather(*(loop.run_in_executor(inst.executor, self._warmup, inst) for inst in self._instances))
+            for rows, seconds in (t for per_instance in timings for t in per_instance):
+                self._batcher.cost.observe(rows, seconds)
         except Exception as exc:  # a broken model must not take the server down
             self.state, self.reason, self.error = State.UNAVAILABLE, _reason(exc), exc
             log.error("model %s version %d failed to load: %s", self.config.name, self.version, self.reason, exc_info=not isinstance(exc, InferenceServerError))
@@ -122,12 +157,20 @@ class ModelVersion:
             self.config.max_batch_size or 0, time.perf_counter() - started,
         )
 
-    def _warmup(self, inst: _Instance) -> None:
-        """In the instance thread: run synthetic batches (1 row and max rows) through every instance."""
-        sizes = sorted({1, self.config.max_batch_size or 1})
+    def _warmup(self, inst: _Instance) -> list[tuple[int, float]]:
+        """In the instance thread: run synthetic batches through the instance (1 row, powers of two, max rows).
+
+        Returns (rows, seconds) of each run: the batcher's cost model starts from these.
+        """
+        max_rows = self.config.max_batch_size
+        sizes = sorted({1, max_rows or 1} | {1 << i for i in range(max_rows.bit_length())} if max_rows else {1})
+        timings = []
         for rows in sizes:
-            inputs = {t.name: _synthetic(t, rows if self.config.max_batch_size else None) for t in self.config.inputs if not t.optional}
-            inst.runtime.infer(inputs, self.output_names)
+            inputs = {t.name: _synthetic(t, rows if max_rows else None) for t in self.config.inputs if not t.optional}
+            for _ in range(2):  # the first run of a shape pays one-off costs: keep the second
+                _, t0, t1 = inst.run(inputs, self.output_names)
+            timings.append((rows, (t1 - t0) / 1e9))
+        return timings
 
     async def aclose(self, drain_timeout_s: float = 30.0) -> None:
         """Stop taking requests, wait for in-flight ones (up to ``drain_timeout_s``), close the instances."""
@@ -137,10 +180,8 @@ class ModelVersion:
             await asyncio.wait_for(self._idle.wait(), drain_timeout_s)
         except TimeoutError:
             log.warning("model %s version %d: %d requests still running after %.0f s; closing anyway", self.config.name, self.version, self._inflight, drain_timeout_s)
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_exception(ModelNotReady(f"model '{self.config.name}' version {self.version} is unloading"))
-        self._waiters.clear()
+        if self._batcher is not None:
+            self._batcher.close(f"model '{self.config.name}' version {self.version} is unloading")
         await self._close_instances()
         if self.state == State.UNLOADING:
             self.state, self.reason = State.UNAVAILABLE, "unloaded"
@@ -159,62 +200,97 @@ class ModelVersion:
     # -- execution -------------------------------------------------------------------------------
 
     async def execute(
-        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], stamps: Stamps, deadline: float | None
+        self, inputs: dict[str, np.ndarray], rows: int, output_names: Sequence[str], stamps: Stamps,
+        deadline: float | None, *, priority: int = 0, timeout_s: float | None = None,
     ) -> dict[str, np.ndarray]:
-        """Run one request (or batch) on the next free instance; ``deadline`` is a ``time.monotonic()`` value.
+        """Queue one request in the batcher and wait for its outputs. ``deadline`` is a ``time.monotonic()`` value.
 
-        Raises ModelNotReady, QueueFull, DeadlineExpired, InvalidInput (from the runtime) or RuntimeFailure.
+        Raises ModelNotReady, QueueFull, DeadlineExpired, InvalidInput (priority, or from the runtime) or RuntimeFailure.
         """
-        if self.state != State.READY:
+        if self.state != State.READY or self._batcher is None:
             raise ModelNotReady(f"model '{self.config.name}' version {self.version} is {self.state.lower()}")
+        future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
+        self._batcher.submit(BatchRequest(inputs, rows, output_names, stamps, future), deadline=deadline, priority=priority, timeout_s=timeout_s)
         self._inflight += 1
         self._idle.clear()
         try:
-            inst = await self._acquire()
-            stamps.exec_start = now_ns()
-            if deadline is not None and time.monotonic() >= deadline:
-                self._release(inst)
-                raise DeadlineExpired(f"deadline passed while queued for model '{self.config.name}' (dropped before compute)")
-            future: Future[tuple[dict[str, np.ndarray], int, int]] = inst.executor.submit(inst.run, inputs, output_names)
-            loop = asyncio.get_running_loop()
-            # The instance goes back when its thread is done, whatever happens to this coroutine.
-            future.add_done_callback(lambda _f: _call_soon(loop, self._release, inst))
-            try:
-                outputs, stamps.infer_start, stamps.infer_end = await asyncio.wrap_future(future)
-            except InferenceServerError:
-                raise
-            except Exception as exc:
-                log.error("model %s version %d: runtime failed", self.config.name, self.version, exc_info=exc)
-                raise RuntimeFailure(f"model '{self.config.name}' version {self.version} failed to execute the request") from exc
-            stamps.exec_end = now_ns()
-            return outputs
+            return await future
         finally:
             self._inflight -= 1
             if not self._inflight:
                 self._idle.set()
 
-    async def _acquire(self) -> _Instance:
-        if self._free:
-            return self._free.popleft()
-        if len(self._waiters) >= self._max_waiting:
-            raise QueueFull(f"queue full for model '{self.config.name}' version {self.version}: {len(self._waiters)} requests waiting (max_queue_size {self._max_waiting}); retry later")
-        waiter: asyncio.Future[_Instance] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            return await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                self._release(waiter.result())  # handed to us just as we were cancelled: pass it on
-            raise
+    def _dispatch(self, batch: list[BatchRequest]) -> None:
+        """On the loop, from the batcher: run a batch on the next free instance (one is free: the batcher counts slots)."""
+        inst = self._free.popleft()
+        start = now_ns()
+        for request in batch:
+            request.stamps.exec_start = start
+        if len(batch) == 1:
+            names: Sequence[str] = batch[0].output_names
+        else:
+            wanted = {n for r in batch for n in r.output_names}
+            names = [n for n in self.output_names if n in wanted]
+        rows = sum(r.rows for r in batch)
+        future = inst.executor.submit(inst.run_batch, batch, names, rows, self._reuse_buffers)
+        loop = asyncio.get_running_loop()
+        future.add_done_callback(lambda f: _call_soon(loop, self._finish, inst, batch, rows, start, f))
 
-    def _release(self, inst: _Instance) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(inst)
-                return
+    def _finish(self, inst: _Instance, batch: list[BatchRequest], rows: int, start: int, future: Future[Any]) -> None:
+        """On the loop: hand out each request's slice of the outputs, give the instance back, schedule again."""
+        try:
+            outputs, infer_start, infer_end = future.result()
+            if self.config.max_batch_size and len(batch) > 1:
+                bad = {n: a.shape for n, a in outputs.items() if a.ndim == 0 or a.shape[0] != rows}
+                if bad:
+                    raise RuntimeError(f"the model returned outputs {bad} for a batch of {rows} rows")
+        except Exception as exc:
+            if not isinstance(exc, InferenceServerError):
+                log.error("model %s version %d: runtime failed on a batch of %d rows", self.config.name, self.version, rows, exc_info=exc)
+                exc = RuntimeFailure(f"model '{self.config.name}' version {self.version} failed to execute the request")
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(exc)
+        else:
+            done = now_ns()
+            self.stats.record_execution(rows, infer_start - start, infer_end - infer_start, done - infer_end)
+            assert self._batcher is not None
+            self._batcher.cost.observe(rows, (done - start) / 1e9)
+            offset = 0
+            for request in batch:
+                stamps = request.stamps
+                stamps.infer_start, stamps.infer_end, stamps.exec_end = infer_start, infer_end, done
+                if not request.future.done():
+                    if len(batch) == 1:
+                        request.future.set_result(outputs)
+                    else:
+                        end = offset + request.rows
+                        request.future.set_result({n: outputs[n][offset:end] for n in request.output_names})
+                offset += request.rows
         if inst in self._instances:
             self._free.append(inst)
+            if self._batcher is not None:
+                self._batcher.release_slot()
+
+
+def scheduler_policy(config: ModelConfig) -> SchedulerPolicy:
+    """The batcher's policy for a completed config (batching on iff ``[dynamic_batching]`` is present)."""
+    b = config.dynamic_batching
+    if b is None:
+        return SchedulerPolicy(batching=False, max_batch_size=config.max_batch_size or 0)
+    return SchedulerPolicy(
+        batching=True,
+        max_batch_size=config.max_batch_size or 0,
+        preferred_batch_sizes=b.preferred_batch_sizes,
+        max_queue_delay_s=b.max_queue_delay_s,
+        latency_slo_s=b.latency_slo_s,
+        priority_levels=b.priority_levels,
+        default_priority_level=b.default_priority_level,
+        default_queue_policy=QueuePolicy(max_queue_size=b.max_queue_size, default_timeout_s=b.default_timeout_s),
+        priority_queue_policy={
+            level: QueuePolicy(max_queue_size=p.max_queue_size, default_timeout_s=p.default_timeout_s) for level, p in b.priority_queue_policy.items()
+        },
+    )
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: object, *args: object) -> None:

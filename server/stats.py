@@ -9,10 +9,12 @@ Stage boundaries and what each Triton duration means here::
     start ── decode ──> decoded ── wait for an instance ──> exec_start ── prepare ──> infer_start
           ── runtime ──> infer_end ── back on the loop ──> exec_end ── encode ──> end
 
-    queue          = exec_start - decoded              (waiting for a free runtime instance)
-    compute_input  = (decoded - start) + (infer_start - exec_start)   (decode + handing inputs over)
+    queue          = exec_start - decoded              (in the batcher: waiting for rows and a free instance)
+    compute_input  = (decoded - start) + (infer_start - exec_start)   (decode + batch assembly)
     compute_infer  = infer_end - infer_start           (the runtime's own call)
-    compute_output = (exec_end - infer_end) + (end - exec_end)        (results back + encode)
+    compute_output = end - infer_end                   (results back, split into rows, encode)
+
+Per executed batch (not per request): ``execution_count`` and ``batch_stats`` by batch size.
     success        = end - start                       (total server time of the request)
 """
 
@@ -76,24 +78,24 @@ class VersionStats:
     batches: dict[int, BatchStats] = field(default_factory=dict)
 
     def record_success(self, s: Stamps) -> None:
-        """Fold a request that was executed and answered (one execution of ``s.rows`` rows)."""
-        compute_input = (s.decoded - s.start) + (s.infer_start - s.exec_start)
-        compute_infer = s.infer_end - s.infer_start
-        compute_output = (s.end - s.infer_end)
+        """Fold a request that was executed and answered (``s.rows`` rows)."""
         self.success.add(s.end - s.start)
         self.queue.add(s.exec_start - s.decoded)
-        self.compute_input.add(compute_input)
-        self.compute_infer.add(compute_infer)
-        self.compute_output.add(compute_output)
+        self.compute_input.add((s.decoded - s.start) + (s.infer_start - s.exec_start))
+        self.compute_infer.add(s.infer_end - s.infer_start)
+        self.compute_output.add(s.end - s.infer_end)
         self.inference_count += s.rows
-        self.execution_count += 1
         self.last_inference_ms = (_EPOCH_OFFSET_NS + s.end) // 1_000_000
-        batch = self.batches.get(s.rows)
+
+    def record_execution(self, rows: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        """Fold one runtime execution of a batch of ``rows`` rows (one or more requests)."""
+        self.execution_count += 1
+        batch = self.batches.get(rows)
         if batch is None:
-            batch = self.batches[s.rows] = BatchStats()
-        batch.compute_input.add(compute_input)
-        batch.compute_infer.add(compute_infer)
-        batch.compute_output.add(compute_output)
+            batch = self.batches[rows] = BatchStats()
+        batch.compute_input.add(input_ns)
+        batch.compute_infer.add(infer_ns)
+        batch.compute_output.add(output_ns)
 
     def record_failure(self, s: Stamps, end_ns: int) -> None:
         """Fold a request that failed after it reached the model (bad input, timeout, runtime error)."""

@@ -51,15 +51,37 @@ def model_config_message(config: ModelConfig) -> mc.ModelConfig:
     batching = config.dynamic_batching
     if batching is not None:
         message.dynamic_batching.SetInParent()  # present even when every field is default (perf_analyzer checks presence)
-        message.dynamic_batching.preferred_batch_size.extend(batching.preferred_batch_sizes)
-        message.dynamic_batching.max_queue_delay_microseconds = round(batching.max_queue_delay_s * 1e6)
-        if batching.max_queue_size:
-            message.dynamic_batching.default_queue_policy.max_queue_size = batching.max_queue_size
+        db = message.dynamic_batching
+        db.preferred_batch_size.extend(batching.preferred_batch_sizes)
+        db.max_queue_delay_microseconds = round(batching.max_queue_delay_s * 1e6)
+        if batching.priority_levels > 1:
+            db.priority_levels = batching.priority_levels
+            db.default_priority_level = batching.default_priority_level
+        _queue_policy_message(db.default_queue_policy, batching.max_queue_size, batching.default_timeout_s)
+        for level, policy in batching.priority_queue_policy.items():
+            _queue_policy_message(db.priority_queue_policy[level], policy.max_queue_size, policy.default_timeout_s)
+        if batching.latency_slo_s is not None:
+            message.parameters["latency_slo_s"].string_value = repr(batching.latency_slo_s)  # Triton has no field for it
     group = config.instance_group
     message.instance_group.add(name=config.name, kind=_KIND[group.kind], count=group.count, gpus=group.gpus)
     for key, value in config.parameters.items():
         message.parameters[key].string_value = json.dumps(value) if not isinstance(value, str) else value
     return message
+
+
+def _queue_policy_message(target: mc.ModelQueuePolicy, max_queue_size: int, default_timeout_s: float) -> None:
+    target.max_queue_size = max_queue_size
+    target.default_timeout_microseconds = round(default_timeout_s * 1e6)
+    target.allow_timeout_override = True  # a request's timeout may shorten the default (never lengthen it)
+
+
+def _queue_policy_keys(policy: mc.ModelQueuePolicy) -> dict[str, Any]:
+    keys: dict[str, Any] = {}
+    if policy.max_queue_size:
+        keys["max_queue_size"] = policy.max_queue_size
+    if policy.default_timeout_microseconds:
+        keys["default_timeout_s"] = policy.default_timeout_microseconds / 1e6
+    return keys
 
 
 def config_overrides_from_json(model_name: str, text: str) -> dict[str, Any]:
@@ -104,8 +126,12 @@ def config_overrides_from_json(model_name: str, text: str) -> dict[str, Any]:
             "max_queue_delay_s": db.max_queue_delay_microseconds / 1e6,
             "preferred_batch_sizes": list(db.preferred_batch_size),
         }
-        if db.default_queue_policy.max_queue_size:
-            batching["max_queue_size"] = db.default_queue_policy.max_queue_size
+        batching.update(_queue_policy_keys(db.default_queue_policy))
+        if db.priority_levels:
+            batching["priority_levels"] = db.priority_levels
+            batching["default_priority_level"] = db.default_priority_level or db.priority_levels
+        if db.priority_queue_policy:
+            batching["priority_queue_policy"] = {str(level): _queue_policy_keys(p) for level, p in db.priority_queue_policy.items()}
         out["dynamic_batching"] = batching
     if message.instance_group:
         groups = message.instance_group
@@ -122,8 +148,13 @@ def config_overrides_from_json(model_name: str, text: str) -> dict[str, Any]:
         out["version_policy"] = (
             {"all": True} if choice == "all" else {"specific": list(vp.specific.versions)} if choice == "specific" else {"latest": vp.latest.num_versions or 1}
         )
-    if message.parameters:
-        out["parameters"] = {key: _parameter(p.string_value) for key, p in message.parameters.items()}
+    parameters = {key: _parameter(p.string_value) for key, p in message.parameters.items()}
+    slo = parameters.pop("latency_slo_s", None)  # ours, carried in Triton's parameters map (see model_config_message)
+    if slo is not None and "dynamic_batching" in out:
+        out["dynamic_batching"]["latency_slo_s"] = slo
+        out["dynamic_batching"].pop("max_queue_delay_s", None)
+    if parameters:
+        out["parameters"] = parameters
     return out
 
 

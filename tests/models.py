@@ -11,10 +11,13 @@
     failing_py     python backend: raises with a secret in the message
     slow_py        python backend: sleeps delay_s (an input) seconds; 1 instance, at most 2 waiting
     broken         a model.onnx that is not ONNX: stays UNAVAILABLE with its reason
+    mlp_batched    the demo classifier with dynamic batching (20 ms delay, preferred 8, 2 priority levels)
+    failing_batched_py  python backend, batched (4 rows, 1 s delay): a negative input fails its whole batch
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +101,7 @@ dims = [-1]
 _FAILING_PY = '''
 class Model:
     def infer(self, inputs, output_names):
-        if float(inputs["x"].reshape(-1)[0]) < 0:
+        if (inputs["x"] < 0).any():
             raise ValueError("secret internal detail: negative input")
         return {"y": inputs["x"]}
 '''
@@ -143,6 +146,17 @@ max_queue_size = 2
 """
 
 
+_MLP_BATCHED_CONFIG = """
+max_batch_size = 64
+
+[dynamic_batching]
+max_queue_delay_s = 0.020
+preferred_batch_sizes = [8]
+priority_levels = 2
+default_priority_level = 2
+"""
+
+
 def write_test_repository(root: Path) -> Path:
     """Write every test model under ``root`` (see the module docstring); returns ``root``."""
     write_demo_repository(root)
@@ -160,6 +174,11 @@ def write_test_repository(root: Path) -> Path:
         (root / name / "1").mkdir(parents=True, exist_ok=True)
         (root / name / "1" / "model.py").write_text(code)
         (root / name / "config.toml").write_text(config)
+    shutil.copytree(root / "mlp" / "1", root / "mlp_batched" / "1", dirs_exist_ok=True)
+    (root / "mlp_batched" / "config.toml").write_text(_MLP_BATCHED_CONFIG)
+    (root / "failing_batched_py" / "1").mkdir(parents=True, exist_ok=True)
+    (root / "failing_batched_py" / "1" / "model.py").write_text(_FAILING_PY)
+    (root / "failing_batched_py" / "config.toml").write_text(_FAILING_CONFIG + "\n[dynamic_batching]\nmax_queue_delay_s = 1.0\n")
     (root / "broken" / "1").mkdir(parents=True, exist_ok=True)
     (root / "broken" / "1" / "model.onnx").write_bytes(b"this is not an onnx model")
     return root

@@ -271,7 +271,8 @@ def test_unknown_top_level_key_reported_with_parameters_present() -> None:
         ({"output": [{"name": "y", "datatype": "FP32", "optional": True}]}, "output[0]: unknown key(s) optional; valid keys: datatype, dims, name"),
         (
             {"dynamic_batching": {"max_queue_delay_microseconds": 100}},
-            "dynamic_batching: unknown key(s) max_queue_delay_microseconds; valid keys: max_queue_delay_s, max_queue_size, preferred_batch_sizes",
+            "dynamic_batching: unknown key(s) max_queue_delay_microseconds; valid keys: default_priority_level, default_timeout_s, "
+            "latency_slo_s, max_queue_delay_s, max_queue_size, preferred_batch_sizes, priority_levels, priority_queue_policy",
         ),
         ({"instance_group": {"count": 1, "gpu": [0]}}, "instance_group: unknown key(s) gpu; valid keys: count, gpus, kind"),
     ],

@@ -1,0 +1,283 @@
+"""DynamicBatcher on a fake clock: dispatch decisions, priorities, bounds, deadlines, cancellation, SLO mode.
+
+The batcher is driven exactly as ModelVersion drives it: ``dispatch`` receives batches, the test plays the
+runtime instance (resolving futures, then ``release_slot``). Time only moves when the test advances it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+
+import numpy as np
+import pytest
+
+from surge.server.batching import BatchRequest, CostModel, DynamicBatcher, QueuePolicy, SchedulerPolicy
+from surge.server.errors import DeadlineExpired, InvalidInput, ModelNotReady, QueueFull
+
+
+class FakeClock:
+    """A clock and a ``call_later`` whose timers fire only when the test advances time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._timers: list[tuple[float, int, FakeTimer]] = []
+        self._ids = itertools.count()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def call_later(self, delay: float, callback, *args) -> FakeTimer:
+        timer = FakeTimer(self.now + delay, callback, args)
+        heapq.heappush(self._timers, (timer.when, next(self._ids), timer))
+        return timer
+
+    def advance(self, seconds: float) -> None:
+        target = self.now + seconds
+        while self._timers and self._timers[0][0] <= target:
+            when, _, timer = heapq.heappop(self._timers)
+            self.now = max(self.now, when)
+            if not timer.cancelled:
+                timer.callback(*timer.args)
+        self.now = target
+
+
+class FakeTimer:
+    def __init__(self, when: float, callback, args) -> None:
+        self.when, self.callback, self.args, self.cancelled = when, callback, args, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Harness:
+    """A batcher with ``slots`` fake instances; dispatched batches are kept until the test completes them."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, slots: int = 1, **policy) -> None:
+        self.loop = loop
+        self.clock = FakeClock()
+        self.batches: list[list[BatchRequest]] = []
+        policy.setdefault("batching", True)
+        policy.setdefault("max_batch_size", 8)
+        self.batcher = DynamicBatcher(
+            SchedulerPolicy(**policy), slots=slots, dispatch=self.batches.append, clock=self.clock, call_later=self.clock.call_later, name="m"
+        )
+
+    def submit(self, rows: int = 1, *, width: int = 3, value: float = 0.0, **kwargs) -> BatchRequest:
+        inputs = {"x": np.full((rows, width), value, dtype=np.float32)}
+        request = BatchRequest(inputs, rows, ("y",), None, self.loop.create_future())
+        self.batcher.submit(request, **kwargs)
+        return request
+
+    def complete(self, index: int = 0) -> list[BatchRequest]:
+        """Play the instance: answer every request of batch ``index`` and free the slot."""
+        batch = self.batches.pop(index)
+        for request in batch:
+            if not request.future.done():
+                request.future.set_result(request.rows)
+        self.batcher.release_slot()
+        return batch
+
+    def sizes(self) -> list[int]:
+        return [sum(r.rows for r in batch) for batch in self.batches]
+
+
+@pytest.fixture
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def test_full_batch_dispatches_at_once(loop):
+    h = Harness(loop, max_batch_size=4, max_queue_delay_s=10.0)
+    for _ in range(4):
+        h.submit()
+    assert h.sizes() == [4]
+
+
+def test_delay_expiry_dispatches_what_waits(loop):
+    h = Harness(loop, max_batch_size=8, max_queue_delay_s=0.005)
+    h.submit()
+    h.clock.advance(0.002)
+    h.submit()
+    assert h.sizes() == []
+    h.clock.advance(0.0029)
+    assert h.sizes() == []
+    h.clock.advance(0.0002)  # 5 ms after the oldest request
+    assert h.sizes() == [2]
+
+
+def test_zero_delay_dispatches_immediately_and_batches_form_while_the_instance_is_busy(loop):
+    h = Harness(loop, max_batch_size=8)
+    h.submit()
+    assert h.sizes() == [1]
+    for _ in range(5):
+        h.submit()
+    assert h.sizes() == [1]  # the only instance is busy: rows accumulate
+    h.complete()
+    assert h.sizes() == [5]
+
+
+def test_preferred_batch_size_dispatches_before_the_delay(loop):
+    h = Harness(loop, max_batch_size=16, preferred_batch_sizes=(4, 8), max_queue_delay_s=1.0)
+    for _ in range(3):
+        h.submit()
+    assert h.sizes() == []
+    h.submit()
+    assert h.sizes() == [4]
+
+
+def test_largest_preferred_prefix_is_taken_and_the_rest_waits(loop):
+    h = Harness(loop, slots=2, max_batch_size=16, preferred_batch_sizes=(4, 8), max_queue_delay_s=1.0)
+    first = [h.submit(rows=3), h.submit(rows=3)]  # 3, 6: no preferred prefix yet
+    assert h.sizes() == []
+    h.submit(rows=2)  # prefixes 3, 6, 8 -> 8 is preferred
+    assert h.sizes() == [8] and h.batches[0][:2] == first
+    h.submit(rows=5)
+    assert h.sizes() == [8]  # 5 rows wait for the delay
+    h.clock.advance(1.0)
+    assert h.sizes() == [8, 5]
+
+
+def test_multi_row_requests_are_combined_whole_and_never_split(loop):
+    h = Harness(loop, max_batch_size=8, max_queue_delay_s=1.0)
+    h.submit(rows=5)
+    h.submit(rows=4)  # 9 > 8: the batch is full with the first request alone
+    assert h.sizes() == [5]
+    h.complete()
+    h.clock.advance(1.0)
+    assert h.sizes() == [4]
+
+
+def test_requests_with_other_shapes_wait_for_their_own_batch(loop):
+    h = Harness(loop, max_batch_size=8, max_queue_delay_s=1.0)
+    a = h.submit(width=3)
+    b = h.submit(width=5)
+    c = h.submit(width=3)
+    h.clock.advance(1.0)
+    assert [[r is x for r, x in zip(batch, (a, c))] for batch in h.batches] == [[True, True]]
+    h.complete()
+    h.clock.advance(1.0)
+    assert h.batches == [[b]]
+
+
+def test_priorities_go_first_and_default_level_applies(loop):
+    h = Harness(loop, max_batch_size=2, priority_levels=3, default_priority_level=3)
+    busy = h.submit()  # occupies the instance
+    low = h.submit()
+    high = h.submit(priority=1)
+    mid = h.submit(priority=2)
+    assert h.batches == [[busy]]
+    h.complete()
+    assert h.batches == [[high, mid]]
+    h.complete()
+    assert h.batches == [[low]]
+    with pytest.raises(InvalidInput, match="priority 4 is out of range.*1 to 3"):
+        h.submit(priority=4)
+
+
+def test_queue_full_rejects_at_once_per_priority_level(loop):
+    h = Harness(
+        loop, max_batch_size=1, priority_levels=2, default_priority_level=2,
+        default_queue_policy=QueuePolicy(max_queue_size=2), priority_queue_policy={1: QueuePolicy(max_queue_size=1)},
+    )
+    h.submit()  # runs
+    h.submit()
+    h.submit()  # level 2 now holds 2
+    with pytest.raises(QueueFull, match="2 requests waiting at priority 2 .max_queue_size 2."):
+        h.submit()
+    h.submit(priority=1)
+    with pytest.raises(QueueFull, match="priority 1"):
+        h.submit(priority=1)
+
+
+def test_cancelled_requests_free_their_queue_place_and_are_never_dispatched(loop):
+    h = Harness(loop, max_batch_size=1, default_queue_policy=QueuePolicy(max_queue_size=1))
+    h.submit()  # runs
+    waiting = h.submit()
+    waiting.future.cancel()
+    replacement = h.submit()  # the cancelled one is purged instead of rejecting this one
+    h.complete()
+    assert h.batches == [[replacement]]
+    assert h.batcher.dropped_cancelled == 1
+
+
+def test_expired_requests_are_dropped_before_a_batch_is_formed(loop):
+    h = Harness(loop, max_batch_size=4)
+    h.submit()  # occupies the instance
+    doomed = h.submit(deadline=0.010)
+    kept = h.submit(deadline=1.0)
+    h.clock.advance(0.020)
+    h.complete()
+    assert h.batches == [[kept]]
+    assert isinstance(doomed.future.exception(), DeadlineExpired)
+    assert "dropped before compute" in str(doomed.future.exception())
+
+
+def test_queue_policy_timeout_fails_on_time_even_while_the_instance_is_busy(loop):
+    h = Harness(loop, max_batch_size=4, default_queue_policy=QueuePolicy(default_timeout_s=0.050))
+    h.submit()  # occupies the instance for the whole test
+    short = h.submit(timeout_s=0.010)  # a request may shorten the default...
+    long = h.submit(timeout_s=5.0)  # ...but not lengthen it
+    h.clock.advance(0.011)
+    assert isinstance(short.future.exception(), DeadlineExpired) and not long.future.done()
+    h.clock.advance(0.040)
+    assert isinstance(long.future.exception(), DeadlineExpired)
+    assert h.batcher.dropped_expired == 2
+
+
+def test_close_fails_what_waits_and_refuses_new_requests(loop):
+    h = Harness(loop, max_batch_size=1)
+    h.submit()
+    waiting = h.submit()
+    h.batcher.close("unloading")
+    assert isinstance(waiting.future.exception(), ModelNotReady)
+    with pytest.raises(ModelNotReady):
+        h.submit()
+
+
+def test_batching_off_dispatches_one_request_per_execution(loop):
+    h = Harness(loop, slots=1, batching=False, max_batch_size=8)
+    a, b = h.submit(rows=2), h.submit(rows=3)
+    assert h.batches == [[a]]
+    h.complete()
+    assert h.batches == [[b]]
+
+
+def test_several_instances_take_batches_concurrently(loop):
+    h = Harness(loop, slots=3, max_batch_size=8)
+    for _ in range(3):
+        h.submit()
+    assert h.sizes() == [1, 1, 1]
+
+
+def test_cost_model_learns_buckets_and_interpolates():
+    cost = CostModel(64)
+    assert cost.estimate(8) == 0.0
+    for _ in range(50):
+        cost.observe(1, 0.001)
+        cost.observe(16, 0.004)
+    assert cost.estimate(1) == pytest.approx(0.001, rel=0.05)
+    assert cost.estimate(16) == pytest.approx(0.004, rel=0.05)
+    assert 0.001 < cost.estimate(4) < 0.004  # between measured buckets
+    assert cost.estimate(64) > cost.estimate(16)  # extrapolated above
+
+
+def test_slo_mode_waits_while_the_oldest_request_can_still_meet_its_slo(loop):
+    h = Harness(loop, max_batch_size=16, latency_slo_s=0.010)
+    for _ in range(100):
+        h.batcher.cost.observe(2, 0.002)  # a 2-row batch costs ~2 ms (no variance)
+    h.submit()  # 1 row in hand; waiting could grow it to 2 rows, costing 2 ms: dispatch by 10 - 2 = 8 ms
+    h.clock.advance(0.0079)
+    assert h.sizes() == []
+    h.clock.advance(0.0002)
+    assert h.sizes() == [1]
+
+
+def test_slo_mode_dispatches_full_batches_without_waiting(loop):
+    h = Harness(loop, max_batch_size=4, latency_slo_s=1.0)
+    for _ in range(4):
+        h.submit()
+    assert h.sizes() == [4]
