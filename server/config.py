@@ -3,7 +3,7 @@
 A model's ``config.toml`` (every key optional; inputs and outputs are read from the model file when
 omitted)::
 
-    backend = "onnxruntime"            # or "python"; default from the model file's extension
+    backend = "onnxruntime"            # or "python", "torch"; default from the model file's extension
     max_batch_size = 64                # rows per request (0: the model has no batch dimension)
     default_model_filename = "model.onnx"
 
@@ -66,11 +66,11 @@ __all__ = [
     "parse_model_config",
 ]
 
-BACKENDS = ("onnxruntime", "python")
+BACKENDS = ("onnxruntime", "python", "torch")
 #: Triton's ``platform`` string for each backend (what ModelConfig and ModelMetadata report).
-PLATFORM_OF = {"onnxruntime": "onnxruntime_onnx", "python": "python"}
+PLATFORM_OF = {"onnxruntime": "onnxruntime_onnx", "python": "python", "torch": "pytorch_libtorch"}
 #: The model file each backend loads when ``default_model_filename`` is not given.
-DEFAULT_FILENAME = {"onnxruntime": "model.onnx", "python": "model.py"}
+DEFAULT_FILENAME = {"onnxruntime": "model.onnx", "python": "model.py", "torch": "model.pt"}
 CONFIG_FILENAME = "config.toml"
 
 
@@ -209,10 +209,16 @@ def load_model_config(model_dir: Path, overrides: Mapping[str, Any] | None = Non
         data = {**data, **overrides}
     if "backend" not in data:
         data["backend"] = _guess_backend(model_dir)
+    if data["backend"] == "torch" and "default_model_filename" not in data and _has_version_file(model_dir, "model.pt2"):
+        data["default_model_filename"] = "model.pt2"  # a torch.export program rather than TorchScript
     try:
         return parse_model_config(model_dir.name, data)
     except ConfigError as exc:
         raise ConfigError(f"{model_dir.name}/{CONFIG_FILENAME}: {exc}") from None
+
+
+def _has_version_file(model_dir: Path, name: str) -> bool:
+    return any(p.is_dir() and p.name.isdigit() and (p / name).is_file() for p in model_dir.iterdir()) if model_dir.is_dir() else False
 
 
 def _guess_backend(model_dir: Path) -> str:
@@ -220,6 +226,8 @@ def _guess_backend(model_dir: Path) -> str:
         if version_dir.is_dir() and version_dir.name.isdigit():
             if (version_dir / "model.py").is_file():
                 return "python"
+            if (version_dir / "model.pt").is_file() or (version_dir / "model.pt2").is_file():
+                return "torch"
             break
     return "onnxruntime"
 

@@ -25,7 +25,9 @@ _TYPE_OF = {name: getattr(mc, f"TYPE_{name}") for name in ("BOOL", "UINT8", "UIN
 _TYPE_OF["BYTES"] = mc.TYPE_STRING
 _DATATYPE_OF = {value: key for key, value in _TYPE_OF.items()}
 _KIND = {"cpu": mc.ModelInstanceGroup.KIND_CPU, "gpu": mc.ModelInstanceGroup.KIND_GPU, "auto": mc.ModelInstanceGroup.KIND_AUTO}
-_BACKEND_OF_PLATFORM = {"onnxruntime_onnx": "onnxruntime", "onnxruntime": "onnxruntime", "python": "python"}
+_BACKEND_OF_PLATFORM = {
+    "onnxruntime_onnx": "onnxruntime", "onnxruntime": "onnxruntime", "python": "python", "pytorch_libtorch": "torch", "pytorch": "torch", "torch": "torch",
+}
 
 
 def model_config_message(config: ModelConfig) -> mc.ModelConfig:

@@ -58,4 +58,8 @@ def create_runtime(config: ModelConfig) -> Runtime:
         from .python import PythonRuntime
 
         return PythonRuntime()
+    if config.backend == "torch":
+        from .torch import TorchRuntime
+
+        return TorchRuntime()
     raise ValueError(f"unknown backend {config.backend!r}")  # config validation makes this unreachable

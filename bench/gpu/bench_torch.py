@@ -1,0 +1,249 @@
+"""GPU benchmark: a torch MLP and a small CNN, in-process eager vs CUDA graphs vs through Surge end to end.
+
+    python -m bench.gpu.bench_torch [--duration-s 4] [--json FILE]
+
+In-process timings include what serving needs too: pinned host input -> device, compute, device -> host,
+synchronise (one CUDA stream). Surge runs as a real ``surge serve`` process (torch backend, GPU instances,
+CUDA graphs per power-of-two bucket, dynamic batching) driven by ``bench.scenarios.loadgen`` (raw grpc.aio,
+pre-serialised requests) pinned to other cores; the batch size Surge formed comes from ModelStatistics
+deltas. The gRPC floor (``bench.peers.floor_server``, a precomputed answer) gives the transport's own p50.
+Prints one table and the issue's two targets; ``--json`` writes every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from tests.torch_models import TinyCNN, make_mlp, write_torch_model  # noqa: E402
+
+BATCHES = (1, 64, 256)
+#: (rows per request, concurrency) levels driven through Surge
+LEVELS = ((1, 1), (1, 32), (64, 8), (256, 4))
+
+
+class FlatCNN(nn.Module):
+    """TinyCNN over flat rows of 3*32*32 floats (so one generator payload shape serves both models)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cnn = TinyCNN()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cnn(x.view(-1, 3, 32, 32))
+
+
+MODELS = {"mlp": (lambda: make_mlp(), 256, 16), "cnn": (FlatCNN, 3072, 10)}
+
+CONFIG = """
+backend = "torch"
+default_model_filename = "model.pt2"
+max_batch_size = 256
+
+[[input]]
+name = "x"
+datatype = "FP32"
+dims = [{features}]
+
+[[output]]
+name = "y"
+datatype = "FP32"
+dims = [{outputs}]
+
+[instance_group]
+kind = "gpu"
+count = 2
+
+[dynamic_batching]
+max_queue_delay_s = 0.0002
+"""
+
+
+def in_process(module: nn.Module, features: int, rows: int, graphs: bool, iterations: int, device_name: str = "cuda") -> dict:
+    """Latency of one batch, host numpy in -> host numpy out, eager or by CUDA graph replay."""
+    import contextlib
+
+    device = torch.device(device_name)
+    module = module.to(device).eval()
+    cuda = device.type == "cuda"
+    stream = torch.cuda.Stream() if cuda else None
+    host_in = torch.randn(rows, features).pin_memory() if cuda else torch.randn(rows, features)
+    static_in = torch.zeros(rows, features, device=device)
+    with torch.inference_mode(), (torch.cuda.stream(stream) if cuda else contextlib.nullcontext()):
+        for _ in range(3):
+            module(static_in)
+        if cuda:
+            stream.synchronize()
+        if graphs:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=stream):
+                static_out = module(static_in)
+        latencies = []
+        for i in range(iterations + 20):
+            t0 = time.perf_counter()
+            static_in.copy_(host_in, non_blocking=True)
+            if graphs:
+                graph.replay()
+                out = static_out
+            else:
+                out = module(static_in)
+            out.to("cpu", non_blocking=True)
+            if cuda:
+                stream.synchronize()
+            if i >= 20:
+                latencies.append(time.perf_counter() - t0)
+    lat = np.array(latencies) * 1e3
+    return {"rows_per_s": rows / (lat.mean() / 1e3), "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
+
+
+def _start(cmd: list[str], cores: str, address_file: Path, log: Path) -> subprocess.Popen:
+    process = subprocess.Popen(["taskset", "-c", cores, *cmd], stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO)
+    deadline = time.monotonic() + 300
+    while not address_file.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"{cmd[2:4]} did not start:\n{log.read_text()}")
+        time.sleep(0.1)
+    return process
+
+
+def loadgen(address: str, model: str, features: int, rows: int, concurrency: int, duration_s: float, cores: str) -> dict:
+    cmd = ["taskset", "-c", cores, sys.executable, "-m", "bench.scenarios.loadgen", "--address", address, "--model", model,
+           "--features", str(features), "--rows", str(rows), "--concurrency", str(concurrency),
+           "--duration-s", str(duration_s), "--warmup-s", "1"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
+    if out.returncode:
+        raise SystemExit(f"loadgen failed: {out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def formed_batch(address: str, model: str) -> tuple[int, int]:
+    """(inference_count, execution_count) of a model, from ModelStatistics."""
+    from surge.clients import InferenceClient
+
+    with InferenceClient(address, timeout_s=10) as client:
+        (s,) = client.model_statistics(model).model_stats
+    return s.inference_count, s.execution_count
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration-s", type=float, default=4.0)
+    parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--cpu-dry-run", action="store_true", help="exercise the whole script on the CPU (no graphs): checks the script, measures nothing useful")
+    args = parser.parse_args()
+    dry = args.cpu_dry_run
+    if not torch.cuda.is_available() and not dry:
+        print("no CUDA GPU: nothing to measure (--cpu-dry-run checks the script)")
+        return 2
+    gpu = "CPU dry run" if dry else torch.cuda.get_device_name(0)
+    cpus = os.cpu_count() or 2
+    server_cores, load_cores = f"0-{cpus // 2 - 1}", f"{cpus // 2}-{cpus - 1}"
+    results: dict = {"gpu": gpu, "torch": torch.__version__, "in_process": {}, "surge": {}, "targets": {}}
+
+    for name, (build, features, _) in MODELS.items():
+        for rows in BATCHES:
+            for graphs in (False, True):
+                key = f"{name}/{rows}/{'graph' if graphs else 'eager'}"
+                if dry:  # no graphs on the CPU: record eager twice so the rest of the script runs
+                    results["in_process"][key] = in_process(build(), features, rows, False, 5, "cpu")
+                else:
+                    results["in_process"][key] = in_process(build(), features, rows, graphs, args.iterations)
+                print(f"in-process {key}: {results['in_process'][key]}", flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "repo"
+        for name, (build, features, outputs) in MODELS.items():
+            config = CONFIG.format(features=features, outputs=outputs)
+            if dry:
+                config = config.replace('kind = "gpu"', 'kind = "cpu"')
+            write_torch_model(root / name, build(), torch.zeros(2, features), kind="export", config=config)
+        floor_file, surge_file = Path(tmp) / "floor.addr", Path(tmp) / "surge.addr"
+        floor = _start([sys.executable, "-m", "bench.peers.floor_server", "--address-file", str(floor_file)], server_cores, floor_file, Path(tmp) / "floor.log")
+        try:
+            results["floor"] = loadgen(floor_file.read_text(), "tiny", 16, 1, 1, args.duration_s, load_cores)
+            print(f"gRPC floor (tiny, concurrency 1): {results['floor']}", flush=True)
+        finally:
+            floor.terminate()
+            floor.wait(30)
+        surge = _start(
+            [sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(root), "--grpc-port", "0", "--address-file", str(surge_file)],
+            server_cores, surge_file, Path(tmp) / "surge.log",
+        )
+        try:
+            address = surge_file.read_text()
+            for name, (_, features, _) in MODELS.items():
+                for rows, concurrency in LEVELS:
+                    before = formed_batch(address, name)
+                    cell = loadgen(address, name, features, rows, concurrency, args.duration_s, load_cores)
+                    after = formed_batch(address, name)
+                    executions = max(after[1] - before[1], 1)
+                    cell["rows_per_s"] = cell["infer_per_s"] * rows
+                    cell["formed_batch"] = (after[0] - before[0]) / executions
+                    results["surge"][f"{name}/{rows}x{concurrency}"] = cell
+                    print(f"surge {name} {rows} rows x {concurrency}: {cell}", flush=True)
+        finally:
+            surge.terminate()
+            surge.wait(60)
+
+    _targets(results)
+    _table(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def _graph_at(results: dict, name: str, rows: float) -> dict:
+    """The in-process CUDA-graph cell at the measured batch size nearest to ``rows``."""
+    nearest = min(BATCHES, key=lambda b: abs(b - rows))
+    return results["in_process"][f"{name}/{nearest}/graph"]
+
+
+def _targets(results: dict) -> None:
+    floor_p50 = results["floor"]["p50_ms"]
+    for name in MODELS:
+        big = results["surge"][f"{name}/64x8"]
+        graph = _graph_at(results, name, big["formed_batch"])
+        ratio = big["rows_per_s"] / graph["rows_per_s"]
+        one = results["surge"][f"{name}/1x1"]
+        budget = results["in_process"][f"{name}/1/graph"]["p50_ms"] + floor_p50 + 0.3
+        results["targets"][name] = {
+            "rows_ratio_64": ratio, "rows_ratio_ok": ratio >= 0.5,
+            "batch1_p50_ms": one["p50_ms"], "batch1_budget_ms": budget, "batch1_ok": one["p50_ms"] <= budget,
+        }  # fmt: skip
+
+
+def _table(results: dict) -> None:
+    print(f"\nGPU: {results['gpu']} (torch {results['torch']})")
+    print(f"{'model':<5} {'rows':>5} {'path':<22} {'rows/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'formed':>7}")
+    for key, cell in results["in_process"].items():
+        name, rows, kind = key.split("/")
+        print(f"{name:<5} {rows:>5} {'in-process ' + kind:<22} {cell['rows_per_s']:>12,.0f} {cell['p50_ms']:>8.3f} {cell['p99_ms']:>8.3f} {'':>7}")
+    for key, cell in results["surge"].items():
+        name, level = key.split("/")
+        rows, concurrency = level.split("x")
+        print(f"{name:<5} {rows:>5} {'surge, concurrency ' + concurrency:<22} {cell['rows_per_s']:>12,.0f} {cell['p50_ms']:>8.3f} {cell['p99_ms']:>8.3f} {cell['formed_batch']:>7.1f}")
+    print(f"gRPC floor p50 (tiny, concurrency 1): {results['floor']['p50_ms']:.3f} ms")
+    for name, t in results["targets"].items():
+        print(
+            f"target {name}: 64-row rows/s = {t['rows_ratio_64']:.0%} of in-process CUDA graph at the formed batch "
+            f"({'met' if t['rows_ratio_ok'] else 'MISSED'}, >= 50%); batch-1 p50 {t['batch1_p50_ms']:.3f} ms vs budget "
+            f"{t['batch1_budget_ms']:.3f} ms ({'met' if t['batch1_ok'] else 'MISSED'})"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
