@@ -164,7 +164,7 @@ def test_config_error_is_a_value_error_and_server_error() -> None:
 @pytest.mark.parametrize(
     ("data", "path", "hint"),
     [
-        ({"backend": "tensorflow"}, "backend:", "expected one of onnxruntime, python; got 'tensorflow'"),
+        ({"backend": "tensorflow"}, "backend:", "expected one of onnxruntime, python, torch; got 'tensorflow'"),
         ({"max_batch_size": -1}, "max_batch_size:", "expected an integer >= 0, got -1"),
         ({"max_batch_size": True}, "max_batch_size:", "expected an integer >= 0, got True"),
         ({"max_batch_size": 4.0}, "max_batch_size:", "expected an integer >= 0, got 4.0"),
