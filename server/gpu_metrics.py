@@ -14,7 +14,7 @@ families here:
 device). Without ``pynvml``, or without a driver, it yields nothing and logs why once. A value NVML does not
 support on a device (power on some boards) is left out for that device.
 
-Number format: prometheus_client writes values of 10**7 and more in exponent form (``8.589934592e+10``),
+Number format: prometheus_client writes values of 10**6 and more in exponent form (``8.589934592e+10``),
 which the Prometheus server reads, but which perf_analyzer's regex cuts at the ``e`` (it would read 8 bytes
 of memory). ``exposition(registry)`` is ``generate_latest(registry)`` with the ``nv_gpu_*`` samples written
 in plain decimals, as Triton writes them; the metrics endpoint should serve it for Triton compatibility.
