@@ -1,8 +1,9 @@
-"""The ``surge`` command line: ``serve``, ``infer``, ``models``.
+"""The ``surge`` command line: ``serve``, ``infer``, ``models``, ``build-trt``.
 
     surge serve [--model-repository DIR] [--host 127.0.0.1] [--grpc-port 8001] [--model-control-mode none|explicit|poll]
     surge infer MODEL [--input NAME=FILE.npy ...] [--url 127.0.0.1:8001] [--batch N]
     surge models [--url 127.0.0.1:8001]
+    surge build-trt MODEL.onnx --output model.plan [--fp16] [--max-batch-size N] [--workspace-bytes N] [--instances K]
 
 ``infer`` and ``models`` use only the client (``surge.clients``); ``serve`` imports the server.
 """
@@ -50,6 +51,15 @@ def _parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list the repository's models and their states")
     models.add_argument("--url", default="127.0.0.1:8001")
+
+    build = sub.add_parser("build-trt", help="build a TensorRT engine (model.plan) from an ONNX model (needs surge[tensorrt] and a GPU)")
+    build.add_argument("onnx", type=Path, help="the ONNX model")
+    build.add_argument("--output", type=Path, required=True, help="where to write the engine, e.g. models/NAME/1/model.plan")
+    build.add_argument("--fp16", action="store_true", help="allow fp16 kernels")
+    build.add_argument("--max-batch-size", type=int, default=64, help="largest batch (rows) the profile admits (default 64)")
+    build.add_argument("--opt-batch-size", type=int, default=0, help="batch TensorRT tunes for (default: the max batch size)")
+    build.add_argument("--workspace-bytes", type=int, default=0, help="builder workspace limit (default: TensorRT's)")
+    build.add_argument("--instances", type=int, default=1, help="identical profiles, one per instance sharing a GPU (default 1)")
     return parser
 
 
@@ -58,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "build-trt":
+        return _build_trt(args)
     from surge.clients import InferenceServerError
 
     try:
@@ -94,6 +106,31 @@ def _serve(args: argparse.Namespace) -> int:
     except (ConfigError, OSError) as exc:
         logging.getLogger("surge.server").error("cannot start: %s", exc)
         return 2
+    return 0
+
+
+def _build_trt(args: argparse.Namespace) -> int:
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    from .errors import ConfigError
+    from .runtimes.tensorrt_build import build_engine
+
+    if not args.onnx.is_file():
+        print(f"error: {args.onnx} is not a file", file=sys.stderr)
+        return 2
+    try:
+        build_engine(
+            args.onnx, args.output, fp16=args.fp16, max_batch_size=args.max_batch_size, opt_batch_size=args.opt_batch_size,
+            workspace_bytes=args.workspace_bytes, instances=args.instances,
+        )
+    except ModuleNotFoundError as exc:
+        if exc.name != "tensorrt":
+            raise
+        print("error: surge build-trt needs TensorRT: pip install 'surge[tensorrt]' on a machine with an NVIDIA GPU", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output}")
     return 0
 
 

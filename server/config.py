@@ -3,7 +3,7 @@
 A model's ``config.toml`` (every key optional; inputs and outputs are read from the model file when
 omitted)::
 
-    backend = "onnxruntime"            # or "python", "torch"; default from the model file's extension
+    backend = "onnxruntime"            # or "python", "torch", "tensorrt"; default from the version folder's model file
     max_batch_size = 64                # rows per request (0: the model has no batch dimension)
     default_model_filename = "model.onnx"
 
@@ -66,11 +66,11 @@ __all__ = [
     "parse_model_config",
 ]
 
-BACKENDS = ("onnxruntime", "python", "torch")
+BACKENDS = ("onnxruntime", "python", "torch", "tensorrt")
 #: Triton's ``platform`` string for each backend (what ModelConfig and ModelMetadata report).
-PLATFORM_OF = {"onnxruntime": "onnxruntime_onnx", "python": "python", "torch": "pytorch_libtorch"}
+PLATFORM_OF = {"onnxruntime": "onnxruntime_onnx", "python": "python", "torch": "pytorch_libtorch", "tensorrt": "tensorrt_plan"}
 #: The model file each backend loads when ``default_model_filename`` is not given.
-DEFAULT_FILENAME = {"onnxruntime": "model.onnx", "python": "model.py", "torch": "model.pt"}
+DEFAULT_FILENAME = {"onnxruntime": "model.onnx", "python": "model.py", "torch": "model.pt", "tensorrt": "model.plan"}
 CONFIG_FILENAME = "config.toml"
 
 
@@ -160,11 +160,11 @@ class ModelConfig:
     name: str
     """The model's name (its folder in the repository)."""
     backend: str = "onnxruntime"
-    """Which runtime executes it: "onnxruntime" or "python"."""
+    """Which runtime executes it: "onnxruntime", "python" or "tensorrt"."""
     max_batch_size: int | None = None
     """Rows per request along the leading batch dimension; 0 = no batch dimension; None = decide from the model."""
     default_model_filename: str = ""
-    """File inside each version folder; empty = the backend's default (model.onnx, model.py)."""
+    """File inside each version folder; empty = the backend's default (model.onnx, model.py, model.plan)."""
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     """Which versions are served."""
     inputs: tuple[TensorConfig, ...] = ()
@@ -228,6 +228,8 @@ def _guess_backend(model_dir: Path) -> str:
                 return "python"
             if (version_dir / "model.pt").is_file() or (version_dir / "model.pt2").is_file():
                 return "torch"
+            if (version_dir / "model.plan").is_file():
+                return "tensorrt"
             break
     return "onnxruntime"
 

@@ -315,8 +315,9 @@ def _synthetic(tensor: TensorConfig, rows: int | None) -> np.ndarray:
 def complete_signature(config: ModelConfig, model: Signature) -> ModelConfig:
     """Reconcile the config with the signature read from the model file; returns the completed config.
 
-    - ``max_batch_size`` unset: Triton's auto-complete (4 when every tensor has a variable leading
-      dimension, else 0).
+    - ``max_batch_size`` unset: the model file's own limit when it has one (a TensorRT engine's profiles),
+      else Triton's auto-complete (4 when every tensor has a variable leading dimension, else 0).
+    - ``max_batch_size`` above the model file's own limit is an error.
     - ``max_batch_size > 0`` requires a variable leading dimension on every model tensor.
     - Tensors declared in the config must exist in the model with the same datatype and compatible dims;
       undeclared ones are taken from the model.
@@ -327,10 +328,12 @@ def complete_signature(config: ModelConfig, model: Signature) -> ModelConfig:
     batchable = bool(all_tensors) and all(t.dims and t.dims[0] == -1 for t in all_tensors)
     max_batch_size = config.max_batch_size
     if max_batch_size is None:
-        max_batch_size = AUTO_MAX_BATCH_SIZE if batchable else 0
+        max_batch_size = (model.max_batch_size or AUTO_MAX_BATCH_SIZE) if batchable else 0
     elif max_batch_size > 0 and not batchable:
         fixed = [t.name for t in all_tensors if not (t.dims and t.dims[0] == -1)]
         raise ConfigError(f"max_batch_size = {max_batch_size} needs a variable first dimension on every tensor, but {fixed} have a fixed one; set max_batch_size = 0")
+    elif model.max_batch_size is not None and max_batch_size > model.max_batch_size:
+        raise ConfigError(f"max_batch_size = {max_batch_size} exceeds the {model.max_batch_size} rows the model file supports; lower it or rebuild the model")
     skip = 1 if max_batch_size else 0
 
     def reconcile(kind: str, declared: tuple[TensorConfig, ...], found: tuple[TensorConfig, ...]) -> tuple[TensorConfig, ...]:

@@ -42,12 +42,12 @@ def _onnx_type(datatype: str) -> int:
     }[datatype]
 
 
-def write_identity_all(folder: Path) -> None:
+def write_identity_all(folder: Path, datatypes: tuple[str, ...] = ONNX_DATATYPES) -> None:
     from onnx import helper
 
-    nodes = [helper.make_node("Identity", [f"in_{dt}"], [f"out_{dt}"]) for dt in ONNX_DATATYPES]
-    inputs = [helper.make_tensor_value_info(f"in_{dt}", _onnx_type(dt), ["batch", "n"]) for dt in ONNX_DATATYPES]
-    outputs = [helper.make_tensor_value_info(f"out_{dt}", _onnx_type(dt), ["batch", "n"]) for dt in ONNX_DATATYPES]
+    nodes = [helper.make_node("Identity", [f"in_{dt}"], [f"out_{dt}"]) for dt in datatypes]
+    inputs = [helper.make_tensor_value_info(f"in_{dt}", _onnx_type(dt), ["batch", "n"]) for dt in datatypes]
+    outputs = [helper.make_tensor_value_info(f"out_{dt}", _onnx_type(dt), ["batch", "n"]) for dt in datatypes]
     write_onnx_model(folder / "1" / "model.onnx", helper.make_graph(nodes, "identity_all", inputs, outputs))
     (folder / "config.toml").write_text("max_batch_size = 8\n")
 

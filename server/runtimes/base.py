@@ -1,4 +1,4 @@
-"""The runtime interface: what every backend (ONNX Runtime, Python, later PyTorch and TensorRT) implements.
+"""The runtime interface: what every backend (ONNX Runtime, Python, TensorRT, later PyTorch) implements.
 
 A runtime instance is created per (model version, instance) and driven from that instance's own executor
 thread: ``load`` once, ``infer`` per batch, ``close`` once. None of its methods may run on the event loop;
@@ -30,6 +30,9 @@ class Signature:
 
     inputs: tuple[TensorConfig, ...]
     outputs: tuple[TensorConfig, ...]
+    max_batch_size: int | None = None
+    """The largest batch (rows) the model file supports, where the file says (a TensorRT engine's optimization
+    profiles); None where it does not. It bounds ``max_batch_size`` and is its default when the config omits it."""
 
 
 class Runtime(Protocol):
@@ -62,4 +65,8 @@ def create_runtime(config: ModelConfig) -> Runtime:
         from .torch import TorchRuntime
 
         return TorchRuntime()
+    if config.backend == "tensorrt":
+        from .tensorrt import TensorRTRuntime
+
+        return TensorRTRuntime()
     raise ValueError(f"unknown backend {config.backend!r}")  # config validation makes this unreachable

@@ -102,3 +102,25 @@ def test_an_idle_open_stream_does_not_hold_shutdown(served):
         assert time.monotonic() - started < 10
         assert list(stream) == []  # the server ended the stream cleanly
         release.set()
+
+
+def test_build_trt_without_tensorrt_says_what_to_install(tmp_path):
+    pytest.importorskip("onnx")
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("tensorrt is installed: tests/gpu/test_tensorrt.py builds engines")
+    from tests.models import write_add_model
+
+    write_add_model(tmp_path / "model.onnx", 1.0)
+    result = _surge("build-trt", str(tmp_path / "model.onnx"), "--output", str(tmp_path / "model.plan"))
+    assert result.returncode == 2
+    assert "surge build-trt needs TensorRT: pip install 'surge[tensorrt]'" in result.stderr
+    assert not (tmp_path / "model.plan").exists()
+
+
+def test_build_trt_rejects_a_missing_onnx_file(tmp_path):
+    result = _surge("build-trt", str(tmp_path / "missing.onnx"), "--output", str(tmp_path / "model.plan"))
+    assert (result.returncode, result.stderr.strip()) == (2, f"error: {tmp_path / 'missing.onnx'} is not a file")

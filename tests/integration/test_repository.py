@@ -147,3 +147,24 @@ def test_strict_readiness_reflects_failed_models(start_server, repo):
     server = start_server(model_repository=repo, strict_readiness=True)
     with InferenceClient(server.address, timeout_s=30) as client:
         assert client.is_server_live() and not client.is_server_ready()
+
+
+def test_a_tensorrt_model_without_tensorrt_is_unavailable_with_the_reason(start_server, tmp_path):
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("tensorrt is installed: tests/gpu/test_tensorrt.py serves real engines")
+    repo = tmp_path / "repo"
+    (repo / "engine" / "1").mkdir(parents=True)
+    (repo / "engine" / "1" / "model.plan").write_bytes(b"not an engine")
+    write_add_model(repo / "plain" / "1" / "model.onnx", 1.0)
+    server = start_server(model_repository=repo, strict_readiness=False)
+    with InferenceClient(server.address, timeout_s=30, retries=0) as client:
+        index = _index(client)
+        assert index[("engine", "1")] == (
+            "UNAVAILABLE",
+            "the tensorrt backend needs the tensorrt package: pip install 'surge[tensorrt,torch]' on a machine with an NVIDIA GPU",
+        )
+        assert index[("plain", "1")] == ("READY", "")

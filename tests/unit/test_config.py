@@ -164,7 +164,7 @@ def test_config_error_is_a_value_error_and_server_error() -> None:
 @pytest.mark.parametrize(
     ("data", "path", "hint"),
     [
-        ({"backend": "tensorflow"}, "backend:", "expected one of onnxruntime, python, torch; got 'tensorflow'"),
+        ({"backend": "tensorflow"}, "backend:", "expected one of onnxruntime, python, torch, tensorrt; got 'tensorflow'"),
         ({"max_batch_size": -1}, "max_batch_size:", "expected an integer >= 0, got -1"),
         ({"max_batch_size": True}, "max_batch_size:", "expected an integer >= 0, got True"),
         ({"max_batch_size": 4.0}, "max_batch_size:", "expected an integer >= 0, got 4.0"),
@@ -461,6 +461,11 @@ def test_backend_guessed_python_from_model_py(tmp_path: Path) -> None:
 def test_backend_guessed_python_with_a_config_that_omits_backend(tmp_path: Path) -> None:
     config = load_model_config(_model_dir(tmp_path, toml="max_batch_size = 4\n", files={"3/model.py": ""}))
     assert (config.backend, config.max_batch_size) == ("python", 4)
+
+
+def test_backend_guessed_tensorrt_from_model_plan(tmp_path: Path) -> None:
+    config = load_model_config(_model_dir(tmp_path, files={"1/model.plan": ""}))
+    assert (config.backend, config.model_filename, config.platform) == ("tensorrt", "model.plan", "tensorrt_plan")
 
 
 def test_backend_guessed_onnxruntime_otherwise(tmp_path: Path) -> None:

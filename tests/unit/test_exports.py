@@ -10,7 +10,16 @@ import textwrap
 
 import pytest
 
-MODULES = ["surge.clients", "surge.server.errors", "surge.server.config"]
+MODULES = [
+    "surge.clients",
+    "surge.server.errors",
+    "surge.server.config",
+    "surge.server.gpu_metrics",
+    "surge.server.runtimes.onnx_providers",
+    "surge.server.runtimes.tensorrt_plan",
+    "surge.server.runtimes.tensorrt",
+    "surge.server.runtimes.tensorrt_build",
+]
 
 
 @pytest.mark.parametrize("module_name", MODULES)
@@ -56,3 +65,19 @@ def test_importing_clients_does_not_import_server_or_onnx() -> None:
     assert result.returncode == 0, result.stderr
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded == []
+
+
+_GPU_PROBE = textwrap.dedent(
+    """
+    import json, sys
+    import surge.server.runtimes.tensorrt, surge.server.runtimes.tensorrt_build, surge.server.gpu_metrics
+    heavy = ("tensorrt", "torch", "pynvml", "onnxruntime")
+    print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in heavy)))
+    """
+)
+
+
+def test_gpu_modules_import_their_libraries_only_when_used() -> None:
+    result = subprocess.run([sys.executable, "-c", _GPU_PROBE], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
