@@ -15,9 +15,10 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-$PY -m pip install -q --no-deps --no-index --no-build-isolation -e . || exit 1
+# our package: the wheel built beside the others (pip wheel --no-deps . -w .whl), else an editable install
+compgen -G ".whl/surge-*.whl" >/dev/null || $PY -m pip install -q --no-deps --no-index --no-build-isolation -e . || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
-$PY -c "import torch, grpc, google.protobuf as p; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'grpc', grpc.__version__, 'protobuf', p.__version__)"
+$PY -c "import torch, grpc, google.protobuf as p, pytest, numpy, surge.server; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'grpc', grpc.__version__, 'protobuf', p.__version__, 'pytest', pytest.__version__, 'numpy', numpy.__version__, 'surge from', surge.server.__file__)"
 echo "== GPU tests"
 $PY -m pytest tests/gpu -m gpu -q -p no:cacheprovider -rs -W "ignore::DeprecationWarning" 2>&1 | tee "$OUT/gpu-tests.log"
 tests=${PIPESTATUS[0]}
