@@ -44,7 +44,8 @@ from .base import Signature
 
 __all__ = ["TorchRuntime", "bucket_for", "graph_buckets", "pad_rows"]
 
-#: torch.export.load (and torch.jit.load) keep global state while deserialising: instances load one at a time.
+#: torch.export.load (and torch.jit.load) keep global state while deserialising, and a CUDA graph capture
+#: must not overlap another capture: instances load and capture one at a time, process-wide.
 _LOAD_LOCK = threading.Lock()
 _KNOWN = {"precision", "cuda_graphs", "graph_batch_sizes", "intra_op_threads", "allow_pickle"}
 _PRECISIONS = ("fp32", "fp16", "bf16")
@@ -154,8 +155,9 @@ class TorchRuntime:
             if opts["cuda_graphs"] and fixed:
                 preferred = config.dynamic_batching.preferred_batch_sizes if config.dynamic_batching else ()
                 self._buckets = graph_buckets(config.max_batch_size, preferred, opts["graph_batch_sizes"])
-                for bucket in self._buckets:
-                    self._graphs[bucket] = self._capture(torch, bucket)
+                with _LOAD_LOCK:
+                    for bucket in self._buckets:
+                        self._graphs[bucket] = self._capture(torch, bucket)
         return signature
 
     def _capture(self, torch: Any, rows: int) -> tuple[Any, list[Any], list[Any]]:
@@ -168,7 +170,8 @@ class TorchRuntime:
                 self._forward(torch, static)
             self._stream.synchronize()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=self._stream):
+            # thread_local: other threads (instances of other models, serving) may keep using CUDA meanwhile
+            with torch.cuda.graph(graph, stream=self._stream, capture_error_mode="thread_local"):
                 outputs = self._forward(torch, static)
         self._stream.synchronize()
         return graph, static, outputs
