@@ -1,6 +1,6 @@
 """The ``surge`` command line: ``serve``, ``infer``, ``models``.
 
-    surge serve [--model-repository DIR] [--host 127.0.0.1] [--grpc-port 8001] [--model-control-mode none|explicit|poll]
+    surge serve [--model-repository DIR] [--host 127.0.0.1] [--grpc-port 8001] [--metrics-port 8002] [--model-control-mode none|explicit|poll]
     surge infer MODEL [--input NAME=FILE.npy ...] [--url 127.0.0.1:8001] [--batch N]
     surge models [--url 127.0.0.1:8001]
 
@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-repository", type=Path, help="model repository folder (default: the built-in demo repository)")
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0 in containers)")
     serve.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001; 0 = any free port)")
+    serve.add_argument("--metrics-port", type=int, default=8002,
+                       help="Prometheus /metrics HTTP port (default 8002; 0 = any free port; -1 = metrics off)")
     serve.add_argument("--model-control-mode", choices=("none", "explicit", "poll"), default="none",
                        help="none: load all at start; explicit: only through the API; poll: watch the folder")
     serve.add_argument("--load-model", action="append", default=[], metavar="NAME", help="in explicit mode, load NAME at start (repeatable)")
@@ -82,6 +84,7 @@ def _serve(args: argparse.Namespace) -> int:
         model_repository=repository.resolve(),
         host=args.host,
         grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
         model_control_mode=args.model_control_mode,
         load_models=tuple(args.load_model),
         poll_interval_s=args.repository_poll_s,

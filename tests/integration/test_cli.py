@@ -24,7 +24,7 @@ def served(tmp_path: Path, test_repository: Path):
     log = (tmp_path / "server.log").open("w+")
     process = subprocess.Popen(
         [sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(test_repository),
-         "--grpc-port", "0", "--address-file", str(address_file), "--no-strict-readiness"],
+         "--grpc-port", "0", "--metrics-port", "0", "--address-file", str(address_file), "--no-strict-readiness"],
         stdout=log, stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 60
@@ -76,7 +76,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(served):
 
 
 def test_serve_refuses_a_missing_repository(tmp_path):
-    result = _surge("serve", "--model-repository", str(tmp_path / "nowhere"), "--grpc-port", "0")
+    result = _surge("serve", "--model-repository", str(tmp_path / "nowhere"), "--grpc-port", "0", "--metrics-port", "0")
     assert result.returncode == 2 and "not a directory" in result.stderr
 
 
