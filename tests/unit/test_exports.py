@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-MODULES = ["surge.clients", "surge.server.errors", "surge.server.config"]
+MODULES = ["surge.clients", "surge.server.errors", "surge.server.config", "surge.server.metrics"]
 
 
 @pytest.mark.parametrize("module_name", MODULES)
