@@ -22,19 +22,21 @@ from surge.server.metrics import (
 from surge.server.stats import Stamps, VersionStats
 
 
-def test_default_buckets_are_about_1_25x_from_10us_to_60s() -> None:
+def test_default_buckets_are_about_1_25x_from_10us_to_60s_with_every_power_of_ten() -> None:
     b = DEFAULT_LATENCY_BUCKETS_S
-    assert b[0] == 1e-5 and b[-1] == 60.0 and len(b) == 71
+    assert b[0] == 1e-5 and b[-1] == 60.0 and len(b) == 69
     ratios = [y / x for x, y in zip(b, b[1:-1])]
-    assert all(1.23 < r < 1.27 for r in ratios), ratios
+    assert all(1.24 < r < 1.28 for r in ratios), ratios
     assert list(b) == sorted(set(b))
+    assert {1e-4, 1e-3, 0.01, 0.1, 0.2, 1.0, 10.0} <= set(b)  # SLO-friendly bounds exist exactly
 
 
 def test_geometric_buckets_rejects_nonsense() -> None:
     with pytest.raises(ValueError):
-        geometric_buckets(1.0, 0.5, 2.0)
+        geometric_buckets(1.0, 0.5)
     with pytest.raises(ValueError):
-        geometric_buckets(1e-3, 1.0, 1.0)
+        geometric_buckets(1e-3, 1.0, 0)
+    assert geometric_buckets(1e-3, 1.0, 1) == (1e-3, 0.01, 0.1, 1.0)
 
 
 @pytest.mark.parametrize(("max_batch_size", "expected"), [(0, (1,)), (1, (1,)), (8, (1, 2, 4, 8)), (48, (1, 2, 4, 8, 16, 32, 48))])
