@@ -3,6 +3,7 @@
     surge serve [--model-repository DIR] [--host 127.0.0.1] [--grpc-port 8001] [--metrics-port 8002] [--model-control-mode none|explicit|poll]
     surge infer MODEL [--input NAME=FILE.npy ...] [--url 127.0.0.1:8001] [--batch N]
     surge models [--url 127.0.0.1:8001]
+    surge observability [--out DIR]      # the Grafana dashboard and Prometheus alert rules shipped with Surge
 
 ``infer`` and ``models`` use only the client (``surge.clients``); ``serve`` imports the server.
 """
@@ -52,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list the repository's models and their states")
     models.add_argument("--url", default="127.0.0.1:8001")
+
+    observability = sub.add_parser("observability", help="print where the Grafana dashboard and alert rules are, or copy them out")
+    observability.add_argument("--out", type=Path, help="copy grafana-dashboard.json and prometheus-alerts.yaml into this folder")
     return parser
 
 
@@ -60,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "observability":
+        return _observability(args)
     from surge.clients import InferenceServerError
 
     try:
@@ -154,6 +160,19 @@ def _infer(args: argparse.Namespace) -> int:
     with np.printoptions(precision=5, threshold=64, edgeitems=4, suppress=True):
         for name, array in result.outputs.items():
             print(f"{name} {array.dtype} {list(array.shape)}:\n{array}")
+    return 0
+
+
+def _observability(args: argparse.Namespace) -> int:
+    from .observability import ALERT_RULES, DASHBOARD, resource
+
+    for name in (DASHBOARD, ALERT_RULES):
+        if args.out is None:
+            print(resource(name))
+        else:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / name).write_text(resource(name).read_text())
+            print(args.out / name)
     return 0
 
 

@@ -220,7 +220,8 @@ class ServerMetrics:
     def __init__(self, versions: Callable[[], Iterable[VersionSample]], *, server_version: str = "") -> None:
         self._versions = versions
         self._server_version = server_version
-        self.unrouted: dict[str, int] = {}
+        # The codes a lookup can fail with, exported from the start (at 0), so rate() and alerts see the series.
+        self.unrouted: dict[str, int] = {"INVALID_ARGUMENT": 0, "NOT_FOUND": 0, "UNAVAILABLE": 0}
         # prometheus_client's standard collectors in a registry of our own, not the global one (several servers
         # may share a process, as in the tests); more collectors may be registered here.
         self.registry = CollectorRegistry(auto_describe=False)

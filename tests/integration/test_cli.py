@@ -102,3 +102,21 @@ def test_an_idle_open_stream_does_not_hold_shutdown(served):
         assert time.monotonic() - started < 10
         assert list(stream) == []  # the server ended the stream cleanly
         release.set()
+
+
+def test_serve_refuses_a_taken_metrics_port(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _surge("serve", "--model-repository", str(tmp_path), "--grpc-port", "0", "--metrics-port", str(port))
+    assert result.returncode == 2 and f"metrics endpoint to 127.0.0.1:{port}" in result.stderr
+
+
+def test_observability_copies_the_dashboard_and_rules(tmp_path):
+    result = _surge("observability", "--out", str(tmp_path / "obs"))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "obs").iterdir()) == ["grafana-dashboard.json", "prometheus-alerts.yaml"]
+    assert _surge("observability").stdout.count("\n") == 2
