@@ -3,9 +3,11 @@
     surge serve [--model-repository DIR] [--host 127.0.0.1] [--grpc-port 8001] [--metrics-port 8002] [--model-control-mode none|explicit|poll]
     surge infer MODEL [--input NAME=FILE.npy ...] [--url 127.0.0.1:8001] [--batch N]
     surge models [--url 127.0.0.1:8001]
+    surge top [--url 127.0.0.1:8002] [--interval-s 2] [--once]   # live view from the metrics endpoint
     surge observability [--out DIR]      # the Grafana dashboard and Prometheus alert rules shipped with Surge
 
-``infer`` and ``models`` use only the client (``surge.clients``); ``serve`` imports the server.
+``infer`` and ``models`` use only the client (``surge.clients``), ``top`` only HTTP and prometheus_client;
+``serve`` imports the server.
 """
 
 from __future__ import annotations
@@ -54,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the repository's models and their states")
     models.add_argument("--url", default="127.0.0.1:8001")
 
+    top = sub.add_parser("top", help="live view of a server from its /metrics: rates, latency, errors, batch fill, queue")
+    top.add_argument("--url", default="127.0.0.1:8002", help="the server's metrics endpoint host:port (default 127.0.0.1:8002)")
+    top.add_argument("--interval-s", type=float, default=2.0, help="seconds between refreshes (default 2)")
+    top.add_argument("--once", action="store_true", help="print one view (after one interval) and exit")
+
     observability = sub.add_parser("observability", help="print where the Grafana dashboard and alert rules are, or copy them out")
     observability.add_argument("--out", type=Path, help="copy grafana-dashboard.json and prometheus-alerts.yaml into this folder")
     return parser
@@ -66,6 +73,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "observability":
         return _observability(args)
+    if args.command == "top":
+        from .top import run
+
+        try:
+            return run(args.url, args.interval_s, once=args.once)
+        except OSError as exc:
+            print(f"error: cannot scrape http://{args.url}/metrics: {exc}", file=sys.stderr)
+            return 1
     from surge.clients import InferenceServerError
 
     try:
