@@ -136,3 +136,24 @@ def test_config_latency_buckets() -> None:
         assert str(info.value).startswith("metrics.latency_buckets_s")
     with pytest.raises(ConfigError, match="unknown key"):
         parse_model_config("m", {"metrics": {"buckets": [1.0]}})
+
+
+def test_both_formats_carry_the_same_samples_and_escape_labels() -> None:
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+
+    metrics = VersionMetrics('we"ird\\name\n', "1", max_batch_size=4)
+    stats = VersionStats(metrics=metrics)
+    stats.record_success(_stamps(0, 10, 20, 30, 40, 50, 60, 70, rows=2))
+    stats.record_execution(2, 1, 2, 3)
+    server = ServerMetrics(lambda: [_sample(metrics, model='we"ird\\name\n')], server_version="1.0")
+    text, _ = render(server.snapshot())
+    om, headers = render(server.snapshot(), accept="application/openmetrics-text; version=1.0.0")
+    assert headers["Content-Type"].startswith("application/openmetrics-text") and om.endswith(b"# EOF\n")
+
+    def samples(families) -> set:
+        return {(s.name, tuple(sorted(s.labels.items())), float(s.value)) for f in families if f.name.startswith("surge") for s in f.samples}
+
+    from_text = samples(text_string_to_metric_families(text.decode()))
+    assert from_text == samples(parse_openmetrics(om.decode()))  # the strict OpenMetrics parser accepts it too
+    assert ("surge_requests_total", (("code", "OK"), ("model", 'we"ird\\name\n'), ("route", "primary"), ("version", "1")), 1.0) in from_text
+    assert {f.name: f.type for f in parse_openmetrics(om.decode())}["surge_requests"] == "counter"
