@@ -201,8 +201,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
             stamps.encode_start = now_ns()
             response = codec.encode_response(request, spec, version.version_str, outputs, decoded.output_names)
-        except asyncio.CancelledError:  # the client went away (or the server is stopping a stream)
-            version.stats.record_failure(stamps, now_ns(), "CANCELLED")
+        except asyncio.CancelledError:  # gRPC cancels the handler when the deadline passes or the client goes away
+            expired = deadline is not None and time.monotonic() >= deadline
+            version.stats.record_failure(stamps, now_ns(), "DEADLINE_EXCEEDED" if expired else "CANCELLED")
             raise
         except Exception as exc:
             version.stats.record_failure(stamps, now_ns(), status_of(exc).name)

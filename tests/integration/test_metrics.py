@@ -4,9 +4,11 @@ prometheus_client's parsers. Exact counts, so this module has a server of its ow
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gzip
 import http.client
 import shutil
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -229,3 +231,20 @@ def test_metrics_off(start_server, test_repository):
         client.infer("mlp", {"x": np.ones((2, 16), np.float32)})
         (stats,) = client.model_statistics("mlp").model_stats
     assert stats.inference_count == 2 and stats.inference_stats.success.count == 1  # ModelStatistics does not need metrics
+
+
+def test_a_deadline_passing_while_queued_counts_as_deadline_exceeded(start_server, test_repository):
+    """slow_py has one instance: behind a 1 s request, a request with a 0.3 s gRPC deadline expires in the queue."""
+    thread = start_server(model_repository=test_repository, model_control_mode="explicit", load_models=("slow_py",))
+    with InferenceClient(thread.address, timeout_s=30, retries=0) as client, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        blocker = pool.submit(client.infer, "slow_py", {"delay_s": np.array([[1.0]], np.float32)})
+        time.sleep(0.2)
+        with pytest.raises(InferenceServerError) as info:
+            client.infer("slow_py", {"delay_s": np.array([[0.0]], np.float32)}, timeout_s=0.3)
+        assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        blocker.result()
+    found = samples(thread)
+    labels = _version("slow_py")
+    assert value(found, "surge_requests_total", **labels, code="DEADLINE_EXCEEDED") == 1
+    assert value(found, "surge_requests_total", **labels, code="OK") == 1
+    assert value(found, "surge_failed_request_duration_seconds_count", **labels) == 1
