@@ -1,7 +1,7 @@
 """What metrics cost: the demo ``mlp`` served with metrics on and off, side by side in one run.
 
     python bench/scenarios/metrics_overhead.py [--concurrency 64] [--duration-s 5] [--warmup-s 1] [--rounds 5]
-        [--scrape-interval-s 1] [--out results.json]
+        [--scrape-interval-s 1] [--out results.json] [--a-a | --toggle]
 
 Two ``surge serve`` processes serve the same demo repository, both pinned to CPU 0 (``taskset -c 0``),
 one with ``--metrics-port 0`` (histograms on the hot path, /metrics endpoint) and one with
@@ -12,9 +12,16 @@ request serialised once (1 row of 16 FP32) and responses not parsed. While "on" 
 scraped every ``--scrape-interval-s`` (Prometheus' default is 15 s: this is harsher), so the scrape's
 cost on the server CPU is in the numbers. Besides throughput and latency, each round records the server's
 CPU time per answered request (from /proc): on a shared machine other processes take CPU 0 away and move
-throughput by several percent between rounds, while CPU per request stays put. Prints one JSON line per round and a summary: median
-throughput and p50/p99 latency of each side, and the cost of metrics in percent, both from the medians
-and as the median of each round's on/off ratio (the two halves of a round run back to back).
+throughput by several percent between rounds, while CPU per request moves less. Prints one JSON line per
+round and a summary: median throughput and p50/p99 latency of each side, and the cost of metrics in
+percent, both from the medians and as the median of each round's on/off ratio (the two halves of a round
+run back to back). ``--a-a`` runs both sides with metrics off: the "cost" it reports is the noise floor.
+
+``--toggle`` isolates the hot path: one server, in this process (pinned to CPU 0; the load generator is a
+child process on CPU 1), whose ``mlp`` version has its histograms detached and re-attached every
+``--duration-s`` (on, off, off, on, ...): the same process, memory and sockets on both sides, so the
+paired difference in server CPU per request is what recording costs, without the noise of separate
+server processes. No scrapes in this mode.
 """
 
 from __future__ import annotations
@@ -149,6 +156,49 @@ async def closed_loop(address: str, payload: bytes, concurrency: int, warmup_s: 
             "scrape_ms": float(np.median(scrapes) * 1e3) if scrapes else None}  # fmt: skip
 
 
+def toggle(args: argparse.Namespace) -> dict:
+    """The in-process toggle (see the module docstring); returns the summary."""
+    import threading
+
+    import uvloop
+
+    from surge.server.app import Server, ServerConfig
+    from surge.server.demo import write_demo_repository
+
+    os.sched_setaffinity(0, {int(SERVER_CPU)})
+    tmp = tempfile.TemporaryDirectory(prefix="surge-metrics-toggle-")
+    repository = write_demo_repository(Path(tmp.name) / "repository")
+    server = Server(ServerConfig(model_repository=repository, grpc_port=0, metrics_port=0))
+    loop = uvloop.new_event_loop()
+    address = loop.run_until_complete(server.start())
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    version = server.repository.get("mlp")
+    recorder = version.stats.metrics
+    generator = subprocess.Popen(
+        ["taskset", "-c", str(LOAD_CPU), sys.executable, __file__, "--generate", address, "--concurrency", str(args.concurrency)], cwd=Path.cwd()
+    )
+    per_request: dict[str, list[float]] = {"on": [], "off": []}
+    try:
+        time.sleep(args.warmup_s + 2)
+        for i in range(2 * args.rounds):
+            side = ("on", "off")[(i + i // 2) % 2]  # on off off on on off ...: neither side always goes first
+            version.stats.metrics = recorder if side == "on" else None  # a reference swap, read by the loop thread
+            time.sleep(0.3)
+            cpu0, served0 = time.process_time(), version.stats.success.count
+            time.sleep(args.duration_s)
+            cpu1, served1 = time.process_time(), version.stats.success.count
+            per_request[side].append((cpu1 - cpu0) / (served1 - served0) * 1e6)
+            print(json.dumps({"window": i, "metrics": side, "server_cpu_us_per_request": per_request[side][-1], "requests": served1 - served0}), flush=True)
+    finally:
+        generator.kill()
+        generator.wait()
+        loop.call_soon_threadsafe(loop.stop)
+    ratios = [a / b for a, b in zip(per_request["on"], per_request["off"])]
+    return {"mode": "toggle", "concurrency": args.concurrency, "window_s": args.duration_s, "windows_per_side": args.rounds,
+            "on_cpu_us_per_request": statistics.median(per_request["on"]), "off_cpu_us_per_request": statistics.median(per_request["off"]),
+            "paired_cpu_per_request_cost_pct": 100 * (statistics.median(ratios) - 1)}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, default=64)
@@ -158,7 +208,20 @@ def main() -> None:
     parser.add_argument("--scrape-interval-s", type=float, default=1.0, help="0: no scrapes (the hot path alone)")
     parser.add_argument("--out", type=Path, help="also write the results here (JSON)")
     parser.add_argument("--a-a", action="store_true", help="calibration: both sides with metrics off (the 'cost' measured is noise)")
+    parser.add_argument("--toggle", action="store_true", help="one in-process server, histograms attached and detached in turn")
+    parser.add_argument("--generate", metavar="ADDRESS", help=argparse.SUPPRESS)  # --toggle's load generator
     args = parser.parse_args()
+    if args.generate:
+        import uvloop
+
+        uvloop.run(closed_loop(args.generate, request_bytes(), args.concurrency, 0.0, 3600.0, "", 0))
+        return
+    if args.toggle:
+        summary = toggle(args)
+        print(json.dumps({"summary": summary}), flush=True)
+        if args.out is not None:
+            args.out.write_text(json.dumps(summary, indent=2))
+        return
     os.sched_setaffinity(0, {LOAD_CPU})
     import uvloop
 
