@@ -1,7 +1,8 @@
 """Build the server from its config, start it, stop it: the only place that wires the rooms together.
 
-``Server.start()`` binds the gRPC port (so liveness answers at once), loads the repository, then turns
-readiness and gRPC health to SERVING, and returns the bound address. ``stop()`` (also on SIGTERM/SIGINT
+``Server.start()`` binds the gRPC port (so liveness answers at once) and the metrics port, loads the
+repository, then turns readiness and gRPC health to SERVING, and returns the bound gRPC address (the
+metrics endpoint's is ``Server.metrics_address``). ``stop()`` (also on SIGTERM/SIGINT
 through ``serve``) turns readiness off first, stops accepting, lets in-flight RPCs finish within the grace
 period, then drains and frees every model.
 """
@@ -23,7 +24,10 @@ from grpc_reflection.v1alpha import reflection
 from surge.protos import grpc_service_pb2 as pb
 from surge.protos import grpc_service_pb2_grpc as pb_grpc
 
+from .errors import ConfigError
 from .grpc_servicer import InferenceServicer
+from .metrics import ServerMetrics
+from .metrics_http import MetricsEndpoint
 from .repository import ModelRepository
 
 __all__ = ["MAX_MESSAGE_BYTES", "Server", "ServerConfig", "serve"]
@@ -61,6 +65,13 @@ class ServerConfig:
     """Ready only when every model the control mode wants is serving (Triton's --strict-readiness)."""
     drain_timeout_s: float = 30.0
     """On stop or unload: how long in-flight requests may take to finish."""
+    metrics_port: int = 8002
+    """Prometheus ``/metrics`` HTTP port (Triton's default); 0 picks a free port (``Server.metrics_address``);
+    -1 turns metrics off (no endpoint, no histograms on the hot path; ModelStatistics still works)."""
+
+    def __post_init__(self) -> None:
+        if not -1 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics port must be -1 (off), 0 (any free port) or 1..65535, got {self.metrics_port}")
 
 
 class Server:
@@ -74,7 +85,14 @@ class Server:
             load_models=config.load_models,
             poll_interval_s=config.poll_interval_s,
             drain_timeout_s=config.drain_timeout_s,
+            metrics=config.metrics_port >= 0,
         )
+        self.metrics: ServerMetrics | None = None
+        if config.metrics_port >= 0:
+            self.metrics = ServerMetrics(lambda: [v.sample() for v in self.repository.all_versions()], server_version=SERVER_VERSION)
+        self._metrics_endpoint: MetricsEndpoint | None = None
+        self.metrics_address = ""
+        """The bound metrics ``host:port`` once started ("" when metrics are off)."""
         self._ready = False
         self._grpc: grpc.aio.Server | None = None
         self._servicer: InferenceServicer | None = None
@@ -96,7 +114,7 @@ class Server:
             ("grpc.so_reuseport", 0),
         ]
         server = grpc.aio.server(options=options)
-        servicer = InferenceServicer(self.repository, server_name="surge", server_version=SERVER_VERSION, is_ready=self.is_ready)
+        servicer = InferenceServicer(self.repository, server_name="surge", server_version=SERVER_VERSION, is_ready=self.is_ready, metrics=self.metrics)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
         self._servicer = servicer
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -111,6 +129,14 @@ class Server:
         self.address = f"{self.config.host}:{port}"
         log.info("gRPC listening on %s (live; loading models from %s, control mode %s)", self.address, self.config.model_repository, self.config.model_control_mode)
         try:
+            if self.metrics is not None:
+                endpoint = MetricsEndpoint(self.metrics, self.config.host, self.config.metrics_port)
+                try:
+                    self.metrics_address = await endpoint.start()
+                except OSError as exc:
+                    raise OSError(f"cannot bind the metrics endpoint to {self.config.host}:{self.config.metrics_port}: {exc.strerror or exc}") from None
+                self._metrics_endpoint = endpoint
+                log.info("metrics on http://%s/metrics", self.metrics_address)
             await self.repository.start()
         except BaseException:
             await self.stop(0)
@@ -141,6 +167,9 @@ class Server:
         if self._grpc is not None:
             await self._grpc.stop(self.config.drain_timeout_s if grace_s is None else grace_s)
         await self.repository.aclose()
+        if self._metrics_endpoint is not None:  # last: a scrape during the drain still sees it
+            await self._metrics_endpoint.aclose()
+            self._metrics_endpoint = None
 
 
 async def serve(config: ServerConfig, *, address_file: Path | None = None) -> None:

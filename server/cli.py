@@ -1,11 +1,14 @@
 """The ``surge`` command line: ``serve``, ``infer``, ``models``, ``build-trt``.
 
-    surge serve [--model-repository DIR] [--host 127.0.0.1] [--grpc-port 8001] [--model-control-mode none|explicit|poll]
+    surge serve [--model-repository DIR] [--host 127.0.0.1] [--grpc-port 8001] [--metrics-port 8002] [--model-control-mode none|explicit|poll]
     surge infer MODEL [--input NAME=FILE.npy ...] [--url 127.0.0.1:8001] [--batch N]
     surge models [--url 127.0.0.1:8001]
     surge build-trt MODEL.onnx --output model.plan [--fp16] [--max-batch-size N] [--workspace-bytes N] [--instances K]
+    surge top [--url 127.0.0.1:8002] [--interval-s 2] [--once]   # live view from the metrics endpoint
+    surge observability [--out DIR]      # the Grafana dashboard and Prometheus alert rules shipped with Surge
 
-``infer`` and ``models`` use only the client (``surge.clients``); ``serve`` imports the server.
+``infer`` and ``models`` use only the client (``surge.clients``), ``top`` only HTTP and prometheus_client;
+``serve`` imports the server.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-repository", type=Path, help="model repository folder (default: the built-in demo repository)")
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0 in containers)")
     serve.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001; 0 = any free port)")
+    serve.add_argument("--metrics-port", type=int, default=8002,
+                       help="Prometheus /metrics HTTP port (default 8002; 0 = any free port; -1 = metrics off)")
     serve.add_argument("--model-control-mode", choices=("none", "explicit", "poll"), default="none",
                        help="none: load all at start; explicit: only through the API; poll: watch the folder")
     serve.add_argument("--load-model", action="append", default=[], metavar="NAME", help="in explicit mode, load NAME at start (repeatable)")
@@ -60,6 +65,13 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--opt-batch-size", type=int, default=0, help="batch TensorRT tunes for (default: the max batch size)")
     build.add_argument("--workspace-bytes", type=int, default=0, help="builder workspace limit (default: TensorRT's)")
     build.add_argument("--instances", type=int, default=1, help="identical profiles, one per instance sharing a GPU (default 1)")
+    top = sub.add_parser("top", help="live view of a server from its /metrics: rates, latency, errors, batch fill, queue")
+    top.add_argument("--url", default="127.0.0.1:8002", help="the server's metrics endpoint host:port (default 127.0.0.1:8002)")
+    top.add_argument("--interval-s", type=float, default=2.0, help="seconds between refreshes (default 2)")
+    top.add_argument("--once", action="store_true", help="print one view (after one interval) and exit")
+
+    observability = sub.add_parser("observability", help="print where the Grafana dashboard and alert rules are, or copy them out")
+    observability.add_argument("--out", type=Path, help="copy grafana-dashboard.json and prometheus-alerts.yaml into this folder")
     return parser
 
 
@@ -70,6 +82,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "build-trt":
         return _build_trt(args)
+    if args.command == "observability":
+        return _observability(args)
+    if args.command == "top":
+        from .top import run
+
+        try:
+            return run(args.url, args.interval_s, once=args.once)
+        except OSError as exc:
+            print(f"error: cannot scrape http://{args.url}/metrics: {exc}", file=sys.stderr)
+            return 1
     from surge.clients import InferenceServerError
 
     try:
@@ -94,6 +116,7 @@ def _serve(args: argparse.Namespace) -> int:
         model_repository=repository.resolve(),
         host=args.host,
         grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
         model_control_mode=args.model_control_mode,
         load_models=tuple(args.load_model),
         poll_interval_s=args.repository_poll_s,
@@ -188,6 +211,19 @@ def _infer(args: argparse.Namespace) -> int:
     with np.printoptions(precision=5, threshold=64, edgeitems=4, suppress=True):
         for name, array in result.outputs.items():
             print(f"{name} {array.dtype} {list(array.shape)}:\n{array}")
+    return 0
+
+
+def _observability(args: argparse.Namespace) -> int:
+    from .observability import ALERT_RULES, DASHBOARD, resource
+
+    for name in (DASHBOARD, ALERT_RULES):
+        if args.out is None:
+            print(resource(name))
+        else:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / name).write_text(resource(name).read_text())
+            print(args.out / name)
     return 0
 
 

@@ -38,6 +38,9 @@ omitted)::
     [parameters]                       # runtime options, validated by the runtime (see README)
     intra_op_threads = 1
 
+    [metrics]                          # Prometheus histograms of this model (see metrics.py)
+    latency_buckets_s = [0.001, 0.002, 0.005, 0.01]   # upper bounds, seconds, increasing (default: 10 us..60 s, x1.25)
+
 Errors are ``ConfigError`` naming the key path (``mlp/config.toml: input[0].datatype: ...``) and what is valid.
 """
 
@@ -59,6 +62,7 @@ __all__ = [
     "BatchingConfig",
     "QueuePolicyConfig",
     "InstanceGroupConfig",
+    "MetricsConfig",
     "ModelConfig",
     "TensorConfig",
     "VersionPolicy",
@@ -154,6 +158,18 @@ class InstanceGroupConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsConfig:
+    """Per-model metrics settings (``[metrics]``)."""
+
+    latency_buckets_s: tuple[float, ...] = ()
+    """Upper bounds (seconds, strictly increasing) of every latency histogram; empty = metrics.DEFAULT_LATENCY_BUCKETS_S."""
+
+
+#: At most this many latency buckets per histogram (each is one time series per model version and stage).
+MAX_LATENCY_BUCKETS = 200
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ModelConfig:
     """A model's validated configuration. ``inputs``/``outputs`` are empty until completed from the model file."""
 
@@ -177,6 +193,8 @@ class ModelConfig:
     """Concurrent runtime instances."""
     parameters: Mapping[str, Any] = field(default_factory=dict)
     """Runtime-specific options, validated by the runtime at load."""
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    """Prometheus histogram settings."""
 
     @property
     def platform(self) -> str:
@@ -250,6 +268,7 @@ def parse_model_config(name: str, data: Mapping[str, Any]) -> ModelConfig:
         dynamic_batching=_batching(reader.table("dynamic_batching"), max_batch_size),
         instance_group=_instance_group(reader.table("instance_group")),
         parameters=dict(reader.table("parameters").data),
+        metrics=_metrics(reader.table("metrics")),
     )
     reader.check_no_unknown()
     for kind, tensors in (("input", config.inputs), ("output", config.outputs)):
@@ -340,6 +359,20 @@ def _queue_policy(reader: _Table) -> QueuePolicyConfig:
     return policy
 
 
+def _metrics(reader: _Table) -> MetricsConfig:
+    bounds = reader.number_list("latency_buckets_s")
+    if reader.present and "latency_buckets_s" in reader.data:
+        if not bounds:
+            raise ConfigError("metrics.latency_buckets_s: list at least one upper bound in seconds, e.g. [0.001, 0.01, 0.1, 1.0]")
+        if any(b <= 0 for b in bounds) or any(a >= b for a, b in zip(bounds, bounds[1:])):
+            raise ConfigError(f"metrics.latency_buckets_s: expected positive, strictly increasing seconds, got {bounds}")
+        if len(bounds) > MAX_LATENCY_BUCKETS:
+            raise ConfigError(f"metrics.latency_buckets_s: at most {MAX_LATENCY_BUCKETS} buckets (each is a time series per stage), got {len(bounds)}")
+    config = MetricsConfig(latency_buckets_s=tuple(bounds))
+    reader.check_no_unknown()
+    return config
+
+
 def _instance_group(reader: _Table) -> InstanceGroupConfig:
     group = InstanceGroupConfig(
         count=reader.integer("count", 1, minimum=1),
@@ -411,6 +444,12 @@ class _Table:
         if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in value):
             raise ConfigError(f"{self.path}{key}: expected a list of integers >= {minimum}, got {value!r}")
         return value
+
+    def number_list(self, key: str) -> list[float]:
+        value = self._get(key, [])
+        if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) for v in value):
+            raise ConfigError(f"{self.path}{key}: expected a list of numbers (seconds), got {value!r}")
+        return [float(v) for v in value]
 
     def table(self, key: str) -> _Table:
         return _Table(self._get(key, None), f"{self.path}{key}.")

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["GPU_METRICS", "GpuMetricsCollector", "exposition", "register_gpu_metrics"]
+__all__ = ["GPU_METRICS", "GpuMetricsCollector", "exposition", "plain_gpu_values", "register_gpu_metrics"]
 
 log = logging.getLogger("surge.gpu_metrics")
 
@@ -115,14 +115,21 @@ def register_gpu_metrics(registry: Any, nvml: Any = None) -> GpuMetricsCollector
 
 
 def exposition(registry: Any) -> bytes:
-    """``prometheus_client.generate_latest(registry)`` with ``nv_gpu_*`` sample values in plain decimals.
+    """``prometheus_client.generate_latest(registry)`` with ``nv_gpu_*`` sample values in plain decimals."""
+    from prometheus_client import generate_latest
+
+    return plain_gpu_values(generate_latest(registry))
+
+
+def plain_gpu_values(text: bytes) -> bytes:
+    """Rewrite ``nv_gpu_*`` sample values of an exposition in plain decimals (others untouched).
 
     Triton compatibility: perf_analyzer's regex reads ``\\d+\\.?\\d*`` and stops at an exponent. The text stays
     valid Prometheus exposition (both forms are numbers there).
     """
-    from prometheus_client import generate_latest
-
-    lines = generate_latest(registry).decode("utf-8").split("\n")
+    if b"nv_gpu_" not in text:
+        return text
+    lines = text.decode("utf-8").split("\n")
     for i, line in enumerate(lines):
         name = line.split("{", 1)[0]
         if name in GPU_METRICS:

@@ -22,6 +22,7 @@ from surge.protos import grpc_service_pb2 as pb
 from surge.protos import grpc_service_pb2_grpc as pb_grpc
 
 from . import codec, errors
+from .metrics import ServerMetrics
 from .model import ModelVersion
 from .repository import ModelRepository
 from .stats import Stamps, now_ns
@@ -99,8 +100,12 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """Triton's GRPCInferenceService over a ModelRepository."""
 
-    def __init__(self, repository: ModelRepository, *, server_name: str, server_version: str, is_ready: Callable[[], bool]) -> None:
+    def __init__(
+        self, repository: ModelRepository, *, server_name: str, server_version: str, is_ready: Callable[[], bool], metrics: ServerMetrics | None = None,
+    ) -> None:
+        """``metrics``: where requests that reach no model version are counted (None: metrics off)."""
         self._repo = repository
+        self._metrics = metrics
         self._name = server_name
         self._version = server_version
         self._is_ready = is_ready
@@ -171,8 +176,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @_edge
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         stamps = Stamps(now_ns())
-        version = self._repo.get(request.model_name, request.model_version)
+        version = self._lookup(request)
         return await self._infer(request, version, stamps, _deadline(context))
+
+    def _lookup(self, request: pb.ModelInferRequest) -> ModelVersion:
+        """The version that serves the request; a failure is counted by its status code (no model label: bounded)."""
+        try:
+            return self._repo.get(request.model_name, request.model_version)
+        except Exception as exc:
+            if self._metrics is not None:
+                self._metrics.record_unrouted(status_of(exc).name)
+            raise
 
     async def _infer(self, request: pb.ModelInferRequest, version: ModelVersion, stamps: Stamps, deadline: float | None) -> pb.ModelInferResponse:
         spec = version.codec_spec
@@ -185,9 +199,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             outputs = await version.execute(
                 decoded.inputs, decoded.rows, decoded.output_names, stamps, deadline, priority=decoded.priority, timeout_s=decoded.timeout_s
             )
+            stamps.encode_start = now_ns()
             response = codec.encode_response(request, spec, version.version_str, outputs, decoded.output_names)
-        except Exception:
-            version.stats.record_failure(stamps, now_ns())
+        except asyncio.CancelledError:  # gRPC cancels the handler when the deadline passes or the client goes away
+            expired = deadline is not None and time.monotonic() >= deadline
+            version.stats.record_failure(stamps, now_ns(), "DEADLINE_EXCEEDED" if expired else "CANCELLED")
+            raise
+        except Exception as exc:
+            version.stats.record_failure(stamps, now_ns(), status_of(exc).name)
             raise
         stamps.end = now_ns()
         version.stats.record_success(stamps)
@@ -211,7 +230,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def one(request: pb.ModelInferRequest) -> None:
             try:
                 stamps = Stamps(now_ns())
-                version = self._repo.get(request.model_name, request.model_version)
+                version = self._lookup(request)
                 response = await self._infer(request, version, stamps, _deadline(context))
                 results.put_nowait((pb.ModelStreamInferResponse(infer_response=response), None))
             except Exception as exc:

@@ -31,6 +31,7 @@ from surge.protos.datatypes import numpy_dtype
 from .config import ModelConfig, TensorConfig
 from .batching import BatchRequest, DynamicBatcher, QueuePolicy, SchedulerPolicy
 from .errors import ConfigError, InferenceServerError, ModelNotReady, RuntimeFailure
+from .metrics import VersionMetrics, VersionSample
 from .runtimes.base import Runtime, Signature, create_runtime
 from .stats import Stamps, VersionStats, now_ns
 
@@ -96,7 +97,8 @@ class _Instance:
 class ModelVersion:
     """One served version of one model. Methods are called on the event loop unless noted."""
 
-    def __init__(self, config: ModelConfig, version: int, model_path: Path) -> None:
+    def __init__(self, config: ModelConfig, version: int, model_path: Path, *, metrics: bool = False) -> None:
+        """``metrics``: keep Prometheus histograms and counters for this version (bound at load)."""
         self.config = config
         self.version = version
         self.version_str = str(version)
@@ -105,6 +107,8 @@ class ModelVersion:
         self.reason = ""
         self.error: Exception | None = None  # why load() failed, for the caller that asked for the load
         self.stats = VersionStats()
+        self.load_duration_s = 0.0
+        self._metrics = metrics
         self.output_names: tuple[str, ...] = ()
         self.codec_spec: Any = None  # the codec's lookup tables for this signature, built on first request
         self._instances: list[_Instance] = []
@@ -135,6 +139,11 @@ class ModelVersion:
             )
             self.config = complete_signature(self.config, signatures[0])
             self.output_names = tuple(t.name for t in self.config.outputs)
+            if self._metrics:  # bound once, here: the hot path never looks labels up
+                self.stats.metrics = VersionMetrics(
+                    self.config.name, self.version_str, latency_buckets_s=self.config.metrics.latency_buckets_s,
+                    max_batch_size=self.config.max_batch_size or 0,
+                )
             self._batcher = DynamicBatcher(
                 scheduler_policy(self.config), slots=count, dispatch=self._dispatch, name=f"{self.config.name}' version '{self.version}"
             )
@@ -145,16 +154,18 @@ class ModelVersion:
             for rows, seconds in (t for per_instance in timings for t in per_instance):
                 self._batcher.cost.observe(rows, seconds)
         except Exception as exc:  # a broken model must not take the server down
+            self.load_duration_s = time.perf_counter() - started
             self.state, self.reason, self.error = State.UNAVAILABLE, _reason(exc), exc
             log.error("model %s version %d failed to load: %s", self.config.name, self.version, self.reason, exc_info=not isinstance(exc, InferenceServerError))
             await self._close_instances()
             return
         self._free.extend(self._instances)
         self.state = State.READY
+        self.load_duration_s = time.perf_counter() - started
         log.info(
             "model %s version %d READY (%s, %d instance%s, max_batch_size %d, loaded in %.2f s)",
             self.config.name, self.version, self.config.backend, len(self._instances), "s" if len(self._instances) > 1 else "",
-            self.config.max_batch_size or 0, time.perf_counter() - started,
+            self.config.max_batch_size or 0, self.load_duration_s,
         )
 
     def _warmup(self, inst: _Instance) -> list[tuple[int, float]]:
@@ -196,6 +207,18 @@ class ModelVersion:
             inst.executor.shutdown(wait=False)
         self._instances = []
         self._free.clear()
+
+    def sample(self) -> VersionSample:
+        """What a metrics scrape reports about this version (event loop; copies the counters)."""
+        batcher = self._batcher
+        metrics = self.stats.metrics
+        return VersionSample(
+            model=self.config.name, version=self.version_str, state=self.state, load_duration_s=self.load_duration_s,
+            queue_depth=batcher.queued() if batcher is not None else 0, inflight=self._inflight,
+            dropped_expired=batcher.dropped_expired if batcher is not None else 0,
+            dropped_cancelled=batcher.dropped_cancelled if batcher is not None else 0,
+            metrics=metrics.snapshot() if metrics is not None else None,
+        )
 
     # -- execution -------------------------------------------------------------------------------
 

@@ -65,8 +65,9 @@ class ModelRepository:
 
     def __init__(
         self, root: Path, *, control_mode: str = "none", load_models: tuple[str, ...] = (), poll_interval_s: float = 15.0,
-        drain_timeout_s: float = 30.0,
+        drain_timeout_s: float = 30.0, metrics: bool = False,
     ) -> None:
+        """``metrics``: versions keep Prometheus histograms and counters (``surge serve --metrics-port -1`` turns them off)."""
         if control_mode not in CONTROL_MODES:
             raise ConfigError(f"model control mode must be one of {', '.join(CONTROL_MODES)}, got {control_mode!r}")
         self.root = root
@@ -74,6 +75,7 @@ class ModelRepository:
         self._load_models = load_models
         self._poll_interval_s = poll_interval_s
         self._drain_timeout_s = drain_timeout_s
+        self._metrics = metrics
         self._models: dict[str, _Model] = {}
         self._poll_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -143,6 +145,10 @@ class ModelRepository:
             raise ModelNotFound(f"model '{name}' is not in the repository")
         return [model.versions[v] for v in sorted(model.versions)]
 
+    def all_versions(self) -> list[ModelVersion]:
+        """Every version object in the models' tables (any state), by model name then version."""
+        return [m.versions[v] for name in sorted(self._models) for m in (self._models[name],) for v in sorted(m.versions)]
+
     def ready(self) -> bool:
         """True when every model the control mode wants is serving at least one version."""
         return all(m.serving for m in self._models.values() if m.wanted)
@@ -188,7 +194,7 @@ class ModelRepository:
                 model.reason = f"no version folders (numbered sub-folders holding {config.model_filename}) match the version policy; found {on_disk}"
                 log.error("model %s: %s", name, model.reason)
                 raise ConfigError(f"model '{name}': {model.reason}")
-            fresh = {v: ModelVersion(config, v, path / str(v) / config.model_filename) for v in selected}
+            fresh = {v: ModelVersion(config, v, path / str(v) / config.model_filename, metrics=self._metrics) for v in selected}
             await asyncio.gather(*(version.load() for version in fresh.values()))
             old = model.versions
             table: dict[int, ModelVersion] = {}

@@ -1,27 +1,41 @@
 """Per-request stage stamps and the cumulative per-version statistics built from them.
 
 Every request carries one ``Stamps`` object; each stage boundary writes ``time.perf_counter_ns()`` into
-it once. ``VersionStats`` folds finished requests into Triton's cumulative counters (what the
-ModelStatistics RPC reports); later the Prometheus histograms read the same stamps, so both views agree.
+it once. ``VersionStats`` folds a finished request into Triton's cumulative counters (what the
+ModelStatistics RPC reports) and, when metrics are on, hands the same durations to the version's
+Prometheus histograms (``metrics.VersionMetrics``): both views are computed here, once, from one set of
+stamps, so they agree to the nanosecond.
 
-Stage boundaries and what each Triton duration means here::
+Stage boundaries (all on the event loop except ``infer_start``/``infer_end``, stamped in the instance's
+thread)::
 
-    start ── decode ──> decoded ── wait for an instance ──> exec_start ── prepare ──> infer_start
-          ── runtime ──> infer_end ── back on the loop ──> exec_end ── encode ──> end
+    start ── decode ──> decoded ── queue ──> exec_start ── compute_input ──> infer_start
+          ── compute_infer ──> infer_end ── compute_output ──> encode_start ── encode ──> end
 
-    queue          = exec_start - decoded              (in the batcher: waiting for rows and a free instance)
-    compute_input  = (decoded - start) + (infer_start - exec_start)   (decode + batch assembly)
-    compute_infer  = infer_end - infer_start           (the runtime's own call)
-    compute_output = end - infer_end                   (results back, split into rows, encode)
+    decode         = decoded - start             (proto -> numpy, validation)
+    queue          = exec_start - decoded        (in the batcher: waiting for rows and a free instance)
+    compute_input  = infer_start - exec_start    (batch assembly in the instance thread)
+    compute_infer  = infer_end - infer_start     (the runtime's own call)
+    compute_output = encode_start - infer_end    (results back on the loop, split into rows, request resumed)
+    encode         = end - encode_start          (numpy -> proto)
+    total          = end - start                 (the six stages add up to it exactly)
 
-Per executed batch (not per request): ``execution_count`` and ``batch_stats`` by batch size.
-    success        = end - start                       (total server time of the request)
+Triton's ModelStatistics has coarser fields; they are sums of the stages above:
+``success = total``, ``queue = queue``, ``compute_input = decode + compute_input``,
+``compute_infer = compute_infer``, ``compute_output = compute_output + encode``; ``fail`` is the server
+time of failed requests (their queue wait, when they reached the queue, is counted in ``queue`` too, as
+Triton does). Per executed batch (not per request): ``execution_count`` and ``batch_stats`` by batch size.
+``exec_end`` (the batch's results back on the loop) is shared by every request of a batch.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .metrics import VersionMetrics
 
 __all__ = ["Duration", "Stamps", "VersionStats", "now_ns"]
 
@@ -31,13 +45,13 @@ _EPOCH_OFFSET_NS = time.time_ns() - time.perf_counter_ns()
 
 
 class Stamps:
-    """perf_counter_ns stamps of one request's stage boundaries (0 = not reached)."""
+    """perf_counter_ns stamps of one request's stage boundaries (0 = not reached), and its rows."""
 
-    __slots__ = ("decoded", "end", "exec_end", "exec_start", "infer_end", "infer_start", "rows", "start")
+    __slots__ = ("decoded", "encode_start", "end", "exec_end", "exec_start", "infer_end", "infer_start", "rows", "start")
 
     def __init__(self, start: int) -> None:
         self.start = start
-        self.decoded = self.exec_start = self.infer_start = self.infer_end = self.exec_end = self.end = 0
+        self.decoded = self.exec_start = self.infer_start = self.infer_end = self.exec_end = self.encode_start = self.end = 0
         self.rows = 1
 
 
@@ -64,7 +78,10 @@ class BatchStats:
 
 @dataclass(slots=True)
 class VersionStats:
-    """Cumulative statistics of one model version; updated on the event loop only (no locks needed)."""
+    """Cumulative statistics of one model version; updated on the event loop only (no locks needed).
+
+    ``metrics``: the version's Prometheus histograms and counters, fed the same durations (None: metrics off).
+    """
 
     success: Duration = field(default_factory=Duration)
     fail: Duration = field(default_factory=Duration)
@@ -76,16 +93,26 @@ class VersionStats:
     execution_count: int = 0
     last_inference_ms: int = 0
     batches: dict[int, BatchStats] = field(default_factory=dict)
+    metrics: VersionMetrics | None = None
 
     def record_success(self, s: Stamps) -> None:
         """Fold a request that was executed and answered (``s.rows`` rows)."""
-        self.success.add(s.end - s.start)
-        self.queue.add(s.exec_start - s.decoded)
-        self.compute_input.add((s.decoded - s.start) + (s.infer_start - s.exec_start))
-        self.compute_infer.add(s.infer_end - s.infer_start)
-        self.compute_output.add(s.end - s.infer_end)
+        total = s.end - s.start
+        decode = s.decoded - s.start
+        queue = s.exec_start - s.decoded
+        assemble = s.infer_start - s.exec_start
+        infer = s.infer_end - s.infer_start
+        output = s.encode_start - s.infer_end
+        encode = s.end - s.encode_start
+        self.success.add(total)
+        self.queue.add(queue)
+        self.compute_input.add(decode + assemble)
+        self.compute_infer.add(infer)
+        self.compute_output.add(output + encode)
         self.inference_count += s.rows
         self.last_inference_ms = (_EPOCH_OFFSET_NS + s.end) // 1_000_000
+        if self.metrics is not None:
+            self.metrics.observe_success(s.rows, total, decode, queue, assemble, infer, output, encode)
 
     def record_execution(self, rows: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
         """Fold one runtime execution of a batch of ``rows`` rows (one or more requests)."""
@@ -96,9 +123,19 @@ class VersionStats:
         batch.compute_input.add(input_ns)
         batch.compute_infer.add(infer_ns)
         batch.compute_output.add(output_ns)
+        if self.metrics is not None:
+            self.metrics.observe_batch(rows)
 
-    def record_failure(self, s: Stamps, end_ns: int) -> None:
-        """Fold a request that failed after it reached the model (bad input, timeout, runtime error)."""
-        self.fail.add(end_ns - s.start)
+    def record_failure(self, s: Stamps, end_ns: int, code: str) -> None:
+        """Fold a request that failed after it reached the model (bad input, timeout, runtime error, cancelled).
+
+        ``code``: the outcome's name as the protocol edge reports it (e.g. "INVALID_ARGUMENT"), for the metrics.
+        """
+        total = end_ns - s.start
+        self.fail.add(total)
+        queue = -1
         if s.exec_start:  # it waited in the queue before failing: count the wait, as Triton does
-            self.queue.add(s.exec_start - (s.decoded or s.start))
+            queue = s.exec_start - (s.decoded or s.start)
+            self.queue.add(queue)
+        if self.metrics is not None:
+            self.metrics.observe_failure(code, s.rows if s.decoded else 0, total, queue)

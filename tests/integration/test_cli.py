@@ -24,7 +24,7 @@ def served(tmp_path: Path, test_repository: Path):
     log = (tmp_path / "server.log").open("w+")
     process = subprocess.Popen(
         [sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(test_repository),
-         "--grpc-port", "0", "--address-file", str(address_file), "--no-strict-readiness"],
+         "--grpc-port", "0", "--metrics-port", "0", "--address-file", str(address_file), "--no-strict-readiness"],
         stdout=log, stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 60
@@ -76,7 +76,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(served):
 
 
 def test_serve_refuses_a_missing_repository(tmp_path):
-    result = _surge("serve", "--model-repository", str(tmp_path / "nowhere"), "--grpc-port", "0")
+    result = _surge("serve", "--model-repository", str(tmp_path / "nowhere"), "--grpc-port", "0", "--metrics-port", "0")
     assert result.returncode == 2 and "not a directory" in result.stderr
 
 
@@ -124,3 +124,21 @@ def test_build_trt_without_tensorrt_says_what_to_install(tmp_path):
 def test_build_trt_rejects_a_missing_onnx_file(tmp_path):
     result = _surge("build-trt", str(tmp_path / "missing.onnx"), "--output", str(tmp_path / "model.plan"))
     assert (result.returncode, result.stderr.strip()) == (2, f"error: {tmp_path / 'missing.onnx'} is not a file")
+
+
+def test_serve_refuses_a_taken_metrics_port(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _surge("serve", "--model-repository", str(tmp_path), "--grpc-port", "0", "--metrics-port", str(port))
+    assert result.returncode == 2 and f"metrics endpoint to 127.0.0.1:{port}" in result.stderr
+
+
+def test_observability_copies_the_dashboard_and_rules(tmp_path):
+    result = _surge("observability", "--out", str(tmp_path / "obs"))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "obs").iterdir()) == ["grafana-dashboard.json", "prometheus-alerts.yaml"]
+    assert _surge("observability").stdout.count("\n") == 2

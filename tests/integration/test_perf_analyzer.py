@@ -42,7 +42,7 @@ def surge_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     repository = write_test_repository(work / "repository")
     address_file, log_file = work / "address", work / "server.log"
     cmd = [
-        sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(repository), "--grpc-port", "0",
+        sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(repository), "--grpc-port", "0", "--metrics-port", "0",
         "--address-file", str(address_file), "--no-strict-readiness", "--log-level", "warning", "--drain-timeout-s", "5",
     ]  # fmt: skip
     with open(log_file, "wb") as log:

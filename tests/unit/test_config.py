@@ -28,6 +28,7 @@ TOP_LEVEL_KEYS = [
     "input",
     "instance_group",
     "max_batch_size",
+    "metrics",
     "output",
     "parameters",
     "version_policy",

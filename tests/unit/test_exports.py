@@ -14,6 +14,7 @@ MODULES = [
     "surge.clients",
     "surge.server.errors",
     "surge.server.config",
+    "surge.server.metrics",
     "surge.server.gpu_metrics",
     "surge.server.runtimes.onnx_providers",
     "surge.server.runtimes.tensorrt_plan",
