@@ -24,9 +24,14 @@ When the wait is over:
   interpolated between buckets, extrapolated linearly above the largest measured one). The oldest request
   must finish by ``oldest.enqueued + latency_slo_s``; waiting lets the batch grow to the next bucket,
   whose cost is ``cost(next)``. So the wait ends at ``oldest.enqueued + latency_slo_s - cost(next)``,
-  where ``next`` is the next power of two above the rows in hand (capped at ``max_batch_size``). Under
-  light load this dispatches early (small batches, low latency); under heavy load batches fill before
-  the wait ends. The estimate is fed by warm-up and by every executed batch.
+  where ``next`` is the next power of two above the rows in hand (capped at ``max_batch_size``). The
+  batcher also keeps an exponentially weighted mean of the time between arrivals: when the next request
+  It also stops gathering when arrivals go quiet: no request for 4 typical gaps (at least 0.5 ms) between the arrivals that
+  joined earlier batches (closed-loop clients send in bursts after each answer; the rest of the wait
+  would only add latency). Light load: when 3 waits in a row ended with no request added (a closed-loop client at concurrency 1,
+  say), waiting buys nothing, so the batcher dispatches at once, waiting again on every 17th dispatch to
+  notice that load has come back; any wait that gathers a second request resumes waiting. Under heavy
+  load batches fill before the wait ends. The cost estimate is fed by warm-up and every executed batch.
 
 Requests carry several rows and are combined whole; one larger than ``max_batch_size`` is rejected by
 the codec before it gets here. Without batching (``batching=False``), every dispatch takes exactly one
@@ -55,6 +60,14 @@ from .errors import DeadlineExpired, InvalidInput, ModelNotReady, QueueFull
 
 __all__ = ["BatchRequest", "CostModel", "DynamicBatcher", "QueuePolicy", "SchedulerPolicy"]
 
+#: SLO mode: after this many waits in a row that added no request, dispatch at once...
+_FRUITLESS_LIMIT = 3
+#: ...except every this many dispatches, which wait again to notice that load has come back.
+_PROBE_EVERY = 16
+#: SLO mode: a batch stops gathering when no request arrived for this many typical in-burst gaps.
+_QUIET_GAPS = 4
+#: ...and never sooner than this after the last arrival (requests delivered in one loop turn show gaps of ~0).
+_QUIET_MIN_S = 0.0005
 #: Requests allowed to wait per priority level when no ``max_queue_size`` is configured (never unbounded).
 DEFAULT_MAX_QUEUE_SIZE = 4096
 
@@ -189,6 +202,12 @@ class DynamicBatcher:
         self._closed = False
         self.dropped_expired = 0
         self.dropped_cancelled = 0
+        # SLO mode: consecutive waits that ended with no request added (waiting bought nothing), and a probe count
+        self._fruitless_waits = 0
+        self._skipped_waits = 0
+        self._waiting_from = 0
+        self._last_arrival = 0.0
+        self._burst_gap_s: float | None = None  # EWMA of the gaps between arrivals while a batch is gathering
 
     # -- public API (event loop) -----------------------------------------------------------------
 
@@ -214,6 +233,11 @@ class DynamicBatcher:
                 )
         now = self._clock()
         request.enqueued = now
+        if self._batching and self.policy.latency_slo_s is not None:
+            if any(self._queues):
+                gap = now - self._last_arrival
+                self._burst_gap_s = gap if self._burst_gap_s is None else self._burst_gap_s + 0.1 * (gap - self._burst_gap_s)
+            self._last_arrival = now
         request.priority = level
         own = self._policies[level - 1].default_timeout_s
         if timeout_s is not None and timeout_s > 0:
@@ -299,8 +323,16 @@ class DynamicBatcher:
             else:
                 wait_until = self._wait_until(head, rows)
                 if now < wait_until:
+                    self._waiting_from = id(head)
                     return None, wait_until
         batch = candidates[:take]
+        if self.policy.latency_slo_s is not None:
+            # a wait that ended with only the request that started it bought nothing; a batch of several resets
+            if self._waiting_from == id(head):
+                self._fruitless_waits = self._fruitless_waits + 1 if len(batch) == 1 else 0
+            elif len(batch) > 1:
+                self._fruitless_waits = 0
+        self._waiting_from = 0
         self._take(batch)
         return batch, None
 
@@ -309,7 +341,14 @@ class DynamicBatcher:
         if slo is None:
             return oldest.enqueued + self.policy.max_queue_delay_s
         grow_to = min(self._max_rows, 1 << rows.bit_length())
-        return oldest.enqueued + slo - self.cost.estimate(grow_to)
+        if self._fruitless_waits >= _FRUITLESS_LIMIT and self._skipped_waits < _PROBE_EVERY:
+            self._skipped_waits += 1
+            return -math.inf  # recent waits added nothing (light load): dispatch now; probe again now and then
+        self._skipped_waits = 0
+        deadline = oldest.enqueued + slo - self.cost.estimate(grow_to)
+        if self._burst_gap_s is not None:  # arrivals have gone quiet: the burst is over, stop gathering
+            deadline = min(deadline, self._last_arrival + max(_QUIET_GAPS * self._burst_gap_s, _QUIET_MIN_S))
+        return deadline
 
     def _head(self, now: float) -> BatchRequest | None:
         """The oldest live request of the highest non-empty priority; drops dead ones on the way."""

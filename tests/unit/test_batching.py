@@ -281,3 +281,34 @@ def test_slo_mode_dispatches_full_batches_without_waiting(loop):
     for _ in range(4):
         h.submit()
     assert h.sizes() == [4]
+
+
+def test_slo_mode_stops_waiting_when_waits_gather_nothing_and_probes_again(loop):
+    h = Harness(loop, max_batch_size=16, latency_slo_s=0.010)
+    for _ in range(3):  # a closed-loop client at concurrency 1: every wait expires with the one request
+        h.submit()
+        h.clock.advance(0.011)
+        assert h.sizes() == [1]
+        h.complete()
+    for _ in range(16):  # waiting bought nothing three times: dispatch at once
+        h.submit()
+        assert h.sizes() == [1]
+        h.complete()
+    h.submit()  # the 17th waits again, to notice load coming back
+    assert h.sizes() == []
+    h.submit()  # it did: a second request joined, so waiting resumes being worth it
+    h.clock.advance(0.011)
+    assert h.sizes() == [2]
+    h.complete()
+    h.submit()
+    assert h.sizes() == []
+
+
+def test_slo_mode_stops_gathering_when_arrivals_go_quiet(loop):
+    h = Harness(loop, max_batch_size=16, latency_slo_s=0.050)
+    for _ in range(4):  # a burst: one request every 0.2 ms
+        h.submit()
+        h.clock.advance(0.0002)
+    assert h.sizes() == []
+    h.clock.advance(0.0007)  # past 4 typical gaps after the last arrival, far before the 50 ms SLO
+    assert h.sizes() == [4]
