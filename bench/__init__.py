@@ -1,0 +1,1 @@
+"""Surge benchmarks: ``python -m bench.compare`` (see bench/README.md)."""

@@ -1,0 +1,1 @@
+"""Peers served side by side with Surge: the gRPC floor and MLServer."""

@@ -1,0 +1,155 @@
+"""The Python gRPC floor: grpc.aio on uvloop answering ModelInfer with a precomputed response.
+
+    python -m bench.peers.floor_server [--port 0] [--address-file FILE]
+
+It parses each ModelInferRequest (as any server must) and returns a response serialised in advance for
+that model and row count: no decode, no compute, no encode. What Surge adds on top of this is Surge's
+own cost. ServerLive/Ready, ModelReady, ServerMetadata, ModelMetadata, ModelConfig and ModelStatistics
+answer like Surge's for the benchmark models (``bench.models.MODELS``), so perf_analyzer can drive it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import grpc
+
+from bench.models import MAX_BATCH_SIZE, MODELS
+from surge.protos import grpc_service_pb2 as pb
+from surge.protos import model_config_pb2 as mc
+
+SERVICE = "inference.GRPCInferenceService"
+MAX_MESSAGE_BYTES = 2**31 - 1
+
+
+def _metadata(name: str) -> pb.ModelMetadataResponse:
+    spec = MODELS[name]
+    response = pb.ModelMetadataResponse(name=name, versions=["1"], platform="onnxruntime_onnx")
+    response.inputs.add(name="x", datatype="FP32", shape=[-1, spec.features])
+    response.outputs.add(name="y", datatype="FP32", shape=[-1, spec.outputs])
+    return response
+
+
+def _config(name: str) -> pb.ModelConfigResponse:
+    spec = MODELS[name]
+    config = mc.ModelConfig(name=name, platform="onnxruntime_onnx", backend="onnxruntime", max_batch_size=MAX_BATCH_SIZE,
+                            default_model_filename="model.onnx")
+    config.version_policy.latest.num_versions = 1
+    config.input.add(name="x", data_type=mc.TYPE_FP32, dims=[spec.features])
+    config.output.add(name="y", data_type=mc.TYPE_FP32, dims=[spec.outputs])
+    config.instance_group.add(name=name, kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
+    return pb.ModelConfigResponse(config=config)
+
+
+def _infer_response(name: str, rows: int) -> bytes:
+    spec = MODELS[name]
+    response = pb.ModelInferResponse(model_name=name, model_version="1")
+    response.outputs.add(name="y", datatype="FP32", shape=[rows, spec.outputs])
+    response.raw_output_contents.append(bytes(4 * rows * spec.outputs))
+    return response.SerializeToString()
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+class Floor:
+    def __init__(self) -> None:
+        self.responses: dict[tuple[str, int], bytes] = {}
+        self.metadata = {name: _metadata(name) for name in MODELS}
+        self.configs = {name: _config(name) for name in MODELS}
+
+    async def infer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> bytes:
+        rows = request.inputs[0].shape[0] if request.inputs and request.inputs[0].shape else 1
+        key = (request.model_name, rows)
+        response = self.responses.get(key)
+        if response is None:
+            if request.model_name not in MODELS:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model '{request.model_name}'")
+            response = self.responses[key] = _infer_response(request.model_name, rows)
+        if request.id:  # echo the id (perf_analyzer's async mode matches on it): field 3, appended to the bytes
+            rid = request.id.encode()
+            response += b"\x1a" + _varint(len(rid)) + rid
+        return response
+
+    async def model(self, request, context, table):  # type: ignore[no-untyped-def]
+        if request.name not in table:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model '{request.name}'")
+        return table[request.name]
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        def unary(fn, request_cls, response_cls=None):  # type: ignore[no-untyped-def]
+            serializer = response_cls.SerializeToString if response_cls else None  # None: fn returns bytes
+            return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=request_cls.FromString, response_serializer=serializer)
+
+        async def live(request, context):  # type: ignore[no-untyped-def]
+            return pb.ServerLiveResponse(live=True)
+
+        async def ready(request, context):  # type: ignore[no-untyped-def]
+            return pb.ServerReadyResponse(ready=True)
+
+        async def model_ready(request, context):  # type: ignore[no-untyped-def]
+            return pb.ModelReadyResponse(ready=request.name in MODELS)
+
+        async def server_metadata(request, context):  # type: ignore[no-untyped-def]
+            return pb.ServerMetadataResponse(name="floor", version="0", extensions=["model_configuration", "statistics"])
+
+        async def model_metadata(request, context):  # type: ignore[no-untyped-def]
+            return await self.model(request, context, self.metadata)
+
+        async def model_config(request, context):  # type: ignore[no-untyped-def]
+            return await self.model(request, context, self.configs)
+
+        async def statistics(request, context):  # type: ignore[no-untyped-def]
+            names = [request.name] if request.name else list(MODELS)
+            return pb.ModelStatisticsResponse(model_stats=[pb.ModelStatistics(name=n, version="1") for n in names])
+
+        return grpc.method_handlers_generic_handler(SERVICE, {
+            "ServerLive": unary(live, pb.ServerLiveRequest, pb.ServerLiveResponse),
+            "ServerReady": unary(ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
+            "ModelReady": unary(model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
+            "ServerMetadata": unary(server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+            "ModelMetadata": unary(model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+            "ModelConfig": unary(model_config, pb.ModelConfigRequest, pb.ModelConfigResponse),
+            "ModelStatistics": unary(statistics, pb.ModelStatisticsRequest, pb.ModelStatisticsResponse),
+            "ModelInfer": unary(self.infer, pb.ModelInferRequest),
+        })  # fmt: skip
+
+
+async def serve(host: str, port: int, address_file: Path | None) -> None:
+    options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+               ("grpc.so_reuseport", 0)]
+    server = grpc.aio.server(options=options)
+    server.add_generic_rpc_handlers((Floor().handler(),))
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    if address_file is not None:
+        tmp = address_file.with_suffix(".tmp")
+        tmp.write_text(f"{host}:{bound}")
+        os.replace(tmp, address_file)
+    await server.wait_for_termination()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--address-file", type=Path)
+    args = parser.parse_args()
+    import uvloop
+
+    try:
+        uvloop.run(serve(args.host, args.port, args.address_file))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
