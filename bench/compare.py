@@ -147,7 +147,7 @@ def ort_cells(onnx_dir: Path, batches: list[int], plan: Plan) -> list[dict]:
     return cells
 
 
-def machine_facts(surge_description: str, plan_name: str, mlserver_version: str) -> dict:
+def machine_facts(surge_description: str, plan_name: str, mlserver_version: str, batching: dict | None = None) -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "?")
     import grpc
     import onnxruntime
@@ -162,7 +162,7 @@ def machine_facts(surge_description: str, plan_name: str, mlserver_version: str)
         "machine": f"{os.cpu_count()} CPUs ({cpu}), {platform.platform()}, Python {platform.python_version()}",
         "packages": f"grpcio {grpc.__version__}, onnxruntime {onnxruntime.__version__}, {mlserver_version}",
         "pinning": f"servers and onnxruntime in-process on CPU {SERVER_CPU} (1 ORT thread), load generators on CPU {GENERATOR_CPU}",
-        "surge batching": json.dumps(BATCHING),
+        "surge batching": json.dumps(BATCHING if batching is None else batching),
     }
 
 
@@ -174,6 +174,8 @@ def main() -> int:
     parser.add_argument("--slo-sweep", action="store_true", help="also sweep max_queue_delay_s vs latency_slo_s (bench/scenarios/slo_sweep.py)")
     parser.add_argument("--repeats", type=int, default=1, help="measure each cell N times and keep the median (default 1)")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest")
+    parser.add_argument("--surge-batching", type=json.loads, default=BATCHING,
+                        help=f"Surge's [dynamic_batching] table as JSON (default {json.dumps(BATCHING)}; e.g. '{{\"latency_slo_s\": 0.01}}')")
     args = parser.parse_args()
     global REPEATS
     REPEATS = max(1, args.repeats)
@@ -185,14 +187,14 @@ def main() -> int:
     started = time.monotonic()
     cache = targets.CACHE
     onnx = write_onnx_files(cache / "onnx")
-    repos = {report.SURGE: write_repository(cache / "repo-batching", onnx, BATCHING), report.SURGE_OFF: write_repository(cache / "repo-nobatch", onnx, None)}
+    repos = {report.SURGE: write_repository(cache / "repo-batching", onnx, args.surge_batching), report.SURGE_OFF: write_repository(cache / "repo-nobatch", onnx, None)}
     surge_description, surge_env = targets.surge_source(args.surge_rev)
     mlserver_version = "MLServer skipped"
     if not args.no_mlserver:
         log("MLServer venv (.cache/bench/mlserver-venv)")
         mls.ensure_venv()
         mlserver_version = mls.version()
-    meta = machine_facts(surge_description, "quick" if args.quick else "full", mlserver_version)
+    meta = machine_facts(surge_description, "quick" if args.quick else "full", mlserver_version, args.surge_batching)
     cells: list[dict] = []
     idle = contention.wait_idle(300, log)
     log(f"foreign load before the run: {idle:.2f} cores")
