@@ -1,4 +1,4 @@
-"""The ``surge`` command line: ``serve``, ``infer``, ``models``, ``build-trt``.
+"""The ``surge`` command line: ``serve``, ``infer``, ``models``, ``build-trt``, ``top``, ``profile``, ``drift``, ...
 
     surge serve [--model-repository DIR] [--host 127.0.0.1] [--grpc-port 8001] [--metrics-port 8002] [--model-control-mode none|explicit|poll]
     surge infer MODEL [--input NAME=FILE.npy ...] [--url 127.0.0.1:8001] [--batch N]
@@ -6,6 +6,8 @@
     surge build-trt MODEL.onnx --output model.plan [--fp16] [--max-batch-size N] [--workspace-bytes N] [--instances K]
     surge top [--url 127.0.0.1:8002] [--interval-s 2] [--once]   # live view from the metrics endpoint
     surge observability [--out DIR]      # the Grafana dashboard and Prometheus alert rules shipped with Surge
+    surge profile MODEL_DIR|MODEL.onnx --data FILE.npy|.npz [--input NAME] [--outputs FILE.npy|.npz] [--out drift_profile.json]
+    surge drift MODEL [--url 127.0.0.1:8002] [--version N]   # per-feature PSI/KS/alert from the metrics endpoint
 
 ``infer`` and ``models`` use only the client (``surge.clients``), ``top`` only HTTP and prometheus_client;
 ``serve`` imports the server.
@@ -72,6 +74,20 @@ def _parser() -> argparse.ArgumentParser:
 
     observability = sub.add_parser("observability", help="print where the Grafana dashboard and alert rules are, or copy them out")
     observability.add_argument("--out", type=Path, help="copy grafana-dashboard.json and prometheus-alerts.yaml into this folder")
+
+    profile = sub.add_parser("profile", help="write a drift reference profile (drift_profile.json) from a data sample")
+    profile.add_argument("model", type=Path, help="the model folder (profile goes into its latest version folder) or a model.onnx")
+    profile.add_argument("--data", type=Path, required=True, help="input sample: .npy (rows x features) or .npz (one array per input name)")
+    profile.add_argument("--input", help="input name for a .npy (default: the ONNX model's only input)")
+    profile.add_argument("--outputs", type=Path, help="optional output sample (the model's predictions on --data): .npy or .npz")
+    profile.add_argument("--output-name", help="output name for an --outputs .npy (default: the ONNX model's only output)")
+    profile.add_argument("--bins", type=int, default=10, help="quantile bins per feature (default 10)")
+    profile.add_argument("--out", type=Path, help="where to write (default: drift_profile.json in the latest version folder)")
+
+    drift = sub.add_parser("drift", help="print a model's drift gauges (PSI, KS, NaN and out-of-range ratios, alert) from /metrics")
+    drift.add_argument("model")
+    drift.add_argument("--version", default="", help="one version (default: all)")
+    drift.add_argument("--url", default="127.0.0.1:8002", help="the server's metrics endpoint host:port (default 127.0.0.1:8002)")
     return parser
 
 
@@ -84,6 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _build_trt(args)
     if args.command == "observability":
         return _observability(args)
+    if args.command == "profile":
+        return _profile(args)
+    if args.command == "drift":
+        return _drift(args)
     if args.command == "top":
         from .top import run
 
@@ -224,6 +244,68 @@ def _observability(args: argparse.Namespace) -> int:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / name).write_text(resource(name).read_text())
             print(args.out / name)
+    return 0
+
+
+def _load_named(path: Path, name: str | None, default_names: Sequence[str], what: str) -> dict[str, np.ndarray]:
+    """Arrays by tensor name from a .npz (its keys) or a .npy (named ``name`` or the model's only tensor)."""
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    if name is None:
+        if len(default_names) != 1:
+            raise SystemExit(f"{path}: name the {what} it holds (--{'input' if what == 'input' else 'output-name'} NAME); the model has {list(default_names)}")
+        name = default_names[0]
+    return {name: np.load(path, allow_pickle=False)}
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from .drift import PROFILE_FILENAME, build_profile
+
+    model: Path = args.model
+    if model.is_dir():
+        versions = sorted((p for p in model.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+        if not versions:
+            print(f"error: {model} has no numbered version folder", file=sys.stderr)
+            return 2
+        folder, onnx_file = versions[-1], versions[-1] / "model.onnx"
+    else:
+        folder, onnx_file = model.parent, model
+    input_names: list[str] = []
+    output_names: list[str] = []
+    if onnx_file.is_file():
+        import onnx
+
+        graph = onnx.load(str(onnx_file), load_external_data=False).graph
+        initializers = {i.name for i in graph.initializer}
+        input_names = [i.name for i in graph.input if i.name not in initializers]
+        output_names = [o.name for o in graph.output]
+    tensors = _load_named(args.data, args.input, input_names, "input")
+    if args.outputs is not None:
+        tensors.update(_load_named(args.outputs, args.output_name, output_names, "output"))
+    try:
+        profile = build_profile(tensors, bins=args.bins)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = args.out or folder / PROFILE_FILENAME
+    out.write_text(profile.to_json(), encoding="utf-8")
+    print(f"wrote {out}: {len(profile.features)} features from {profile.rows} rows")
+    return 0
+
+
+def _drift(args: argparse.Namespace) -> int:
+    import urllib.request
+
+    from .drift import drift_report
+
+    try:
+        with urllib.request.urlopen(f"http://{args.url}/metrics", timeout=10) as response:
+            text = response.read().decode("utf-8")
+    except OSError as exc:
+        print(f"error: cannot scrape http://{args.url}/metrics: {exc}", file=sys.stderr)
+        return 1
+    print(drift_report(text, args.model, args.version))
     return 0
 
 

@@ -41,6 +41,12 @@ omitted)::
     [metrics]                          # Prometheus histograms of this model (see metrics.py)
     latency_buckets_s = [0.001, 0.002, 0.005, 0.01]   # upper bounds, seconds, increasing (default: 10 us..60 s, x1.25)
 
+    [drift]                            # present (and drift_profile.json in the version folder): monitor drift (see drift.py)
+    sample_rate = 0.01                 # fraction of requests summarised, 0 < r <= 1
+    window_rows = 1000                 # rows per sliding window
+    psi_alert = 0.2                    # surge_drift_alert is 1 when a feature's PSI exceeds this
+    max_features = 64                  # features tracked (the profile's first ones; a log line says when it caps)
+
 Errors are ``ConfigError`` naming the key path (``mlp/config.toml: input[0].datatype: ...``) and what is valid.
 """
 
@@ -60,6 +66,7 @@ from .errors import ConfigError
 
 __all__ = [
     "BatchingConfig",
+    "DriftConfig",
     "QueuePolicyConfig",
     "InstanceGroupConfig",
     "MetricsConfig",
@@ -165,6 +172,20 @@ class MetricsConfig:
     """Upper bounds (seconds, strictly increasing) of every latency histogram; empty = metrics.DEFAULT_LATENCY_BUCKETS_S."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DriftConfig:
+    """Drift monitoring settings (``[drift]``); see drift.py."""
+
+    sample_rate: float = 0.01
+    """Fraction of requests whose inputs and outputs are summarised (0 < r <= 1)."""
+    window_rows: int = 1000
+    """Rows in the sliding window compared with the profile."""
+    psi_alert: float = 0.2
+    """PSI above which a feature raises the version's alert gauge."""
+    max_features: int = 64
+    """At most this many features tracked (each is a few time series)."""
+
+
 #: At most this many latency buckets per histogram (each is one time series per model version and stage).
 MAX_LATENCY_BUCKETS = 200
 
@@ -195,6 +216,8 @@ class ModelConfig:
     """Runtime-specific options, validated by the runtime at load."""
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     """Prometheus histogram settings."""
+    drift: DriftConfig | None = None
+    """Present when drift is monitored (with a profile in the version folder)."""
 
     @property
     def platform(self) -> str:
@@ -269,6 +292,7 @@ def parse_model_config(name: str, data: Mapping[str, Any]) -> ModelConfig:
         instance_group=_instance_group(reader.table("instance_group")),
         parameters=dict(reader.table("parameters").data),
         metrics=_metrics(reader.table("metrics")),
+        drift=_drift(reader.table("drift")),
     )
     reader.check_no_unknown()
     for kind, tensors in (("input", config.inputs), ("output", config.outputs)):
@@ -373,6 +397,21 @@ def _metrics(reader: _Table) -> MetricsConfig:
     return config
 
 
+def _drift(reader: _Table) -> DriftConfig | None:
+    if not reader.present:
+        return None
+    config = DriftConfig(
+        sample_rate=reader.number("sample_rate", 0.01, minimum=0.0, unit="fraction"),
+        window_rows=reader.integer("window_rows", 1000, minimum=10),
+        psi_alert=reader.number("psi_alert", 0.2, minimum=0.0, unit="PSI"),
+        max_features=reader.integer("max_features", 64, minimum=1),
+    )
+    if not 0.0 < config.sample_rate <= 1.0:
+        raise ConfigError(f"drift.sample_rate: expected a fraction 0 < r <= 1, got {config.sample_rate}")
+    reader.check_no_unknown()
+    return config
+
+
 def _instance_group(reader: _Table) -> InstanceGroupConfig:
     group = InstanceGroupConfig(
         count=reader.integer("count", 1, minimum=1),
@@ -433,10 +472,10 @@ class _Table:
             raise ConfigError(f"{self.path}{key}: expected an integer >= {minimum}, got {value!r}")
         return value
 
-    def number(self, key: str, default: float, *, minimum: float) -> float:
+    def number(self, key: str, default: float, *, minimum: float, unit: str = "seconds") -> float:
         value = self._get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < minimum:
-            raise ConfigError(f"{self.path}{key}: expected a number >= {minimum} (seconds), got {value!r}")
+            raise ConfigError(f"{self.path}{key}: expected a number >= {minimum} ({unit}), got {value!r}")
         return float(value)
 
     def int_list(self, key: str, *, minimum: int) -> list[int]:

@@ -17,6 +17,10 @@ version's role, "primary" until routing exists):
 - Gauges read at scrape time (no hot-path cost): ``surge_queue_depth``, ``surge_inflight_requests``,
   ``surge_model_state{state}`` (1 for the current state), ``surge_model_load_duration_seconds``;
   counter ``surge_queue_dropped_total{reason}`` (expired, cancelled: dropped before compute).
+- Drift gauges (``drift.py``; only for versions monitoring drift): ``surge_drift_psi``, ``surge_drift_ks``,
+  ``surge_drift_nan_ratio``, ``surge_drift_out_of_range_ratio`` ``{model,version,feature}``,
+  ``surge_drift_alert{model,version}``, counters ``surge_drift_windows_total`` and
+  ``surge_drift_samples_dropped_total``.
 - ``surge_server_info{version}``, and prometheus_client's process, platform and GC collectors.
 
 Why not prometheus_client's ``Histogram``: its ``observe`` scans the buckets linearly and takes two
@@ -46,6 +50,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.utils import floatToGoString
 
+from .drift import DriftSnapshot
 from .gpu_metrics import plain_gpu_values, register_gpu_metrics
 
 __all__ = [
@@ -204,6 +209,7 @@ class VersionSample:
     dropped_expired: int
     dropped_cancelled: int
     metrics: _MetricsSnapshot | None
+    drift: DriftSnapshot | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,4 +349,30 @@ def _write(snap: ServerSnapshot, *, openmetrics: bool) -> str:
         w("".join(f'surge_model_state{{{labels},state="{state}"}} {int(v.state == state)}\n' for state in STATES))
     header("surge_model_load_duration_seconds", "gauge", "How long the version took to load and warm up.")
     w("".join(f"surge_model_load_duration_seconds{{{labels}}} {floatToGoString(v.load_duration_s)}\n" for v, labels in every))
+    _write_drift([(v.drift, labels) for v, labels in every if v.drift is not None], header, w)
     return "".join(out)
+
+
+#: (metric, FeatureDrift attribute, help) of the per-feature drift gauges.
+DRIFT_GAUGES = (
+    ("surge_drift_psi", "psi", "Population Stability Index of the feature's last window against the profile (> 0.2: significant shift)."),
+    ("surge_drift_ks", "ks", "Kolmogorov-Smirnov statistic (0..1) of the feature's last window against the profile's CDF."),
+    ("surge_drift_nan_ratio", "nan_ratio", "Share of the feature's values in the last window that are NaN or infinite."),
+    ("surge_drift_out_of_range_ratio", "out_of_range_ratio", "Share of the feature's finite values in the last window outside the profile's [min, max]."),
+)
+
+
+def _write_drift(drifts: list[tuple[DriftSnapshot, str]], header: Callable[[str, str, str], None], w: Callable[[str], None]) -> None:
+    """The drift families, for the versions that monitor drift (none written when no version does)."""
+    if not drifts:
+        return
+    for name, attribute, help_text in DRIFT_GAUGES:
+        header(name, "gauge", help_text)
+        for d, labels in drifts:
+            w("".join(f'{name}{{{labels},feature="{_label_value(f.name)}"}} {floatToGoString(getattr(f, attribute))}\n' for f in d.features))
+    header("surge_drift_alert", "gauge", "1 when a feature's PSI exceeds the model's [drift] psi_alert in the last window.")
+    w("".join(f"surge_drift_alert{{{labels}}} {int(d.alert)}\n" for d, labels in drifts))
+    header("surge_drift_windows_total", "counter", "Window computations of the drift thread.")
+    w("".join(f"surge_drift_windows_total{{{labels}}} {d.windows}\n" for d, labels in drifts))
+    header("surge_drift_samples_dropped_total", "counter", "Sampled requests dropped because the drift thread's queue was full.")
+    w("".join(f"surge_drift_samples_dropped_total{{{labels}}} {d.dropped}\n" for d, labels in drifts))

@@ -11,6 +11,10 @@ whatever happened to the requests meanwhile.
 Lifecycle: ``LOADING`` -> ``load()`` (instances loaded and warmed up in their threads) -> ``READY`` ->
 ``aclose()`` (``UNLOADING``: new requests refused, in-flight ones drained, instances closed) -> gone.
 A load or warm-up failure leaves the version ``UNAVAILABLE`` with its reason.
+
+Drift (``drift.py``): with metrics on, ``[drift]`` in the config and ``drift_profile.json`` in the version
+folder, ``execute`` draws once per request whether to sample it, and hands a sampled request's inputs and
+outputs (by reference) to the drift thread once its result is there.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from surge.protos.datatypes import numpy_dtype
 
 from .config import ModelConfig, TensorConfig
 from .batching import BatchRequest, DynamicBatcher, QueuePolicy, SchedulerPolicy
+from .drift import PROFILE_FILENAME, DriftMonitor, Profile
 from .errors import ConfigError, InferenceServerError, ModelNotReady, RuntimeFailure
 from .metrics import VersionMetrics, VersionSample
 from .runtimes.base import Runtime, Signature, create_runtime
@@ -115,6 +120,7 @@ class ModelVersion:
         self._free: collections.deque[_Instance] = collections.deque()
         self._batcher: DynamicBatcher | None = None
         self._reuse_buffers = config.backend != "python"  # a python model may keep references to its inputs
+        self._drift: DriftMonitor | None = None  # with metrics, [drift] and a profile in the version folder
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -144,6 +150,8 @@ class ModelVersion:
                     self.config.name, self.version_str, latency_buckets_s=self.config.metrics.latency_buckets_s,
                     max_batch_size=self.config.max_batch_size or 0,
                 )
+            if self._metrics and self.config.drift is not None:
+                self._drift = self._drift_monitor()
             self._batcher = DynamicBatcher(
                 scheduler_policy(self.config), slots=count, dispatch=self._dispatch, name=f"{self.config.name}' version '{self.version}"
             )
@@ -167,6 +175,28 @@ class ModelVersion:
             self.config.name, self.version, self.config.backend, len(self._instances), "s" if len(self._instances) > 1 else "",
             self.config.max_batch_size or 0, self.load_duration_s,
         )
+
+    def _drift_monitor(self) -> DriftMonitor | None:
+        """The version's drift monitor, or None (logged) when the profile is missing or unreadable: serving goes on."""
+        path = self.model_path.parent / PROFILE_FILENAME
+        if not path.is_file():
+            log.warning("model %s version %d: [drift] is configured but %s does not exist (make it with surge profile); drift is off",
+                        self.config.name, self.version, path)
+            return None
+        try:
+            profile = Profile.load(path)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("model %s version %d: cannot read %s: %s; drift is off", self.config.name, self.version, path, exc)
+            return None
+        d = self.config.drift
+        assert d is not None
+        monitor = DriftMonitor(profile, model=self.config.name, version=self.version_str, sample_rate=d.sample_rate,
+                               window_rows=d.window_rows, psi_alert=d.psi_alert, max_features=d.max_features)
+        known = {t.name for t in self.config.inputs + self.config.outputs}
+        unknown = sorted(set(monitor.tensors) - known)
+        if unknown:
+            log.warning("model %s version %d: drift profile names tensors %s the model does not have", self.config.name, self.version, unknown)
+        return monitor
 
     def _warmup(self, inst: _Instance) -> list[tuple[int, float]]:
         """In the instance thread: run synthetic batches through the instance (1 row, powers of two, max rows).
@@ -218,6 +248,7 @@ class ModelVersion:
             dropped_expired=batcher.dropped_expired if batcher is not None else 0,
             dropped_cancelled=batcher.dropped_cancelled if batcher is not None else 0,
             metrics=metrics.snapshot() if metrics is not None else None,
+            drift=self._drift.snapshot() if self._drift is not None else None,
         )
 
     # -- execution -------------------------------------------------------------------------------
@@ -234,10 +265,15 @@ class ModelVersion:
             raise ModelNotReady(f"model '{self.config.name}' version {self.version} is {self.state.lower()}")
         future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
         self._batcher.submit(BatchRequest(inputs, rows, output_names, stamps, future), deadline=deadline, priority=priority, timeout_s=timeout_s)
+        drift = self._drift
+        sampled = drift is not None and drift.sample()  # the hot path's only drift work: one random draw
         self._inflight += 1
         self._idle.clear()
         try:
-            return await future
+            outputs = await future
+            if sampled:
+                drift.offer(inputs, outputs)  # type: ignore[union-attr]  # by reference, onto the drift thread's queue
+            return outputs
         finally:
             self._inflight -= 1
             if not self._inflight:

@@ -24,6 +24,7 @@ from surge.server.errors import ConfigError, InferenceServerError
 TOP_LEVEL_KEYS = [
     "backend",
     "default_model_filename",
+    "drift",
     "dynamic_batching",
     "input",
     "instance_group",

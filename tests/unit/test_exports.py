@@ -15,6 +15,7 @@ MODULES = [
     "surge.server.errors",
     "surge.server.config",
     "surge.server.metrics",
+    "surge.server.drift",
     "surge.server.gpu_metrics",
     "surge.server.runtimes.onnx_providers",
     "surge.server.runtimes.tensorrt_plan",
