@@ -59,6 +59,18 @@ def request_bytes(rows: int = 1, seed: int = 0) -> bytes:
     return request.SerializeToString()
 
 
+def _enable_drift(repository: Path, sample_rate: float) -> None:
+    """Give the demo mlp a reference profile (N(0, 1) rows, like the generator's) and a [drift] table."""
+    import numpy as np
+
+    from surge.server.drift import PROFILE_FILENAME, build_profile
+
+    sample = np.random.default_rng(1).standard_normal((5000, 16)).astype(np.float32)
+    (repository / "mlp" / "1" / PROFILE_FILENAME).write_text(build_profile({"x": sample}).to_json())
+    config = repository / "mlp" / "config.toml"
+    config.write_text(config.read_text() + f"\n[drift]\nsample_rate = {sample_rate}\nwindow_rows = 1000\n")
+
+
 @contextlib.contextmanager
 def surge_server(repository: Path, workdir: Path, metrics: bool) -> Iterator[tuple[str, str, int]]:
     """A pinned ``surge serve``; yields (gRPC address, metrics address or "", pid) once ready."""
@@ -207,6 +219,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="rounds per side (on and off alternate)")
     parser.add_argument("--scrape-interval-s", type=float, default=1.0, help="0: no scrapes (the hot path alone)")
     parser.add_argument("--out", type=Path, help="also write the results here (JSON)")
+    parser.add_argument("--drift", type=float, default=0.0, metavar="RATE",
+                        help="also turn drift monitoring on for mlp (sample_rate RATE, e.g. 0.01) on the metrics side")
     parser.add_argument("--a-a", action="store_true", help="calibration: both sides with metrics off (the 'cost' measured is noise)")
     parser.add_argument("--toggle", action="store_true", help="one in-process server, histograms attached and detached in turn")
     parser.add_argument("--generate", metavar="ADDRESS", help=argparse.SUPPRESS)  # --toggle's load generator
@@ -232,6 +246,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="surge-metrics-overhead-") as tmp:
         workdir = Path(tmp)
         repository = write_demo_repository(workdir / "repository")
+        if args.drift:
+            _enable_drift(repository, args.drift)
         for i in range(args.rounds):
             for side in (("on", "off") if i % 2 == 0 else ("off", "on")):
                 with surge_server(repository, workdir, metrics=side == "on" and not args.a_a) as (address, metrics_address, pid):
