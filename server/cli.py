@@ -82,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     profile.add_argument("--outputs", type=Path, help="optional output sample (the model's predictions on --data): .npy or .npz")
     profile.add_argument("--output-name", help="output name for an --outputs .npy (default: the ONNX model's only output)")
     profile.add_argument("--bins", type=int, default=10, help="quantile bins per feature (default 10)")
+    profile.add_argument("--max-categories", type=int, default=20,
+                         help="a feature of integral values with at most this many distinct ones is categorical (default 20; 0: none)")
     profile.add_argument("--out", type=Path, help="where to write (default: drift_profile.json in the latest version folder)")
 
     drift = sub.add_parser("drift", help="print a model's drift gauges (PSI, KS, NaN and out-of-range ratios, alert) from /metrics")
@@ -284,7 +286,7 @@ def _profile(args: argparse.Namespace) -> int:
     if args.outputs is not None:
         tensors.update(_load_named(args.outputs, args.output_name, output_names, "output"))
     try:
-        profile = build_profile(tensors, bins=args.bins)
+        profile = build_profile(tensors, bins=args.bins, max_categories=args.max_categories)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -6,6 +6,13 @@ fixed bin edges (deciles of the sample by default), the sample's fraction of val
 outer bins are open: (-inf, e0) and [e_last, +inf)), 101 quantiles (the reference CDF for KS), mean, std,
 min, max and the missing rate (NaN or +-inf). Pure numpy: this module imports nothing of the server.
 
+Categorical features: a feature whose finite sample values are all integers (an integer or bool dtype, or
+floats that are all integral) and take at most ``max_categories`` (default 20) distinct values is profiled
+as ``kind = "categorical"``: instead of quantile bins it stores its sorted ``categories`` and ``fractions``
+= each category's share of the finite values followed by an "other" bucket (the share outside the table,
+0 in the profile). The JSON's ``kind`` field defaults to ``"continuous"``, so profiles written before it
+still load.
+
 Online: a ``DriftMonitor`` per model version (``[drift]`` in its config.toml and ``drift_profile.json`` in
 its version folder). On the event loop the only work is ``sample()`` (one ``random()`` draw per request)
 and, for a sampled request, ``offer()``: the request's input and output arrays, by reference (decoded
@@ -23,6 +30,11 @@ a per-tensor ring buffer of the last ``window_rows`` rows and, once the window i
 - the non-finite (NaN/inf) ratio of the window's values, and the out-of-range ratio (finite values below
   the profile's min or above its max, over the finite values).
 
+For a categorical feature PSI is the same formula over the category frequencies plus the "other" bucket;
+the out-of-range ratio is the share of finite values that are not a category of the profile (the "other"
+bucket); KS is not meaningful for a discrete variable and is exported as 0 (the ``surge_drift_ks`` gauge
+stays present, so every feature has the same gauges).
+
 The results replace an immutable ``DriftSnapshot`` that the metrics scrape reads (no lock needed). The
 alert is on when any feature's PSI exceeds ``psi_alert``.
 """
@@ -36,7 +48,7 @@ import queue
 import random
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +63,7 @@ __all__ = [
     "Profile",
     "bin_counts",
     "build_profile",
+    "category_counts",
     "drift_report",
     "flush",
     "ks_statistic",
@@ -84,6 +97,17 @@ def psi(expected: np.ndarray, counts: np.ndarray) -> float:
     p = np.maximum(counts / total, PSI_EPSILON)
     q = np.maximum(np.asarray(expected, dtype=np.float64), PSI_EPSILON)
     return float(np.sum((p - q) * np.log(p / q)))
+
+
+def category_counts(values: np.ndarray, categories: np.ndarray) -> np.ndarray:
+    """Counts of finite ``values`` per category of sorted ``categories``, then the count of the rest ("other"): ``len(categories) + 1`` counts."""
+    k = len(categories)
+    if k == 0:
+        return np.array([len(values)], dtype=np.int64)
+    idx = np.searchsorted(categories, values)
+    known = categories[np.minimum(idx, k - 1)] == values
+    counts = np.bincount(idx[known], minlength=k)
+    return np.append(counts, len(values) - int(known.sum()))
 
 
 def ks_statistic(values: np.ndarray, quantiles: np.ndarray) -> float:
@@ -126,37 +150,65 @@ class FeatureProfile:
     max: float
     missing_rate: float
     count: int
+    #: "continuous" (``edges`` and ``fractions`` per bin) or "categorical" (``categories``; ``fractions`` per category, then "other").
+    kind: str = "continuous"
+    #: The categorical feature's sorted values (empty for a continuous one; ``edges`` is empty for a categorical one).
+    categories: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float64))
+
+    @property
+    def categorical(self) -> bool:
+        return self.kind == "categorical"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name, "tensor": self.tensor, "column": self.column, "edges": self.edges.tolist(),
+        d: dict[str, Any] = {
+            "name": self.name, "tensor": self.tensor, "column": self.column, "kind": self.kind, "edges": self.edges.tolist(),
             "fractions": self.fractions.tolist(), "quantiles": self.quantiles.tolist(), "mean": self.mean, "std": self.std,
             "min": self.min, "max": self.max, "missing_rate": self.missing_rate, "count": self.count,
         }
+        if self.categorical:
+            d["categories"] = self.categories.tolist()
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FeatureProfile:
-        edges = np.asarray(d["edges"], dtype=np.float64)
+        kind = str(d.get("kind", "continuous"))
+        edges = np.asarray(d.get("edges", []), dtype=np.float64)
         fractions = np.asarray(d["fractions"], dtype=np.float64)
-        if len(fractions) != len(edges) + 1 or np.any(np.diff(edges) <= 0):
-            raise ValueError(f"feature {d.get('name')!r}: needs strictly increasing edges and len(edges) + 1 fractions")
+        categories = np.asarray(d.get("categories", []), dtype=np.float64)
+        if kind == "continuous":
+            if len(fractions) != len(edges) + 1 or np.any(np.diff(edges) <= 0):
+                raise ValueError(f"feature {d.get('name')!r}: needs strictly increasing edges and len(edges) + 1 fractions")
+        elif kind == "categorical":
+            if len(categories) == 0 or len(fractions) != len(categories) + 1 or np.any(np.diff(categories) <= 0):
+                raise ValueError(f"feature {d.get('name')!r}: a categorical feature needs strictly increasing categories and len(categories) + 1 fractions (the last: other)")
+        else:
+            raise ValueError(f"feature {d.get('name')!r}: kind {kind!r}, expected 'continuous' or 'categorical'")
         return cls(
             name=str(d["name"]), tensor=str(d["tensor"]), column=int(d["column"]), edges=edges, fractions=fractions,
             quantiles=np.asarray(d["quantiles"], dtype=np.float64), mean=float(d["mean"]), std=float(d["std"]),
             min=float(d["min"]), max=float(d["max"]), missing_rate=float(d["missing_rate"]), count=int(d["count"]),
+            kind=kind, categories=categories,
         )
 
 
-def _feature_profile(name: str, tensor: str, column: int, values: np.ndarray, bins: int) -> FeatureProfile:
+def _feature_profile(name: str, tensor: str, column: int, values: np.ndarray, bins: int, max_categories: int = 20) -> FeatureProfile:
     finite = values[np.isfinite(values)]
     if len(finite) == 0:
         raise ValueError(f"feature {name}: no finite values in the sample")
-    edges = np.unique(np.quantile(finite, np.linspace(0.0, 1.0, bins + 1)[1:-1]))
-    return FeatureProfile(
-        name=name, tensor=tensor, column=column, edges=edges, fractions=bin_counts(finite, edges) / len(finite),
-        quantiles=np.quantile(finite, _LEVELS), mean=float(finite.mean()), std=float(finite.std()), min=float(finite.min()),
-        max=float(finite.max()), missing_rate=1.0 - len(finite) / len(values), count=len(values),
+    common = dict(
+        name=name, tensor=tensor, column=column, quantiles=np.quantile(finite, _LEVELS), mean=float(finite.mean()),
+        std=float(finite.std()), min=float(finite.min()), max=float(finite.max()),
+        missing_rate=1.0 - len(finite) / len(values), count=len(values),
     )
+    if max_categories > 0 and np.all(finite == np.round(finite)):
+        categories = np.unique(finite)
+        if len(categories) <= max_categories:
+            return FeatureProfile(
+                edges=np.empty(0, dtype=np.float64), fractions=category_counts(finite, categories) / len(finite),
+                kind="categorical", categories=categories, **common,  # type: ignore[arg-type]
+            )
+    edges = np.unique(np.quantile(finite, np.linspace(0.0, 1.0, bins + 1)[1:-1]))
+    return FeatureProfile(edges=edges, fractions=bin_counts(finite, edges) / len(finite), **common)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,10 +230,12 @@ class Profile:
         return cls(tuple(FeatureProfile.from_dict(f) for f in data["features"]), int(data["rows"]))
 
 
-def build_profile(tensors: Mapping[str, np.ndarray], *, bins: int = 10) -> Profile:
+def build_profile(tensors: Mapping[str, np.ndarray], *, bins: int = 10, max_categories: int = 20) -> Profile:
     """Profile a sample: ``tensors`` maps tensor names (inputs, then outputs) to arrays whose first axis is rows.
 
     Non-numeric tensors (BYTES) are skipped. ``bins``: quantile bins per feature (fewer when values repeat).
+    ``max_categories``: a feature of integral values with at most this many distinct ones is categorical
+    (0: every feature is continuous).
     """
     if bins < 2:
         raise ValueError(f"bins must be >= 2, got {bins}")
@@ -195,7 +249,7 @@ def build_profile(tensors: Mapping[str, np.ndarray], *, bins: int = 10) -> Profi
         rows = max(rows, table.shape[0])
         for column in range(table.shape[1]):
             name = tensor if table.shape[1] == 1 else f"{tensor}[{column}]"
-            features.append(_feature_profile(name, tensor, column, table[:, column], bins))
+            features.append(_feature_profile(name, tensor, column, table[:, column], bins, max_categories))
     if not features:
         raise ValueError("no numeric feature to profile")
     return Profile(tuple(features), rows)
@@ -206,7 +260,7 @@ def build_profile(tensors: Mapping[str, np.ndarray], *, bins: int = 10) -> Profi
 
 @dataclass(frozen=True, slots=True)
 class FeatureDrift:
-    """One feature's drift over the last full window."""
+    """One feature's drift over the last full window (``ks`` is 0 for a categorical feature)."""
 
     name: str
     psi: float
@@ -261,6 +315,11 @@ class _Window:
             values = self.data[:, j]
             finite = values[np.isfinite(values)]
             nan_ratio = 1.0 - len(finite) / len(values)
+            if f.categorical:  # PSI over the categories + other; out of range: not a profiled category; KS exported as 0
+                counts = category_counts(finite, f.categories)
+                oor = counts[-1] / len(finite) if len(finite) else math.nan
+                results.append(FeatureDrift(f.name, psi(f.fractions, counts), 0.0, nan_ratio, float(oor)))
+                continue
             oor = float(np.mean((finite < f.min) | (finite > f.max))) if len(finite) else math.nan
             results.append(FeatureDrift(f.name, psi(f.fractions, bin_counts(finite, f.edges)), ks_statistic(finite, f.quantiles), nan_ratio, oor))
         return results

@@ -8,7 +8,17 @@ import numpy as np
 import pytest
 
 from surge.server.config import DriftConfig, parse_model_config
-from surge.server.drift import DriftMonitor, Profile, bin_counts, build_profile, drift_report, ks_statistic, psi
+from surge.server.drift import (
+    DriftMonitor,
+    FeatureProfile,
+    Profile,
+    bin_counts,
+    build_profile,
+    category_counts,
+    drift_report,
+    ks_statistic,
+    psi,
+)
 from surge.server.errors import ConfigError
 
 
@@ -83,6 +93,71 @@ def test_nan_and_out_of_range_ratios() -> None:
     monitor.ingest({"x": x}, {})
     (f,) = monitor.snapshot().features
     assert f.name == "x" and f.nan_ratio == pytest.approx(0.1) and f.out_of_range_ratio == pytest.approx(18 / 90)
+
+
+def _categorical_sample() -> np.ndarray:
+    """1000 rows: column 0 categorical (0: 50 %, 1: 30 %, 2: 20 %), column 1 continuous."""
+    x = np.empty((1000, 2))
+    x[:, 0] = np.repeat([0, 1, 2], [500, 300, 200])
+    x[:, 1] = np.random.default_rng(3).standard_normal(1000)
+    return x
+
+
+def test_categorical_profile_detection_and_json_round_trip(tmp_path) -> None:
+    codes = np.repeat(np.array([2, 7, 3], dtype=np.int32), [200, 500, 300])
+    profile = build_profile({"c": codes, "x": _categorical_sample()})
+    c, x0, x1 = profile.features
+    assert c.kind == "categorical" and c.categories.tolist() == [2.0, 3.0, 7.0]
+    assert c.fractions.tolist() == pytest.approx([0.2, 0.3, 0.5, 0.0]) and len(c.edges) == 0  # the last: other
+    assert x0.kind == "categorical" and x0.categories.tolist() == [0.0, 1.0, 2.0]  # integral floats
+    assert x1.kind == "continuous" and len(x1.edges) == 9
+    # more distinct values than max_categories, or max_categories=0: continuous
+    assert build_profile({"c": np.arange(1000) % 21}).features[0].kind == "continuous"
+    assert build_profile({"c": np.arange(1000) % 21}, max_categories=21).features[0].kind == "categorical"
+    assert build_profile({"c": codes}, max_categories=0).features[0].kind == "continuous"
+    path = tmp_path / "drift_profile.json"
+    path.write_text(profile.to_json())
+    again = Profile.load(path)
+    for before, after in zip(profile.features, again.features, strict=True):
+        assert after.kind == before.kind and np.array_equal(after.categories, before.categories)
+        assert np.array_equal(after.fractions, before.fractions) and np.array_equal(after.edges, before.edges)
+    # a profile written before categorical features (no kind) still loads, as continuous
+    old = x1.to_dict()
+    del old["kind"]
+    assert FeatureProfile.from_dict(old).kind == "continuous"
+    with pytest.raises(ValueError, match="categories"):
+        FeatureProfile.from_dict({**c.to_dict(), "fractions": [0.5, 0.5]})
+
+
+def test_category_counts_put_unseen_values_in_other() -> None:
+    assert category_counts(np.array([0.0, 2.0, 2.0, 5.0, -1.0, 1.0]), np.array([0.0, 1.0, 2.0])).tolist() == [1, 1, 2, 2]
+
+
+def test_categorical_psi_on_an_unchanged_and_a_shifted_mix() -> None:
+    monitor = DriftMonitor(build_profile({"x": _categorical_sample()}), model="m", version="1", window_rows=100)
+    noise = np.random.default_rng(4).standard_normal(100)
+    monitor.ingest({"x": np.column_stack([np.repeat([0, 1, 2], [50, 30, 20]), noise])}, {})
+    unchanged = monitor.snapshot().features[0]
+    # p = q = [0.5, 0.3, 0.2, other 0 (floored at 1e-4 both sides)]: every term is 0
+    assert unchanged.name == "x[0]" and unchanged.psi == pytest.approx(0.0, abs=1e-12)
+    assert unchanged.ks == 0.0 and unchanged.out_of_range_ratio == 0.0
+    monitor.ingest({"x": np.column_stack([np.repeat([0, 1, 2], [20, 30, 50]), noise])}, {})
+    shifted = monitor.snapshot().features[0]
+    # p = [0.2, 0.3, 0.5, 0] against q = [0.5, 0.3, 0.2, 0]: (-0.3) ln 0.4 + 0 + 0.3 ln 2.5 + 0 = 0.6 ln 2.5
+    assert shifted.psi == pytest.approx(0.6 * math.log(2.5), abs=1e-12) and shifted.ks == 0.0
+    assert monitor.snapshot().alert
+
+
+def test_unseen_categories_count_as_out_of_range() -> None:
+    monitor = DriftMonitor(build_profile({"x": _categorical_sample()}), model="m", version="1", window_rows=100)
+    x = np.column_stack([np.repeat([0.0, 1.0, 2.0, 7.0, np.nan], [40, 20, 20, 10, 10]), np.zeros(100)])
+    x[0, 0] = -3.0  # below the profile's categories: also unseen
+    monitor.ingest({"x": x}, {})
+    f = monitor.snapshot().features[0]
+    assert f.nan_ratio == pytest.approx(0.1) and f.out_of_range_ratio == pytest.approx(11 / 90)
+    # p = [39, 20, 20, 11] / 90 against q = [0.5, 0.3, 0.2, 1e-4 (floored)]
+    p, q = np.array([39, 20, 20, 11]) / 90, np.array([0.5, 0.3, 0.2, 1e-4])
+    assert f.psi == pytest.approx(float(np.sum((p - q) * np.log(p / q))), abs=1e-12) and f.ks == 0.0
 
 
 def test_max_features_caps_and_logs(caplog: pytest.LogCaptureFixture) -> None:
