@@ -14,31 +14,18 @@ import numpy as np
 import pytest
 
 from surge.clients import InferenceClient
+from tests.process import SurgeProcess
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
 def served(tmp_path: Path, test_repository: Path):
-    address_file = tmp_path / "address"
-    log = (tmp_path / "server.log").open("w+")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(test_repository),
-         "--grpc-port", "0", "--metrics-port", "0", "--address-file", str(address_file), "--no-strict-readiness"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 60
-    while not address_file.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            log.seek(0)
-            pytest.fail(f"surge serve did not start:\n{log.read()}")
-        time.sleep(0.05)
-    yield process, address_file.read_text(), log
-    if process.poll() is None:
-        process.kill()
-        process.wait()
-    log.close()
+    server = SurgeProcess(test_repository, tmp_path).start()
+    yield server
+    if server.proc is not None and server.proc.poll() is None:
+        server.proc.kill()
+        server.proc.wait()
 
 
 def _surge(*args: str) -> subprocess.CompletedProcess[str]:
@@ -46,7 +33,7 @@ def _surge(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_models_and_infer_commands(served, tmp_path):
-    _, address, _ = served
+    address = served.address
     models = _surge("models", "--url", address)
     assert models.returncode == 0, models.stderr
     assert any(line.split()[:3] == ["mlp", "1", "READY"] for line in models.stdout.splitlines())
@@ -63,7 +50,7 @@ def test_models_and_infer_commands(served, tmp_path):
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_zero(served):
-    process, address, log = served
+    process, address = served.proc, served.address
     with InferenceClient(address, timeout_s=30, retries=0) as client, concurrent.futures.ThreadPoolExecutor(1) as pool:
         in_flight = pool.submit(client.infer, "slow_py", {"delay_s": np.array([[1.0]], np.float32)})
         time.sleep(0.3)
@@ -71,8 +58,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(served):
         result = in_flight.result()
     assert result["delay_s_out"][0, 0] == 1.0
     assert process.wait(30) == 0
-    log.seek(0)
-    assert "stopped" in log.read()
+    assert "stopped" in served.log()
 
 
 def test_serve_refuses_a_missing_repository(tmp_path):
@@ -86,7 +72,7 @@ def test_an_idle_open_stream_does_not_hold_shutdown(served):
 
     from surge.clients import InferRequest
 
-    process, address, _ = served
+    process, address = served.proc, served.address
     release = threading.Event()
 
     def requests():

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.models import write_test_repository
+from tests.process import SurgeProcess
 
 pytestmark = pytest.mark.perf_analyzer
 
@@ -39,33 +37,11 @@ def surge_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if not os.access(BINARY, os.X_OK):
         pytest.skip(f"perf_analyzer is not set up ({BINARY} missing); run bench/perf_analyzer/setup.sh")
     work = tmp_path_factory.mktemp("perf-analyzer")
-    repository = write_test_repository(work / "repository")
-    address_file, log_file = work / "address", work / "server.log"
-    cmd = [
-        sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(repository), "--grpc-port", "0", "--metrics-port", "0",
-        "--address-file", str(address_file), "--no-strict-readiness", "--log-level", "warning", "--drain-timeout-s", "5",
-    ]  # fmt: skip
-    with open(log_file, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    deadline = time.monotonic() + 60
+    server = SurgeProcess(write_test_repository(work / "repository"), work, "--log-level", "warning").start()
     try:
-        while not address_file.exists():
-            if proc.poll() is not None:
-                pytest.fail(f"surge serve exited with {proc.returncode} before it was ready:\n{log_file.read_text(errors='replace')}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"surge serve was not ready within 60 s:\n{log_file.read_text(errors='replace')}")
-            time.sleep(0.05)
-        yield address_file.read_text().strip()
+        yield server.address
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            code = None
-    assert code == 0, f"surge serve exited with {code} after SIGTERM:\n{log_file.read_text(errors='replace')}"
+        server.stop_and_check()
 
 
 def run_perf_analyzer(*args: str) -> str:
