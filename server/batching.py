@@ -117,8 +117,8 @@ class BatchRequest:
         self.deadline: float | None = None
         self.priority = 1
         self.timer: asyncio.TimerHandle | None = None
-        # Requests batch together only when every input has the same non-batch shape.
-        self.shape_key = tuple((name, a.shape[1:]) for name, a in inputs.items())
+        # Requests batch together only when every input has the same non-batch shape (set by submit, batching only).
+        self.shape_key: tuple[Any, ...] = ()
 
 
 class CostModel:
@@ -233,6 +233,8 @@ class DynamicBatcher:
                 )
         now = self._clock()
         request.enqueued = now
+        if self._batching:
+            request.shape_key = tuple((name, a.shape[1:]) for name, a in request.inputs.items())
         if self._batching and self.policy.latency_slo_s is not None:
             if any(self._queues):
                 gap = now - self._last_arrival
