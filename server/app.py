@@ -120,7 +120,10 @@ class Server:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
         target = f"[{self.config.host}]:{self.config.grpc_port}" if ":" in self.config.host else f"{self.config.host}:{self.config.grpc_port}"
-        port = server.add_insecure_port(target)
+        try:
+            port = server.add_insecure_port(target)  # grpcio returns 0 or raises RuntimeError, by version
+        except RuntimeError:
+            port = 0
         if port == 0:
             raise OSError(f"cannot bind gRPC to {target} (in use, or not an address of this machine)")
         self._grpc = server

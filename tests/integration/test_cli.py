@@ -128,3 +128,15 @@ def test_observability_copies_the_dashboard_and_rules(tmp_path):
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (tmp_path / "obs").iterdir()) == ["grafana-dashboard.json", "prometheus-alerts.yaml"]
     assert _surge("observability").stdout.count("\n") == 2
+
+
+def test_serve_refuses_a_taken_grpc_port_with_a_clear_message(tmp_path, test_repository):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _surge("serve", "--model-repository", str(test_repository), "--grpc-port", str(port), "--metrics-port", "0")
+    assert result.returncode == 2 and f"cannot bind gRPC to 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
