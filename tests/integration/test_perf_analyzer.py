@@ -24,11 +24,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 BINARY = REPO_ROOT / ".cache" / "perf_analyzer" / "bin" / "perf_analyzer"
 RUN_SH = REPO_ROOT / "bench" / "perf_analyzer" / "run.sh"
 RUN_TIMEOUT_S = 90
-#: Settings that keep one run to ~5-15 s on a noisy 2-core box (see bench/perf_analyzer/README.md).
-COMMON = ["-i", "grpc", "--concurrency-range", "1:2", "-s", "20", "-r", "8", "--measurement-interval", "1000"]
+#: A fixed request count per concurrency level: perf_analyzer then measures exactly that many requests with no
+#: stability search, which a noisy shared 2-core box can fail (CI did, at -s 20). This is a protocol test, not a
+#: measurement; bench/perf_analyzer/ is where perf_analyzer measures.
+REQUESTS = 300
+CONCURRENCIES = (1, 2)
 BAD_LINE = re.compile(r"error|fail|unstable|missing statistics|abort|exception", re.IGNORECASE)
-# A noisy shared machine can keep a window from stabilising: a measurement-quality note, not a protocol problem.
-NOISE_LINE = re.compile(r"Failed to obtain stable measurement")
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,12 @@ def surge_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.stop_and_check()
 
 
-def run_perf_analyzer(*args: str) -> str:
+def run_perf_analyzer(*args: str) -> list[str]:
+    """One perf_analyzer run per concurrency level; their outputs, checked for problems."""
+    return [run_once("-i", "grpc", "--concurrency-range", str(c), "--request-count", str(REQUESTS), *args) for c in CONCURRENCIES]
+
+
+def run_once(*args: str) -> str:
     cmd = ["bash", str(RUN_SH), *args]
     try:
         proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
@@ -54,21 +60,18 @@ def run_perf_analyzer(*args: str) -> str:
     print(f"$ {' '.join(cmd)}\n{output}")  # shown with -rP / -s, and on failure
     if proc.returncode != 0:
         pytest.fail(f"perf_analyzer exited with {proc.returncode}:\n{output}", pytrace=False)
-    bad = [line for line in output.splitlines() if BAD_LINE.search(line) and not NOISE_LINE.search(line)]
+    bad = [line for line in output.splitlines() if BAD_LINE.search(line)]
     assert not bad, f"perf_analyzer reported problems: {bad}\n{output}"
-    assert "Throughput:" in output, output
-    for concurrency in (1, 2):
-        assert f"Concurrency: {concurrency}, throughput:" in output, output
+    assert "Throughput:" in output and f"Request count: {REQUESTS}" in output, output
     assert "Server:" in output and "Successful request count:" in output, f"no server-side statistics:\n{output}"
     return output
 
 
-def server_counts(output: str) -> list[tuple[int, int]]:
-    """(inference count, execution count) of every measured concurrency level (from ModelStatistics)."""
-    inferences = [int(n) for n in re.findall(r"Inference count: (\d+)", output)]
-    executions = [int(n) for n in re.findall(r"Execution count: (\d+)", output)]
-    assert len(inferences) == len(executions) == 2, output
-    return list(zip(inferences, executions))
+def server_counts(output: str) -> tuple[int, int, int]:
+    """(successful requests, inference count, execution count) the server reported (from ModelStatistics)."""
+    found = [re.findall(rf"{name}: (\d+)", output) for name in ("Successful request count", "Inference count", "Execution count")]
+    assert all(len(values) == 1 for values in found), output
+    return tuple(int(values[0]) for values in found)  # type: ignore[return-value]
 
 
 @pytest.mark.parametrize(
@@ -80,14 +83,14 @@ def server_counts(output: str) -> list[tuple[int, int]]:
     ],
 )
 def test_perf_analyzer_batch_1(surge_address: str, model: str, extra: list[str]) -> None:
-    output = run_perf_analyzer("-m", model, "-u", surge_address, *COMMON, *extra)
-    for inferences, executions in server_counts(output):
-        # the window's two statistics reads can split a request from its execution: allow the in-flight ones
-        assert executions > 0 and abs(inferences - executions) <= 2, output
+    for output in run_perf_analyzer("-m", model, "-u", surge_address, *extra):
+        # statistics are read before the first request and after the last: every count is exact
+        assert server_counts(output) == (REQUESTS, REQUESTS, REQUESTS), output
 
 
 def test_perf_analyzer_batch_4(surge_address: str) -> None:
-    output = run_perf_analyzer("-m", "mlp", "-u", surge_address, *COMMON, "--shape", "x:16", "-b", "4")
-    assert "Batch size: 4" in output
-    for inferences, executions in server_counts(output):
-        assert executions > 0 and abs(inferences - 4 * executions) <= 8, output  # every request carries 4 rows
+    for output in run_perf_analyzer("-m", "mlp", "-u", surge_address, "--shape", "x:16", "-b", "4"):
+        assert "Batch size: 4" in output
+        # every request carries 4 rows; at concurrency 2 the batcher may also merge two requests into one execution
+        requests, inferences, executions = server_counts(output)
+        assert requests == REQUESTS and inferences == 4 * REQUESTS and REQUESTS // 2 <= executions <= REQUESTS, output
