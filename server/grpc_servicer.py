@@ -44,6 +44,8 @@ STATUS_OF: dict[type[BaseException], grpc.StatusCode] = {
     errors.LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unsupported: grpc.StatusCode.UNIMPLEMENTED,
     errors.RuntimeFailure: grpc.StatusCode.INTERNAL,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 #: ServerMetadata.extensions: only what is really implemented.
@@ -102,9 +104,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def __init__(
         self, repository: ModelRepository, *, server_name: str, server_version: str, is_ready: Callable[[], bool], metrics: ServerMetrics | None = None,
+        limits: codec.Limits = codec.DEFAULT_LIMITS,
     ) -> None:
-        """``metrics``: where requests that reach no model version are counted (None: metrics off)."""
+        """``metrics``: where requests that reach no model version are counted (None: metrics off); ``limits``: request limits."""
         self._repo = repository
+        self._limits = limits
+        self._stopping = False
         self._metrics = metrics
         self._name = server_name
         self._version = server_version
@@ -124,10 +129,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @_edge
     async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
         try:
-            self._repo.get(request.name, request.version)
+            version = self._repo.get(request.name, request.version)
         except (errors.ModelNotFound, errors.VersionNotFound, errors.ModelNotReady):
             return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=True)
+        return pb.ModelReadyResponse(ready=version.state == "READY")  # not READY: e.g. its only instance hung and is being replaced
 
     @_edge
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext) -> pb.ServerMetadataResponse:
@@ -182,6 +187,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def _lookup(self, request: pb.ModelInferRequest) -> ModelVersion:
         """The version that serves the request; a failure is counted by its status code (no model label: bounded)."""
         try:
+            if self._stopping:
+                raise errors.ModelNotReady("the server is shutting down; retry on another replica")
             return self._repo.get(request.model_name, request.model_version)
         except Exception as exc:
             if self._metrics is not None:
@@ -193,7 +200,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if spec is None:
             spec = version.codec_spec = codec.model_spec(version.config)
         try:
-            decoded = codec.decode_request(request, spec)
+            decoded = codec.decode_request(request, spec, self._limits)
             stamps.decoded = now_ns()
             stamps.rows = decoded.rows
             outputs = await version.execute(
@@ -269,7 +276,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 task.cancel()
 
     def begin_shutdown(self) -> None:
-        """Make open streams stop reading: each answers what it accepted, then ends (so shutdown is not held open)."""
+        """New inference requests get UNAVAILABLE; open streams stop reading: each answers what it accepted, then ends."""
+        self._stopping = True
         for reader in list(self._stream_readers):
             reader.cancel()
 
