@@ -23,11 +23,10 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from surge.protos import grpc_service_pb2 as pb
-from surge.protos import grpc_service_pb2_grpc as pb_grpc
 
 from .codec import DEFAULT_LIMITS, Limits
 from .errors import ConfigError
-from .grpc_servicer import InferenceServicer, status_of
+from .grpc_servicer import InferenceServicer, add_to_server, status_of
 from .metrics import ServerMetrics
 from .metrics_http import MetricsEndpoint
 from .repository import ModelRepository
@@ -168,7 +167,7 @@ class Server:
         servicer = InferenceServicer(
             self.repository, server_name="surge", server_version=SERVER_VERSION, is_ready=self.is_ready, metrics=self.metrics, limits=limits
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+        add_to_server(servicer, server)
         self._servicer = servicer
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
