@@ -29,6 +29,7 @@ from .errors import ConfigError
 from .grpc_servicer import InferenceServicer, add_to_server, status_of
 from .metrics import ServerMetrics
 from .metrics_http import MetricsEndpoint
+from .model import abandoned_threads
 from .repository import ModelRepository
 from .security import AuthInterceptor, SecurityPolicy, TokenAuth
 
@@ -273,3 +274,8 @@ async def serve(config: ServerConfig, *, address_file: Path | None = None) -> No
         "stopped: %d requests answered, %d failed (model versions in service at the stop)",
         sum(v.stats.success.count for v in versions), sum(v.stats.fail.count for v in versions),
     )
+    hung = abandoned_threads()
+    if hung:  # a thread cannot be killed, and the interpreter would wait for it at exit
+        log.warning("%d hung runtime thread(s) still running; exiting without waiting for them", hung)
+        logging.shutdown()
+        os._exit(0)

@@ -47,12 +47,20 @@ from .metrics import VersionMetrics, VersionSample
 from .runtimes.base import Runtime, Signature, create_runtime
 from .stats import Stamps, VersionStats, now_ns
 
-__all__ = ["ModelVersion", "State", "complete_signature", "scheduler_policy"]
+__all__ = ["ModelVersion", "State", "abandoned_threads", "complete_signature", "scheduler_policy"]
 
 log = logging.getLogger("surge.model")
 
 #: Triton's default max_batch_size for a model whose config does not say and whose file allows batching.
 AUTO_MAX_BATCH_SIZE = 4
+
+
+_abandoned_running = 0  # threads of hung instances still running their batch (they block a clean interpreter exit)
+
+
+def abandoned_threads() -> int:
+    """Runtime threads abandoned after a hang that have not returned yet (``serve`` exits without waiting for them)."""
+    return _abandoned_running
 
 
 class State:
@@ -314,8 +322,10 @@ class ModelVersion:
         """On the loop: a batch ran past execution_timeout_s. Fail its requests, abandon the instance, start a replacement."""
         if inst.abandoned or inst not in self._instances:
             return
+        global _abandoned_running
         timeout = self.config.execution_timeout_s
         inst.abandoned = True
+        _abandoned_running += 1
         self._instances.remove(inst)
         self.hung_instances += 1
         log.error(
@@ -369,6 +379,8 @@ class ModelVersion:
         if timer is not None:
             timer.cancel()
         if inst.abandoned:  # it hung and was replaced; its requests were failed: close it in its own thread
+            global _abandoned_running
+            _abandoned_running -= 1
             inst.executor.submit(inst.runtime.close)
             inst.executor.shutdown(wait=False)
             return
