@@ -121,6 +121,42 @@ class ServerConfig:
         return Path(rest[2:] if rest.startswith("//") else rest)
 
 
+class _Health(HealthServicer):
+    """grpc's health service, except that on shutdown a Watch stream ends once it has sent NOT_SERVING, so an
+    open watch (a load balancer's) does not hold the drain until its deadline."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._stopping = False
+
+    async def enter_graceful_shutdown(self) -> None:
+        self._stopping = True
+        await super().enter_graceful_shutdown()
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> None:
+        told = asyncio.Event()
+        outer = self
+
+        class _Context:
+            def __getattr__(self, name: str) -> object:
+                return getattr(context, name)
+
+            async def write(self, message: health_pb2.HealthCheckResponse) -> None:
+                await context.write(message)
+                if outer._stopping and message.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                    told.set()
+
+        watch = asyncio.ensure_future(super().Watch(request, _Context()))
+        ended = asyncio.ensure_future(told.wait())
+        try:
+            await asyncio.wait((watch, ended), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+            ended.cancel()
+        if watch.done() and not watch.cancelled() and watch.exception() is not None:
+            raise watch.exception()  # type: ignore[misc]
+
+
 class Server:
     """One Surge server: gRPC inference service, health, reflection, and the model repository."""
 
@@ -143,7 +179,7 @@ class Server:
         self._ready = False
         self._grpc: grpc.aio.Server | None = None
         self._servicer: InferenceServicer | None = None
-        self._health = HealthServicer()
+        self._health = _Health()
         self.address = ""
         self.security = SecurityPolicy(auth=TokenAuth.load(config.auth_tokens_file), admin_enabled=config.admin_enabled)
 
