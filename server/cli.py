@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-strict-readiness", action="store_true", help="be ready even when some model failed to load")
     serve.add_argument("--drain-timeout-s", type=float, default=30.0, help="on shutdown/unload, how long in-flight requests may run (default 30)")
     serve.add_argument("--address-file", type=Path, help="once ready, write the bound host:port into this file (for scripts)")
+    _add_reliability_flags(serve)
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     serve.add_argument("--loop", default="auto", choices=("auto", "uvloop", "asyncio"), help="event loop (default: uvloop when installed)")
 
@@ -93,6 +94,46 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_reliability_flags(serve: argparse.ArgumentParser) -> None:
+    """Limits, TLS, auth and the Unix socket (defaults: ``codec.Limits``, README "Reliability and security")."""
+    from .codec import DEFAULT_LIMITS as d
+
+    serve.add_argument("--grpc-address", default="", metavar="unix:///PATH.sock", help="serve gRPC on a Unix socket (sidecars) instead of --host/--grpc-port")
+    serve.add_argument("--grpc-socket-mode", default="600", help="file mode of the Unix socket, octal (default 600: owner only)")
+    serve.add_argument("--tls-cert", type=Path, help="PEM server certificate (chain): gRPC over TLS")
+    serve.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    serve.add_argument("--tls-client-ca", type=Path, help="PEM CA bundle: require client certificates signed by it (mutual TLS)")
+    serve.add_argument("--auth-tokens-file", type=Path, help="bearer tokens, one 'SCOPES TOKEN' per line (scopes: inference, admin); $SURGE_AUTH_TOKENS adds more")
+    serve.add_argument("--disable-admin", action="store_true", help="admin RPCs (repository load/unload, surge.v1.Admin) answer UNIMPLEMENTED")
+    serve.add_argument("--max-request-bytes", type=int, default=d.max_request_bytes, help=f"largest request message (default {d.max_request_bytes})")
+    serve.add_argument("--max-tensor-elements", type=int, default=d.max_tensor_elements, help=f"elements per input tensor (default {d.max_tensor_elements})")
+    serve.add_argument("--max-request-elements", type=int, default=d.max_request_elements, help=f"elements over a request's inputs (default {d.max_request_elements})")
+    serve.add_argument("--max-batch-rows", type=int, default=d.max_batch_rows, help="rows per request, server-wide (default 0: each model's max_batch_size)")
+    serve.add_argument("--max-bytes-element", type=int, default=d.max_bytes_element, help=f"bytes per BYTES element (default {d.max_bytes_element})")
+    serve.add_argument("--max-concurrent-streams", type=int, default=d.max_concurrent_streams,
+                       help=f"concurrent RPCs per client connection (default {d.max_concurrent_streams})")
+
+
+def _reliability_config(args: argparse.Namespace) -> dict[str, object]:
+    """ServerConfig keyword arguments of the flags above; raises ConfigError for invalid values."""
+    from .codec import Limits
+    from .errors import ConfigError
+
+    try:
+        limits = Limits(
+            max_request_bytes=args.max_request_bytes, max_tensor_elements=args.max_tensor_elements, max_request_elements=args.max_request_elements,
+            max_batch_rows=args.max_batch_rows, max_bytes_element=args.max_bytes_element, max_concurrent_streams=args.max_concurrent_streams,
+        )
+        mode = int(args.grpc_socket_mode, 8)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return {
+        "grpc_address": args.grpc_address, "socket_mode": mode, "tls_cert_file": args.tls_cert, "tls_key_file": args.tls_key,
+        "tls_client_ca_file": args.tls_client_ca, "auth_tokens_file": args.auth_tokens_file, "admin_enabled": not args.disable_admin,
+        "limits": limits,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``surge`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -134,19 +175,19 @@ def _serve(args: argparse.Namespace) -> int:
 
         repository = write_demo_repository(default_location())
         logging.getLogger("surge.server").info("no --model-repository given: serving the demo repository at %s", repository)
-    config = ServerConfig(
-        model_repository=repository.resolve(),
-        host=args.host,
-        grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port,
-        model_control_mode=args.model_control_mode,
-        load_models=tuple(args.load_model),
-        poll_interval_s=args.repository_poll_s,
-        strict_readiness=not args.no_strict_readiness,
-        drain_timeout_s=args.drain_timeout_s,
-    )
-
     try:
+        config = ServerConfig(
+            model_repository=repository.resolve(),
+            host=args.host,
+            grpc_port=args.grpc_port,
+            metrics_port=args.metrics_port,
+            model_control_mode=args.model_control_mode,
+            load_models=tuple(args.load_model),
+            poll_interval_s=args.repository_poll_s,
+            strict_readiness=not args.no_strict_readiness,
+            drain_timeout_s=args.drain_timeout_s,
+            **_reliability_config(args),  # type: ignore[arg-type]
+        )
         _run(serve(config, address_file=args.address_file), args.loop)
     except (ConfigError, OSError) as exc:
         logging.getLogger("surge.server").error("cannot start: %s", exc)

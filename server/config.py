@@ -218,6 +218,8 @@ class ModelConfig:
     """Prometheus histogram settings."""
     drift: DriftConfig | None = None
     """Present when drift is monitored (with a profile in the version folder)."""
+    execution_timeout_s: float = 0.0
+    """A batch running longer fails its requests (INTERNAL) and its instance is replaced; 0: no limit."""
 
     @property
     def platform(self) -> str:
@@ -293,6 +295,7 @@ def parse_model_config(name: str, data: Mapping[str, Any]) -> ModelConfig:
         parameters=dict(reader.table("parameters").data),
         metrics=_metrics(reader.table("metrics")),
         drift=_drift(reader.table("drift")),
+        execution_timeout_s=reader.number("execution_timeout_s", 0.0, minimum=0.0),
     )
     reader.check_no_unknown()
     for kind, tensors in (("input", config.inputs), ("output", config.outputs)):

@@ -28,7 +28,7 @@ from .repository import ModelRepository
 from .stats import Stamps, now_ns
 from .triton import config_overrides_from_json, model_config_message, statistics_message
 
-__all__ = ["EXTENSIONS", "InferenceServicer", "STATUS_OF"]
+__all__ = ["EXTENSIONS", "InferenceServicer", "STATUS_OF", "Undecodable", "add_to_server"]
 
 log = logging.getLogger("surge.grpc")
 
@@ -44,6 +44,8 @@ STATUS_OF: dict[type[BaseException], grpc.StatusCode] = {
     errors.LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unsupported: grpc.StatusCode.UNIMPLEMENTED,
     errors.RuntimeFailure: grpc.StatusCode.INTERNAL,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 #: ServerMetadata.extensions: only what is really implemented.
@@ -74,12 +76,63 @@ def _error_message(exc: BaseException, request_id: str = "") -> str:
     return f"internal error (request id {rid}); the server log has the details"
 
 
+class Undecodable:
+    """A request message that did not parse (invalid protobuf, bad UTF-8 in a string): answered INVALID_ARGUMENT.
+
+    grpc.aio answers a deserializer's exception with UNKNOWN and logs a traceback; ``add_to_server`` installs
+    deserializers that return this instead, and ``_edge`` (or the stream reader) turns it into the status.
+    """
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def error(self, what: str) -> errors.InvalidInput:
+        return errors.InvalidInput(f"the {what} request is not a valid protobuf message: {self.reason}")
+
+
+def _tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception as exc:  # google.protobuf.message.DecodeError, whatever the protobuf backend
+            return Undecodable(str(exc) or type(exc).__name__)
+
+    return deserialize
+
+
+class _Capture:
+    """Stands in for a server to collect the generated code's method handlers."""
+
+    handlers: dict[str, grpc.RpcMethodHandler]
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.handlers = handlers
+
+
+def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    """Register the servicer as the generated ``add_GRPCInferenceServiceServicer_to_server`` does, except that
+    request deserializers never raise (see ``Undecodable``)."""
+    capture = _Capture()
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, capture)
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+    handlers = {name: h._replace(request_deserializer=_tolerant(h.request_deserializer)) for name, h in capture.handlers.items()}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
+
+
 def _edge(method: _F) -> _F:
     """Map errors raised by a unary RPC to its gRPC status, once, at the edge."""
 
     @functools.wraps(method)
     async def wrapper(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            if request.__class__ is Undecodable:
+                raise request.error(method.__name__)
             return await method(self, request, context)
         except asyncio.CancelledError:
             raise
@@ -102,9 +155,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def __init__(
         self, repository: ModelRepository, *, server_name: str, server_version: str, is_ready: Callable[[], bool], metrics: ServerMetrics | None = None,
+        limits: codec.Limits = codec.DEFAULT_LIMITS,
     ) -> None:
-        """``metrics``: where requests that reach no model version are counted (None: metrics off)."""
+        """``metrics``: where requests that reach no model version are counted (None: metrics off); ``limits``: request limits."""
         self._repo = repository
+        self._limits = limits
+        self._stopping = False
         self._metrics = metrics
         self._name = server_name
         self._version = server_version
@@ -124,10 +180,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @_edge
     async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
         try:
-            self._repo.get(request.name, request.version)
+            version = self._repo.get(request.name, request.version)
         except (errors.ModelNotFound, errors.VersionNotFound, errors.ModelNotReady):
             return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=True)
+        return pb.ModelReadyResponse(ready=version.state == "READY")  # not READY: e.g. its only instance hung and is being replaced
 
     @_edge
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext) -> pb.ServerMetadataResponse:
@@ -182,6 +238,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def _lookup(self, request: pb.ModelInferRequest) -> ModelVersion:
         """The version that serves the request; a failure is counted by its status code (no model label: bounded)."""
         try:
+            if self._stopping:
+                raise errors.ModelNotReady("the server is shutting down; retry on another replica")
             return self._repo.get(request.model_name, request.model_version)
         except Exception as exc:
             if self._metrics is not None:
@@ -193,7 +251,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if spec is None:
             spec = version.codec_spec = codec.model_spec(version.config)
         try:
-            decoded = codec.decode_request(request, spec)
+            decoded = codec.decode_request(request, spec, self._limits)
             stamps.decoded = now_ns()
             stamps.rows = decoded.rows
             outputs = await version.execute(
@@ -243,6 +301,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def read() -> None:
             try:
                 async for request in request_iterator:
+                    if request.__class__ is Undecodable:
+                        exc = request.error("ModelStreamInfer")
+                        results.put_nowait((pb.ModelStreamInferResponse(error_message=f"{status_of(exc).name}: {exc}"), exc))
+                        continue
                     await slots.acquire()
                     task = asyncio.create_task(one(request))
                     tasks.add(task)
@@ -269,7 +331,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 task.cancel()
 
     def begin_shutdown(self) -> None:
-        """Make open streams stop reading: each answers what it accepted, then ends (so shutdown is not held open)."""
+        """New inference requests get UNAVAILABLE; open streams stop reading: each answers what it accepted, then ends."""
+        self._stopping = True
         for reader in list(self._stream_readers):
             reader.cancel()
 

@@ -31,6 +31,7 @@ from typing import Any
 from .config import ModelConfig, load_model_config
 from .errors import ConfigError, InvalidInput, ModelNotFound, ModelNotReady, Unsupported, VersionNotFound
 from .model import ModelVersion, State
+from .security import check_load_overrides, check_model_name, confine
 
 __all__ = ["CONTROL_MODES", "IndexEntry", "ModelRepository"]
 
@@ -177,8 +178,10 @@ class ModelRepository:
         Raises ModelNotFound for a name with no folder, ConfigError for an invalid config; a version that
         fails to load is reported through ``index`` and ``get``, not raised, unless no version loaded.
         """
+        check_model_name(name)  # confined to the repository root: no separators, '..', absolute paths
+        check_load_overrides(overrides)
         path = self.root / name
-        if not name or "/" in name or name.startswith(".") or not await asyncio.to_thread(path.is_dir):
+        if not await asyncio.to_thread(path.is_dir):
             raise ModelNotFound(f"model '{name}' has no folder in the repository {self.root}")
         model = self._models.setdefault(name, _Model(name))
         async with model.lock:
@@ -248,8 +251,12 @@ class ModelRepository:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     def _read_model(self, path: Path, overrides: Mapping[str, Any] | None) -> tuple[ModelConfig, tuple[Any, ...], list[int]]:
+        confine(self.root, path, f"model folder '{path.name}'")
         config = load_model_config(path, overrides)
-        return config, _fingerprint(path), _versions_on_disk(path)
+        versions = _versions_on_disk(path)
+        for v in versions:  # no symlink (or default_model_filename) may lead a version's file outside the root
+            confine(self.root, path / str(v) / config.model_filename, f"model '{path.name}' version {v}'s {config.model_filename}")
+        return config, _fingerprint(path), versions
 
     async def _poll_forever(self) -> None:
         while True:

@@ -26,6 +26,7 @@ TOP_LEVEL_KEYS = [
     "default_model_filename",
     "drift",
     "dynamic_batching",
+    "execution_timeout_s",
     "input",
     "instance_group",
     "max_batch_size",
