@@ -26,12 +26,14 @@ TOP_LEVEL_KEYS = [
     "default_model_filename",
     "drift",
     "dynamic_batching",
+    "feedback",
     "input",
     "instance_group",
     "max_batch_size",
     "metrics",
     "output",
     "parameters",
+    "routing",
     "version_policy",
 ]
 
