@@ -81,15 +81,13 @@ class FeedbackIndex:
         given = sum(x is not None for x in (labels, values, success))
         if given != 1:
             raise InvalidInput("ReportOutcome: set exactly one of labels, values, success")
-        self.received += 1
         entry = self._entries.get(request_id)
         if entry is None:
+            self.received += 1
             self.unknown += 1
             return ""
         version, prediction = entry
-        stats = self.quality.get(version)
-        if stats is None:
-            stats = self.quality[version] = QualityStats()
+        stats = self.quality.get(version) or QualityStats()
         if success is not None:
             stats.flags += 1
             stats.successes += bool(success)
@@ -110,6 +108,8 @@ class FeedbackIndex:
                 stats.valued += truth.size
                 stats.abs_error_sum += float(errors.sum())
                 stats.abs_error_sq_sum += float((errors * errors).sum())
+        self.quality.setdefault(version, stats)
+        self.received += 1  # invalid reports (raised above) are not counted
         self.joined += 1
         del self._entries[request_id]  # one outcome per request
         return version

@@ -138,7 +138,7 @@ class Traffic:
     def set_weights(self, name: str, weights: Sequence[tuple[int, float]]) -> RouteState:
         """Replace the split (the shadow is kept); an empty list removes it."""
         m = self._model(name)
-        routes = self._routes(replace(m.effective or Routes(), weights=tuple(sorted(weights))))
+        routes = self._routes(m.effective, weights=tuple(sorted(weights)))
         if routes.weights and not any(v in self._serving_numbers(m) for v, _ in routes.weights):
             raise InvalidInput(f"model '{name}': none of versions {[v for v, _ in routes.weights]} is serving (serving: {list(self._serving_numbers(m))}); load one first")
         return self._change(m, routes)
@@ -148,12 +148,12 @@ class Traffic:
         m = self._model(name)
         if version not in self._serving_numbers(m):
             raise InvalidInput(f"model '{name}': version {version} is not serving (serving: {list(self._serving_numbers(m))}); load it before shadowing it")
-        return self._change(m, self._routes(replace(m.effective or Routes(), shadow_version=version, shadow_fraction=fraction or 1.0)))
+        return self._change(m, self._routes(m.effective, shadow_version=version, shadow_fraction=fraction or 1.0))
 
     def remove_shadow(self, name: str) -> RouteState:
         """Stop mirroring (the split is kept)."""
         m = self._model(name)
-        return self._change(m, replace(m.effective or Routes(), shadow_version=0, shadow_fraction=1.0))
+        return self._change(m, self._routes(m.effective, shadow_version=0, shadow_fraction=1.0))
 
     def promote(self, name: str, version: int) -> RouteState:
         """Every request naming no version goes to ``version`` (which must be serving); the shadow is removed."""
@@ -217,9 +217,10 @@ class Traffic:
         return tuple(v.version for v in m.serving)
 
     @staticmethod
-    def _routes(routes: Routes) -> Routes:
+    def _routes(base: Routes | None, **changes: Any) -> Routes:
+        """``base`` (or no routes) with ``changes``; InvalidInput when they are not valid routes."""
         try:
-            return Routes(routes.weights, routes.shadow_version, routes.shadow_fraction)
+            return replace(base or Routes(), **changes)
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
 
