@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 import pytest
 
-from surge.clients import InferenceClient, InvalidArgumentError, NotFoundError, SurgeClient
+from surge.clients import InferenceClient, InferRequest, InvalidArgumentError, NotFoundError, SurgeClient
 from surge.server.cli import main
 from surge.server.demo import write_demo_repository
 from tests.integration.test_metrics import samples, value
@@ -107,6 +107,15 @@ def test_split_sticky_keys_explicit_versions_and_model_version(repository: Path,
             assert client.infer("split", {"x": x}, version="2", parameters={"routing_key": f"user-{i}"}).model_version == "2"
         with pytest.raises(NotFoundError):
             client.infer("split", {"x": x}, version="7")
+
+
+def test_streamed_requests_are_routed_like_unary_ones(repository: Path, start_server) -> None:
+    server = start_server(model_repository=repository)
+    x = _x()
+    with InferenceClient(server.address, timeout_s=30.0, retries=0) as client:
+        unary = {f"s{i}": client.infer("split", {"x": x}, request_id=f"s{i}").model_version for i in range(30)}
+        streamed = {r.id: r.model_version for r in client.stream_infer(InferRequest("split", {"x": x}, request_id=f"s{i}") for i in range(30))}
+    assert streamed == unary and set(unary.values()) == {"1", "2"}
 
 
 def test_admin_weights_promote_rollback_reset_and_cli(repository: Path, start_server, capsys) -> None:

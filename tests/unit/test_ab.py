@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from surge.server.ab import analyse, format_report, mann_whitney_binned, parse_samples, two_proportion_z, welch_z
+from surge.server.ab import analyse, difference, format_report, mann_whitney_binned, parse_samples, two_proportion_z, welch_z
 
 
 def test_two_proportion_z_known_value() -> None:
@@ -73,3 +73,12 @@ def test_report_finds_a_slower_and_failing_variant_and_not_an_equal_one() -> Non
     assert not any(t.significant(0.05) for t in good.tests)
     text = format_report(bad)
     assert "two-proportion z-test" in text and "Mann-Whitney U on histogram buckets" in text and "SIGNIFICANT" in text
+
+
+def test_interval_difference_subtracts_counters_and_keeps_gauges() -> None:
+    before = parse_samples(_exposition(v2_errors=10, v2_slow=False))
+    after = parse_samples(_exposition(v2_errors=40, v2_slow=False).replace("} 1000\n", "} 1500\n"))
+    window = difference(after, before)
+    report = analyse(window, "m", window="over the last 5 s")
+    v1, v2 = report.variants
+    assert v1.requests == 500 and v2.errors == 30 and v2.share == pytest.approx(0.1)
