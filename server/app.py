@@ -32,6 +32,8 @@ from .metrics_http import MetricsEndpoint
 from .model import abandoned_threads
 from .repository import ModelRepository
 from .security import AuthInterceptor, SecurityPolicy, TokenAuth
+from .surge_servicer import add_surge_services
+from .traffic import Traffic, TrafficCollector
 
 __all__ = ["MAX_MESSAGE_BYTES", "Server", "ServerConfig", "serve"]
 
@@ -40,6 +42,7 @@ log = logging.getLogger("surge.server")
 #: grpc.aio defaults to 4 MiB; Triton and its clients use INT32_MAX.
 MAX_MESSAGE_BYTES = 2**31 - 1
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+SURGE_SERVICE_NAMES = ("surge.v1.Admin", "surge.v1.Feedback")
 try:
     from importlib.metadata import version as _dist_version
 
@@ -170,9 +173,13 @@ class Server:
             drain_timeout_s=config.drain_timeout_s,
             metrics=config.metrics_port >= 0,
         )
+        self.traffic = Traffic(self.repository)
+        """Version routing, shadows and feedback (``traffic.py``); the repository tells it when versions change."""
+        self.repository.on_serving_change = self.traffic.serving_changed
         self.metrics: ServerMetrics | None = None
         if config.metrics_port >= 0:
             self.metrics = ServerMetrics(lambda: [v.sample() for v in self.repository.all_versions()], server_version=SERVER_VERSION)
+            self.metrics.registry.register(TrafficCollector(self.traffic))
         self._metrics_endpoint: MetricsEndpoint | None = None
         self.metrics_address = ""
         """The bound metrics ``host:port`` once started ("" when metrics are off)."""
@@ -202,12 +209,14 @@ class Server:
         interceptors = [AuthInterceptor(self.security, status_of)] if self.security.active else []
         server = grpc.aio.server(options=options, interceptors=interceptors)
         servicer = InferenceServicer(
-            self.repository, server_name="surge", server_version=SERVER_VERSION, is_ready=self.is_ready, metrics=self.metrics, limits=limits
+            self.repository, server_name="surge", server_version=SERVER_VERSION, is_ready=self.is_ready, metrics=self.metrics, limits=limits,
+            traffic=self.traffic,
         )
         add_to_server(servicer, server)
+        add_surge_services(self.traffic, server)  # surge.v1.Admin and surge.v1.Feedback (admin scope: server/security.py)
         self._servicer = servicer
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+        reflection.enable_server_reflection((SERVICE_NAME, *SURGE_SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
         target = f"[{self.config.host}]:{self.config.grpc_port}" if ":" in self.config.host else f"{self.config.host}:{self.config.grpc_port}"
         credentials = self.config.server_credentials()
         socket = self.config.unix_socket_path()
@@ -274,6 +283,7 @@ class Server:
         if self._grpc is not None:
             await self._grpc.stop(self.config.drain_timeout_s if grace_s is None else grace_s)
         await self.repository.aclose()
+        await self.traffic.aclose()
         if self._metrics_endpoint is not None:  # last: a scrape during the drain still sees it
             await self._metrics_endpoint.aclose()
             self._metrics_endpoint = None

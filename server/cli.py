@@ -8,6 +8,8 @@
     surge observability [--out DIR]      # the Grafana dashboard and Prometheus alert rules shipped with Surge
     surge profile MODEL_DIR|MODEL.onnx --data FILE.npy|.npz [--input NAME] [--outputs FILE.npy|.npz] [--out drift_profile.json]
     surge drift MODEL [--url 127.0.0.1:8002] [--version N]   # per-feature PSI/KS/alert from the metrics endpoint
+    surge route MODEL [--url 127.0.0.1:8001] [--weights 1=90,2=10] [--shadow V[:FRACTION] | --no-shadow] [--promote V] [--rollback] [--reset]
+    surge ab MODEL [--url 127.0.0.1:8002] [--baseline V] [--alpha 0.05] [--interval-s N]   # compare versions, with significance tests
 
 ``infer`` and ``models`` use only the client (``surge.clients``), ``top`` only HTTP and prometheus_client;
 ``serve`` imports the server.
@@ -91,6 +93,25 @@ def _parser() -> argparse.ArgumentParser:
     drift.add_argument("model")
     drift.add_argument("--version", default="", help="one version (default: all)")
     drift.add_argument("--url", default="127.0.0.1:8002", help="the server's metrics endpoint host:port (default 127.0.0.1:8002)")
+
+    route = sub.add_parser("route", help="show or change a model's version routes (surge.v1.Admin; an admin call)")
+    route.add_argument("model")
+    route.add_argument("--url", default="127.0.0.1:8001", help="the server's gRPC host:port (default 127.0.0.1:8001)")
+    change = route.add_mutually_exclusive_group()
+    change.add_argument("--weights", metavar="V=W,...", help="split requests naming no version, e.g. 1=90,2=10 ('' removes the split)")
+    change.add_argument("--shadow", metavar="V[:FRACTION]", help="mirror FRACTION (default 1) of the routed requests to version V")
+    change.add_argument("--no-shadow", action="store_true", help="stop mirroring")
+    change.add_argument("--promote", type=int, metavar="V", help="send every request naming no version to V (removes the shadow)")
+    change.add_argument("--rollback", action="store_true", help="undo the last route change")
+    change.add_argument("--reset", action="store_true", help="drop the admin changes: config.toml's [routing] applies again")
+    route.add_argument("--token", help="sent as 'authorization: Bearer TOKEN' (when the server requires one)")
+
+    ab = sub.add_parser("ab", help="compare a model's versions from /metrics: errors, latency, shadow agreement, outcomes, with significance tests")
+    ab.add_argument("model")
+    ab.add_argument("--url", default="127.0.0.1:8002", help="the server's metrics endpoint host:port (default 127.0.0.1:8002)")
+    ab.add_argument("--baseline", default="", help="the version the others are tested against (default: the lowest version with traffic)")
+    ab.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    ab.add_argument("--interval-s", type=float, default=0.0, help="scrape twice, this many seconds apart, and compare only that window")
     return parser
 
 
@@ -147,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _profile(args)
     if args.command == "drift":
         return _drift(args)
+    if args.command == "ab":
+        return _ab(args)
     if args.command == "top":
         from .top import run
 
@@ -158,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from surge.clients import InferenceServerError
 
     try:
+        if args.command == "route":
+            return _route(args)
         return _infer(args) if args.command == "infer" else _models(args)
     except InferenceServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -349,6 +374,72 @@ def _drift(args: argparse.Namespace) -> int:
         print(f"error: cannot scrape http://{args.url}/metrics: {exc}", file=sys.stderr)
         return 1
     print(drift_report(text, args.model, args.version))
+    return 0
+
+
+def _route(args: argparse.Namespace) -> int:
+    from surge.clients import SurgeClient
+
+    metadata = {"authorization": f"Bearer {args.token}"} if args.token else None
+    with SurgeClient(args.url, metadata=metadata) as client:
+        if args.weights is not None:
+            weights: dict[int, float] = {}
+            for item in filter(None, (part.strip() for part in args.weights.split(","))):
+                version, sep, weight = item.partition("=")
+                if not sep or not version.isdigit():
+                    raise SystemExit(f"--weights {args.weights!r}: expected VERSION=WEIGHT,..., e.g. 1=90,2=10")
+                weights[int(version)] = float(weight)
+            routes = client.set_weights(args.model, weights)
+        elif args.shadow is not None:
+            version, _, fraction = args.shadow.partition(":")
+            if not version.isdigit():
+                raise SystemExit(f"--shadow {args.shadow!r}: expected VERSION[:FRACTION], e.g. 2:0.1")
+            routes = client.set_shadow(args.model, int(version), fraction=float(fraction or 1.0))
+        elif args.no_shadow:
+            routes = client.remove_shadow(args.model)
+        elif args.promote is not None:
+            routes = client.promote(args.model, args.promote)
+        elif args.rollback:
+            routes = client.rollback(args.model)
+        elif args.reset:
+            routes = client.reset_routes(args.model)
+        else:
+            routes = client.get_routes(args.model)
+    total = sum(w.weight for w in routes.weights)
+    split = ", ".join(f"v{w.version} {100 * w.weight / total:.1f}%" for w in routes.weights) or "none (the highest serving version answers)"
+    shadow = f"v{routes.shadow.version}, {100 * routes.shadow.fraction:.1f}% of routed requests" if routes.shadow.version else "none"
+    print(f"model {routes.model} (routes from {routes.source}, change {routes.generation}, {routes.history} to roll back)")
+    print(f"  serving: {', '.join(f'v{v}' for v in routes.serving_versions) or 'nothing'}")
+    print(f"  split:   {split}")
+    print(f"  shadow:  {shadow}")
+    return 0
+
+
+def _ab(args: argparse.Namespace) -> int:
+    import time
+    import urllib.request
+
+    from .ab import analyse, difference, format_report, parse_samples
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://{args.url}/metrics", timeout=10) as response:
+            return response.read().decode("utf-8")
+
+    try:
+        samples = parse_samples(scrape())
+        window = "since the server started"
+        if args.interval_s > 0:
+            time.sleep(args.interval_s)
+            samples = difference(parse_samples(scrape()), samples)
+            window = f"over the last {args.interval_s:g} s"
+    except OSError as exc:
+        print(f"error: cannot scrape http://{args.url}/metrics: {exc}", file=sys.stderr)
+        return 1
+    report = analyse(samples, args.model, baseline=args.baseline, window=window)
+    if not report.variants:
+        print(f"error: /metrics has no requests of model {args.model!r}", file=sys.stderr)
+        return 1
+    print(format_report(report, args.alpha))
     return 0
 
 

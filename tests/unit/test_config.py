@@ -27,12 +27,14 @@ TOP_LEVEL_KEYS = [
     "drift",
     "dynamic_batching",
     "execution_timeout_s",
+    "feedback",
     "input",
     "instance_group",
     "max_batch_size",
     "metrics",
     "output",
     "parameters",
+    "routing",
     "version_policy",
 ]
 
