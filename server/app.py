@@ -29,6 +29,7 @@ from .grpc_servicer import InferenceServicer
 from .metrics import ServerMetrics
 from .metrics_http import MetricsEndpoint
 from .repository import ModelRepository
+from .rest import RestEndpoint
 
 __all__ = ["MAX_MESSAGE_BYTES", "Server", "ServerConfig", "serve"]
 
@@ -68,10 +69,14 @@ class ServerConfig:
     metrics_port: int = 8002
     """Prometheus ``/metrics`` HTTP port (Triton's default); 0 picks a free port (``Server.metrics_address``);
     -1 turns metrics off (no endpoint, no histograms on the hot path; ModelStatistics still works)."""
+    http_port: int = 8000
+    """REST v2 (HTTP/JSON) port (Triton's default); 0 picks a free port (``Server.http_address``); -1 turns REST off."""
 
     def __post_init__(self) -> None:
         if not -1 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics port must be -1 (off), 0 (any free port) or 1..65535, got {self.metrics_port}")
+        if not -1 <= self.http_port <= 65535:
+            raise ConfigError(f"HTTP port must be -1 (off), 0 (any free port) or 1..65535, got {self.http_port}")
 
 
 class Server:
@@ -93,6 +98,9 @@ class Server:
         self._metrics_endpoint: MetricsEndpoint | None = None
         self.metrics_address = ""
         """The bound metrics ``host:port`` once started ("" when metrics are off)."""
+        self._rest: RestEndpoint | None = None
+        self.http_address = ""
+        """The bound REST ``host:port`` once started ("" when REST is off)."""
         self._ready = False
         self._grpc: grpc.aio.Server | None = None
         self._servicer: InferenceServicer | None = None
@@ -140,6 +148,17 @@ class Server:
                     raise OSError(f"cannot bind the metrics endpoint to {self.config.host}:{self.config.metrics_port}: {exc.strerror or exc}") from None
                 self._metrics_endpoint = endpoint
                 log.info("metrics on http://%s/metrics", self.metrics_address)
+            if self.config.http_port >= 0:  # REST v2 over the same servicer (rest.py); auth hook: RestEndpoint(authorize=...)
+                rest = RestEndpoint(
+                    servicer, self.config.host, self.config.http_port, max_request_bytes=MAX_MESSAGE_BYTES,
+                    drain_timeout_s=self.config.drain_timeout_s, metrics=self.metrics,
+                )
+                try:
+                    self.http_address = await rest.start()
+                except OSError as exc:
+                    raise OSError(f"cannot bind REST to {self.config.host}:{self.config.http_port}: {exc.strerror or exc}") from None
+                self._rest = rest
+                log.info("REST v2 on http://%s/v2", self.http_address)
             await self.repository.start()
         except BaseException:
             await self.stop(0)
@@ -167,8 +186,12 @@ class Server:
         await self._health.enter_graceful_shutdown()
         if self._servicer is not None:
             self._servicer.begin_shutdown()
+        rest, self._rest = self._rest, None
+        rest_closed = asyncio.ensure_future(rest.aclose()) if rest is not None else None  # drains beside gRPC
         if self._grpc is not None:
             await self._grpc.stop(self.config.drain_timeout_s if grace_s is None else grace_s)
+        if rest_closed is not None:
+            await rest_closed
         await self.repository.aclose()
         if self._metrics_endpoint is not None:  # last: a scrape during the drain still sees it
             await self._metrics_endpoint.aclose()
