@@ -45,7 +45,7 @@ class SurgeProcess:
         cmd = [
             sys.executable, "-m", "surge.server.cli", "serve",
             "--model-repository", str(self.repository),
-            "--grpc-port", "0", "--metrics-port", "0",
+            "--grpc-port", "0", "--metrics-port", "0", "--http-port", "0",
             "--address-file", str(self.address_file),
             "--no-strict-readiness",
             "--drain-timeout-s", "5",
