@@ -241,6 +241,8 @@ class RestEndpoint:
             raise errors.LimitExceeded(
                 f"the request body is larger than the server's limit of {self._max_request_bytes} bytes; send a smaller batch"
             ) from None
+        except ConnectionError:  # the client went away before sending the body its Content-Length announced
+            raise errors.InvalidInput("the connection closed before the request body was complete (shorter than its Content-Length)") from None
 
     def _not_built(self, rpc: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
