@@ -1,8 +1,8 @@
 """Build the server from its config, start it, stop it: the only place that wires the rooms together.
 
-``Server.start()`` binds the gRPC port (so liveness answers at once) and the metrics port, loads the
-repository, then turns readiness and gRPC health to SERVING, and returns the bound gRPC address (the
-metrics endpoint's is ``Server.metrics_address``). ``stop()`` (also on SIGTERM/SIGINT
+``Server.start()`` binds the gRPC port (so liveness answers at once), the metrics port and the REST port,
+loads the repository, then turns readiness and gRPC health to SERVING, and returns the bound gRPC address (the
+metrics endpoint's is ``Server.metrics_address``, REST's ``Server.http_address``). ``stop()`` (also on SIGTERM/SIGINT
 through ``serve``) turns readiness off first, stops accepting, lets in-flight RPCs finish within the grace
 period, then drains and frees every model.
 """

@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="surge", description="Surge: a fast, Triton-compatible inference server.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="serve a model repository over gRPC")
+    serve = sub.add_parser("serve", help="serve a model repository over gRPC and REST")
     serve.add_argument("--model-repository", type=Path, help="model repository folder (default: the built-in demo repository)")
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0 in containers)")
     serve.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001; 0 = any free port)")

@@ -548,3 +548,18 @@ def test_binary_inputs_are_taken_in_input_order(rest):
     doc = reply.json()  # no output asked for binary: all JSON, no header-length header
     assert HEADER_LENGTH not in reply.headers
     assert [o["data"] for o in doc["outputs"]] == [[7, 8], [1.5, 2.5]]
+
+
+def test_rest_and_grpc_share_one_set_of_statistics_and_metrics(rest, server):
+    """Same core: a REST request is counted where gRPC's are; a body that reaches no model is counted as unrouted."""
+    with InferenceClient(server.address, retries=0) as client:
+        def served() -> int:
+            return sum(s.inference_count for s in client.model_statistics("nobatch").model_stats)
+
+        before = served()
+        assert http(rest, "POST", "/v2/models/nobatch/infer", infer_body([{"name": "x", "datatype": "FP32", "shape": [2, 3], "data": [1.0] * 6}])).status == 200
+        assert served() == before + 1
+    unrouted = server.server.metrics.unrouted
+    invalid = unrouted.get("INVALID_ARGUMENT", 0)
+    assert http(rest, "POST", "/v2/models/nobatch/infer", b"{nope").status == 400
+    assert unrouted.get("INVALID_ARGUMENT", 0) == invalid + 1
