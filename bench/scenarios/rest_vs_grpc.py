@@ -14,7 +14,8 @@ shared machine hits all alike):
 Per round: throughput, p50/p99 latency, and the server's CPU time per answered request (from /proc), which
 is what the edge costs the server whatever the client side manages (the HTTP client here is Python, the
 gRPC one is C core: throughput compares the pairs, CPU per request compares the servers' work). Prints one
-JSON line per round and a summary of medians.
+JSON line per round and a summary: medians per mode, their ratios to gRPC, and the medians of each round's
+ratios (``*_paired``: the three modes of a round run back to back, so slow drift on a shared box cancels more).
 """
 
 from __future__ import annotations
@@ -140,10 +141,17 @@ def main() -> None:
         "rounds": args.rounds, "duration_s": args.duration_s,
         **{mode: {k: round(median(mode, k), 3) for k in ("infer_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_request")} for mode in MODES},
     }  # fmt: skip
+    def paired(mode: str, key: str) -> float:
+        """The median over rounds of the round's mode/gRPC ratio (the three ran back to back: drift cancels more)."""
+        by_round = {(r["round"], r["mode"]): r[key] for r in results}
+        return statistics.median(by_round[(i, mode)] / by_round[(i, "grpc")] for i in range(args.rounds))
+
     for mode in MODES[1:]:
         summary[f"{mode}_vs_grpc"] = {
             "throughput": round(summary[mode]["infer_per_s"] / summary["grpc"]["infer_per_s"], 3),
             "server_cpu_per_request": round(summary[mode]["server_cpu_us_per_request"] / summary["grpc"]["server_cpu_us_per_request"], 3),
+            "throughput_paired": round(paired(mode, "infer_per_s"), 3),
+            "server_cpu_per_request_paired": round(paired(mode, "server_cpu_us_per_request"), 3),
         }
     print(json.dumps(summary, indent=2))
     if args.out:
