@@ -1,8 +1,8 @@
 """Build the server from its config, start it, stop it: the only place that wires the rooms together.
 
-``Server.start()`` binds the gRPC port (so liveness answers at once) and the metrics port, loads the
-repository, then turns readiness and gRPC health to SERVING, and returns the bound gRPC address (the
-metrics endpoint's is ``Server.metrics_address``). ``stop()`` (also on SIGTERM/SIGINT
+``Server.start()`` binds the gRPC port (so liveness answers at once), the metrics port and the REST port,
+loads the repository, then turns readiness and gRPC health to SERVING, and returns the bound gRPC address (the
+metrics endpoint's is ``Server.metrics_address``, REST's ``Server.http_address``). ``stop()`` (also on SIGTERM/SIGINT
 through ``serve``) turns readiness off first, stops accepting, lets in-flight RPCs finish within the grace
 period, then drains and frees every model.
 """
@@ -31,6 +31,7 @@ from .metrics import ServerMetrics
 from .metrics_http import MetricsEndpoint
 from .model import abandoned_threads
 from .repository import ModelRepository
+from .rest import RestEndpoint
 from .security import AuthInterceptor, SecurityPolicy, TokenAuth
 from .surge_servicer import add_surge_services
 from .traffic import Traffic, TrafficCollector
@@ -90,10 +91,14 @@ class ServerConfig:
     """False: admin RPCs (repository load/unload, surge.v1.Admin) answer UNIMPLEMENTED."""
     limits: Limits = DEFAULT_LIMITS
     """Request limits (sizes, elements, rows, streams per connection)."""
+    http_port: int = 8000
+    """REST v2 (HTTP/JSON) port (Triton's default); 0 picks a free port (``Server.http_address``); -1 turns REST off."""
 
     def __post_init__(self) -> None:
         if not -1 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics port must be -1 (off), 0 (any free port) or 1..65535, got {self.metrics_port}")
+        if not -1 <= self.http_port <= 65535:
+            raise ConfigError(f"HTTP port must be -1 (off), 0 (any free port) or 1..65535, got {self.http_port}")
         if self.grpc_address and not (self.grpc_address.startswith("unix:") and len(self.grpc_address) > len("unix:")):
             raise ConfigError(f"--grpc-address must be unix:///absolute/path.sock (or unix:relative.sock), got {self.grpc_address!r}")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
@@ -183,6 +188,9 @@ class Server:
         self._metrics_endpoint: MetricsEndpoint | None = None
         self.metrics_address = ""
         """The bound metrics ``host:port`` once started ("" when metrics are off)."""
+        self._rest: RestEndpoint | None = None
+        self.http_address = ""
+        """The bound REST ``host:port`` once started ("" when REST is off)."""
         self._ready = False
         self._grpc: grpc.aio.Server | None = None
         self._servicer: InferenceServicer | None = None
@@ -253,6 +261,17 @@ class Server:
                     raise OSError(f"cannot bind the metrics endpoint to {self.config.host}:{self.config.metrics_port}: {exc.strerror or exc}") from None
                 self._metrics_endpoint = endpoint
                 log.info("metrics on http://%s/metrics", self.metrics_address)
+            if self.config.http_port >= 0:  # REST v2 over the same servicer (rest.py); auth hook: RestEndpoint(authorize=...)
+                rest = RestEndpoint(
+                    servicer, self.config.host, self.config.http_port, max_request_bytes=MAX_MESSAGE_BYTES,
+                    drain_timeout_s=self.config.drain_timeout_s, metrics=self.metrics,
+                )
+                try:
+                    self.http_address = await rest.start()
+                except OSError as exc:
+                    raise OSError(f"cannot bind REST to {self.config.host}:{self.config.http_port}: {exc.strerror or exc}") from None
+                self._rest = rest
+                log.info("REST v2 on http://%s/v2", self.http_address)
             await self.repository.start()
         except BaseException:
             await self.stop(0)
@@ -280,8 +299,12 @@ class Server:
         await self._health.enter_graceful_shutdown()
         if self._servicer is not None:
             self._servicer.begin_shutdown()
+        rest, self._rest = self._rest, None
+        rest_closed = asyncio.ensure_future(rest.aclose()) if rest is not None else None  # drains beside gRPC
         if self._grpc is not None:
             await self._grpc.stop(self.config.drain_timeout_s if grace_s is None else grace_s)
+        if rest_closed is not None:
+            await rest_closed
         await self.repository.aclose()
         await self.traffic.aclose()
         if self._metrics_endpoint is not None:  # last: a scrape during the drain still sees it

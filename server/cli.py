@@ -1,6 +1,6 @@
 """The ``surge`` command line: ``serve``, ``infer``, ``models``, ``build-trt``, ``top``, ``profile``, ``drift``, ...
 
-    surge serve [--model-repository DIR] [--host 127.0.0.1] [--grpc-port 8001] [--metrics-port 8002] [--model-control-mode none|explicit|poll]
+    surge serve [--model-repository DIR] [--host 127.0.0.1] [--grpc-port 8001] [--http-port 8000] [--metrics-port 8002] [--model-control-mode none|explicit|poll]
     surge infer MODEL [--input NAME=FILE.npy ...] [--url 127.0.0.1:8001] [--batch N]
     surge models [--url 127.0.0.1:8001]
     surge build-trt MODEL.onnx --output model.plan [--fp16] [--max-batch-size N] [--workspace-bytes N] [--instances K]
@@ -33,10 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="surge", description="Surge: a fast, Triton-compatible inference server.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="serve a model repository over gRPC")
+    serve = sub.add_parser("serve", help="serve a model repository over gRPC and REST")
     serve.add_argument("--model-repository", type=Path, help="model repository folder (default: the built-in demo repository)")
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0 in containers)")
     serve.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001; 0 = any free port)")
+    serve.add_argument("--http-port", type=int, default=8000, help="REST v2 (HTTP/JSON) port (default 8000; 0 = any free port; -1 = REST off)")
     serve.add_argument("--metrics-port", type=int, default=8002,
                        help="Prometheus /metrics HTTP port (default 8002; 0 = any free port; -1 = metrics off)")
     serve.add_argument("--model-control-mode", choices=("none", "explicit", "poll"), default="none",
@@ -206,6 +207,7 @@ def _serve(args: argparse.Namespace) -> int:
             host=args.host,
             grpc_port=args.grpc_port,
             metrics_port=args.metrics_port,
+            http_port=args.http_port,
             model_control_mode=args.model_control_mode,
             load_models=tuple(args.load_model),
             poll_interval_s=args.repository_poll_s,
