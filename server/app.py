@@ -35,6 +35,7 @@ from .rest import RestEndpoint
 from .security import AuthInterceptor, SecurityPolicy, TokenAuth
 from .surge_servicer import add_surge_services
 from .traffic import Traffic, TrafficCollector
+from .workers import WorkerPeers
 
 __all__ = ["MAX_MESSAGE_BYTES", "Server", "ServerConfig", "serve"]
 
@@ -93,6 +94,9 @@ class ServerConfig:
     """Request limits (sizes, elements, rows, streams per connection)."""
     http_port: int = 8000
     """REST v2 (HTTP/JSON) port (Triton's default); 0 picks a free port (``Server.http_address``); -1 turns REST off."""
+    reuse_port: bool = False
+    """Bind the gRPC port with SO_REUSEPORT so several worker processes share it (set by ``--workers``; see
+    ``workers.py``). Off otherwise, so a port already taken is a clear error rather than a silent share."""
 
     def __post_init__(self) -> None:
         if not -1 <= self.metrics_port <= 65535:
@@ -168,8 +172,10 @@ class _Health(HealthServicer):
 class Server:
     """One Surge server: gRPC inference service, health, reflection, and the model repository."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, *, peers: WorkerPeers | None = None) -> None:
+        """``peers``: set in a ``--workers`` worker (statistics and repository calls span all workers)."""
         self.config = config
+        self._peers = peers
         self.repository = ModelRepository(
             config.model_repository,
             control_mode=config.model_control_mode,
@@ -212,13 +218,13 @@ class Server:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", limits.max_request_bytes),
             ("grpc.max_concurrent_streams", limits.max_concurrent_streams),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(self.config.reuse_port)),
         ]
         interceptors = [AuthInterceptor(self.security, status_of)] if self.security.active else []
         server = grpc.aio.server(options=options, interceptors=interceptors)
         servicer = InferenceServicer(
             self.repository, server_name="surge", server_version=SERVER_VERSION, is_ready=self.is_ready, metrics=self.metrics, limits=limits,
-            traffic=self.traffic,
+            traffic=self.traffic, peers=self._peers,
         )
         add_to_server(servicer, server)
         add_surge_services(self.traffic, server)  # surge.v1.Admin and surge.v1.Feedback (admin scope: server/security.py)
@@ -240,6 +246,8 @@ class Server:
                 port = 0
             if port == 0:
                 raise OSError(f"cannot bind gRPC to {target} (in use, or not an address of this machine)")
+            if self._peers is not None and server.add_insecure_port(self._peers.private_target) == 0:
+                raise OSError(f"cannot bind the worker's private socket {self._peers.private_target}")
             self._grpc = server
             await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
             await server.start()
@@ -254,7 +262,8 @@ class Server:
         log.info("gRPC listening on %s (live; loading models from %s, control mode %s)", self.address, self.config.model_repository, self.config.model_control_mode)
         try:
             if self.metrics is not None:
-                endpoint = MetricsEndpoint(self.metrics, self.config.host, self.config.metrics_port)
+                host = "127.0.0.1" if self._peers is not None else self.config.host  # a worker's own page: for the supervisor only
+                endpoint = MetricsEndpoint(self.metrics, host, self.config.metrics_port)
                 try:
                     self.metrics_address = await endpoint.start()
                 except OSError as exc:

@@ -32,6 +32,7 @@ from .shadow import ShadowJob, ShadowSender
 from .stats import Stamps, now_ns
 from .traffic import Traffic
 from .triton import config_overrides_from_json, model_config_message, statistics_message
+from .workers import WorkerPeers, is_local_call
 
 __all__ = ["EXTENSIONS", "InferenceServicer", "STATUS_OF", "Undecodable", "add_to_server"]
 
@@ -160,10 +161,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def __init__(
         self, repository: ModelRepository, *, server_name: str, server_version: str, is_ready: Callable[[], bool], metrics: ServerMetrics | None = None,
-        limits: codec.Limits = codec.DEFAULT_LIMITS, traffic: Traffic | None = None,
+        limits: codec.Limits = codec.DEFAULT_LIMITS, traffic: Traffic | None = None, peers: WorkerPeers | None = None,
     ) -> None:
         """``metrics``: where requests that reach no model version are counted (None: metrics off); ``limits``: request limits;
-        ``traffic``: version routing, shadows and feedback (None: every request goes to the version it names or the latest)."""
+        ``traffic``: version routing, shadows and feedback (None: every request goes to the version it names or the latest);
+        ``peers``: in a ``--workers`` worker, the siblings statistics and repository calls also go to."""
+        self._peers = peers
         self._repo = repository
         self._limits = limits
         self._stopping = False
@@ -232,6 +235,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 if not versions:
                     raise errors.VersionNotFound(f"model '{name}' has no loaded version {request.version}")
             response.model_stats.extend(statistics_message(name, versions))
+        if self._peers is not None and not is_local_call(context.invocation_metadata()):
+            response = await self._peers.model_statistics(request, response)  # the whole server's, summed
         return response
 
     # -- inference -------------------------------------------------------------------------------
@@ -400,6 +405,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 text = param.string_param if which == "string_param" else param.bytes_param.decode("utf-8", "replace") if which == "bytes_param" else ""
                 overrides = config_overrides_from_json(request.model_name, text)
         await self._repo.load(request.model_name, overrides)
+        if self._peers is not None and not is_local_call(context.invocation_metadata()):
+            await self._peers.repository_call("RepositoryModelLoad", request)
         return pb.RepositoryModelLoadResponse()
 
     @_edge
@@ -408,6 +415,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.RepositoryModelUnloadResponse:
         self._repo.check_mutable("RepositoryModelUnload")
         await self._repo.unload(request.model_name)
+        if self._peers is not None and not is_local_call(context.invocation_metadata()):
+            await self._peers.repository_call("RepositoryModelUnload", request)
         return pb.RepositoryModelUnloadResponse()
 
 
