@@ -8,6 +8,7 @@
     surge observability [--out DIR]      # the Grafana dashboard and Prometheus alert rules shipped with Surge
     surge profile MODEL_DIR|MODEL.onnx --data FILE.npy|.npz [--input NAME] [--outputs FILE.npy|.npz] [--out drift_profile.json]
     surge drift MODEL [--url 127.0.0.1:8002] [--version N]   # per-feature PSI/KS/alert from the metrics endpoint
+    surge bench MODEL|--scenario FILE.toml [--concurrency 1,8 | --rate 500] [--slo 'p99<20ms']   # load generator (surge.clients.loadgen)
 
 ``infer`` and ``models`` use only the client (``surge.clients``), ``top`` only HTTP and prometheus_client;
 ``serve`` imports the server.
@@ -90,11 +91,17 @@ def _parser() -> argparse.ArgumentParser:
     drift.add_argument("model")
     drift.add_argument("--version", default="", help="one version (default: all)")
     drift.add_argument("--url", default="127.0.0.1:8002", help="the server's metrics endpoint host:port (default 127.0.0.1:8002)")
+    sub.add_parser("bench", help="load-test a v2 server and gate on an SLO (surge bench --help; client only)", add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``surge`` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # the load generator parses its own arguments and imports no server module
+        from surge.clients.loadgen.cli import main as bench
+
+        return bench(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
