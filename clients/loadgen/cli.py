@@ -216,22 +216,27 @@ def _one_level(args: argparse.Namespace, plan: Any, load: Any, models: list[str]
             snapshots["before"] = stats_client.model_statistics()
         else:  # the load runs on: the snapshot is taken while it does, at the window's start
             def snap() -> None:
-                snapshots["before"] = stats_client.model_statistics()
+                try:
+                    snapshots["before"] = stats_client.model_statistics()
+                except Exception as exc:  # reported, and the level goes on without the server's breakdown
+                    print(f"\nwarning: ModelStatistics failed at the window start: {exc}", file=sys.stderr)
 
             timer = threading.Timer(max(0.0, start_at + load.warmup_s - time.time()), snap)
             timer.start()
     progress = _Progress(name, start_at, load.warmup_s, show)
-    try:
-        parts = run_level(args.url, plan, load, args.processes, args.loop, tick=progress.tick, start_at=start_at)
-    finally:
-        progress.done()
-        if timer is not None:
-            timer.join()
     server = None
-    if stats_client is not None:
-        with stats_client:
-            after = stats_client.model_statistics()
-        server = server_delta(snapshots["before"], after, set(models)) if "before" in snapshots else None
+    try:
+        try:
+            parts = run_level(args.url, plan, load, args.processes, args.loop, tick=progress.tick, start_at=start_at)
+        finally:
+            progress.done()
+            if timer is not None:
+                timer.join()
+        if stats_client is not None and "before" in snapshots:
+            server = server_delta(snapshots["before"], stats_client.model_statistics(), set(models))
+    finally:
+        if stats_client is not None:
+            stats_client.close()
     return level_result(load, plan, parts, server)
 
 

@@ -19,7 +19,7 @@ import collections
 import multiprocessing
 import queue as queue_module
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -257,10 +257,27 @@ async def _closed_loop(calls: list[Any], plan: Plan, load: Load, rec: _Recorder,
                 if measured:
                     rec.error(exc.code().name, clock())
                 continue
+            except asyncio.CancelledError:  # still outstanding after the drain: cancelled by the generator
+                if measured:
+                    rec.error("CANCELLED", clock())
+                raise
             if measured:
                 rec.ok(k, kind.rows, served_version(response), intended, clock())
 
-    await asyncio.gather(*(worker(calls[w % len(calls)]) for w in range(load.concurrency)))
+    workers = [asyncio.ensure_future(worker(calls[w % len(calls)])) for w in range(load.concurrency)]
+    await _finish(workers, None if window_end is None else window_end + load.drain_s)
+
+
+async def _finish(tasks: Collection[asyncio.Future], give_up_at: float | None) -> None:
+    """Wait for ``tasks``; those still running at ``give_up_at`` (perf_counter; None: never) are cancelled."""
+    if not tasks:
+        return
+    timeout = None if give_up_at is None else max(0.0, give_up_at - time.perf_counter())
+    _, late = await asyncio.wait(tasks, timeout=timeout)
+    for task in late:
+        task.cancel()
+    if late:
+        await asyncio.gather(*late, return_exceptions=True)
 
 
 def arrival_gaps(rate: float, arrival: str, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -293,6 +310,10 @@ async def _open_loop(calls: list[Any], plan: Plan, load: Load, rec: _Recorder, s
             if measured:
                 rec.error(exc.code().name, clock())
             return
+        except asyncio.CancelledError:  # still outstanding after the drain: cancelled by the generator
+            if measured:
+                rec.error("CANCELLED", clock())
+            raise
         if measured:
             rec.ok(k, kind.rows, served_version(response), intended, clock())
 
@@ -330,13 +351,7 @@ async def _open_loop(calls: list[Any], plan: Plan, load: Load, rec: _Recorder, s
             await asyncio.sleep(intended - now)
             continue
         break
-    if pending:
-        _, late = await asyncio.wait(pending, timeout=load.drain_s)
-        for task in late:
-            task.cancel()
-        if late:
-            await asyncio.gather(*late, return_exceptions=True)
-            rec.errors["CANCELLED"] += len(late)  # still outstanding after the drain: cancelled by the generator
+    await _finish(set(pending), time.perf_counter() + load.drain_s)
 
 
 # --- several processes ---------------------------------------------------------------------------------------

@@ -225,3 +225,15 @@ print(code, bad)
 """
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "3 []", proc.stdout + proc.stderr
+
+
+def test_open_loop_drain_cancels_what_is_left(server: ServerThread, tmp_path: Path) -> None:
+    """slow_py serves one request per 0.5 s and queues 2: at 10/s most requests are refused (UNAVAILABLE) and
+    those still outstanding 0.2 s after the window are cancelled by the generator; every request is counted once."""
+    np.save(tmp_path / "delay.npy", np.full((4, 1), 0.5, np.float32))
+    report = run_json(tmp_path, "slow_py", "--url", server.address, "--input", f"delay_s={tmp_path / 'delay.npy'}", "--rate", "10",
+                      "--arrival", "constant", "--duration-s", "1", "--warmup-s", "0", "--drain-s", "0.2")  # fmt: skip
+    (level,) = report["levels"]
+    assert level["requests"] == 10 and level["ok"] + sum(level["errors"].values()) == 10
+    assert level["errors"].get("UNAVAILABLE", 0) >= 3 and level["errors"].get("CANCELLED", 0) >= 1, level["errors"]
+    assert level["ok"] <= 3
