@@ -11,6 +11,7 @@
     surge drift MODEL [--url 127.0.0.1:8002] [--version N]   # per-feature PSI/KS/alert from the metrics endpoint
     surge route MODEL [--url 127.0.0.1:8001] [--weights 1=90,2=10] [--shadow V[:FRACTION] | --no-shadow] [--promote V] [--rollback] [--reset]
     surge ab MODEL [--url 127.0.0.1:8002] [--baseline V] [--alpha 0.05] [--interval-s N]   # compare versions, with significance tests
+    surge bench MODEL|--scenario FILE.toml [--concurrency 1,8 | --rate 500] [--slo 'p99<20ms']   # load generator (surge.clients.loadgen)
 
 ``infer`` and ``models`` use only the client (``surge.clients``), ``top`` only HTTP and prometheus_client;
 ``serve`` imports the server.
@@ -118,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     ab.add_argument("--baseline", default="", help="the version the others are tested against (default: the lowest version with traffic)")
     ab.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     ab.add_argument("--interval-s", type=float, default=0.0, help="scrape twice, this many seconds apart, and compare only that window")
+    sub.add_parser("bench", help="load-test a v2 server and gate on an SLO (surge bench --help; client only)", add_help=False)
     return parser
 
 
@@ -163,6 +165,11 @@ def _reliability_config(args: argparse.Namespace) -> dict[str, object]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``surge`` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # the load generator parses its own arguments and imports no server module
+        from surge.clients.loadgen.cli import main as bench
+
+        return bench(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
