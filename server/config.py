@@ -47,6 +47,20 @@ omitted)::
     psi_alert = 0.2                    # surge_drift_alert is 1 when a feature's PSI exceeds this
     max_features = 64                  # features tracked (the profile's first ones; a log line says when it caps)
 
+    [[preprocess]]                     # pipeline steps before the model, run batched in the instance (see pipeline.py)
+    op = "resize_crop_normalize"       # the kernel; its parameters are keys of this table
+    input = "image"                    # what clients send
+    output = "input"                   # the model input it makes (default: the same name as input)
+    resize = [36, 36]
+    mean = [0.485, 0.456, 0.406]
+    std = [0.229, 0.224, 0.225]
+
+    [[postprocess]]                    # steps after the model: softmax, argmax, topk, threshold
+    op = "topk"
+    input = "probabilities"
+    output = "classes"
+    k = 3
+
 Errors are ``ConfigError`` naming the key path (``mlp/config.toml: input[0].datatype: ...``) and what is valid.
 """
 
@@ -67,6 +81,7 @@ from .errors import ConfigError
 __all__ = [
     "BatchingConfig",
     "DriftConfig",
+    "StepConfig",
     "QueuePolicyConfig",
     "InstanceGroupConfig",
     "MetricsConfig",
@@ -173,6 +188,22 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class StepConfig:
+    """One ``[[preprocess]]`` or ``[[postprocess]]`` step; ``params`` are validated by pipeline.py at load."""
+
+    op: str
+    """The kernel or post-processing operation."""
+    input: str
+    """The tensor it reads."""
+    output: str
+    """The tensor it writes."""
+    params: Mapping[str, Any] = field(default_factory=dict)
+    """The operation's parameters (the table's other keys)."""
+    where: str = ""
+    """Its key path in config.toml, for error messages (``preprocess[0]``)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DriftConfig:
     """Drift monitoring settings (``[drift]``); see drift.py."""
 
@@ -218,6 +249,10 @@ class ModelConfig:
     """Prometheus histogram settings."""
     drift: DriftConfig | None = None
     """Present when drift is monitored (with a profile in the version folder)."""
+    preprocess: tuple[StepConfig, ...] = ()
+    """Pipeline steps before the model (pipeline.py)."""
+    postprocess: tuple[StepConfig, ...] = ()
+    """Pipeline steps after the model (pipeline.py)."""
 
     @property
     def platform(self) -> str:
@@ -293,6 +328,8 @@ def parse_model_config(name: str, data: Mapping[str, Any]) -> ModelConfig:
         parameters=dict(reader.table("parameters").data),
         metrics=_metrics(reader.table("metrics")),
         drift=_drift(reader.table("drift")),
+        preprocess=tuple(_step(t) for t in reader.tables("preprocess")),
+        postprocess=tuple(_step(t) for t in reader.tables("postprocess")),
     )
     reader.check_no_unknown()
     for kind, tensors in (("input", config.inputs), ("output", config.outputs)):
@@ -410,6 +447,14 @@ def _drift(reader: _Table) -> DriftConfig | None:
         raise ConfigError(f"drift.sample_rate: expected a fraction 0 < r <= 1, got {config.sample_rate}")
     reader.check_no_unknown()
     return config
+
+
+def _step(reader: _Table) -> StepConfig:
+    op, name = reader.string("op", _REQUIRED), reader.string("input", _REQUIRED)
+    params = {k: v for k, v in reader.data.items() if k not in ("op", "input", "output")}
+    step = StepConfig(op=op, input=name, output=reader.string("output", name), params=params, where=reader.path.rstrip("."))
+    reader.allow(*params)
+    return step
 
 
 def _instance_group(reader: _Table) -> InstanceGroupConfig:

@@ -37,6 +37,7 @@ from .batching import BatchRequest, DynamicBatcher, QueuePolicy, SchedulerPolicy
 from .drift import PROFILE_FILENAME, DriftMonitor, Profile
 from .errors import ConfigError, InferenceServerError, ModelNotReady, RuntimeFailure
 from .metrics import VersionMetrics, VersionSample
+from .pipeline import Pipeline, PipelineInstance
 from .runtimes.base import Runtime, Signature, create_runtime
 from .stats import Stamps, VersionStats, now_ns
 
@@ -58,18 +59,19 @@ class State:
 
 
 class _Instance:
-    __slots__ = ("buffers", "executor", "index", "runtime")
+    __slots__ = ("buffers", "executor", "index", "pipeline", "runtime")
 
     def __init__(self, runtime: Runtime, executor: ThreadPoolExecutor, index: int) -> None:
         self.runtime = runtime
         self.executor = executor
         self.index = index
         self.buffers: dict[str, np.ndarray] = {}  # per input: reused batch-assembly buffer (max rows)
+        self.pipeline: PipelineInstance | None = None  # with [[preprocess]]/[[postprocess]]: steps around the runtime
 
     def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> tuple[dict[str, np.ndarray], int, int]:
-        """In the instance thread: the runtime call, stamped."""
+        """In the instance thread: the runtime call (inside its pipeline, when the model has one), stamped."""
         t0 = now_ns()
-        outputs = self.runtime.infer(inputs, output_names)
+        outputs = self.runtime.infer(inputs, output_names) if self.pipeline is None else self.pipeline.run(inputs, output_names)
         return outputs, t0, now_ns()
 
     def run_batch(self, batch: list[BatchRequest], output_names: Sequence[str], rows: int, reuse: bool) -> tuple[dict[str, np.ndarray], int, int]:
@@ -144,6 +146,11 @@ class ModelVersion:
                 *(loop.run_in_executor(inst.executor, inst.runtime.load, self.model_path, self.config, inst.index) for inst in self._instances)
             )
             self.config = complete_signature(self.config, signatures[0])
+            if self.config.preprocess or self.config.postprocess:  # clients see the pipeline's signature
+                pipeline = Pipeline(self.config)
+                self.config = pipeline.config
+                for inst in self._instances:
+                    inst.pipeline = pipeline.instance(inst.runtime, inst.index)
             self.output_names = tuple(t.name for t in self.config.outputs)
             if self._metrics:  # bound once, here: the hot path never looks labels up
                 self.stats.metrics = VersionMetrics(
