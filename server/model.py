@@ -214,7 +214,8 @@ class ModelVersion:
         sizes = sorted({1, max_rows or 1} | {1 << i for i in range(max_rows.bit_length())} if max_rows else {1})
         timings = []
         for rows in sizes:
-            inputs = {t.name: _synthetic(t, rows if max_rows else None) for t in self.config.inputs if not t.optional}
+            synthetic = _synthetic if inst.pipeline is None else inst.pipeline.synthetic  # a pipeline knows its steps' sizes
+            inputs = {t.name: synthetic(t, rows if max_rows else None) for t in self.config.inputs if not t.optional}
             for _ in range(2):  # the first run of a shape pays one-off costs: keep the second
                 _, t0, t1 = inst.run(inputs, self.output_names)
             timings.append((rows, (t1 - t0) / 1e9))

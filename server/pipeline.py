@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from surge.protos.datatypes import numpy_dtype
+
 from .config import ModelConfig, StepConfig, TensorConfig
 from .errors import ConfigError, InvalidInput
 
@@ -126,6 +128,7 @@ class _PreStep:
     input: TensorConfig
     cpu: Callable[[np.ndarray], np.ndarray]
     gpu: Callable[..., Any]  # (device array, stream=) -> device array, from surge.kernels.cuda
+    warm_dims: tuple[int, ...] = ()  # the input's dims for warm-up batches (variable ones made concrete)
 
 
 @dataclasses.dataclass(slots=True)
@@ -249,7 +252,8 @@ def _pre_step(step: StepConfig, model_input: TensorConfig) -> _PreStep:
         else:  # pragma: no cover - op names are checked before
             raise AssertionError(op)
     p.check_no_unknown()
-    return _PreStep(step, tensor, cpu, gpu)
+    warm = {"resize_crop_normalize": lambda: (*resize_to, c), "center_crop": lambda: (*size, c)}.get(op, lambda: tensor.dims)()
+    return _PreStep(step, tensor, cpu, gpu, tuple(1 if d < 0 else d for d in warm))
 
 
 def _post_step(step: StepConfig, source: TensorConfig) -> _PostStep:
@@ -359,6 +363,13 @@ class PipelineInstance:
                 import torch
 
                 self._torch, self._kc, self.on_device = torch, kc, True
+
+    def synthetic(self, tensor: TensorConfig, rows: int | None) -> np.ndarray:
+        """A zero input for warm-up; a step's input gets dims the step accepts (e.g. an image as large as the crop)."""
+        dims = next((pre.warm_dims for pre in self.pipeline.pre if pre.input.name == tensor.name), tuple(1 if d < 0 else d for d in tensor.dims))
+        if tensor.datatype == "BYTES":
+            return np.full(((rows,) if rows is not None else ()) + dims, b"", dtype=np.object_)
+        return np.zeros(((rows,) if rows is not None else ()) + dims, dtype=numpy_dtype(tensor.datatype))
 
     def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
         """One batch through the pipeline. Raises InvalidInput when a kernel rejects its input."""
