@@ -8,6 +8,7 @@
     surge observability [--out DIR]      # the Grafana dashboard and Prometheus alert rules shipped with Surge
     surge profile MODEL_DIR|MODEL.onnx --data FILE.npy|.npz [--input NAME] [--outputs FILE.npy|.npz] [--out drift_profile.json]
     surge drift MODEL [--url 127.0.0.1:8002] [--version N]   # per-feature PSI/KS/alert from the metrics endpoint
+    surge batch --model-repository R --model M --input FILE --output FILE [--chunk-rows N]   # offline, in-process
 
 ``infer`` and ``models`` use only the client (``surge.clients``), ``top`` only HTTP and prometheus_client;
 ``serve`` imports the server.
@@ -90,6 +91,15 @@ def _parser() -> argparse.ArgumentParser:
     drift.add_argument("model")
     drift.add_argument("--version", default="", help="one version (default: all)")
     drift.add_argument("--url", default="127.0.0.1:8002", help="the server's metrics endpoint host:port (default 127.0.0.1:8002)")
+
+    batch = sub.add_parser("batch", help="run a model (with its pipeline) over a file in-process: .npy/.npz/.parquet/.csv in, .npz/.parquet/.csv out")
+    batch.add_argument("--model-repository", type=Path, required=True, help="the model repository folder")
+    batch.add_argument("--model", required=True, help="the model's name (its folder)")
+    batch.add_argument("--version", type=int, help="version (default: the highest)")
+    batch.add_argument("--input", type=Path, required=True, help=".npy (one input), .npz (an array per input), .parquet or .csv (surge[parquet])")
+    batch.add_argument("--output", type=Path, required=True, help=".npz, .parquet or .csv; a rerun resumes from OUTPUT.parts/")
+    batch.add_argument("--chunk-rows", type=int, default=4096, help="rows read, run and written at a time (default 4096)")
+    batch.add_argument("--quiet", action="store_true", help="no progress line")
     return parser
 
 
@@ -106,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _profile(args)
     if args.command == "drift":
         return _drift(args)
+    if args.command == "batch":
+        return _batch(args)
     if args.command == "top":
         from .top import run
 
@@ -121,6 +133,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InferenceServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def _batch(args: argparse.Namespace) -> int:
+    logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    from .batchjob import BatchJobError, run_batch_job
+
+    try:
+        summary = asyncio.run(run_batch_job(
+            args.model_repository, args.model, args.input, args.output, chunk_rows=args.chunk_rows, version=args.version,
+            progress=None if args.quiet else sys.stderr,
+        ))
+    except (BatchJobError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    resumed = f", {summary.chunks_skipped} resumed from an earlier run" if summary.chunks_skipped else ""
+    print(f"{summary.rows} rows in {summary.chunks} chunks{resumed}, {summary.seconds:.2f} s ({summary.rows_per_s:,.0f} rows/s) -> {summary.output}")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
