@@ -151,9 +151,7 @@ def _crop_kernel(src, top, left, out):  # pragma: no cover - compiled
     for job in prange(n * oh):
         b = job // oh
         y = job - b * oh
-        for x in range(ow):
-            for ch in range(c):
-                out[b, y, x, ch] = src[b, top + y, left + x, ch]
+        out[b, y] = src[b, top + y, left : left + ow]  # a row slice copies faster than an element loop
 
 
 def center_crop(images: np.ndarray, size: object) -> np.ndarray:
