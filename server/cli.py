@@ -12,6 +12,7 @@
     surge route MODEL [--url 127.0.0.1:8001] [--weights 1=90,2=10] [--shadow V[:FRACTION] | --no-shadow] [--promote V] [--rollback] [--reset]
     surge ab MODEL [--url 127.0.0.1:8002] [--baseline V] [--alpha 0.05] [--interval-s N]   # compare versions, with significance tests
     surge bench MODEL|--scenario FILE.toml [--concurrency 1,8 | --rate 500] [--slo 'p99<20ms']   # load generator (surge.clients.loadgen)
+    surge batch --model-repository R --model M --input FILE --output FILE [--chunk-rows N]   # offline, in-process
 
 ``infer`` and ``models`` use only the client (``surge.clients``), ``top`` only HTTP and prometheus_client;
 ``serve`` imports the server.
@@ -120,6 +121,14 @@ def _parser() -> argparse.ArgumentParser:
     ab.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     ab.add_argument("--interval-s", type=float, default=0.0, help="scrape twice, this many seconds apart, and compare only that window")
     sub.add_parser("bench", help="load-test a v2 server and gate on an SLO (surge bench --help; client only)", add_help=False)
+    batch = sub.add_parser("batch", help="run a model (with its pipeline) over a file in-process: .npy/.npz/.parquet/.csv in, .npz/.parquet/.csv out")
+    batch.add_argument("--model-repository", type=Path, required=True, help="the model repository folder")
+    batch.add_argument("--model", required=True, help="the model's name (its folder)")
+    batch.add_argument("--version", type=int, help="version (default: the highest)")
+    batch.add_argument("--input", type=Path, required=True, help=".npy (one input), .npz (an array per input), .parquet or .csv (surge[parquet])")
+    batch.add_argument("--output", type=Path, required=True, help=".npz, .parquet or .csv; a rerun resumes from OUTPUT.parts/")
+    batch.add_argument("--chunk-rows", type=int, default=4096, help="rows read, run and written at a time (default 4096)")
+    batch.add_argument("--quiet", action="store_true", help="no progress line")
     return parser
 
 
@@ -183,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _drift(args)
     if args.command == "ab":
         return _ab(args)
+    if args.command == "batch":
+        return _batch(args)
     if args.command == "top":
         from .top import run
 
@@ -200,6 +211,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InferenceServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def _batch(args: argparse.Namespace) -> int:
+    logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    from .batchjob import BatchJobError, run_batch_job
+
+    try:
+        summary = asyncio.run(run_batch_job(
+            args.model_repository, args.model, args.input, args.output, chunk_rows=args.chunk_rows, version=args.version,
+            progress=None if args.quiet else sys.stderr,
+        ))
+    except (BatchJobError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    resumed = f", {summary.chunks_skipped} resumed from an earlier run" if summary.chunks_skipped else ""
+    print(f"{summary.rows} rows in {summary.chunks} chunks{resumed}, {summary.seconds:.2f} s ({summary.rows_per_s:,.0f} rows/s) -> {summary.output}")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

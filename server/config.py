@@ -64,6 +64,19 @@ omitted)::
     [feedback]                         # present: answered requests are indexed for outcome feedback (see feedback.py)
     output = "probabilities"           # the output labels and numbers are compared with (default: the first)
     max_requests = 100000              # requests remembered for joining (oldest forgotten first)
+    [[preprocess]]                     # pipeline steps before the model, run batched in the instance (see pipeline.py)
+    op = "resize_crop_normalize"       # the kernel; its parameters are keys of this table
+    input = "image"                    # what clients send
+    output = "input"                   # the model input it makes (default: the same name as input)
+    resize = [36, 36]
+    mean = [0.485, 0.456, 0.406]
+    std = [0.229, 0.224, 0.225]
+
+    [[postprocess]]                    # steps after the model: softmax, argmax, topk, threshold
+    op = "topk"
+    input = "probabilities"
+    output = "classes"
+    k = 3
 
 Errors are ``ConfigError`` naming the key path (``mlp/config.toml: input[0].datatype: ...``) and what is valid.
 """
@@ -86,6 +99,7 @@ __all__ = [
     "BatchingConfig",
     "DriftConfig",
     "FeedbackConfig",
+    "StepConfig",
     "QueuePolicyConfig",
     "RoutingConfig",
     "ShadowConfig",
@@ -194,6 +208,22 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class StepConfig:
+    """One ``[[preprocess]]`` or ``[[postprocess]]`` step; ``params`` are validated by pipeline.py at load."""
+
+    op: str
+    """The kernel or post-processing operation."""
+    input: str
+    """The tensor it reads."""
+    output: str
+    """The tensor it writes."""
+    params: Mapping[str, Any] = field(default_factory=dict)
+    """The operation's parameters (the table's other keys)."""
+    where: str = ""
+    """Its key path in config.toml, for error messages (``preprocess[0]``)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DriftConfig:
     """Drift monitoring settings (``[drift]``); see drift.py."""
 
@@ -291,6 +321,10 @@ class ModelConfig:
     """Present when requests naming no version are split across versions (and maybe shadowed)."""
     feedback: FeedbackConfig | None = None
     """Present when answered requests are indexed for outcome feedback."""
+    preprocess: tuple[StepConfig, ...] = ()
+    """Pipeline steps before the model (pipeline.py)."""
+    postprocess: tuple[StepConfig, ...] = ()
+    """Pipeline steps after the model (pipeline.py)."""
 
     @property
     def platform(self) -> str:
@@ -369,6 +403,8 @@ def parse_model_config(name: str, data: Mapping[str, Any]) -> ModelConfig:
         execution_timeout_s=reader.number("execution_timeout_s", 0.0, minimum=0.0),
         routing=_routing(reader.table("routing")),
         feedback=_feedback(reader.table("feedback")),
+        preprocess=tuple(_step(t) for t in reader.tables("preprocess")),
+        postprocess=tuple(_step(t) for t in reader.tables("postprocess")),
     )
     reader.check_no_unknown()
     for kind, tensors in (("input", config.inputs), ("output", config.outputs)):
@@ -532,6 +568,12 @@ def _feedback(reader: _Table) -> FeedbackConfig | None:
     config = FeedbackConfig(output=reader.string("output", ""), max_requests=reader.integer("max_requests", 100_000, minimum=1))
     reader.check_no_unknown()
     return config
+def _step(reader: _Table) -> StepConfig:
+    op, name = reader.string("op", _REQUIRED), reader.string("input", _REQUIRED)
+    params = {k: v for k, v in reader.data.items() if k not in ("op", "input", "output")}
+    step = StepConfig(op=op, input=name, output=reader.string("output", name), params=params, where=reader.path.rstrip("."))
+    reader.allow(*params)
+    return step
 
 
 def _instance_group(reader: _Table) -> InstanceGroupConfig:
