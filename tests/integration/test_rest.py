@@ -499,8 +499,10 @@ def test_surge_serve_drains_rest_requests_on_sigterm(tmp_path, test_repository):
             proc.proc.send_signal(signal.SIGTERM)
             reply = in_flight.result()
         assert reply.status == 200 and reply.json()["outputs"][0]["data"] == [1.0]
+        code = proc.proc.wait(30)  # the one SIGTERM ends it (a second would mean "exit at once", code 143)
     finally:
-        code = proc.stop()
+        if proc.proc.poll() is None:
+            proc.stop()
     assert code == 0, proc.log()
     assert "REST v2 on http://127.0.0.1:" in proc.log()
 

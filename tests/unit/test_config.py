@@ -34,6 +34,8 @@ TOP_LEVEL_KEYS = [
     "metrics",
     "output",
     "parameters",
+    "postprocess",
+    "preprocess",
     "routing",
     "version_policy",
 ]
