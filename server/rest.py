@@ -40,6 +40,7 @@ the single hook point for bearer-token auth (issue 6's transport-neutral check).
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -80,6 +81,14 @@ _HEALTH = "/grpc.health.v1.Health/Check"
 _JSON = "application/json"
 
 Authorize = Callable[[str, "str | None"], object]
+
+
+class _ClientErrors(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's connection log: a request the HTTP parser rejects (the client's fault, already answered 400)
+    is one warning line, not an error with a traceback (every handler error is answered by ``_errors`` first)."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        self.warning(f"{msg}: %s", *args, exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1])
 
 
 class _Aborted(grpc.aio.AbortError):
@@ -162,7 +171,7 @@ class RestEndpoint:
         self._max_request_bytes = max_request_bytes
         app = web.Application(client_max_size=max_request_bytes, middlewares=[self._errors])
         self._routes(app.router)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=drain_timeout_s)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=drain_timeout_s, logger=_ClientErrors(log, {}))
         self.address = ""
 
     async def start(self) -> str:

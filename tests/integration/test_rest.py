@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import gzip
 import json
+import logging
 import shutil
 import signal
 import socket
@@ -392,7 +393,7 @@ def test_oversized_body_is_413_and_the_endpoint_keeps_serving(server):
         server.call(endpoint.aclose())
 
 
-def test_wrong_content_lengths_are_4xx_and_the_server_keeps_serving(rest):
+def test_wrong_content_lengths_are_4xx_and_the_server_keeps_serving(rest, caplog):
     body = json.dumps(infer_body([_x()])).encode()
     head = f"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
     # claims more than it sends: the server waits for the rest (no answer yet); the client gives up and closes
@@ -404,6 +405,9 @@ def test_wrong_content_lengths_are_4xx_and_the_server_keeps_serving(rest):
     reply = raw_http(rest, (head + "Content-Length: ten\r\n\r\n").encode() + body)
     assert reply.startswith((b"HTTP/1.1 400", b"HTTP/1.0 400")) and b"Content-Length" in reply, reply[:200]
     assert_serving(rest)
+    # a client's malformed HTTP is a warning line in the server log, not an error with a traceback
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], [r.getMessage() for r in caplog.records]
+    assert any(r.name == "surge.rest" and "Error handling request" in r.getMessage() for r in caplog.records)
 
 
 def test_keep_alive_connection_survives_an_error(rest):
