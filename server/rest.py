@@ -28,8 +28,8 @@ Routes (``{v}``: a version number; every model route also exists without ``/vers
     POST /v2/repository/models/{m}/load|unload    optional body {"parameters": {"config": "<ModelConfig JSON>"}}
     shared memory, trace and logging routes       501, as the gRPC edge answers them
 
-Binary tensors are copied once into the protobuf request (``raw_input_contents`` owns its bytes), which is
-what keeps the path identical to gRPC's; the README's REST section gives the measured cost.
+Binary tensors are copied into the protobuf request (``raw_input_contents`` owns its bytes), which is what
+keeps the path identical to gRPC's; the README's REST section gives the measured cost.
 
 Access control: ``authorize(method, authorization)`` (optional) is called before each route with the gRPC
 method name the route stands for and the ``Authorization`` header, and raises the error to answer with:
