@@ -158,17 +158,19 @@ class RestEndpoint:
 
     def __init__(
         self, servicer: InferenceServicer, host: str, port: int, *, max_request_bytes: int, drain_timeout_s: float = 30.0,
-        metrics: ServerMetrics | None = None, authorize: Authorize | None = None,
+        metrics: ServerMetrics | None = None, authorize: Authorize | None = None, reuse_port: bool = False,
     ) -> None:
         """``max_request_bytes``: largest request body accepted (after decompression; larger: 413).
         ``metrics``: where inference requests whose body cannot be read are counted (as the servicer counts unrouted ones).
-        ``authorize``: the access-control hook (module docstring); None: every route is open."""
+        ``authorize``: the access-control hook (module docstring); None: every route is open.
+        ``reuse_port``: bind with SO_REUSEPORT, so worker processes can share the port (else a taken port is an error)."""
         self._servicer = servicer
         self._host = host
         self._port = port
         self._metrics = metrics
         self._authorize = authorize
         self._max_request_bytes = max_request_bytes
+        self._reuse_port = reuse_port
         app = web.Application(client_max_size=max_request_bytes, middlewares=[self._errors])
         self._routes(app.router)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=drain_timeout_s, logger=_ClientErrors(log, {}))
@@ -177,7 +179,7 @@ class RestEndpoint:
     async def start(self) -> str:
         """Bind and listen; returns the bound ``host:port`` (port 0 picks a free one). Raises OSError."""
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
+        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True, reuse_port=self._reuse_port or None)
         try:
             await site.start()
         except BaseException:

@@ -567,3 +567,19 @@ def test_rest_and_grpc_share_one_set_of_statistics_and_metrics(rest, server):
     invalid = unrouted.get("INVALID_ARGUMENT", 0)
     assert http(rest, "POST", "/v2/models/nobatch/infer", b"{nope").status == 400
     assert unrouted.get("INVALID_ARGUMENT", 0) == invalid + 1
+
+
+def test_reuse_port_lets_two_endpoints_share_a_port(server):
+    """What worker processes need (SO_REUSEPORT); without it a taken port is refused."""
+    first = RestEndpoint(server.server._servicer, "127.0.0.1", 0, max_request_bytes=1 << 20, reuse_port=True)
+    port = int(server.call(first.start()).rsplit(":", 1)[1])
+    second = RestEndpoint(server.server._servicer, "127.0.0.1", port, max_request_bytes=1 << 20, reuse_port=True)
+    plain = RestEndpoint(server.server._servicer, "127.0.0.1", port, max_request_bytes=1 << 20)
+    try:
+        assert server.call(second.start()) == f"127.0.0.1:{port}"
+        with pytest.raises(OSError):
+            server.call(plain.start())
+        assert_serving(f"127.0.0.1:{port}")
+    finally:
+        server.call(second.aclose())
+        server.call(first.aclose())
