@@ -91,7 +91,7 @@ class _ClientErrors(logging.LoggerAdapter):  # type: ignore[type-arg]
         self.warning(f"{msg}: %s", *args, exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1])
 
 
-class _Aborted(grpc.aio.AbortError):
+class _Aborted(grpc.aio.AbortError):  # type: ignore[misc]  # grpc ships no type stubs
     """What ``_HttpContext.abort`` raises: the servicer's answer, as a status and a message."""
 
     def __init__(self, code: grpc.StatusCode, details: str) -> None:

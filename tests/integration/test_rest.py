@@ -274,7 +274,8 @@ def test_versioned_inference_and_parameters(rest):
         doc = http(rest, "POST", f"/v2/models/versioned/versions/{version}/infer", infer_body([x])).json()
         assert doc["model_version"] == version and doc["outputs"][0]["data"] == [value] * 4
     # Triton's parameters travel as over gRPC: an unknown priority level is refused by the same check
-    reply = http(rest, "POST", "/v2/models/mlp_batched/infer", infer_body([{**x, "name": "x", "shape": [1, 16], "data": [0.0] * 16}], parameters={"priority": 3}))
+    x16 = {**x, "shape": [1, 16], "data": [0.0] * 16}
+    reply = http(rest, "POST", "/v2/models/mlp_batched/infer", infer_body([x16], parameters={"priority": 3}))
     assert reply.status == 400 and "priority 3" in reply.error
 
 
@@ -395,7 +396,7 @@ def test_oversized_body_is_413_and_the_endpoint_keeps_serving(server):
 
 def test_wrong_content_lengths_are_4xx_and_the_server_keeps_serving(rest, caplog):
     body = json.dumps(infer_body([_x()])).encode()
-    head = f"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head = "POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
     # claims more than it sends: the server waits for the rest (no answer yet); the client gives up and closes
     assert raw_http(rest, (head + f"Content-Length: {len(body) + 100}\r\n\r\n").encode() + body, wait_s=0.5) == b""
     # claims less than it sends: the bytes after the announced length are not a request
@@ -515,7 +516,8 @@ def test_surge_serve_refuses_a_taken_http_port(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(tmp_path), "--grpc-port", "0", "--metrics-port", "0", "--http-port", str(port)],
+            [sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(tmp_path),
+             "--grpc-port", "0", "--metrics-port", "0", "--http-port", str(port)],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
     assert result.returncode == 2 and f"cannot bind REST to 127.0.0.1:{port}" in result.stderr
