@@ -7,6 +7,8 @@ import concurrent.futures
 import gzip
 import json
 import logging
+import os
+import re
 import shutil
 import signal
 import socket
@@ -15,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -585,3 +588,25 @@ def test_reuse_port_lets_two_endpoints_share_a_port(server):
     finally:
         server.call(second.aclose())
         server.call(first.aclose())
+
+
+PERF_ANALYZER = Path(__file__).resolve().parents[2] / ".cache" / "perf_analyzer" / "bin" / "perf_analyzer"
+
+
+@pytest.mark.perf_analyzer
+def test_perf_analyzer_over_http(tmp_path, test_repository):
+    """Triton's perf_analyzer, unmodified, with ``-i http``: metadata, config, binary inference and statistics over REST."""
+    if not os.access(PERF_ANALYZER, os.X_OK):
+        pytest.skip(f"perf_analyzer is not set up ({PERF_ANALYZER} missing); run bench/perf_analyzer/setup.sh")
+    proc = SurgeProcess(test_repository, tmp_path / "server").start()
+    try:
+        run_sh = Path(__file__).resolve().parents[2] / "bench" / "perf_analyzer" / "run.sh"
+        cmd = ["bash", str(run_sh), "-i", "http", "-u", proc.http_address, "-m", "mlp", "--concurrency-range", "2", "--request-count", "200"]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output
+        assert "Avg HTTP time" in output and "Request count: 200" in output, output
+        served = int(re.search(r"Successful request count: (\d+)", output).group(1))  # from the statistics route
+        assert 198 <= served <= 200, output  # the statistics window may miss a request at each edge
+    finally:
+        proc.stop_and_check()
