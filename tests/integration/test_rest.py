@@ -527,7 +527,7 @@ def test_surge_serve_refuses_a_taken_http_port(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-def test_curl(rest):
+def test_curl(rest, tmp_path):
     def curl(*args: str) -> tuple[int, dict]:
         out = subprocess.run(["curl", "-sS", "-w", "\n%{http_code}", *args], capture_output=True, text=True, timeout=30, check=True).stdout
         body, _, status = out.rpartition("\n")
@@ -541,6 +541,11 @@ def test_curl(rest):
     assert status == 200 and doc["outputs"][0]["shape"] == [1, 4]
     status, doc = curl("-X", "POST", f"http://{rest}/v2/models/mlp/infer", "-d", "{broken")
     assert status == 400 and "not valid JSON" in doc["error"]
+    # a larger body: curl sends "Expect: 100-continue" first and waits for the server's go-ahead
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"inputs": [{"name": "x", "shape": [64, 16], "datatype": "FP32", "data": [0.5] * 1024}]}))
+    status, doc = curl("-X", "POST", f"http://{rest}/v2/models/mlp/infer", "-H", "Content-Type: application/json", "--data-binary", f"@{big}")
+    assert status == 200 and doc["outputs"][0]["shape"] == [64, 4]
 
 
 def test_binary_inputs_are_taken_in_input_order(rest):
