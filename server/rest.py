@@ -317,7 +317,8 @@ class RestEndpoint:
             reply = web.Response(body=body, content_type=_JSON)
         else:
             reply = web.Response(body=body, content_type="application/octet-stream", headers={rest_codec.HEADER_LENGTH: str(header_length)})
-        if "gzip" in request.headers.get("Accept-Encoding", "") or "deflate" in request.headers.get("Accept-Encoding", ""):
+        accept = request.headers.get("Accept-Encoding", "")
+        if "gzip" in accept or "deflate" in accept:
             reply.enable_compression()  # what the client accepts (tritonclient's response_compression_algorithm)
         return reply
 
