@@ -414,6 +414,15 @@ def test_wrong_content_lengths_are_4xx_and_the_server_keeps_serving(rest, caplog
     assert any(r.name == "surge.rest" and "Error handling request" in r.getMessage() for r in caplog.records)
 
 
+def test_chunked_request_body(rest):
+    """No Content-Length at all: a chunked body is read to its end (and counted against the same size limit)."""
+    body = json.dumps(infer_body([_x()])).encode()
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:40], body[40:])) + b"0\r\n\r\n"
+    head = b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    reply = raw_http(rest, head + chunks)
+    assert reply.startswith(b"HTTP/1.1 200") and b'"probabilities"' in reply, reply[:300]
+
+
 def test_keep_alive_connection_survives_an_error(rest):
     """A 4xx answer leaves the connection usable: two requests on one socket, a bad one then a good one."""
     bad = b"{oops"
