@@ -39,6 +39,7 @@ the single hook point for bearer-token auth (issue 6's transport-neutral check).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from collections.abc import Awaitable, Callable
@@ -173,7 +174,13 @@ class RestEndpoint:
         self._reuse_port = reuse_port
         app = web.Application(client_max_size=max_request_bytes, middlewares=[self._errors])
         self._routes(app.router)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=drain_timeout_s, logger=_ClientErrors(log, {}))
+        # aclose() drains first (with its own grace), so aiohttp's cleanup only cancels what outlived it: a tiny
+        # positive timeout (aiohttp reads 0 as "no limit")
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.01, logger=_ClientErrors(log, {}))
+        self._drain_timeout_s = drain_timeout_s
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.address = ""
 
     async def start(self) -> str:
@@ -189,8 +196,17 @@ class RestEndpoint:
         self.address = f"[{self._host}]:{port}" if ":" in self._host else f"{self._host}:{port}"
         return self.address
 
-    async def aclose(self) -> None:
-        """Stop listening, let in-flight requests finish (up to the drain timeout), close every connection."""
+    async def aclose(self, grace_s: float | None = None) -> None:
+        """Stop listening, let in-flight requests finish for up to ``grace_s`` (default: the drain timeout), then
+        close every connection (requests still running then are cancelled)."""
+        for site in list(self._runner.sites):
+            await site.stop()
+        if not self._idle.is_set():
+            grace = self._drain_timeout_s if grace_s is None else grace_s
+            try:
+                await asyncio.wait_for(self._idle.wait(), grace)
+            except TimeoutError:
+                log.warning("REST: %d requests still running after %.1f s; closing their connections", self._inflight, grace)
         await self._runner.cleanup()
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -222,7 +238,9 @@ class RestEndpoint:
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-        """Every failure as ``{"error": ...}`` with its HTTP status; the connection stays usable."""
+        """Every failure as ``{"error": ...}`` with its HTTP status; the connection stays usable. Counts requests in flight."""
+        self._inflight += 1
+        self._idle.clear()
         try:
             return await handler(request)
         except _Aborted as exc:
@@ -235,6 +253,10 @@ class RestEndpoint:
         except Exception as exc:  # errors.* raised at this edge (a body that is not a request), or a bug
             code = status_of(exc)
             return _error(HTTP_STATUS_OF.get(code, 500), _error_message(exc), _challenge(code))
+        finally:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
 
     def _check(self, request: web.Request, method: str) -> None:
         if self._authorize is not None:

@@ -624,3 +624,25 @@ def test_perf_analyzer_over_http(tmp_path, test_repository):
         assert 198 <= served <= 200, output  # the statistics window may miss a request at each edge
     finally:
         proc.stop_and_check()
+
+
+def test_aclose_waits_for_in_flight_requests_up_to_the_grace(server):
+    slow = infer_body([{"name": "delay_s", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}])
+    for grace_s, finishes in ((5.0, True), (0.2, False)):
+        endpoint = RestEndpoint(server.server._servicer, "127.0.0.1", 0, max_request_bytes=1 << 20)
+        address = server.call(endpoint.start())
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(http, address, "POST", "/v2/models/slow_py/infer", slow)
+            time.sleep(0.3)
+            started = time.monotonic()
+            server.call(endpoint.aclose(grace_s))
+            took = time.monotonic() - started
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(tuple(address.rsplit(":", 1)), timeout=5).close()  # no longer listening
+            if finishes:
+                assert in_flight.result().status == 200 and 0.3 < took < 5.0
+            else:
+                with pytest.raises((ConnectionError, urllib.error.URLError)):
+                    in_flight.result()
+                assert took < 1.0
+        time.sleep(1.0)  # let slow_py's single instance finish before the next round
