@@ -309,7 +309,8 @@ class Server:
         if self._servicer is not None:
             self._servicer.begin_shutdown()
         rest, self._rest = self._rest, None
-        rest_closed = asyncio.ensure_future(rest.aclose()) if rest is not None else None  # drains beside gRPC
+        grace = self.config.drain_timeout_s if grace_s is None else grace_s
+        rest_closed = asyncio.ensure_future(rest.aclose(grace)) if rest is not None else None  # drains beside gRPC
         if self._grpc is not None:
             await self._grpc.stop(self.config.drain_timeout_s if grace_s is None else grace_s)
         if rest_closed is not None:

@@ -28,8 +28,8 @@ Routes (``{v}``: a version number; every model route also exists without ``/vers
     POST /v2/repository/models/{m}/load|unload    optional body {"parameters": {"config": "<ModelConfig JSON>"}}
     shared memory, trace and logging routes       501, as the gRPC edge answers them
 
-Binary tensors are copied once into the protobuf request (``raw_input_contents`` owns its bytes), which is
-what keeps the path identical to gRPC's; the README's REST section gives the measured cost.
+Binary tensors are copied into the protobuf request (``raw_input_contents`` owns its bytes), which is what
+keeps the path identical to gRPC's; the README's REST section gives the measured cost.
 
 Access control: ``authorize(method, authorization)`` (optional) is called before each route with the gRPC
 method name the route stands for and the ``Authorization`` header, and raises the error to answer with:
@@ -39,7 +39,9 @@ the single hook point for bearer-token auth (issue 6's transport-neutral check).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -82,7 +84,15 @@ _JSON = "application/json"
 Authorize = Callable[[str, "str | None"], object]
 
 
-class _Aborted(grpc.aio.AbortError):
+class _ClientErrors(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's connection log: a request the HTTP parser rejects (the client's fault, already answered 400)
+    is one warning line, not an error with a traceback (every handler error is answered by ``_errors`` first)."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        self.warning(f"{msg}: %s", *args, exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1])
+
+
+class _Aborted(grpc.aio.AbortError):  # type: ignore[misc]  # grpc ships no type stubs
     """What ``_HttpContext.abort`` raises: the servicer's answer, as a status and a message."""
 
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
@@ -149,26 +159,34 @@ class RestEndpoint:
 
     def __init__(
         self, servicer: InferenceServicer, host: str, port: int, *, max_request_bytes: int, drain_timeout_s: float = 30.0,
-        metrics: ServerMetrics | None = None, authorize: Authorize | None = None,
+        metrics: ServerMetrics | None = None, authorize: Authorize | None = None, reuse_port: bool = False,
     ) -> None:
         """``max_request_bytes``: largest request body accepted (after decompression; larger: 413).
         ``metrics``: where inference requests whose body cannot be read are counted (as the servicer counts unrouted ones).
-        ``authorize``: the access-control hook (module docstring); None: every route is open."""
+        ``authorize``: the access-control hook (module docstring); None: every route is open.
+        ``reuse_port``: bind with SO_REUSEPORT, so worker processes can share the port (else a taken port is an error)."""
         self._servicer = servicer
         self._host = host
         self._port = port
         self._metrics = metrics
         self._authorize = authorize
         self._max_request_bytes = max_request_bytes
+        self._reuse_port = reuse_port
         app = web.Application(client_max_size=max_request_bytes, middlewares=[self._errors])
         self._routes(app.router)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=drain_timeout_s)
+        # aclose() drains first (with its own grace), so aiohttp's cleanup only cancels what outlived it: a tiny
+        # positive timeout (aiohttp reads 0 as "no limit")
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.01, logger=_ClientErrors(log, {}))
+        self._drain_timeout_s = drain_timeout_s
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.address = ""
 
     async def start(self) -> str:
         """Bind and listen; returns the bound ``host:port`` (port 0 picks a free one). Raises OSError."""
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
+        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True, reuse_port=self._reuse_port or None)
         try:
             await site.start()
         except BaseException:
@@ -178,8 +196,17 @@ class RestEndpoint:
         self.address = f"[{self._host}]:{port}" if ":" in self._host else f"{self._host}:{port}"
         return self.address
 
-    async def aclose(self) -> None:
-        """Stop listening, let in-flight requests finish (up to the drain timeout), close every connection."""
+    async def aclose(self, grace_s: float | None = None) -> None:
+        """Stop listening, let in-flight requests finish for up to ``grace_s`` (default: the drain timeout), then
+        close every connection (requests still running then are cancelled)."""
+        for site in list(self._runner.sites):
+            await site.stop()
+        if not self._idle.is_set():
+            grace = self._drain_timeout_s if grace_s is None else grace_s
+            try:
+                await asyncio.wait_for(self._idle.wait(), grace)
+            except TimeoutError:
+                log.warning("REST: %d requests still running after %.1f s; closing their connections", self._inflight, grace)
         await self._runner.cleanup()
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -211,7 +238,9 @@ class RestEndpoint:
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-        """Every failure as ``{"error": ...}`` with its HTTP status; the connection stays usable."""
+        """Every failure as ``{"error": ...}`` with its HTTP status; the connection stays usable. Counts requests in flight."""
+        self._inflight += 1
+        self._idle.clear()
         try:
             return await handler(request)
         except _Aborted as exc:
@@ -224,6 +253,10 @@ class RestEndpoint:
         except Exception as exc:  # errors.* raised at this edge (a body that is not a request), or a bug
             code = status_of(exc)
             return _error(HTTP_STATUS_OF.get(code, 500), _error_message(exc), _challenge(code))
+        finally:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
 
     def _check(self, request: web.Request, method: str) -> None:
         if self._authorize is not None:
@@ -306,7 +339,8 @@ class RestEndpoint:
             reply = web.Response(body=body, content_type=_JSON)
         else:
             reply = web.Response(body=body, content_type="application/octet-stream", headers={rest_codec.HEADER_LENGTH: str(header_length)})
-        if "gzip" in request.headers.get("Accept-Encoding", "") or "deflate" in request.headers.get("Accept-Encoding", ""):
+        accept = request.headers.get("Accept-Encoding", "")
+        if "gzip" in accept or "deflate" in accept:
             reply.enable_compression()  # what the client accepts (tritonclient's response_compression_algorithm)
         return reply
 

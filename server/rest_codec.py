@@ -166,7 +166,7 @@ def _add_input(message: pb.ModelInferRequest, tensor: Any, index: int, binary: m
     if not isinstance(name, str) or not name:
         raise InvalidInput(f"inputs[{index}] needs a 'name' (a non-empty string)")
     datatype = tensor.get("datatype")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise InvalidInput(f"input '{name}' has datatype {datatype!r}; the datatypes are {sorted(DATATYPES)}")
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= _INT64_MAX for d in shape):
@@ -225,7 +225,8 @@ def _json_tensor_bytes(name: str, datatype: str, shape: list[int], data: Any) ->
             raise InvalidInput(f"input '{name}' is BYTES: its JSON 'data' must be strings (send other bytes as binary data)")
         array = np.empty(count, dtype=np.object_)
         array[:] = [v.encode("utf-8") for v in values]
-        return serialize_bytes_tensor(array)
+        serialized: bytes = serialize_bytes_tensor(array)
+        return serialized
     if datatype == "BF16":
         raise InvalidInput(f"input '{name}' is BF16, which has no JSON form: send it as binary data (binary_data_size)")
     dtype = numpy_dtype(datatype)
@@ -295,7 +296,8 @@ def _json_values(name: str, datatype: str, data: bytes, count: int) -> list[Any]
             return [v.decode("utf-8") for v in deserialize_bytes_tensor(data, count)]
         except UnicodeDecodeError:
             raise InvalidInput(f"output '{name}' holds bytes that are not UTF-8 text; ask for it as binary data (binary_data: true)") from None
-    return np.frombuffer(data, dtype=numpy_dtype(datatype)).tolist()
+    values: list[Any] = np.frombuffer(data, dtype=numpy_dtype(datatype)).tolist()
+    return values
 
 
 def json_dumps(doc: Any) -> bytes:
@@ -336,7 +338,7 @@ def load_parameters(body: bytes) -> dict[str, pb.ModelRepositoryParameter]:
 
 def message_to_json(message: Message) -> dict[str, Any]:
     """A protobuf message as Triton's HTTP endpoint writes it: proto field names, defaults, 64-bit integers as numbers."""
-    doc = json_format.MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    doc: dict[str, Any] = json_format.MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
     _int64_as_numbers(message.DESCRIPTOR, doc)
     return doc
 
@@ -358,7 +360,7 @@ def _int64_as_numbers(descriptor: Descriptor, doc: Mapping[str, Any]) -> None:
                     _int64_as_numbers(value_fd.message_type, item)
             elif value_fd.type in _INT64_TYPES:
                 for key, item in items:
-                    value[key] = int(item)  # type: ignore[index]
+                    value[key] = int(item)
         elif fd.message_type is not None:
             for item in value if isinstance(value, list) else (value,):
                 _int64_as_numbers(fd.message_type, item)

@@ -32,7 +32,7 @@ class SurgeProcess:
         self.log_file = workdir / "server.log"
         self.address = ""
         self.http_address = ""
-        """The REST endpoint's ``host:port`` (from the server's log; "" when REST is off)."""
+        """The REST endpoint's ``host:port`` (from the server's info log; "" when REST is off or --log-level hides info)."""
         self.proc: subprocess.Popen[bytes] | None = None
 
     def log(self) -> str:

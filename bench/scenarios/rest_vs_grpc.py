@@ -102,6 +102,8 @@ async def closed_loop(mode: str, grpc_address: str, http_address: str, rows: int
         await asyncio.gather(cpu_probe(), *(worker() for _ in range(concurrency)))
     finally:
         await (channel.close() if mode == "grpc" else session.close())
+    if not latencies:
+        raise RuntimeError(f"{mode}: no request finished inside the {duration_s} s window (a stalled machine?); use longer windows")
     lat = np.array(latencies) * 1e3
     return {"mode": mode, "infer_per_s": len(latencies) / duration_s, "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
             "requests": len(latencies), "errors": errors, "server_cpu_us_per_request": (cpu[1] - cpu[0]) / len(latencies) * 1e6}  # fmt: skip

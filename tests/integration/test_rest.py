@@ -6,6 +6,9 @@ from __future__ import annotations
 import concurrent.futures
 import gzip
 import json
+import logging
+import os
+import re
 import shutil
 import signal
 import socket
@@ -14,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -273,7 +277,8 @@ def test_versioned_inference_and_parameters(rest):
         doc = http(rest, "POST", f"/v2/models/versioned/versions/{version}/infer", infer_body([x])).json()
         assert doc["model_version"] == version and doc["outputs"][0]["data"] == [value] * 4
     # Triton's parameters travel as over gRPC: an unknown priority level is refused by the same check
-    reply = http(rest, "POST", "/v2/models/mlp_batched/infer", infer_body([{**x, "name": "x", "shape": [1, 16], "data": [0.0] * 16}], parameters={"priority": 3}))
+    x16 = {**x, "shape": [1, 16], "data": [0.0] * 16}
+    reply = http(rest, "POST", "/v2/models/mlp_batched/infer", infer_body([x16], parameters={"priority": 3}))
     assert reply.status == 400 and "priority 3" in reply.error
 
 
@@ -392,9 +397,9 @@ def test_oversized_body_is_413_and_the_endpoint_keeps_serving(server):
         server.call(endpoint.aclose())
 
 
-def test_wrong_content_lengths_are_4xx_and_the_server_keeps_serving(rest):
+def test_wrong_content_lengths_are_4xx_and_the_server_keeps_serving(rest, caplog):
     body = json.dumps(infer_body([_x()])).encode()
-    head = f"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head = "POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
     # claims more than it sends: the server waits for the rest (no answer yet); the client gives up and closes
     assert raw_http(rest, (head + f"Content-Length: {len(body) + 100}\r\n\r\n").encode() + body, wait_s=0.5) == b""
     # claims less than it sends: the bytes after the announced length are not a request
@@ -404,6 +409,18 @@ def test_wrong_content_lengths_are_4xx_and_the_server_keeps_serving(rest):
     reply = raw_http(rest, (head + "Content-Length: ten\r\n\r\n").encode() + body)
     assert reply.startswith((b"HTTP/1.1 400", b"HTTP/1.0 400")) and b"Content-Length" in reply, reply[:200]
     assert_serving(rest)
+    # a client's malformed HTTP is a warning line in the server log, not an error with a traceback
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], [r.getMessage() for r in caplog.records]
+    assert any(r.name == "surge.rest" and "Error handling request" in r.getMessage() for r in caplog.records)
+
+
+def test_chunked_request_body(rest):
+    """No Content-Length at all: a chunked body is read to its end (and counted against the same size limit)."""
+    body = json.dumps(infer_body([_x()])).encode()
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:40], body[40:])) + b"0\r\n\r\n"
+    head = b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    reply = raw_http(rest, head + chunks)
+    assert reply.startswith(b"HTTP/1.1 200") and b'"probabilities"' in reply, reply[:300]
 
 
 def test_keep_alive_connection_survives_an_error(rest):
@@ -513,14 +530,15 @@ def test_surge_serve_refuses_a_taken_http_port(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(tmp_path), "--grpc-port", "0", "--metrics-port", "0", "--http-port", str(port)],
+            [sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(tmp_path),
+             "--grpc-port", "0", "--metrics-port", "0", "--http-port", str(port)],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
     assert result.returncode == 2 and f"cannot bind REST to 127.0.0.1:{port}" in result.stderr
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-def test_curl(rest):
+def test_curl(rest, tmp_path):
     def curl(*args: str) -> tuple[int, dict]:
         out = subprocess.run(["curl", "-sS", "-w", "\n%{http_code}", *args], capture_output=True, text=True, timeout=30, check=True).stdout
         body, _, status = out.rpartition("\n")
@@ -534,6 +552,11 @@ def test_curl(rest):
     assert status == 200 and doc["outputs"][0]["shape"] == [1, 4]
     status, doc = curl("-X", "POST", f"http://{rest}/v2/models/mlp/infer", "-d", "{broken")
     assert status == 400 and "not valid JSON" in doc["error"]
+    # a larger body: curl sends "Expect: 100-continue" first and waits for the server's go-ahead
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"inputs": [{"name": "x", "shape": [64, 16], "datatype": "FP32", "data": [0.5] * 1024}]}))
+    status, doc = curl("-X", "POST", f"http://{rest}/v2/models/mlp/infer", "-H", "Content-Type: application/json", "--data-binary", f"@{big}")
+    assert status == 200 and doc["outputs"][0]["shape"] == [64, 4]
 
 
 def test_binary_inputs_are_taken_in_input_order(rest):
@@ -565,3 +588,63 @@ def test_rest_and_grpc_share_one_set_of_statistics_and_metrics(rest, server):
     invalid = unrouted.get("INVALID_ARGUMENT", 0)
     assert http(rest, "POST", "/v2/models/nobatch/infer", b"{nope").status == 400
     assert unrouted.get("INVALID_ARGUMENT", 0) == invalid + 1
+
+
+def test_reuse_port_lets_two_endpoints_share_a_port(server):
+    """What worker processes need (SO_REUSEPORT); without it a taken port is refused."""
+    first = RestEndpoint(server.server._servicer, "127.0.0.1", 0, max_request_bytes=1 << 20, reuse_port=True)
+    port = int(server.call(first.start()).rsplit(":", 1)[1])
+    second = RestEndpoint(server.server._servicer, "127.0.0.1", port, max_request_bytes=1 << 20, reuse_port=True)
+    plain = RestEndpoint(server.server._servicer, "127.0.0.1", port, max_request_bytes=1 << 20)
+    try:
+        assert server.call(second.start()) == f"127.0.0.1:{port}"
+        with pytest.raises(OSError):
+            server.call(plain.start())
+        assert_serving(f"127.0.0.1:{port}")
+    finally:
+        server.call(second.aclose())
+        server.call(first.aclose())
+
+
+PERF_ANALYZER = Path(__file__).resolve().parents[2] / ".cache" / "perf_analyzer" / "bin" / "perf_analyzer"
+
+
+@pytest.mark.perf_analyzer
+def test_perf_analyzer_over_http(tmp_path, test_repository):
+    """Triton's perf_analyzer, unmodified, with ``-i http``: metadata, config, binary inference and statistics over REST."""
+    if not os.access(PERF_ANALYZER, os.X_OK):
+        pytest.skip(f"perf_analyzer is not set up ({PERF_ANALYZER} missing); run bench/perf_analyzer/setup.sh")
+    proc = SurgeProcess(test_repository, tmp_path / "server").start()
+    try:
+        run_sh = Path(__file__).resolve().parents[2] / "bench" / "perf_analyzer" / "run.sh"
+        cmd = ["bash", str(run_sh), "-i", "http", "-u", proc.http_address, "-m", "mlp", "--concurrency-range", "2", "--request-count", "200"]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output
+        assert "Avg HTTP time" in output and "Request count: 200" in output, output
+        served = int(re.search(r"Successful request count: (\d+)", output).group(1))  # from the statistics route
+        assert 198 <= served <= 200, output  # the statistics window may miss a request at each edge
+    finally:
+        proc.stop_and_check()
+
+
+def test_aclose_waits_for_in_flight_requests_up_to_the_grace(server):
+    slow = infer_body([{"name": "delay_s", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}])
+    for grace_s, finishes in ((5.0, True), (0.2, False)):
+        endpoint = RestEndpoint(server.server._servicer, "127.0.0.1", 0, max_request_bytes=1 << 20)
+        address = server.call(endpoint.start())
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(http, address, "POST", "/v2/models/slow_py/infer", slow)
+            time.sleep(0.3)
+            started = time.monotonic()
+            server.call(endpoint.aclose(grace_s))
+            took = time.monotonic() - started
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(tuple(address.rsplit(":", 1)), timeout=5).close()  # no longer listening
+            if finishes:
+                assert in_flight.result().status == 200 and 0.3 < took < 5.0
+            else:
+                with pytest.raises((ConnectionError, urllib.error.URLError)):
+                    in_flight.result()
+                assert took < 1.0
+        time.sleep(1.0)  # let slow_py's single instance finish before the next round
