@@ -29,6 +29,7 @@ from .grpc_servicer import InferenceServicer
 from .metrics import ServerMetrics
 from .metrics_http import MetricsEndpoint
 from .repository import ModelRepository
+from .workers import WorkerPeers
 
 __all__ = ["MAX_MESSAGE_BYTES", "Server", "ServerConfig", "serve"]
 
@@ -68,6 +69,9 @@ class ServerConfig:
     metrics_port: int = 8002
     """Prometheus ``/metrics`` HTTP port (Triton's default); 0 picks a free port (``Server.metrics_address``);
     -1 turns metrics off (no endpoint, no histograms on the hot path; ModelStatistics still works)."""
+    reuse_port: bool = False
+    """Bind the gRPC port with SO_REUSEPORT so several worker processes share it (set by ``--workers``; see
+    ``workers.py``). Off otherwise, so a port already taken is a clear error rather than a silent share."""
 
     def __post_init__(self) -> None:
         if not -1 <= self.metrics_port <= 65535:
@@ -77,8 +81,10 @@ class ServerConfig:
 class Server:
     """One Surge server: gRPC inference service, health, reflection, and the model repository."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, *, peers: WorkerPeers | None = None) -> None:
+        """``peers``: set in a ``--workers`` worker (statistics and repository calls span all workers)."""
         self.config = config
+        self._peers = peers
         self.repository = ModelRepository(
             config.model_repository,
             control_mode=config.model_control_mode,
@@ -111,10 +117,11 @@ class Server:
         options = [
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(self.config.reuse_port)),
         ]
         server = grpc.aio.server(options=options)
-        servicer = InferenceServicer(self.repository, server_name="surge", server_version=SERVER_VERSION, is_ready=self.is_ready, metrics=self.metrics)
+        servicer = InferenceServicer(self.repository, server_name="surge", server_version=SERVER_VERSION, is_ready=self.is_ready, metrics=self.metrics,
+                                       peers=self._peers)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
         self._servicer = servicer
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -126,6 +133,8 @@ class Server:
             port = 0
         if port == 0:
             raise OSError(f"cannot bind gRPC to {target} (in use, or not an address of this machine)")
+        if self._peers is not None and server.add_insecure_port(self._peers.private_target) == 0:
+            raise OSError(f"cannot bind the worker's private socket {self._peers.private_target}")
         self._grpc = server
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.start()

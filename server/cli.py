@@ -1,6 +1,7 @@
 """The ``surge`` command line: ``serve``, ``infer``, ``models``, ``build-trt``, ``top``, ``profile``, ``drift``, ...
 
     surge serve [--model-repository DIR] [--host 127.0.0.1] [--grpc-port 8001] [--metrics-port 8002] [--model-control-mode none|explicit|poll]
+                [--workers N]   # N processes on one port (SO_REUSEPORT), see workers.py
     surge infer MODEL [--input NAME=FILE.npy ...] [--url 127.0.0.1:8001] [--batch N]
     surge models [--url 127.0.0.1:8001]
     surge build-trt MODEL.onnx --output model.plan [--fp16] [--max-batch-size N] [--workspace-bytes N] [--instances K]
@@ -45,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--drain-timeout-s", type=float, default=30.0, help="on shutdown/unload, how long in-flight requests may run (default 30)")
     serve.add_argument("--address-file", type=Path, help="once ready, write the bound host:port into this file (for scripts)")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="N server processes sharing the gRPC port (SO_REUSEPORT), supervised; for CPU-bound front ends, "
+                            "not GPU models (default 1: one process)")
     serve.add_argument("--loop", default="auto", choices=("auto", "uvloop", "asyncio"), help="event loop (default: uvloop when installed)")
 
     infer = sub.add_parser("infer", help="send one inference request and print the outputs")
@@ -146,12 +150,34 @@ def _serve(args: argparse.Namespace) -> int:
         drain_timeout_s=args.drain_timeout_s,
     )
 
+    if args.workers != 1:
+        return _serve_workers(config, args)
     try:
         _run(serve(config, address_file=args.address_file), args.loop)
     except (ConfigError, OSError) as exc:
         logging.getLogger("surge.server").error("cannot start: %s", exc)
         return 2
     return 0
+
+
+def _serve_workers(config: object, args: argparse.Namespace) -> int:
+    """``surge serve --workers N``: the supervisor (``workers.py``); returns its exit code."""
+    from .errors import ConfigError
+    from .workers import supervise
+
+    codes: list[int] = []
+
+    async def main() -> None:
+        codes.append(await supervise(config, args.workers, log_level=args.log_level, loop=args.loop, address_file=args.address_file))
+
+    try:
+        if args.workers < 2:
+            raise ConfigError(f"--workers must be 1 or more, got {args.workers}")
+        _run(main(), args.loop)
+    except (ConfigError, OSError) as exc:
+        logging.getLogger("surge.server").error("cannot start: %s", exc)
+        return 2
+    return codes[0] if codes else 0
 
 
 def _build_trt(args: argparse.Namespace) -> int:

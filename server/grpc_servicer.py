@@ -27,6 +27,7 @@ from .model import ModelVersion
 from .repository import ModelRepository
 from .stats import Stamps, now_ns
 from .triton import config_overrides_from_json, model_config_message, statistics_message
+from .workers import WorkerPeers, is_local_call
 
 __all__ = ["EXTENSIONS", "InferenceServicer", "STATUS_OF"]
 
@@ -102,8 +103,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def __init__(
         self, repository: ModelRepository, *, server_name: str, server_version: str, is_ready: Callable[[], bool], metrics: ServerMetrics | None = None,
+        peers: WorkerPeers | None = None,
     ) -> None:
-        """``metrics``: where requests that reach no model version are counted (None: metrics off)."""
+        """``metrics``: where requests that reach no model version are counted (None: metrics off).
+        ``peers``: in a ``--workers`` worker, the siblings statistics and repository calls also go to."""
+        self._peers = peers
         self._repo = repository
         self._metrics = metrics
         self._name = server_name
@@ -169,6 +173,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 if not versions:
                     raise errors.VersionNotFound(f"model '{name}' has no loaded version {request.version}")
             response.model_stats.extend(statistics_message(name, versions))
+        if self._peers is not None and not is_local_call(context.invocation_metadata()):
+            response = await self._peers.model_statistics(request, response)  # the whole server's, summed
         return response
 
     # -- inference -------------------------------------------------------------------------------
@@ -294,6 +300,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 text = param.string_param if which == "string_param" else param.bytes_param.decode("utf-8", "replace") if which == "bytes_param" else ""
                 overrides = config_overrides_from_json(request.model_name, text)
         await self._repo.load(request.model_name, overrides)
+        if self._peers is not None and not is_local_call(context.invocation_metadata()):
+            await self._peers.repository_call("RepositoryModelLoad", request)
         return pb.RepositoryModelLoadResponse()
 
     @_edge
@@ -302,6 +310,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.RepositoryModelUnloadResponse:
         self._repo.check_mutable("RepositoryModelUnload")
         await self._repo.unload(request.model_name)
+        if self._peers is not None and not is_local_call(context.invocation_metadata()):
+            await self._peers.repository_call("RepositoryModelUnload", request)
         return pb.RepositoryModelUnloadResponse()
 
 

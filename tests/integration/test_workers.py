@@ -1,0 +1,134 @@
+"""``surge serve --workers 2`` as a user runs it: one port, whole-server metrics and statistics, restarts, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from surge.clients import InferenceClient
+from tests.models import write_add_model
+from tests.process import SurgeProcess
+
+pytestmark = pytest.mark.timeout(120)
+
+X = np.ones((1, 4), np.float32)
+
+
+def _repository(root: Path) -> Path:
+    write_add_model(root / "add" / "1" / "model.onnx", 1.0)
+    (root / "add" / "config.toml").write_text("max_batch_size = 8\n")
+    return root
+
+
+def _from_log(server: SurgeProcess, pattern: str) -> str:
+    match = re.search(pattern, server.log())
+    assert match, f"no {pattern!r} in the log:\n{server.log()}"
+    return match.group(1)
+
+
+def _workers(state_dir: Path) -> dict[int, dict]:
+    states = {}
+    for path in state_dir.glob("worker-*.json"):
+        try:
+            state = json.loads(path.read_text())
+        except ValueError:
+            continue
+        states[state["index"]] = state
+    return states
+
+
+def _scrape(address: str) -> dict[tuple[str, frozenset], float]:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    return {(s.name, frozenset(s.labels.items())): s.value for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def _ok_requests(samples: dict) -> float:
+    return samples.get(("surge_requests_total", frozenset({("model", "add"), ("version", "1"), ("route", "primary"), ("code", "OK")})), 0.0)
+
+
+def _infer_count(address: str) -> int:
+    with InferenceClient(address, timeout_s=30) as client:
+        stats = client.model_statistics("add")
+    assert [(s.name, s.version) for s in stats.model_stats] == [("add", "1")]
+    return stats.model_stats[0].inference_count
+
+
+def test_two_workers_one_port_whole_server_metrics_statistics_restart_and_sigterm(tmp_path):
+    server = SurgeProcess(_repository(tmp_path / "repository"), tmp_path / "run", "--workers", "2", "--log-level", "info").start()
+    try:
+        state_dir = Path(_from_log(server, r"worker state in (\S+)"))
+        metrics = _from_log(server, r"metrics of all workers on http://(\S+)/metrics")
+        workers = _workers(state_dir)
+        assert sorted(workers) == [0, 1] and workers[0]["pid"] != workers[1]["pid"]
+        assert workers[0]["address"] == workers[1]["address"] == server.address  # one shared port
+
+        # traffic that certainly reaches each worker (their private sockets), and some through the shared port
+        for index, count in ((0, 3), (1, 5)):
+            with InferenceClient(workers[index]["private"], timeout_s=30) as client:
+                for _ in range(count):
+                    np.testing.assert_array_equal(client.infer("add", {"x": X})["y"], X + 1)
+        for _ in range(4):
+            with InferenceClient(server.address, timeout_s=30) as client:  # new connections: spread by the kernel
+                client.infer("add", {"x": X})
+        # each worker counts its own; the supervisor's page and any worker's ModelStatistics are the whole server's
+        own = [_ok_requests(_scrape(workers[i]["metrics"])) for i in (0, 1)]
+        assert own[0] >= 3 and own[1] >= 5 and sum(own) == 12
+        samples = _scrape(metrics)
+        assert _ok_requests(samples) == 12
+        assert samples[("surge_workers", frozenset())] == 2
+        assert samples[("surge_request_duration_seconds_count", frozenset({("model", "add"), ("version", "1"), ("route", "primary")}))] == 12
+        assert samples[("surge_queue_depth", frozenset({("model", "add"), ("version", "1")}))] == 0
+        assert samples[("surge_model_state", frozenset({("model", "add"), ("version", "1"), ("state", "READY")}))] == 1
+        assert _infer_count(server.address) == 12
+        assert _infer_count(workers[0]["private"]) == 12 and _infer_count(workers[1]["private"]) == 12
+
+        # a worker that dies is logged and restarted; the whole-server counters do not go down
+        os.kill(workers[1]["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while not (1 in (now := _workers(state_dir)) and now[1]["pid"] != workers[1]["pid"]):
+            assert time.monotonic() < deadline, f"worker 1 was not restarted; log:\n{server.log()}"
+            time.sleep(0.1)
+        assert re.search(rf"worker 1 \(pid {workers[1]['pid']}\) died \(signal 9\); restarting in", server.log())
+        samples = _scrape(metrics)
+        assert samples[("surge_worker_restarts_total", frozenset())] == 1
+        assert _ok_requests(samples) == 12  # worker 1's counters as last scraped, kept; the new worker starts at 0
+        with InferenceClient(now[1]["private"], timeout_s=30) as client:
+            client.infer("add", {"x": X})
+        assert _ok_requests(_scrape(metrics)) == 13
+        with InferenceClient(server.address, timeout_s=30) as client:
+            assert client.is_server_ready()
+        pids = [workers[0]["pid"], now[1]["pid"]]
+    finally:
+        code = server.stop()
+    assert code == 0, f"exit code {code} after SIGTERM; log:\n{server.log()}"
+    for pid in pids:  # every worker stopped with the supervisor
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+    assert not state_dir.exists()
+
+
+def test_workers_that_cannot_start_stop_the_server_with_exit_2(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(tmp_path / "missing"), "--workers", "2",
+         "--grpc-port", "0", "--metrics-port", "0"],
+        capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "cannot start" in result.stderr
+
+
+def test_workers_flag_out_of_range(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "surge.server.cli", "serve", "--workers", "0", "--grpc-port", "0", "--metrics-port", "0"],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2 and "--workers must be 1 or more" in result.stderr
