@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1, metavar="N",
                        help="N server processes sharing the gRPC port (SO_REUSEPORT), supervised; for CPU-bound front ends, "
                             "not GPU models (default 1: one process)")
+    serve.add_argument("--workers-share-gpu", action="store_true", help="with --workers: allow GPU models (each worker loads its own copy)")
     serve.add_argument("--loop", default="auto", choices=("auto", "uvloop", "asyncio"), help="event loop (default: uvloop when installed)")
 
     infer = sub.add_parser("infer", help="send one inference request and print the outputs")
@@ -168,7 +169,8 @@ def _serve_workers(config: object, args: argparse.Namespace) -> int:
     codes: list[int] = []
 
     async def main() -> None:
-        codes.append(await supervise(config, args.workers, log_level=args.log_level, loop=args.loop, address_file=args.address_file))
+        codes.append(await supervise(config, args.workers, log_level=args.log_level, loop=args.loop, address_file=args.address_file,
+                                     share_gpu=args.workers_share_gpu))
 
     try:
         if args.workers < 2:

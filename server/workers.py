@@ -40,6 +40,9 @@ The parent (``Supervisor``) does no serving:
   live worker the same way, so explicit model control acts on the whole server (a worker restarted later loads
   what ``--load-model`` names, not what was loaded through the API since: use ``none`` or ``poll`` control
   with workers when that matters).
+- **GPU models** refuse to start under ``--workers`` (a model with ``instance_group.kind = "gpu"`` or a TensorRT
+  engine): N workers would mean N copies of the weights and N CUDA contexts time-slicing one device. One process
+  owns a GPU; ``--workers-share-gpu`` opts in anyway (e.g. a small model whose front end is the bottleneck).
 """
 
 from __future__ import annotations
@@ -379,6 +382,28 @@ async def _serve_worker(index: int, config: Any, state_dir: Path, ready: Connect
 # -- the supervisor -------------------------------------------------------------------------------
 
 
+def gpu_models(repository: Path) -> tuple[list[str], list[str]]:
+    """(models that run on a GPU, models that may: ``kind = "auto"``) in the repository, from their configs.
+
+    A model whose config does not parse is left out: the workers report it as they load.
+    """
+    from .config import load_model_config
+
+    gpu: list[str] = []
+    auto: list[str] = []
+    for model_dir in sorted(p for p in repository.iterdir() if p.is_dir()) if repository.is_dir() else ():
+        try:
+            config = load_model_config(model_dir)
+        except (ConfigError, OSError):
+            continue
+        if config.instance_group.kind == "gpu" or config.backend == "tensorrt":
+            gpu.append(model_dir.name)
+        elif config.instance_group.kind == "auto":
+            auto.append(model_dir.name)
+    return gpu, auto
+
+
+
 @dataclass
 class _Slot:
     index: int
@@ -401,9 +426,19 @@ async def _readable(fd: int) -> None:
 class Supervisor:
     """Runs ``workers`` server processes on ``config``'s port and the whole server's metrics endpoint."""
 
-    def __init__(self, config: Any, workers: int, *, log_level: str = "info", loop: str = "auto") -> None:
+    def __init__(self, config: Any, workers: int, *, log_level: str = "info", loop: str = "auto", share_gpu: bool = False) -> None:
         if workers < 2:
             raise ConfigError(f"--workers: a supervisor runs 2 or more workers, got {workers}")
+        gpu, auto = gpu_models(config.model_repository)
+        if gpu and not share_gpu:
+            raise ConfigError(
+                f"--workers {workers}: model(s) {', '.join(gpu)} run on a GPU, and every worker would load its own copy with its "
+                "own CUDA context on the same device (memory x N, kernels time-sliced). Serve them with one process "
+                "(--workers 1: its instances and CUDA streams already overlap), or opt in with --workers-share-gpu"
+            )
+        if auto:
+            log.warning("--workers %d: model(s) %s have instance_group kind 'auto': where a GPU is present every worker "
+                        "puts its own copy on it", workers, ", ".join(auto))  # fmt: skip
         self.config = config
         self.workers = workers
         self._log_level = log_level
@@ -569,9 +604,9 @@ class Supervisor:
         return await loop.run_in_executor(None, render)
 
 
-async def supervise(config: Any, workers: int, *, log_level: str, loop: str, address_file: Path | None = None) -> int:
+async def supervise(config: Any, workers: int, *, log_level: str, loop: str, address_file: Path | None = None, share_gpu: bool = False) -> int:
     """``surge serve --workers N``: run the supervisor until SIGTERM/SIGINT; returns the exit code."""
-    supervisor = Supervisor(config, workers, log_level=log_level, loop=loop)
+    supervisor = Supervisor(config, workers, log_level=log_level, loop=loop, share_gpu=share_gpu)
     event_loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         event_loop.add_signal_handler(sig, supervisor.request_stop)

@@ -132,3 +132,12 @@ def test_workers_flag_out_of_range(tmp_path):
     result = subprocess.run([sys.executable, "-m", "surge.server.cli", "serve", "--workers", "0", "--grpc-port", "0", "--metrics-port", "0"],
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 2 and "--workers must be 1 or more" in result.stderr
+
+
+def test_gpu_models_need_an_explicit_opt_in_to_run_under_workers(tmp_path):
+    repository = _repository(tmp_path / "repository")
+    (repository / "add" / "config.toml").write_text('max_batch_size = 8\n\n[instance_group]\nkind = "gpu"\n')
+    result = subprocess.run([sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(repository), "--workers", "2",
+                             "--grpc-port", "0", "--metrics-port", "0"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "model(s) add run on a GPU" in result.stderr and "--workers-share-gpu" in result.stderr
