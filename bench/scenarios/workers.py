@@ -157,10 +157,12 @@ def main(argv: list[str] | None = None) -> int:
         table.append({"workers": n, "infer_per_s": statistics.median(p["infer_per_s"] for p in mine),
                       "p50_ms": statistics.median(p["p50_ms"] for p in mine), "p99_ms": statistics.median(p["p99_ms"] for p in mine)})  # fmt: skip
     base = table[0]["infer_per_s"]
-    print("\n| workers | infer/s (median) | vs first | p50 ms | p99 ms |\n|---|---|---|---|---|")
+    first = {p["repeat"]: p["infer_per_s"] for p in points if p["workers"] == counts[0]}
+    print(f"\n| workers | infer/s (median) | vs {counts[0]} (medians) | vs {counts[0]} (median of per-repeat ratios) | p50 ms | p99 ms |\n|---|---|---|---|---|---|")
     for row in table:
         row["relative"] = row["infer_per_s"] / base
-        print(f"| {row['workers']} | {row['infer_per_s']:.0f} | {row['relative']:.2f}x | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} |")
+        row["paired"] = statistics.median(p["infer_per_s"] / first[p["repeat"]] for p in points if p["workers"] == row["workers"])
+        print(f"| {row['workers']} | {row['infer_per_s']:.0f} | {row['relative']:.2f}x | {row['paired']:.2f}x | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"server_cpus": args.server_cpus, "generator_cpus": args.generator_cpus, "concurrency": concurrency,
