@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import re
@@ -14,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
 from surge.clients import InferenceClient
-from tests.models import write_add_model
+from tests.models import _SLOW_CONFIG, _SLOW_PY, write_add_model
 from tests.process import SurgeProcess
 
 pytestmark = pytest.mark.timeout(120)
@@ -48,10 +50,13 @@ def _workers(state_dir: Path) -> dict[int, dict]:
     return states
 
 
-def _scrape(address: str) -> dict[tuple[str, frozenset], float]:
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=30) as response:
+def _scrape(address: str, openmetrics: bool = False) -> dict[tuple[str, frozenset], float]:
+    headers = {"Accept": "application/openmetrics-text; version=1.0.0"} if openmetrics else {}
+    with urllib.request.urlopen(urllib.request.Request(f"http://{address}/metrics", headers=headers), timeout=30) as response:
         text = response.read().decode()
-    return {(s.name, frozenset(s.labels.items())): s.value for f in text_string_to_metric_families(text) for s in f.samples}
+        assert response.headers["Content-Type"].startswith("application/openmetrics-text" if openmetrics else "text/plain")
+    parse = parse_openmetrics if openmetrics else text_string_to_metric_families
+    return {(s.name, frozenset(s.labels.items())): s.value for f in parse(text) for s in f.samples}
 
 
 def _ok_requests(samples: dict) -> float:
@@ -87,6 +92,7 @@ def test_two_workers_one_port_whole_server_metrics_statistics_restart_and_sigter
         assert own[0] >= 3 and own[1] >= 5 and sum(own) == 12
         samples = _scrape(metrics)
         assert _ok_requests(samples) == 12
+        assert _ok_requests(_scrape(metrics, openmetrics=True)) == 12
         assert samples[("surge_workers", frozenset())] == 2
         assert samples[("surge_request_duration_seconds_count", frozenset({("model", "add"), ("version", "1"), ("route", "primary")}))] == 12
         assert samples[("surge_queue_depth", frozenset({("model", "add"), ("version", "1")}))] == 0
@@ -107,6 +113,7 @@ def test_two_workers_one_port_whole_server_metrics_statistics_restart_and_sigter
         with InferenceClient(now[1]["private"], timeout_s=30) as client:
             client.infer("add", {"x": X})
         assert _ok_requests(_scrape(metrics)) == 13
+        assert _ok_requests(_scrape(metrics, openmetrics=True)) == 13  # retired counters kept in this format too
         with InferenceClient(server.address, timeout_s=30) as client:
             assert client.is_server_ready()
         pids = [workers[0]["pid"], now[1]["pid"]]
@@ -116,6 +123,30 @@ def test_two_workers_one_port_whole_server_metrics_statistics_restart_and_sigter
     for pid in pids:  # every worker stopped with the supervisor
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
     assert not state_dir.exists()
+
+
+def test_sigint_drains_requests_in_flight_on_every_worker_and_exits_zero(tmp_path):
+    repository = _repository(tmp_path / "repository")
+    (repository / "slow_py" / "1").mkdir(parents=True)
+    (repository / "slow_py" / "1" / "model.py").write_text(_SLOW_PY)
+    (repository / "slow_py" / "config.toml").write_text(_SLOW_CONFIG)
+    server = SurgeProcess(repository, tmp_path / "run", "--workers", "2").start()
+    workers = _workers(Path(_from_log(server, r"worker state in (\S+)")))
+    delay = {"delay_s": np.array([[1.0]], np.float32)}
+    clients = [InferenceClient(workers[i]["private"], timeout_s=30, retries=0) for i in (0, 1)]
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            in_flight = [pool.submit(client.infer, "slow_py", delay) for client in clients]  # one on each worker
+            time.sleep(0.4)
+            os.kill(server.proc.pid, signal.SIGINT)  # Ctrl-C on the supervisor alone
+            results = [f.result() for f in in_flight]
+    finally:
+        for client in clients:
+            client.close()
+        code = server.stop()
+    assert [r["delay_s_out"][0, 0] for r in results] == [1.0, 1.0]
+    assert code == 0, server.log()
+    assert server.log().count("stopping: readiness off, draining in-flight requests") == 2
 
 
 def test_workers_that_cannot_start_stop_the_server_with_exit_2(tmp_path):

@@ -5,13 +5,12 @@ from __future__ import annotations
 import socket
 
 import pytest
-from prometheus_client.exposition import generate_latest
-from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
 from surge.protos import grpc_service_pb2 as pb
-from surge.server.workers import _Families, merge_families, merge_statistics, parse_page, reserve_port
+from surge.server.metrics import ServerSnapshot, VersionSample, render
+from surge.server.workers import format_page, merge_families, merge_statistics, parse_page, reserve_port
 
 
 def _page(requests: int, queue: int, state_ready: int, start: float, le_counts: tuple[int, int, int], psi: float) -> str:
@@ -42,8 +41,11 @@ process_start_time_seconds {start}
 """
 
 
-def _values(families) -> dict[tuple[str, frozenset], float]:
-    return {(s.name, frozenset(s.labels.items())): s.value for f in families for s in f.samples}
+def _values(merged, openmetrics: bool = False) -> dict[tuple[str, frozenset], float]:
+    """Merged families as prometheus_client parses their text: the real parser checks the format too."""
+    text = format_page(merged.values(), openmetrics=openmetrics).decode()
+    parse = parse_openmetrics if openmetrics else text_string_to_metric_families
+    return {(s.name, frozenset(s.labels.items())): s.value for f in parse(text) for s in f.samples}
 
 
 M1 = frozenset({("model", "m"), ("version", "1")})
@@ -68,7 +70,7 @@ def test_merge_sums_counters_histograms_and_amounts_and_takes_the_max_or_min_of_
 def test_retired_counters_are_added_but_not_their_gauges() -> None:
     live = parse_page(_page(10, 2, 1, 100.0, (5, 4, 1), 0.1))
     retired = merge_families([], parse_page(_page(7, 9, 1, 90.0, (1, 2, 4), 0.9)))
-    assert {f.type for f in retired} == {"counter", "histogram"}
+    assert {f.type for f in retired.values()} == {"counter", "histogram"}
     v = _values(merge_families([live], retired))
     assert v[("surge_requests_total", M1 | {("code", "OK")})] == 17
     assert v[("surge_request_duration_seconds_count", frozenset({("model", "m")}))] == 17
@@ -77,16 +79,21 @@ def test_retired_counters_are_added_but_not_their_gauges() -> None:
 
 
 @pytest.mark.parametrize("openmetrics", [False, True])
-def test_merged_families_encode_and_parse_back(openmetrics: bool) -> None:
-    pages = [parse_page(_page(10, 2, 1, 100.0, (5, 4, 1), 0.1)), parse_page(_page(7, 3, 0, 90.0, (1, 2, 4), 0.4))]
-    merged = merge_families(pages)
-    if openmetrics:
-        text = generate_openmetrics(_Families(merged)).decode()  # type: ignore[arg-type]
-        assert text.endswith("# EOF\n")
-        parsed = _values(parse_openmetrics(text))
-    else:
-        parsed = _values(text_string_to_metric_families(generate_latest(_Families(merged)).decode()))  # type: ignore[arg-type]
-    assert parsed == _values(merged)
+def test_surge_pages_merge_and_parse_back_in_both_formats(openmetrics: bool) -> None:
+    accept = "application/openmetrics-text; version=1.0.0" if openmetrics else ""
+
+    def page(queue: int, inflight: int) -> dict:
+        sample = VersionSample(model="m", version="1", state="READY", load_duration_s=0.5, queue_depth=queue, inflight=inflight,
+                               dropped_expired=1, dropped_cancelled=0, metrics=None)  # fmt: skip
+        body, _ = render(ServerSnapshot("1.0", (sample,), {"NOT_FOUND": 2}), accept=accept)
+        return parse_page(body.decode())
+
+    merged = merge_families([page(3, 4), page(5, 6)])
+    v = _values(merged, openmetrics)
+    assert v[("surge_queue_depth", M1)] == 8 and v[("surge_inflight_requests", M1)] == 10
+    assert v[("surge_unrouted_requests_total", frozenset({("code", "NOT_FOUND")}))] == 4
+    assert v[("surge_queue_dropped_total", M1 | {("reason", "expired")})] == 2
+    assert v[("surge_model_load_duration_seconds", M1)] == 0.5 and v[("surge_server_info", frozenset({("version", "1.0")}))] == 1
 
 
 def _stats(name: str, version: str, count: int, ns: int, last: int, batches: dict[int, int]) -> pb.ModelStatistics:
