@@ -64,7 +64,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -79,7 +79,21 @@ from surge.protos import grpc_service_pb2_grpc as pb_grpc
 
 from .errors import ConfigError
 
-__all__ = ["LOCAL_METADATA", "Supervisor", "WorkerPeers", "merge_families", "merge_statistics", "reserve_port"]
+__all__ = [
+    "LOCAL_METADATA",
+    "Family",
+    "Supervisor",
+    "WorkerPeers",
+    "format_page",
+    "gpu_models",
+    "is_local_call",
+    "merge_families",
+    "merge_statistics",
+    "parse_page",
+    "read_worker_states",
+    "reserve_port",
+    "supervise",
+]
 
 log = logging.getLogger("surge.workers")
 
@@ -444,7 +458,6 @@ def gpu_models(repository: Path) -> tuple[list[str], list[str]]:
         elif config.instance_group.kind == "auto":
             auto.append(model_dir.name)
     return gpu, auto
-
 
 
 @dataclass
