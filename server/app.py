@@ -142,7 +142,8 @@ class Server:
         log.info("gRPC listening on %s (live; loading models from %s, control mode %s)", self.address, self.config.model_repository, self.config.model_control_mode)
         try:
             if self.metrics is not None:
-                endpoint = MetricsEndpoint(self.metrics, self.config.host, self.config.metrics_port)
+                host = "127.0.0.1" if self._peers is not None else self.config.host  # a worker's own page: for the supervisor only
+                endpoint = MetricsEndpoint(self.metrics, host, self.config.metrics_port)
                 try:
                     self.metrics_address = await endpoint.start()
                 except OSError as exc:

@@ -106,7 +106,7 @@ def test_two_workers_one_port_whole_server_metrics_statistics_restart_and_sigter
         while not (1 in (now := _workers(state_dir)) and now[1]["pid"] != workers[1]["pid"]):
             assert time.monotonic() < deadline, f"worker 1 was not restarted; log:\n{server.log()}"
             time.sleep(0.1)
-        assert re.search(rf"worker 1 \(pid {workers[1]['pid']}\) died \(signal 9\); restarting in", server.log())
+        assert re.search(rf"worker 1 \(pid {workers[1]['pid']}\) died \(signal 9\); restarting in 0.5 s", server.log())
         samples = _scrape(metrics)
         assert samples[("surge_worker_restarts_total", frozenset())] == 1
         assert _ok_requests(samples) == 12  # worker 1's counters as last scraped, kept; the new worker starts at 0
@@ -116,7 +116,14 @@ def test_two_workers_one_port_whole_server_metrics_statistics_restart_and_sigter
         assert _ok_requests(_scrape(metrics, openmetrics=True)) == 13  # retired counters kept in this format too
         with InferenceClient(server.address, timeout_s=30) as client:
             assert client.is_server_ready()
-        pids = [workers[0]["pid"], now[1]["pid"]]
+        # dying again soon after a restart: the delay doubles
+        os.kill(now[1]["pid"], signal.SIGKILL)
+        while not (1 in (again := _workers(state_dir)) and again[1]["pid"] not in (workers[1]["pid"], now[1]["pid"])):
+            assert time.monotonic() < deadline, f"worker 1 was not restarted twice; log:\n{server.log()}"
+            time.sleep(0.1)
+        assert re.search(rf"worker 1 \(pid {now[1]['pid']}\) died \(signal 9\); restarting in 1.0 s", server.log())
+        assert _scrape(metrics)[("surge_worker_restarts_total", frozenset())] == 2
+        pids = [workers[0]["pid"], again[1]["pid"]]
     finally:
         code = server.stop()
     assert code == 0, f"exit code {code} after SIGTERM; log:\n{server.log()}"
