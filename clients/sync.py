@@ -61,7 +61,7 @@ class InferenceClient:
             metadata=metadata,
         )
         self.address = _common.channel_target(address)
-        self._channel = grpc.insecure_channel(address, options=self._settings.channel_options)
+        self._channel = grpc.insecure_channel(self.address, options=self._settings.channel_options)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
 
     def __enter__(self) -> InferenceClient:
