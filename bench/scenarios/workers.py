@@ -28,6 +28,7 @@ import csv
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -135,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="before each measurement, wait up to this long for other work on the box to stop (default 60; 0: never)")
     parser.add_argument("--out", type=Path, help="also write the points and the table as JSON here")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop the server being measured
     if not (REPO_ROOT / ".cache" / "perf_analyzer" / "bin" / "perf_analyzer").is_file():
         print("perf_analyzer is not set up: run bash bench/perf_analyzer/setup.sh", file=sys.stderr)
         return 2
