@@ -538,7 +538,7 @@ class Supervisor:
                     raise OSError(f"cannot bind the metrics endpoint to {config.host}:{config.metrics_port}: {exc.strerror or exc}") from None
                 log.info("metrics of all workers on http://%s/metrics", self.metrics_address)
             log.info("starting %d workers on %s (SO_REUSEPORT); worker state in %s", self.workers, self.address, state_dir)
-            tasks = [asyncio.create_task(self._keep(slot, worker_config, state_dir)) for slot in self._slots]
+            tasks = [asyncio.create_task(self._guarded_keep(slot, worker_config, state_dir)) for slot in self._slots]
             ready = asyncio.create_task(self._all_ready.wait())
             stop = asyncio.create_task(self._stopping.wait())
             await asyncio.wait((ready, stop), return_when=asyncio.FIRST_COMPLETED)
@@ -582,6 +582,17 @@ class Supervisor:
     def _check_all_ready(self) -> None:
         if all(slot.state is not None for slot in self._slots):
             self._all_ready.set()
+
+    async def _guarded_keep(self, slot: _Slot, config: Any, state_dir: Path) -> None:
+        """``_keep``, but a supervisor bug (say, a worker that cannot be spawned) stops the server, never hangs it."""
+        try:
+            await self._keep(slot, config, state_dir)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("worker %d: the supervisor failed to run it: stopping the server", slot.index)
+            self._exit_code = 1
+            self._stopping.set()
 
     async def _keep(self, slot: _Slot, config: Any, state_dir: Path) -> None:
         """Run one worker, restarting it with backoff whenever it exits while the server runs."""

@@ -7,7 +7,9 @@
 Needs perf_analyzer (``bash bench/perf_analyzer/setup.sh`` caches it under .cache/) and nothing from the network.
 ``tiny`` (y = x + 1 over 16 floats, one row per request, no dynamic batching) is pure serving overhead, the
 case workers are for. Each repeat runs every worker count once, in turn (1, 2, 1, 2, ...), each on a fresh
-server; the table gives medians over repeats and each count's throughput relative to 1 worker.
+server; the table gives medians over repeats and each count's throughput relative to 1 worker. On a shared
+box each measurement first waits (up to ``--wait-idle-s``) for other work to stop, and records the CPU other
+processes used while it ran (``contention.Meter``, in cores).
 
 Pinning (``taskset``): the server (the supervisor, its workers and their ONNX Runtime threads) on
 ``--server-cpus``, perf_analyzer on ``--generator-cpus``. Defaults: with 4 or more CPUs, the generator gets
@@ -26,6 +28,7 @@ import csv
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -41,6 +44,7 @@ from surge.protos import grpc_service_pb2 as pb
 from surge.protos import grpc_service_pb2_grpc as pb_grpc
 from surge.server.workers import LOCAL_METADATA, read_worker_states
 
+from .contention import Meter, wait_idle
 from .servers import _model_ready, _stop
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -128,8 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval-ms", type=int, default=3000, help="perf_analyzer measurement window (default 3000)")
     parser.add_argument("--server-cpus", default=server_default, help=f"taskset CPUs of the server (default {server_default})")
     parser.add_argument("--generator-cpus", default=generator_default, help=f"taskset CPUs of perf_analyzer (default {generator_default})")
+    parser.add_argument("--wait-idle-s", type=float, default=60.0,
+                        help="before each measurement, wait up to this long for other work on the box to stop (default 60; 0: never)")
     parser.add_argument("--out", type=Path, help="also write the points and the table as JSON here")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop the server being measured
     if not (REPO_ROOT / ".cache" / "perf_analyzer" / "bin" / "perf_analyzer").is_file():
         print("perf_analyzer is not set up: run bash bench/perf_analyzer/setup.sh", file=sys.stderr)
         return 2
@@ -144,13 +151,17 @@ def main(argv: list[str] | None = None) -> int:
     for repeat in range(args.repeats):
         for n in counts:
             with surge(repository, n, args.server_cpus, work / f"w{n}") as (address, state_dir):
+                if args.wait_idle_s > 0:
+                    wait_idle(args.wait_idle_s, lambda line: print(line, flush=True))
                 before = served_per_worker(state_dir)
-                result = perf_analyzer(address, concurrency, args.generator_cpus, args.interval_ms)
+                with Meter() as meter:  # CPU used by processes outside this benchmark while it measured
+                    result = perf_analyzer(address, concurrency, args.generator_cpus, args.interval_ms)
                 after = served_per_worker(state_dir)
             share = [b - a for a, b in zip(before, after)] if before else []
-            points.append({"repeat": repeat, "workers": n, **result, "per_worker": share})
+            points.append({"repeat": repeat, "workers": n, **result, "per_worker": share, "foreign_cores": meter.foreign_cores})
             print(f"  repeat {repeat} workers {n}: {result['infer_per_s']:8.0f} infer/s  p50 {result['p50_ms']:.2f} ms  "
-                  f"p99 {result['p99_ms']:.2f} ms{'' if result['stable'] else ' (unstable)'}  per worker {share}", flush=True)  # fmt: skip
+                  f"p99 {result['p99_ms']:.2f} ms{'' if result['stable'] else ' (unstable)'}  per worker {share}  "
+                  f"other work {meter.foreign_cores:.2f} cores", flush=True)  # fmt: skip
     table = []
     for n in counts:
         mine = [p for p in points if p["workers"] == n]

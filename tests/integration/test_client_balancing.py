@@ -66,6 +66,9 @@ def test_round_robin_over_three_servers_survives_one_killed(tmp_path: Path) -> N
             assert client.address == "ipv4:" + ",".join(addresses)
             for _ in range(6):
                 assert client.infer("add", {"x": X})["y"][0, 0] == 2.0
+        port = addresses[0].rsplit(":", 1)[1]
+        with InferenceClient(f"dns:///localhost:{port}", timeout_s=30) as client:  # a DNS name (here with one live server)
+            assert client.infer("add", {"x": X})["y"][0, 0] == 2.0
         print(f"\nretrying client: {retried}; client without retries: {plain} (its failures were in flight on the killed server)")
         assert retried["failed"] == 0, retried
         assert plain["failed"] <= 2 * CONCURRENCY, plain

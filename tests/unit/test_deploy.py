@@ -5,8 +5,9 @@
 - KServe kinds (ServingRuntime, InferenceService): jsonschema against ``tests/deploy/kserve-0.21.0.schema.json``,
   generated from the KServe SDK's models (``tests/deploy/kserve_schema.py`` says how and what it leaves out), its
   Kubernetes parts (containers, probes, metadata) resolved against kubernetes-validate's strict definitions.
-- ServiceMonitor: no schema for it installs offline here; its metadata is checked against Kubernetes' ObjectMeta,
-  its selector and ports against the Service (below), and its spec fields are not schema-checked.
+- ServiceMonitor: jsonschema against ``tests/deploy/prometheus-operator-0.80.1.servicemonitor.schema.json``, generated
+  (``tests/deploy/servicemonitor_schema.py``) from cloudcoil's models of the Prometheus Operator v0.80.1 CRDs
+  (types, enums, patterns), closed to unknown fields.
 - Consistency: Service and ServiceMonitor select the Deployment's pods, ports by name exist, the HPA scales the
   Deployment on a metric the adapter rule serves, the adapter's PromQL parses and names metrics Surge exports,
   every ``surge serve`` command line parses with Surge's own CLI parser, probes and ports agree with its flags,
@@ -33,6 +34,7 @@ from surge.server.metrics import ServerSnapshot, VersionSample, render
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 KSERVE_SCHEMA = Path(__file__).resolve().parents[1] / "deploy" / "kserve-0.21.0.schema.json"
+SERVICE_MONITOR_SCHEMA = Path(__file__).resolve().parents[1] / "deploy" / "prometheus-operator-0.80.1.servicemonitor.schema.json"
 KUBERNETES_VERSION = "1.37"
 KSERVE_KINDS = {("serving.kserve.io/v1beta1", "InferenceService"), ("serving.kserve.io/v1alpha1", "ServingRuntime")}
 SERVICE_MONITOR = ("monitoring.coreos.com/v1", "ServiceMonitor")
@@ -78,10 +80,7 @@ def _validate(doc: dict[str, Any]) -> None:
     if key in KSERVE_KINDS:
         _kserve_validator(doc["kind"]).validate(doc)
     elif key == SERVICE_MONITOR:
-        definitions = _kubernetes_definitions()
-        registry = referencing.Registry().with_resource(definitions["$id"], referencing.Resource.from_contents(definitions))
-        meta = {"$ref": f"{definitions['$id']}#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}
-        jsonschema.Draft202012Validator(meta, registry=registry).validate(doc["metadata"])
+        jsonschema.Draft202012Validator(json.loads(SERVICE_MONITOR_SCHEMA.read_text())).validate(doc)
     else:
         kv.validate(doc, KUBERNETES_VERSION, strict=True)
 
@@ -107,6 +106,8 @@ def test_manifest_fits_its_schema(name: str, doc: dict[str, Any]) -> None:
     ("ServingRuntime", lambda d: d["spec"].__setitem__("multiModel", "no"), "no"),
     ("InferenceService", lambda d: d["spec"]["predictor"]["model"].pop("modelFormat"), "modelFormat"),
     ("InferenceService", lambda d: d["spec"]["predictor"]["model"]["resources"].__setitem__("request", {}), "request"),
+    ("ServiceMonitor", lambda d: d["spec"]["endpoints"][0].__setitem__("interval", "15 seconds"), "15 seconds"),
+    ("ServiceMonitor", lambda d: d["spec"].__setitem__("endpoint", []), "endpoint"),
 ])  # fmt: skip
 def test_the_validators_reject_broken_manifests(kind: str, mutate: Any, message: str) -> None:
     doc = copy.deepcopy(_find(kind, "surge" if kind == "Deployment" else None))
