@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,8 +96,8 @@ class ServerConfig:
     http_port: int = 8000
     """REST v2 (HTTP/JSON) port (Triton's default); 0 picks a free port (``Server.http_address``); -1 turns REST off."""
     reuse_port: bool = False
-    """Bind the gRPC port with SO_REUSEPORT so several worker processes share it (set by ``--workers``; see
-    ``workers.py``). Off otherwise, so a port already taken is a clear error rather than a silent share."""
+    """Bind the gRPC and REST ports with SO_REUSEPORT so several worker processes share them (set by ``--workers``;
+    see ``workers.py``). Off otherwise, so a port already taken is a clear error rather than a silent share."""
 
     def __post_init__(self) -> None:
         if not -1 <= self.metrics_port <= 65535:
@@ -124,6 +125,22 @@ class ServerConfig:
         pair = (read(self.tls_key_file, "TLS key"), read(self.tls_cert_file, "TLS certificate"))
         ca = read(self.tls_client_ca_file, "client CA bundle") if self.tls_client_ca_file is not None else None
         return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The same TLS (or mutual TLS) as ``server_credentials``, for the REST listener; None for plaintext. Raises ConfigError."""
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2  # gRPC's (BoringSSL's) floor too
+        try:
+            context.load_cert_chain(self.tls_cert_file, self.tls_key_file)
+            if self.tls_client_ca_file is not None:
+                context.load_verify_locations(cafile=self.tls_client_ca_file)
+                context.verify_mode = ssl.CERT_REQUIRED
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot use the TLS files {self.tls_cert_file}, {self.tls_key_file}{f', {self.tls_client_ca_file}' if self.tls_client_ca_file else ''} "
+                              f"for REST: {getattr(exc, 'strerror', None) or exc}") from None
+        return context
 
     def unix_socket_path(self) -> Path | None:
         """The socket file of a ``unix:`` address (None for TCP)."""
@@ -227,7 +244,7 @@ class Server:
             traffic=self.traffic, peers=self._peers,
         )
         add_to_server(servicer, server)
-        add_surge_services(self.traffic, server)  # surge.v1.Admin and surge.v1.Feedback (admin scope: server/security.py)
+        add_surge_services(self.traffic, server, self._peers)  # surge.v1.Admin and surge.v1.Feedback (admin scope: server/security.py)
         self._servicer = servicer
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((SERVICE_NAME, *SURGE_SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
@@ -270,17 +287,19 @@ class Server:
                     raise OSError(f"cannot bind the metrics endpoint to {self.config.host}:{self.config.metrics_port}: {exc.strerror or exc}") from None
                 self._metrics_endpoint = endpoint
                 log.info("metrics on http://%s/metrics", self.metrics_address)
-            if self.config.http_port >= 0:  # REST v2 over the same servicer (rest.py); auth hook: RestEndpoint(authorize=...)
+            if self.config.http_port >= 0:  # REST v2 over the same servicer (rest.py), the same policy, limits and TLS as gRPC
                 rest = RestEndpoint(
-                    servicer, self.config.host, self.config.http_port, max_request_bytes=MAX_MESSAGE_BYTES,
+                    servicer, self.config.host, self.config.http_port, max_request_bytes=limits.max_request_bytes,
                     drain_timeout_s=self.config.drain_timeout_s, metrics=self.metrics,
+                    authorize=self.security.authorize if self.security.active else None, reuse_port=self.config.reuse_port,
+                    ssl_context=self.config.ssl_context(),
                 )
                 try:
                     self.http_address = await rest.start()
                 except OSError as exc:
                     raise OSError(f"cannot bind REST to {self.config.host}:{self.config.http_port}: {exc.strerror or exc}") from None
                 self._rest = rest
-                log.info("REST v2 on http://%s/v2", self.http_address)
+                log.info("REST v2 on %s://%s/v2", "https" if self.config.tls_cert_file is not None else "http", self.http_address)
             await self.repository.start()
         except BaseException:
             await self.stop(0)

@@ -61,6 +61,9 @@ class FeedbackIndex:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, request_id: object) -> bool:
+        return request_id in self._entries
+
     def record(self, request_id: str, version: str, outputs: dict[str, np.ndarray], rows: int) -> None:
         """Remember who answered ``request_id`` and its per-row prediction (request path, after the answer)."""
         entries = self._entries

@@ -145,6 +145,8 @@ def _edge(method: _F) -> _F:
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
+            if isinstance(exc, grpc.aio.AioRpcError):  # a sibling worker's refusal (workers.py): passed on as it is
+                await context.abort(exc.code(), exc.details() or "")
             await context.abort(status_of(exc), _error_message(exc, getattr(request, "id", "")))
 
     return wrapper  # type: ignore[return-value]
@@ -235,8 +237,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 if not versions:
                     raise errors.VersionNotFound(f"model '{name}' has no loaded version {request.version}")
             response.model_stats.extend(statistics_message(name, versions))
-        if self._peers is not None and not is_local_call(context.invocation_metadata()):
-            response = await self._peers.model_statistics(request, response)  # the whole server's, summed
+        if self._peers is not None and not is_local_call(metadata := context.invocation_metadata()):
+            response = await self._peers.model_statistics(request, response, metadata)  # the whole server's, summed
         return response
 
     # -- inference -------------------------------------------------------------------------------
@@ -405,8 +407,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 text = param.string_param if which == "string_param" else param.bytes_param.decode("utf-8", "replace") if which == "bytes_param" else ""
                 overrides = config_overrides_from_json(request.model_name, text)
         await self._repo.load(request.model_name, overrides)
-        if self._peers is not None and not is_local_call(context.invocation_metadata()):
-            await self._peers.repository_call("RepositoryModelLoad", request)
+        if self._peers is not None and not is_local_call(metadata := context.invocation_metadata()):
+            await self._peers.repository_call("RepositoryModelLoad", request, metadata)
         return pb.RepositoryModelLoadResponse()
 
     @_edge
@@ -415,8 +417,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.RepositoryModelUnloadResponse:
         self._repo.check_mutable("RepositoryModelUnload")
         await self._repo.unload(request.model_name)
-        if self._peers is not None and not is_local_call(context.invocation_metadata()):
-            await self._peers.repository_call("RepositoryModelUnload", request)
+        if self._peers is not None and not is_local_call(metadata := context.invocation_metadata()):
+            await self._peers.repository_call("RepositoryModelUnload", request, metadata)
         return pb.RepositoryModelUnloadResponse()
 
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -160,11 +161,13 @@ class RestEndpoint:
     def __init__(
         self, servicer: InferenceServicer, host: str, port: int, *, max_request_bytes: int, drain_timeout_s: float = 30.0,
         metrics: ServerMetrics | None = None, authorize: Authorize | None = None, reuse_port: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         """``max_request_bytes``: largest request body accepted (after decompression; larger: 413).
         ``metrics``: where inference requests whose body cannot be read are counted (as the servicer counts unrouted ones).
         ``authorize``: the access-control hook (module docstring); None: every route is open.
-        ``reuse_port``: bind with SO_REUSEPORT, so worker processes can share the port (else a taken port is an error)."""
+        ``reuse_port``: bind with SO_REUSEPORT, so worker processes can share the port (else a taken port is an error).
+        ``ssl_context``: serve HTTPS (``ServerConfig.ssl_context``: the gRPC port's certificate and client CA); None: plain HTTP."""
         self._servicer = servicer
         self._host = host
         self._port = port
@@ -172,6 +175,7 @@ class RestEndpoint:
         self._authorize = authorize
         self._max_request_bytes = max_request_bytes
         self._reuse_port = reuse_port
+        self._ssl_context = ssl_context
         app = web.Application(client_max_size=max_request_bytes, middlewares=[self._errors])
         self._routes(app.router)
         # aclose() drains first (with its own grace), so aiohttp's cleanup only cancels what outlived it: a tiny
@@ -186,7 +190,7 @@ class RestEndpoint:
     async def start(self) -> str:
         """Bind and listen; returns the bound ``host:port`` (port 0 picks a free one). Raises OSError."""
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True, reuse_port=self._reuse_port or None)
+        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True, reuse_port=self._reuse_port or None, ssl_context=self._ssl_context)
         try:
             await site.start()
         except BaseException:

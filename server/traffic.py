@@ -185,12 +185,19 @@ class Traffic:
 
     def report(self, name: str, request_id: str, **outcome: Any) -> str:
         """Join an outcome with the version that answered; returns it ("" when the id is unknown)."""
+        return self._feedback(name, request_id).report(request_id, **outcome)
+
+    def knows(self, name: str, request_id: str) -> bool:
+        """Whether ``request_id`` is in the model's feedback index now (counts nothing; raises as ``report`` does)."""
+        return request_id in self._feedback(name, request_id)
+
+    def _feedback(self, name: str, request_id: str) -> FeedbackIndex:
         m = self._model(name)
         if m.feedback is None:
             raise InvalidInput(f"model '{name}' does not index requests for feedback; add a [feedback] table to its config.toml")
         if not request_id:
             raise InvalidInput("ReportOutcome: request_id is required (the id of the answered ModelInferRequest)")
-        return m.feedback.report(request_id, **outcome)
+        return m.feedback
 
     async def aclose(self) -> None:
         """Stop every shadow sender and the comparison thread."""

@@ -211,16 +211,20 @@ class WorkerPeers:
                 targets.append(info["private"])
         return targets
 
-    def _stub(self, target: str) -> pb_grpc.GRPCInferenceServiceStub:
+    def _channel(self, target: str) -> grpc.aio.Channel:
         channel = self._channels.get(target)
         if channel is None:
             channel = self._channels[target] = grpc.aio.insecure_channel(target)
-        return pb_grpc.GRPCInferenceServiceStub(channel)
+        return channel
 
-    async def _each_sibling(self, method: str, request: Any) -> list[Any]:
-        """Call ``method`` on every sibling; UNAVAILABLE ones (restarting, stopping) are left out and logged."""
+    async def call_siblings(self, stub: Any, method: str, request: Any, caller: Iterable[tuple[str, Any]] | None = ()) -> list[Any]:
+        """Call ``stub(channel).method`` on every sibling; UNAVAILABLE ones (restarting, stopping) are left out and logged.
+
+        ``caller``: the metadata of the call being answered; its ``authorization`` is forwarded, so a sibling checks
+        the caller's own token (the private socket has no privilege of its own: see the module docstring)."""
+        metadata = LOCAL_METADATA + tuple((k, v) for k, v in caller or () if k == "authorization")
         targets = self.siblings()
-        calls = [getattr(self._stub(t), method)(request, metadata=LOCAL_METADATA, timeout=PEER_TIMEOUT_S) for t in targets]
+        calls = [getattr(stub(self._channel(t)), method)(request, metadata=metadata, timeout=PEER_TIMEOUT_S) for t in targets]
         results = await asyncio.gather(*calls, return_exceptions=True)
         answers = []
         for target, result in zip(targets, results):
@@ -232,13 +236,15 @@ class WorkerPeers:
             answers.append(result)
         return answers
 
-    async def model_statistics(self, request: pb.ModelStatisticsRequest, local: pb.ModelStatisticsResponse) -> pb.ModelStatisticsResponse:
+    async def model_statistics(
+        self, request: pb.ModelStatisticsRequest, local: pb.ModelStatisticsResponse, caller: Iterable[tuple[str, Any]] | None = ()
+    ) -> pb.ModelStatisticsResponse:
         """This worker's statistics plus every live sibling's, summed."""
-        return merge_statistics([local, *await self._each_sibling("ModelStatistics", request)])
+        return merge_statistics([local, *await self.call_siblings(pb_grpc.GRPCInferenceServiceStub, "ModelStatistics", request, caller)])
 
-    async def repository_call(self, method: str, request: Any) -> None:
+    async def repository_call(self, method: str, request: Any, caller: Iterable[tuple[str, Any]] | None = ()) -> None:
         """Apply a RepositoryModelLoad/Unload that succeeded here to every live sibling too."""
-        await self._each_sibling(method, request)
+        await self.call_siblings(pb_grpc.GRPCInferenceServiceStub, method, request, caller)
 
     async def aclose(self) -> None:
         for channel in self._channels.values():
@@ -486,6 +492,11 @@ class Supervisor:
     def __init__(self, config: Any, workers: int, *, log_level: str = "info", loop: str = "auto", share_gpu: bool = False) -> None:
         if workers < 2:
             raise ConfigError(f"--workers: a supervisor runs 2 or more workers, got {workers}")
+        if config.grpc_address:
+            raise ConfigError(
+                f"--workers {workers} with --grpc-address {config.grpc_address}: workers share a TCP port (SO_REUSEPORT); a Unix socket "
+                "has one listener. Use --workers 1 with a Unix socket, or a TCP port (--grpc-port) with workers"
+            )
         gpu, auto = gpu_models(config.model_repository)
         if gpu and not share_gpu:
             raise ConfigError(
@@ -525,8 +536,18 @@ class Supervisor:
             raise OSError(f"cannot bind gRPC to {config.host}:{config.grpc_port} ({exc.strerror or exc})") from None
         port = reserved.getsockname()[1]
         self.address = f"{config.host}:{port}"
+        http_port, reserved_http = config.http_port, None
+        if http_port >= 0:  # REST: the same shared port scheme as gRPC
+            try:
+                reserved_http = reserve_port(config.host, http_port)
+            except OSError as exc:
+                reserved.close()
+                raise OSError(f"cannot bind REST to {config.host}:{config.http_port} ({exc.strerror or exc})") from None
+            http_port = reserved_http.getsockname()[1]
         state_dir = Path(tempfile.mkdtemp(prefix="surge-workers-"))  # 0700: only this user reaches the sockets
-        worker_config = dataclasses.replace(config, grpc_port=port, reuse_port=True, metrics_port=0 if config.metrics_port >= 0 else -1)
+        worker_config = dataclasses.replace(
+            config, grpc_port=port, http_port=http_port, reuse_port=True, metrics_port=0 if config.metrics_port >= 0 else -1
+        )
         endpoint = None
         tasks: list[asyncio.Task[None]] = []
         try:
@@ -537,7 +558,8 @@ class Supervisor:
                 except OSError as exc:
                     raise OSError(f"cannot bind the metrics endpoint to {config.host}:{config.metrics_port}: {exc.strerror or exc}") from None
                 log.info("metrics of all workers on http://%s/metrics", self.metrics_address)
-            log.info("starting %d workers on %s (SO_REUSEPORT); worker state in %s", self.workers, self.address, state_dir)
+            log.info("starting %d workers on %s%s (SO_REUSEPORT); worker state in %s", self.workers, self.address,
+                     f" and REST {config.host}:{http_port}" if reserved_http is not None else "", state_dir)
             tasks = [asyncio.create_task(self._guarded_keep(slot, worker_config, state_dir)) for slot in self._slots]
             ready = asyncio.create_task(self._all_ready.wait())
             stop = asyncio.create_task(self._stopping.wait())
@@ -558,6 +580,8 @@ class Supervisor:
             if endpoint is not None:
                 await endpoint.aclose()
             reserved.close()
+            if reserved_http is not None:
+                reserved_http.close()
             shutil.rmtree(state_dir, ignore_errors=True)
         log.info("stopped")
         return self._exit_code

@@ -68,7 +68,7 @@ class SurgeProcess:
                 pytest.fail(f"surge serve was not ready within {START_TIMEOUT_S:.0f} s; its log:\n{self.log()}")
             time.sleep(0.05)
         self.address = self.address_file.read_text().strip()
-        rest = re.search(r"REST v2 on http://(\S+)/v2", self.log())  # logged before the address file is written
+        rest = re.search(r"REST v2 on https?://(\S+)/v2", self.log())  # logged before the address file is written
         self.http_address = rest.group(1) if rest else ""
         return self
 
