@@ -110,7 +110,7 @@ def test_manifest_fits_its_schema(name: str, doc: dict[str, Any]) -> None:
     ("ServiceMonitor", lambda d: d["spec"].__setitem__("endpoint", []), "endpoint"),
 ])  # fmt: skip
 def test_the_validators_reject_broken_manifests(kind: str, mutate: Any, message: str) -> None:
-    doc = copy.deepcopy(_find(kind, "surge" if kind == "Deployment" else None))
+    doc = copy.deepcopy(_find(kind, "surge" if kind in ("Deployment", "ServingRuntime") else None))
     mutate(doc)
     with pytest.raises(jsonschema.ValidationError, match=message):
         _validate(doc)
@@ -129,17 +129,21 @@ def _surge_containers() -> list[tuple[str, dict[str, Any]]]:
 
 def test_every_surge_command_line_parses_and_its_ports_and_probes_agree() -> None:
     containers = _surge_containers()
-    assert len(containers) == 3  # the Deployment, the sidecar, the ServingRuntime
+    assert len(containers) == 4  # the Deployment, the sidecar, the ServingRuntimes (gRPC and REST)
     for name, container in containers:
         parsed, unknown = _parser().parse_known_args(["serve", *container["args"]])
         # --grpc-address comes with the reliability work; until it is merged it is the one flag allowed unknown
         assert all(a.startswith("--grpc-address=unix://") for a in unknown), (name, unknown)
         ports = {p["containerPort"] for p in container.get("ports", [])}
-        if name.endswith("ServingRuntime/surge"):  # Knative allows one port (gRPC); KServe scrapes by annotation
-            assert str(parsed.metrics_port) == _find("ServingRuntime")["spec"]["annotations"]["prometheus.kserve.io/port"]
+        if "ServingRuntime/" in name:  # Knative allows one port (gRPC or REST); KServe scrapes by annotation
+            runtime = _find("ServingRuntime", name.rsplit("/", 1)[1])
+            assert str(parsed.metrics_port) == runtime["spec"]["annotations"]["prometheus.kserve.io/port"]
         else:
             assert parsed.metrics_port in ports, name
-        if not any(a.startswith("--grpc-address") for a in container["args"]):
+        if name.endswith("ServingRuntime/surge-rest"):  # the one port is REST's; the probe asks REST for readiness
+            assert ports == {parsed.http_port} and container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": parsed.http_port}
+            assert parsed.host == "0.0.0.0" and _find("ServingRuntime", "surge-rest")["spec"]["protocolVersions"] == ["v2"]
+        elif not any(a.startswith("--grpc-address") for a in container["args"]):
             assert parsed.grpc_port in ports and parsed.host == "0.0.0.0", name
             for probe in ("readinessProbe",):
                 grpc_probe = container[probe].get("grpc")
