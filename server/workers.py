@@ -11,8 +11,8 @@ The parent (``Supervisor``) does no serving:
 
 - **Port.** It reserves the shared port first with a bound, never-listening SO_REUSEPORT socket (port 0
   becomes a concrete free port every worker then binds; a port held by another program is a clear "cannot
-  bind" error before any worker starts). The REST port (``ServerConfig.reuse_port``) can be shared the same
-  way: reserve it here and bind it with ``reuse_port=True`` in the worker.
+  bind" error before any worker starts). The REST port is reserved and shared the same way (workers bind both
+  with ``ServerConfig.reuse_port``). A Unix socket gRPC address cannot be shared: refused with exit 2.
 - **Supervision.** Workers are ``multiprocessing`` *spawn* children (never fork: gRPC's threads do not survive
   fork). A worker that exits while the server runs is logged and restarted, after a backoff that doubles
   from 0.5 s to 30 s and resets once a worker has stayed up for a minute. A worker that fails at its first
@@ -42,7 +42,13 @@ The parent (``Supervisor``) does no serving:
   counters die with it, as a single server's do on restart). RepositoryModelLoad/Unload are applied to every
   live worker the same way, so explicit model control acts on the whole server (a worker restarted later loads
   what ``--load-model`` names, not what was loaded through the API since: use ``none`` or ``poll`` control
-  with workers when that matters).
+  with workers when that matters). ``surge.v1.Admin`` route changes are sent on the same way, and a
+  ``surge.v1.Feedback`` report whose request id this worker never indexed is asked of the siblings
+  (``surge_servicer.py``).
+- **Auth across workers**: a sibling call carries the caller's own ``authorization`` metadata (``call_siblings``)
+  and the sibling checks it like any call: the private socket is served by the same gRPC server, whose auth
+  interceptor sees every port alike, so it grants nothing by itself (it is also only reachable by this user:
+  0700 folder). Trusting the socket instead would need the interceptor to tell ports apart per call.
 - **GPU models** refuse to start under ``--workers`` (a model with ``instance_group.kind = "gpu"`` or a TensorRT
   engine): N workers would mean N copies of the weights and N CUDA contexts time-slicing one device. One process
   owns a GPU; ``--workers-share-gpu`` opts in anyway (e.g. a small model whose front end is the bottleneck).
