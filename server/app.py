@@ -179,8 +179,8 @@ class Server:
             self._servicer.begin_shutdown()
         if self._grpc is not None:
             await self._grpc.stop(self.config.drain_timeout_s if grace_s is None else grace_s)
+        await self.traffic.aclose()  # shadows first: their queued requests would only meet unloading versions
         await self.repository.aclose()
-        await self.traffic.aclose()
         if self._metrics_endpoint is not None:  # last: a scrape during the drain still sees it
             await self._metrics_endpoint.aclose()
             self._metrics_endpoint = None
