@@ -312,6 +312,9 @@ class TrafficCollector:
                                      labels=[*pair_labels, "output"])
         latency = HistogramMetricFamily("surge_shadow_latency_seconds", "Execution time of compared requests, for the primary and the shadow.",
                                         labels=[*pair_labels, "role"])
+        latency_diff = GaugeMetricFamily("surge_shadow_mean_latency_difference_seconds",
+                                         "Mean over compared requests of the shadow's execution time minus the primary's (> 0: the shadow is slower).",
+                                         labels=pair_labels)
         log_lines = CounterMetricFamily("surge_shadow_log_lines", "Disagreements written to the log, or skipped (log full or unwritable).",
                                         labels=[*pair_labels, "result"])
         pending = GaugeMetricFamily("surge_shadow_pending", "Shadow requests waiting or executing.", labels=["model"])
@@ -339,9 +342,12 @@ class TrafficCollector:
                         running += c
                         buckets.append((le, running))
                     latency.add_metric([*labels, role], buckets, h.sum_ns / 1e9)
+                compared = sum(p.shadow_latency.counts)
+                if compared:
+                    latency_diff.add_metric(labels, (p.shadow_latency.sum_ns - p.primary_latency.sum_ns) / compared / 1e9)
                 log_lines.add_metric([*labels, "written"], p.log_written)
                 log_lines.add_metric([*labels, "skipped"], p.log_skipped)
-        yield from (requests, agreed, out_compared, out_agreed, am_compared, am_agreed, max_abs, mean_abs, latency, log_lines, pending)
+        yield from (requests, agreed, out_compared, out_agreed, am_compared, am_agreed, max_abs, mean_abs, latency, latency_diff, log_lines, pending)
 
     @staticmethod
     def _feedback(rows: list[Any]) -> Iterator[Any]:

@@ -171,6 +171,10 @@ def test_shadow_agreement_metrics_and_disagreement_log(repository: Path, start_s
         assert value(found, "surge_shadow_max_abs_difference", **pair, output="y") == 0.0
         assert value(found, "surge_shadow_latency_seconds_count", **pair, role="shadow") == 30
         assert value(found, "surge_shadow_latency_seconds_count", **pair, role="primary") == 30
+        sums = {role: value(found, "surge_shadow_latency_seconds_sum", **pair, role=role) for role in ("primary", "shadow")}
+        assert sums["primary"] > 0 and sums["shadow"] > 0
+        assert ("surge_shadow_mean_latency_difference_seconds", frozenset(pair.items())) in found
+        assert value(found, "surge_shadow_mean_latency_difference_seconds", **pair) == pytest.approx((sums["shadow"] - sums["primary"]) / 30, abs=1e-6)
         # a perturbed copy (y = x + 1.5 instead of x + 1) disagrees, with the difference it has
         admin.set_shadow("shadowed", 3)
         perturbed = {"model": "shadowed", "primary": "1", "shadow": "3"}
