@@ -172,24 +172,25 @@ class PairStats:
     compare_failed: int = 0  # the comparison itself raised (logged)
 
     def fold(self, comparison: Comparison, primary_ns: int, shadow_ns: int) -> None:
-        """Add one compared request (event loop)."""
+        """Add one compared request (event loop). Counts go up before agreements, and scrapes read agreements
+        first, so a scrape never shows more agreements than comparisons."""
+        self.outcomes["compared"] += 1
         for name, c in comparison.outputs.items():
             o = self.outputs.get(name)
             if o is None:
                 o = self.outputs[name] = OutputStats()
             o.compared += 1
-            o.agreed += c.agree
             if c.argmax_agree is not None:
                 o.argmax_compared += 1
                 o.argmax_agreed += c.argmax_agree
+            o.agreed += c.agree
             if c.max_abs is not None and c.mean_abs is not None:
                 o.max_abs = max(o.max_abs, c.max_abs)
                 o.abs_sum += c.mean_abs
                 o.abs_count += 1
-        self.agreed += comparison.agree
         self.primary_latency.observe(primary_ns)
         self.shadow_latency.observe(shadow_ns)
-        self.outcomes["compared"] += 1  # last: a scrape never sees more agreements than comparisons
+        self.agreed += comparison.agree
 
 
 class ShadowJob:

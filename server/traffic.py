@@ -324,15 +324,16 @@ class TrafficCollector:
                 pending.add_metric([name], n_pending)
             for p in pairs:
                 labels = [p.model, p.primary, p.shadow]
+                agreed.add_metric(labels, p.agreed)  # agreements before counts (see PairStats.fold)
                 for outcome, count in list(p.outcomes.items()):
                     requests.add_metric([*labels, outcome], count)
-                agreed.add_metric(labels, p.agreed)
                 for output, o in list(p.outputs.items()):
+                    o_agreed, am_agreed_n = o.agreed, o.argmax_agreed
+                    out_agreed.add_metric([*labels, output], o_agreed)
                     out_compared.add_metric([*labels, output], o.compared)
-                    out_agreed.add_metric([*labels, output], o.agreed)
                     if o.argmax_compared:
+                        am_agreed.add_metric([*labels, output], am_agreed_n)
                         am_compared.add_metric([*labels, output], o.argmax_compared)
-                        am_agreed.add_metric([*labels, output], o.argmax_agreed)
                     if o.abs_count:
                         max_abs.add_metric([*labels, output], o.max_abs)
                         mean_abs.add_metric([*labels, output], o.abs_sum / o.abs_count)
