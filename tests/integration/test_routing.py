@@ -22,7 +22,8 @@ import time
 
 class Model:
     def infer(self, inputs, output_names):
-        time.sleep({delay})
+        if inputs["x"].any():  # warm-up sends zeros: only real requests are slow
+            time.sleep({delay})
         return {{"y": inputs["x"] + 1.0}}
 '''
 _PY_CONFIG = """
@@ -83,7 +84,7 @@ def _wait_for(predicate, timeout_s: float = 20.0) -> None:
 
 
 def test_split_sticky_keys_explicit_versions_and_model_version(repository: Path, start_server) -> None:
-    server = start_server(model_repository=repository)
+    server = start_server(model_repository=repository, model_control_mode="explicit", load_models=("split",))
     with InferenceClient(server.address, timeout_s=30.0, retries=0) as client:
         x = _x()
         seen: dict[str, str] = {}
@@ -110,7 +111,7 @@ def test_split_sticky_keys_explicit_versions_and_model_version(repository: Path,
 
 
 def test_streamed_requests_are_routed_like_unary_ones(repository: Path, start_server) -> None:
-    server = start_server(model_repository=repository)
+    server = start_server(model_repository=repository, model_control_mode="explicit", load_models=("split",))
     x = _x()
     with InferenceClient(server.address, timeout_s=30.0, retries=0) as client:
         unary = {f"s{i}": client.infer("split", {"x": x}, request_id=f"s{i}").model_version for i in range(30)}
@@ -119,7 +120,7 @@ def test_streamed_requests_are_routed_like_unary_ones(repository: Path, start_se
 
 
 def test_admin_weights_promote_rollback_reset_and_cli(repository: Path, start_server, capsys) -> None:
-    server = start_server(model_repository=repository)
+    server = start_server(model_repository=repository, model_control_mode="explicit", load_models=("split", "clf"))
     with InferenceClient(server.address, timeout_s=30.0, retries=0) as client, SurgeClient(server.address) as admin:
         routes = admin.get_routes("split")
         assert routes.source == "config" and [(w.version, w.weight) for w in routes.weights] == [(1, 50.0), (2, 50.0)]
@@ -160,7 +161,7 @@ def test_admin_weights_promote_rollback_reset_and_cli(repository: Path, start_se
 
 
 def test_shadow_agreement_metrics_and_disagreement_log(repository: Path, start_server) -> None:
-    server = start_server(model_repository=repository)
+    server = start_server(model_repository=repository, model_control_mode="explicit", load_models=("shadowed",))
     pair = {"model": "shadowed", "primary": "1", "shadow": "2"}
     with InferenceClient(server.address, timeout_s=30.0, retries=0) as client, SurgeClient(server.address) as admin:
         for i in range(30):
@@ -201,7 +202,7 @@ def test_shadow_agreement_metrics_and_disagreement_log(repository: Path, start_s
 
 
 def test_a_saturated_shadow_drops_and_never_delays_the_primary(repository: Path, start_server) -> None:
-    server = start_server(model_repository=repository)
+    server = start_server(model_repository=repository, model_control_mode="explicit", load_models=("slowshadow",))
     pair = {"model": "slowshadow", "primary": "1", "shadow": "2"}
     with InferenceClient(server.address, timeout_s=30.0, retries=0) as client:
         started = time.perf_counter()
@@ -217,7 +218,7 @@ def test_a_saturated_shadow_drops_and_never_delays_the_primary(repository: Path,
 
 
 def test_outcome_feedback_joins_with_the_answering_version(repository: Path, start_server, capsys) -> None:
-    server = start_server(model_repository=repository)
+    server = start_server(model_repository=repository, model_control_mode="explicit", load_models=("clf", "split"))
     with InferenceClient(server.address, timeout_s=30.0, retries=0) as client, SurgeClient(server.address) as admin:
         answered: dict[str, tuple[str, np.ndarray]] = {}
         for i in range(40):
@@ -278,7 +279,7 @@ def test_config_reload_replaces_admin_routes_only_when_routing_changed(repositor
 def test_admin_service_is_served_with_reflection(repository: Path, start_server) -> None:
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-    server = start_server(model_repository=repository)
+    server = start_server(model_repository=repository, model_control_mode="explicit", load_models=("split",))
     with grpc.insecure_channel(server.address) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
