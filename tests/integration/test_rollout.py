@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import secrets
 import shutil
 import time
 from pathlib import Path
@@ -44,6 +45,9 @@ async def test_rollout_and_rollback_under_load_with_no_failed_request(tmp_path: 
     server = await asyncio.to_thread(start_server, model_repository=root, model_control_mode="explicit", load_models=("rollout",))
     admin = SurgeClient(server.address)
     x = np.random.default_rng(0).standard_normal((1, 4)).astype(np.float32)
+    # request ids are the routing keys; a fresh key space per run makes each run an independent draw (with ids
+    # 0, 1, 2, ... every run would test nearly the same keys, and an unlucky range would fail every time)
+    run = secrets.token_hex(4)
     ids = itertools.count()
     answers: list[tuple[float, float, str]] = []  # (sent, answered, version) per request
     failures: list[BaseException] = []
@@ -54,7 +58,7 @@ async def test_rollout_and_rollback_under_load_with_no_failed_request(tmp_path: 
         while not stop.is_set():
             sent = time.monotonic()
             try:
-                result = await client.infer("rollout", {"x": x}, request_id=f"req-{next(ids)}")
+                result = await client.infer("rollout", {"x": x}, request_id=f"{run}-{next(ids)}")
             except Exception as exc:  # noqa: BLE001 - every failure is the test's finding
                 failures.append(exc)
                 continue
@@ -123,7 +127,7 @@ async def test_rollout_and_rollback_under_load_with_no_failed_request(tmp_path: 
             chi2_total, dof = chi2_total + chi2, dof + len(shares) - 1
     # one test at 1% over every split phase (a sum of independent chi-square statistics is chi-square with the
     # summed degrees of freedom), so the run as a whole has a 1% chance of failing when the router is right
-    assert chi2_total < CHI2_1PCT[dof], f"shares do not match the weights: chi2 {chi2_total:.2f} on {dof} df\n" + "\n".join(report)
+    assert chi2_total < CHI2_1PCT[dof], f"shares do not match the weights: chi2 {chi2_total:.2f} on {dof} df (keys {run}-N)\n" + "\n".join(report)
     found = samples(server)
     copy = {"model": "rollout", "primary": "1", "shadow": "2"}
     compared = value(found, "surge_shadow_requests_total", **copy, outcome="compared")
