@@ -276,6 +276,16 @@ def test_config_reload_replaces_admin_routes_only_when_routing_changed(repositor
         assert admin.rollback("split").source == "admin"  # and the admin routes are one rollback away
 
 
+def test_poll_mode_picks_up_an_edited_routing_table(repository: Path, start_server) -> None:
+    server = start_server(model_repository=repository, model_control_mode="poll", poll_interval_s=3600.0)
+    with InferenceClient(server.address, timeout_s=30.0, retries=0) as client, SurgeClient(server.address) as admin:
+        assert [(w.version, w.weight) for w in admin.get_routes("split").weights] == [(1, 50.0), (2, 50.0)]
+        (repository / "split" / "config.toml").write_text("max_batch_size = 8\n[version_policy]\nall = true\n[routing.weights]\n1 = 1\n")
+        server.call(server.server.repository.poll_once())  # what the poll loop does every poll_interval_s
+        assert [(w.version, w.weight) for w in admin.get_routes("split").weights] == [(1, 1.0)]
+        assert {client.infer("split", {"x": _x()}, parameters={"routing_key": f"k{i}"}).model_version for i in range(20)} == {"1"}
+
+
 def test_admin_service_is_served_with_reflection(repository: Path, start_server) -> None:
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
