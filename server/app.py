@@ -29,8 +29,9 @@ from .grpc_servicer import InferenceServicer
 from .metrics import ServerMetrics
 from .metrics_http import MetricsEndpoint
 from .repository import ModelRepository
+from .routing_metrics import TrafficCollector
 from .surge_servicer import add_surge_services
-from .traffic import Traffic, TrafficCollector
+from .traffic import Traffic
 
 __all__ = ["MAX_MESSAGE_BYTES", "Server", "ServerConfig", "serve"]
 
