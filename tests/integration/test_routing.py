@@ -54,6 +54,7 @@ def repository(tmp_path: Path) -> Path:
     for version, constant in ((1, 1.0), (2, 2.0)):
         write_add_model(root / "split" / str(version) / "model.onnx", constant)
     (root / "split" / "config.toml").write_text("max_batch_size = 8\n[version_policy]\nall = true\n[routing.weights]\n1 = 50\n2 = 50\n")
+    write_add_model(root / "plain" / "1" / "model.onnx", 1.0)
     for version, constant in ((1, 1.0), (2, 1.0), (3, 1.5)):  # v2 is an exact copy of v1, v3 a perturbed one
         write_add_model(root / "shadowed" / str(version) / "model.onnx", constant)
     (root / "shadowed" / "config.toml").write_text(
@@ -84,8 +85,11 @@ def _wait_for(predicate, timeout_s: float = 20.0) -> None:
 
 
 def test_split_sticky_keys_explicit_versions_and_model_version(repository: Path, start_server) -> None:
-    server = start_server(model_repository=repository, model_control_mode="explicit", load_models=("split",))
+    server = start_server(model_repository=repository, model_control_mode="explicit", load_models=("split", "plain"))
+    # a model without [routing] or [feedback] is not in the route table: its requests take the fast path
+    assert set(server.server.traffic.table) == {"split"}
     with InferenceClient(server.address, timeout_s=30.0, retries=0) as client:
+        assert client.infer("plain", {"x": _x()}).model_version == "1"
         x = _x()
         seen: dict[str, str] = {}
         for i in range(60):
@@ -134,6 +138,13 @@ def test_admin_weights_promote_rollback_reset_and_cli(repository: Path, start_se
         admin.set_weights("split", {1: 1})
         assert {client.infer("split", {"x": _x()}, parameters={"routing_key": f"k{i}"}).model_version for i in range(20)} == {"1"}
         assert admin.reset_routes("split").source == "config"
+        # removing the split leaves the model without routes: off the route table (the fast path), latest version answers
+        assert "split" in server.server.traffic.table
+        assert list(admin.set_weights("split", {}).weights) == []
+        assert "split" not in server.server.traffic.table
+        assert {client.infer("split", {"x": _x()}, parameters={"routing_key": f"k{i}"}).model_version for i in range(10)} == {"2"}
+        admin.rollback("split")
+        assert "split" in server.server.traffic.table
         # errors: unknown model, a version that does not serve, bad weights, nothing to roll back
         with pytest.raises(NotFoundError):
             admin.get_routes("nope")
