@@ -150,7 +150,8 @@ def compile_entry(routes: Routes | None, serving: Sequence[tuple[int, V]], extra
     """Compile routes against the serving versions (``(number, object)`` pairs, ascending).
 
     Weighted versions that are not serving are left out (their keys fall to each key's next choice, see
-    the module docstring); when none is serving, requests go to the highest serving version. Returns None
+    the module docstring); when none is serving (or there are no weights), requests go to the highest
+    serving version other than the shadow. Returns None
     when nothing is serving (the request path then reports the model as not ready, as without routes).
     """
     if not serving:
@@ -160,6 +161,9 @@ def compile_entry(routes: Routes | None, serving: Sequence[tuple[int, V]], extra
     candidates = tuple((by_number[v], w) for v, w in routes.weights if v in by_number)
     salts = tuple(v for v, _ in routes.weights if v in by_number)
     shadow = by_number.get(routes.shadow_version) if routes.shadow_version else None
+    # the version that answers when no weighted version serves: the highest serving one, but not the shadow
+    # (shadowing a freshly loaded highest version must not hand it the traffic)
+    default = next((obj for _, obj in reversed(serving) if obj is not shadow), serving[-1][1])
     return RouteEntry(
-        default=serving[-1][1], candidates=candidates, salts=salts, shadow=shadow, shadow_fraction=routes.shadow_fraction, extras=dict(extras or {}),
+        default=default, candidates=candidates, salts=salts, shadow=shadow, shadow_fraction=routes.shadow_fraction, extras=dict(extras or {}),
     )
