@@ -243,7 +243,8 @@ def analyse(samples: Samples, model: str, *, baseline: str = "", window: str = "
         for labels, value in _by_model(samples, metric, model):
             v = variant(labels["version"])
             setattr(v, attribute, type(getattr(v, attribute))(value))
-    ordered = sorted(variants.values(), key=lambda v: int(v.version) if v.version.isdigit() else 0)
+    used = [v for v in variants.values() if v.requests or v.share is not None or v.labelled or v.valued or v.flags]  # not shadow-only versions
+    ordered = sorted(used, key=lambda v: int(v.version) if v.version.isdigit() else 0)
     with_traffic = [v for v in ordered if v.requests]
     base = variants.get(baseline) if baseline else (with_traffic[0] if with_traffic else (ordered[0] if ordered else None))
     tests: list[Test] = []

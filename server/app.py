@@ -33,9 +33,10 @@ from .metrics_http import MetricsEndpoint
 from .model import abandoned_threads
 from .repository import ModelRepository
 from .rest import RestEndpoint
+from .routing_metrics import TrafficCollector
 from .security import AuthInterceptor, SecurityPolicy, TokenAuth
 from .surge_servicer import add_surge_services
-from .traffic import Traffic, TrafficCollector
+from .traffic import Traffic
 from .workers import WorkerPeers
 
 __all__ = ["MAX_MESSAGE_BYTES", "Server", "ServerConfig", "serve"]
@@ -334,8 +335,8 @@ class Server:
             await self._grpc.stop(self.config.drain_timeout_s if grace_s is None else grace_s)
         if rest_closed is not None:
             await rest_closed
+        await self.traffic.aclose()  # shadows first: their queued requests would only meet unloading versions
         await self.repository.aclose()
-        await self.traffic.aclose()
         if self._metrics_endpoint is not None:  # last: a scrape during the drain still sees it
             await self._metrics_endpoint.aclose()
             self._metrics_endpoint = None

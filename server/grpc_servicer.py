@@ -23,9 +23,9 @@ from surge.protos import grpc_service_pb2 as pb
 from surge.protos import grpc_service_pb2_grpc as pb_grpc
 
 from . import codec, errors
+from .feedback import FeedbackIndex
 from .metrics import ServerMetrics
 from .model import ModelVersion
-from .feedback import FeedbackIndex
 from .repository import ModelRepository
 from .routing import RouteEntry, stable_hash
 from .shadow import ShadowJob, ShadowSender

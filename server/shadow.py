@@ -9,7 +9,10 @@ The primary is never delayed or failed by its shadow:
   task that, when done, takes the next waiting job) and at most ``max_queue`` wait; beyond that the
   shadow request is dropped and counted (``surge_shadow_requests_total{outcome="dropped"}``). Executing
   it goes through the shadow version's own batcher and instances, with no deadline.
-- The comparison runs in one background thread (``surge-shadow-compare``), after both answers are in.
+- The comparison runs after both answers are in, in the shadow's task: on the event loop when the answers
+  are small (``INLINE_COMPARE_ELEMENTS``: tens of microseconds, cheaper than waking a thread, which on a
+  busy single core costs more), otherwise in one background thread (``surge-shadow-compare``); the log is
+  written by that thread. Counters are written on the loop only.
 
 Comparison, per output present in both answers (``compare``):
 
@@ -60,6 +63,9 @@ log = logging.getLogger("surge.shadow")
 PRIMARY_WAIT_S = 600.0
 #: Values of each output written to a disagreement log line.
 LOG_VALUES = 16
+#: Answers with at most this many elements (both sides together) are compared on the event loop (about 50 us at
+#: most); larger ones in the comparison thread, so a big output never holds the loop.
+INLINE_COMPARE_ELEMENTS = 4096
 
 _BOUNDS_NS = [round(b * 1e9) for b in DEFAULT_LATENCY_BUCKETS_S]
 
@@ -150,8 +156,8 @@ class OutputStats:
 
 @dataclass(slots=True)
 class PairStats:
-    """Cumulative counters of one (model, primary, shadow) pair. Written by the loop (offers, outcomes) and the
-    comparison thread (comparisons); read by scrapes (plain ints and floats: a scrape sees a recent value)."""
+    """Cumulative counters of one (model, primary, shadow) pair. Written on the event loop only; read by scrapes
+    in another thread (plain ints and floats, dicts copied: a scrape sees a recent value)."""
 
     model: str
     primary: str
@@ -163,27 +169,28 @@ class PairStats:
     shadow_latency: _LatencyHistogram = field(default_factory=_LatencyHistogram)
     log_written: int = 0
     log_skipped: int = 0
-    compare_failed: int = 0
+    compare_failed: int = 0  # the comparison itself raised (logged)
 
     def fold(self, comparison: Comparison, primary_ns: int, shadow_ns: int) -> None:
-        """Add one compared request (comparison thread)."""
+        """Add one compared request (event loop). Counts go up before agreements, and scrapes read agreements
+        first, so a scrape never shows more agreements than comparisons."""
+        self.outcomes["compared"] += 1
         for name, c in comparison.outputs.items():
             o = self.outputs.get(name)
             if o is None:
                 o = self.outputs[name] = OutputStats()
             o.compared += 1
-            o.agreed += c.agree
             if c.argmax_agree is not None:
                 o.argmax_compared += 1
                 o.argmax_agreed += c.argmax_agree
+            o.agreed += c.agree
             if c.max_abs is not None and c.mean_abs is not None:
                 o.max_abs = max(o.max_abs, c.max_abs)
                 o.abs_sum += c.mean_abs
                 o.abs_count += 1
-        self.agreed += comparison.agree
         self.primary_latency.observe(primary_ns)
         self.shadow_latency.observe(shadow_ns)
-        self.outcomes["compared"] += 1  # last: a scrape never sees more agreements than comparisons
+        self.agreed += comparison.agree
 
 
 class ShadowJob:
@@ -298,23 +305,33 @@ class ShadowSender:
             pair.outcomes["primary_failed"] += 1
             return
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._pool, self._compare, job, primary, outputs, shadow_ns)
+        if sum(a.size for a in primary.values()) + sum(a.size for a in outputs.values()) <= INLINE_COMPARE_ELEMENTS:
+            comparison = self._compare(primary, outputs)  # tens of microseconds: cheaper here than a thread handoff
+        else:
+            comparison = await loop.run_in_executor(self._pool, self._compare, primary, outputs)
+        if comparison is None:
+            pair.compare_failed += 1
+            return
+        pair.fold(comparison, job.primary_ns, shadow_ns)  # counters are written on the loop only
+        if self._log is not None and not comparison.agree and random.random() < self.config.log_sample_rate:
+            written = await loop.run_in_executor(self._pool, self._write_log, job, comparison, primary, outputs)
+            if written:
+                pair.log_written += 1
+            else:
+                pair.log_skipped += 1
 
-    def _compare(self, job: ShadowJob, primary: dict[str, np.ndarray], shadow: dict[str, np.ndarray], shadow_ns: int) -> None:
-        """In the comparison thread."""
+    def _compare(self, primary: dict[str, np.ndarray], shadow: dict[str, np.ndarray]) -> Comparison | None:
+        """On the loop (small outputs) or in the comparison thread; None when the comparison itself failed (logged)."""
         try:
-            comparison = compare(primary, shadow, rtol=self.config.rtol, atol=self.config.atol)
+            return compare(primary, shadow, rtol=self.config.rtol, atol=self.config.atol)
         except Exception:
             log.exception("shadow comparison of %s failed", self.model)
-            job.pair.compare_failed += 1  # its own counter: this thread is its only writer
-            return
-        job.pair.fold(comparison, job.primary_ns, shadow_ns)
-        if self._log is not None and not comparison.agree and random.random() < self.config.log_sample_rate:
-            record = _log_record(self.model, job, comparison, primary, shadow, self.config.log_inputs)
-            if self._log.write(record):
-                job.pair.log_written += 1
-            else:
-                job.pair.log_skipped += 1
+            return None
+
+    def _write_log(self, job: ShadowJob, comparison: Comparison, primary: dict[str, np.ndarray], shadow: dict[str, np.ndarray]) -> bool:
+        """In the comparison thread: one disagreement into the log; False when the log is full or unwritable."""
+        assert self._log is not None
+        return self._log.write(_log_record(self.model, job, comparison, primary, shadow, self.config.log_inputs))
 
 
 def _values(array: np.ndarray) -> list[Any]:

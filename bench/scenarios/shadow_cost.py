@@ -1,7 +1,7 @@
 """What a shadow costs the primary: the demo ``mlp`` with a 100% shadow to a slow version vs no shadow, side by side.
 
     python bench/scenarios/shadow_cost.py [--concurrency 16] [--duration-s 4] [--warmup-s 1] [--rounds 6]
-        [--shadow-delay-s 0.02] [--out results.json]
+        [--shadow-delay-s 0.02] [--out results.json] [--a-a]
 
 One ``surge serve`` pinned to CPU 0 (``taskset -c 0``) serves model ``mlp`` (16 FP32 in, 4 class scores
 out, Python backend): version 1 a small NumPy classifier, version 2 the same that first sleeps
@@ -15,7 +15,10 @@ fraction 1.0: every request is mirrored) or removes it. The shadow's budget is t
 side always goes first; each is a closed loop of ``--concurrency`` requests from this process, pinned to
 CPU 1, over raw grpc.aio with a request serialised once. Reports median p50/p99/throughput per side,
 the paired ratios (each round's on and off ran back to back), the server CPU per answered request, and the
-shadow's compared/dropped counts from /metrics.
+shadow's compared/dropped counts from /metrics. ``--a-a`` runs both sides without a shadow: the "rise" it
+reports is the noise floor of the machine. ``--toggle`` measures the server's CPU time per primary request
+instead, in one in-process server whose shadow is set and removed between windows (less noisy than latency
+on a shared machine).
 """
 
 from __future__ import annotations
@@ -193,7 +196,7 @@ async def run(args: argparse.Namespace, address: str, metrics_address: str, pid:
                 await channel.unary_unary(METHOD)(payload, timeout=30)
             for i in range(2 * args.rounds):
                 side = ("shadow", "none")[(i + i // 2) % 2]  # shadow none none shadow shadow none ...
-                if side == "shadow":
+                if side == "shadow" and not args.a_a:
                     admin.set_shadow("mlp", 2, fraction=1.0)
                 else:
                     admin.remove_shadow("mlp")
@@ -204,6 +207,68 @@ async def run(args: argparse.Namespace, address: str, metrics_address: str, pid:
     return results
 
 
+def toggle(args: argparse.Namespace) -> dict:
+    """One in-process server on CPU 0 (the generator is a child process on CPU 1, sending without pause); the
+    shadow is set and removed between windows (on, off, off, on, ...) on the same server, and the measure
+    is the server's CPU time per answered primary request: the same process, memory and sockets on both sides."""
+    import threading
+
+    import uvloop
+
+    from surge.server.app import Server, ServerConfig
+
+    os.sched_setaffinity(0, {int(SERVER_CPU)})
+    tmp = tempfile.TemporaryDirectory(prefix="surge-shadow-toggle-")
+    repository = write_repository(Path(tmp.name) / "repository", args.shadow_delay_s)
+    server = Server(ServerConfig(model_repository=repository, grpc_port=0, metrics_port=0))
+    loop = uvloop.new_event_loop()
+    address = loop.run_until_complete(server.start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    primary = server.repository.get("mlp", "1")
+    generator = subprocess.Popen(
+        ["taskset", "-c", str(LOAD_CPU), sys.executable, __file__, "--generate", address, "--concurrency", str(args.concurrency)], cwd=Path.cwd()
+    )
+    per_request: dict[str, list[float]] = {"shadow": [], "none": []}
+    try:
+        time.sleep(args.warmup_s + 2)
+        for i in range(2 * args.rounds):
+            side = ("shadow", "none")[(i + i // 2) % 2]
+            change = (lambda: server.traffic.set_shadow("mlp", 2, 1.0)) if side == "shadow" else (lambda: server.traffic.remove_shadow("mlp"))
+            loop.call_soon_threadsafe(change)  # the traffic object lives on the server's loop
+            time.sleep(0.3)
+            cpu0, served0 = time.process_time(), primary.stats.success.count
+            time.sleep(args.duration_s)
+            cpu1, served1 = time.process_time(), primary.stats.success.count
+            per_request[side].append((cpu1 - cpu0) / (served1 - served0) * 1e6)
+            print(json.dumps({"window": i, "side": side, "server_cpu_us_per_request": per_request[side][-1], "requests": served1 - served0}), flush=True)
+    finally:
+        generator.kill()
+        generator.wait()
+        asyncio.run_coroutine_threadsafe(server.stop(1.0), loop).result(60)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+        tmp.cleanup()
+    pairs = server.traffic.snapshot()[0][5]
+    return {"mode": "toggle", "concurrency": args.concurrency, "window_s": args.duration_s, "windows_per_side": args.rounds,
+            "shadow_cpu_us_per_request": statistics.median(per_request["shadow"]), "none_cpu_us_per_request": statistics.median(per_request["none"]),
+            "paired_cpu_per_request_rise_pct": 100 * (statistics.median(a / b for a, b in zip(per_request["shadow"], per_request["none"])) - 1),
+            "shadow_outcomes": {k: v for p in pairs for k, v in p.outcomes.items()}}  # fmt: skip
+
+
+async def generate(address: str, concurrency: int) -> None:
+    """--toggle's load: ``concurrency`` requests in flight until killed."""
+    payload = request_bytes()
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = channel.unary_unary(METHOD)
+
+        async def worker() -> None:
+            while True:
+                await call(payload, timeout=30)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, default=16)
@@ -212,9 +277,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6, help="windows per side (they alternate)")
     parser.add_argument("--shadow-delay-s", type=float, default=0.02, help="how long the slow shadow version takes per request")
     parser.add_argument("--out", type=Path, help="also write the results here (JSON)")
+    parser.add_argument("--a-a", action="store_true", help="calibration: no shadow on either side (the 'rise' measured is the noise)")
+    parser.add_argument("--toggle", action="store_true", help="one in-process server, shadow set and removed in turn; CPU per request")
+    parser.add_argument("--generate", metavar="ADDRESS", help=argparse.SUPPRESS)  # --toggle's load generator
     args = parser.parse_args()
-    os.sched_setaffinity(0, {LOAD_CPU})
     import uvloop
+
+    if args.generate:
+        uvloop.run(generate(args.generate, args.concurrency))
+        return
+    if args.toggle:
+        summary = toggle(args)
+        print(json.dumps({"summary": summary}), flush=True)
+        if args.out is not None:
+            args.out.write_text(json.dumps(summary, indent=2))
+        return
+    os.sched_setaffinity(0, {LOAD_CPU})
 
     with tempfile.TemporaryDirectory(prefix="surge-shadow-cost-") as tmp:
         workdir = Path(tmp)
@@ -230,7 +308,7 @@ def main() -> None:
 
     last = results["shadow"][-1]["shadow_counts"]
     summary = {
-        "concurrency": args.concurrency, "duration_s": args.duration_s, "rounds": args.rounds, "shadow_delay_s": args.shadow_delay_s,
+        "a_a": args.a_a, "concurrency": args.concurrency, "duration_s": args.duration_s, "rounds": args.rounds, "shadow_delay_s": args.shadow_delay_s,
         "shadow": {k: median("shadow", k) for k in ("infer_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_request")},
         "none": {k: median("none", k) for k in ("infer_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_request")},
         "p50_rise_pct": 100 * (median("shadow", "p50_ms") / median("none", "p50_ms") - 1),

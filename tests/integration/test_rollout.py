@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import secrets
 import shutil
 import time
 from pathlib import Path
@@ -25,7 +26,9 @@ from tests.integration.test_metrics import samples, value
 from tests.models import write_add_model
 
 CONCURRENCY = 16
-PHASE_S = 1.2
+#: Each phase lasts at least MIN_PHASE_S and until MIN_PHASE_REQUESTS were answered in it (at most MAX_PHASE_S):
+#: a fast machine spends ~1 s per phase, a loaded one waits for enough requests to test.
+MIN_PHASE_S, MAX_PHASE_S, MIN_PHASE_REQUESTS = 1.0, 8.0, 300
 #: chi-square critical values at 1% significance, by degrees of freedom
 CHI2_1PCT = {1: 6.635, 2: 9.210, 3: 11.345, 4: 13.277, 5: 15.086}
 
@@ -42,6 +45,9 @@ async def test_rollout_and_rollback_under_load_with_no_failed_request(tmp_path: 
     server = await asyncio.to_thread(start_server, model_repository=root, model_control_mode="explicit", load_models=("rollout",))
     admin = SurgeClient(server.address)
     x = np.random.default_rng(0).standard_normal((1, 4)).astype(np.float32)
+    # request ids are the routing keys; a fresh key space per run makes each run an independent draw (with ids
+    # 0, 1, 2, ... every run would test nearly the same keys, and an unlucky range would fail every time)
+    run = secrets.token_hex(4)
     ids = itertools.count()
     answers: list[tuple[float, float, str]] = []  # (sent, answered, version) per request
     failures: list[BaseException] = []
@@ -52,7 +58,7 @@ async def test_rollout_and_rollback_under_load_with_no_failed_request(tmp_path: 
         while not stop.is_set():
             sent = time.monotonic()
             try:
-                result = await client.infer("rollout", {"x": x}, request_id=f"req-{next(ids)}")
+                result = await client.infer("rollout", {"x": x}, request_id=f"{run}-{next(ids)}")
             except Exception as exc:  # noqa: BLE001 - every failure is the test's finding
                 failures.append(exc)
                 continue
@@ -61,7 +67,9 @@ async def test_rollout_and_rollback_under_load_with_no_failed_request(tmp_path: 
     async def step(name: str, action, *args) -> None:
         await asyncio.to_thread(action, *args)
         start = time.monotonic()
-        await asyncio.sleep(PHASE_S)
+        await asyncio.sleep(MIN_PHASE_S)
+        while time.monotonic() - start < MAX_PHASE_S and sum(sent >= start for sent, _, _ in answers[-MIN_PHASE_REQUESTS:]) < MIN_PHASE_REQUESTS:
+            await asyncio.sleep(0.1)
         marks.append((name, start, time.monotonic()))
 
     async def reload(versions: list[int]) -> None:
@@ -111,7 +119,7 @@ async def test_rollout_and_rollback_under_load_with_no_failed_request(tmp_path: 
                 counts[version] = counts.get(version, 0) + 1
         total = sum(counts.values())
         shares = expected[name]
-        assert total >= 50, f"phase {name!r}: only {total} requests in {PHASE_S} s"
+        assert total >= 50, f"phase {name!r}: only {total} requests in {end - start:.1f} s"
         assert set(counts) <= set(shares), f"phase {name!r}: versions {counts} but routes {shares}"
         chi2 = sum((counts.get(v, 0) - total * p) ** 2 / (total * p) for v, p in shares.items())
         report.append(f"{name}: {counts} chi2={chi2:.2f}")
@@ -119,7 +127,7 @@ async def test_rollout_and_rollback_under_load_with_no_failed_request(tmp_path: 
             chi2_total, dof = chi2_total + chi2, dof + len(shares) - 1
     # one test at 1% over every split phase (a sum of independent chi-square statistics is chi-square with the
     # summed degrees of freedom), so the run as a whole has a 1% chance of failing when the router is right
-    assert chi2_total < CHI2_1PCT[dof], f"shares do not match the weights: chi2 {chi2_total:.2f} on {dof} df\n" + "\n".join(report)
+    assert chi2_total < CHI2_1PCT[dof], f"shares do not match the weights: chi2 {chi2_total:.2f} on {dof} df (keys {run}-N)\n" + "\n".join(report)
     found = samples(server)
     copy = {"model": "rollout", "primary": "1", "shadow": "2"}
     compared = value(found, "surge_shadow_requests_total", **copy, outcome="compared")

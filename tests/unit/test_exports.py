@@ -20,6 +20,7 @@ MODULES = [
     "surge.server.shadow",
     "surge.server.feedback",
     "surge.server.traffic",
+    "surge.server.routing_metrics",
     "surge.server.ab",
     "surge.server.surge_servicer",
     "surge.server.gpu_metrics",

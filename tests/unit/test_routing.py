@@ -116,6 +116,9 @@ def test_a_version_that_stops_serving_gives_away_only_its_own_keys() -> None:
         (Routes(weights=((3, 1.0),)), [1, 2], {2}),  # no weighted version serving: the highest serving
         (Routes(weights=((1, 1.0), (3, 1.0))), [1, 2], {1}),  # v3 not serving: its keys go to their second choice
         (Routes(weights=((1, 1.0), (2, 1.0))), [1, 2], {1, 2}),
+        (Routes(shadow_version=2), [1, 2], {1}),  # shadowing the highest version does not give it the traffic
+        (Routes(shadow_version=2), [2], {2}),  # unless it is all that serves
+        (Routes(shadow_version=1), [1, 2], {2}),
     ],
 )
 def test_compiled_entry_table(routes: Routes | None, serving: list[int], expected_primaries: set[int]) -> None:

@@ -101,3 +101,31 @@ async def test_a_failed_primary_is_not_compared() -> None:
             await asyncio.sleep(0.01)
         assert sender.pairs[("1", "2")].outcomes["primary_failed"] == 1
         assert sender.pairs[("1", "2")].outcomes["compared"] == 0
+
+
+async def test_large_answers_are_compared_in_the_thread_small_ones_on_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from surge.server import shadow as shadow_module
+
+    seen: list[str] = []
+    real_compare = shadow_module.compare
+
+    def observed(primary, shadow, *, rtol, atol):  # the real comparison, noting which thread ran it
+        seen.append(threading.current_thread().name)
+        return real_compare(primary, shadow, rtol=rtol, atol=atol)
+
+    monkeypatch.setattr(shadow_module, "compare", observed)
+    with ThreadPoolExecutor(1, thread_name_prefix="compare") as pool:
+        sender = ShadowSender("m", SleepyVersion(0.0), ShadowConfig(version=2), pool)
+        for cols in (4, 5000):
+            x = {"x": np.ones((1, cols), np.float32)}
+            job = sender.offer("1", x, 1, ("y",), "r")
+            assert job is not None
+            job.primary_done({"y": x["x"].copy()}, 1)
+            for _ in range(200):
+                if sender.pending() == 0:
+                    break
+                await asyncio.sleep(0.01)
+        assert sender.pairs[("1", "2")].agreed == 2
+    assert seen[0] == threading.current_thread().name and seen[1].startswith("compare")
