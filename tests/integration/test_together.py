@@ -1,6 +1,6 @@
 """Features built apart, working together over the wire: REST under the security policy (tokens, scopes, admin
 switch, body limit, TLS and mutual TLS), REST under ``--workers`` (one shared port, whole-server statistics),
-sibling forwarding with token auth on, and route changes and feedback reports across workers."""
+sibling forwarding with token auth on and with TLS, and route changes and feedback reports across workers."""
 
 from __future__ import annotations
 
@@ -13,10 +13,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
 from surge.clients import InferenceClient, SurgeClient
+from surge.protos import grpc_service_pb2 as pb
+from surge.protos import grpc_service_pb2_grpc as pb_grpc
 from surge.server.codec import Limits
 from surge.server.demo import write_demo_repository
 from tests.integration.test_rest import Reply, http
@@ -248,3 +251,22 @@ def test_workers_refuse_a_unix_socket_grpc_address(tmp_path):
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "--grpc-address" in result.stderr and "Unix socket" in result.stderr and "--workers 1" in result.stderr
+
+
+def test_workers_serve_tls_on_both_shared_ports_and_still_reach_their_siblings(tmp_path, pki):  # noqa: F811
+    server = SurgeProcess(
+        _add_repository(tmp_path / "repository"), tmp_path / "run", "--workers", "2", "--log-level", "info",
+        "--tls-cert", str(pki["server_cert_file"]), "--tls-key", str(pki["server_key_file"]),
+    ).start()
+    try:
+        assert re.search(r"REST v2 on https://", server.log())
+        for _ in range(4):  # new connections: spread over the workers
+            assert _https(server.http_address, "/v2/models/add/infer", _client_context(pki), INFER).status == 200
+        credentials = grpc.ssl_channel_credentials(root_certificates=pki["ca"])
+        with grpc.secure_channel(server.address, credentials) as channel:  # statistics summed over the private sockets
+            stats = pb_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(pb.ModelStatisticsRequest(name="add"), timeout=30)
+        assert stats.model_stats[0].inference_count == 4
+        assert _https(server.http_address, "/v2/models/add/stats", _client_context(pki)).json()["model_stats"][0]["inference_count"] == 4
+    finally:
+        code = server.stop()
+    assert code == 0, server.log()
