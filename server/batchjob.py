@@ -3,9 +3,10 @@
     surge batch --model-repository R --model M --input FILE --output FILE [--chunk-rows N] [--version N]
 
 The model loads exactly as the server loads it (``ModelVersion``: runtime, pipeline, warm-up) and every row goes
-through ``ModelVersion.execute``, the path a served request takes after decoding (batcher, instance thread,
-pipeline, runtime), so a batch job's outputs are the served outputs. Rows are submitted in requests of
-``max_batch_size`` rows, several in flight, so all instances stay busy.
+through what a served batch goes through once the batcher has formed it: the instance thread's ``_Instance.run``
+(pipeline kernels, runtime, post-processing) on batches of at most ``max_batch_size`` rows
+(``ModelVersion.run_offline``). A chunk is split across the instances; the next chunk is read (and the previous
+one written) while one computes. Skipping the batcher's per-request work keeps a small model near its own speed.
 
 Formats (by extension): ``.npy`` (one array: the model's single input), ``.npz`` (one array per input name),
 ``.parquet`` and ``.csv`` (pyarrow, ``pip install 'surge[parquet]'``: a column per input name, a list column for
@@ -42,7 +43,6 @@ from surge.protos.datatypes import numpy_dtype
 from .config import ModelConfig, TensorConfig, load_model_config
 from .errors import ConfigError
 from .model import ModelVersion, State
-from .stats import Stamps, now_ns
 
 __all__ = ["BatchJobError", "Summary", "run_batch_job"]
 
@@ -352,7 +352,7 @@ async def run_batch_job(
         async def finish(job: tuple[Path, int, asyncio.Task[dict[str, np.ndarray]]]) -> int:
             part, n, task = job
             outputs = await task
-            tmp = part.with_name(part.stem + ".tmp.npz")
+            tmp = part.with_name("partial-" + part.name)  # not matched by chunk-*.npz until renamed: a kill leaves no half chunk
             np.savez(tmp, **outputs)
             os.replace(tmp, part)
             return n
@@ -408,15 +408,7 @@ def _check(config: ModelConfig, inputs: dict[str, np.ndarray]) -> None:
 
 
 async def _run_chunk(served: ModelVersion, config: ModelConfig, inputs: dict[str, np.ndarray], names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """The chunk as requests of up to max_batch_size rows through ``execute`` (the served path), in order."""
-    rows = next(iter(inputs.values())).shape[0]
-    step = config.max_batch_size or 1
-    requests = []
-    for start in range(0, rows, step):
-        part = {n: np.ascontiguousarray(a[start : start + step]) for n, a in inputs.items()}
-        n = next(iter(part.values())).shape[0]
-        stamps = Stamps(now_ns())
-        stamps.rows = n
-        requests.append(served.execute(part, n, names, stamps, None))
-    results = await asyncio.gather(*requests)
-    return {n: np.concatenate([r[n] for r in results]) for n in names}
+    """The chunk through the instances (``ModelVersion.run_offline``: the served batch path without the batcher)."""
+    parts = await asyncio.gather(*(asyncio.wrap_future(f) for f in served.run_offline(inputs, names)))
+    outputs = [p[0] for p in parts]
+    return {n: np.concatenate([o[n] for o in outputs]) if len(outputs) > 1 else outputs[0][n] for n in names}
