@@ -169,3 +169,22 @@ def test_an_invalid_pipeline_leaves_the_model_unavailable_with_the_reason(pipeli
         assert client.is_model_ready("classifier")
     state, reason = index["broken_pipeline"]
     assert state == "UNAVAILABLE" and "preprocess[0].std: must not contain 0" in reason
+
+
+def test_a_torch_pipeline_model_on_cpu(start_server, tmp_path: Path) -> None:
+    """The same config as the GPU test (tests/gpu/test_pipeline_gpu.py) with a CPU instance: the host path."""
+    import torch
+
+    from tests.gpu.test_pipeline_gpu import CONFIG
+    from tests.torch_models import TinyCNN, write_torch_model
+
+    model = TinyCNN()
+    write_torch_model(tmp_path / "cnn", model, torch.zeros(2, 3, 32, 32), kind="export", config=CONFIG.format(graphs="false", kind="cpu"))
+    server = start_server(model_repository=tmp_path)
+    images = np.random.default_rng(1).integers(0, 256, (5, 40, 33, 3), dtype=np.uint8)
+    with InferenceClient(server.address, timeout_s=30, retries=0) as client:
+        result = client.infer("cnn", {"image": images})
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(image.resize_crop_normalize_ref(images, (36, 36), (32, 32), MEAN, STD))).numpy()
+    np.testing.assert_allclose(result["scores"], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(result["classes"], np.argsort(-expected, axis=1, kind="stable")[:, :3])
