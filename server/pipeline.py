@@ -356,8 +356,9 @@ class PipelineInstance:
             try:
                 from surge.kernels import cuda as kc
 
-                if not kc.is_available():
-                    raise RuntimeError("numba.cuda sees no usable GPU")
+                reason = kc.why_unavailable()
+                if reason:
+                    raise RuntimeError(reason)
             except Exception as exc:
                 log.warning("model %s: CUDA kernels unavailable (%s); preprocessing runs on the CPU", pipeline.config.name, exc)
             else:

@@ -50,14 +50,9 @@ def main() -> int:
     args = parser.parse_args()
     from surge.kernels import cuda as kc
 
-    if not kc.is_available():
-        from numba import cuda
-
-        try:
-            cuda.detect()
-        except Exception as exc:
-            print(f"numba.cuda cannot start: {exc}")
-        print("no usable GPU for numba.cuda: no kernel bandwidth table")
+    reason = kc.why_unavailable()
+    if reason:
+        print(f"{reason}: no kernel bandwidth table")
         return 2
     from numba import cuda
 

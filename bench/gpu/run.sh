@@ -27,8 +27,10 @@ from numba import cuda
 print("numba", numba.__version__, "numpy", numpy.__version__, "numba.cuda", getattr(cuda, "implementation", "?"), "available", cuda.is_available())
 try:
     cuda.detect()
-except Exception as exc:  # why the CUDA kernel tests will skip
+except Exception as exc:
     print("numba.cuda.detect failed:", type(exc).__name__, exc)
+from surge.kernels import cuda as kc
+print("surge CUDA kernels:", kc.why_unavailable() or "available")  # the reason the CUDA kernel tests would skip
 PYEOF
 echo "== GPU tests"
 $PY -m pytest tests/gpu -m gpu -q -p no:cacheprovider -rs -W "ignore::DeprecationWarning" 2>&1 | tee "$OUT/gpu-tests.log"

@@ -32,14 +32,8 @@ TABLE_CASES = [(1, 1, False), (7, 3, True), (33, 5, False)]
 def _cuda():
     from surge.kernels import cuda as kc
 
-    if not kc.is_available():
-        from numba import cuda
-
-        try:
-            cuda.detect()
-            reason = "numba.cuda sees no usable GPU"
-        except Exception as exc:  # the driver / NVVM problem, said as numba says it
-            reason = f"numba.cuda cannot start: {exc}"
+    reason = kc.why_unavailable()
+    if reason:
         pytest.skip(reason)
     return kc
 

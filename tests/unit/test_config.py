@@ -32,6 +32,8 @@ TOP_LEVEL_KEYS = [
     "metrics",
     "output",
     "parameters",
+    "postprocess",
+    "preprocess",
     "version_policy",
 ]
 
