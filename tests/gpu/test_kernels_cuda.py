@@ -15,7 +15,8 @@ import pytest
 
 from surge.kernels import image, tabular
 
-pytestmark = pytest.mark.gpu
+# small grids on purpose (1 pixel): numba's low-occupancy hint is not a failure
+pytestmark = [pytest.mark.gpu, pytest.mark.filterwarnings("ignore::numba.core.errors.NumbaPerformanceWarning")]
 
 # (n, h, w, c, dtype, strided): 1 pixel, 1 row/column, odd sizes, a batch, a strided (non-contiguous) device view
 IMAGE_CASES = [

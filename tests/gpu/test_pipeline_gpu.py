@@ -14,7 +14,7 @@ from surge.kernels import image
 from surge.server.app import ServerConfig
 from tests.conftest import ServerThread
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.filterwarnings("ignore::numba.core.errors.NumbaPerformanceWarning")]
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 CONFIG = """

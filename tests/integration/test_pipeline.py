@@ -188,3 +188,27 @@ def test_a_torch_pipeline_model_on_cpu(start_server, tmp_path: Path) -> None:
         expected = model(torch.from_numpy(image.resize_crop_normalize_ref(images, (36, 36), (32, 32), MEAN, STD))).numpy()
     np.testing.assert_allclose(result["scores"], expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(result["classes"], np.argsort(-expected, axis=1, kind="stable")[:, :3])
+
+
+def test_a_model_without_batch_dimension(start_server, tmp_path: Path) -> None:
+    """max_batch_size = 0: the steps see one item (the kernels get a batch of one and give it back without it)."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "chw",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4, 5])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4, 5])],
+    )
+    write_onnx_model(tmp_path / "chw" / "1" / "model.onnx", graph)
+    (tmp_path / "chw" / "config.toml").write_text(
+        'max_batch_size = 0\n[[preprocess]]\nop = "normalize"\ninput = "image"\noutput = "x"\nmean = [0.1, 0.2, 0.3]\nstd = 0.5\n'
+        '[[postprocess]]\nop = "argmax"\ninput = "y"\noutput = "best"\n'
+    )
+    server = start_server(model_repository=tmp_path)
+    img = np.random.default_rng(2).integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    with InferenceClient(server.address, timeout_s=30, retries=0) as client:
+        meta = client.model_metadata("chw")
+        result = client.infer("chw", {"image": img})
+    assert [(t.name, list(t.shape)) for t in meta.inputs] == [("image", [4, 5, 3])]
+    expected = image.normalize_ref(img, [0.1, 0.2, 0.3], 0.5)
+    np.testing.assert_allclose(result["y"], expected, rtol=1e-6)
+    np.testing.assert_array_equal(result["best"], np.argmax(expected, axis=-1)[..., None])
