@@ -15,7 +15,7 @@ array per output), ``.parquet`` (a column per output; vectors as fixed-size list
 ``name_0``, ``name_1``, ... columns).
 
 Bounded memory: ``.npy`` is memory-mapped, ``.npz`` members are read row range by row range, Parquet by batches,
-CSV by blocks; at most one chunk of input and its outputs are in memory (plus what is in flight).
+CSV by blocks; about two chunks of input and outputs are in memory (the one computing, the one read or written).
 Resumable: each finished chunk is written to ``OUTPUT.parts/chunk-NNNNNN/`` (one raw ``.npy`` per output, the folder
 renamed into place when complete) next to a
 ``job.json`` naming the input (path, size, mtime), model, version and chunk size; a rerun of the same job skips
