@@ -175,9 +175,13 @@ def resize(images: Any, size: object, *, stream: Any = 0) -> Any:
 
 @cuda.jit
 def _fill_k(out, value):  # pragma: no cover - device code
-    flat = out.reshape(out.size)
-    for i in range(cuda.grid(1), flat.size, cuda.gridsize(1)):
-        flat[i] = value
+    n, h, w, c = out.shape
+    for i in range(cuda.grid(1), n * h * w * c, cuda.gridsize(1)):
+        ch = i % c
+        t = i // c
+        x = t % w
+        t = t // w
+        out[t // h, t % h, x, ch] = value
 
 
 def letterbox(images: Any, size: object, *, pad_value: float = 0.0, stream: Any = 0) -> Any:
