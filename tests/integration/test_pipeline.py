@@ -212,3 +212,42 @@ def test_a_model_without_batch_dimension(start_server, tmp_path: Path) -> None:
     expected = image.normalize_ref(img, [0.1, 0.2, 0.3], 0.5)
     np.testing.assert_allclose(result["y"], expected, rtol=1e-6)
     np.testing.assert_array_equal(result["best"], np.argmax(expected, axis=-1)[..., None])
+
+
+_NO_JIT_AFTER_READY = """
+import asyncio, sys
+from pathlib import Path
+import numpy as np
+from surge.kernels import image
+from surge.server.config import load_model_config
+from surge.server.model import ModelVersion, State
+from surge.server.stats import Stamps, now_ns
+
+async def main(repo):
+    version = ModelVersion(load_model_config(repo / "classifier"), 1, repo / "classifier" / "1" / "model.onnx")
+    await version.load()
+    assert version.state == State.READY, version.reason
+    twins = (image._rcn_ser, image._rcn_par)
+    compiled = [len(k.signatures) for k in twins]
+    assert all(compiled), compiled  # the warm-up ran both the serial and the parallel twin
+    for rows in (1, 3, 32):
+        images = np.random.default_rng(rows).integers(0, 256, (rows, 50, 41, 3), dtype=np.uint8)
+        stamps = Stamps(now_ns())
+        await version.execute({"image": images}, rows, ["classes"], stamps, None)
+    assert [len(k.signatures) for k in twins] == compiled, "a request compiled a kernel after READY"
+    await version.aclose()
+    print("no JIT after READY")
+
+asyncio.run(main(Path(sys.argv[1])))
+"""
+
+
+def test_warm_up_compiles_the_kernels_before_ready(repo: Path) -> None:
+    """In a fresh process (nothing compiled yet): READY means every kernel a request will use is compiled already."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _NO_JIT_AFTER_READY, str(repo)], capture_output=True, text=True, timeout=110,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "no JIT after READY" in proc.stdout
