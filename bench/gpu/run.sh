@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One GPU check for a machine with an H100/H200 and no network (the device tool's machine):
 #   bash bench/gpu/run.sh            (from the repository root; carries .whl/ and .cache/perf_analyzer if present)
+# Narrower runs (device time is scarce): GPU_TESTS="tests/gpu/test_kernels_cuda.py ..." picks the test files,
+# TORCH_BENCH=0 skips bench/gpu/bench_torch.py, WORKERS="1,4,8" adds bench/scenarios/workers.py (perf_analyzer).
 # Installs only what travels with it: our package (--no-deps --no-index) and the wheels in .whl/
 # (grpcio-health-checking, grpcio-reflection, pytest-asyncio: see bench/gpu/README.md; for the Numba CUDA kernels
 # also numba, llvmlite and numpy cp312 wheels), runs the GPU tests, then prints the tables (bench/gpu/bench_torch.py,
@@ -33,13 +35,20 @@ from surge.kernels import cuda as kc
 print("surge CUDA kernels:", kc.why_unavailable() or "available")  # the reason the CUDA kernel tests would skip
 PYEOF
 echo "== GPU tests"
-$PY -m pytest tests/gpu -m gpu -q -p no:cacheprovider -rs -W "ignore::DeprecationWarning" 2>&1 | tee "$OUT/gpu-tests.log"
+$PY -m pytest ${GPU_TESTS:-tests/gpu} -m gpu -q -p no:cacheprovider -rs -W "ignore::DeprecationWarning" 2>&1 | tee "$OUT/gpu-tests.log"
 tests=${PIPESTATUS[0]}
-echo "== benchmark"
-$PY -m bench.gpu.bench_torch --json "$OUT/gpu-bench.json" 2>&1 | tee "$OUT/gpu-bench.log"
-bench=${PIPESTATUS[0]}
+bench=0
+if [ "${TORCH_BENCH:-1}" != 0 ]; then
+  echo "== benchmark"
+  $PY -m bench.gpu.bench_torch --json "$OUT/gpu-bench.json" 2>&1 | tee "$OUT/gpu-bench.log"
+  bench=${PIPESTATUS[0]}
+fi
 echo "== CUDA kernels: achieved bandwidth vs device-to-device copy"
 $PY -m bench.gpu.bench_kernels --json "$OUT/gpu-kernels.json" 2>&1 | tee "$OUT/gpu-kernels.log"
 kernels=${PIPESTATUS[0]}
+if [ -n "${WORKERS:-}" ]; then
+  echo "== worker scaling (perf_analyzer, tiny)"
+  $PY -m bench.scenarios.workers --workers "$WORKERS" --repeats 1 --interval-ms 1500 --wait-idle-s 0 --out "$OUT/workers.json" 2>&1 | tee "$OUT/workers.log"
+fi
 echo "== done in $(( $(date +%s) - started )) s: tests exit $tests, benchmark exit $bench, kernels exit $kernels"
 [ "$tests" -eq 0 ] && { [ "$bench" -eq 0 ] || [ "$bench" -eq 2 ]; } && { [ "$kernels" -eq 0 ] || [ "$kernels" -eq 2 ]; }
