@@ -6,7 +6,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["KernelInputError", "as_batch", "check_array", "channel_params", "positive_size"]
+__all__ = ["KernelInputError", "as_batch", "check_array", "channel_params", "positive_size", "use_parallel"]
+
+#: Outputs with fewer elements run the serial twin of a kernel: a parallel launch costs tens of microseconds
+#: (more on a busy machine), which a small batch does not win back.
+PARALLEL_MIN_ELEMENTS = 1 << 16
+
+
+def use_parallel(elements: int) -> bool:
+    """Whether a kernel producing ``elements`` output values runs its parallel (``prange``) version."""
+    return elements >= PARALLEL_MIN_ELEMENTS
 
 
 class KernelInputError(ValueError):
@@ -39,7 +48,10 @@ def as_batch(name: str, images: object) -> tuple[np.ndarray, bool]:
 
 def channel_params(name: str, value: object, channels: int) -> np.ndarray:
     """A per-channel (or per-feature) float32 parameter vector of length ``channels`` (a scalar is broadcast)."""
-    array = np.asarray(value, dtype=np.float32)
+    if isinstance(value, np.ndarray) and value.dtype == np.float32 and value.shape == (channels,) and value.flags.c_contiguous:
+        array = value  # prepared once (a pipeline step's parameters): no conversion per call
+    else:
+        array = np.asarray(value, dtype=np.float32)
     if array.ndim == 0:
         array = np.full(channels, array, dtype=np.float32)
     if array.shape != (channels,):

@@ -4,7 +4,7 @@ Same names and parameters as the CPU kernels in ``image`` and ``tabular``. Input
 anything with ``__cuda_array_interface__`` (a torch CUDA tensor, a CuPy array: no copy), or host NumPy arrays
 (copied to the device). Outputs are Numba device arrays; ``torch.as_tensor(out, device="cuda")`` or
 ``cupy.asarray(out)`` view them without a copy. The bilinear tables come from ``image.axis_table`` (the CPU's), cached
-on the device per geometry. Arithmetic is float32 like the CPU kernels; the CUDA compiler may fuse a multiply and
+on each device per geometry. Arithmetic is float32 like the CPU kernels; the CUDA compiler may fuse a multiply and
 an add (FMA), so results match the references to about 1e-5 relative rather than to the bit.
 
 One thread per output element, grid-stride loops, 256 threads per block. Importing this module imports
@@ -26,19 +26,34 @@ from .tabular import _boundaries, _depth, _params
 
 __all__ = [
     "as_device", "bucketize", "center_crop", "hash_bucket", "is_available", "letterbox", "normalize", "one_hot",
-    "resize", "resize_crop_normalize", "tabular_transform",
+    "resize", "resize_crop_normalize", "tabular_transform", "why_unavailable",
 ]
 
 _THREADS = 256
 _MAX_BLOCKS = 65535
 
 
-def is_available() -> bool:
-    """Whether numba.cuda sees a usable GPU (or runs its simulator, ``NUMBA_ENABLE_CUDASIM=1``)."""
+def why_unavailable() -> str | None:
+    """None when kernels can compile and run here (a GPU, its driver and libNVVM; or the simulator), else why not."""
     try:
-        return bool(cuda.is_available())
-    except Exception:  # a broken driver or toolkit reads as "no GPU"
-        return False
+        from numba.core import config
+
+        if config.ENABLE_CUDASIM:
+            return None
+        if not cuda.is_available():
+            return "numba.cuda sees no usable GPU or CUDA driver"
+        from numba.cuda.cudadrv import nvvm
+
+        if not nvvm.is_available():  # the driver runs kernels, but compiling them needs libNVVM (a CUDA toolkit)
+            return "libNVVM not found: numba.cuda cannot compile kernels (set CUDA_HOME to a CUDA toolkit, or install one)"
+    except Exception as exc:  # a broken driver or toolkit
+        return f"numba.cuda cannot start: {type(exc).__name__}: {exc}"
+    return None
+
+
+def is_available() -> bool:
+    """Whether the CUDA kernels can run here (see ``why_unavailable``)."""
+    return why_unavailable() is None
 
 
 def _blocks(total: int) -> int:
@@ -71,18 +86,31 @@ def _squeeze(out: Any, added: bool) -> Any:
     return out[0] if added else out
 
 
-@lru_cache(maxsize=256)
+def _device_id() -> int:
+    """The current device's id (cached device arrays belong to one GPU)."""
+    try:
+        return int(cuda.get_current_device().id)
+    except AttributeError:  # the simulator has one pretend device
+        return 0
+
+
 def _device_table(n_in: int, n_out: int, start: int, count: int) -> tuple[Any, ...]:
+    return _cached_table(n_in, n_out, start, count, _device_id())
+
+
+@lru_cache(maxsize=256)
+def _cached_table(n_in: int, n_out: int, start: int, count: int, device: int) -> tuple[Any, ...]:
     return tuple(cuda.to_device(np.ascontiguousarray(t[start : start + count])) for t in axis_table(n_in, n_out))
 
 
 @lru_cache(maxsize=256)
-def _device_vector(values: tuple[float, ...]) -> Any:
-    return cuda.to_device(np.asarray(values, dtype=np.float32))
+def _device_vector(data: bytes, device: int) -> Any:
+    """A float32 vector on the device, cached by its bytes (NaN-safe, unlike a tuple of floats)."""
+    return cuda.to_device(np.frombuffer(data, dtype=np.float32).copy())
 
 
 def _vec(name: str, value: object, n: int) -> Any:
-    return _device_vector(tuple(channel_params(name, value, n).tolist()))
+    return _device_vector(channel_params(name, value, n).tobytes(), _device_id())
 
 
 # -- image ---------------------------------------------------------------------------------------------
@@ -147,9 +175,13 @@ def resize(images: Any, size: object, *, stream: Any = 0) -> Any:
 
 @cuda.jit
 def _fill_k(out, value):  # pragma: no cover - device code
-    flat = out.reshape(out.size)
-    for i in range(cuda.grid(1), flat.size, cuda.gridsize(1)):
-        flat[i] = value
+    n, h, w, c = out.shape
+    for i in range(cuda.grid(1), n * h * w * c, cuda.gridsize(1)):
+        ch = i % c
+        t = i // c
+        x = t % w
+        t = t // w
+        out[t // h, t % h, x, ch] = value
 
 
 def letterbox(images: Any, size: object, *, pad_value: float = 0.0, stream: Any = 0) -> Any:
@@ -261,7 +293,7 @@ def _transform_k(x, fill, low, high, mean, std, out):  # pragma: no cover - devi
 def tabular_transform(x: Any, *, fill: object = None, low: object = None, high: object = None, mean: object = None, std: object = None, stream: Any = 0) -> Any:
     """fill_missing -> clip -> standardize on the device; float32."""
     d, squeezed = _table("x", x, stream)
-    params = [_device_vector(tuple(p.tolist())) for p in _params(d.shape[1], fill, low, high, mean, std)]
+    params = [_device_vector(p.tobytes(), _device_id()) for p in _params(d.shape[1], fill, low, high, mean, std)]
     out = cuda.device_array(d.shape, dtype=np.float32, stream=stream)
     _transform_k[_blocks(out.size), _THREADS, stream](d, *params, out)
     return out.reshape((d.shape[0],)) if squeezed else out

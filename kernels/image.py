@@ -8,7 +8,8 @@
     resize_crop_normalize(images, resize, crop, mean, std, scale=1/255)
                                                    the three above fused into one pass (no intermediate arrays)
 
-Each has a ``*_ref`` NumPy reference with the same arithmetic (float32, same operation order), so kernel and
+Each kernel is a row function (one output row) driven by a parallel loop (``prange`` over batch x rows) for
+large outputs and by a serial twin for small ones (``_common.PARALLEL_MIN_ELEMENTS``). Each has a ``*_ref`` NumPy reference with the same arithmetic (float32, same operation order), so kernel and
 reference agree to the last bit or nearly (tests allow 1e-5). A 3-D input gives a 3-D output (no batch dimension).
 The bilinear source coordinates come from ``axis_table``, shared by kernels and references.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from . import _common
 from ._common import KernelInputError, as_batch, channel_params, positive_size
 
 __all__ = [
@@ -49,15 +51,25 @@ def _out(batch: np.ndarray, added: bool) -> np.ndarray:
 # -- normalize ---------------------------------------------------------------------------------------
 
 
+@njit(nogil=True, cache=True)
+def _normalize_row(src, b, y, scale, mean, std, out):  # pragma: no cover - compiled
+    for x in range(src.shape[2]):
+        for ch in range(src.shape[3]):
+            out[b, ch, y, x] = (np.float32(src[b, y, x, ch]) * scale - mean[ch]) / std[ch]
+
+
 @njit(nogil=True, cache=True, parallel=True)
-def _normalize_kernel(src, scale, mean, std, out):  # pragma: no cover - compiled
-    n, h, w, c = src.shape
-    for job in prange(n * h):
-        b = job // h
-        y = job - b * h
-        for x in range(w):
-            for ch in range(c):
-                out[b, ch, y, x] = (np.float32(src[b, y, x, ch]) * scale - mean[ch]) / std[ch]
+def _normalize_par(src, scale, mean, std, out):  # pragma: no cover - compiled
+    h = src.shape[1]
+    for job in prange(src.shape[0] * h):
+        _normalize_row(src, job // h, job % h, scale, mean, std, out)
+
+
+@njit(nogil=True, cache=True)
+def _normalize_ser(src, scale, mean, std, out):  # pragma: no cover - compiled
+    h = src.shape[1]
+    for job in range(src.shape[0] * h):
+        _normalize_row(src, job // h, job % h, scale, mean, std, out)
 
 
 def normalize(images: np.ndarray, mean: object, std: object, *, scale: float = _DEFAULT_SCALE) -> np.ndarray:
@@ -66,7 +78,7 @@ def normalize(images: np.ndarray, mean: object, std: object, *, scale: float = _
     mean_a, std_a = _mean_std(mean, std, batch.shape[3])
     n, h, w, c = batch.shape
     out = np.empty((n, c, h, w), dtype=np.float32)
-    _normalize_kernel(batch, np.float32(scale), mean_a, std_a, out)
+    (_normalize_par if _common.use_parallel(out.size) else _normalize_ser)(batch, np.float32(scale), mean_a, std_a, out)
     return _out(out, added)
 
 
@@ -89,22 +101,35 @@ def _mean_std(mean: object, std: object, channels: int) -> tuple[np.ndarray, np.
 # -- resize ------------------------------------------------------------------------------------------
 
 
+@njit(nogil=True, cache=True)
+def _resize_row(src, b, y, y0, y1, wy, vy, x0, x1, wx, vx, out, top, left):  # pragma: no cover - compiled
+    ya, yb, fy, gy = y0[y], y1[y], wy[y], vy[y]
+    for x in range(x0.shape[0]):
+        xa, xb, fx, gx = x0[x], x1[x], wx[x], vx[x]
+        for ch in range(src.shape[3]):
+            upper = np.float32(src[b, ya, xa, ch]) * gx + np.float32(src[b, ya, xb, ch]) * fx
+            lower = np.float32(src[b, yb, xa, ch]) * gx + np.float32(src[b, yb, xb, ch]) * fx
+            out[b, top + y, left + x, ch] = upper * gy + lower * fy
+
+
 @njit(nogil=True, cache=True, parallel=True)
-def _resize_kernel(src, y0, y1, wy, vy, x0, x1, wx, vx, out, top, left):  # pragma: no cover - compiled
-    n = src.shape[0]
-    c = src.shape[3]
+def _resize_par(src, y0, y1, wy, vy, x0, x1, wx, vx, out, top, left):  # pragma: no cover - compiled
     oh = y0.shape[0]
-    ow = x0.shape[0]
-    for job in prange(n * oh):
-        b = job // oh
-        y = job - b * oh
-        ya, yb, fy, gy = y0[y], y1[y], wy[y], vy[y]
-        for x in range(ow):
-            xa, xb, fx, gx = x0[x], x1[x], wx[x], vx[x]
-            for ch in range(c):
-                upper = np.float32(src[b, ya, xa, ch]) * gx + np.float32(src[b, ya, xb, ch]) * fx
-                lower = np.float32(src[b, yb, xa, ch]) * gx + np.float32(src[b, yb, xb, ch]) * fx
-                out[b, top + y, left + x, ch] = upper * gy + lower * fy
+    for job in prange(src.shape[0] * oh):
+        _resize_row(src, job // oh, job % oh, y0, y1, wy, vy, x0, x1, wx, vx, out, top, left)
+
+
+@njit(nogil=True, cache=True)
+def _resize_ser(src, y0, y1, wy, vy, x0, x1, wx, vx, out, top, left):  # pragma: no cover - compiled
+    oh = y0.shape[0]
+    for job in range(src.shape[0] * oh):
+        _resize_row(src, job // oh, job % oh, y0, y1, wy, vy, x0, x1, wx, vx, out, top, left)
+
+
+def _resize_kernel(src, y0, y1, wy, vy, x0, x1, wx, vx, out, top, left) -> None:
+    (_resize_par if _common.use_parallel(src.shape[0] * y0.shape[0] * x0.shape[0] * src.shape[3]) else _resize_ser)(
+        src, y0, y1, wy, vy, x0, x1, wx, vx, out, top, left
+    )
 
 
 def resize(images: np.ndarray, size: object) -> np.ndarray:
@@ -146,12 +171,19 @@ def _crop_box(h: int, w: int, size: object) -> tuple[int, int, int, int]:
 
 
 @njit(nogil=True, cache=True, parallel=True)
-def _crop_kernel(src, top, left, out):  # pragma: no cover - compiled
-    n, oh, ow, c = out.shape
-    for job in prange(n * oh):
-        b = job // oh
-        y = job - b * oh
+def _crop_par(src, top, left, out):  # pragma: no cover - compiled
+    oh, ow = out.shape[1], out.shape[2]
+    for job in prange(out.shape[0] * oh):
+        b, y = job // oh, job % oh
         out[b, y] = src[b, top + y, left : left + ow]  # a row slice copies faster than an element loop
+
+
+@njit(nogil=True, cache=True)
+def _crop_ser(src, top, left, out):  # pragma: no cover - compiled
+    oh, ow = out.shape[1], out.shape[2]
+    for job in range(out.shape[0] * oh):
+        b, y = job // oh, job % oh
+        out[b, y] = src[b, top + y, left : left + ow]
 
 
 def center_crop(images: np.ndarray, size: object) -> np.ndarray:
@@ -159,7 +191,7 @@ def center_crop(images: np.ndarray, size: object) -> np.ndarray:
     batch, added = as_batch("images", images)
     top, left, ch, cw = _crop_box(batch.shape[1], batch.shape[2], size)
     out = np.empty((batch.shape[0], ch, cw, batch.shape[3]), dtype=batch.dtype)
-    _crop_kernel(batch, top, left, out)
+    (_crop_par if _common.use_parallel(out.size) else _crop_ser)(batch, top, left, out)
     return _out(out, added)
 
 
@@ -205,22 +237,29 @@ def letterbox_ref(images: np.ndarray, size: object, *, pad_value: float = 0.0) -
 # -- fused resize + center crop + normalize ----------------------------------------------------------
 
 
+@njit(nogil=True, cache=True)
+def _rcn_row(src, b, y, y0, y1, wy, vy, x0, x1, wx, vx, scale, mean, std, out):  # pragma: no cover - compiled
+    ya, yb, fy, gy = y0[y], y1[y], wy[y], vy[y]
+    for x in range(x0.shape[0]):
+        xa, xb, fx, gx = x0[x], x1[x], wx[x], vx[x]
+        for ch in range(src.shape[3]):
+            upper = np.float32(src[b, ya, xa, ch]) * gx + np.float32(src[b, ya, xb, ch]) * fx
+            lower = np.float32(src[b, yb, xa, ch]) * gx + np.float32(src[b, yb, xb, ch]) * fx
+            out[b, ch, y, x] = ((upper * gy + lower * fy) * scale - mean[ch]) / std[ch]
+
+
 @njit(nogil=True, cache=True, parallel=True)
-def _resize_crop_normalize_kernel(src, y0, y1, wy, vy, x0, x1, wx, vx, scale, mean, std, out):  # pragma: no cover
-    n = src.shape[0]
-    c = src.shape[3]
+def _rcn_par(src, y0, y1, wy, vy, x0, x1, wx, vx, scale, mean, std, out):  # pragma: no cover - compiled
     oh = y0.shape[0]
-    ow = x0.shape[0]
-    for job in prange(n * oh):
-        b = job // oh
-        y = job - b * oh
-        ya, yb, fy, gy = y0[y], y1[y], wy[y], vy[y]
-        for x in range(ow):
-            xa, xb, fx, gx = x0[x], x1[x], wx[x], vx[x]
-            for ch in range(c):
-                upper = np.float32(src[b, ya, xa, ch]) * gx + np.float32(src[b, ya, xb, ch]) * fx
-                lower = np.float32(src[b, yb, xa, ch]) * gx + np.float32(src[b, yb, xb, ch]) * fx
-                out[b, ch, y, x] = ((upper * gy + lower * fy) * scale - mean[ch]) / std[ch]
+    for job in prange(src.shape[0] * oh):
+        _rcn_row(src, job // oh, job % oh, y0, y1, wy, vy, x0, x1, wx, vx, scale, mean, std, out)
+
+
+@njit(nogil=True, cache=True)
+def _rcn_ser(src, y0, y1, wy, vy, x0, x1, wx, vx, scale, mean, std, out):  # pragma: no cover - compiled
+    oh = y0.shape[0]
+    for job in range(src.shape[0] * oh):
+        _rcn_row(src, job // oh, job % oh, y0, y1, wy, vy, x0, x1, wx, vx, scale, mean, std, out)
 
 
 def _fused_tables(h: int, w: int, resize_to: object, crop: object) -> tuple[tuple, tuple]:
@@ -240,7 +279,7 @@ def resize_crop_normalize(
     mean_a, std_a = _mean_std(mean, std, c)
     ytab, xtab = _fused_tables(h, w, resize_to, crop)
     out = np.empty((n, c, ytab[0].shape[0], xtab[0].shape[0]), dtype=np.float32)
-    _resize_crop_normalize_kernel(batch, *ytab, *xtab, np.float32(scale), mean_a, std_a, out)
+    (_rcn_par if _common.use_parallel(out.size) else _rcn_ser)(batch, *ytab, *xtab, np.float32(scale), mean_a, std_a, out)
     return _out(out, added)
 
 

@@ -11,7 +11,8 @@
     tabular_transform(x, fill, low, high, mean, std)
                                          fill_missing -> clip -> standardize fused into one pass
 
-Row-parallel (``prange`` over rows) where a row has work enough; each has a ``*_ref`` NumPy reference.
+Each is a row function driven by a parallel loop (``prange`` over rows) for large inputs and by a serial twin for
+small ones (``_common.PARALLEL_MIN_ELEMENTS``); each has a ``*_ref`` NumPy reference.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from . import _common
 from ._common import KernelInputError, channel_params, check_array
 
 __all__ = [
@@ -44,19 +46,29 @@ def _shape(out: np.ndarray, squeezed: bool) -> np.ndarray:
 # -- standardize / clip / fill / fused ---------------------------------------------------------------
 
 
+@njit(nogil=True, cache=True)
+def _transform_row(x, fill, low, high, mean, std, out, r):  # pragma: no cover - compiled
+    for f in range(x.shape[1]):
+        v = np.float32(x[r, f])
+        if np.isnan(v):
+            v = fill[f]
+        if v < low[f]:
+            v = low[f]
+        elif v > high[f]:
+            v = high[f]
+        out[r, f] = (v - mean[f]) / std[f]
+
+
 @njit(nogil=True, cache=True, parallel=True)
-def _transform_kernel(x, fill, low, high, mean, std, out):  # pragma: no cover - compiled
-    rows, features = x.shape
-    for r in prange(rows):
-        for f in range(features):
-            v = np.float32(x[r, f])
-            if np.isnan(v):
-                v = fill[f]
-            if v < low[f]:
-                v = low[f]
-            elif v > high[f]:
-                v = high[f]
-            out[r, f] = (v - mean[f]) / std[f]
+def _transform_par(x, fill, low, high, mean, std, out):  # pragma: no cover - compiled
+    for r in prange(x.shape[0]):
+        _transform_row(x, fill, low, high, mean, std, out, r)
+
+
+@njit(nogil=True, cache=True)
+def _transform_ser(x, fill, low, high, mean, std, out):  # pragma: no cover - compiled
+    for r in range(x.shape[0]):
+        _transform_row(x, fill, low, high, mean, std, out, r)
 
 
 def _params(features: int, fill: object, low: object, high: object, mean: object, std: object) -> tuple[np.ndarray, ...]:
@@ -80,7 +92,7 @@ def tabular_transform(x: np.ndarray, *, fill: object = None, low: object = None,
     batch, squeezed = _table("x", x, "uif")
     params = _params(batch.shape[1], fill, low, high, mean, std)
     out = np.empty(batch.shape, dtype=np.float32)
-    _transform_kernel(batch, *params, out)
+    (_transform_par if _common.use_parallel(out.size) else _transform_ser)(batch, *params, out)
     return _shape(out, squeezed)
 
 
@@ -134,24 +146,34 @@ def _boundaries(boundaries: object) -> np.ndarray:
     return b
 
 
-@njit(nogil=True, cache=True, parallel=True)
-def _bucketize_kernel(x, boundaries, out):  # pragma: no cover - compiled
-    rows, features = x.shape
+@njit(nogil=True, cache=True)
+def _bucketize_row(x, boundaries, out, r):  # pragma: no cover - compiled
     nb = boundaries.shape[0]
-    for r in prange(rows):
-        for f in range(features):
-            v = np.float64(x[r, f])
-            if np.isnan(v):
-                out[r, f] = nb
-                continue
-            lo, hi = 0, nb  # first boundary > v (binary search)
-            while lo < hi:
-                mid = (lo + hi) >> 1
-                if boundaries[mid] <= v:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            out[r, f] = lo
+    for f in range(x.shape[1]):
+        v = np.float64(x[r, f])
+        if np.isnan(v):
+            out[r, f] = nb
+            continue
+        lo, hi = 0, nb  # first boundary > v (binary search)
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if boundaries[mid] <= v:
+                lo = mid + 1
+            else:
+                hi = mid
+        out[r, f] = lo
+
+
+@njit(nogil=True, cache=True, parallel=True)
+def _bucketize_par(x, boundaries, out):  # pragma: no cover - compiled
+    for r in prange(x.shape[0]):
+        _bucketize_row(x, boundaries, out, r)
+
+
+@njit(nogil=True, cache=True)
+def _bucketize_ser(x, boundaries, out):  # pragma: no cover - compiled
+    for r in range(x.shape[0]):
+        _bucketize_row(x, boundaries, out, r)
 
 
 def bucketize(x: np.ndarray, boundaries: object) -> np.ndarray:
@@ -159,7 +181,7 @@ def bucketize(x: np.ndarray, boundaries: object) -> np.ndarray:
     batch, squeezed = _table("x", x, "uif")
     b = _boundaries(boundaries)
     out = np.empty(batch.shape, dtype=np.int64)
-    _bucketize_kernel(batch, b, out)
+    (_bucketize_par if _common.use_parallel(out.size) else _bucketize_ser)(batch, b, out)
     return _shape(out, squeezed)
 
 
@@ -179,16 +201,26 @@ def _depth(name: str, value: object) -> int:
     return int(value)
 
 
+@njit(nogil=True, cache=True)
+def _one_hot_row(ids, depth, out, r):  # pragma: no cover - compiled
+    for j in range(out.shape[1]):
+        out[r, j] = 0.0
+    for f in range(ids.shape[1]):
+        v = ids[r, f]
+        if v >= 0 and v < depth:
+            out[r, f * depth + v] = 1.0
+
+
 @njit(nogil=True, cache=True, parallel=True)
-def _one_hot_kernel(ids, depth, out):  # pragma: no cover - compiled
-    rows, features = ids.shape
-    for r in prange(rows):
-        for j in range(features * depth):
-            out[r, j] = 0.0
-        for f in range(features):
-            v = ids[r, f]
-            if v >= 0 and v < depth:
-                out[r, f * depth + v] = 1.0
+def _one_hot_par(ids, depth, out):  # pragma: no cover - compiled
+    for r in prange(ids.shape[0]):
+        _one_hot_row(ids, depth, out, r)
+
+
+@njit(nogil=True, cache=True)
+def _one_hot_ser(ids, depth, out):  # pragma: no cover - compiled
+    for r in range(ids.shape[0]):
+        _one_hot_row(ids, depth, out, r)
 
 
 def one_hot(ids: np.ndarray, depth: int) -> np.ndarray:
@@ -196,7 +228,7 @@ def one_hot(ids: np.ndarray, depth: int) -> np.ndarray:
     batch, _ = _table("ids", ids, "ui")
     depth = _depth("depth", depth)
     out = np.empty((batch.shape[0], batch.shape[1] * depth), dtype=np.float32)
-    _one_hot_kernel(batch, depth, out)
+    (_one_hot_par if _common.use_parallel(out.size) else _one_hot_ser)(batch, depth, out)
     return out
 
 
@@ -213,19 +245,29 @@ _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
-@njit(nogil=True, cache=True, parallel=True)
-def _hash_kernel(ids, seed, num_buckets, out):  # pragma: no cover - compiled
-    rows, features = ids.shape
+@njit(nogil=True, cache=True)
+def _hash_row(ids, seed, num_buckets, out, r):  # pragma: no cover - compiled
     golden = np.uint64(0x9E3779B97F4A7C15)
     m1 = np.uint64(0xBF58476D1CE4E5B9)
     m2 = np.uint64(0x94D049BB133111EB)
-    for r in prange(rows):
-        for f in range(features):
-            z = (np.uint64(np.int64(ids[r, f])) ^ seed) + golden
-            z = (z ^ (z >> np.uint64(30))) * m1
-            z = (z ^ (z >> np.uint64(27))) * m2
-            z = z ^ (z >> np.uint64(31))
-            out[r, f] = np.int64(z % num_buckets)
+    for f in range(ids.shape[1]):
+        z = (np.uint64(np.int64(ids[r, f])) ^ seed) + golden
+        z = (z ^ (z >> np.uint64(30))) * m1
+        z = (z ^ (z >> np.uint64(27))) * m2
+        z = z ^ (z >> np.uint64(31))
+        out[r, f] = np.int64(z % num_buckets)
+
+
+@njit(nogil=True, cache=True, parallel=True)
+def _hash_par(ids, seed, num_buckets, out):  # pragma: no cover - compiled
+    for r in prange(ids.shape[0]):
+        _hash_row(ids, seed, num_buckets, out, r)
+
+
+@njit(nogil=True, cache=True)
+def _hash_ser(ids, seed, num_buckets, out):  # pragma: no cover - compiled
+    for r in range(ids.shape[0]):
+        _hash_row(ids, seed, num_buckets, out, r)
 
 
 def hash_bucket(ids: np.ndarray, num_buckets: int, *, seed: int = 0) -> np.ndarray:
@@ -233,7 +275,7 @@ def hash_bucket(ids: np.ndarray, num_buckets: int, *, seed: int = 0) -> np.ndarr
     batch, squeezed = _table("ids", ids, "ui")
     n = _depth("num_buckets", num_buckets)
     out = np.empty(batch.shape, dtype=np.int64)
-    _hash_kernel(batch, np.uint64(seed & 0xFFFFFFFFFFFFFFFF), np.uint64(n), out)
+    (_hash_par if _common.use_parallel(out.size) else _hash_ser)(batch, np.uint64(seed & 0xFFFFFFFFFFFFFFFF), np.uint64(n), out)
     return _shape(out, squeezed)
 
 

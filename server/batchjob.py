@@ -3,9 +3,10 @@
     surge batch --model-repository R --model M --input FILE --output FILE [--chunk-rows N] [--version N]
 
 The model loads exactly as the server loads it (``ModelVersion``: runtime, pipeline, warm-up) and every row goes
-through ``ModelVersion.execute``, the path a served request takes after decoding (batcher, instance thread,
-pipeline, runtime), so a batch job's outputs are the served outputs. Rows are submitted in requests of
-``max_batch_size`` rows, several in flight, so all instances stay busy.
+through what a served batch goes through once the batcher has formed it: the instance thread's ``_Instance.run``
+(pipeline kernels, runtime, post-processing) on batches of at most ``max_batch_size`` rows
+(``ModelVersion.run_offline``). A chunk is split across the instances; the next chunk is read (and the previous
+one written) while one computes. Skipping the batcher's per-request work keeps a small model near its own speed.
 
 Formats (by extension): ``.npy`` (one array: the model's single input), ``.npz`` (one array per input name),
 ``.parquet`` and ``.csv`` (pyarrow, ``pip install 'surge[parquet]'``: a column per input name, a list column for
@@ -14,8 +15,9 @@ array per output), ``.parquet`` (a column per output; vectors as fixed-size list
 ``name_0``, ``name_1``, ... columns).
 
 Bounded memory: ``.npy`` is memory-mapped, ``.npz`` members are read row range by row range, Parquet by batches,
-CSV by blocks; at most one chunk of input and its outputs are in memory (plus what is in flight).
-Resumable: each finished chunk is written to ``OUTPUT.parts/chunk-NNNNNN.npz`` (atomically) next to a
+CSV by blocks; about two chunks of input and outputs are in memory (the one computing, the one read or written).
+Resumable: each finished chunk is written to ``OUTPUT.parts/chunk-NNNNNN/`` (one raw ``.npy`` per output, the folder
+renamed into place when complete) next to a
 ``job.json`` naming the input (path, size, mtime), model, version and chunk size; a rerun of the same job skips
 the chunks already there. The final file is assembled chunk by chunk and the parts folder removed.
 """
@@ -42,7 +44,6 @@ from surge.protos.datatypes import numpy_dtype
 from .config import ModelConfig, TensorConfig, load_model_config
 from .errors import ConfigError
 from .model import ModelVersion, State
-from .stats import Stamps, now_ns
 
 __all__ = ["BatchJobError", "Summary", "run_batch_job"]
 
@@ -199,24 +200,33 @@ def _table_reader(path: Path, suffix: str, inputs: tuple[TensorConfig, ...], chu
 # -- output ---------------------------------------------------------------------------------------------
 
 
+def _save_part(part: Path, outputs: dict[str, np.ndarray]) -> None:
+    """One chunk's outputs as raw .npy files in a folder that appears under its final name only when complete."""
+    tmp = part.with_name("partial-" + part.name)  # not matched by chunk-*: a kill leaves no half chunk
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for name, array in outputs.items():
+        np.save(tmp / f"{name}.npy", array)
+    os.replace(tmp, part)
+
+
+def _load_part(part: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    return {n: np.load(part / f"{n}.npy", mmap_mode="r") for n in names}
+
+
 def _write_npz(final: Path, parts: list[Path], names: tuple[str, ...]) -> None:
     tmp = final.with_name(final.name + ".tmp")
     shapes: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
-    rows = 0
     for part in parts:  # headers first: the final shapes
-        with np.load(part) as data:
-            for n in names:
-                a = data[n]
-                shapes[n] = ((shapes[n][0][0] if n in shapes else 0) + a.shape[0], *a.shape[1:]), a.dtype
-            rows += data[names[0]].shape[0]
+        for n, a in _load_part(part, names).items():
+            shapes[n] = ((shapes[n][0][0] if n in shapes else 0) + a.shape[0], *a.shape[1:]), a.dtype
     with zipfile.ZipFile(tmp, "w", allowZip64=True) as archive:
         for n in names:
             shape, dtype = shapes[n]
             with archive.open(f"{n}.npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array_header_2_0(member, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
                 for part in parts:
-                    with np.load(part) as data:
-                        member.write(np.ascontiguousarray(data[n]).tobytes())
+                    member.write(memoryview(np.ascontiguousarray(np.load(part / f"{n}.npy", mmap_mode="r"))).cast("B"))
     os.replace(tmp, final)
 
 
@@ -242,8 +252,7 @@ def _write_table(final: Path, parts: list[Path], names: tuple[str, ...], suffix:
     writer: Any = None
     try:
         for part in parts:
-            with np.load(part) as data:
-                table = _table_of(data, names, suffix == ".csv")
+            table = _table_of(_load_part(part, names), names, suffix == ".csv")
             if writer is None:
                 if suffix == ".parquet":
                     import pyarrow.parquet as pq
@@ -341,7 +350,7 @@ async def run_batch_job(
             shutil.rmtree(parts_dir)  # a different job (input changed, other model or chunk size): start over
         parts_dir.mkdir(parents=True, exist_ok=True)
         job_file.write_text(json.dumps(key))
-        done_chunks = {int(p.stem.split("-")[1]) for p in parts_dir.glob("chunk-*.npz")}
+        done_chunks = {int(p.name.split("-")[1]) for p in parts_dir.glob("chunk-*") if p.is_dir()}
         reader = _array_reader if in_suffix in (".npy", ".npz") else _table_reader
         total, chunks = reader(input_path, in_suffix, config.inputs, chunk_rows, done_chunks)
         bar = _Progress(progress, total)
@@ -352,18 +361,15 @@ async def run_batch_job(
         async def finish(job: tuple[Path, int, asyncio.Task[dict[str, np.ndarray]]]) -> int:
             part, n, task = job
             outputs = await task
-            tmp = part.with_name(part.stem + ".tmp.npz")
-            np.savez(tmp, **outputs)
-            os.replace(tmp, part)
+            _save_part(part, outputs)
             return n
 
         try:
             for index, inputs in chunks:  # reading chunk k+1 (and writing k-1) overlaps computing chunk k
                 count += 1
-                part = parts_dir / f"chunk-{index:06d}.npz"
+                part = parts_dir / f"chunk-{index:06d}"
                 if not inputs:  # done in an earlier run
-                    with np.load(part) as data:
-                        n = data[names[0]].shape[0]
+                    n = _load_part(part, names[:1])[names[0]].shape[0]
                     rows_done += n
                     skipped_rows += n
                     continue
@@ -380,7 +386,7 @@ async def run_batch_job(
             if running is not None:
                 running[2].cancel()
         bar.update(rows_done, skipped_rows, final=True)
-        parts = [parts_dir / f"chunk-{i:06d}.npz" for i in range(count)]
+        parts = [parts_dir / f"chunk-{i:06d}" for i in range(count)]
         if not parts:
             raise BatchJobError(f"input {input_path} has no rows")
         if out_suffix == ".npz":
@@ -408,15 +414,7 @@ def _check(config: ModelConfig, inputs: dict[str, np.ndarray]) -> None:
 
 
 async def _run_chunk(served: ModelVersion, config: ModelConfig, inputs: dict[str, np.ndarray], names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """The chunk as requests of up to max_batch_size rows through ``execute`` (the served path), in order."""
-    rows = next(iter(inputs.values())).shape[0]
-    step = config.max_batch_size or 1
-    requests = []
-    for start in range(0, rows, step):
-        part = {n: np.ascontiguousarray(a[start : start + step]) for n, a in inputs.items()}
-        n = next(iter(part.values())).shape[0]
-        stamps = Stamps(now_ns())
-        stamps.rows = n
-        requests.append(served.execute(part, n, names, stamps, None))
-    results = await asyncio.gather(*requests)
-    return {n: np.concatenate([r[n] for r in results]) for n in names}
+    """The chunk through the instances (``ModelVersion.run_offline``: the served batch path without the batcher)."""
+    parts = await asyncio.gather(*(asyncio.wrap_future(f) for f in served.run_offline(inputs, names)))
+    outputs = [p[0] for p in parts]
+    return {n: np.concatenate([o[n] for o in outputs]) if len(outputs) > 1 else outputs[0][n] for n in names}

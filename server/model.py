@@ -267,6 +267,19 @@ class ModelVersion:
         self._instances = []
         self._free.clear()
 
+    def run_offline(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> list[Future[tuple[dict[str, np.ndarray], int, int]]]:
+        """``surge batch``: split ``inputs`` across the instances and run each part in its instance's thread, in slices of
+        ``max_batch_size`` rows through the same ``_Instance.run`` (pipeline + runtime) as a served batch; no batcher.
+        Only for a version that serves no requests (the job's own). Returns one future per part, in row order."""
+        rows = next(iter(inputs.values())).shape[0]
+        per = -(-rows // len(self._instances))
+        step = self.config.max_batch_size or rows
+        futures = []
+        for inst, start in zip(self._instances, range(0, rows, per)):
+            part = {n: a[start : start + per] for n, a in inputs.items()}
+            futures.append(inst.executor.submit(_run_slices, inst, part, output_names, step))
+        return futures
+
     def sample(self) -> VersionSample:
         """What a metrics scrape reports about this version (event loop; copies the counters)."""
         batcher = self._batcher
@@ -425,6 +438,14 @@ class ModelVersion:
             self._free.append(inst)
             if self._batcher is not None:
                 self._batcher.release_slot()
+
+
+def _run_slices(inst: _Instance, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], step: int) -> tuple[dict[str, np.ndarray], int, int]:
+    """In the instance thread: ``inst.run`` over consecutive slices of ``step`` rows, outputs concatenated."""
+    rows = next(iter(inputs.values())).shape[0]
+    t0 = now_ns()
+    parts = [inst.run({n: np.ascontiguousarray(a[i : i + step]) for n, a in inputs.items()}, output_names)[0] for i in range(0, rows, step)]
+    return {n: np.concatenate([p[n] for p in parts]) for n in output_names}, t0, now_ns()
 
 
 def scheduler_policy(config: ModelConfig) -> SchedulerPolicy:

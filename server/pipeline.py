@@ -79,14 +79,15 @@ class _Params:
     def error(self, key: str, message: str) -> ConfigError:
         return ConfigError(f"{self.step.where}.{key}: {message}")
 
-    def floats(self, key: str, default: Any, count: int) -> list[float] | None:
+    def floats(self, key: str, default: Any, count: int) -> np.ndarray | None:
+        """Per-channel/feature values, prepared once as the float32 array the kernels take."""
         value = self._get(key, default)
         if value is None:
             return None
         values = value if isinstance(value, list) else [value] * count
         if len(values) != count or any(isinstance(v, bool) or not isinstance(v, int | float) for v in values):
             raise self.error(key, f"expected a number or a list of {count} numbers, got {value!r}")
-        return [float(v) for v in values]
+        return np.asarray(values, dtype=np.float32)
 
     def number(self, key: str, default: Any) -> float:
         value = self._get(key, default)
@@ -171,8 +172,8 @@ def _pre_step(step: StepConfig, model_input: TensorConfig) -> _PreStep:
         _expect_dtype(p, model_input, "FP32")
         c, h, w = _image_model_input(p, model_input, "chw")
         mean, std = p.floats("mean", _REQUIRED, c), p.floats("std", _REQUIRED, c)
-        if 0.0 in std:  # type: ignore[operator]
-            raise p.error("std", f"must not contain 0, got {std}")
+        if not np.all(std):  # type: ignore[arg-type]
+            raise p.error("std", f"must not contain 0, got {std.tolist()}")  # type: ignore[union-attr]
         scale = p.number("scale", 1.0 / 255.0)
         datatype = p.choice("datatype", "UINT8", _IMAGE_DTYPES)
         if op == "normalize":
@@ -242,10 +243,10 @@ def _pre_step(step: StepConfig, model_input: TensorConfig) -> _PreStep:
             kw = {k: p.floats(k, required, width) for k in keys}
             if "values" in kw:
                 kw = {"fill": kw.pop("values")}
-            if kw.get("std") and 0.0 in kw["std"]:
-                raise p.error("std", f"must not contain 0, got {kw['std']}")
-            if kw.get("low") and kw.get("high") and any(a > b for a, b in zip(kw["low"], kw["high"])):
-                raise p.error("low", f"{kw['low']} exceeds high {kw['high']}")
+            if kw.get("std") is not None and not np.all(kw["std"]):
+                raise p.error("std", f"must not contain 0, got {kw['std'].tolist()}")
+            if kw.get("low") is not None and kw.get("high") is not None and np.any(kw["low"] > kw["high"]):
+                raise p.error("low", f"{kw['low'].tolist()} exceeds high {kw['high'].tolist()}")
             tensor = TensorConfig(name=name, datatype="FP32", dims=(width,))
             cpu = lambda x: tabular.tabular_transform(x, **kw)  # noqa: E731
             gpu = lambda kc, x, stream: kc.tabular_transform(x, stream=stream, **kw)  # noqa: E731
@@ -355,8 +356,9 @@ class PipelineInstance:
             try:
                 from surge.kernels import cuda as kc
 
-                if not kc.is_available():
-                    raise RuntimeError("numba.cuda sees no usable GPU")
+                reason = kc.why_unavailable()
+                if reason:
+                    raise RuntimeError(reason)
             except Exception as exc:
                 log.warning("model %s: CUDA kernels unavailable (%s); preprocessing runs on the CPU", pipeline.config.name, exc)
             else:

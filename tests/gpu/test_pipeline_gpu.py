@@ -14,7 +14,7 @@ from surge.kernels import image
 from surge.server.app import ServerConfig
 from tests.conftest import ServerThread
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.filterwarnings("ignore::numba.core.errors.NumbaPerformanceWarning")]
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 CONFIG = """
@@ -64,8 +64,9 @@ def gpu_pipeline(tmp_path_factory):
     from surge.kernels import cuda as kc
     from tests.torch_models import TinyCNN, write_torch_model
 
-    if not kc.is_available():
-        pytest.skip("numba.cuda cannot start here (see tests/gpu/test_kernels_cuda.py for the reason)")
+    reason = kc.why_unavailable()
+    if reason:
+        pytest.skip(reason)
     root = tmp_path_factory.mktemp("gpu_pipeline_repo")
     model = TinyCNN()
     example = torch.zeros(2, 3, 32, 32)

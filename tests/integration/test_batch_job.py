@@ -123,11 +123,11 @@ def test_a_killed_job_resumes_where_it_stopped(repo: Path, tmp_path: Path) -> No
     parts = tmp_path / "out.npz.parts"
     first = subprocess.Popen(args, cwd=Path(__file__).resolve().parents[2])
     deadline = time.monotonic() + 90
-    while len(list(parts.glob("chunk-*.npz"))) < 3 and first.poll() is None and time.monotonic() < deadline:
+    while len(list(parts.glob("chunk-*"))) < 3 and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     os.kill(first.pid, signal.SIGKILL)
     first.wait(30)
-    kept = len(list(parts.glob("chunk-*.npz")))
+    kept = len(list(parts.glob("chunk-*")))
     assert 3 <= kept < 94, "the first run should have been killed part way"
     second = subprocess.run(args, cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=110)
     assert second.returncode == 0, second.stderr
@@ -145,7 +145,8 @@ def test_stale_parts_of_another_job_are_not_reused(repo: Path, tmp_path: Path, c
     parts = tmp_path / "out.npz.parts"
     parts.mkdir()
     (parts / "job.json").write_text('{"input": "something else"}')
-    np.savez(parts / "chunk-000000.npz", probabilities=np.zeros((64, 4), np.float32))
+    (parts / "chunk-000000").mkdir()
+    np.save(parts / "chunk-000000" / "probabilities.npy", np.zeros((64, 4), np.float32))
     np.save(tmp_path / "x.npy", _tabular_data(100))
     assert main(["batch", "--model-repository", str(repo), "--model", "tabular", "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "out.npz"), "--chunk-rows", "64", "--quiet"]) == 0
     assert "resumed" not in capsys.readouterr().out

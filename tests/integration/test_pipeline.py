@@ -169,3 +169,85 @@ def test_an_invalid_pipeline_leaves_the_model_unavailable_with_the_reason(pipeli
         assert client.is_model_ready("classifier")
     state, reason = index["broken_pipeline"]
     assert state == "UNAVAILABLE" and "preprocess[0].std: must not contain 0" in reason
+
+
+def test_a_torch_pipeline_model_on_cpu(start_server, tmp_path: Path) -> None:
+    """The same config as the GPU test (tests/gpu/test_pipeline_gpu.py) with a CPU instance: the host path."""
+    import torch
+
+    from tests.gpu.test_pipeline_gpu import CONFIG
+    from tests.torch_models import TinyCNN, write_torch_model
+
+    model = TinyCNN()
+    write_torch_model(tmp_path / "cnn", model, torch.zeros(2, 3, 32, 32), kind="export", config=CONFIG.format(graphs="false", kind="cpu"))
+    server = start_server(model_repository=tmp_path)
+    images = np.random.default_rng(1).integers(0, 256, (5, 40, 33, 3), dtype=np.uint8)
+    with InferenceClient(server.address, timeout_s=30, retries=0) as client:
+        result = client.infer("cnn", {"image": images})
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(image.resize_crop_normalize_ref(images, (36, 36), (32, 32), MEAN, STD))).numpy()
+    np.testing.assert_allclose(result["scores"], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(result["classes"], np.argsort(-expected, axis=1, kind="stable")[:, :3])
+
+
+def test_a_model_without_batch_dimension(start_server, tmp_path: Path) -> None:
+    """max_batch_size = 0: the steps see one item (the kernels get a batch of one and give it back without it)."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "chw",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4, 5])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4, 5])],
+    )
+    write_onnx_model(tmp_path / "chw" / "1" / "model.onnx", graph)
+    (tmp_path / "chw" / "config.toml").write_text(
+        'max_batch_size = 0\n[[preprocess]]\nop = "normalize"\ninput = "image"\noutput = "x"\nmean = [0.1, 0.2, 0.3]\nstd = 0.5\n'
+        '[[postprocess]]\nop = "argmax"\ninput = "y"\noutput = "best"\n'
+    )
+    server = start_server(model_repository=tmp_path)
+    img = np.random.default_rng(2).integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    with InferenceClient(server.address, timeout_s=30, retries=0) as client:
+        meta = client.model_metadata("chw")
+        result = client.infer("chw", {"image": img})
+    assert [(t.name, list(t.shape)) for t in meta.inputs] == [("image", [4, 5, 3])]
+    expected = image.normalize_ref(img, [0.1, 0.2, 0.3], 0.5)
+    np.testing.assert_allclose(result["y"], expected, rtol=1e-6)
+    np.testing.assert_array_equal(result["best"], np.argmax(expected, axis=-1)[..., None])
+
+
+_NO_JIT_AFTER_READY = """
+import asyncio, sys
+from pathlib import Path
+import numpy as np
+from surge.kernels import image
+from surge.server.config import load_model_config
+from surge.server.model import ModelVersion, State
+from surge.server.stats import Stamps, now_ns
+
+async def main(repo):
+    version = ModelVersion(load_model_config(repo / "classifier"), 1, repo / "classifier" / "1" / "model.onnx")
+    await version.load()
+    assert version.state == State.READY, version.reason
+    twins = (image._rcn_ser, image._rcn_par)
+    compiled = [len(k.signatures) for k in twins]
+    assert all(compiled), compiled  # the warm-up ran both the serial and the parallel twin
+    for rows in (1, 3, 32):
+        images = np.random.default_rng(rows).integers(0, 256, (rows, 50, 41, 3), dtype=np.uint8)
+        stamps = Stamps(now_ns())
+        await version.execute({"image": images}, rows, ["classes"], stamps, None)
+    assert [len(k.signatures) for k in twins] == compiled, "a request compiled a kernel after READY"
+    await version.aclose()
+    print("no JIT after READY")
+
+asyncio.run(main(Path(sys.argv[1])))
+"""
+
+
+def test_warm_up_compiles_the_kernels_before_ready(repo: Path) -> None:
+    """In a fresh process (nothing compiled yet): READY means every kernel a request will use is compiled already."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _NO_JIT_AFTER_READY, str(repo)], capture_output=True, text=True, timeout=110,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "no JIT after READY" in proc.stdout

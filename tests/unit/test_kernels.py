@@ -1,19 +1,38 @@
 """Every CPU kernel equals its NumPy reference on random inputs of random sizes (hypothesis), edge shapes included.
 
 Sizes go down to 1 pixel / 1 row, odd sizes, and non-contiguous inputs (strided views, Fortran order). Kernels and
-references use the same float32 arithmetic, so the tolerance is tight (1e-5 relative, 1e-5 absolute).
+references use the same float32 arithmetic, so the tolerance is tight (1e-5 relative, 1e-5 absolute). Every example
+runs both twins of a kernel: the serial one and the parallel (``prange``) one.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from surge.kernels import KernelInputError, image, postprocess, tabular
+from surge.kernels import KernelInputError, _common, image, postprocess, tabular
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def both_twins(test):
+    """Run the test body with the serial kernels, then with the parallel ones (small inputs pick serial otherwise)."""
+
+    @functools.wraps(test)
+    def run(*args, **kwargs):
+        saved = _common.PARALLEL_MIN_ELEMENTS
+        try:
+            for threshold in (1 << 62, 0):
+                _common.PARALLEL_MIN_ELEMENTS = threshold
+                test(*args, **kwargs)
+        finally:
+            _common.PARALLEL_MIN_ELEMENTS = saved
+
+    return run
 
 
 def _layout(base: np.ndarray, layout: str) -> np.ndarray:
@@ -58,6 +77,7 @@ def _close(a: np.ndarray, b: np.ndarray) -> None:
 
 @SETTINGS
 @given(images(), st.integers(0, 100), st.floats(0.001, 2.0))
+@both_twins
 def test_normalize(x: np.ndarray, seed: int, scale: float) -> None:
     mean, std = _params(x.shape[-1], seed)
     _close(image.normalize(x, mean, std, scale=scale), image.normalize_ref(x, mean, std, scale=scale))
@@ -65,12 +85,14 @@ def test_normalize(x: np.ndarray, seed: int, scale: float) -> None:
 
 @SETTINGS
 @given(images(), sizes)
+@both_twins
 def test_resize(x: np.ndarray, size: tuple[int, int]) -> None:
     _close(image.resize(x, size), image.resize_ref(x, size))
 
 
 @SETTINGS
 @given(images(), st.floats(0.0, 1.0), st.floats(0.0, 1.0))
+@both_twins
 def test_center_crop(x: np.ndarray, fh: float, fw: float) -> None:
     h, w = x.shape[-3], x.shape[-2]
     size = (max(1, round(h * fh)), max(1, round(w * fw)))
@@ -81,12 +103,14 @@ def test_center_crop(x: np.ndarray, fh: float, fw: float) -> None:
 
 @SETTINGS
 @given(images(), sizes, st.floats(0, 255))
+@both_twins
 def test_letterbox(x: np.ndarray, size: tuple[int, int], pad: float) -> None:
     _close(image.letterbox(x, size, pad_value=pad), image.letterbox_ref(x, size, pad_value=pad))
 
 
 @SETTINGS
 @given(images(), sizes, st.floats(0.0, 1.0), st.floats(0.0, 1.0), st.integers(0, 100))
+@both_twins
 def test_resize_crop_normalize(x: np.ndarray, resize_to: tuple[int, int], fh: float, fw: float, seed: int) -> None:
     crop = (max(1, round(resize_to[0] * fh)), max(1, round(resize_to[1] * fw)))
     mean, std = _params(x.shape[-1], seed)
@@ -125,6 +149,7 @@ def _features(x: np.ndarray) -> int:
 
 @SETTINGS
 @given(tables(), st.integers(0, 100))
+@both_twins
 def test_standardize(x: np.ndarray, seed: int) -> None:
     mean, std = _params(_features(x), seed)
     _close(tabular.standardize(x, mean, std), tabular.standardize_ref(x, mean, std))
@@ -132,12 +157,14 @@ def test_standardize(x: np.ndarray, seed: int) -> None:
 
 @SETTINGS
 @given(tables(), st.floats(-3, 0), st.floats(0, 3))
+@both_twins
 def test_clip(x: np.ndarray, low: float, high: float) -> None:
     _close(tabular.clip(x, low, high), tabular.clip_ref(x, low, high))
 
 
 @SETTINGS
 @given(tables(), st.integers(0, 100))
+@both_twins
 def test_fill_missing(x: np.ndarray, seed: int) -> None:
     values, _ = _params(_features(x), seed)
     out = tabular.fill_missing(x, values)
@@ -147,6 +174,7 @@ def test_fill_missing(x: np.ndarray, seed: int) -> None:
 
 @SETTINGS
 @given(tables(), st.integers(0, 100))
+@both_twins
 def test_tabular_transform(x: np.ndarray, seed: int) -> None:
     mean, std = _params(_features(x), seed)
     kw = dict(fill=0.5, low=-2.0, high=2.5, mean=mean, std=std)
@@ -155,6 +183,7 @@ def test_tabular_transform(x: np.ndarray, seed: int) -> None:
 
 @SETTINGS
 @given(tables(), st.lists(st.floats(-4, 4), min_size=1, max_size=12, unique=True))
+@both_twins
 def test_bucketize(x: np.ndarray, bounds: list[float]) -> None:
     bounds = sorted(bounds)
     np.testing.assert_array_equal(tabular.bucketize(x, bounds), tabular.bucketize_ref(x, bounds))
@@ -162,12 +191,14 @@ def test_bucketize(x: np.ndarray, bounds: list[float]) -> None:
 
 @SETTINGS
 @given(tables(kinds="i"), st.integers(1, 40))
+@both_twins
 def test_one_hot(ids: np.ndarray, depth: int) -> None:
     np.testing.assert_array_equal(tabular.one_hot(ids, depth), tabular.one_hot_ref(ids, depth))
 
 
 @SETTINGS
 @given(tables(kinds="i"), st.integers(1, 10_000), st.integers(0, 2**63 - 1))
+@both_twins
 def test_hash_bucket(ids: np.ndarray, buckets: int, seed: int) -> None:
     out = tabular.hash_bucket(ids, buckets, seed=seed)
     np.testing.assert_array_equal(out, tabular.hash_bucket_ref(ids, buckets, seed=seed))
