@@ -152,6 +152,12 @@ def _edge(method: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
+#: A cancellation this close to the request's deadline is counted as the deadline passing: the client's own
+#: deadline fires first and its cancel reaches us before our copy of the deadline (ours starts after transit and
+#: the wait for a handler, which a busy server makes long); a client's early cancel is rarely this close.
+DEADLINE_SLACK_S = 0.1
+
+
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     """The request's gRPC deadline as a ``time.monotonic()`` value (None without one)."""
     remaining = context.time_remaining()
@@ -302,7 +308,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except asyncio.CancelledError:  # gRPC cancels the handler when the deadline passes or the client goes away
             if job is not None:
                 job.primary_done(None)
-            expired = deadline is not None and time.monotonic() >= deadline
+            expired = deadline is not None and time.monotonic() >= deadline - DEADLINE_SLACK_S
             version.stats.record_failure(stamps, now_ns(), "DEADLINE_EXCEEDED" if expired else "CANCELLED")
             raise
         except Exception as exc:
