@@ -170,29 +170,13 @@ def _crop_box(h: int, w: int, size: object) -> tuple[int, int, int, int]:
     return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 
-@njit(nogil=True, cache=True, parallel=True)
-def _crop_par(src, top, left, out):  # pragma: no cover - compiled
-    oh, ow = out.shape[1], out.shape[2]
-    for job in prange(out.shape[0] * oh):
-        b, y = job // oh, job % oh
-        out[b, y] = src[b, top + y, left : left + ow]  # a row slice copies faster than an element loop
-
-
-@njit(nogil=True, cache=True)
-def _crop_ser(src, top, left, out):  # pragma: no cover - compiled
-    oh, ow = out.shape[1], out.shape[2]
-    for job in range(out.shape[0] * oh):
-        b, y = job // oh, job % oh
-        out[b, y] = src[b, top + y, left : left + ow]
-
-
 def center_crop(images: np.ndarray, size: object) -> np.ndarray:
     """The centred ``size = (height, width)`` window of ``(N)HWC`` (offsets rounded down), same dtype."""
     batch, added = as_batch("images", images)
     top, left, ch, cw = _crop_box(batch.shape[1], batch.shape[2], size)
-    out = np.empty((batch.shape[0], ch, cw, batch.shape[3]), dtype=batch.dtype)
-    (_crop_par if _common.use_parallel(out.size) else _crop_ser)(batch, top, left, out)
-    return _out(out, added)
+    # A crop is a copy: NumPy copies a strided view one memcpy per row, which a Numba loop did 100x slower
+    # (bench/RESULTS.md). Numba pays where a crop is fused with resampling (resize_crop_normalize).
+    return _out(np.ascontiguousarray(batch[:, top : top + ch, left : left + cw]), added)
 
 
 def center_crop_ref(images: np.ndarray, size: object) -> np.ndarray:

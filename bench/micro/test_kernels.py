@@ -28,7 +28,6 @@ SMALL_IDS = RNG.integers(0, 16, (65_536, 4))
 CASES: dict[str, tuple[Callable[[], object], Callable[[], object]]] = {
     "normalize 8x480x640": (lambda: image.normalize(IMAGES, MEAN, STD), lambda: image.normalize_ref(IMAGES, MEAN, STD)),
     "resize 8x480x640->224x224": (lambda: image.resize(IMAGES, (224, 224)), lambda: image.resize_ref(IMAGES, (224, 224))),
-    "center_crop 8x480x640->224x224": (lambda: image.center_crop(IMAGES, (224, 224)), lambda: image.center_crop_ref(IMAGES, (224, 224))),
     "letterbox 8x480x640->640x640": (lambda: image.letterbox(IMAGES, (640, 640), pad_value=114), lambda: image.letterbox_ref(IMAGES, (640, 640), pad_value=114)),
     "resize_crop_normalize 8x480x640->256->224": (
         lambda: image.resize_crop_normalize(IMAGES, (256, 256), (224, 224), MEAN, STD),
