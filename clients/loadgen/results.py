@@ -62,6 +62,9 @@ def level_result(load: Load, plan: Plan, parts: Sequence[ProcessResult], server:
         timeline.append({"t_s": second, "ok": hist.get_total_count(), "errors": sum(p.timeline_errors.get(second, 0) for p in parts),
                          "p50_ms": s["p50"], "p99_ms": s["p99"], "max_ms": s["max"]})  # fmt: skip
     lags = [p.send_lag for p in parts if p.send_lag]
+    spans = [p.sent_span for p in parts if p.sent_span]
+    sent = sum(n for n, _, _ in spans)
+    span_s = max((last for _, _, last in spans), default=0.0) - min((first for _, first, _ in spans), default=0.0)
     cpu = sum(p.cpu_s for p in parts)
     wall = max((p.wall_s for p in parts), default=0.0)
     by_model = []
@@ -81,6 +84,8 @@ def level_result(load: Load, plan: Plan, parts: Sequence[ProcessResult], server:
         "rows_per_s": rows_done / window_s,
         "latency_ms": summary_ms(total),
         "send_lag_ms": summary_ms(merged(lags)) if lags else None,
+        # open loop: the rate the generator actually sent at (measured sends over the span of their actual send times)
+        "sent_per_s": (sent - 1) / span_s if sent > 1 and span_s > 0 else None,
         "by_model": by_model,
         "timeline": timeline,
         "server": server,
