@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -132,6 +133,7 @@ def main() -> int:
     parser.add_argument("--skip-ceiling", action="store_true")
     parser.add_argument("--skip-crosscheck", action="store_true")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: every server started is stopped
     if not args.skip_crosscheck and not pa.available():
         print("perf_analyzer is not set up: run bench/perf_analyzer/setup.sh", file=sys.stderr)
         return 2

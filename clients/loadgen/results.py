@@ -219,6 +219,9 @@ def table_text(report: dict[str, Any]) -> str:
                              f"p50 {_ms(lat['p50'])}  p99 {_ms(lat['p99'])}  max {_ms(lat['max'])} ms")  # fmt: skip
         if level["errors"]:
             lines.append(f"{name} errors: " + ", ".join(f"{status} {n}" for status, n in level["errors"].items()))
+        if level["sent_per_s"] is not None:
+            lag = level["send_lag_ms"]
+            lines.append(f"{name} sent {level['sent_per_s']:.1f} requests/s; send lag p50 {_ms(lag['p50'])}  p99 {_ms(lag['p99'])}  max {_ms(lag['max'])} ms")
         if level["send_lag_ms"] and level["send_lag_ms"]["p99"] is not None and level["send_lag_ms"]["p99"] > 1.0:
             lines.append(f"{name} note: the generator sent late (send lag p99 {_ms(level['send_lag_ms']['p99'])} ms); "
                          "latencies count from the intended send time, so they include it")  # fmt: skip
