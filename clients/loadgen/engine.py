@@ -94,6 +94,7 @@ class ProcessResult:
     rows_in_window: int
     last_completion_s: float  # relative to the window start
     send_lag: bytes | None  # open loop: actual minus intended send time (us)
+    service: bytes | None  # open loop: latency from the actual send (us), what a generator without the schedule would report
     sent_span: tuple[int, float, float] | None  # open loop: measured sends, first and last actual send (s from the window start)
     cpu_s: float  # this process's CPU time during the window
     wall_s: float
@@ -135,11 +136,13 @@ class _Recorder:
         self.rows_in_window = 0
         self.last_completion = window_start
         self.send_lag = new_histogram()
+        self.service = new_histogram()
         self.measured_sent = 0
         self._keys: list[int] = []
         self._intended: list[float] = []
         self._done: list[float] = []
         self._lags: list[float] = []
+        self._sent: list[float] = []
         self.first_send: float | None = None
         self.last_send = 0.0
 
@@ -153,6 +156,11 @@ class _Recorder:
         self._keys.append(key)
         self._intended.append(intended)
         self._done.append(done)
+
+    def ok_sent(self, kind: int, version: str, intended: float, sent: float, done: float) -> None:
+        """``ok`` for an open-loop answer, with the moment its request actually left (for the service latency)."""
+        self._sent.append(done - sent)
+        self.ok(kind, version, intended, done)
 
     def sent(self, now: float, intended: float) -> None:
         """A measured open-loop request left at ``now`` for its slot at ``intended``."""
@@ -171,6 +179,9 @@ class _Recorder:
         if self._lags:
             record_many(self.send_lag, np.maximum(1, (np.array(self._lags) * 1e6).astype(np.int64)))
             self._lags = []
+        if self._sent:
+            record_many(self.service, np.maximum(1, (np.array(self._sent) * 1e6).astype(np.int64)))
+            self._sent = []
         if not self._done:
             return
         keys, done = np.array(self._keys, np.int64), np.array(self._done)
@@ -204,6 +215,7 @@ class _Recorder:
             errors=dict(self.errors), completed_in_window=self.completed_in_window, rows_in_window=self.rows_in_window,
             last_completion_s=self.last_completion - self.window_start,
             send_lag=self.send_lag.encode() if open_loop and self.send_lag.get_total_count() else None,
+            service=self.service.encode() if open_loop and self.service.get_total_count() else None,
             sent_span=None if self.first_send is None else (self.measured_sent, self.first_send - self.window_start, self.last_send - self.window_start),
             cpu_s=cpu_s, wall_s=wall_s,
         )  # fmt: skip
@@ -349,6 +361,7 @@ async def _open_loop(calls: list[Any], plan: Plan, load: Load, rec: _Recorder, s
     async def one(call: Any, i: int, intended: float, measured: bool) -> None:
         k = mix[i % len(mix)]
         kind = kinds[k]
+        sent = clock()
         try:
             response = await call(kind.payloads[i % len(kind.payloads)], timeout=kind.timeout_s)
         except grpc.aio.AioRpcError as exc:
@@ -360,7 +373,7 @@ async def _open_loop(calls: list[Any], plan: Plan, load: Load, rec: _Recorder, s
                 rec.error("CANCELLED", clock())
             raise
         if measured:
-            rec.ok(k, served_version(response), intended, clock())
+            rec.ok_sent(k, served_version(response), intended, sent, clock())
 
     def done(task: asyncio.Task) -> None:
         pending.discard(task)
