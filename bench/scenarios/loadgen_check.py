@@ -10,9 +10,9 @@ Servers run on CPU 0 (``servers.SERVER_CPU``), generators on CPU 1, one at a tim
    responses decoded). Each reports infer/s and its CPU share of its core; ``per core`` = infer/s / CPU share is
    what one fully busy core could drive (when the CPU share is near 1 the generator is the bottleneck).
 2. Cross-check: ``surge serve`` (batching off, the ``mlp`` model, 1 row) driven by perf_analyzer and by
-   ``surge bench`` with the same load (c1, c8, and 200 requests/s constant) and the same number of measured
-   requests, in pairs, medians of the repeats. perf_analyzer: --async (one connection), ``--request-count``
-   (no stability search, which a shared box fails). surge bench: --connections 1, --requests, 1 s warm-up.
+   ``surge bench`` with the same load (c1, c8, and 200 requests/s constant) and the same measured time, in
+   pairs, medians of the repeats. perf_analyzer: --async (one connection), three windows, stability check off.
+   surge bench: --connections 1, 1 s warm-up.
 Writes OUT.md and OUT.json.
 """
 
@@ -101,11 +101,12 @@ def aio_client(address: str, model: str, concurrency: int, duration_s: float) ->
     return {**json.loads(proc.stdout.splitlines()[-1]), "p50_ms": None, "p99_ms": None, "errors": 0}
 
 
-def perf_analyzer(address: str, model: str, load: list[str], requests: int) -> dict:
-    """perf_analyzer measuring exactly ``requests`` requests (``--request-count``: no stability search, which a
-    shared box fails), --async, after 200 warm-up requests."""
+def perf_analyzer(address: str, model: str, load: list[str], duration_s: float) -> dict:
+    """perf_analyzer over three time windows of ``duration_s / 3`` (--async, after 200 warm-up requests), the
+    stability check made a no-op (``-s 100000``: a shared box fails any real threshold on latency). Not
+    ``--request-count``: in that mode perf_analyzer divides by whole seconds (1500 requests in 3.4 s read 500/s)."""
     args = ["-m", model, "-x", "1", "-u", address, "-i", "grpc", "--async", "-b", "1", "--shape", f"x:{MODELS[model].features}",
-            "--warmup-request-count", "200", "--request-count", str(requests), *load]  # fmt: skip
+            "--warmup-request-count", "200", "--measurement-interval", str(int(duration_s * 1000 / 3)), "-s", "100000", "-r", "3", *load]  # fmt: skip
     result, output = pa._run(args, 1)
     if result is None:
         raise RuntimeError(f"perf_analyzer failed: {output[-1500:]}")
@@ -159,17 +160,17 @@ def main() -> int:
         onnx = write_onnx_files(targets.CACHE / "onnx")
         repo = write_repository(targets.CACHE / "repo-loadgen-check", onnx, None)
         log("cross-check: surge serve (mlp, no batching) on CPU 0; perf_analyzer and surge bench alternating on CPU 1")
-        # the same load and the same number of measured requests for both (perf_analyzer's rate mode is constant)
-        loads = {"c1": (["--concurrency", "1"], ["--concurrency-range", "1"], 1500),
-                 "c8": (["--concurrency", "8"], ["--concurrency-range", "8"], 3000),
-                 "r200": (["--rate", "200", "--arrival", "constant"], ["--request-rate-range", "200"], 1000)}  # fmt: skip
+        # the same load and the same measured time for both (perf_analyzer's rate mode is constant)
+        loads = {"c1": (["--concurrency", "1"], ["--concurrency-range", "1"]),
+                 "c8": (["--concurrency", "8"], ["--concurrency-range", "8"]),
+                 "r200": (["--rate", "200", "--arrival", "constant"], ["--request-rate-range", "200"])}  # fmt: skip
         with targets.surge(repo, {}, "loadgen-check", models=("mlp",)) as address:
-            for key, (bench_load, pa_load, count) in loads.items():
+            for key, (bench_load, pa_load) in loads.items():
                 pas, sbs = [], []
                 for _ in range(n):  # side by side: one pair per repeat, on an idle box where possible
                     contention.wait_idle(20, log)
-                    pas.append(metered(perf_analyzer, address, "mlp", pa_load, count))
-                    sbs.append(metered(surge_bench, address, "mlp", bench_load, d, connections=1, requests=count))
+                    pas.append(metered(perf_analyzer, address, "mlp", pa_load, d))
+                    sbs.append(metered(surge_bench, address, "mlp", bench_load, d, connections=1))
                 a, b = median(pas), median(sbs)
                 results["crosscheck"][key] = {"perf_analyzer": a, "surge bench": b,
                                               "throughput_ratio": statistics.median(y["infer_per_s"] / x["infer_per_s"] for x, y in zip(pas, sbs)),
