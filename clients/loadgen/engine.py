@@ -42,6 +42,7 @@ CHANNEL_OPTIONS = (
 )
 #: The multi-process start is this far in the future, so that every process is connected and waiting.
 START_DELAY_S = 2.0
+CONNECT_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,10 @@ async def run_process(address: str, plan: Plan, load: Load, start_at: float | No
     channels = [grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) for _ in range(load.connections)]
     try:
         calls = [c.unary_unary(METHOD) for c in channels]
-        await asyncio.gather(*(c.channel_ready() for c in channels))
+        try:
+            await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in channels)), CONNECT_TIMEOUT_S)
+        except TimeoutError:
+            raise RuntimeError(f"cannot connect to {address} within {CONNECT_TIMEOUT_S:g} s") from None
         clock = time.perf_counter
         if start_at is not None:
             await asyncio.sleep(max(0.0, start_at - time.time()))
@@ -279,10 +283,6 @@ async def _report(recorder: _Recorder, tick: Tick | None, window_start: float) -
             last = recorder.timeline.get(int(time.perf_counter() - window_start) - 1)
             p99 = last.get_value_at_percentile(99.0) / 1e3 if last is not None else None
             tick(recorder.ok_count(), sum(recorder.errors.values()), p99)
-
-
-async def _call(call: Any, payload: bytes, timeout_s: float | None) -> bytes:
-    return await call(payload, timeout=timeout_s)
 
 
 async def _closed_loop(calls: list[Any], plan: Plan, load: Load, rec: _Recorder, start: float) -> None:
