@@ -24,6 +24,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 __all__ = [
     "CONTENTS_FIELD",
     "DATATYPES",
+    "ElementTooLarge",
     "datatype_of",
     "deserialize_bytes_tensor",
     "itemsize_of",
@@ -120,10 +121,15 @@ def serialize_bytes_tensor(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-def deserialize_bytes_tensor(buffer: bytes | memoryview, count: int) -> np.ndarray:
+class ElementTooLarge(ValueError):
+    """A BYTES element is longer than the ``max_element_bytes`` the caller allows."""
+
+
+def deserialize_bytes_tensor(buffer: bytes | memoryview, count: int, max_element_bytes: int = 0) -> np.ndarray:
     """Decode ``count`` length-prefixed elements into a 1-D object array of ``bytes``.
 
-    Raises ValueError naming the problem when the buffer is truncated or has bytes left over.
+    Raises ValueError naming the problem when the buffer is truncated or has bytes left over, and
+    ElementTooLarge (before copying it) for an element longer than ``max_element_bytes`` (0: no limit).
     """
     view = memoryview(buffer)
     total = len(view)
@@ -136,6 +142,8 @@ def deserialize_bytes_tensor(buffer: bytes | memoryview, count: int) -> np.ndarr
             raise ValueError(f"BYTES data ends inside the length prefix of element {i} (of {count})")
         (length,) = _U32.unpack_from(view, offset)
         offset += 4
+        if max_element_bytes and length > max_element_bytes:
+            raise ElementTooLarge(f"BYTES element {i} has {length} bytes, above the limit of {max_element_bytes}")
         if offset + length > total:
             raise ValueError(f"BYTES element {i} claims {length} bytes but only {total - offset} remain")
         out[i] = bytes(view[offset : offset + length])

@@ -1,8 +1,8 @@
 """Build the server from its config, start it, stop it: the only place that wires the rooms together.
 
-``Server.start()`` binds the gRPC port (so liveness answers at once) and the metrics port, loads the
-repository, then turns readiness and gRPC health to SERVING, and returns the bound gRPC address (the
-metrics endpoint's is ``Server.metrics_address``). ``stop()`` (also on SIGTERM/SIGINT
+``Server.start()`` binds the gRPC port (so liveness answers at once), the metrics port and the REST port,
+loads the repository, then turns readiness and gRPC health to SERVING, and returns the bound gRPC address (the
+metrics endpoint's is ``Server.metrics_address``, REST's ``Server.http_address``). ``stop()`` (also on SIGTERM/SIGINT
 through ``serve``) turns readiness off first, stops accepting, lets in-flight RPCs finish within the grace
 period, then drains and frees every model.
 """
@@ -13,6 +13,8 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,13 +24,20 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from surge.protos import grpc_service_pb2 as pb
-from surge.protos import grpc_service_pb2_grpc as pb_grpc
 
+from .codec import DEFAULT_LIMITS, Limits
 from .errors import ConfigError
-from .grpc_servicer import InferenceServicer
+from .grpc_servicer import InferenceServicer, add_to_server, status_of
 from .metrics import ServerMetrics
 from .metrics_http import MetricsEndpoint
+from .model import abandoned_threads
 from .repository import ModelRepository
+from .rest import RestEndpoint
+from .routing_metrics import TrafficCollector
+from .security import AuthInterceptor, SecurityPolicy, TokenAuth
+from .surge_servicer import add_surge_services
+from .traffic import Traffic
+from .workers import WorkerPeers
 
 __all__ = ["MAX_MESSAGE_BYTES", "Server", "ServerConfig", "serve"]
 
@@ -37,6 +46,7 @@ log = logging.getLogger("surge.server")
 #: grpc.aio defaults to 4 MiB; Triton and its clients use INT32_MAX.
 MAX_MESSAGE_BYTES = 2**31 - 1
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+SURGE_SERVICE_NAMES = ("surge.v1.Admin", "surge.v1.Feedback")
 try:
     from importlib.metadata import version as _dist_version
 
@@ -68,17 +78,122 @@ class ServerConfig:
     metrics_port: int = 8002
     """Prometheus ``/metrics`` HTTP port (Triton's default); 0 picks a free port (``Server.metrics_address``);
     -1 turns metrics off (no endpoint, no histograms on the hot path; ModelStatistics still works)."""
+    grpc_address: str = ""
+    """``unix:///path.sock``: serve gRPC on a Unix socket (sidecars) instead of ``host:grpc_port``."""
+    socket_mode: int = 0o600
+    """File mode of the Unix socket (owner only by default)."""
+    tls_cert_file: Path | None = None
+    """PEM server certificate (chain): gRPC over TLS. Needs ``tls_key_file``."""
+    tls_key_file: Path | None = None
+    """PEM private key of ``tls_cert_file``."""
+    tls_client_ca_file: Path | None = None
+    """PEM CA bundle: clients must present a certificate it signed (mutual TLS). Needs the server certificate."""
+    auth_tokens_file: Path | None = None
+    """Bearer tokens with scopes (``security.parse_tokens``); ``$SURGE_AUTH_TOKENS`` adds more. None and unset: no auth."""
+    admin_enabled: bool = True
+    """False: admin RPCs (repository load/unload, surge.v1.Admin) answer UNIMPLEMENTED."""
+    limits: Limits = DEFAULT_LIMITS
+    """Request limits (sizes, elements, rows, streams per connection)."""
+    http_port: int = 8000
+    """REST v2 (HTTP/JSON) port (Triton's default); 0 picks a free port (``Server.http_address``); -1 turns REST off."""
+    reuse_port: bool = False
+    """Bind the gRPC and REST ports with SO_REUSEPORT so several worker processes share them (set by ``--workers``;
+    see ``workers.py``). Off otherwise, so a port already taken is a clear error rather than a silent share."""
 
     def __post_init__(self) -> None:
         if not -1 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics port must be -1 (off), 0 (any free port) or 1..65535, got {self.metrics_port}")
+        if not -1 <= self.http_port <= 65535:
+            raise ConfigError(f"HTTP port must be -1 (off), 0 (any free port) or 1..65535, got {self.http_port}")
+        if self.grpc_address and not (self.grpc_address.startswith("unix:") and len(self.grpc_address) > len("unix:")):
+            raise ConfigError(f"--grpc-address must be unix:///absolute/path.sock (or unix:relative.sock), got {self.grpc_address!r}")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError("TLS needs both a certificate (--tls-cert) and its key (--tls-key)")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ConfigError("mutual TLS (--tls-client-ca) needs the server's own certificate too (--tls-cert, --tls-key)")
+
+    def server_credentials(self) -> grpc.ServerCredentials | None:
+        """TLS (or mutual TLS) credentials from the configured files; None for plaintext. Raises ConfigError."""
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+
+        def read(path: Path, what: str) -> bytes:
+            try:
+                return path.read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
+
+        pair = (read(self.tls_key_file, "TLS key"), read(self.tls_cert_file, "TLS certificate"))
+        ca = read(self.tls_client_ca_file, "client CA bundle") if self.tls_client_ca_file is not None else None
+        return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The same TLS (or mutual TLS) as ``server_credentials``, for the REST listener; None for plaintext. Raises ConfigError."""
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2  # gRPC's (BoringSSL's) floor too
+        try:
+            context.load_cert_chain(self.tls_cert_file, self.tls_key_file)
+            if self.tls_client_ca_file is not None:
+                context.load_verify_locations(cafile=self.tls_client_ca_file)
+                context.verify_mode = ssl.CERT_REQUIRED
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot use the TLS files {self.tls_cert_file}, {self.tls_key_file}{f', {self.tls_client_ca_file}' if self.tls_client_ca_file else ''} "
+                              f"for REST: {getattr(exc, 'strerror', None) or exc}") from None
+        return context
+
+    def unix_socket_path(self) -> Path | None:
+        """The socket file of a ``unix:`` address (None for TCP)."""
+        if not self.grpc_address:
+            return None
+        rest = self.grpc_address[len("unix:"):]
+        return Path(rest[2:] if rest.startswith("//") else rest)
+
+
+class _Health(HealthServicer):
+    """grpc's health service, except that on shutdown a Watch stream ends once it has sent NOT_SERVING, so an
+    open watch (a load balancer's) does not hold the drain until its deadline."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._stopping = False
+
+    async def enter_graceful_shutdown(self) -> None:
+        self._stopping = True
+        await super().enter_graceful_shutdown()
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> None:
+        told = asyncio.Event()
+        outer = self
+
+        class _Context:
+            def __getattr__(self, name: str) -> object:
+                return getattr(context, name)
+
+            async def write(self, message: health_pb2.HealthCheckResponse) -> None:
+                await context.write(message)
+                if outer._stopping and message.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                    told.set()
+
+        watch = asyncio.ensure_future(super().Watch(request, _Context()))
+        ended = asyncio.ensure_future(told.wait())
+        try:
+            await asyncio.wait((watch, ended), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+            ended.cancel()
+        if watch.done() and not watch.cancelled() and watch.exception() is not None:
+            raise watch.exception()  # type: ignore[misc]
 
 
 class Server:
     """One Surge server: gRPC inference service, health, reflection, and the model repository."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, *, peers: WorkerPeers | None = None) -> None:
+        """``peers``: set in a ``--workers`` worker (statistics and repository calls span all workers)."""
         self.config = config
+        self._peers = peers
         self.repository = ModelRepository(
             config.model_repository,
             control_mode=config.model_control_mode,
@@ -87,17 +202,25 @@ class Server:
             drain_timeout_s=config.drain_timeout_s,
             metrics=config.metrics_port >= 0,
         )
+        self.traffic = Traffic(self.repository)
+        """Version routing, shadows and feedback (``traffic.py``); the repository tells it when versions change."""
+        self.repository.on_serving_change = self.traffic.serving_changed
         self.metrics: ServerMetrics | None = None
         if config.metrics_port >= 0:
             self.metrics = ServerMetrics(lambda: [v.sample() for v in self.repository.all_versions()], server_version=SERVER_VERSION)
+            self.metrics.registry.register(TrafficCollector(self.traffic))
         self._metrics_endpoint: MetricsEndpoint | None = None
         self.metrics_address = ""
         """The bound metrics ``host:port`` once started ("" when metrics are off)."""
+        self._rest: RestEndpoint | None = None
+        self.http_address = ""
+        """The bound REST ``host:port`` once started ("" when REST is off)."""
         self._ready = False
         self._grpc: grpc.aio.Server | None = None
         self._servicer: InferenceServicer | None = None
-        self._health = HealthServicer()
+        self._health = _Health()
         self.address = ""
+        self.security = SecurityPolicy(auth=TokenAuth.load(config.auth_tokens_file), admin_enabled=config.admin_enabled)
 
     def is_ready(self) -> bool:
         """Readiness as ServerReady and gRPC health report it."""
@@ -108,38 +231,76 @@ class Server:
 
         Raises ConfigError for a bad repository or flags; a model that fails to load does not raise.
         """
+        limits = self.config.limits
         options = [
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", limits.max_request_bytes),
+            ("grpc.max_concurrent_streams", limits.max_concurrent_streams),
+            ("grpc.so_reuseport", int(self.config.reuse_port)),
         ]
-        server = grpc.aio.server(options=options)
-        servicer = InferenceServicer(self.repository, server_name="surge", server_version=SERVER_VERSION, is_ready=self.is_ready, metrics=self.metrics)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+        interceptors = [AuthInterceptor(self.security, status_of)] if self.security.active else []
+        server = grpc.aio.server(options=options, interceptors=interceptors)
+        servicer = InferenceServicer(
+            self.repository, server_name="surge", server_version=SERVER_VERSION, is_ready=self.is_ready, metrics=self.metrics, limits=limits,
+            traffic=self.traffic, peers=self._peers,
+        )
+        add_to_server(servicer, server)
+        add_surge_services(self.traffic, server, self._peers)  # surge.v1.Admin and surge.v1.Feedback (admin scope: server/security.py)
         self._servicer = servicer
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+        reflection.enable_server_reflection((SERVICE_NAME, *SURGE_SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
         target = f"[{self.config.host}]:{self.config.grpc_port}" if ":" in self.config.host else f"{self.config.host}:{self.config.grpc_port}"
+        credentials = self.config.server_credentials()
+        socket = self.config.unix_socket_path()
+        if socket is not None:
+            target = self.config.grpc_address
+            if socket.is_socket():  # a stale socket of an earlier run would make the bind fail
+                socket.unlink()
+        umask = os.umask(0o177) if socket is not None else None  # the socket file is never wider than 0600, not even briefly
         try:
-            port = server.add_insecure_port(target)  # grpcio returns 0 or raises RuntimeError, by version
-        except RuntimeError:
-            port = 0
-        if port == 0:
-            raise OSError(f"cannot bind gRPC to {target} (in use, or not an address of this machine)")
-        self._grpc = server
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        await server.start()
-        self.address = f"{self.config.host}:{port}"
+            try:  # grpcio returns 0 or raises RuntimeError, by version
+                port = server.add_secure_port(target, credentials) if credentials is not None else server.add_insecure_port(target)
+            except RuntimeError:
+                port = 0
+            if port == 0:
+                raise OSError(f"cannot bind gRPC to {target} (in use, or not an address of this machine)")
+            if self._peers is not None and server.add_insecure_port(self._peers.private_target) == 0:
+                raise OSError(f"cannot bind the worker's private socket {self._peers.private_target}")
+            self._grpc = server
+            await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+            await server.start()
+        finally:
+            if umask is not None:
+                os.umask(umask)
+        if socket is not None:
+            os.chmod(socket, self.config.socket_mode)
+            self.address = target
+        else:
+            self.address = f"{self.config.host}:{port}"
         log.info("gRPC listening on %s (live; loading models from %s, control mode %s)", self.address, self.config.model_repository, self.config.model_control_mode)
         try:
             if self.metrics is not None:
-                endpoint = MetricsEndpoint(self.metrics, self.config.host, self.config.metrics_port)
+                host = "127.0.0.1" if self._peers is not None else self.config.host  # a worker's own page: for the supervisor only
+                endpoint = MetricsEndpoint(self.metrics, host, self.config.metrics_port)
                 try:
                     self.metrics_address = await endpoint.start()
                 except OSError as exc:
                     raise OSError(f"cannot bind the metrics endpoint to {self.config.host}:{self.config.metrics_port}: {exc.strerror or exc}") from None
                 self._metrics_endpoint = endpoint
                 log.info("metrics on http://%s/metrics", self.metrics_address)
+            if self.config.http_port >= 0:  # REST v2 over the same servicer (rest.py), the same policy, limits and TLS as gRPC
+                rest = RestEndpoint(
+                    servicer, self.config.host, self.config.http_port, max_request_bytes=limits.max_request_bytes,
+                    drain_timeout_s=self.config.drain_timeout_s, metrics=self.metrics,
+                    authorize=self.security.authorize if self.security.active else None, reuse_port=self.config.reuse_port,
+                    ssl_context=self.config.ssl_context(),
+                )
+                try:
+                    self.http_address = await rest.start()
+                except OSError as exc:
+                    raise OSError(f"cannot bind REST to {self.config.host}:{self.config.http_port}: {exc.strerror or exc}") from None
+                self._rest = rest
+                log.info("REST v2 on %s://%s/v2", "https" if self.config.tls_cert_file is not None else "http", self.http_address)
             await self.repository.start()
         except BaseException:
             await self.stop(0)
@@ -167,8 +328,14 @@ class Server:
         await self._health.enter_graceful_shutdown()
         if self._servicer is not None:
             self._servicer.begin_shutdown()
+        rest, self._rest = self._rest, None
+        grace = self.config.drain_timeout_s if grace_s is None else grace_s
+        rest_closed = asyncio.ensure_future(rest.aclose(grace)) if rest is not None else None  # drains beside gRPC
         if self._grpc is not None:
             await self._grpc.stop(self.config.drain_timeout_s if grace_s is None else grace_s)
+        if rest_closed is not None:
+            await rest_closed
+        await self.traffic.aclose()  # shadows first: their queued requests would only meet unloading versions
         await self.repository.aclose()
         if self._metrics_endpoint is not None:  # last: a scrape during the drain still sees it
             await self._metrics_endpoint.aclose()
@@ -183,8 +350,16 @@ async def serve(config: ServerConfig, *, address_file: Path | None = None) -> No
     server = Server(config)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stopping.is_set():  # a second signal: the operator does not want to wait for the drain
+            log.warning("second %s while draining: exiting at once (code %d)", sig.name, 128 + sig)
+            sys.stderr.flush()
+            os._exit(128 + sig)
+        stopping.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     address = await server.start()
     if address_file is not None:
         tmp = address_file.with_name(address_file.name + ".tmp")
@@ -193,4 +368,13 @@ async def serve(config: ServerConfig, *, address_file: Path | None = None) -> No
     await stopping.wait()
     log.info("stopping: readiness off, draining in-flight requests (up to %.0f s)", config.drain_timeout_s)
     await server.stop()
-    log.info("stopped")
+    versions = server.repository.all_versions()
+    log.info(
+        "stopped: %d requests answered, %d failed (model versions in service at the stop)",
+        sum(v.stats.success.count for v in versions), sum(v.stats.fail.count for v in versions),
+    )
+    hung = abandoned_threads()
+    if hung:  # a thread cannot be killed, and the interpreter would wait for it at exit
+        log.warning("%d hung runtime thread(s) still running; exiting without waiting for them", hung)
+        logging.shutdown()
+        os._exit(0)

@@ -366,7 +366,7 @@ class DynamicBatcher:
             if request.future.done():
                 queue.popleft()
                 _cancel_timer(request)
-                self.dropped_cancelled += request.future.cancelled()
+                self._count_cancelled(request, now)
             elif request.deadline is not None and request.deadline <= now:
                 queue.popleft()
                 self._expire(request)
@@ -378,13 +378,22 @@ class DynamicBatcher:
         for request in queue:
             if request.future.done():
                 _cancel_timer(request)
-                self.dropped_cancelled += request.future.cancelled()
+                self._count_cancelled(request, now)
             elif request.deadline is not None and request.deadline <= now:
                 self._expire(request)
             else:
                 alive.append(request)
         queue.clear()
         queue.extend(alive)
+
+    def _count_cancelled(self, request: BatchRequest, now: float) -> None:
+        """A request whose future is done before dispatch: gRPC cancels the handler when its deadline passes
+        (counted as expired, the reason that matters) or when the client goes away (cancelled)."""
+        if request.future.cancelled():
+            if request.deadline is not None and request.deadline <= now:
+                self.dropped_expired += 1
+            else:
+                self.dropped_cancelled += 1
 
     def _expire(self, request: BatchRequest) -> None:
         _cancel_timer(request)

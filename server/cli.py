@@ -1,6 +1,7 @@
 """The ``surge`` command line: ``serve``, ``infer``, ``models``, ``build-trt``, ``top``, ``profile``, ``drift``, ...
 
-    surge serve [--model-repository DIR] [--host 127.0.0.1] [--grpc-port 8001] [--metrics-port 8002] [--model-control-mode none|explicit|poll]
+    surge serve [--model-repository DIR] [--host 127.0.0.1] [--grpc-port 8001] [--http-port 8000] [--metrics-port 8002] [--model-control-mode none|explicit|poll]
+                [--workers N]   # N processes on one port (SO_REUSEPORT), see workers.py
     surge infer MODEL [--input NAME=FILE.npy ...] [--url 127.0.0.1:8001] [--batch N]
     surge models [--url 127.0.0.1:8001]
     surge build-trt MODEL.onnx --output model.plan [--fp16] [--max-batch-size N] [--workspace-bytes N] [--instances K]
@@ -8,7 +9,10 @@
     surge observability [--out DIR]      # the Grafana dashboard and Prometheus alert rules shipped with Surge
     surge profile MODEL_DIR|MODEL.onnx --data FILE.npy|.npz [--input NAME] [--outputs FILE.npy|.npz] [--out drift_profile.json]
     surge drift MODEL [--url 127.0.0.1:8002] [--version N]   # per-feature PSI/KS/alert from the metrics endpoint
+    surge route MODEL [--url 127.0.0.1:8001] [--weights 1=90,2=10] [--shadow V[:FRACTION] | --no-shadow] [--promote V] [--rollback] [--reset]
+    surge ab MODEL [--url 127.0.0.1:8002] [--baseline V] [--alpha 0.05] [--interval-s N]   # compare versions, with significance tests
     surge bench MODEL|--scenario FILE.toml [--concurrency 1,8 | --rate 500] [--slo 'p99<20ms']   # load generator (surge.clients.loadgen)
+    surge batch --model-repository R --model M --input FILE --output FILE [--chunk-rows N]   # offline, in-process
 
 ``infer`` and ``models`` use only the client (``surge.clients``), ``top`` only HTTP and prometheus_client;
 ``serve`` imports the server.
@@ -32,10 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="surge", description="Surge: a fast, Triton-compatible inference server.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="serve a model repository over gRPC")
+    serve = sub.add_parser("serve", help="serve a model repository over gRPC and REST")
     serve.add_argument("--model-repository", type=Path, help="model repository folder (default: the built-in demo repository)")
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0 in containers)")
     serve.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001; 0 = any free port)")
+    serve.add_argument("--http-port", type=int, default=8000, help="REST v2 (HTTP/JSON) port (default 8000; 0 = any free port; -1 = REST off)")
     serve.add_argument("--metrics-port", type=int, default=8002,
                        help="Prometheus /metrics HTTP port (default 8002; 0 = any free port; -1 = metrics off)")
     serve.add_argument("--model-control-mode", choices=("none", "explicit", "poll"), default="none",
@@ -45,7 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-strict-readiness", action="store_true", help="be ready even when some model failed to load")
     serve.add_argument("--drain-timeout-s", type=float, default=30.0, help="on shutdown/unload, how long in-flight requests may run (default 30)")
     serve.add_argument("--address-file", type=Path, help="once ready, write the bound host:port into this file (for scripts)")
+    _add_reliability_flags(serve)
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="N server processes sharing the gRPC port (SO_REUSEPORT), supervised; for CPU-bound front ends, "
+                            "not GPU models (default 1: one process)")
+    serve.add_argument("--workers-share-gpu", action="store_true", help="with --workers: allow GPU models (each worker loads its own copy)")
     serve.add_argument("--loop", default="auto", choices=("auto", "uvloop", "asyncio"), help="event loop (default: uvloop when installed)")
 
     infer = sub.add_parser("infer", help="send one inference request and print the outputs")
@@ -91,8 +101,75 @@ def _parser() -> argparse.ArgumentParser:
     drift.add_argument("model")
     drift.add_argument("--version", default="", help="one version (default: all)")
     drift.add_argument("--url", default="127.0.0.1:8002", help="the server's metrics endpoint host:port (default 127.0.0.1:8002)")
+
+    route = sub.add_parser("route", help="show or change a model's version routes (surge.v1.Admin; an admin call)")
+    route.add_argument("model")
+    route.add_argument("--url", default="127.0.0.1:8001", help="the server's gRPC host:port (default 127.0.0.1:8001)")
+    change = route.add_mutually_exclusive_group()
+    change.add_argument("--weights", metavar="V=W,...", help="split requests naming no version, e.g. 1=90,2=10 ('' removes the split)")
+    change.add_argument("--shadow", metavar="V[:FRACTION]", help="mirror FRACTION (default 1) of the routed requests to version V")
+    change.add_argument("--no-shadow", action="store_true", help="stop mirroring")
+    change.add_argument("--promote", type=int, metavar="V", help="send every request naming no version to V (removes the shadow)")
+    change.add_argument("--rollback", action="store_true", help="undo the last route change")
+    change.add_argument("--reset", action="store_true", help="drop the admin changes: config.toml's [routing] applies again")
+    route.add_argument("--token", help="sent as 'authorization: Bearer TOKEN' (when the server requires one)")
+
+    ab = sub.add_parser("ab", help="compare a model's versions from /metrics: errors, latency, shadow agreement, outcomes, with significance tests")
+    ab.add_argument("model")
+    ab.add_argument("--url", default="127.0.0.1:8002", help="the server's metrics endpoint host:port (default 127.0.0.1:8002)")
+    ab.add_argument("--baseline", default="", help="the version the others are tested against (default: the lowest version with traffic)")
+    ab.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    ab.add_argument("--interval-s", type=float, default=0.0, help="scrape twice, this many seconds apart, and compare only that window")
     sub.add_parser("bench", help="load-test a v2 server and gate on an SLO (surge bench --help; client only)", add_help=False)
+    batch = sub.add_parser("batch", help="run a model (with its pipeline) over a file in-process: .npy/.npz/.parquet/.csv in, .npz/.parquet/.csv out")
+    batch.add_argument("--model-repository", type=Path, required=True, help="the model repository folder")
+    batch.add_argument("--model", required=True, help="the model's name (its folder)")
+    batch.add_argument("--version", type=int, help="version (default: the highest)")
+    batch.add_argument("--input", type=Path, required=True, help=".npy (one input), .npz (an array per input), .parquet or .csv (surge[parquet])")
+    batch.add_argument("--output", type=Path, required=True, help=".npz, .parquet or .csv; a rerun resumes from OUTPUT.parts/")
+    batch.add_argument("--chunk-rows", type=int, default=4096, help="rows read, run and written at a time (default 4096)")
+    batch.add_argument("--quiet", action="store_true", help="no progress line")
     return parser
+
+
+def _add_reliability_flags(serve: argparse.ArgumentParser) -> None:
+    """Limits, TLS, auth and the Unix socket (defaults: ``codec.Limits``, README "Reliability and security")."""
+    from .codec import DEFAULT_LIMITS as d
+
+    serve.add_argument("--grpc-address", default="", metavar="unix:///PATH.sock", help="serve gRPC on a Unix socket (sidecars) instead of --host/--grpc-port")
+    serve.add_argument("--grpc-socket-mode", default="600", help="file mode of the Unix socket, octal (default 600: owner only)")
+    serve.add_argument("--tls-cert", type=Path, help="PEM server certificate (chain): gRPC over TLS")
+    serve.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    serve.add_argument("--tls-client-ca", type=Path, help="PEM CA bundle: require client certificates signed by it (mutual TLS)")
+    serve.add_argument("--auth-tokens-file", type=Path, help="bearer tokens, one 'SCOPES TOKEN' per line (scopes: inference, admin); $SURGE_AUTH_TOKENS adds more")
+    serve.add_argument("--disable-admin", action="store_true", help="admin RPCs (repository load/unload, surge.v1.Admin) answer UNIMPLEMENTED")
+    serve.add_argument("--max-request-bytes", type=int, default=d.max_request_bytes, help=f"largest request message (default {d.max_request_bytes})")
+    serve.add_argument("--max-tensor-elements", type=int, default=d.max_tensor_elements, help=f"elements per input tensor (default {d.max_tensor_elements})")
+    serve.add_argument("--max-request-elements", type=int, default=d.max_request_elements, help=f"elements over a request's inputs (default {d.max_request_elements})")
+    serve.add_argument("--max-batch-rows", type=int, default=d.max_batch_rows, help="rows per request, server-wide (default 0: each model's max_batch_size)")
+    serve.add_argument("--max-bytes-element", type=int, default=d.max_bytes_element, help=f"bytes per BYTES element (default {d.max_bytes_element})")
+    serve.add_argument("--max-concurrent-streams", type=int, default=d.max_concurrent_streams,
+                       help=f"concurrent RPCs per client connection (default {d.max_concurrent_streams})")
+
+
+def _reliability_config(args: argparse.Namespace) -> dict[str, object]:
+    """ServerConfig keyword arguments of the flags above; raises ConfigError for invalid values."""
+    from .codec import Limits
+    from .errors import ConfigError
+
+    try:
+        limits = Limits(
+            max_request_bytes=args.max_request_bytes, max_tensor_elements=args.max_tensor_elements, max_request_elements=args.max_request_elements,
+            max_batch_rows=args.max_batch_rows, max_bytes_element=args.max_bytes_element, max_concurrent_streams=args.max_concurrent_streams,
+        )
+        mode = int(args.grpc_socket_mode, 8)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return {
+        "grpc_address": args.grpc_address, "socket_mode": mode, "tls_cert_file": args.tls_cert, "tls_key_file": args.tls_key,
+        "tls_client_ca_file": args.tls_client_ca, "auth_tokens_file": args.auth_tokens_file, "admin_enabled": not args.disable_admin,
+        "limits": limits,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,6 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _profile(args)
     if args.command == "drift":
         return _drift(args)
+    if args.command == "ab":
+        return _ab(args)
+    if args.command == "batch":
+        return _batch(args)
     if args.command == "top":
         from .top import run
 
@@ -124,10 +205,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     from surge.clients import InferenceServerError
 
     try:
+        if args.command == "route":
+            return _route(args)
         return _infer(args) if args.command == "infer" else _models(args)
     except InferenceServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def _batch(args: argparse.Namespace) -> int:
+    logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    from .batchjob import BatchJobError, run_batch_job
+
+    try:
+        summary = asyncio.run(run_batch_job(
+            args.model_repository, args.model, args.input, args.output, chunk_rows=args.chunk_rows, version=args.version,
+            progress=None if args.quiet else sys.stderr,
+        ))
+    except (BatchJobError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    resumed = f", {summary.chunks_skipped} resumed from an earlier run" if summary.chunks_skipped else ""
+    print(f"{summary.rows} rows in {summary.chunks} chunks{resumed}, {summary.seconds:.2f} s ({summary.rows_per_s:,.0f} rows/s) -> {summary.output}")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -141,24 +241,48 @@ def _serve(args: argparse.Namespace) -> int:
 
         repository = write_demo_repository(default_location())
         logging.getLogger("surge.server").info("no --model-repository given: serving the demo repository at %s", repository)
-    config = ServerConfig(
-        model_repository=repository.resolve(),
-        host=args.host,
-        grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port,
-        model_control_mode=args.model_control_mode,
-        load_models=tuple(args.load_model),
-        poll_interval_s=args.repository_poll_s,
-        strict_readiness=not args.no_strict_readiness,
-        drain_timeout_s=args.drain_timeout_s,
-    )
-
     try:
+        config = ServerConfig(
+            model_repository=repository.resolve(),
+            host=args.host,
+            grpc_port=args.grpc_port,
+            metrics_port=args.metrics_port,
+            http_port=args.http_port,
+            model_control_mode=args.model_control_mode,
+            load_models=tuple(args.load_model),
+            poll_interval_s=args.repository_poll_s,
+            strict_readiness=not args.no_strict_readiness,
+            drain_timeout_s=args.drain_timeout_s,
+            **_reliability_config(args),  # type: ignore[arg-type]
+        )
+        if args.workers != 1:
+            return _serve_workers(config, args)
         _run(serve(config, address_file=args.address_file), args.loop)
     except (ConfigError, OSError) as exc:
         logging.getLogger("surge.server").error("cannot start: %s", exc)
         return 2
     return 0
+
+
+def _serve_workers(config: object, args: argparse.Namespace) -> int:
+    """``surge serve --workers N``: the supervisor (``workers.py``); returns its exit code."""
+    from .errors import ConfigError
+    from .workers import supervise
+
+    codes: list[int] = []
+
+    async def main() -> None:
+        codes.append(await supervise(config, args.workers, log_level=args.log_level, loop=args.loop, address_file=args.address_file,
+                                     share_gpu=args.workers_share_gpu))
+
+    try:
+        if args.workers < 2:
+            raise ConfigError(f"--workers must be 1 or more, got {args.workers}")
+        _run(main(), args.loop)
+    except (ConfigError, OSError) as exc:
+        logging.getLogger("surge.server").error("cannot start: %s", exc)
+        return 2
+    return codes[0] if codes else 0
 
 
 def _build_trt(args: argparse.Namespace) -> int:
@@ -315,6 +439,72 @@ def _drift(args: argparse.Namespace) -> int:
         print(f"error: cannot scrape http://{args.url}/metrics: {exc}", file=sys.stderr)
         return 1
     print(drift_report(text, args.model, args.version))
+    return 0
+
+
+def _route(args: argparse.Namespace) -> int:
+    from surge.clients import SurgeClient
+
+    metadata = {"authorization": f"Bearer {args.token}"} if args.token else None
+    with SurgeClient(args.url, metadata=metadata) as client:
+        if args.weights is not None:
+            weights: dict[int, float] = {}
+            for item in filter(None, (part.strip() for part in args.weights.split(","))):
+                version, sep, weight = item.partition("=")
+                if not sep or not version.isdigit():
+                    raise SystemExit(f"--weights {args.weights!r}: expected VERSION=WEIGHT,..., e.g. 1=90,2=10")
+                weights[int(version)] = float(weight)
+            routes = client.set_weights(args.model, weights)
+        elif args.shadow is not None:
+            version, _, fraction = args.shadow.partition(":")
+            if not version.isdigit():
+                raise SystemExit(f"--shadow {args.shadow!r}: expected VERSION[:FRACTION], e.g. 2:0.1")
+            routes = client.set_shadow(args.model, int(version), fraction=float(fraction or 1.0))
+        elif args.no_shadow:
+            routes = client.remove_shadow(args.model)
+        elif args.promote is not None:
+            routes = client.promote(args.model, args.promote)
+        elif args.rollback:
+            routes = client.rollback(args.model)
+        elif args.reset:
+            routes = client.reset_routes(args.model)
+        else:
+            routes = client.get_routes(args.model)
+    total = sum(w.weight for w in routes.weights)
+    split = ", ".join(f"v{w.version} {100 * w.weight / total:.1f}%" for w in routes.weights) or "none (the highest serving version answers)"
+    shadow = f"v{routes.shadow.version}, {100 * routes.shadow.fraction:.1f}% of routed requests" if routes.shadow.version else "none"
+    print(f"model {routes.model} (routes from {routes.source}, change {routes.generation}, {routes.history} to roll back)")
+    print(f"  serving: {', '.join(f'v{v}' for v in routes.serving_versions) or 'nothing'}")
+    print(f"  split:   {split}")
+    print(f"  shadow:  {shadow}")
+    return 0
+
+
+def _ab(args: argparse.Namespace) -> int:
+    import time
+    import urllib.request
+
+    from .ab import analyse, difference, format_report, parse_samples
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://{args.url}/metrics", timeout=10) as response:
+            return response.read().decode("utf-8")
+
+    try:
+        samples = parse_samples(scrape())
+        window = "since the server started"
+        if args.interval_s > 0:
+            time.sleep(args.interval_s)
+            samples = difference(parse_samples(scrape()), samples)
+            window = f"over the last {args.interval_s:g} s"
+    except OSError as exc:
+        print(f"error: cannot scrape http://{args.url}/metrics: {exc}", file=sys.stderr)
+        return 1
+    report = analyse(samples, args.model, baseline=args.baseline, window=window)
+    if not report.variants:
+        print(f"error: /metrics has no requests of model {args.model!r}", file=sys.stderr)
+        return 1
+    print(format_report(report, args.alpha))
     return 0
 
 

@@ -17,12 +17,46 @@ from typing import Any
 import numpy as np
 
 from surge.protos import grpc_service_pb2 as pb
-from surge.protos.datatypes import CONTENTS_FIELD, deserialize_bytes_tensor, itemsize_of, numpy_dtype, serialize_bytes_tensor
+from surge.protos.datatypes import CONTENTS_FIELD, ElementTooLarge, deserialize_bytes_tensor, itemsize_of, numpy_dtype, serialize_bytes_tensor
 
 from .config import ModelConfig, TensorConfig
-from .errors import InvalidInput, Unsupported
+from .errors import InvalidInput, LimitExceeded, Unsupported
 
-__all__ = ["DecodedRequest", "decode_request", "encode_response", "parameter_value"]
+__all__ = ["DEFAULT_LIMITS", "DecodedRequest", "Limits", "decode_request", "encode_response", "parameter_value"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Server-wide request limits (``surge serve`` flags), checked before anything is allocated.
+
+    A breach is RESOURCE_EXHAUSTED naming the limit and its value. ``max_request_bytes`` is enforced by
+    gRPC itself while receiving (its message: "Received message larger than max (N vs. M)").
+    """
+
+    max_request_bytes: int = 256 * 2**20
+    """Largest request message (``--max-request-bytes``); also the largest ModelStreamInfer message."""
+    max_tensor_elements: int = 2**24
+    """Elements in one input tensor (``--max-tensor-elements``)."""
+    max_request_elements: int = 2**25
+    """Elements over all inputs of one request (``--max-request-elements``)."""
+    max_batch_rows: int = 0
+    """Rows per request, server-wide (``--max-batch-rows``); 0: each model's ``max_batch_size`` only."""
+    max_bytes_element: int = 16 * 2**20
+    """Bytes in one BYTES element (``--max-bytes-element``)."""
+    max_concurrent_streams: int = 1024
+    """HTTP/2 streams (concurrent RPCs) per client connection (``--max-concurrent-streams``); clients queue beyond it."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_request_bytes", "max_tensor_elements", "max_request_elements", "max_bytes_element", "max_concurrent_streams"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_request_bytes > 2**31 - 1:
+            raise ValueError(f"max_request_bytes must be at most 2**31-1 (gRPC's limit), got {self.max_request_bytes}")
+        if self.max_batch_rows < 0:
+            raise ValueError(f"max_batch_rows must be 0 (no server-wide cap) or positive, got {self.max_batch_rows}")
+
+
+DEFAULT_LIMITS = Limits()
 
 
 @dataclass(slots=True)
@@ -80,14 +114,15 @@ def model_spec(config: ModelConfig) -> _ModelSpec:
     )
 
 
-def decode_request(request: pb.ModelInferRequest, spec: _ModelSpec) -> DecodedRequest:
-    """Validate and decode a request's inputs; raises InvalidInput (or Unsupported for BF16 without ml_dtypes)."""
+def decode_request(request: pb.ModelInferRequest, spec: _ModelSpec, limits: Limits = DEFAULT_LIMITS) -> DecodedRequest:
+    """Validate and decode a request's inputs; raises InvalidInput, LimitExceeded (or Unsupported for BF16 without ml_dtypes)."""
     raw = request.raw_input_contents
     n_inputs = len(request.inputs)
     if raw and len(raw) != n_inputs:
         raise InvalidInput(f"request has {n_inputs} inputs but {len(raw)} raw_input_contents entries; send one per input, in order")
     inputs: dict[str, np.ndarray] = {}
     rows = -1
+    elements = 0
     for index, tensor in enumerate(request.inputs):
         name = tensor.name
         ts = spec.inputs.get(name)
@@ -103,12 +138,16 @@ def decode_request(request: pb.ModelInferRequest, spec: _ModelSpec) -> DecodedRe
             rows = tensor_rows
         elif tensor_rows != rows:
             raise InvalidInput(f"input '{name}' has {tensor_rows} rows but an earlier input has {rows}; all inputs need the same batch size")
+        count = math.prod(shape)
+        elements += count
+        if count > limits.max_tensor_elements or elements > limits.max_request_elements or (limits.max_batch_rows and tensor_rows > limits.max_batch_rows):
+            _limit_breach(name, shape, count, elements, tensor_rows, spec, limits)
         if ts.dtype is None:
             raise Unsupported(f"input '{name}' is BF16, which needs the ml_dtypes package on the server")
         if raw:
-            inputs[name] = _from_raw(ts, shape, raw[index])
+            inputs[name] = _from_raw(ts, shape, raw[index], limits.max_bytes_element)
         else:
-            inputs[name] = _from_contents(ts, shape, tensor)
+            inputs[name] = _from_contents(ts, shape, tensor, limits.max_bytes_element)
     missing = spec.required - inputs.keys()
     if missing:
         raise InvalidInput(f"missing input(s) {sorted(missing)} for model '{spec.name}'; it needs {sorted(spec.required)}")
@@ -116,6 +155,18 @@ def decode_request(request: pb.ModelInferRequest, spec: _ModelSpec) -> DecodedRe
     if request.parameters:
         _read_parameters(request, decoded)
     return decoded
+
+
+def _limit_breach(name: str, shape: tuple[int, ...], count: int, elements: int, rows: int, spec: _ModelSpec, limits: Limits) -> None:
+    if count > limits.max_tensor_elements:
+        raise LimitExceeded(
+            f"input '{name}' has shape {list(shape)} = {count} elements, above the server's max_tensor_elements = {limits.max_tensor_elements}"
+        )
+    if elements > limits.max_request_elements:
+        raise LimitExceeded(
+            f"the request's inputs have {elements} elements (so far, at input '{name}'), above the server's max_request_elements = {limits.max_request_elements}"
+        )
+    raise LimitExceeded(f"input '{name}' has batch size {rows}, above the server's max_batch_rows = {limits.max_batch_rows}")
 
 
 def _read_parameters(request: pb.ModelInferRequest, decoded: DecodedRequest) -> None:
@@ -150,11 +201,13 @@ def _check_shape(spec: _ModelSpec, ts: _TensorSpec, shape: tuple[int, ...]) -> i
     return rows
 
 
-def _from_raw(ts: _TensorSpec, shape: tuple[int, ...], data: bytes) -> np.ndarray:
+def _from_raw(ts: _TensorSpec, shape: tuple[int, ...], data: bytes, max_bytes_element: int) -> np.ndarray:
     count = math.prod(shape)
     if ts.datatype == "BYTES":
         try:
-            return deserialize_bytes_tensor(data, count).reshape(shape)
+            return deserialize_bytes_tensor(data, count, max_bytes_element).reshape(shape)
+        except ElementTooLarge as exc:
+            raise LimitExceeded(f"input '{ts.name}': {exc} (the server's max_bytes_element)") from None
         except ValueError as exc:
             raise InvalidInput(f"input '{ts.name}': {exc}") from None
     expected = count * ts.itemsize
@@ -165,7 +218,7 @@ def _from_raw(ts: _TensorSpec, shape: tuple[int, ...], data: bytes) -> np.ndarra
     return np.frombuffer(data, dtype=ts.dtype).reshape(shape)
 
 
-def _from_contents(ts: _TensorSpec, shape: tuple[int, ...], tensor: Any) -> np.ndarray:
+def _from_contents(ts: _TensorSpec, shape: tuple[int, ...], tensor: Any, max_bytes_element: int) -> np.ndarray:
     field = CONTENTS_FIELD.get(ts.datatype)
     if field is None:
         raise InvalidInput(f"input '{ts.name}' is {ts.datatype}, which must be sent in raw_input_contents (it has no typed contents field)")
@@ -176,6 +229,9 @@ def _from_contents(ts: _TensorSpec, shape: tuple[int, ...], tensor: Any) -> np.n
     if len(values) != count:
         raise InvalidInput(f"input '{ts.name}' has {len(values)} values in contents.{field} but shape {list(shape)} needs {count}")
     if ts.datatype == "BYTES":
+        longest = max(map(len, values), default=0)
+        if longest > max_bytes_element:
+            raise LimitExceeded(f"input '{ts.name}': a BYTES element has {longest} bytes, above the server's max_bytes_element = {max_bytes_element}")
         array = np.empty(count, dtype=np.object_)
         array[:] = list(values)
         return array.reshape(shape)

@@ -14,6 +14,9 @@ with a request id (the traceback goes to the log, never to the client).
     ├── LimitExceeded           RESOURCE_EXHAUSTED a configured size limit; names the limit and its value
     ├── Unsupported             UNIMPLEMENTED      a feature or datatype that is not built (yet)
     ├── RuntimeFailure          INTERNAL           the model's runtime raised
+    │   └── ExecutionTimeout    INTERNAL           a batch ran past the model's execution_timeout_s (instance replaced)
+    ├── Unauthenticated         UNAUTHENTICATED    no bearer token, or one the server does not know
+    ├── PermissionDenied        PERMISSION_DENIED  a known token without the scope the method needs
     └── ConfigError             INVALID_ARGUMENT   a model or server configuration is invalid (names the key path)
 """
 
@@ -22,13 +25,16 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "DeadlineExpired",
+    "ExecutionTimeout",
     "InferenceServerError",
     "InvalidInput",
     "LimitExceeded",
     "ModelNotFound",
     "ModelNotReady",
+    "PermissionDenied",
     "QueueFull",
     "RuntimeFailure",
+    "Unauthenticated",
     "Unsupported",
     "VersionNotFound",
 ]
@@ -72,6 +78,18 @@ class Unsupported(InferenceServerError):
 
 class RuntimeFailure(InferenceServerError):
     """The runtime raised while executing; the message carries no internals (INTERNAL)."""
+
+
+class ExecutionTimeout(RuntimeFailure):
+    """A batch did not finish within the model's ``execution_timeout_s``; its instance is replaced (INTERNAL)."""
+
+
+class Unauthenticated(InferenceServerError):
+    """The call carries no valid credentials (UNAUTHENTICATED)."""
+
+
+class PermissionDenied(InferenceServerError):
+    """The credentials are valid but lack the scope the call needs (PERMISSION_DENIED)."""
 
 
 class ConfigError(InferenceServerError, ValueError):

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import itertools
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -22,13 +23,18 @@ from surge.protos import grpc_service_pb2 as pb
 from surge.protos import grpc_service_pb2_grpc as pb_grpc
 
 from . import codec, errors
+from .feedback import FeedbackIndex
 from .metrics import ServerMetrics
 from .model import ModelVersion
 from .repository import ModelRepository
+from .routing import RouteEntry, stable_hash
+from .shadow import ShadowJob, ShadowSender
 from .stats import Stamps, now_ns
+from .traffic import Traffic
 from .triton import config_overrides_from_json, model_config_message, statistics_message
+from .workers import WorkerPeers, is_local_call
 
-__all__ = ["EXTENSIONS", "InferenceServicer", "STATUS_OF"]
+__all__ = ["EXTENSIONS", "InferenceServicer", "STATUS_OF", "Undecodable", "add_to_server"]
 
 log = logging.getLogger("surge.grpc")
 
@@ -44,6 +50,8 @@ STATUS_OF: dict[type[BaseException], grpc.StatusCode] = {
     errors.LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unsupported: grpc.StatusCode.UNIMPLEMENTED,
     errors.RuntimeFailure: grpc.StatusCode.INTERNAL,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 #: ServerMetadata.extensions: only what is really implemented.
@@ -74,21 +82,80 @@ def _error_message(exc: BaseException, request_id: str = "") -> str:
     return f"internal error (request id {rid}); the server log has the details"
 
 
+class Undecodable:
+    """A request message that did not parse (invalid protobuf, bad UTF-8 in a string): answered INVALID_ARGUMENT.
+
+    grpc.aio answers a deserializer's exception with UNKNOWN and logs a traceback; ``add_to_server`` installs
+    deserializers that return this instead, and ``_edge`` (or the stream reader) turns it into the status.
+    """
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def error(self, what: str) -> errors.InvalidInput:
+        return errors.InvalidInput(f"the {what} request is not a valid protobuf message: {self.reason}")
+
+
+def _tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception as exc:  # google.protobuf.message.DecodeError, whatever the protobuf backend
+            return Undecodable(str(exc) or type(exc).__name__)
+
+    return deserialize
+
+
+class _Capture:
+    """Stands in for a server to collect the generated code's method handlers."""
+
+    handlers: dict[str, grpc.RpcMethodHandler]
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.handlers = handlers
+
+
+def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    """Register the servicer as the generated ``add_GRPCInferenceServiceServicer_to_server`` does, except that
+    request deserializers never raise (see ``Undecodable``)."""
+    capture = _Capture()
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, capture)
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+    handlers = {name: h._replace(request_deserializer=_tolerant(h.request_deserializer)) for name, h in capture.handlers.items()}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
+
+
 def _edge(method: _F) -> _F:
     """Map errors raised by a unary RPC to its gRPC status, once, at the edge."""
 
     @functools.wraps(method)
     async def wrapper(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            if request.__class__ is Undecodable:
+                raise request.error(method.__name__)
             return await method(self, request, context)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
+            if isinstance(exc, grpc.aio.AioRpcError):  # a sibling worker's refusal (workers.py): passed on as it is
+                await context.abort(exc.code(), exc.details() or "")
             await context.abort(status_of(exc), _error_message(exc, getattr(request, "id", "")))
 
     return wrapper  # type: ignore[return-value]
+
+
+#: A cancellation this close to the request's deadline is counted as the deadline passing: the client's own
+#: deadline fires first and its cancel reaches us before our copy of the deadline (ours starts after transit and
+#: the wait for a handler, which a busy server makes long); a client's early cancel is rarely this close.
+DEADLINE_SLACK_S = 0.1
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -102,9 +169,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def __init__(
         self, repository: ModelRepository, *, server_name: str, server_version: str, is_ready: Callable[[], bool], metrics: ServerMetrics | None = None,
+        limits: codec.Limits = codec.DEFAULT_LIMITS, traffic: Traffic | None = None, peers: WorkerPeers | None = None,
     ) -> None:
-        """``metrics``: where requests that reach no model version are counted (None: metrics off)."""
+        """``metrics``: where requests that reach no model version are counted (None: metrics off); ``limits``: request limits;
+        ``traffic``: version routing, shadows and feedback (None: every request goes to the version it names or the latest);
+        ``peers``: in a ``--workers`` worker, the siblings statistics and repository calls also go to."""
+        self._peers = peers
         self._repo = repository
+        self._limits = limits
+        self._stopping = False
+        self._traffic = traffic
         self._metrics = metrics
         self._name = server_name
         self._version = server_version
@@ -124,10 +198,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @_edge
     async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
         try:
-            self._repo.get(request.name, request.version)
+            version = self._repo.get(request.name, request.version)
         except (errors.ModelNotFound, errors.VersionNotFound, errors.ModelNotReady):
             return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=True)
+        return pb.ModelReadyResponse(ready=version.state == "READY")  # not READY: e.g. its only instance hung and is being replaced
 
     @_edge
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext) -> pb.ServerMetadataResponse:
@@ -169,6 +243,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 if not versions:
                     raise errors.VersionNotFound(f"model '{name}' has no loaded version {request.version}")
             response.model_stats.extend(statistics_message(name, versions))
+        if self._peers is not None and not is_local_call(metadata := context.invocation_metadata()):
+            response = await self._peers.model_statistics(request, response, metadata)  # the whole server's, summed
         return response
 
     # -- inference -------------------------------------------------------------------------------
@@ -176,40 +252,74 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @_edge
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         stamps = Stamps(now_ns())
-        version = self._lookup(request)
-        return await self._infer(request, version, stamps, _deadline(context))
+        entry = self._traffic.table.get(request.model_name) if self._traffic is not None else None
+        if entry is None:  # no routes, shadow or feedback for this model: the fast path
+            version = self._lookup(request)
+            return await self._infer(request, version, stamps, _deadline(context))
+        version, sender, feedback = self._route(request, entry, context)
+        return await self._infer(request, version, stamps, _deadline(context), sender, feedback)
+
+    def _route(
+        self, request: pb.ModelInferRequest, entry: RouteEntry[ModelVersion], context: grpc.aio.ServicerContext
+    ) -> tuple[ModelVersion, ShadowSender | None, FeedbackIndex | None]:
+        """The version that answers (split by routing key unless the request names one), its shadow sender, the feedback index."""
+        feedback = entry.extras["feedback"]
+        if request.model_version:  # an explicit version bypasses the split and the shadow
+            return self._lookup(request), None, feedback
+        key = _routing_key(request, context)
+        key_hash = stable_hash(key) if key else random.getrandbits(64)
+        primary = entry.primary(key_hash)
+        shadow = entry.shadow_for(primary, key_hash)
+        return primary, entry.extras["sender"] if shadow is not None else None, feedback
 
     def _lookup(self, request: pb.ModelInferRequest) -> ModelVersion:
         """The version that serves the request; a failure is counted by its status code (no model label: bounded)."""
         try:
+            if self._stopping:
+                raise errors.ModelNotReady("the server is shutting down; retry on another replica")
             return self._repo.get(request.model_name, request.model_version)
         except Exception as exc:
             if self._metrics is not None:
                 self._metrics.record_unrouted(status_of(exc).name)
             raise
 
-    async def _infer(self, request: pb.ModelInferRequest, version: ModelVersion, stamps: Stamps, deadline: float | None) -> pb.ModelInferResponse:
+    async def _infer(
+        self, request: pb.ModelInferRequest, version: ModelVersion, stamps: Stamps, deadline: float | None,
+        sender: ShadowSender | None = None, feedback: FeedbackIndex | None = None,
+    ) -> pb.ModelInferResponse:
+        """Decode, execute, encode. ``sender``: mirror the request to a shadow; ``feedback``: index the answer by request id."""
         spec = version.codec_spec
         if spec is None:
             spec = version.codec_spec = codec.model_spec(version.config)
+        job: ShadowJob | None = None
         try:
-            decoded = codec.decode_request(request, spec)
+            decoded = codec.decode_request(request, spec, self._limits)
             stamps.decoded = now_ns()
             stamps.rows = decoded.rows
+            if sender is not None:  # never raises, never waits: the shadow has its own budget
+                job = sender.offer(version.version_str, decoded.inputs, decoded.rows, decoded.output_names, request.id)
             outputs = await version.execute(
                 decoded.inputs, decoded.rows, decoded.output_names, stamps, deadline, priority=decoded.priority, timeout_s=decoded.timeout_s
             )
             stamps.encode_start = now_ns()
+            if job is not None:
+                job.primary_done(outputs, stamps.encode_start - stamps.decoded)
             response = codec.encode_response(request, spec, version.version_str, outputs, decoded.output_names)
         except asyncio.CancelledError:  # gRPC cancels the handler when the deadline passes or the client goes away
-            expired = deadline is not None and time.monotonic() >= deadline
+            if job is not None:
+                job.primary_done(None)
+            expired = deadline is not None and time.monotonic() >= deadline - DEADLINE_SLACK_S
             version.stats.record_failure(stamps, now_ns(), "DEADLINE_EXCEEDED" if expired else "CANCELLED")
             raise
         except Exception as exc:
+            if job is not None:
+                job.primary_done(None)
             version.stats.record_failure(stamps, now_ns(), status_of(exc).name)
             raise
         stamps.end = now_ns()
         version.stats.record_success(stamps)
+        if feedback is not None and request.id:
+            feedback.record(request.id, version.version_str, outputs, decoded.rows)
         return response
 
     async def ModelStreamInfer(
@@ -230,8 +340,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def one(request: pb.ModelInferRequest) -> None:
             try:
                 stamps = Stamps(now_ns())
-                version = self._lookup(request)
-                response = await self._infer(request, version, stamps, _deadline(context))
+                entry = self._traffic.table.get(request.model_name) if self._traffic is not None else None
+                if entry is None:
+                    response = await self._infer(request, self._lookup(request), stamps, _deadline(context))
+                else:
+                    version, sender, feedback = self._route(request, entry, context)
+                    response = await self._infer(request, version, stamps, _deadline(context), sender, feedback)
                 results.put_nowait((pb.ModelStreamInferResponse(infer_response=response), None))
             except Exception as exc:
                 failed = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
@@ -243,6 +357,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def read() -> None:
             try:
                 async for request in request_iterator:
+                    if request.__class__ is Undecodable:
+                        exc = request.error("ModelStreamInfer")
+                        results.put_nowait((pb.ModelStreamInferResponse(error_message=f"{status_of(exc).name}: {exc}"), exc))
+                        continue
                     await slots.acquire()
                     task = asyncio.create_task(one(request))
                     tasks.add(task)
@@ -269,7 +387,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 task.cancel()
 
     def begin_shutdown(self) -> None:
-        """Make open streams stop reading: each answers what it accepted, then ends (so shutdown is not held open)."""
+        """New inference requests get UNAVAILABLE; open streams stop reading: each answers what it accepted, then ends."""
+        self._stopping = True
         for reader in list(self._stream_readers):
             reader.cancel()
 
@@ -294,6 +413,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 text = param.string_param if which == "string_param" else param.bytes_param.decode("utf-8", "replace") if which == "bytes_param" else ""
                 overrides = config_overrides_from_json(request.model_name, text)
         await self._repo.load(request.model_name, overrides)
+        if self._peers is not None and not is_local_call(metadata := context.invocation_metadata()):
+            await self._peers.repository_call("RepositoryModelLoad", request, metadata)
         return pb.RepositoryModelLoadResponse()
 
     @_edge
@@ -302,8 +423,27 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.RepositoryModelUnloadResponse:
         self._repo.check_mutable("RepositoryModelUnload")
         await self._repo.unload(request.model_name)
+        if self._peers is not None and not is_local_call(metadata := context.invocation_metadata()):
+            await self._peers.repository_call("RepositoryModelUnload", request, metadata)
         return pb.RepositoryModelUnloadResponse()
 
+
+
+#: The metadata key that carries a routing key (the ``routing_key`` request parameter takes precedence).
+ROUTING_KEY_METADATA = "x-surge-routing-key"
+
+
+def _routing_key(request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> str:
+    """The request's routing key: parameter ``routing_key``, else metadata ``x-surge-routing-key``, else the request id."""
+    params = request.parameters
+    if params and "routing_key" in params:
+        value = codec.parameter_value(params["routing_key"])
+        if value is not None:
+            return str(value)
+    for key, value in context.invocation_metadata() or ():
+        if key == ROUTING_KEY_METADATA:
+            return value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return request.id
 
 
 def _not_built(what: str) -> Callable[..., Awaitable[Any]]:

@@ -12,6 +12,13 @@ Lifecycle: ``LOADING`` -> ``load()`` (instances loaded and warmed up in their th
 ``aclose()`` (``UNLOADING``: new requests refused, in-flight ones drained, instances closed) -> gone.
 A load or warm-up failure leaves the version ``UNAVAILABLE`` with its reason.
 
+Hung runtimes: with ``execution_timeout_s`` in the config, a batch still running after that long fails
+its requests (``ExecutionTimeout``, INTERNAL) and its instance is abandoned (a thread cannot be killed: it
+is left to finish on its own, then its runtime is closed) and replaced by a fresh one, loaded and warmed
+up in a new thread. The version's ``reason`` says how many instances were replaced; while no instance can
+serve, the version is ``UNAVAILABLE`` (ModelReady false, new requests UNAVAILABLE), and READY again once
+a replacement is warm.
+
 Drift (``drift.py``): with metrics on, ``[drift]`` in the config and ``drift_profile.json`` in the version
 folder, ``execute`` draws once per request whether to sample it, and hands a sampled request's inputs and
 outputs (by reference) to the drift thread once its result is there.
@@ -35,17 +42,26 @@ from surge.protos.datatypes import numpy_dtype
 from .config import ModelConfig, TensorConfig
 from .batching import BatchRequest, DynamicBatcher, QueuePolicy, SchedulerPolicy
 from .drift import PROFILE_FILENAME, DriftMonitor, Profile
-from .errors import ConfigError, InferenceServerError, ModelNotReady, RuntimeFailure
+from .errors import ConfigError, ExecutionTimeout, InferenceServerError, ModelNotReady, RuntimeFailure
 from .metrics import VersionMetrics, VersionSample
+from .pipeline import Pipeline, PipelineInstance
 from .runtimes.base import Runtime, Signature, create_runtime
 from .stats import Stamps, VersionStats, now_ns
 
-__all__ = ["ModelVersion", "State", "complete_signature", "scheduler_policy"]
+__all__ = ["ModelVersion", "State", "abandoned_threads", "complete_signature", "scheduler_policy"]
 
 log = logging.getLogger("surge.model")
 
 #: Triton's default max_batch_size for a model whose config does not say and whose file allows batching.
 AUTO_MAX_BATCH_SIZE = 4
+
+
+_abandoned_running = 0  # threads of hung instances still running their batch (they block a clean interpreter exit)
+
+
+def abandoned_threads() -> int:
+    """Runtime threads abandoned after a hang that have not returned yet (``serve`` exits without waiting for them)."""
+    return _abandoned_running
 
 
 class State:
@@ -58,18 +74,20 @@ class State:
 
 
 class _Instance:
-    __slots__ = ("buffers", "executor", "index", "runtime")
+    __slots__ = ("abandoned", "buffers", "executor", "index", "pipeline", "runtime")
 
     def __init__(self, runtime: Runtime, executor: ThreadPoolExecutor, index: int) -> None:
         self.runtime = runtime
         self.executor = executor
         self.index = index
+        self.abandoned = False  # it hung past execution_timeout_s and was replaced
         self.buffers: dict[str, np.ndarray] = {}  # per input: reused batch-assembly buffer (max rows)
+        self.pipeline: PipelineInstance | None = None  # with [[preprocess]]/[[postprocess]]: steps around the runtime
 
     def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> tuple[dict[str, np.ndarray], int, int]:
-        """In the instance thread: the runtime call, stamped."""
+        """In the instance thread: the runtime call (inside its pipeline, when the model has one), stamped."""
         t0 = now_ns()
-        outputs = self.runtime.infer(inputs, output_names)
+        outputs = self.runtime.infer(inputs, output_names) if self.pipeline is None else self.pipeline.run(inputs, output_names)
         return outputs, t0, now_ns()
 
     def run_batch(self, batch: list[BatchRequest], output_names: Sequence[str], rows: int, reuse: bool) -> tuple[dict[str, np.ndarray], int, int]:
@@ -124,6 +142,9 @@ class ModelVersion:
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self.hung_instances = 0
+        """Instances replaced after running a batch past ``execution_timeout_s``."""
+        self._replacing: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -144,6 +165,11 @@ class ModelVersion:
                 *(loop.run_in_executor(inst.executor, inst.runtime.load, self.model_path, self.config, inst.index) for inst in self._instances)
             )
             self.config = complete_signature(self.config, signatures[0])
+            if self.config.preprocess or self.config.postprocess:  # clients see the pipeline's signature
+                pipeline = Pipeline(self.config)
+                self.config = pipeline.config
+                for inst in self._instances:
+                    inst.pipeline = pipeline.instance(inst.runtime, inst.index)
             self.output_names = tuple(t.name for t in self.config.outputs)
             if self._metrics:  # bound once, here: the hot path never looks labels up
                 self.stats.metrics = VersionMetrics(
@@ -207,7 +233,8 @@ class ModelVersion:
         sizes = sorted({1, max_rows or 1} | {1 << i for i in range(max_rows.bit_length())} if max_rows else {1})
         timings = []
         for rows in sizes:
-            inputs = {t.name: _synthetic(t, rows if max_rows else None) for t in self.config.inputs if not t.optional}
+            synthetic = _synthetic if inst.pipeline is None else inst.pipeline.synthetic  # a pipeline knows its steps' sizes
+            inputs = {t.name: synthetic(t, rows if max_rows else None) for t in self.config.inputs if not t.optional}
             for _ in range(2):  # the first run of a shape pays one-off costs: keep the second
                 _, t0, t1 = inst.run(inputs, self.output_names)
             timings.append((rows, (t1 - t0) / 1e9))
@@ -217,6 +244,8 @@ class ModelVersion:
         """Stop taking requests, wait for in-flight ones (up to ``drain_timeout_s``), close the instances."""
         if self.state == State.READY:
             self.state = State.UNLOADING
+        for task in list(self._replacing):
+            task.cancel()
         try:
             await asyncio.wait_for(self._idle.wait(), drain_timeout_s)
         except TimeoutError:
@@ -237,6 +266,19 @@ class ModelVersion:
             inst.executor.shutdown(wait=False)
         self._instances = []
         self._free.clear()
+
+    def run_offline(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> list[Future[tuple[dict[str, np.ndarray], int, int]]]:
+        """``surge batch``: split ``inputs`` across the instances and run each part in its instance's thread, in slices of
+        ``max_batch_size`` rows through the same ``_Instance.run`` (pipeline + runtime) as a served batch; no batcher.
+        Only for a version that serves no requests (the job's own). Returns one future per part, in row order."""
+        rows = next(iter(inputs.values())).shape[0]
+        per = -(-rows // len(self._instances))
+        step = self.config.max_batch_size or rows
+        futures = []
+        for inst, start in zip(self._instances, range(0, rows, per)):
+            part = {n: a[start : start + per] for n, a in inputs.items()}
+            futures.append(inst.executor.submit(_run_slices, inst, part, output_names, step))
+        return futures
 
     def sample(self) -> VersionSample:
         """What a metrics scrape reports about this version (event loop; copies the counters)."""
@@ -262,7 +304,7 @@ class ModelVersion:
         Raises ModelNotReady, QueueFull, DeadlineExpired, InvalidInput (priority, or from the runtime) or RuntimeFailure.
         """
         if self.state != State.READY or self._batcher is None:
-            raise ModelNotReady(f"model '{self.config.name}' version {self.version} is {self.state.lower()}")
+            raise ModelNotReady(f"model '{self.config.name}' version {self.version} is {self.state.lower()}" + (f": {self.reason}" if self.reason else ""))
         future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
         self._batcher.submit(BatchRequest(inputs, rows, output_names, stamps, future), deadline=deadline, priority=priority, timeout_s=timeout_s)
         drift = self._drift
@@ -293,10 +335,76 @@ class ModelVersion:
         rows = sum(r.rows for r in batch)
         future = inst.executor.submit(inst.run_batch, batch, names, rows, self._reuse_buffers)
         loop = asyncio.get_running_loop()
-        future.add_done_callback(lambda f: _call_soon(loop, self._finish, inst, batch, rows, start, f))
+        timeout = self.config.execution_timeout_s
+        timer = loop.call_later(timeout, self._on_hang, inst, batch, rows) if timeout else None
+        future.add_done_callback(lambda f: _call_soon(loop, self._finish, inst, batch, rows, start, f, timer))
 
-    def _finish(self, inst: _Instance, batch: list[BatchRequest], rows: int, start: int, future: Future[Any]) -> None:
+    def _on_hang(self, inst: _Instance, batch: list[BatchRequest], rows: int) -> None:
+        """On the loop: a batch ran past execution_timeout_s. Fail its requests, abandon the instance, start a replacement."""
+        if inst.abandoned or inst not in self._instances:
+            return
+        global _abandoned_running
+        timeout = self.config.execution_timeout_s
+        inst.abandoned = True
+        _abandoned_running += 1
+        self._instances.remove(inst)
+        self.hung_instances += 1
+        log.error(
+            "model %s version %d: instance %d did not finish a batch of %d rows within execution_timeout_s = %g s; "
+            "failing its %d request(s) and replacing the instance", self.config.name, self.version, inst.index, rows, timeout, len(batch),
+        )
+        error = ExecutionTimeout(f"model '{self.config.name}' version {self.version} did not finish within its execution_timeout_s of {timeout:g} s")
+        for request in batch:
+            if not request.future.done():
+                request.future.set_exception(error)
+        self.reason = f"{self.hung_instances} instance(s) replaced after running past execution_timeout_s = {timeout:g} s"
+        if not self._instances and self.state == State.READY:
+            self.state = State.UNAVAILABLE
+            self.reason += "; no instance can serve until a replacement is warm"
+        task = asyncio.get_running_loop().create_task(self._replace(inst.index))
+        self._replacing.add(task)
+        task.add_done_callback(self._replacing.discard)
+
+    async def _replace(self, index: int) -> None:
+        """Load and warm up a fresh instance in a new thread, then hand it to the batcher."""
+        loop = asyncio.get_running_loop()
+        executor = ThreadPoolExecutor(1, thread_name_prefix=f"surge-{self.config.name}-v{self.version}-{index}-r{self.hung_instances}")
+        inst = _Instance(create_runtime(self.config), executor, index)
+        try:
+            await loop.run_in_executor(executor, inst.runtime.load, self.model_path, self.config, index)
+            inst.allocate_buffers(self.config, self.config.max_batch_size or 1)
+            await loop.run_in_executor(executor, self._warmup, inst)
+        except BaseException as exc:
+            executor.submit(inst.runtime.close)
+            executor.shutdown(wait=False)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            log.error("model %s version %d: the replacement of instance %d failed to load: %s", self.config.name, self.version, index, _reason(exc))
+            if not self._instances:
+                self.state, self.reason = State.UNAVAILABLE, f"an instance hung and its replacement failed to load: {_reason(exc)}"
+            return
+        if self.state not in (State.READY, State.UNAVAILABLE) or self._batcher is None:  # unloading meanwhile
+            executor.submit(inst.runtime.close)
+            executor.shutdown(wait=False)
+            return
+        self._instances.append(inst)
+        self._free.append(inst)
+        if self.state == State.UNAVAILABLE:
+            self.state = State.READY
+            self.reason = self.reason.split("; ")[0]
+        log.info("model %s version %d: instance %d replaced and warm", self.config.name, self.version, index)
+        self._batcher.release_slot()
+
+    def _finish(self, inst: _Instance, batch: list[BatchRequest], rows: int, start: int, future: Future[Any], timer: Any = None) -> None:
         """On the loop: hand out each request's slice of the outputs, give the instance back, schedule again."""
+        if timer is not None:
+            timer.cancel()
+        if inst.abandoned:  # it hung and was replaced; its requests were failed: close it in its own thread
+            global _abandoned_running
+            _abandoned_running -= 1
+            inst.executor.submit(inst.runtime.close)
+            inst.executor.shutdown(wait=False)
+            return
         try:
             outputs, infer_start, infer_end = future.result()
             if self.config.max_batch_size and len(batch) > 1:
@@ -330,6 +438,14 @@ class ModelVersion:
             self._free.append(inst)
             if self._batcher is not None:
                 self._batcher.release_slot()
+
+
+def _run_slices(inst: _Instance, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], step: int) -> tuple[dict[str, np.ndarray], int, int]:
+    """In the instance thread: ``inst.run`` over consecutive slices of ``step`` rows, outputs concatenated."""
+    rows = next(iter(inputs.values())).shape[0]
+    t0 = now_ns()
+    parts = [inst.run({n: np.ascontiguousarray(a[i : i + step]) for n, a in inputs.items()}, output_names)[0] for i in range(0, rows, step)]
+    return {n: np.concatenate([p[n] for p in parts]) for n in output_names}, t0, now_ns()
 
 
 def scheduler_policy(config: ModelConfig) -> SchedulerPolicy:

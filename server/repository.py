@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from typing import Any
 from .config import ModelConfig, load_model_config
 from .errors import ConfigError, InvalidInput, ModelNotFound, ModelNotReady, Unsupported, VersionNotFound
 from .model import ModelVersion, State
+from .security import check_load_overrides, check_model_name, confine
 
 __all__ = ["CONTROL_MODES", "IndexEntry", "ModelRepository"]
 
@@ -77,6 +78,8 @@ class ModelRepository:
         self._drain_timeout_s = drain_timeout_s
         self._metrics = metrics
         self._models: dict[str, _Model] = {}
+        self.on_serving_change: Callable[[str, tuple[ModelVersion, ...]], None] | None = None
+        """Called (on the loop, in the same step) whenever a model's serving versions are swapped: the router's hook."""
         self._poll_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
 
@@ -177,8 +180,10 @@ class ModelRepository:
         Raises ModelNotFound for a name with no folder, ConfigError for an invalid config; a version that
         fails to load is reported through ``index`` and ``get``, not raised, unless no version loaded.
         """
+        check_model_name(name)  # confined to the repository root: no separators, '..', absolute paths
+        check_load_overrides(overrides)
         path = self.root / name
-        if not name or "/" in name or name.startswith(".") or not await asyncio.to_thread(path.is_dir):
+        if not await asyncio.to_thread(path.is_dir):
             raise ModelNotFound(f"model '{name}' has no folder in the repository {self.root}")
         model = self._models.setdefault(name, _Model(name))
         async with model.lock:
@@ -209,6 +214,7 @@ class ModelRepository:
                     table[number] = version
             model.versions = table
             model.serving = tuple(table[v] for v in sorted(table) if table[v].state == State.READY)
+            self._notify(name, model.serving)
             model.reason = ""
             retired = [v for v in old.values() if table.get(v.version) is not v]
             for version in retired:
@@ -228,6 +234,7 @@ class ModelRepository:
         async with model.lock:
             model.wanted = False
             old, model.versions, model.serving = model.versions, {}, ()
+            self._notify(name, model.serving)
             model.reason = "unloaded"
             await asyncio.gather(*(v.aclose(self._drain_timeout_s) for v in old.values()))
         log.info("model %s unloaded", name)
@@ -236,6 +243,10 @@ class ModelRepository:
         """Raise Unsupported unless the control mode allows repository changes through the API."""
         if self.control_mode == "none":
             raise Unsupported(f"{what} needs --model-control-mode explicit or poll (this server runs with 'none')")
+
+    def _notify(self, name: str, serving: tuple[ModelVersion, ...]) -> None:
+        if self.on_serving_change is not None:
+            self.on_serving_change(name, serving)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -248,8 +259,12 @@ class ModelRepository:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     def _read_model(self, path: Path, overrides: Mapping[str, Any] | None) -> tuple[ModelConfig, tuple[Any, ...], list[int]]:
+        confine(self.root, path, f"model folder '{path.name}'")
         config = load_model_config(path, overrides)
-        return config, _fingerprint(path), _versions_on_disk(path)
+        versions = _versions_on_disk(path)
+        for v in versions:  # no symlink (or default_model_filename) may lead a version's file outside the root
+            confine(self.root, path / str(v) / config.model_filename, f"model '{path.name}' version {v}'s {config.model_filename}")
+        return config, _fingerprint(path), versions
 
     async def _poll_forever(self) -> None:
         while True:

@@ -86,7 +86,7 @@ CASES = [
     ("wrong shape", _wrong_shape, grpc.StatusCode.INVALID_ARGUMENT, "input 'x' has shape [1, 15] but model 'mlp' expects [-1, 16]"),
     ("byte length", _wrong_bytes, grpc.StatusCode.INVALID_ARGUMENT, "input 'x' has 60 bytes of raw data but shape [1, 16] of FP32 needs 64 bytes"),
     ("batch too large", _too_many_rows, grpc.StatusCode.INVALID_ARGUMENT, "batch size 65"),
-    ("huge claimed shape", _huge_claimed_shape, grpc.StatusCode.INVALID_ARGUMENT, "needs 4000000000000 bytes"),
+    ("huge claimed shape", _huge_claimed_shape, grpc.StatusCode.RESOURCE_EXHAUSTED, "max_tensor_elements = 16777216"),
     ("unknown output", _unknown_output, grpc.StatusCode.INVALID_ARGUMENT, "unknown output 'logits'"),
     ("model failed to load", lambda: _raw_request(model_name="broken"), grpc.StatusCode.UNAVAILABLE, "broken"),
 ]

@@ -12,7 +12,7 @@ import pytest
 
 from surge.protos import grpc_service_pb2 as pb
 from surge.protos.datatypes import CONTENTS_FIELD, deserialize_bytes_tensor, numpy_dtype, serialize_bytes_tensor
-from surge.server.codec import DecodedRequest, decode_request, encode_response, model_spec, parameter_value
+from surge.server.codec import DecodedRequest, Limits, decode_request, encode_response, model_spec, parameter_value
 from surge.server.config import ModelConfig, TensorConfig, parse_model_config
 from surge.server.errors import InvalidInput
 
@@ -350,11 +350,14 @@ def test_requested_outputs_keep_order_and_drop_duplicates() -> None:
 # --- a huge claimed shape costs nothing ------------------------------------------------------------------
 
 
+_NO_ELEMENT_LIMITS = Limits(max_tensor_elements=2**62, max_request_elements=2**62)
+
+
 def _decode_under_tracemalloc(request: pb.ModelInferRequest, spec: Any) -> tuple[Exception | None, int]:
     tracemalloc.start()
     error: Exception | None = None
     try:
-        decode_request(request, spec)
+        decode_request(request, spec, _NO_ELEMENT_LIMITS)  # the byte checks alone must refuse without allocating
     except Exception as exc:  # returned for the caller to judge
         error = exc
     finally:

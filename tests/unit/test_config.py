@@ -26,12 +26,17 @@ TOP_LEVEL_KEYS = [
     "default_model_filename",
     "drift",
     "dynamic_batching",
+    "execution_timeout_s",
+    "feedback",
     "input",
     "instance_group",
     "max_batch_size",
     "metrics",
     "output",
     "parameters",
+    "postprocess",
+    "preprocess",
+    "routing",
     "version_policy",
 ]
 

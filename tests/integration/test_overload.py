@@ -1,0 +1,255 @@
+"""Overload and deadlines over the wire.
+
+Overload: ``surge serve`` (a subprocess, so its RSS is its own) serves ``work_py``: one instance, each request
+sleeps ``delay_s`` (20 ms here), at most QUEUE requests waiting. Its capacity C is measured first; then for
+15 s it is offered 3 x C requests per second open-loop, then for 15 s CLOSED_LOOP_CLIENTS closed-loop
+clients (three times the 17 requests the server holds; each backs off 0.1 s after a rejection) take over.
+The load generator shares the box (and the GIL of this process) with nothing but the server, yet latencies
+measured here include its own delays. Bounds (generous: CI is a noisy shared 2-core box, and a server without
+bounded queues would be far past every one of them within seconds):
+
+- accepted requests: p99 latency below ACCEPTED_P99_S = 3 s (the queue holds QUEUE x 20 ms = 0.32 s of
+  work; without its bound, 15 s at 3x would queue ~20 s of it);
+- rejected requests: UNAVAILABLE "queue full" naming the size, p50 below 0.1 s and p99 below 1 s;
+- no other status; the server's RSS grows by less than RSS_GROWTH_MB;
+- recovery: right after the load stops, sequential requests are all OK and fast again.
+
+Deadlines: requests whose deadline (gRPC deadline or the ``timeout`` parameter) passes while they wait
+behind a long request are dropped before compute: the executed-row count proves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from surge.clients import InferenceClient, InferenceServerError
+from surge.protos import grpc_service_pb2 as pb
+from surge.protos import grpc_service_pb2_grpc as pb_grpc
+from tests.process import SurgeProcess
+
+QUEUE = 16
+SERVICE_S = 0.020
+DURATION_S = 30.0
+CLOSED_LOOP_CLIENTS = 48
+CLOSED_LOOP_BACKOFF_S = 0.1
+ACCEPTED_P99_S = 3.0
+REJECTED_P50_S = 0.1
+REJECTED_P99_S = 1.0
+RSS_GROWTH_MB = 100
+
+_WORK_PY = '''
+import time
+
+class Model:
+    def infer(self, inputs, output_names):
+        time.sleep(float(inputs["delay_s"].reshape(-1)[0]))
+        return {"delay_s_out": inputs["delay_s"]}
+'''
+_WORK_CONFIG = f"""
+backend = "python"
+max_batch_size = 1
+
+[[input]]
+name = "delay_s"
+datatype = "FP32"
+dims = [1]
+
+[[output]]
+name = "delay_s_out"
+datatype = "FP32"
+dims = [1]
+
+[dynamic_batching]
+max_queue_size = {QUEUE}
+"""
+
+
+def write_work_model(root: Path) -> Path:
+    (root / "work_py" / "1").mkdir(parents=True)
+    (root / "work_py" / "1" / "model.py").write_text(_WORK_PY)
+    (root / "work_py" / "config.toml").write_text(_WORK_CONFIG)
+    return root
+
+
+def _request(delay_s: float = SERVICE_S, **fields) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="work_py", **fields)
+    request.inputs.add(name="delay_s", datatype="FP32", shape=[1, 1])
+    request.raw_input_contents.append(np.array([[delay_s]], np.float32).tobytes())
+    return request
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+class Outcomes:
+    def __init__(self) -> None:
+        self.ok: list[float] = []
+        self.rejected: list[float] = []
+        self.other: list[str] = []
+
+    async def call(self, stub: pb_grpc.GRPCInferenceServiceStub) -> bool:
+        started = time.monotonic()
+        try:
+            await stub.ModelInfer(_request(), timeout=30)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE and f"max_queue_size {QUEUE}" in exc.details() and "queue full" in exc.details():
+                self.rejected.append(time.monotonic() - started)
+            else:
+                self.other.append(f"{exc.code().name}: {exc.details()}")
+            return False
+        self.ok.append(time.monotonic() - started)
+        return True
+
+
+def _p99(values: list[float]) -> float:
+    return float(np.percentile(values, 99)) if values else 0.0
+
+
+@pytest.mark.timeout(240)
+async def test_three_times_capacity_for_30_s(tmp_path):
+    server = SurgeProcess(write_work_model(tmp_path / "repo"), tmp_path / "server").start()
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            for _ in range(20):  # warm up
+                await stub.ModelInfer(_request(), timeout=30)
+
+            # capacity: 2 closed-loop clients (enough to keep the one instance busy) for 3 s
+            done = 0
+            until = time.monotonic() + 3.0
+
+            async def saturate() -> None:
+                nonlocal done
+                while time.monotonic() < until:
+                    await stub.ModelInfer(_request(), timeout=30)
+                    done += 1
+
+            await asyncio.gather(saturate(), saturate())
+            capacity = done / 3.0
+            rate = 3 * capacity
+            rss_before = _rss_mb(server.proc.pid)
+            rss_peak = rss_before
+            outcomes = Outcomes()
+            start = time.monotonic()
+            stop_at = start + DURATION_S
+            tasks: set[asyncio.Task] = set()
+
+            async def open_loop() -> None:
+                i = 0
+                while (at := start + i / rate) < start + DURATION_S / 2:
+                    await asyncio.sleep(max(0.0, at - time.monotonic()))
+                    task = asyncio.create_task(outcomes.call(stub))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    i += 1
+
+            async def closed_loop() -> None:
+                await asyncio.sleep(DURATION_S / 2)
+                while time.monotonic() < stop_at:
+                    if not await outcomes.call(stub):
+                        await asyncio.sleep(CLOSED_LOOP_BACKOFF_S)  # a client's backoff before retrying
+
+            async def watch_rss() -> None:
+                nonlocal rss_peak
+                while time.monotonic() < stop_at:
+                    rss_peak = max(rss_peak, _rss_mb(server.proc.pid))
+                    await asyncio.sleep(0.5)
+
+            await asyncio.gather(open_loop(), watch_rss(), *(closed_loop() for _ in range(CLOSED_LOOP_CLIENTS)))
+            if tasks:
+                await asyncio.gather(*tasks)
+            elapsed = time.monotonic() - start
+
+            await asyncio.sleep(0.5)
+            recovery: list[float] = []
+            for _ in range(20):
+                began = time.monotonic()
+                await stub.ModelInfer(_request(), timeout=30)  # raises if not OK
+                recovery.append(time.monotonic() - began)
+    finally:
+        server.stop_and_check()
+
+    offered = len(outcomes.ok) + len(outcomes.rejected) + len(outcomes.other)
+    summary = (
+        f"capacity {capacity:.0f}/s, open-loop {rate:.0f}/s then {CLOSED_LOOP_CLIENTS} closed-loop clients, {DURATION_S / 2:.0f} s each; "
+        f"offered {offered / elapsed:.0f}/s ({offered / elapsed / capacity:.1f}x); accepted {len(outcomes.ok)} "
+        f"(p50 {np.median(outcomes.ok) * 1e3:.0f} ms, p99 {_p99(outcomes.ok) * 1e3:.0f} ms), rejected {len(outcomes.rejected)} "
+        f"(p50 {np.median(outcomes.rejected) * 1e3:.1f} ms, p99 {_p99(outcomes.rejected) * 1e3:.1f} ms), other {len(outcomes.other)}; RSS {rss_before:.0f} -> peak {rss_peak:.0f} MB; "
+        f"recovery median {np.median(recovery) * 1e3:.1f} ms"
+    )
+    print(summary)
+    assert not outcomes.other, outcomes.other[:5]
+    assert offered / elapsed >= 2.5 * capacity, summary  # the load really was about 3x (or more)
+    assert outcomes.rejected and outcomes.ok, summary
+    assert _p99(outcomes.ok) < ACCEPTED_P99_S, summary
+    assert np.median(outcomes.rejected) < REJECTED_P50_S and _p99(outcomes.rejected) < REJECTED_P99_S, summary
+    assert len(outcomes.ok) >= 0.5 * capacity * elapsed, summary  # still doing useful work at full speed
+    assert rss_peak - rss_before < RSS_GROWTH_MB, summary
+    assert np.median(recovery) < 10 * SERVICE_S, summary
+
+
+def _executed_rows(client: InferenceClient, model: str) -> int:
+    (stats,) = client.model_statistics(model).model_stats
+    return sum(b.batch_size * b.compute_infer.count for b in stats.batch_stats)
+
+
+def test_deadlines_shorter_than_the_queue_wait_are_dropped_before_compute(tmp_path, start_server):
+    server = start_server(model_repository=write_work_model(tmp_path / "repo"))
+    with InferenceClient(server.address, retries=0, timeout_s=30) as client, concurrent.futures.ThreadPoolExecutor(12) as pool:
+        rows_before = _executed_rows(client, "work_py")
+        blocker = pool.submit(client.infer, "work_py", {"delay_s": np.array([[1.5]], np.float32)})
+        time.sleep(0.3)
+        zero = {"delay_s": np.array([[0.0]], np.float32)}
+        by_deadline = [pool.submit(client.infer, "work_py", zero, timeout_s=0.4) for _ in range(8)]
+        by_parameter = [pool.submit(client.infer, "work_py", zero, parameters={"timeout": 300_000}) for _ in range(3)]  # µs
+        for future in by_deadline + by_parameter:
+            with pytest.raises(InferenceServerError) as info:
+                future.result()
+            assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED, info.value
+        assert blocker.result()["delay_s_out"][0, 0] == 1.5
+        time.sleep(0.2)
+        assert _executed_rows(client, "work_py") == rows_before + 1  # only the blocker ran
+        assert client.infer("work_py", zero)["delay_s_out"][0, 0] == 0.0
+        assert _executed_rows(client, "work_py") == rows_before + 2
+    metrics = _scrape(server.server.metrics_address)
+    assert 'surge_queue_dropped_total{model="work_py",version="1",reason="expired"} 11' in metrics
+
+
+def test_cancelled_requests_are_dropped_before_compute(tmp_path, start_server):
+    server = start_server(model_repository=write_work_model(tmp_path / "repo"))
+
+    async def run() -> None:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            blocker = asyncio.ensure_future(stub.ModelInfer(_request(1.0), timeout=30))
+            await asyncio.sleep(0.3)
+            calls = [stub.ModelInfer(_request(0.0), timeout=30) for _ in range(5)]
+            await asyncio.sleep(0.2)
+            for call in calls:
+                call.cancel()
+            await blocker
+
+    with InferenceClient(server.address, retries=0, timeout_s=30) as client:
+        rows_before = _executed_rows(client, "work_py")
+        asyncio.run(run())
+        time.sleep(0.2)
+        assert _executed_rows(client, "work_py") == rows_before + 1
+    assert 'surge_queue_dropped_total{model="work_py",version="1",reason="cancelled"} 5' in _scrape(server.server.metrics_address)
+
+
+def _scrape(address: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
+        return response.read().decode()

@@ -1,0 +1,283 @@
+"""Security over the wire: TLS, mutual TLS (certificates made here with ``cryptography``), bearer tokens with
+inference/admin scopes, admin RPCs disabled, repository loads confined to the root, the Unix socket, the bind."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import stat
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from surge.protos import grpc_service_pb2 as pb
+from surge.protos import grpc_service_pb2_grpc as pb_grpc
+from surge.server.app import ServerConfig
+from tests.models import write_add_model
+
+X = np.zeros((1, 4), np.float32)
+
+
+def _infer_request() -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="adder")
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+    request.raw_input_contents.append(X.tobytes())
+    return request
+
+
+def _infer(stub: pb_grpc.GRPCInferenceServiceStub, metadata=None) -> np.ndarray:
+    response = stub.ModelInfer(_infer_request(), timeout=10, metadata=metadata)
+    return np.frombuffer(response.raw_output_contents[0], np.float32)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    write_add_model(tmp_path / "repo" / "adder" / "1" / "model.onnx", 1.0)
+    return tmp_path / "repo"
+
+
+# -- certificates ----------------------------------------------------------------------------------
+
+
+def _key():
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _pem(obj) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    if hasattr(obj, "private_bytes"):
+        return obj.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return obj.public_bytes(serialization.Encoding.PEM)
+
+
+def _cert(subject: str, key, issuer_name=None, issuer_key=None, *, ca: bool = False, server: bool = False):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(issuer_name or name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if server:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+        ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+    elif not ca:
+        builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+    return builder.sign(issuer_key or key, hashes.SHA256())
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> dict[str, bytes | Path]:
+    """A CA, a server certificate for 127.0.0.1, a client certificate from the CA and one from a stranger CA."""
+    folder = tmp_path_factory.mktemp("pki")
+    ca_key, stranger_key = _key(), _key()
+    ca = _cert("surge test CA", ca_key, ca=True)
+    stranger = _cert("stranger CA", stranger_key, ca=True)
+    server_key, client_key, rogue_key = _key(), _key(), _key()
+    out: dict[str, bytes | Path] = {
+        "ca": _pem(ca),
+        "server_cert": _pem(_cert("127.0.0.1", server_key, ca.subject, ca_key, server=True)),
+        "server_key": _pem(server_key),
+        "client_cert": _pem(_cert("client", client_key, ca.subject, ca_key)),
+        "client_key": _pem(client_key),
+        "rogue_cert": _pem(_cert("rogue", rogue_key, stranger.subject, stranger_key)),
+        "rogue_key": _pem(rogue_key),
+    }
+    for name in ("ca", "server_cert", "server_key"):
+        (folder / f"{name}.pem").write_bytes(out[name])  # type: ignore[arg-type]
+        out[f"{name}_file"] = folder / f"{name}.pem"
+    return out
+
+
+def _tls_stub(address: str, pki, cert: str | None = None):
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=pki["ca"], private_key=pki[f"{cert}_key"] if cert else None, certificate_chain=pki[f"{cert}_cert"] if cert else None,
+    )
+    channel = grpc.secure_channel(address, credentials)
+    return channel, pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+def test_tls_serves_encrypted_and_refuses_plaintext(repo, pki, start_server):
+    server = start_server(model_repository=repo, tls_cert_file=pki["server_cert_file"], tls_key_file=pki["server_key_file"])
+    channel, stub = _tls_stub(server.address, pki)
+    with channel:
+        assert _infer(stub)[0] == 1.0
+    with grpc.insecure_channel(server.address) as plain:
+        with pytest.raises(grpc.RpcError) as info:
+            _infer(pb_grpc.GRPCInferenceServiceStub(plain))
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_mutual_tls_needs_a_client_certificate_from_the_ca(repo, pki, start_server):
+    server = start_server(
+        model_repository=repo, tls_cert_file=pki["server_cert_file"], tls_key_file=pki["server_key_file"], tls_client_ca_file=pki["ca_file"],
+    )
+    channel, stub = _tls_stub(server.address, pki, cert="client")
+    with channel:
+        assert _infer(stub)[0] == 1.0
+    for cert in (None, "rogue"):  # no certificate; a certificate from another CA
+        channel, stub = _tls_stub(server.address, pki, cert=cert)
+        with channel, pytest.raises(grpc.RpcError) as info:
+            _infer(stub)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE, (cert, info.value.details())
+
+
+def test_tls_config_errors_name_the_problem(repo, pki):
+    from surge.server.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs both"):
+        ServerConfig(model_repository=repo, tls_cert_file=pki["server_cert_file"])
+    with pytest.raises(ConfigError, match="mutual TLS"):
+        ServerConfig(model_repository=repo, tls_client_ca_file=pki["ca_file"])
+
+
+# -- bearer tokens and scopes ----------------------------------------------------------------------
+
+INFERENCE_TOKEN = "inference-token-0123456789"
+ADMIN_TOKEN = "admin-token-0123456789abcdef"
+BOTH_TOKEN = "both-token-0123456789abcdef"
+
+
+@pytest.fixture
+def authed(repo, tmp_path, start_server):
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"# scopes token\ninference {INFERENCE_TOKEN}\nadmin {ADMIN_TOKEN}\ninference,admin {BOTH_TOKEN}\n")
+    return start_server(model_repository=repo, model_control_mode="explicit", load_models=("adder",), auth_tokens_file=tokens)
+
+
+def _bearer(token: str) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def test_tokens_unauthenticated_without_or_with_a_wrong_token(authed):
+    with grpc.insecure_channel(authed.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for metadata in (None, _bearer("not-a-known-token-at-all"), (("authorization", INFERENCE_TOKEN),), _bearer(INFERENCE_TOKEN[:-1])):
+            with pytest.raises(grpc.RpcError) as info:
+                _infer(stub, metadata)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED, metadata
+            assert INFERENCE_TOKEN not in info.value.details()
+        with pytest.raises(grpc.RpcError) as info:  # streams too
+            list(stub.ModelStreamInfer(iter([_infer_request()]), timeout=10))
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert _infer(stub, _bearer(INFERENCE_TOKEN))[0] == 1.0
+        answers = list(stub.ModelStreamInfer(iter([_infer_request()]), timeout=10, metadata=_bearer(INFERENCE_TOKEN)))
+        assert len(answers) == 1 and not answers[0].error_message
+
+
+def test_scopes_admin_rpcs_need_the_admin_scope(authed):
+    with grpc.insecure_channel(authed.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        load = pb.RepositoryModelLoadRequest(model_name="adder")
+        with pytest.raises(grpc.RpcError) as info:
+            stub.RepositoryModelLoad(load, timeout=30, metadata=_bearer(INFERENCE_TOKEN))
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "RepositoryModelLoad needs the 'admin' scope" in info.value.details()
+        with pytest.raises(grpc.RpcError) as info:
+            stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="adder"), timeout=30, metadata=_bearer(INFERENCE_TOKEN))
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        stub.RepositoryModelLoad(load, timeout=30, metadata=_bearer(ADMIN_TOKEN))
+        with pytest.raises(grpc.RpcError) as info:  # admin alone is not inference
+            _infer(stub, _bearer(ADMIN_TOKEN))
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        stub.RepositoryModelLoad(load, timeout=30, metadata=_bearer(BOTH_TOKEN))
+        assert _infer(stub, _bearer(BOTH_TOKEN))[0] == 1.0
+        # health checks and reflection stay open so probes work
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_admin_rpcs_disabled_answer_unimplemented(repo, start_server):
+    server = start_server(model_repository=repo, model_control_mode="explicit", load_models=("adder",), admin_enabled=False)
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for call, request in (
+            (stub.RepositoryModelLoad, pb.RepositoryModelLoadRequest(model_name="adder")),
+            (stub.RepositoryModelUnload, pb.RepositoryModelUnloadRequest(model_name="adder")),
+        ):
+            with pytest.raises(grpc.RpcError) as info:
+                call(request, timeout=10)
+            assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert "admin RPCs are disabled on this server" in info.value.details()
+        assert _infer(stub)[0] == 1.0  # the model is still loaded and serving
+
+
+# -- repository confinement ------------------------------------------------------------------------
+
+
+def test_repository_load_is_confined_to_the_root(tmp_path, repo, start_server):
+    outside = tmp_path / "outside"
+    write_add_model(outside / "evil" / "1" / "model.onnx", 666.0)
+    (repo / "escape").symlink_to(outside / "evil", target_is_directory=True)  # a model folder that is a symlink out
+    write_add_model(repo / "fileescape" / "1" / "model.onnx", 2.0)
+    (repo / "fileescape" / "1" / "model.onnx").unlink()
+    (repo / "fileescape" / "1" / "model.onnx").symlink_to(outside / "evil" / "1" / "model.onnx")  # a version file that is
+    server = start_server(model_repository=repo, model_control_mode="explicit", load_models=("adder",))
+    invalid, failed = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INVALID_ARGUMENT
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        attempts = [
+            ("../outside/evil", invalid, "not a folder name"),
+            ("..", invalid, "not a folder name"),
+            (str(outside / "evil"), invalid, "not a folder name"),  # absolute
+            ("adder/../../outside/evil", invalid, "not a folder name"),
+            ("..\\outside\\evil", invalid, "not a folder name"),
+            ("adder\0", invalid, "not a folder name"),
+            (".hidden", invalid, "not a folder name"),
+            ("escape", failed, "resolves outside the model repository"),
+            ("fileescape", failed, "resolves outside the model repository"),
+        ]
+        for name, code, text in attempts:
+            with pytest.raises(grpc.RpcError) as info:
+                stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=name), timeout=30)
+            assert info.value.code() == code, (name, info.value.details())
+            assert text in info.value.details(), (name, info.value.details())
+        # a load request may not opt into pickle or point the model file outside its version folder
+        for config, text in (
+            ('{"parameters": {"allow_pickle": {"string_value": "true"}}}', "allow_pickle can only be set in the model's config.toml"),
+            ('{"default_model_filename": "../../../outside/evil/1/model.onnx"}', "must be a file name inside the version folder"),
+        ):
+            request = pb.RepositoryModelLoadRequest(model_name="adder")
+            request.parameters["config"].string_param = config
+            with pytest.raises(grpc.RpcError) as info:
+                stub.RepositoryModelLoad(request, timeout=30)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and text in info.value.details()
+        index = stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=10)
+        assert {m.name for m in index.models if m.state == "READY"} == {"adder"}
+        assert _infer(stub)[0] == 1.0
+
+
+# -- binding ---------------------------------------------------------------------------------------
+
+
+def test_unix_socket_serving_with_mode_0600(repo, tmp_path, start_server):
+    path = Path("/tmp") / f"surge-test-{os.getpid()}-{tmp_path.name[-12:]}.sock"  # AF_UNIX paths are short (108 bytes)
+    try:
+        server = start_server(model_repository=repo, grpc_address=f"unix://{path}")
+        assert server.address == f"unix://{path}"
+        assert stat.S_ISSOCK(path.stat().st_mode)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        with grpc.insecure_channel(server.address) as channel:
+            assert _infer(pb_grpc.GRPCInferenceServiceStub(channel))[0] == 1.0
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def test_default_bind_is_loopback(repo):
+    from surge.server.cli import _parser
+
+    assert ServerConfig(model_repository=repo).host == "127.0.0.1"
+    assert _parser().parse_args(["serve"]).host == "127.0.0.1"
