@@ -10,9 +10,9 @@ Servers run on CPU 0 (``servers.SERVER_CPU``), generators on CPU 1, one at a tim
    responses decoded). Each reports infer/s and its CPU share of its core; ``per core`` = infer/s / CPU share is
    what one fully busy core could drive (when the CPU share is near 1 the generator is the bottleneck).
 2. Cross-check: ``surge serve`` (batching off, the ``mlp`` model, 1 row) driven by perf_analyzer and by
-   ``surge bench`` with the same load (c1, c8, and 200 requests/s constant) and the same number of measured
-   requests, in pairs, medians of the repeats. perf_analyzer: --async (one connection), ``--request-count``
-   (no stability search, which a shared box fails). surge bench: --connections 1, --requests, 1 s warm-up.
+   ``surge bench`` with the same load (c1, c8, and 200 requests/s constant) and the same measured time, in
+   pairs, medians of the repeats. perf_analyzer: --async (one connection), three windows, stability check off.
+   surge bench: --connections 1, 1 s warm-up.
 Writes OUT.md and OUT.json.
 """
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -51,7 +52,9 @@ def surge_bench(address: str, model: str, load: list[str], duration_s: float, co
     if proc.returncode != 0:
         raise RuntimeError(f"surge bench failed: {proc.stderr[-2000:]}")
     (level,) = json.loads(out.read_text())["levels"]
+    service = level["service_latency_ms"] or {}
     return {"infer_per_s": level["infer_per_s"], "p50_ms": level["latency_ms"]["p50"], "p99_ms": level["latency_ms"]["p99"],
+            "service_p50_ms": service.get("p50"), "send_lag_p50_ms": (level["send_lag_ms"] or {}).get("p50"),
             "generator_cpu": level["generator"]["cpu_cores"], "errors": sum(level["errors"].values())}  # fmt: skip
 
 
@@ -98,11 +101,12 @@ def aio_client(address: str, model: str, concurrency: int, duration_s: float) ->
     return {**json.loads(proc.stdout.splitlines()[-1]), "p50_ms": None, "p99_ms": None, "errors": 0}
 
 
-def perf_analyzer(address: str, model: str, load: list[str], requests: int) -> dict:
-    """perf_analyzer measuring exactly ``requests`` requests (``--request-count``: no stability search, which a
-    shared box fails), --async, after 200 warm-up requests."""
+def perf_analyzer(address: str, model: str, load: list[str], duration_s: float) -> dict:
+    """perf_analyzer over three time windows of ``duration_s / 3`` (--async, after 200 warm-up requests), the
+    stability check made a no-op (``-s 100000``: a shared box fails any real threshold on latency). Not
+    ``--request-count``: in that mode perf_analyzer divides by whole seconds (1500 requests in 3.4 s read 500/s)."""
     args = ["-m", model, "-x", "1", "-u", address, "-i", "grpc", "--async", "-b", "1", "--shape", f"x:{MODELS[model].features}",
-            "--warmup-request-count", "200", "--request-count", str(requests), *load]  # fmt: skip
+            "--warmup-request-count", "200", "--measurement-interval", str(int(duration_s * 1000 / 3)), "-s", "100000", "-r", "3", *load]  # fmt: skip
     result, output = pa._run(args, 1)
     if result is None:
         raise RuntimeError(f"perf_analyzer failed: {output[-1500:]}")
@@ -132,6 +136,7 @@ def main() -> int:
     parser.add_argument("--skip-ceiling", action="store_true")
     parser.add_argument("--skip-crosscheck", action="store_true")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: every server started is stopped
     if not args.skip_crosscheck and not pa.available():
         print("perf_analyzer is not set up: run bench/perf_analyzer/setup.sh", file=sys.stderr)
         return 2
@@ -155,21 +160,25 @@ def main() -> int:
         onnx = write_onnx_files(targets.CACHE / "onnx")
         repo = write_repository(targets.CACHE / "repo-loadgen-check", onnx, None)
         log("cross-check: surge serve (mlp, no batching) on CPU 0; perf_analyzer and surge bench alternating on CPU 1")
-        # the same load and the same number of measured requests for both (perf_analyzer's rate mode is constant)
-        loads = {"c1": (["--concurrency", "1"], ["--concurrency-range", "1"], 1500),
-                 "c8": (["--concurrency", "8"], ["--concurrency-range", "8"], 3000),
-                 "r200": (["--rate", "200", "--arrival", "constant"], ["--request-rate-range", "200"], 1000)}  # fmt: skip
+        # the same load and the same measured time for both (perf_analyzer's rate mode is constant)
+        loads = {"c1": (["--concurrency", "1"], ["--concurrency-range", "1"]),
+                 "c8": (["--concurrency", "8"], ["--concurrency-range", "8"]),
+                 "r200": (["--rate", "200", "--arrival", "constant"], ["--request-rate-range", "200"])}  # fmt: skip
         with targets.surge(repo, {}, "loadgen-check", models=("mlp",)) as address:
-            for key, (bench_load, pa_load, count) in loads.items():
+            for key, (bench_load, pa_load) in loads.items():
                 pas, sbs = [], []
                 for _ in range(n):  # side by side: one pair per repeat, on an idle box where possible
                     contention.wait_idle(20, log)
-                    pas.append(metered(perf_analyzer, address, "mlp", pa_load, count))
-                    sbs.append(metered(surge_bench, address, "mlp", bench_load, d, connections=1, requests=count))
+                    pas.append(metered(perf_analyzer, address, "mlp", pa_load, d))
+                    sbs.append(metered(surge_bench, address, "mlp", bench_load, d, connections=1))
                 a, b = median(pas), median(sbs)
                 results["crosscheck"][key] = {"perf_analyzer": a, "surge bench": b,
                                               "throughput_ratio": statistics.median(y["infer_per_s"] / x["infer_per_s"] for x, y in zip(pas, sbs)),
                                               "p50_ratio": statistics.median(y["p50_ms"] / x["p50_ms"] for x, y in zip(pas, sbs))}  # fmt: skip
+                if sbs[0].get("service_p50_ms") is not None:  # open loop: also from the actual send, as perf_analyzer measures
+                    results["crosscheck"][key]["service_p50_ratio"] = statistics.median(y["service_p50_ms"] / x["p50_ms"] for x, y in zip(pas, sbs))
+                    results["crosscheck"][key]["service_p50_ms"] = statistics.median(y["service_p50_ms"] for y in sbs)
+                    results["crosscheck"][key]["send_lag_p50_ms"] = statistics.median(y["send_lag_p50_ms"] for y in sbs)
                 c = results["crosscheck"][key]
                 log(f"  {key}: perf_analyzer {a['infer_per_s']:.0f}/s p50 {a['p50_ms']:.3f}  surge bench {b['infer_per_s']:.0f}/s p50 {b['p50_ms']:.3f}"
                     f"  ratios {c['throughput_ratio']:.3f} {c['p50_ratio']:.3f}")  # fmt: skip
@@ -193,10 +202,15 @@ def markdown(results: dict) -> str:
     if results["crosscheck"]:
         lines += ["| surge serve mlp x1 | perf_analyzer infer/s | surge bench infer/s | ratio | perf_analyzer p50 ms | surge bench p50 ms | p50 ratio | p99 ms (PA / bench) | foreign load (PA / bench) |",
                   "|---|---:|---:|---:|---:|---:|---:|---|---|"]  # fmt: skip
+        notes = []
         for key, c in results["crosscheck"].items():
             a, b = c["perf_analyzer"], c["surge bench"]
+            if "service_p50_ms" in c:
+                notes.append(f"{key}: surge bench's p50 from the actual send (what perf_analyzer measures) {c['service_p50_ms']:.3f} ms, "
+                             f"ratio to perf_analyzer's {c['service_p50_ratio']:.3f}; send lag p50 {c['send_lag_p50_ms']:.3f} ms")
             lines.append(f"| {key} | {a['infer_per_s']:.0f} {a['repeats']} | {b['infer_per_s']:.0f} {b['repeats']} | {c['throughput_ratio']:.3f} | "
                          f"{a['p50_ms']:.3f} {a['repeats_p50_ms']} | {b['p50_ms']:.3f} {b['repeats_p50_ms']} | {c['p50_ratio']:.3f} | {a['p99_ms']:.2f} / {b['p99_ms']:.2f} | {a['repeats_foreign_cores']} / {b['repeats_foreign_cores']} |")  # fmt: skip
+        lines += ["", *notes]
     return "\n".join(lines) + "\n"
 
 

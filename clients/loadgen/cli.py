@@ -142,7 +142,7 @@ def _scenario(args: argparse.Namespace) -> Any:
 def _run(args: argparse.Namespace, scenario: Any, levels: list[Any], checks: Any, old: dict | None) -> int:
     from surge.clients import InferenceClient, InferenceServerError
     from surge.clients.loadgen.engine import run_level
-    from surge.clients.loadgen.results import compare_text, evaluate_slo, level_result, server_delta, table_text
+    from surge.clients.loadgen.results import SCHEMA, compare_text, evaluate_slo, level_result, server_delta, table_text
     from surge.clients.loadgen.scenario import ScenarioError, build_plan
 
     models = sorted({r.model for r in scenario.requests})
@@ -159,7 +159,7 @@ def _run(args: argparse.Namespace, scenario: Any, levels: list[Any], checks: Any
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     report: dict[str, Any] = {
-        "schema": "surge.bench/1",
+        "schema": SCHEMA,
         "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": ["surge", "bench", *args.argv],
         "git_revision": _git_revision(Path.cwd()),

@@ -19,7 +19,7 @@ import collections
 import multiprocessing
 import queue as queue_module
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ import grpc
 import grpc.aio
 import numpy as np
 
-from surge.clients.loadgen.histogram import new_histogram
+from surge.clients.loadgen.histogram import new_histogram, record_many
 from surge.clients.loadgen.scenario import Plan
 from surge.protos import grpc_service_pb2 as pb
 
@@ -42,6 +42,7 @@ CHANNEL_OPTIONS = (
 )
 #: The multi-process start is this far in the future, so that every process is connected and waiting.
 START_DELAY_S = 2.0
+CONNECT_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,8 @@ class ProcessResult:
     rows_in_window: int
     last_completion_s: float  # relative to the window start
     send_lag: bytes | None  # open loop: actual minus intended send time (us)
+    service: bytes | None  # open loop: latency from the actual send (us), what a generator without the schedule would report
+    sent_span: tuple[int, float, float] | None  # open loop: measured sends, first and last actual send (s from the window start)
     cpu_s: float  # this process's CPU time during the window
     wall_s: float
 
@@ -113,13 +116,20 @@ def served_version(response: bytes) -> str:
 
 
 class _Recorder:
-    """Per-process accumulation; every method runs on the event loop."""
+    """Per-process accumulation; every method runs on the event loop.
 
-    def __init__(self, window_start: float, window_end: float | None) -> None:
+    An answer costs three list appends (``ok``); ``flush`` moves them into the HDR histograms, vectorised,
+    twice a second and at the end. Keys are (kind index, served version).
+    """
+
+    def __init__(self, window_start: float, window_end: float | None, kinds: Sequence[Any]) -> None:
         self.window_start = window_start
         self.window_end = window_end
-        self.histograms: dict[tuple[int, str], Any] = {}
-        self.rows: collections.Counter[tuple[int, str]] = collections.Counter()
+        self.kind_rows = [kind.rows for kind in kinds]
+        self.key_ids: dict[tuple[int, str], int] = {}
+        self.key_rows: list[int] = []
+        self.histograms: list[Any] = []
+        self.rows: list[int] = []
         self.timeline: dict[int, Any] = {}
         self.timeline_errors: collections.Counter[int] = collections.Counter()
         self.errors: collections.Counter[str] = collections.Counter()
@@ -127,26 +137,38 @@ class _Recorder:
         self.rows_in_window = 0
         self.last_completion = window_start
         self.send_lag = new_histogram()
+        self.service = new_histogram()
         self.measured_sent = 0
+        self._keys: list[int] = []
+        self._intended: list[float] = []
+        self._done: list[float] = []
+        self._lags: list[float] = []
+        self._sent: list[float] = []
+        self.first_send: float | None = None
+        self.last_send = 0.0
 
-    def ok(self, kind: int, rows: int, version: str, intended: float, done: float) -> None:
-        micros = max(1, int((done - intended) * 1e6))
-        key = (kind, version)
-        hist = self.histograms.get(key)
-        if hist is None:
-            hist = self.histograms[key] = new_histogram()
-        hist.record_value(micros)
-        self.rows[key] += rows
-        second = int(done - self.window_start)
-        tick = self.timeline.get(second)
-        if tick is None:
-            tick = self.timeline[second] = new_histogram()
-        tick.record_value(micros)
-        if self.window_end is None or done < self.window_end:
-            self.completed_in_window += 1
-            self.rows_in_window += rows
-        if done > self.last_completion:
-            self.last_completion = done
+    def ok(self, kind: int, version: str, intended: float, done: float) -> None:
+        key = self.key_ids.get((kind, version))
+        if key is None:
+            key = self.key_ids[(kind, version)] = len(self.histograms)
+            self.histograms.append(new_histogram())
+            self.rows.append(0)
+            self.key_rows.append(self.kind_rows[kind])
+        self._keys.append(key)
+        self._intended.append(intended)
+        self._done.append(done)
+
+    def ok_sent(self, kind: int, version: str, intended: float, sent: float, done: float) -> None:
+        """``ok`` for an open-loop answer, with the moment its request actually left (for the service latency)."""
+        self._sent.append(done - sent)
+        self.ok(kind, version, intended, done)
+
+    def sent(self, now: float, intended: float) -> None:
+        """A measured open-loop request left at ``now`` for its slot at ``intended``."""
+        self._lags.append(now - intended)
+        if self.first_send is None:
+            self.first_send = now
+        self.last_send = now
 
     def error(self, status: str, done: float) -> None:
         self.errors[status] += 1
@@ -154,13 +176,48 @@ class _Recorder:
         if done > self.last_completion:
             self.last_completion = done
 
+    def flush(self) -> None:
+        if self._lags:
+            record_many(self.send_lag, np.maximum(1, (np.array(self._lags) * 1e6).astype(np.int64)))
+            self._lags = []
+        if self._sent:
+            record_many(self.service, np.maximum(1, (np.array(self._sent) * 1e6).astype(np.int64)))
+            self._sent = []
+        if not self._done:
+            return
+        keys, done = np.array(self._keys, np.int64), np.array(self._done)
+        micros = np.maximum(1, ((done - np.array(self._intended)) * 1e6).astype(np.int64))
+        self._keys, self._intended, self._done = [], [], []
+        rows = np.array(self.key_rows, np.int64)[keys]
+        inside = np.ones(done.size, bool) if self.window_end is None else done < self.window_end
+        self.completed_in_window += int(inside.sum())
+        self.rows_in_window += int(rows[inside].sum())
+        self.last_completion = max(self.last_completion, float(done.max()))
+        for key in np.unique(keys).tolist():
+            chosen = keys == key
+            record_many(self.histograms[key], micros[chosen])
+            self.rows[key] += int(rows[chosen].sum())
+        seconds = np.floor(done - self.window_start).astype(np.int64)
+        for second in np.unique(seconds).tolist():
+            tick = self.timeline.get(second)
+            if tick is None:
+                tick = self.timeline[second] = new_histogram()
+            record_many(tick, micros[seconds == second])
+
+    def ok_count(self) -> int:
+        return sum(h.get_total_count() for h in self.histograms)
+
     def result(self, cpu_s: float, wall_s: float, open_loop: bool) -> ProcessResult:
+        self.flush()
         return ProcessResult(
-            histograms={k: h.encode() for k, h in self.histograms.items()}, rows=dict(self.rows),
+            histograms={k: self.histograms[i].encode() for k, i in self.key_ids.items()},
+            rows={k: self.rows[i] for k, i in self.key_ids.items()},
             timeline={s: h.encode() for s, h in self.timeline.items()}, timeline_errors=dict(self.timeline_errors),
             errors=dict(self.errors), completed_in_window=self.completed_in_window, rows_in_window=self.rows_in_window,
             last_completion_s=self.last_completion - self.window_start,
             send_lag=self.send_lag.encode() if open_loop and self.send_lag.get_total_count() else None,
+            service=self.service.encode() if open_loop and self.service.get_total_count() else None,
+            sent_span=None if self.first_send is None else (self.measured_sent, self.first_send - self.window_start, self.last_send - self.window_start),
             cpu_s=cpu_s, wall_s=wall_s,
         )  # fmt: skip
 
@@ -173,24 +230,26 @@ async def run_process(address: str, plan: Plan, load: Load, start_at: float | No
     channels = [grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) for _ in range(load.connections)]
     try:
         calls = [c.unary_unary(METHOD) for c in channels]
-        await asyncio.gather(*(c.channel_ready() for c in channels))
+        try:
+            await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in channels)), CONNECT_TIMEOUT_S)
+        except TimeoutError:
+            raise RuntimeError(f"cannot connect to {address} within {CONNECT_TIMEOUT_S:g} s") from None
         clock = time.perf_counter
         if start_at is not None:
             await asyncio.sleep(max(0.0, start_at - time.time()))
         start = clock()
         window_start = start + load.warmup_s
         window_end = None if load.duration_s is None else window_start + load.duration_s
-        recorder = _Recorder(window_start, window_end)
+        recorder = _Recorder(window_start, window_end, plan.kinds)
         cpu = _CpuWindow(window_start)
-        reporter = asyncio.create_task(_report(recorder, tick, window_start)) if tick else None
+        reporter = asyncio.create_task(_report(recorder, tick, window_start))
         try:
             if load.closed:
                 await _closed_loop(calls, plan, load, recorder, start)
             else:
                 await _open_loop(calls, plan, load, recorder, start)
         finally:
-            if reporter:
-                reporter.cancel()
+            reporter.cancel()
         cpu_s, wall_s = cpu.stop()
         return recorder.result(cpu_s, wall_s, not load.closed)
     finally:
@@ -215,17 +274,15 @@ class _CpuWindow:
         return time.process_time() - self._cpu0, time.perf_counter() - self._wall0
 
 
-async def _report(recorder: _Recorder, tick: Tick, window_start: float) -> None:
+async def _report(recorder: _Recorder, tick: Tick | None, window_start: float) -> None:
+    """Twice a second: empty the recorder's lists into its histograms, and report progress."""
     while True:
         await asyncio.sleep(0.5)
-        ok = sum(h.get_total_count() for h in recorder.histograms.values())
-        last = recorder.timeline.get(int(time.perf_counter() - window_start) - 1)
-        p99 = last.get_value_at_percentile(99.0) / 1e3 if last is not None else None
-        tick(ok, sum(recorder.errors.values()), p99)
-
-
-async def _call(call: Any, payload: bytes, timeout_s: float | None) -> bytes:
-    return await call(payload, timeout=timeout_s)
+        recorder.flush()
+        if tick is not None:
+            last = recorder.timeline.get(int(time.perf_counter() - window_start) - 1)
+            p99 = last.get_value_at_percentile(99.0) / 1e3 if last is not None else None
+            tick(recorder.ok_count(), sum(recorder.errors.values()), p99)
 
 
 async def _closed_loop(calls: list[Any], plan: Plan, load: Load, rec: _Recorder, start: float) -> None:
@@ -262,7 +319,7 @@ async def _closed_loop(calls: list[Any], plan: Plan, load: Load, rec: _Recorder,
                     rec.error("CANCELLED", clock())
                 raise
             if measured:
-                rec.ok(k, kind.rows, served_version(response), intended, clock())
+                rec.ok(k, served_version(response), intended, clock())
 
     workers = [asyncio.ensure_future(worker(calls[w % len(calls)])) for w in range(load.concurrency)]
     await _finish(workers, None if window_end is None else window_end + load.drain_s)
@@ -299,11 +356,12 @@ async def _open_loop(calls: list[Any], plan: Plan, load: Load, rec: _Recorder, s
     pending: set[asyncio.Task] = set()
     room = asyncio.Event()
     room.set()
-    lag = rec.send_lag
+    sent = rec.sent
 
     async def one(call: Any, i: int, intended: float, measured: bool) -> None:
         k = mix[i % len(mix)]
         kind = kinds[k]
+        sent = clock()
         try:
             response = await call(kind.payloads[i % len(kind.payloads)], timeout=kind.timeout_s)
         except grpc.aio.AioRpcError as exc:
@@ -315,7 +373,7 @@ async def _open_loop(calls: list[Any], plan: Plan, load: Load, rec: _Recorder, s
                 rec.error("CANCELLED", clock())
             raise
         if measured:
-            rec.ok(k, kind.rows, served_version(response), intended, clock())
+            rec.ok_sent(k, served_version(response), intended, sent, clock())
 
     def done(task: asyncio.Task) -> None:
         pending.discard(task)
@@ -335,7 +393,7 @@ async def _open_loop(calls: list[Any], plan: Plan, load: Load, rec: _Recorder, s
                 if budget is not None and rec.measured_sent >= budget:
                     break
                 rec.measured_sent += 1
-                lag.record_value(max(1, int((now - intended) * 1e6)))
+                sent(now, intended)
             task = loop.create_task(one(calls[i % len(calls)], i, intended, measured))
             pending.add(task)
             task.add_done_callback(done)

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+
 try:
     from hdrh.histogram import HdrHistogram
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("surge bench needs the hdrhistogram package: pip install 'surge[bench]'") from exc
 
-__all__ = ["PERCENTILES", "decode", "merged", "new_histogram", "summary_ms"]
+__all__ = ["PERCENTILES", "decode", "merged", "new_histogram", "record_many", "summary_ms"]
 
 #: 1 us to 1 hour, 3 significant digits (0.1% resolution).
 LOWEST_US, HIGHEST_US, DIGITS = 1, 3_600_000_000, 3
@@ -20,6 +22,33 @@ PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99.9": 99.9}
 
 def new_histogram() -> Any:
     return HdrHistogram(LOWEST_US, HIGHEST_US, DIGITS)
+
+
+def record_many(hist: Any, values: np.ndarray) -> None:
+    """``hist.record_value(v)`` for every int64 ``v`` in ``values``, vectorised (the generator's hot path records
+    each answer into a list; this empties the lists a few times a second at a fraction of the per-value cost).
+
+    The bucket arithmetic is HdrHistogram's (``_counts_index_for``); tests/unit/test_loadgen.py checks that the
+    result equals ``record_value``'s, count for count. Values outside the trackable range are dropped, as there.
+    """
+    values = values[values >= 0]
+    if values.size == 0:
+        return
+    # bit length of (v | mask) == 64 - clz(v | mask); frexp's exponent is the bit length (exact below 2**53)
+    pow2ceiling = np.frexp((values | hist.sub_bucket_mask).astype(np.float64))[1].astype(np.int64)
+    bucket = pow2ceiling - hist.unit_magnitude - (hist.sub_bucket_half_count_magnitude + 1)
+    sub_bucket = values >> (bucket + hist.unit_magnitude)
+    index = ((bucket + 1) << hist.sub_bucket_half_count_magnitude) + sub_bucket - hist.sub_bucket_half_count
+    keep = (index >= 0) & (index < hist.counts_len)
+    if not keep.all():
+        values, index = values[keep], index[keep]
+        if values.size == 0:
+            return
+    counts = np.ctypeslib.as_array(hist.counts)
+    np.add.at(counts, index, 1)
+    hist.total_count += int(values.size)
+    hist.min_value = min(hist.min_value, int(values.min()))
+    hist.max_value = max(hist.max_value, int(values.max()))
 
 
 def decode(encoded: bytes) -> Any:

@@ -26,19 +26,21 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(2 if sweep else 1, 1, figsize=(10, 8 if sweep else 4.5), squeeze=False)
     ax = axes[0][0]
     offset = 0
-    for level in levels:
-        points = [p for p in level["timeline"] if p["p50_ms"] is not None]
+    for i, level in enumerate(levels):
+        points = [p for p in level["timeline"] if p["p50_ms"] is not None and p["t_s"] >= 0]
         if not points:
             continue
-        t = [offset + p["t_s"] for p in points]
-        for key, style in (("p50_ms", "-"), ("p99_ms", "--"), ("max_ms", ":")):
-            ax.plot(t, [p[key] for p in points], style, label=f"{level_key(level['load'])} {key[:-3]}")
-        offset = t[-1] + 1
+        t = [offset + p["t_s"] + 0.5 for p in points]  # each point is one second of answers, drawn at its middle
+        for key, color in (("p50_ms", "tab:blue"), ("p99_ms", "tab:orange"), ("max_ms", "tab:green")):
+            ax.plot(t, [p[key] for p in points], "o-", color=color, markersize=3, label=key[:-3] if i == 0 else None)
+        ax.axvline(offset, color="grey", linewidth=0.8)
+        ax.annotate(level_key(level["load"]), (offset, 1), xycoords=("data", "axes fraction"), xytext=(3, -12), textcoords="offset points", fontsize="small")
+        offset += points[-1]["t_s"] + 1
     ax.set_xlabel("seconds of measurement (levels one after another)")
     ax.set_ylabel("latency (ms)")
     ax.set_yscale("log")
     ax.set_title(f"surge bench {report['target']['url']} ({report['started_at']})")
-    ax.legend(fontsize="small", ncol=3)
+    ax.legend(fontsize="small", ncol=3, loc="upper right")
     ax.grid(True, which="both", alpha=0.3)
     if sweep:
         ax = axes[1][0]

@@ -62,6 +62,10 @@ def level_result(load: Load, plan: Plan, parts: Sequence[ProcessResult], server:
         timeline.append({"t_s": second, "ok": hist.get_total_count(), "errors": sum(p.timeline_errors.get(second, 0) for p in parts),
                          "p50_ms": s["p50"], "p99_ms": s["p99"], "max_ms": s["max"]})  # fmt: skip
     lags = [p.send_lag for p in parts if p.send_lag]
+    service = [p.service for p in parts if p.service]
+    spans = [p.sent_span for p in parts if p.sent_span]
+    sent = sum(n for n, _, _ in spans)
+    span_s = max((last for _, _, last in spans), default=0.0) - min((first for _, first, _ in spans), default=0.0)
     cpu = sum(p.cpu_s for p in parts)
     wall = max((p.wall_s for p in parts), default=0.0)
     by_model = []
@@ -81,6 +85,10 @@ def level_result(load: Load, plan: Plan, parts: Sequence[ProcessResult], server:
         "rows_per_s": rows_done / window_s,
         "latency_ms": summary_ms(total),
         "send_lag_ms": summary_ms(merged(lags)) if lags else None,
+        # open loop: latency from each request's actual send (no schedule correction), as perf_analyzer reports it
+        "service_latency_ms": summary_ms(merged(service)) if service else None,
+        # open loop: the rate the generator actually sent at (measured sends over the span of their actual send times)
+        "sent_per_s": (sent - 1) / span_s if sent > 1 and span_s > 0 else None,
         "by_model": by_model,
         "timeline": timeline,
         "server": server,
@@ -214,6 +222,12 @@ def table_text(report: dict[str, Any]) -> str:
                              f"p50 {_ms(lat['p50'])}  p99 {_ms(lat['p99'])}  max {_ms(lat['max'])} ms")  # fmt: skip
         if level["errors"]:
             lines.append(f"{name} errors: " + ", ".join(f"{status} {n}" for status, n in level["errors"].items()))
+        if level["sent_per_s"] is not None:
+            lag = level["send_lag_ms"]
+            lines.append(f"{name} sent {level['sent_per_s']:.1f} requests/s; send lag p50 {_ms(lag['p50'])}  p99 {_ms(lag['p99'])}  max {_ms(lag['max'])} ms")
+            if level["service_latency_ms"]:
+                svc = level["service_latency_ms"]
+                lines.append(f"{name} latency from the actual send (not schedule-corrected): p50 {_ms(svc['p50'])}  p99 {_ms(svc['p99'])}  max {_ms(svc['max'])} ms")
         if level["send_lag_ms"] and level["send_lag_ms"]["p99"] is not None and level["send_lag_ms"]["p99"] > 1.0:
             lines.append(f"{name} note: the generator sent late (send lag p99 {_ms(level['send_lag_ms']['p99'])} ms); "
                          "latencies count from the intended send time, so they include it")  # fmt: skip

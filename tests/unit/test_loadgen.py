@@ -177,3 +177,20 @@ def test_plan_errors_name_the_input(tmp_path: Path) -> None:
     (tmp_path / "s.toml").write_text("[[request]]\nmodel = 'mlp'\n[request.inputs.z]\nshape = [3]\n")
     with pytest.raises(ScenarioError, match=r"has no input\(s\) \['z'\]"):
         build_plan(load_scenario(tmp_path / "s.toml"), {"mlp": metadata("mlp", [("x", "FP32", [-1, 16])])})
+
+
+def test_record_many_equals_record_value() -> None:
+    """The vectorised recording gives HdrHistogram's own counts, min, max and total (its bucket arithmetic)."""
+    from surge.clients.loadgen.histogram import new_histogram, record_many
+
+    rng = np.random.default_rng(0)
+    edges = [0, 1, 2, 1023, 1024, 2047, 2048, 2049, 4095, 4096, 3_600_000_000, 3_700_000_000, 2**40, -5]
+    values = np.concatenate([rng.integers(0, 5000, 5000), rng.integers(1, 4_000_000_000, 5000), edges]).astype(np.int64)
+    one_by_one, batched = new_histogram(), new_histogram()
+    for v in values.tolist():
+        one_by_one.record_value(v)
+    record_many(batched, values[:7000])
+    record_many(batched, values[7000:])
+    assert list(batched.counts) == list(one_by_one.counts)
+    assert (batched.total_count, batched.min_value, batched.max_value) == (one_by_one.total_count, one_by_one.min_value, one_by_one.max_value)
+    assert batched.get_value_at_percentile(99.0) == one_by_one.get_value_at_percentile(99.0)
