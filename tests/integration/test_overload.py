@@ -253,3 +253,39 @@ def _scrape(address: str) -> str:
 
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
         return response.read().decode()
+
+
+def test_concurrent_streams_per_connection_are_capped(tmp_path, start_server):
+    """max_concurrent_streams = 2: with two calls open on a connection, a third waits (HTTP/2 flow control, the
+    client queues it) until one ends; another connection is not affected."""
+    import threading
+
+    from surge.server.codec import Limits
+
+    from tests.models import write_add_model
+
+    write_add_model(tmp_path / "repo" / "adder" / "1" / "model.onnx", 1.0)
+    server = start_server(model_repository=tmp_path / "repo", limits=Limits(max_concurrent_streams=2))
+    release = threading.Event()
+    request = pb.ModelInferRequest(model_name="adder")
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+    request.raw_input_contents.append(np.ones((1, 4), np.float32).tobytes())
+
+    def idle_stream():
+        yield request
+        release.wait(30)
+
+    own = [("grpc.use_local_subchannel_pool", 1)]  # two channels, two connections (they would share one)
+    with grpc.insecure_channel(server.address, options=own) as channel, grpc.insecure_channel(server.address, options=own) as other:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        open_streams = [stub.ModelStreamInfer(idle_stream(), timeout=60) for _ in range(2)]
+        for stream in open_streams:
+            assert not next(stream).error_message  # both are open and answered
+        third = stub.ModelInfer.future(request, timeout=30)
+        assert pb_grpc.GRPCInferenceServiceStub(other).ModelInfer(request, timeout=10).outputs  # other connections serve
+        time.sleep(1.0)
+        assert not third.done()  # waiting for a stream slot on its connection
+        release.set()
+        for stream in open_streams:
+            assert list(stream) == []
+        assert third.result(timeout=10).outputs
