@@ -4,7 +4,10 @@
 repository, then turns readiness and gRPC health to SERVING, and returns the bound gRPC address (the
 metrics endpoint's is ``Server.metrics_address``). ``stop()`` (also on SIGTERM/SIGINT
 through ``serve``) turns readiness off first, stops accepting, lets in-flight RPCs finish within the grace
-period, then drains and frees every model.
+period, then drains and frees every model; a second signal exits at once (code 128 + signal).
+
+Binding: ``host:grpc_port`` or a Unix socket (``grpc_address``), plaintext or TLS/mutual TLS; access
+control is ``security.py``'s one interceptor, installed only when tokens are configured or admin is off.
 """
 
 from __future__ import annotations
