@@ -208,16 +208,16 @@ def test_deadlines_shorter_than_the_queue_wait_are_dropped_before_compute(tmp_pa
     server = start_server(model_repository=write_work_model(tmp_path / "repo"))
     with InferenceClient(server.address, retries=0, timeout_s=30) as client, concurrent.futures.ThreadPoolExecutor(12) as pool:
         rows_before = _executed_rows(client, "work_py")
-        blocker = pool.submit(client.infer, "work_py", {"delay_s": np.array([[1.5]], np.float32)})
+        blocker = pool.submit(client.infer, "work_py", {"delay_s": np.array([[3.0]], np.float32)})
         time.sleep(0.3)
         zero = {"delay_s": np.array([[0.0]], np.float32)}
-        by_deadline = [pool.submit(client.infer, "work_py", zero, timeout_s=0.4) for _ in range(8)]
-        by_parameter = [pool.submit(client.infer, "work_py", zero, parameters={"timeout": 300_000}) for _ in range(3)]  # µs
+        by_deadline = [pool.submit(client.infer, "work_py", zero, timeout_s=1.0) for _ in range(8)]
+        by_parameter = [pool.submit(client.infer, "work_py", zero, parameters={"timeout": 1_000_000}) for _ in range(3)]  # µs
         for future in by_deadline + by_parameter:
             with pytest.raises(InferenceServerError) as info:
                 future.result()
             assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED, info.value
-        assert blocker.result()["delay_s_out"][0, 0] == 1.5
+        assert blocker.result()["delay_s_out"][0, 0] == 3.0
         time.sleep(0.2)
         assert _executed_rows(client, "work_py") == rows_before + 1  # only the blocker ran
         assert client.infer("work_py", zero)["delay_s_out"][0, 0] == 0.0
@@ -232,10 +232,13 @@ def test_cancelled_requests_are_dropped_before_compute(tmp_path, start_server):
     async def run() -> None:
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            blocker = asyncio.ensure_future(stub.ModelInfer(_request(1.0), timeout=30))
+            blocker = asyncio.ensure_future(stub.ModelInfer(_request(4.0), timeout=30))
             await asyncio.sleep(0.3)
             calls = [stub.ModelInfer(_request(0.0), timeout=30) for _ in range(5)]
-            await asyncio.sleep(0.2)
+            for _ in range(100):  # until all five wait in the queue (a call cancelled before it arrives is not the point)
+                if 'surge_queue_depth{model="work_py",version="1"} 5' in await asyncio.to_thread(_scrape, server.server.metrics_address):
+                    break
+                await asyncio.sleep(0.05)
             for call in calls:
                 call.cancel()
             await blocker
