@@ -34,7 +34,7 @@ from .metrics import ServerMetrics
 from .metrics_http import MetricsEndpoint
 from .model import abandoned_threads
 from .repository import ModelRepository
-from .security import AuthInterceptor, SecurityPolicy, TokenAuth
+from .security import SecurityPolicy, TokenAuth, auth_interceptor
 
 __all__ = ["MAX_MESSAGE_BYTES", "Server", "ServerConfig", "serve"]
 
@@ -202,7 +202,7 @@ class Server:
             ("grpc.max_concurrent_streams", limits.max_concurrent_streams),
             ("grpc.so_reuseport", 0),
         ]
-        interceptors = [AuthInterceptor(self.security, status_of)] if self.security.active else []
+        interceptors = [auth_interceptor(self.security, status_of)] if self.security.active else []
         server = grpc.aio.server(options=options, interceptors=interceptors)
         servicer = InferenceServicer(
             self.repository, server_name="surge", server_version=SERVER_VERSION, is_ready=self.is_ready, metrics=self.metrics, limits=limits
