@@ -200,6 +200,10 @@ class Server:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", limits.max_request_bytes),
             ("grpc.max_concurrent_streams", limits.max_concurrent_streams),
+            # gRPC's own queue of calls not yet taken by the loop: its default soft limit (1000) is below one
+            # connection's stream cap, so a stalled loop saw calls CANCELLED rather than refused per stream
+            ("grpc.server.max_pending_requests", limits.max_pending_calls),
+            ("grpc.server.max_pending_requests_hard_limit", limits.max_pending_calls),
             ("grpc.so_reuseport", 0),
         ]
         interceptors = [auth_interceptor(self.security, status_of)] if self.security.active else []

@@ -292,3 +292,54 @@ def test_concurrent_streams_per_connection_are_capped(tmp_path, start_server):
         for stream in open_streams:
             assert list(stream) == []
         assert third.result(timeout=10).outputs
+
+
+@pytest.mark.timeout(120)
+async def test_a_stalled_server_refuses_the_overflow_and_cancels_nothing(tmp_path):
+    """The server is stopped (SIGSTOP) for 3 s under a 400/s open-loop load on one connection: calls beyond the
+    stream cap (1024) are refused (UNAVAILABLE, retryable), none is CANCELLED (gRPC cancels calls beyond its pending-call
+    limit, whose default 1000 was below one connection's cap), and the server answered exactly the clients' OKs."""
+    import os
+    import signal
+
+    from tests.models import write_add_model
+
+    write_add_model(tmp_path / "repo" / "adder" / "1" / "model.onnx", 1.0)
+    server = SurgeProcess(tmp_path / "repo", tmp_path / "server").start()
+    outcomes: dict[str, int] = {}
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            request = pb.ModelInferRequest(model_name="adder")
+            request.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+            request.raw_input_contents.append(np.zeros((1, 4), np.float32).tobytes())
+
+            async def one() -> None:
+                try:
+                    await stub.ModelInfer(request, timeout=30)
+                    key = "OK"
+                except grpc.aio.AioRpcError as exc:
+                    key = exc.code().name
+                outcomes[key] = outcomes.get(key, 0) + 1
+
+            async def stall() -> None:
+                await asyncio.sleep(1.0)
+                os.kill(server.proc.pid, signal.SIGSTOP)
+                await asyncio.sleep(3.0)
+                os.kill(server.proc.pid, signal.SIGCONT)
+
+            stalling = asyncio.create_task(stall())
+            calls = []
+            start = time.monotonic()
+            for i in range(2000):  # 5 s at 400/s
+                await asyncio.sleep(max(0.0, start + i / 400 - time.monotonic()))
+                calls.append(asyncio.create_task(one()))
+            await stalling
+            await asyncio.gather(*calls)
+            (stats,) = (await stub.ModelStatistics(pb.ModelStatisticsRequest(name="adder"), timeout=10)).model_stats
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+        server.stop_and_check()
+    assert set(outcomes) <= {"OK", "UNAVAILABLE"}, outcomes
+    assert outcomes.get("UNAVAILABLE", 0) > 0, outcomes  # the stall did overflow the cap
+    assert stats.inference_stats.success.count == outcomes["OK"] and stats.inference_stats.fail.count == 0, (stats.inference_stats, outcomes)
