@@ -135,6 +135,29 @@ def test_mutual_tls_needs_a_client_certificate_from_the_ca(repo, pki, start_serv
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE, (cert, info.value.details())
 
 
+def test_our_clients_speak_mutual_tls_with_a_token(repo, pki, tmp_path, start_server):
+    import asyncio
+
+    from surge.clients import AsyncInferenceClient, InferenceClient
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"inference {INFERENCE_TOKEN}\n")
+    server = start_server(
+        model_repository=repo, tls_cert_file=pki["server_cert_file"], tls_key_file=pki["server_key_file"],
+        tls_client_ca_file=pki["ca_file"], auth_tokens_file=tokens,
+    )
+    credentials = grpc.ssl_channel_credentials(root_certificates=pki["ca"], private_key=pki["client_key"], certificate_chain=pki["client_cert"])
+    auth = {"authorization": f"Bearer {INFERENCE_TOKEN}"}
+    with InferenceClient(server.address, retries=0, timeout_s=10, credentials=credentials, metadata=auth) as client:
+        assert client.infer("adder", {"x": X})["y"][0, 0] == 1.0
+
+    async def run() -> float:
+        async with AsyncInferenceClient(server.address, retries=0, timeout_s=10, credentials=credentials, metadata=auth) as client:
+            return float((await client.infer("adder", {"x": X}))["y"][0, 0])
+
+    assert asyncio.run(run()) == 1.0
+
+
 def test_tls_config_errors_name_the_problem(repo, pki):
     from surge.server.errors import ConfigError
 
