@@ -20,6 +20,7 @@ from surge.clients._codec import (
     decode_stream_response,
     encode_infer_request,
 )
+from surge.clients.admin import SurgeClient
 from surge.clients.aio import AsyncInferenceClient
 from surge.clients.errors import (
     DeadlineExceededError,
@@ -52,6 +53,7 @@ __all__ = [
     "PermissionDeniedError",
     "RequestCancelledError",
     "ResourceExhaustedError",
+    "SurgeClient",
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",

@@ -24,6 +24,7 @@ from surge.protos import model_config_pb2
 
 __all__ = [
     "ChannelOptions",
+    "channel_target",
     "ClientSettings",
     "Metadata",
     "RetryState",
@@ -50,9 +51,48 @@ _MAX_MESSAGE_BYTES = 2**31 - 1
 _DEFAULT_CHANNEL_OPTIONS: dict[str, Any] = {
     "grpc.max_send_message_length": _MAX_MESSAGE_BYTES,
     "grpc.max_receive_message_length": _MAX_MESSAGE_BYTES,
+    # Client-side load balancing: one connection to every address the target resolves to (a list of addresses,
+    # or a DNS name with several records such as a Kubernetes headless Service), calls spread round-robin, and
+    # a server that goes away leaves the rotation. With a single address it is the same as gRPC's pick_first.
+    "grpc.lb_policy_name": "round_robin",
 }
 #: Backoff delays are stretched by up to this fraction at random, so that clients retrying together spread out.
 _JITTER = 0.1
+
+
+def channel_target(address: str | Sequence[str]) -> str:
+    """The gRPC target for ``address``: ``"host:port"``, a gRPC target URI (``dns:///name:port``,
+    ``unix:///path.sock``, ``ipv4:a:p,b:q``), or several ``"ip:port"`` (a list, or one comma-separated string),
+    which become one ``ipv4:``/``ipv6:`` target that the round_robin policy spreads calls over.
+
+    Raises ValueError for an empty list, or for several addresses that are not IP literals (gRPC's static
+    address list takes only IPs; for names, use one DNS name that resolves to all of them: ``dns:///name:port``).
+    """
+    parts = [a.strip() for a in (address.split(",") if isinstance(address, str) else address)]
+    if not parts or not all(parts):
+        raise ValueError(f"address: expected 'host:port' or a list of them, got {address!r}")
+    if len(parts) == 1:
+        return parts[0]
+    if any(p.startswith(("ipv4:", "ipv6:", "dns:", "unix:")) for p in parts):
+        raise ValueError(f"address: several addresses are plain 'ip:port' (no scheme), got {address!r}")
+    hosts = [p.rsplit(":", 1)[0] for p in parts]
+    if all(_is_ip(h, 4) for h in hosts):
+        return "ipv4:" + ",".join(parts)
+    if all(h.startswith("[") and _is_ip(h[1:-1], 6) for h in hosts):
+        return "ipv6:" + ",".join(parts)
+    raise ValueError(
+        f"address: several addresses must all be IPv4 'a.b.c.d:port' or all IPv6 '[::1]:port', got {address!r}; "
+        "for host names, use one DNS name that resolves to every server ('dns:///surge.default.svc:8001')"
+    )
+
+
+def _is_ip(host: str, version: int) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).version == version
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,7 @@ class AsyncInferenceClient:
 
     def __init__(
         self,
-        address: str,
+        address: str | Sequence[str],
         *,
         timeout_s: float | None = None,
         retries: int = 3,
@@ -53,7 +53,7 @@ class AsyncInferenceClient:
             channel_options=channel_options,
             metadata=metadata,
         )
-        self.address = address
+        self.address = _common.channel_target(address)
         self._credentials = credentials
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.GRPCInferenceServiceStub | None = None

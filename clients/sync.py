@@ -29,7 +29,10 @@ class InferenceClient:
     """A blocking gRPC client for ``inference.GRPCInferenceService``.
 
     Args:
-        address: ``"host:port"`` of the server, e.g. ``"127.0.0.1:8001"`` (insecure channel).
+        address: ``"host:port"`` of the server, e.g. ``"127.0.0.1:8001"`` (insecure channel); or several servers,
+            ``["10.0.0.1:8001", "10.0.0.2:8001"]`` (or ``"10.0.0.1:8001,10.0.0.2:8001"``), or a DNS name that
+            resolves to several (``"dns:///surge.default.svc:8001"``): calls are spread round-robin over them,
+            and a call that fails UNAVAILABLE (a server went away) is retried on another (``retries``).
         timeout_s: default deadline of each call in seconds, retries included (None: no deadline).
         retries: extra attempts after an UNAVAILABLE status (never for other statuses, never for streams).
         backoff_s: the first retry's delay in seconds; each next one doubles, with up to 10% jitter.
@@ -43,7 +46,7 @@ class InferenceClient:
 
     def __init__(
         self,
-        address: str,
+        address: str | Sequence[str],
         *,
         timeout_s: float | None = None,
         retries: int = 3,
@@ -59,9 +62,9 @@ class InferenceClient:
             channel_options=channel_options,
             metadata=metadata,
         )
-        self.address = address
+        self.address = _common.channel_target(address)
         options = self._settings.channel_options
-        self._channel = grpc.secure_channel(address, credentials, options) if credentials else grpc.insecure_channel(address, options=options)
+        self._channel = grpc.secure_channel(self.address, credentials, options) if credentials else grpc.insecure_channel(self.address, options=options)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
 
     def __enter__(self) -> InferenceClient:

@@ -16,7 +16,7 @@ import sys
 import tempfile
 
 PROTOS = pathlib.Path(__file__).resolve().parent
-FILES = ("model_config.proto", "grpc_service.proto")
+FILES = ("model_config.proto", "grpc_service.proto", "surge_service.proto")
 
 
 def generate(out: pathlib.Path) -> list[pathlib.Path]:

@@ -1,8 +1,8 @@
 """Build the server from its config, start it, stop it: the only place that wires the rooms together.
 
-``Server.start()`` binds the gRPC port (so liveness answers at once) and the metrics port, loads the
-repository, then turns readiness and gRPC health to SERVING, and returns the bound gRPC address (the
-metrics endpoint's is ``Server.metrics_address``). ``stop()`` (also on SIGTERM/SIGINT
+``Server.start()`` binds the gRPC port (so liveness answers at once), the metrics port and the REST port,
+loads the repository, then turns readiness and gRPC health to SERVING, and returns the bound gRPC address (the
+metrics endpoint's is ``Server.metrics_address``, REST's ``Server.http_address``). ``stop()`` (also on SIGTERM/SIGINT
 through ``serve``) turns readiness off first, stops accepting, lets in-flight RPCs finish within the grace
 period, then drains and frees every model; a second signal exits at once (code 128 + signal).
 
@@ -34,7 +34,12 @@ from .metrics import ServerMetrics
 from .metrics_http import MetricsEndpoint
 from .model import abandoned_threads
 from .repository import ModelRepository
+from .rest import RestEndpoint
+from .routing_metrics import TrafficCollector
 from .security import SecurityPolicy, TokenAuth, auth_interceptor
+from .surge_servicer import add_surge_services
+from .traffic import Traffic
+from .workers import WorkerPeers
 
 __all__ = ["MAX_MESSAGE_BYTES", "Server", "ServerConfig", "serve"]
 
@@ -43,6 +48,7 @@ log = logging.getLogger("surge.server")
 #: grpc.aio defaults to 4 MiB; Triton and its clients use INT32_MAX.
 MAX_MESSAGE_BYTES = 2**31 - 1
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+SURGE_SERVICE_NAMES = ("surge.v1.Admin", "surge.v1.Feedback")
 try:
     from importlib.metadata import version as _dist_version
 
@@ -90,10 +96,17 @@ class ServerConfig:
     """False: admin RPCs (repository load/unload, surge.v1.Admin) answer UNIMPLEMENTED."""
     limits: Limits = DEFAULT_LIMITS
     """Request limits (sizes, elements, rows, streams per connection)."""
+    http_port: int = 8000
+    """REST v2 (HTTP/JSON) port (Triton's default); 0 picks a free port (``Server.http_address``); -1 turns REST off."""
+    reuse_port: bool = False
+    """Bind the gRPC port with SO_REUSEPORT so several worker processes share it (set by ``--workers``; see
+    ``workers.py``). Off otherwise, so a port already taken is a clear error rather than a silent share."""
 
     def __post_init__(self) -> None:
         if not -1 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics port must be -1 (off), 0 (any free port) or 1..65535, got {self.metrics_port}")
+        if not -1 <= self.http_port <= 65535:
+            raise ConfigError(f"HTTP port must be -1 (off), 0 (any free port) or 1..65535, got {self.http_port}")
         if self.grpc_address and not (self.grpc_address.startswith("unix:") and len(self.grpc_address) > len("unix:")):
             raise ConfigError(f"--grpc-address must be unix:///absolute/path.sock (or unix:relative.sock), got {self.grpc_address!r}")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
@@ -163,8 +176,10 @@ class _Health(HealthServicer):
 class Server:
     """One Surge server: gRPC inference service, health, reflection, and the model repository."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, *, peers: WorkerPeers | None = None) -> None:
+        """``peers``: set in a ``--workers`` worker (statistics and repository calls span all workers)."""
         self.config = config
+        self._peers = peers
         self.repository = ModelRepository(
             config.model_repository,
             control_mode=config.model_control_mode,
@@ -173,12 +188,19 @@ class Server:
             drain_timeout_s=config.drain_timeout_s,
             metrics=config.metrics_port >= 0,
         )
+        self.traffic = Traffic(self.repository)
+        """Version routing, shadows and feedback (``traffic.py``); the repository tells it when versions change."""
+        self.repository.on_serving_change = self.traffic.serving_changed
         self.metrics: ServerMetrics | None = None
         if config.metrics_port >= 0:
             self.metrics = ServerMetrics(lambda: [v.sample() for v in self.repository.all_versions()], server_version=SERVER_VERSION)
+            self.metrics.registry.register(TrafficCollector(self.traffic))
         self._metrics_endpoint: MetricsEndpoint | None = None
         self.metrics_address = ""
         """The bound metrics ``host:port`` once started ("" when metrics are off)."""
+        self._rest: RestEndpoint | None = None
+        self.http_address = ""
+        """The bound REST ``host:port`` once started ("" when REST is off)."""
         self._ready = False
         self._grpc: grpc.aio.Server | None = None
         self._servicer: InferenceServicer | None = None
@@ -204,17 +226,19 @@ class Server:
             # connection's stream cap, so a stalled loop saw calls CANCELLED rather than refused per stream
             ("grpc.server.max_pending_requests", limits.max_pending_calls),
             ("grpc.server.max_pending_requests_hard_limit", limits.max_pending_calls),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(self.config.reuse_port)),
         ]
         interceptors = [auth_interceptor(self.security, status_of)] if self.security.active else []
         server = grpc.aio.server(options=options, interceptors=interceptors)
         servicer = InferenceServicer(
-            self.repository, server_name="surge", server_version=SERVER_VERSION, is_ready=self.is_ready, metrics=self.metrics, limits=limits
+            self.repository, server_name="surge", server_version=SERVER_VERSION, is_ready=self.is_ready, metrics=self.metrics, limits=limits,
+            traffic=self.traffic, peers=self._peers,
         )
         add_to_server(servicer, server)
+        add_surge_services(self.traffic, server)  # surge.v1.Admin and surge.v1.Feedback (admin scope: server/security.py)
         self._servicer = servicer
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+        reflection.enable_server_reflection((SERVICE_NAME, *SURGE_SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
         target = f"[{self.config.host}]:{self.config.grpc_port}" if ":" in self.config.host else f"{self.config.host}:{self.config.grpc_port}"
         credentials = self.config.server_credentials()
         socket = self.config.unix_socket_path()
@@ -230,6 +254,8 @@ class Server:
                 port = 0
             if port == 0:
                 raise OSError(f"cannot bind gRPC to {target} (in use, or not an address of this machine)")
+            if self._peers is not None and server.add_insecure_port(self._peers.private_target) == 0:
+                raise OSError(f"cannot bind the worker's private socket {self._peers.private_target}")
             self._grpc = server
             await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
             await server.start()
@@ -244,13 +270,25 @@ class Server:
         log.info("gRPC listening on %s (live; loading models from %s, control mode %s)", self.address, self.config.model_repository, self.config.model_control_mode)
         try:
             if self.metrics is not None:
-                endpoint = MetricsEndpoint(self.metrics, self.config.host, self.config.metrics_port)
+                host = "127.0.0.1" if self._peers is not None else self.config.host  # a worker's own page: for the supervisor only
+                endpoint = MetricsEndpoint(self.metrics, host, self.config.metrics_port)
                 try:
                     self.metrics_address = await endpoint.start()
                 except OSError as exc:
                     raise OSError(f"cannot bind the metrics endpoint to {self.config.host}:{self.config.metrics_port}: {exc.strerror or exc}") from None
                 self._metrics_endpoint = endpoint
                 log.info("metrics on http://%s/metrics", self.metrics_address)
+            if self.config.http_port >= 0:  # REST v2 over the same servicer (rest.py); auth hook: RestEndpoint(authorize=...)
+                rest = RestEndpoint(
+                    servicer, self.config.host, self.config.http_port, max_request_bytes=MAX_MESSAGE_BYTES,
+                    drain_timeout_s=self.config.drain_timeout_s, metrics=self.metrics,
+                )
+                try:
+                    self.http_address = await rest.start()
+                except OSError as exc:
+                    raise OSError(f"cannot bind REST to {self.config.host}:{self.config.http_port}: {exc.strerror or exc}") from None
+                self._rest = rest
+                log.info("REST v2 on http://%s/v2", self.http_address)
             await self.repository.start()
         except BaseException:
             await self.stop(0)
@@ -278,8 +316,14 @@ class Server:
         await self._health.enter_graceful_shutdown()
         if self._servicer is not None:
             self._servicer.begin_shutdown()
+        rest, self._rest = self._rest, None
+        grace = self.config.drain_timeout_s if grace_s is None else grace_s
+        rest_closed = asyncio.ensure_future(rest.aclose(grace)) if rest is not None else None  # drains beside gRPC
         if self._grpc is not None:
             await self._grpc.stop(self.config.drain_timeout_s if grace_s is None else grace_s)
+        if rest_closed is not None:
+            await rest_closed
+        await self.traffic.aclose()  # shadows first: their queued requests would only meet unloading versions
         await self.repository.aclose()
         if self._metrics_endpoint is not None:  # last: a scrape during the drain still sees it
             await self._metrics_endpoint.aclose()

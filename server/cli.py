@@ -1,6 +1,7 @@
 """The ``surge`` command line: ``serve``, ``infer``, ``models``, ``build-trt``, ``top``, ``profile``, ``drift``, ...
 
-    surge serve [--model-repository DIR] [--host 127.0.0.1] [--grpc-port 8001] [--metrics-port 8002] [--model-control-mode none|explicit|poll]
+    surge serve [--model-repository DIR] [--host 127.0.0.1] [--grpc-port 8001] [--http-port 8000] [--metrics-port 8002] [--model-control-mode none|explicit|poll]
+                [--workers N]   # N processes on one port (SO_REUSEPORT), see workers.py
     surge infer MODEL [--input NAME=FILE.npy ...] [--url 127.0.0.1:8001] [--batch N]
     surge models [--url 127.0.0.1:8001]
     surge build-trt MODEL.onnx --output model.plan [--fp16] [--max-batch-size N] [--workspace-bytes N] [--instances K]
@@ -8,6 +9,10 @@
     surge observability [--out DIR]      # the Grafana dashboard and Prometheus alert rules shipped with Surge
     surge profile MODEL_DIR|MODEL.onnx --data FILE.npy|.npz [--input NAME] [--outputs FILE.npy|.npz] [--out drift_profile.json]
     surge drift MODEL [--url 127.0.0.1:8002] [--version N]   # per-feature PSI/KS/alert from the metrics endpoint
+    surge route MODEL [--url 127.0.0.1:8001] [--weights 1=90,2=10] [--shadow V[:FRACTION] | --no-shadow] [--promote V] [--rollback] [--reset]
+    surge ab MODEL [--url 127.0.0.1:8002] [--baseline V] [--alpha 0.05] [--interval-s N]   # compare versions, with significance tests
+    surge bench MODEL|--scenario FILE.toml [--concurrency 1,8 | --rate 500] [--slo 'p99<20ms']   # load generator (surge.clients.loadgen)
+    surge batch --model-repository R --model M --input FILE --output FILE [--chunk-rows N]   # offline, in-process
 
 ``infer`` and ``models`` use only the client (``surge.clients``), ``top`` only HTTP and prometheus_client;
 ``serve`` imports the server.
@@ -31,10 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="surge", description="Surge: a fast, Triton-compatible inference server.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="serve a model repository over gRPC")
+    serve = sub.add_parser("serve", help="serve a model repository over gRPC and REST")
     serve.add_argument("--model-repository", type=Path, help="model repository folder (default: the built-in demo repository)")
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0 in containers)")
     serve.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001; 0 = any free port)")
+    serve.add_argument("--http-port", type=int, default=8000, help="REST v2 (HTTP/JSON) port (default 8000; 0 = any free port; -1 = REST off)")
     serve.add_argument("--metrics-port", type=int, default=8002,
                        help="Prometheus /metrics HTTP port (default 8002; 0 = any free port; -1 = metrics off)")
     serve.add_argument("--model-control-mode", choices=("none", "explicit", "poll"), default="none",
@@ -46,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--address-file", type=Path, help="once ready, write the bound host:port into this file (for scripts)")
     _add_reliability_flags(serve)
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="N server processes sharing the gRPC port (SO_REUSEPORT), supervised; for CPU-bound front ends, "
+                            "not GPU models (default 1: one process)")
+    serve.add_argument("--workers-share-gpu", action="store_true", help="with --workers: allow GPU models (each worker loads its own copy)")
     serve.add_argument("--loop", default="auto", choices=("auto", "uvloop", "asyncio"), help="event loop (default: uvloop when installed)")
 
     infer = sub.add_parser("infer", help="send one inference request and print the outputs")
@@ -91,6 +101,34 @@ def _parser() -> argparse.ArgumentParser:
     drift.add_argument("model")
     drift.add_argument("--version", default="", help="one version (default: all)")
     drift.add_argument("--url", default="127.0.0.1:8002", help="the server's metrics endpoint host:port (default 127.0.0.1:8002)")
+
+    route = sub.add_parser("route", help="show or change a model's version routes (surge.v1.Admin; an admin call)")
+    route.add_argument("model")
+    route.add_argument("--url", default="127.0.0.1:8001", help="the server's gRPC host:port (default 127.0.0.1:8001)")
+    change = route.add_mutually_exclusive_group()
+    change.add_argument("--weights", metavar="V=W,...", help="split requests naming no version, e.g. 1=90,2=10 ('' removes the split)")
+    change.add_argument("--shadow", metavar="V[:FRACTION]", help="mirror FRACTION (default 1) of the routed requests to version V")
+    change.add_argument("--no-shadow", action="store_true", help="stop mirroring")
+    change.add_argument("--promote", type=int, metavar="V", help="send every request naming no version to V (removes the shadow)")
+    change.add_argument("--rollback", action="store_true", help="undo the last route change")
+    change.add_argument("--reset", action="store_true", help="drop the admin changes: config.toml's [routing] applies again")
+    route.add_argument("--token", help="sent as 'authorization: Bearer TOKEN' (when the server requires one)")
+
+    ab = sub.add_parser("ab", help="compare a model's versions from /metrics: errors, latency, shadow agreement, outcomes, with significance tests")
+    ab.add_argument("model")
+    ab.add_argument("--url", default="127.0.0.1:8002", help="the server's metrics endpoint host:port (default 127.0.0.1:8002)")
+    ab.add_argument("--baseline", default="", help="the version the others are tested against (default: the lowest version with traffic)")
+    ab.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    ab.add_argument("--interval-s", type=float, default=0.0, help="scrape twice, this many seconds apart, and compare only that window")
+    sub.add_parser("bench", help="load-test a v2 server and gate on an SLO (surge bench --help; client only)", add_help=False)
+    batch = sub.add_parser("batch", help="run a model (with its pipeline) over a file in-process: .npy/.npz/.parquet/.csv in, .npz/.parquet/.csv out")
+    batch.add_argument("--model-repository", type=Path, required=True, help="the model repository folder")
+    batch.add_argument("--model", required=True, help="the model's name (its folder)")
+    batch.add_argument("--version", type=int, help="version (default: the highest)")
+    batch.add_argument("--input", type=Path, required=True, help=".npy (one input), .npz (an array per input), .parquet or .csv (surge[parquet])")
+    batch.add_argument("--output", type=Path, required=True, help=".npz, .parquet or .csv; a rerun resumes from OUTPUT.parts/")
+    batch.add_argument("--chunk-rows", type=int, default=4096, help="rows read, run and written at a time (default 4096)")
+    batch.add_argument("--quiet", action="store_true", help="no progress line")
     return parser
 
 
@@ -139,6 +177,11 @@ def _reliability_config(args: argparse.Namespace) -> dict[str, object]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``surge`` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # the load generator parses its own arguments and imports no server module
+        from surge.clients.loadgen.cli import main as bench
+
+        return bench(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
@@ -150,6 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _profile(args)
     if args.command == "drift":
         return _drift(args)
+    if args.command == "ab":
+        return _ab(args)
+    if args.command == "batch":
+        return _batch(args)
     if args.command == "top":
         from .top import run
 
@@ -161,10 +208,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     from surge.clients import InferenceServerError
 
     try:
+        if args.command == "route":
+            return _route(args)
         return _infer(args) if args.command == "infer" else _models(args)
     except InferenceServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def _batch(args: argparse.Namespace) -> int:
+    logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    from .batchjob import BatchJobError, run_batch_job
+
+    try:
+        summary = asyncio.run(run_batch_job(
+            args.model_repository, args.model, args.input, args.output, chunk_rows=args.chunk_rows, version=args.version,
+            progress=None if args.quiet else sys.stderr,
+        ))
+    except (BatchJobError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    resumed = f", {summary.chunks_skipped} resumed from an earlier run" if summary.chunks_skipped else ""
+    print(f"{summary.rows} rows in {summary.chunks} chunks{resumed}, {summary.seconds:.2f} s ({summary.rows_per_s:,.0f} rows/s) -> {summary.output}")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -184,6 +250,7 @@ def _serve(args: argparse.Namespace) -> int:
             host=args.host,
             grpc_port=args.grpc_port,
             metrics_port=args.metrics_port,
+            http_port=args.http_port,
             model_control_mode=args.model_control_mode,
             load_models=tuple(args.load_model),
             poll_interval_s=args.repository_poll_s,
@@ -191,11 +258,34 @@ def _serve(args: argparse.Namespace) -> int:
             drain_timeout_s=args.drain_timeout_s,
             **_reliability_config(args),  # type: ignore[arg-type]
         )
+        if args.workers != 1:
+            return _serve_workers(config, args)
         _run(serve(config, address_file=args.address_file), args.loop)
     except (ConfigError, OSError) as exc:
         logging.getLogger("surge.server").error("cannot start: %s", exc)
         return 2
     return 0
+
+
+def _serve_workers(config: object, args: argparse.Namespace) -> int:
+    """``surge serve --workers N``: the supervisor (``workers.py``); returns its exit code."""
+    from .errors import ConfigError
+    from .workers import supervise
+
+    codes: list[int] = []
+
+    async def main() -> None:
+        codes.append(await supervise(config, args.workers, log_level=args.log_level, loop=args.loop, address_file=args.address_file,
+                                     share_gpu=args.workers_share_gpu))
+
+    try:
+        if args.workers < 2:
+            raise ConfigError(f"--workers must be 1 or more, got {args.workers}")
+        _run(main(), args.loop)
+    except (ConfigError, OSError) as exc:
+        logging.getLogger("surge.server").error("cannot start: %s", exc)
+        return 2
+    return codes[0] if codes else 0
 
 
 def _build_trt(args: argparse.Namespace) -> int:
@@ -352,6 +442,72 @@ def _drift(args: argparse.Namespace) -> int:
         print(f"error: cannot scrape http://{args.url}/metrics: {exc}", file=sys.stderr)
         return 1
     print(drift_report(text, args.model, args.version))
+    return 0
+
+
+def _route(args: argparse.Namespace) -> int:
+    from surge.clients import SurgeClient
+
+    metadata = {"authorization": f"Bearer {args.token}"} if args.token else None
+    with SurgeClient(args.url, metadata=metadata) as client:
+        if args.weights is not None:
+            weights: dict[int, float] = {}
+            for item in filter(None, (part.strip() for part in args.weights.split(","))):
+                version, sep, weight = item.partition("=")
+                if not sep or not version.isdigit():
+                    raise SystemExit(f"--weights {args.weights!r}: expected VERSION=WEIGHT,..., e.g. 1=90,2=10")
+                weights[int(version)] = float(weight)
+            routes = client.set_weights(args.model, weights)
+        elif args.shadow is not None:
+            version, _, fraction = args.shadow.partition(":")
+            if not version.isdigit():
+                raise SystemExit(f"--shadow {args.shadow!r}: expected VERSION[:FRACTION], e.g. 2:0.1")
+            routes = client.set_shadow(args.model, int(version), fraction=float(fraction or 1.0))
+        elif args.no_shadow:
+            routes = client.remove_shadow(args.model)
+        elif args.promote is not None:
+            routes = client.promote(args.model, args.promote)
+        elif args.rollback:
+            routes = client.rollback(args.model)
+        elif args.reset:
+            routes = client.reset_routes(args.model)
+        else:
+            routes = client.get_routes(args.model)
+    total = sum(w.weight for w in routes.weights)
+    split = ", ".join(f"v{w.version} {100 * w.weight / total:.1f}%" for w in routes.weights) or "none (the highest serving version answers)"
+    shadow = f"v{routes.shadow.version}, {100 * routes.shadow.fraction:.1f}% of routed requests" if routes.shadow.version else "none"
+    print(f"model {routes.model} (routes from {routes.source}, change {routes.generation}, {routes.history} to roll back)")
+    print(f"  serving: {', '.join(f'v{v}' for v in routes.serving_versions) or 'nothing'}")
+    print(f"  split:   {split}")
+    print(f"  shadow:  {shadow}")
+    return 0
+
+
+def _ab(args: argparse.Namespace) -> int:
+    import time
+    import urllib.request
+
+    from .ab import analyse, difference, format_report, parse_samples
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://{args.url}/metrics", timeout=10) as response:
+            return response.read().decode("utf-8")
+
+    try:
+        samples = parse_samples(scrape())
+        window = "since the server started"
+        if args.interval_s > 0:
+            time.sleep(args.interval_s)
+            samples = difference(parse_samples(scrape()), samples)
+            window = f"over the last {args.interval_s:g} s"
+    except OSError as exc:
+        print(f"error: cannot scrape http://{args.url}/metrics: {exc}", file=sys.stderr)
+        return 1
+    report = analyse(samples, args.model, baseline=args.baseline, window=window)
+    if not report.variants:
+        print(f"error: /metrics has no requests of model {args.model!r}", file=sys.stderr)
+        return 1
+    print(format_report(report, args.alpha))
     return 0
 
 

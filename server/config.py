@@ -47,6 +47,37 @@ omitted)::
     psi_alert = 0.2                    # surge_drift_alert is 1 when a feature's PSI exceeds this
     max_features = 64                  # features tracked (the profile's first ones; a log line says when it caps)
 
+    [routing]                          # present: requests naming no version are split (see routing.py)
+    weights = { 1 = 90, 2 = 10 }       # version -> relative weight; sticky by routing key
+    [routing.shadow]                   # mirror a sampled fraction of the routed traffic (see shadow.py)
+    version = 2
+    fraction = 1.0                     # 0 < f <= 1, sampled by routing key
+    max_concurrency = 4                # shadow requests executing at once (its own budget)
+    max_queue = 64                     # shadow requests waiting; beyond it they are dropped (counted)
+    rtol = 1e-5                        # float outputs agree when allclose(rtol, atol)
+    atol = 1e-6
+    log_path = ""                      # JSON lines of sampled disagreements ("": no log)
+    log_max_bytes = 10_000_000         # the log stops growing at this size
+    log_sample_rate = 1.0              # fraction of disagreements logged
+    log_inputs = false                 # include the request's inputs in the log
+
+    [feedback]                         # present: answered requests are indexed for outcome feedback (see feedback.py)
+    output = "probabilities"           # the output labels and numbers are compared with (default: the first)
+    max_requests = 100000              # requests remembered for joining (oldest forgotten first)
+    [[preprocess]]                     # pipeline steps before the model, run batched in the instance (see pipeline.py)
+    op = "resize_crop_normalize"       # the kernel; its parameters are keys of this table
+    input = "image"                    # what clients send
+    output = "input"                   # the model input it makes (default: the same name as input)
+    resize = [36, 36]
+    mean = [0.485, 0.456, 0.406]
+    std = [0.229, 0.224, 0.225]
+
+    [[postprocess]]                    # steps after the model: softmax, argmax, topk, threshold
+    op = "topk"
+    input = "probabilities"
+    output = "classes"
+    k = 3
+
 Errors are ``ConfigError`` naming the key path (``mlp/config.toml: input[0].datatype: ...``) and what is valid.
 """
 
@@ -67,7 +98,11 @@ from .errors import ConfigError
 __all__ = [
     "BatchingConfig",
     "DriftConfig",
+    "FeedbackConfig",
+    "StepConfig",
     "QueuePolicyConfig",
+    "RoutingConfig",
+    "ShadowConfig",
     "InstanceGroupConfig",
     "MetricsConfig",
     "ModelConfig",
@@ -173,6 +208,22 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class StepConfig:
+    """One ``[[preprocess]]`` or ``[[postprocess]]`` step; ``params`` are validated by pipeline.py at load."""
+
+    op: str
+    """The kernel or post-processing operation."""
+    input: str
+    """The tensor it reads."""
+    output: str
+    """The tensor it writes."""
+    params: Mapping[str, Any] = field(default_factory=dict)
+    """The operation's parameters (the table's other keys)."""
+    where: str = ""
+    """Its key path in config.toml, for error messages (``preprocess[0]``)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DriftConfig:
     """Drift monitoring settings (``[drift]``); see drift.py."""
 
@@ -184,6 +235,52 @@ class DriftConfig:
     """PSI above which a feature raises the version's alert gauge."""
     max_features: int = 64
     """At most this many features tracked (each is a few time series)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShadowConfig:
+    """Shadow traffic settings (``[routing.shadow]``); see shadow.py."""
+
+    version: int = 0
+    """The version that receives the mirrored requests (0: no shadow; only the budget and comparison settings)."""
+    fraction: float = 1.0
+    """Fraction of routed requests mirrored (0 < f <= 1), sampled by routing key."""
+    max_concurrency: int = 4
+    """Shadow requests executing at once: the shadow's own budget, apart from the primary's."""
+    max_queue: int = 64
+    """Shadow requests waiting for the budget; beyond it a shadow request is dropped (and counted)."""
+    rtol: float = 1e-5
+    """Relative tolerance for float outputs (numpy.allclose)."""
+    atol: float = 1e-6
+    """Absolute tolerance for float outputs (numpy.allclose)."""
+    log_path: str = ""
+    """JSON-lines file of sampled disagreements ("": none); relative paths are relative to the model folder."""
+    log_max_bytes: int = 10_000_000
+    """The disagreement log stops growing at this size (bytes)."""
+    log_sample_rate: float = 1.0
+    """Fraction of disagreements written to the log."""
+    log_inputs: bool = False
+    """Include the request's inputs in logged disagreements (off: they may hold personal data)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoutingConfig:
+    """Version routing (``[routing]``): a weighted, sticky split of requests that name no version; see routing.py."""
+
+    weights: tuple[tuple[int, float], ...] = ()
+    """(version, weight) pairs, weights > 0 (relative; normalised); empty: the highest READY version."""
+    shadow: ShadowConfig = field(default_factory=ShadowConfig)
+    """Shadow traffic and its budget."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FeedbackConfig:
+    """Outcome feedback (``[feedback]``); see feedback.py."""
+
+    output: str = ""
+    """The output whose per-row prediction labels and numbers are compared with ("": the first output)."""
+    max_requests: int = 100_000
+    """Answered requests remembered for joining (oldest forgotten first)."""
 
 
 #: At most this many latency buckets per histogram (each is one time series per model version and stage).
@@ -220,6 +317,14 @@ class ModelConfig:
     """Present when drift is monitored (with a profile in the version folder)."""
     execution_timeout_s: float = 0.0
     """A batch running longer fails its requests (INTERNAL) and its instance is replaced; 0: no limit."""
+    routing: RoutingConfig | None = None
+    """Present when requests naming no version are split across versions (and maybe shadowed)."""
+    feedback: FeedbackConfig | None = None
+    """Present when answered requests are indexed for outcome feedback."""
+    preprocess: tuple[StepConfig, ...] = ()
+    """Pipeline steps before the model (pipeline.py)."""
+    postprocess: tuple[StepConfig, ...] = ()
+    """Pipeline steps after the model (pipeline.py)."""
 
     @property
     def platform(self) -> str:
@@ -296,6 +401,10 @@ def parse_model_config(name: str, data: Mapping[str, Any]) -> ModelConfig:
         metrics=_metrics(reader.table("metrics")),
         drift=_drift(reader.table("drift")),
         execution_timeout_s=reader.number("execution_timeout_s", 0.0, minimum=0.0),
+        routing=_routing(reader.table("routing")),
+        feedback=_feedback(reader.table("feedback")),
+        preprocess=tuple(_step(t) for t in reader.tables("preprocess")),
+        postprocess=tuple(_step(t) for t in reader.tables("postprocess")),
     )
     reader.check_no_unknown()
     for kind, tensors in (("input", config.inputs), ("output", config.outputs)):
@@ -413,6 +522,58 @@ def _drift(reader: _Table) -> DriftConfig | None:
         raise ConfigError(f"drift.sample_rate: expected a fraction 0 < r <= 1, got {config.sample_rate}")
     reader.check_no_unknown()
     return config
+
+
+def _routing(reader: _Table) -> RoutingConfig | None:
+    if not reader.present:
+        return None
+    weights_table = reader.table("weights")
+    weights: list[tuple[int, float]] = []
+    for key in list(weights_table.data):
+        if not str(key).isdigit() or int(key) < 1:
+            raise ConfigError(f"routing.weights.{key}: keys are version numbers, e.g. weights = {{ 1 = 90, 2 = 10 }}")
+        weight = weights_table.number(str(key), 0.0, minimum=0.0, unit="relative weight")
+        if weight > 0:
+            weights.append((int(key), weight))
+    if weights_table.data and not weights:
+        raise ConfigError("routing.weights: at least one version needs a weight > 0, e.g. weights = { 1 = 90, 2 = 10 }")
+    shadow = _shadow(reader.table("shadow"))
+    reader.check_no_unknown()
+    return RoutingConfig(weights=tuple(sorted(weights)), shadow=shadow)
+
+
+def _shadow(reader: _Table) -> ShadowConfig:
+    config = ShadowConfig(
+        version=reader.integer("version", 0, minimum=0),
+        fraction=reader.number("fraction", 1.0, minimum=0.0, unit="fraction"),
+        max_concurrency=reader.integer("max_concurrency", 4, minimum=1),
+        max_queue=reader.integer("max_queue", 64, minimum=0),
+        rtol=reader.number("rtol", 1e-5, minimum=0.0, unit="relative tolerance"),
+        atol=reader.number("atol", 1e-6, minimum=0.0, unit="absolute tolerance"),
+        log_path=reader.string("log_path", ""),
+        log_max_bytes=reader.integer("log_max_bytes", 10_000_000, minimum=0),
+        log_sample_rate=reader.number("log_sample_rate", 1.0, minimum=0.0, unit="fraction"),
+        log_inputs=reader.boolean("log_inputs", False),
+    )
+    for key, value in (("fraction", config.fraction), ("log_sample_rate", config.log_sample_rate)):
+        if value > 1.0 or (key == "fraction" and value == 0.0):
+            raise ConfigError(f"routing.shadow.{key}: expected a fraction {'0 <' if key == 'fraction' else '0 <='} f <= 1, got {value}")
+    reader.check_no_unknown()
+    return config
+
+
+def _feedback(reader: _Table) -> FeedbackConfig | None:
+    if not reader.present:
+        return None
+    config = FeedbackConfig(output=reader.string("output", ""), max_requests=reader.integer("max_requests", 100_000, minimum=1))
+    reader.check_no_unknown()
+    return config
+def _step(reader: _Table) -> StepConfig:
+    op, name = reader.string("op", _REQUIRED), reader.string("input", _REQUIRED)
+    params = {k: v for k, v in reader.data.items() if k not in ("op", "input", "output")}
+    step = StepConfig(op=op, input=name, output=reader.string("output", name), params=params, where=reader.path.rstrip("."))
+    reader.allow(*params)
+    return step
 
 
 def _instance_group(reader: _Table) -> InstanceGroupConfig:

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import itertools
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -22,11 +23,16 @@ from surge.protos import grpc_service_pb2 as pb
 from surge.protos import grpc_service_pb2_grpc as pb_grpc
 
 from . import codec, errors
+from .feedback import FeedbackIndex
 from .metrics import ServerMetrics
 from .model import ModelVersion
 from .repository import ModelRepository
+from .routing import RouteEntry, stable_hash
+from .shadow import ShadowJob, ShadowSender
 from .stats import Stamps, now_ns
+from .traffic import Traffic
 from .triton import config_overrides_from_json, model_config_message, statistics_message
+from .workers import WorkerPeers, is_local_call
 
 __all__ = ["EXTENSIONS", "InferenceServicer", "STATUS_OF", "Undecodable", "add_to_server"]
 
@@ -155,12 +161,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def __init__(
         self, repository: ModelRepository, *, server_name: str, server_version: str, is_ready: Callable[[], bool], metrics: ServerMetrics | None = None,
-        limits: codec.Limits = codec.DEFAULT_LIMITS,
+        limits: codec.Limits = codec.DEFAULT_LIMITS, traffic: Traffic | None = None, peers: WorkerPeers | None = None,
     ) -> None:
-        """``metrics``: where requests that reach no model version are counted (None: metrics off); ``limits``: request limits."""
+        """``metrics``: where requests that reach no model version are counted (None: metrics off); ``limits``: request limits;
+        ``traffic``: version routing, shadows and feedback (None: every request goes to the version it names or the latest);
+        ``peers``: in a ``--workers`` worker, the siblings statistics and repository calls also go to."""
+        self._peers = peers
         self._repo = repository
         self._limits = limits
         self._stopping = False
+        self._traffic = traffic
         self._metrics = metrics
         self._name = server_name
         self._version = server_version
@@ -225,6 +235,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 if not versions:
                     raise errors.VersionNotFound(f"model '{name}' has no loaded version {request.version}")
             response.model_stats.extend(statistics_message(name, versions))
+        if self._peers is not None and not is_local_call(context.invocation_metadata()):
+            response = await self._peers.model_statistics(request, response)  # the whole server's, summed
         return response
 
     # -- inference -------------------------------------------------------------------------------
@@ -232,8 +244,25 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @_edge
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         stamps = Stamps(now_ns())
-        version = self._lookup(request)
-        return await self._infer(request, version, stamps, _deadline(context))
+        entry = self._traffic.table.get(request.model_name) if self._traffic is not None else None
+        if entry is None:  # no routes, shadow or feedback for this model: the fast path
+            version = self._lookup(request)
+            return await self._infer(request, version, stamps, _deadline(context))
+        version, sender, feedback = self._route(request, entry, context)
+        return await self._infer(request, version, stamps, _deadline(context), sender, feedback)
+
+    def _route(
+        self, request: pb.ModelInferRequest, entry: RouteEntry[ModelVersion], context: grpc.aio.ServicerContext
+    ) -> tuple[ModelVersion, ShadowSender | None, FeedbackIndex | None]:
+        """The version that answers (split by routing key unless the request names one), its shadow sender, the feedback index."""
+        feedback = entry.extras["feedback"]
+        if request.model_version:  # an explicit version bypasses the split and the shadow
+            return self._lookup(request), None, feedback
+        key = _routing_key(request, context)
+        key_hash = stable_hash(key) if key else random.getrandbits(64)
+        primary = entry.primary(key_hash)
+        shadow = entry.shadow_for(primary, key_hash)
+        return primary, entry.extras["sender"] if shadow is not None else None, feedback
 
     def _lookup(self, request: pb.ModelInferRequest) -> ModelVersion:
         """The version that serves the request; a failure is counted by its status code (no model label: bounded)."""
@@ -246,28 +275,43 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 self._metrics.record_unrouted(status_of(exc).name)
             raise
 
-    async def _infer(self, request: pb.ModelInferRequest, version: ModelVersion, stamps: Stamps, deadline: float | None) -> pb.ModelInferResponse:
+    async def _infer(
+        self, request: pb.ModelInferRequest, version: ModelVersion, stamps: Stamps, deadline: float | None,
+        sender: ShadowSender | None = None, feedback: FeedbackIndex | None = None,
+    ) -> pb.ModelInferResponse:
+        """Decode, execute, encode. ``sender``: mirror the request to a shadow; ``feedback``: index the answer by request id."""
         spec = version.codec_spec
         if spec is None:
             spec = version.codec_spec = codec.model_spec(version.config)
+        job: ShadowJob | None = None
         try:
             decoded = codec.decode_request(request, spec, self._limits)
             stamps.decoded = now_ns()
             stamps.rows = decoded.rows
+            if sender is not None:  # never raises, never waits: the shadow has its own budget
+                job = sender.offer(version.version_str, decoded.inputs, decoded.rows, decoded.output_names, request.id)
             outputs = await version.execute(
                 decoded.inputs, decoded.rows, decoded.output_names, stamps, deadline, priority=decoded.priority, timeout_s=decoded.timeout_s
             )
             stamps.encode_start = now_ns()
+            if job is not None:
+                job.primary_done(outputs, stamps.encode_start - stamps.decoded)
             response = codec.encode_response(request, spec, version.version_str, outputs, decoded.output_names)
         except asyncio.CancelledError:  # gRPC cancels the handler when the deadline passes or the client goes away
+            if job is not None:
+                job.primary_done(None)
             expired = deadline is not None and time.monotonic() >= deadline
             version.stats.record_failure(stamps, now_ns(), "DEADLINE_EXCEEDED" if expired else "CANCELLED")
             raise
         except Exception as exc:
+            if job is not None:
+                job.primary_done(None)
             version.stats.record_failure(stamps, now_ns(), status_of(exc).name)
             raise
         stamps.end = now_ns()
         version.stats.record_success(stamps)
+        if feedback is not None and request.id:
+            feedback.record(request.id, version.version_str, outputs, decoded.rows)
         return response
 
     async def ModelStreamInfer(
@@ -288,8 +332,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def one(request: pb.ModelInferRequest) -> None:
             try:
                 stamps = Stamps(now_ns())
-                version = self._lookup(request)
-                response = await self._infer(request, version, stamps, _deadline(context))
+                entry = self._traffic.table.get(request.model_name) if self._traffic is not None else None
+                if entry is None:
+                    response = await self._infer(request, self._lookup(request), stamps, _deadline(context))
+                else:
+                    version, sender, feedback = self._route(request, entry, context)
+                    response = await self._infer(request, version, stamps, _deadline(context), sender, feedback)
                 results.put_nowait((pb.ModelStreamInferResponse(infer_response=response), None))
             except Exception as exc:
                 failed = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
@@ -357,6 +405,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 text = param.string_param if which == "string_param" else param.bytes_param.decode("utf-8", "replace") if which == "bytes_param" else ""
                 overrides = config_overrides_from_json(request.model_name, text)
         await self._repo.load(request.model_name, overrides)
+        if self._peers is not None and not is_local_call(context.invocation_metadata()):
+            await self._peers.repository_call("RepositoryModelLoad", request)
         return pb.RepositoryModelLoadResponse()
 
     @_edge
@@ -365,8 +415,27 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.RepositoryModelUnloadResponse:
         self._repo.check_mutable("RepositoryModelUnload")
         await self._repo.unload(request.model_name)
+        if self._peers is not None and not is_local_call(context.invocation_metadata()):
+            await self._peers.repository_call("RepositoryModelUnload", request)
         return pb.RepositoryModelUnloadResponse()
 
+
+
+#: The metadata key that carries a routing key (the ``routing_key`` request parameter takes precedence).
+ROUTING_KEY_METADATA = "x-surge-routing-key"
+
+
+def _routing_key(request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> str:
+    """The request's routing key: parameter ``routing_key``, else metadata ``x-surge-routing-key``, else the request id."""
+    params = request.parameters
+    if params and "routing_key" in params:
+        value = codec.parameter_value(params["routing_key"])
+        if value is not None:
+            return str(value)
+    for key, value in context.invocation_metadata() or ():
+        if key == ROUTING_KEY_METADATA:
+            return value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return request.id
 
 
 def _not_built(what: str) -> Callable[..., Awaitable[Any]]:

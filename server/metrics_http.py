@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from .metrics import ServerMetrics, render
@@ -36,8 +37,14 @@ _INDEX = b"Surge metrics: GET /metrics (Prometheus text, or OpenMetrics with Acc
 class MetricsEndpoint:
     """Serves ``ServerMetrics`` over HTTP. ``start``/``aclose`` on the event loop."""
 
-    def __init__(self, metrics: ServerMetrics, host: str, port: int) -> None:
+    def __init__(
+        self, metrics: ServerMetrics | None, host: str, port: int, *,
+        source: Callable[[str, str], Awaitable[tuple[bytes, dict[str, str]]]] | None = None,
+    ) -> None:
+        """``source(accept, accept_encoding) -> (body, headers)``: another page than ``metrics``' (the
+        ``--workers`` supervisor's merged page)."""
         self._metrics = metrics
+        self._source = source
         self._host = host
         self._port = port
         self._server: asyncio.Server | None = None
@@ -102,11 +109,15 @@ class MetricsEndpoint:
         path = target.split("?", 1)[0]
         if method not in ("GET", "HEAD"):
             await self._reply(writer, 405, b"only GET and HEAD\n", {"Allow": "GET, HEAD"}, head_only=False)
-        elif path == "/metrics":
-            snapshot = self._metrics.snapshot()  # on the loop: a consistent copy, microseconds
+        elif path == "/metrics" and self._source is not None:
+            body, extra = await self._source(headers.get("accept", ""), headers.get("accept-encoding", ""))
+            await self._reply(writer, 200, body, extra, head_only=method == "HEAD", keep_alive=keep_alive)
+        elif path == "/metrics" and self._metrics is not None:
+            metrics = self._metrics
+            snapshot = metrics.snapshot()  # on the loop: a consistent copy, microseconds
             loop = asyncio.get_running_loop()
             body, extra = await loop.run_in_executor(
-                self._executor, lambda: render(snapshot, self._metrics.collectors, accept=headers.get("accept", ""),
+                self._executor, lambda: render(snapshot, metrics.collectors, accept=headers.get("accept", ""),
                                                accept_encoding=headers.get("accept-encoding", ""))  # fmt: skip
             )
             await self._reply(writer, 200, body, extra, head_only=method == "HEAD", keep_alive=keep_alive)

@@ -44,6 +44,7 @@ from .batching import BatchRequest, DynamicBatcher, QueuePolicy, SchedulerPolicy
 from .drift import PROFILE_FILENAME, DriftMonitor, Profile
 from .errors import ConfigError, ExecutionTimeout, InferenceServerError, ModelNotReady, RuntimeFailure
 from .metrics import VersionMetrics, VersionSample
+from .pipeline import Pipeline, PipelineInstance
 from .runtimes.base import Runtime, Signature, create_runtime
 from .stats import Stamps, VersionStats, now_ns
 
@@ -73,7 +74,7 @@ class State:
 
 
 class _Instance:
-    __slots__ = ("abandoned", "buffers", "executor", "index", "runtime")
+    __slots__ = ("abandoned", "buffers", "executor", "index", "pipeline", "runtime")
 
     def __init__(self, runtime: Runtime, executor: ThreadPoolExecutor, index: int) -> None:
         self.runtime = runtime
@@ -81,11 +82,12 @@ class _Instance:
         self.index = index
         self.abandoned = False  # it hung past execution_timeout_s and was replaced
         self.buffers: dict[str, np.ndarray] = {}  # per input: reused batch-assembly buffer (max rows)
+        self.pipeline: PipelineInstance | None = None  # with [[preprocess]]/[[postprocess]]: steps around the runtime
 
     def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> tuple[dict[str, np.ndarray], int, int]:
-        """In the instance thread: the runtime call, stamped."""
+        """In the instance thread: the runtime call (inside its pipeline, when the model has one), stamped."""
         t0 = now_ns()
-        outputs = self.runtime.infer(inputs, output_names)
+        outputs = self.runtime.infer(inputs, output_names) if self.pipeline is None else self.pipeline.run(inputs, output_names)
         return outputs, t0, now_ns()
 
     def run_batch(self, batch: list[BatchRequest], output_names: Sequence[str], rows: int, reuse: bool) -> tuple[dict[str, np.ndarray], int, int]:
@@ -163,6 +165,11 @@ class ModelVersion:
                 *(loop.run_in_executor(inst.executor, inst.runtime.load, self.model_path, self.config, inst.index) for inst in self._instances)
             )
             self.config = complete_signature(self.config, signatures[0])
+            if self.config.preprocess or self.config.postprocess:  # clients see the pipeline's signature
+                pipeline = Pipeline(self.config)
+                self.config = pipeline.config
+                for inst in self._instances:
+                    inst.pipeline = pipeline.instance(inst.runtime, inst.index)
             self.output_names = tuple(t.name for t in self.config.outputs)
             if self._metrics:  # bound once, here: the hot path never looks labels up
                 self.stats.metrics = VersionMetrics(
@@ -226,7 +233,8 @@ class ModelVersion:
         sizes = sorted({1, max_rows or 1} | {1 << i for i in range(max_rows.bit_length())} if max_rows else {1})
         timings = []
         for rows in sizes:
-            inputs = {t.name: _synthetic(t, rows if max_rows else None) for t in self.config.inputs if not t.optional}
+            synthetic = _synthetic if inst.pipeline is None else inst.pipeline.synthetic  # a pipeline knows its steps' sizes
+            inputs = {t.name: synthetic(t, rows if max_rows else None) for t in self.config.inputs if not t.optional}
             for _ in range(2):  # the first run of a shape pays one-off costs: keep the second
                 _, t0, t1 = inst.run(inputs, self.output_names)
             timings.append((rows, (t1 - t0) / 1e9))
@@ -258,6 +266,19 @@ class ModelVersion:
             inst.executor.shutdown(wait=False)
         self._instances = []
         self._free.clear()
+
+    def run_offline(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> list[Future[tuple[dict[str, np.ndarray], int, int]]]:
+        """``surge batch``: split ``inputs`` across the instances and run each part in its instance's thread, in slices of
+        ``max_batch_size`` rows through the same ``_Instance.run`` (pipeline + runtime) as a served batch; no batcher.
+        Only for a version that serves no requests (the job's own). Returns one future per part, in row order."""
+        rows = next(iter(inputs.values())).shape[0]
+        per = -(-rows // len(self._instances))
+        step = self.config.max_batch_size or rows
+        futures = []
+        for inst, start in zip(self._instances, range(0, rows, per)):
+            part = {n: a[start : start + per] for n, a in inputs.items()}
+            futures.append(inst.executor.submit(_run_slices, inst, part, output_names, step))
+        return futures
 
     def sample(self) -> VersionSample:
         """What a metrics scrape reports about this version (event loop; copies the counters)."""
@@ -417,6 +438,14 @@ class ModelVersion:
             self._free.append(inst)
             if self._batcher is not None:
                 self._batcher.release_slot()
+
+
+def _run_slices(inst: _Instance, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], step: int) -> tuple[dict[str, np.ndarray], int, int]:
+    """In the instance thread: ``inst.run`` over consecutive slices of ``step`` rows, outputs concatenated."""
+    rows = next(iter(inputs.values())).shape[0]
+    t0 = now_ns()
+    parts = [inst.run({n: np.ascontiguousarray(a[i : i + step]) for n, a in inputs.items()}, output_names)[0] for i in range(0, rows, step)]
+    return {n: np.concatenate([p[n] for p in parts]) for n in output_names}, t0, now_ns()
 
 
 def scheduler_policy(config: ModelConfig) -> SchedulerPolicy:

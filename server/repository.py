@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,8 @@ class ModelRepository:
         self._drain_timeout_s = drain_timeout_s
         self._metrics = metrics
         self._models: dict[str, _Model] = {}
+        self.on_serving_change: Callable[[str, tuple[ModelVersion, ...]], None] | None = None
+        """Called (on the loop, in the same step) whenever a model's serving versions are swapped: the router's hook."""
         self._poll_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
 
@@ -212,6 +214,7 @@ class ModelRepository:
                     table[number] = version
             model.versions = table
             model.serving = tuple(table[v] for v in sorted(table) if table[v].state == State.READY)
+            self._notify(name, model.serving)
             model.reason = ""
             retired = [v for v in old.values() if table.get(v.version) is not v]
             for version in retired:
@@ -231,6 +234,7 @@ class ModelRepository:
         async with model.lock:
             model.wanted = False
             old, model.versions, model.serving = model.versions, {}, ()
+            self._notify(name, model.serving)
             model.reason = "unloaded"
             await asyncio.gather(*(v.aclose(self._drain_timeout_s) for v in old.values()))
         log.info("model %s unloaded", name)
@@ -239,6 +243,10 @@ class ModelRepository:
         """Raise Unsupported unless the control mode allows repository changes through the API."""
         if self.control_mode == "none":
             raise Unsupported(f"{what} needs --model-control-mode explicit or poll (this server runs with 'none')")
+
+    def _notify(self, name: str, serving: tuple[ModelVersion, ...]) -> None:
+        if self.on_serving_change is not None:
+            self.on_serving_change(name, serving)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

@@ -68,6 +68,9 @@ def model_config_message(config: ModelConfig) -> mc.ModelConfig:
     message.instance_group.add(name=config.name, kind=_KIND[group.kind], count=group.count, gpus=group.gpus)
     for key, value in config.parameters.items():
         message.parameters[key].string_value = json.dumps(value) if not isinstance(value, str) else value
+    for kind, steps in (("preprocess", config.preprocess), ("postprocess", config.postprocess)):
+        if steps:  # Triton has no field for a pipeline: its steps as JSON, the signature above is the pipeline's
+            message.parameters[f"surge_{kind}"].string_value = json.dumps([{"op": s.op, "input": s.input, "output": s.output, **s.params} for s in steps])
     return message
 
 

@@ -65,7 +65,7 @@ def test_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def server(test_repository: Path) -> Iterator[ServerThread]:
     """One server for the whole session, serving the test repository (control mode none)."""
-    thread = ServerThread(ServerConfig(model_repository=test_repository, grpc_port=0, metrics_port=0, strict_readiness=False)).start()
+    thread = ServerThread(ServerConfig(model_repository=test_repository, grpc_port=0, metrics_port=0, http_port=0, strict_readiness=False)).start()
     yield thread
     thread.stop()
 
@@ -78,6 +78,7 @@ def start_server(tmp_path: Path):
     def start(**kwargs) -> ServerThread:
         kwargs.setdefault("grpc_port", 0)
         kwargs.setdefault("metrics_port", 0)
+        kwargs.setdefault("http_port", 0)
         thread = ServerThread(ServerConfig(**kwargs)).start()
         started.append(thread)
         return thread

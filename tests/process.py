@@ -6,6 +6,7 @@ Imports no protobuf code (``surge.protos``), so the tritonclient suite, which ru
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,6 +31,8 @@ class SurgeProcess:
         self.address_file = workdir / "address"
         self.log_file = workdir / "server.log"
         self.address = ""
+        self.http_address = ""
+        """The REST endpoint's ``host:port`` (from the server's info log; "" when REST is off or --log-level hides info)."""
         self.proc: subprocess.Popen[bytes] | None = None
 
     def log(self) -> str:
@@ -45,7 +48,7 @@ class SurgeProcess:
         cmd = [
             sys.executable, "-m", "surge.server.cli", "serve",
             "--model-repository", str(self.repository),
-            "--grpc-port", "0", "--metrics-port", "0",
+            "--grpc-port", "0", "--metrics-port", "0", "--http-port", "0",
             "--address-file", str(self.address_file),
             "--no-strict-readiness",
             "--drain-timeout-s", "5",
@@ -65,6 +68,8 @@ class SurgeProcess:
                 pytest.fail(f"surge serve was not ready within {START_TIMEOUT_S:.0f} s; its log:\n{self.log()}")
             time.sleep(0.05)
         self.address = self.address_file.read_text().strip()
+        rest = re.search(r"REST v2 on http://(\S+)/v2", self.log())  # logged before the address file is written
+        self.http_address = rest.group(1) if rest else ""
         return self
 
     def stop(self) -> int:

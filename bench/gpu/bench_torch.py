@@ -184,7 +184,7 @@ def main() -> int:
             floor.terminate()
             floor.wait(30)
         surge = _start(
-            [sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(root), "--grpc-port", "0", "--metrics-port", "0", "--address-file", str(surge_file)],
+            [sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(root), "--grpc-port", "0", "--metrics-port", "0", "--http-port", "-1", "--address-file", str(surge_file)],
             server_cores, surge_file, Path(tmp) / "surge.log",
         )
         try:

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # One GPU check for a machine with an H100/H200 and no network (the device tool's machine):
 #   bash bench/gpu/run.sh            (from the repository root; carries .whl/ and .cache/perf_analyzer if present)
+# Narrower runs (device time is scarce): GPU_TESTS="tests/gpu/test_kernels_cuda.py ..." picks the test files,
+# TORCH_BENCH=0 skips bench/gpu/bench_torch.py, WORKERS="1,4,8" adds bench/scenarios/workers.py (perf_analyzer).
 # Installs only what travels with it: our package (--no-deps --no-index) and the wheels in .whl/
-# (grpcio-health-checking, grpcio-reflection, pytest-asyncio: see bench/gpu/README.md), runs the GPU
-# tests, then prints one table (bench/gpu/bench_torch.py). Dry-runs on a CPU machine: tests skip, no table.
+# (grpcio-health-checking, grpcio-reflection, pytest-asyncio: see bench/gpu/README.md; for the Numba CUDA kernels
+# also numba, llvmlite and numpy cp312 wheels), runs the GPU tests, then prints the tables (bench/gpu/bench_torch.py,
+# bench/gpu/bench_kernels.py). Dry-runs on a CPU machine: tests skip, no table.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 export PYTHONUNBUFFERED=1
@@ -19,11 +22,33 @@ fi
 compgen -G ".whl/surge-*.whl" >/dev/null || $PY -m pip install -q --no-deps --no-index --no-build-isolation -e . || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
 $PY -c "import torch, grpc, google.protobuf as p, pytest, numpy, surge.server; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'grpc', grpc.__version__, 'protobuf', p.__version__, 'pytest', pytest.__version__, 'numpy', numpy.__version__, 'surge from', surge.server.__file__)"
+echo "== numba (CUDA kernels, issue 8)"
+$PY - <<'PYEOF' 2>&1 | tee "$OUT/numba-cuda.log"
+import numba, numpy
+from numba import cuda
+print("numba", numba.__version__, "numpy", numpy.__version__, "numba.cuda", getattr(cuda, "implementation", "?"), "available", cuda.is_available())
+try:
+    cuda.detect()
+except Exception as exc:
+    print("numba.cuda.detect failed:", type(exc).__name__, exc)
+from surge.kernels import cuda as kc
+print("surge CUDA kernels:", kc.why_unavailable() or "available")  # the reason the CUDA kernel tests would skip
+PYEOF
 echo "== GPU tests"
-$PY -m pytest tests/gpu -m gpu -q -p no:cacheprovider -rs -W "ignore::DeprecationWarning" 2>&1 | tee "$OUT/gpu-tests.log"
+$PY -m pytest ${GPU_TESTS:-tests/gpu} -m gpu -q -p no:cacheprovider -rs -W "ignore::DeprecationWarning" 2>&1 | tee "$OUT/gpu-tests.log"
 tests=${PIPESTATUS[0]}
-echo "== benchmark"
-$PY -m bench.gpu.bench_torch --json "$OUT/gpu-bench.json" 2>&1 | tee "$OUT/gpu-bench.log"
-bench=${PIPESTATUS[0]}
-echo "== done in $(( $(date +%s) - started )) s: tests exit $tests, benchmark exit $bench"
-[ "$tests" -eq 0 ] && { [ "$bench" -eq 0 ] || [ "$bench" -eq 2 ]; }
+bench=0
+if [ "${TORCH_BENCH:-1}" != 0 ]; then
+  echo "== benchmark"
+  $PY -m bench.gpu.bench_torch --json "$OUT/gpu-bench.json" 2>&1 | tee "$OUT/gpu-bench.log"
+  bench=${PIPESTATUS[0]}
+fi
+echo "== CUDA kernels: achieved bandwidth vs device-to-device copy"
+$PY -m bench.gpu.bench_kernels --json "$OUT/gpu-kernels.json" 2>&1 | tee "$OUT/gpu-kernels.log"
+kernels=${PIPESTATUS[0]}
+if [ -n "${WORKERS:-}" ]; then
+  echo "== worker scaling (perf_analyzer, tiny)"
+  $PY -m bench.scenarios.workers --workers "$WORKERS" --repeats 1 --interval-ms 1500 --wait-idle-s 0 --out "$OUT/workers.json" 2>&1 | tee "$OUT/workers.log"
+fi
+echo "== done in $(( $(date +%s) - started )) s: tests exit $tests, benchmark exit $bench, kernels exit $kernels"
+[ "$tests" -eq 0 ] && { [ "$bench" -eq 0 ] || [ "$bench" -eq 2 ]; } && { [ "$kernels" -eq 0 ] || [ "$kernels" -eq 2 ]; }

@@ -72,13 +72,13 @@ def _enable_drift(repository: Path, sample_rate: float) -> None:
 
 
 @contextlib.contextmanager
-def surge_server(repository: Path, workdir: Path, metrics: bool) -> Iterator[tuple[str, str, int]]:
-    """A pinned ``surge serve``; yields (gRPC address, metrics address or "", pid) once ready."""
+def surge_server(repository: Path, workdir: Path, metrics: bool, extra: tuple[str, ...] = ()) -> Iterator[tuple[str, str, int]]:
+    """A pinned ``surge serve`` (``extra``: more flags); yields (gRPC address, metrics address or "", pid) once ready."""
     address_file = workdir / f"address-{'on' if metrics else 'off'}"
     address_file.unlink(missing_ok=True)
     metrics_port = str(_free_port()) if metrics else "-1"
     cmd = ["taskset", "-c", SERVER_CPU, sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(repository),
-           "--grpc-port", "0", "--metrics-port", metrics_port, "--address-file", str(address_file), "--log-level", "warning"]  # fmt: skip
+           "--grpc-port", "0", "--metrics-port", metrics_port, "--http-port", "-1", "--address-file", str(address_file), "--log-level", "warning", *extra]  # fmt: skip
     log = open(workdir / f"server-{'on' if metrics else 'off'}.log", "wb")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -180,7 +180,7 @@ def toggle(args: argparse.Namespace) -> dict:
     os.sched_setaffinity(0, {int(SERVER_CPU)})
     tmp = tempfile.TemporaryDirectory(prefix="surge-metrics-toggle-")
     repository = write_demo_repository(Path(tmp.name) / "repository")
-    server = Server(ServerConfig(model_repository=repository, grpc_port=0, metrics_port=0))
+    server = Server(ServerConfig(model_repository=repository, grpc_port=0, metrics_port=0, http_port=-1))
     loop = uvloop.new_event_loop()
     address = loop.run_until_complete(server.start())
     threading.Thread(target=loop.run_forever, daemon=True).start()

@@ -59,7 +59,7 @@ def surge(repository: Path, env: dict[str, str], label: str, models: tuple[str, 
     address_file = CACHE / "run" / f"{label}.address"
     address_file.parent.mkdir(parents=True, exist_ok=True)
     address_file.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(repository), "--grpc-port", "0",
+    cmd = [sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(repository), "--grpc-port", "0", "--http-port", "-1",
            "--address-file", str(address_file), "--log-level", "warning", "--drain-timeout-s", "2"]  # fmt: skip
     with running(cmd, log=LOGS / f"{label}.log", env=env, cwd=REPO_ROOT, address_file=address_file, models=models, timeout_s=60) as address:
         yield address

@@ -213,6 +213,9 @@ class TorchRuntime:
             staged = []
             for t in self._inputs:
                 array = inputs[t.name]
+                if isinstance(array, torch.Tensor):  # already on this device and stream (a GPU pipeline's output)
+                    staged.append(array)
+                    continue
                 pinned = self._pinned.get(t.name)
                 if pinned is not None:
                     host = pinned[:rows] if self._batched else pinned[0]

@@ -55,7 +55,7 @@ def gpu_server(tmp_path_factory):
     write_torch_model(root / "mlp_graphs", mlp, example, kind="export", config=GPU_MLP_CONFIG.format(count=2, precision="fp32", graphs="true"))
     write_torch_model(root / "mlp_eager", mlp, example, kind="script", config=GPU_MLP_CONFIG.format(count=1, precision="fp32", graphs="false"))
     write_torch_model(root / "mlp_fp16", mlp, example, kind="export", config=GPU_MLP_CONFIG.format(count=1, precision="fp16", graphs="true"))
-    thread = ServerThread(ServerConfig(model_repository=root, grpc_port=0, metrics_port=0)).start()
+    thread = ServerThread(ServerConfig(model_repository=root, grpc_port=0, metrics_port=0, http_port=0)).start()
     yield thread, mlp
     thread.stop()
 

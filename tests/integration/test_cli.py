@@ -62,7 +62,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(served):
 
 
 def test_serve_refuses_a_missing_repository(tmp_path):
-    result = _surge("serve", "--model-repository", str(tmp_path / "nowhere"), "--grpc-port", "0", "--metrics-port", "0")
+    result = _surge("serve", "--model-repository", str(tmp_path / "nowhere"), "--grpc-port", "0", "--metrics-port", "0", "--http-port", "0")
     assert result.returncode == 2 and "not a directory" in result.stderr
 
 
@@ -119,7 +119,7 @@ def test_serve_refuses_a_taken_metrics_port(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = _surge("serve", "--model-repository", str(tmp_path), "--grpc-port", "0", "--metrics-port", str(port))
+        result = _surge("serve", "--model-repository", str(tmp_path), "--grpc-port", "0", "--metrics-port", str(port), "--http-port", "0")
     assert result.returncode == 2 and f"metrics endpoint to 127.0.0.1:{port}" in result.stderr
 
 
@@ -137,6 +137,6 @@ def test_serve_refuses_a_taken_grpc_port_with_a_clear_message(tmp_path, test_rep
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = _surge("serve", "--model-repository", str(test_repository), "--grpc-port", str(port), "--metrics-port", "0")
+        result = _surge("serve", "--model-repository", str(test_repository), "--grpc-port", str(port), "--metrics-port", "0", "--http-port", "0")
     assert result.returncode == 2 and f"cannot bind gRPC to 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr

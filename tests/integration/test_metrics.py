@@ -37,7 +37,7 @@ def metrics_server(test_repository: Path, tmp_path_factory: pytest.TempPathFacto
         shutil.copytree(test_repository / name, root / name)
     shutil.copytree(test_repository / "mlp" / "1", root / "mlp_buckets" / "1")
     (root / "mlp_buckets" / "config.toml").write_text(f"[metrics]\nlatency_buckets_s = {list(CUSTOM_BUCKETS)}\n")
-    thread = ServerThread(ServerConfig(model_repository=root, grpc_port=0, metrics_port=0)).start()
+    thread = ServerThread(ServerConfig(model_repository=root, grpc_port=0, metrics_port=0, http_port=0)).start()
     yield thread
     thread.stop()
 

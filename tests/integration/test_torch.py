@@ -71,7 +71,7 @@ def torch_server(torch_repo):
     from surge.server.app import ServerConfig
 
     root, _ = torch_repo
-    thread = ServerThread(ServerConfig(model_repository=root, grpc_port=0, metrics_port=0, strict_readiness=False)).start()
+    thread = ServerThread(ServerConfig(model_repository=root, grpc_port=0, metrics_port=0, http_port=0, strict_readiness=False)).start()
     yield thread
     thread.stop()
 

@@ -411,3 +411,16 @@ def test_constructor_rejects_bad_settings() -> None:
         InferenceClient("127.0.0.1:1", timeout_s=0)
     with pytest.raises(ValueError, match="retries"):
         InferenceClient("127.0.0.1:1", retries=-1)
+
+
+def test_channel_target_for_one_or_several_addresses() -> None:
+    from surge.clients._common import channel_target
+
+    assert channel_target("127.0.0.1:8001") == "127.0.0.1:8001"
+    assert channel_target("dns:///surge.default.svc:8001") == "dns:///surge.default.svc:8001"
+    assert channel_target(["127.0.0.1:1", "10.0.0.2:2"]) == "ipv4:127.0.0.1:1,10.0.0.2:2"
+    assert channel_target("127.0.0.1:1, 127.0.0.1:2") == "ipv4:127.0.0.1:1,127.0.0.1:2"
+    assert channel_target(["[::1]:1", "[::1]:2"]) == "ipv6:[::1]:1,[::1]:2"
+    for bad in ([], ["a.example:1", "b.example:2"], ["127.0.0.1:1", "[::1]:2"], ["dns:///x:1", "127.0.0.1:2"], "127.0.0.1:1,"):
+        with pytest.raises(ValueError, match="address"):
+            channel_target(bad)

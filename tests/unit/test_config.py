@@ -27,12 +27,16 @@ TOP_LEVEL_KEYS = [
     "drift",
     "dynamic_batching",
     "execution_timeout_s",
+    "feedback",
     "input",
     "instance_group",
     "max_batch_size",
     "metrics",
     "output",
     "parameters",
+    "postprocess",
+    "preprocess",
+    "routing",
     "version_policy",
 ]
 

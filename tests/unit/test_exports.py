@@ -16,11 +16,25 @@ MODULES = [
     "surge.server.config",
     "surge.server.metrics",
     "surge.server.drift",
+    "surge.server.routing",
+    "surge.server.shadow",
+    "surge.server.feedback",
+    "surge.server.traffic",
+    "surge.server.routing_metrics",
+    "surge.server.ab",
+    "surge.server.surge_servicer",
     "surge.server.gpu_metrics",
     "surge.server.runtimes.onnx_providers",
     "surge.server.runtimes.tensorrt_plan",
     "surge.server.runtimes.tensorrt",
     "surge.server.runtimes.tensorrt_build",
+    "surge.kernels",
+    "surge.kernels.image",
+    "surge.kernels.tabular",
+    "surge.kernels.postprocess",
+    "surge.kernels.cuda",
+    "surge.server.pipeline",
+    "surge.server.batchjob",
 ]
 
 
@@ -83,3 +97,10 @@ def test_gpu_modules_import_their_libraries_only_when_used() -> None:
     result = subprocess.run([sys.executable, "-c", _GPU_PROBE], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+def test_the_server_imports_numba_only_for_a_pipeline() -> None:
+    """Serving models without [[preprocess]] steps needs no Numba (an extra: surge[kernels]) and pays no import."""
+    code = "import sys, surge.server.app, surge.server.cli, surge.server.pipeline, surge.kernels.postprocess; print('numba' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

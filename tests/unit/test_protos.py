@@ -68,6 +68,20 @@ def test_generate_check_fails_when_a_proto_changes(tmp_path: Path) -> None:
     assert (protos / "grpc_service_pb2.py").read_bytes() == (REPO / "protos" / "grpc_service_pb2.py").read_bytes()
 
 
+def test_generate_check_covers_surge_service(tmp_path: Path) -> None:
+    """Our own API (surge.v1) is generated and checked like the Triton protos."""
+    assert (REPO / "protos" / "surge_service_pb2.py").is_file() and (REPO / "protos" / "surge_service_pb2_grpc.py").is_file()
+    protos = tmp_path / "protos"
+    shutil.copytree(REPO / "protos", protos, ignore=shutil.ignore_patterns("__pycache__"))
+    proto = protos / "surge_service.proto"
+    text = proto.read_text()
+    assert "message RollbackRequest { string model = 1; }" in text
+    proto.write_text(text.replace("message RollbackRequest { string model = 1; }", "message RollbackRequest { string model = 1; uint32 steps = 2; }"))
+    changed = _generate_check(protos / "generate.py", tmp_path)
+    assert changed.returncode == 1, changed.stderr
+    assert "surge_service_pb2.py" in changed.stderr
+
+
 # --- wire compatibility with Triton ----------------------------------------------------------------------
 
 _DUMP = textwrap.dedent(

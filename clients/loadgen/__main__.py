@@ -1,0 +1,5 @@
+import sys
+
+from surge.clients.loadgen.cli import main
+
+sys.exit(main())

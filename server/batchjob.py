@@ -1,0 +1,420 @@
+"""``surge batch``: run a model (with its pipeline) over a dataset in-process, without gRPC.
+
+    surge batch --model-repository R --model M --input FILE --output FILE [--chunk-rows N] [--version N]
+
+The model loads exactly as the server loads it (``ModelVersion``: runtime, pipeline, warm-up) and every row goes
+through what a served batch goes through once the batcher has formed it: the instance thread's ``_Instance.run``
+(pipeline kernels, runtime, post-processing) on batches of at most ``max_batch_size`` rows
+(``ModelVersion.run_offline``). A chunk is split across the instances; the next chunk is read (and the previous
+one written) while one computes. Skipping the batcher's per-request work keeps a small model near its own speed.
+
+Formats (by extension): ``.npy`` (one array: the model's single input), ``.npz`` (one array per input name),
+``.parquet`` and ``.csv`` (pyarrow, ``pip install 'surge[parquet]'``: a column per input name, a list column for
+a vector input, or, for a model with one 1-D input, every column in order as its features). Outputs: ``.npz`` (one
+array per output), ``.parquet`` (a column per output; vectors as fixed-size lists), ``.csv`` (vectors as
+``name_0``, ``name_1``, ... columns).
+
+Bounded memory: ``.npy`` is memory-mapped, ``.npz`` members are read row range by row range, Parquet by batches,
+CSV by blocks; about two chunks of input and outputs are in memory (the one computing, the one read or written).
+Resumable: each finished chunk is written to ``OUTPUT.parts/chunk-NNNNNN/`` (one raw ``.npy`` per output, the folder
+renamed into place when complete) next to a
+``job.json`` naming the input (path, size, mtime), model, version and chunk size; a rerun of the same job skips
+the chunks already there. The final file is assembled chunk by chunk and the parts folder removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import shutil
+import sys
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from surge.protos.datatypes import numpy_dtype
+
+from .config import ModelConfig, TensorConfig, load_model_config
+from .errors import ConfigError
+from .model import ModelVersion, State
+
+__all__ = ["BatchJobError", "Summary", "run_batch_job"]
+
+FORMATS = (".npy", ".npz", ".parquet", ".csv")
+
+
+class BatchJobError(Exception):
+    """The job cannot run (input, output or model problem); the message says what to change."""
+
+
+@dataclass(slots=True)
+class Summary:
+    """What a finished job did."""
+
+    rows: int
+    chunks: int
+    chunks_skipped: int
+    seconds: float
+    output: Path
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+def _suffix(path: Path, what: str) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise BatchJobError(f"{what} {path}: unsupported format '{suffix}'; expected one of {', '.join(FORMATS)}")
+    if suffix in (".parquet", ".csv"):
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise BatchJobError(f"{what} {path}: Parquet and CSV need pyarrow: pip install 'surge[parquet]'") from None
+    return suffix
+
+
+# -- readers: (total rows or None, chunks of {input name: array}) ------------------------------------------
+
+
+class _NpzMember:
+    """One array of an .npz, read by row ranges (seeking in the member; no full load)."""
+
+    def __init__(self, archive: zipfile.ZipFile, member: str) -> None:
+        self.file: IO[bytes] = archive.open(member)
+        version = np.lib.format.read_magic(self.file)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(self.file)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(self.file)
+        else:
+            raise BatchJobError(f"npz member {member}: .npy format version {version} is not supported (1.0 and 2.0 are)")
+        if fortran or dtype.hasobject:
+            raise BatchJobError(f"npz member {member}: Fortran-order or object arrays cannot be streamed; save it with np.savez (C order, numeric)")
+        self.shape, self.dtype, self.offset = shape, dtype, self.file.tell()
+        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        self.file.seek(self.offset + start * self.row_bytes)
+        data = self.file.read((stop - start) * self.row_bytes)
+        return np.frombuffer(data, dtype=self.dtype).reshape((stop - start, *self.shape[1:]))
+
+
+def _array_reader(path: Path, suffix: str, inputs: tuple[TensorConfig, ...], chunk_rows: int, skip_chunks: set[int]) -> tuple[int, Iterator[tuple[int, dict[str, np.ndarray]]]]:
+    names = [t.name for t in inputs]
+    if suffix == ".npy":
+        if len(inputs) != 1:
+            raise BatchJobError(f"input {path}: a .npy holds one array, but the model has inputs {names}; use .npz with one array per input")
+        arrays: dict[str, Any] = {names[0]: np.load(path, mmap_mode="r")}
+        read = lambda a, s, e: np.asarray(a[s:e])  # noqa: E731
+    else:
+        archive = zipfile.ZipFile(path)
+        members = {Path(m).stem: m for m in archive.namelist() if m.endswith(".npy")}
+        missing = [n for n in names if n not in members]
+        if missing:
+            raise BatchJobError(f"input {path}: no array for model input(s) {missing}; it has {sorted(members)}")
+        arrays = {n: _NpzMember(archive, members[n]) for n in names}
+        read = lambda a, s, e: a.rows(s, e)  # noqa: E731
+    lengths = {n: a.shape[0] if a.shape else 0 for n, a in arrays.items()}
+    if len(set(lengths.values())) != 1:
+        raise BatchJobError(f"input {path}: the arrays have different row counts {lengths}")
+    total = next(iter(lengths.values()))
+
+    def chunks() -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        for index in range(math.ceil(total / chunk_rows)):
+            if index in skip_chunks:
+                yield index, {}
+                continue
+            start = index * chunk_rows
+            yield index, {n: read(a, start, min(total, start + chunk_rows)) for n, a in arrays.items()}
+
+    return total, chunks()
+
+
+def _columns_to_inputs(table: Any, inputs: tuple[TensorConfig, ...], path: Path) -> dict[str, np.ndarray]:
+    import pyarrow as pa
+
+    rows = table.num_rows
+    out: dict[str, np.ndarray] = {}
+    for t in inputs:
+        dtype = numpy_dtype(t.datatype)
+        if t.name in table.column_names:
+            column = table.column(t.name).combine_chunks()
+            if pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type) or pa.types.is_large_list(column.type):
+                values = column.flatten().to_numpy(zero_copy_only=False)
+            else:
+                values = column.to_numpy(zero_copy_only=False)
+            out[t.name] = values.astype(dtype, copy=False).reshape((rows, *(1 if d < 0 else d for d in t.dims)) if -1 not in t.dims else (rows, -1))
+        elif len(inputs) == 1 and len(t.dims) == 1:
+            width = table.num_columns
+            if t.dims[0] not in (-1, width):
+                raise BatchJobError(f"input {path}: model input '{t.name}' has {t.dims[0]} features but the file has {width} columns {table.column_names}")
+            out[t.name] = np.stack([table.column(i).to_numpy(zero_copy_only=False) for i in range(width)], axis=1).astype(dtype)
+        else:
+            raise BatchJobError(f"input {path}: no column '{t.name}'; it has {table.column_names}")
+    return out
+
+
+def _table_reader(path: Path, suffix: str, inputs: tuple[TensorConfig, ...], chunk_rows: int, skip_chunks: set[int]) -> tuple[int | None, Iterator[tuple[int, dict[str, np.ndarray]]]]:
+    import pyarrow as pa
+
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        source = pq.ParquetFile(path)
+        total: int | None = source.metadata.num_rows
+        batches = source.iter_batches(batch_size=chunk_rows)
+    else:
+        import pyarrow.csv as pacsv
+
+        with path.open("rb") as f:  # an estimate for the ETA (quoted newlines would overcount), read in blocks
+            total = max(0, sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b"")) - 1)
+        batches = iter(pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=1 << 22)))
+
+    def chunks() -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        pending: list[Any] = []
+        have, index = 0, 0
+        for batch in batches:
+            pending.append(batch)
+            have += batch.num_rows
+            while have >= chunk_rows:
+                table = pa.Table.from_batches(pending).combine_chunks()
+                head, rest = table.slice(0, chunk_rows), table.slice(chunk_rows)
+                yield index, ({} if index in skip_chunks else _columns_to_inputs(head, inputs, path))
+                index += 1
+                pending, have = rest.to_batches(), rest.num_rows
+        if have:
+            table = pa.Table.from_batches(pending)
+            yield index, ({} if index in skip_chunks else _columns_to_inputs(table, inputs, path))
+
+    return total, chunks()
+
+
+# -- output ---------------------------------------------------------------------------------------------
+
+
+def _save_part(part: Path, outputs: dict[str, np.ndarray]) -> None:
+    """One chunk's outputs as raw .npy files in a folder that appears under its final name only when complete."""
+    tmp = part.with_name("partial-" + part.name)  # not matched by chunk-*: a kill leaves no half chunk
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for name, array in outputs.items():
+        np.save(tmp / f"{name}.npy", array)
+    os.replace(tmp, part)
+
+
+def _load_part(part: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    return {n: np.load(part / f"{n}.npy", mmap_mode="r") for n in names}
+
+
+def _write_npz(final: Path, parts: list[Path], names: tuple[str, ...]) -> None:
+    tmp = final.with_name(final.name + ".tmp")
+    shapes: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    for part in parts:  # headers first: the final shapes
+        for n, a in _load_part(part, names).items():
+            shapes[n] = ((shapes[n][0][0] if n in shapes else 0) + a.shape[0], *a.shape[1:]), a.dtype
+    with zipfile.ZipFile(tmp, "w", allowZip64=True) as archive:
+        for n in names:
+            shape, dtype = shapes[n]
+            with archive.open(f"{n}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array_header_2_0(member, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
+                for part in parts:
+                    member.write(memoryview(np.ascontiguousarray(np.load(part / f"{n}.npy", mmap_mode="r"))).cast("B"))
+    os.replace(tmp, final)
+
+
+def _table_of(data: Any, names: tuple[str, ...], csv: bool) -> Any:
+    import pyarrow as pa
+
+    columns: dict[str, Any] = {}
+    for n in names:
+        a = data[n]
+        flat = a.reshape(a.shape[0], -1)
+        if flat.shape[1] == 1:
+            columns[n] = pa.array(flat[:, 0])
+        elif csv:
+            for i in range(flat.shape[1]):
+                columns[f"{n}_{i}"] = pa.array(flat[:, i])
+        else:
+            columns[n] = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(flat).reshape(-1)), flat.shape[1])
+    return pa.table(columns)
+
+
+def _write_table(final: Path, parts: list[Path], names: tuple[str, ...], suffix: str) -> None:
+    tmp = final.with_name(final.name + ".tmp")
+    writer: Any = None
+    try:
+        for part in parts:
+            table = _table_of(_load_part(part, names), names, suffix == ".csv")
+            if writer is None:
+                if suffix == ".parquet":
+                    import pyarrow.parquet as pq
+
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                else:
+                    import pyarrow.csv as pacsv
+
+                    writer = pacsv.CSVWriter(str(tmp), table.schema)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
+    os.replace(tmp, final)
+
+
+# -- the job --------------------------------------------------------------------------------------------
+
+
+def _pick_version(model_dir: Path, version: int | None) -> int:
+    versions = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()) if model_dir.is_dir() else []
+    if not versions:
+        raise BatchJobError(f"model folder {model_dir} has no numbered version folder")
+    if version is None:
+        return versions[-1]
+    if version not in versions:
+        raise BatchJobError(f"model {model_dir.name} has no version {version}; it has {versions}")
+    return version
+
+
+class _Progress:
+    """One status line on a terminal (rows, rows/s, ETA), redrawn at most twice a second."""
+
+    def __init__(self, stream: IO[str] | None, total: int | None) -> None:
+        self.stream, self.total = stream, total
+        self.started = time.perf_counter()
+        self.last = 0.0
+
+    def update(self, done: int, skipped_rows: int, *, final: bool = False) -> None:
+        if self.stream is None:
+            return
+        now = time.perf_counter()
+        if not final and now - self.last < 0.5:
+            return
+        self.last = now
+        elapsed = now - self.started
+        rate = (done - skipped_rows) / elapsed if elapsed > 0 else 0.0
+        if self.total:
+            left = max(0, self.total - done)
+            eta = f"ETA {left / rate:6.1f} s" if rate > 0 else "ETA    ? s"
+            text = f"{done}/{self.total} rows ({100 * done / self.total:5.1f}%)  {rate:,.0f} rows/s  {eta}"
+        else:
+            text = f"{done} rows  {rate:,.0f} rows/s"
+        self.stream.write("\r" + text + ("\n" if final else ""))
+        self.stream.flush()
+
+
+def _job_key(input_path: Path, config: ModelConfig, version: int, chunk_rows: int) -> dict[str, Any]:
+    st = input_path.stat()
+    return {"input": str(input_path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "model": config.name, "version": version, "chunk_rows": chunk_rows}
+
+
+async def run_batch_job(
+    model_repository: Path, model: str, input_path: Path, output_path: Path, *,
+    chunk_rows: int = 4096, version: int | None = None, progress: IO[str] | None = sys.stderr,
+) -> Summary:
+    """Run ``model`` over ``input_path`` into ``output_path`` (see the module docstring). Raises BatchJobError."""
+    in_suffix, out_suffix = _suffix(input_path, "input"), _suffix(output_path, "output")
+    if out_suffix == ".npy":
+        raise BatchJobError(f"output {output_path}: write .npz (one array per output), .parquet or .csv")
+    if not input_path.is_file():
+        raise BatchJobError(f"input {input_path} does not exist")
+    if chunk_rows < 1:
+        raise BatchJobError(f"--chunk-rows must be >= 1, got {chunk_rows}")
+    model_dir = model_repository / model
+    try:
+        config = load_model_config(model_dir)
+    except ConfigError as exc:
+        raise BatchJobError(str(exc)) from None
+    number = _pick_version(model_dir, version)
+    served = ModelVersion(config, number, model_dir / str(number) / config.model_filename)
+    await served.load()
+    if served.state != State.READY:
+        raise BatchJobError(f"model {model} version {number} failed to load: {served.reason}")
+    started = time.perf_counter()
+    try:
+        config = served.config
+        if not config.max_batch_size:
+            raise BatchJobError(f"model {model} has no batch dimension (max_batch_size = 0): a batch job runs rows through a batchable model")
+        names = tuple(t.name for t in config.outputs)
+        parts_dir = output_path.with_name(output_path.name + ".parts")
+        key = _job_key(input_path, config, number, chunk_rows)
+        job_file = parts_dir / "job.json"
+        if parts_dir.is_dir() and job_file.is_file() and json.loads(job_file.read_text()) != key:
+            shutil.rmtree(parts_dir)  # a different job (input changed, other model or chunk size): start over
+        parts_dir.mkdir(parents=True, exist_ok=True)
+        job_file.write_text(json.dumps(key))
+        done_chunks = {int(p.name.split("-")[1]) for p in parts_dir.glob("chunk-*") if p.is_dir()}
+        reader = _array_reader if in_suffix in (".npy", ".npz") else _table_reader
+        total, chunks = reader(input_path, in_suffix, config.inputs, chunk_rows, done_chunks)
+        bar = _Progress(progress, total)
+        rows_done = skipped_rows = 0
+        count = 0
+        running: tuple[Path, int, asyncio.Task[dict[str, np.ndarray]]] | None = None  # the chunk in flight
+
+        async def finish(job: tuple[Path, int, asyncio.Task[dict[str, np.ndarray]]]) -> int:
+            part, n, task = job
+            outputs = await task
+            _save_part(part, outputs)
+            return n
+
+        try:
+            for index, inputs in chunks:  # reading chunk k+1 (and writing k-1) overlaps computing chunk k
+                count += 1
+                part = parts_dir / f"chunk-{index:06d}"
+                if not inputs:  # done in an earlier run
+                    n = _load_part(part, names[:1])[names[0]].shape[0]
+                    rows_done += n
+                    skipped_rows += n
+                    continue
+                _check(config, inputs)
+                task = asyncio.ensure_future(_run_chunk(served, config, inputs, names))
+                if running is not None:
+                    rows_done += await finish(running)
+                    bar.update(rows_done, skipped_rows)
+                running = (part, next(iter(inputs.values())).shape[0], task)
+            if running is not None:
+                rows_done += await finish(running)
+                running = None
+        finally:
+            if running is not None:
+                running[2].cancel()
+        bar.update(rows_done, skipped_rows, final=True)
+        parts = [parts_dir / f"chunk-{i:06d}" for i in range(count)]
+        if not parts:
+            raise BatchJobError(f"input {input_path} has no rows")
+        if out_suffix == ".npz":
+            _write_npz(output_path, parts, names)
+        else:
+            _write_table(output_path, parts, names, out_suffix)
+        shutil.rmtree(parts_dir)
+        return Summary(rows=rows_done, chunks=count, chunks_skipped=len(done_chunks & set(range(count))), seconds=time.perf_counter() - started, output=output_path)
+    finally:
+        await served.aclose()
+
+
+def _check(config: ModelConfig, inputs: dict[str, np.ndarray]) -> None:
+    for t in config.inputs:
+        if t.name not in inputs:
+            if t.optional:
+                continue
+            raise BatchJobError(f"the input has no data for model input '{t.name}'")
+        a = inputs[t.name]
+        want = numpy_dtype(t.datatype)
+        if a.dtype != want:
+            raise BatchJobError(f"input '{t.name}': dtype {a.dtype}, the model takes {t.datatype} ({np.dtype(want)}); convert the data")
+        if a.ndim != len(t.dims) + 1 or any(d != -1 and d != s for d, s in zip(t.dims, a.shape[1:])):
+            raise BatchJobError(f"input '{t.name}': rows of shape {list(a.shape[1:])}, the model takes {list(t.dims)}")
+
+
+async def _run_chunk(served: ModelVersion, config: ModelConfig, inputs: dict[str, np.ndarray], names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The chunk through the instances (``ModelVersion.run_offline``: the served batch path without the batcher)."""
+    parts = await asyncio.gather(*(asyncio.wrap_future(f) for f in served.run_offline(inputs, names)))
+    outputs = [p[0] for p in parts]
+    return {n: np.concatenate([o[n] for o in outputs]) if len(outputs) > 1 else outputs[0][n] for n in names}

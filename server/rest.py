@@ -1,0 +1,381 @@
+"""The REST edge: the Open Inference Protocol's HTTP/JSON binding (KServe v2) plus Triton's HTTP extensions.
+
+Built on aiohttp's server, on the same event loop as grpc.aio (uvloop under ``surge serve``), in the same
+process. It is a thin edge with no serving logic of its own: each route turns its HTTP request into the
+``inference.*`` request message of the matching RPC (``rest_codec``) and awaits the **same servicer
+method** the gRPC server calls, through ``_HttpContext``, a ``ServicerContext`` backed by the HTTP request
+(its headers are the call's metadata; ``abort`` raises). So a REST request meets the very same lookup,
+validation, limits, batcher, statistics, metrics and error messages as a gRPC one, and a change to the
+servicer reaches both edges at once.
+
+Errors: one taxonomy, two edges. The servicer maps an ``errors.*`` class to a gRPC status through
+``grpc_servicer.STATUS_OF``; this edge maps that status to an HTTP status through ``HTTP_STATUS_OF``
+(Triton's mapping for the codes Triton has: INTERNAL 500, NOT_FOUND 404, UNAVAILABLE 503, UNIMPLEMENTED 501,
+the rest 400; the common gRPC-to-HTTP mapping for the codes Triton lacks), and answers ``{"error": "..."}``
+with it. Errors of HTTP itself (no such route, wrong method, body over the limit) answer the same way.
+
+Routes (``{v}``: a version number; every model route also exists without ``/versions/{v}``)::
+
+    GET  /v2/health/live                          200 {"live": true}
+    GET  /v2/health/ready                         200 {"ready": true}, or 400 {"ready": false} (as Triton)
+    GET  /v2                                      server metadata
+    GET  /v2/models/{m}/versions/{v}              model metadata
+    GET  /v2/models/{m}/versions/{v}/ready        200 or 400, {"name": ..., "ready": ...}
+    GET  /v2/models/{m}/versions/{v}/config       Triton's ModelConfig as JSON
+    GET  /v2/models/stats, /v2/models/{m}/versions/{v}/stats   Triton's statistics extension
+    POST /v2/models/{m}/versions/{v}/infer        JSON or JSON + binary tensors
+    POST /v2/repository/index                     [{"name", "version", "state", "reason"}, ...]
+    POST /v2/repository/models/{m}/load|unload    optional body {"parameters": {"config": "<ModelConfig JSON>"}}
+    shared memory, trace and logging routes       501, as the gRPC edge answers them
+
+Binary tensors are copied into the protobuf request (``raw_input_contents`` owns its bytes), which is what
+keeps the path identical to gRPC's; the README's REST section gives the measured cost.
+
+Access control: ``authorize(method, authorization)`` (optional) is called before each route with the gRPC
+method name the route stands for and the ``Authorization`` header, and raises the error to answer with:
+the single hook point for bearer-token auth (issue 6's transport-neutral check). Health routes pass the
+``grpc.health.v1`` method, as Kubernetes probes carry no token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from aiohttp import web
+
+from surge.protos import grpc_service_pb2 as pb
+
+from . import errors, rest_codec
+from .grpc_servicer import EXTENSIONS, InferenceServicer, _error_message, status_of
+from .metrics import ServerMetrics
+
+__all__ = ["HTTP_STATUS_OF", "RestEndpoint"]
+
+log = logging.getLogger("surge.rest")
+
+#: gRPC status (what ``STATUS_OF`` maps each error class to) -> HTTP status.
+HTTP_STATUS_OF: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 413,  # Surge's RESOURCE_EXHAUSTED is a size limit: "content too large"
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ALREADY_EXISTS: 400,
+    grpc.StatusCode.CANCELLED: 400,
+}
+#: ServerMetadata.extensions over HTTP: the gRPC edge's, plus the binary tensor data extension.
+HTTP_EXTENSIONS = (*EXTENSIONS, "binary_tensor_data")
+
+_SERVICE = "/inference.GRPCInferenceService/"
+_HEALTH = "/grpc.health.v1.Health/Check"
+_JSON = "application/json"
+
+Authorize = Callable[[str, "str | None"], object]
+
+
+class _ClientErrors(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's connection log: a request the HTTP parser rejects (the client's fault, already answered 400)
+    is one warning line, not an error with a traceback (every handler error is answered by ``_errors`` first)."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        self.warning(f"{msg}: %s", *args, exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1])
+
+
+class _Aborted(grpc.aio.AbortError):  # type: ignore[misc]  # grpc ships no type stubs
+    """What ``_HttpContext.abort`` raises: the servicer's answer, as a status and a message."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class _HttpContext:
+    """The ``grpc.aio.ServicerContext`` the servicer's methods see for an HTTP request.
+
+    HTTP headers are the invocation metadata (lower-case names, as gRPC's); there is no deadline (the
+    protocol's ``timeout`` parameter bounds the queue wait instead); ``abort`` raises ``_Aborted``.
+    """
+
+    __slots__ = ("_request",)
+
+    def __init__(self, request: web.Request) -> None:
+        self._request = request
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> None:
+        raise _Aborted(code, details)
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return tuple((k.lower(), v) for k, v in self._request.headers.items())
+
+    def peer(self) -> str:
+        remote = self._request.remote or ""
+        return f"ipv6:[{remote}]" if ":" in remote else f"ipv4:{remote}"
+
+    def cancelled(self) -> bool:
+        transport = self._request.transport
+        return transport is None or transport.is_closing()
+
+    def done(self) -> bool:
+        return False
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        pass  # only aborts carry a status over HTTP
+
+    def set_details(self, details: str) -> None:
+        pass
+
+    def set_trailing_metadata(self, trailing_metadata: Any) -> None:
+        pass
+
+    async def send_initial_metadata(self, initial_metadata: Any) -> None:
+        pass
+
+
+def _json(doc: Any, status: int = 200) -> web.Response:
+    return web.Response(body=rest_codec.json_dumps(doc), status=status, content_type=_JSON)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=rest_codec.json_dumps({"error": message}), status=status, content_type=_JSON, headers=headers)
+
+
+class RestEndpoint:
+    """Serves the REST v2 routes over ``servicer``. ``start``/``aclose`` on the event loop."""
+
+    def __init__(
+        self, servicer: InferenceServicer, host: str, port: int, *, max_request_bytes: int, drain_timeout_s: float = 30.0,
+        metrics: ServerMetrics | None = None, authorize: Authorize | None = None, reuse_port: bool = False,
+    ) -> None:
+        """``max_request_bytes``: largest request body accepted (after decompression; larger: 413).
+        ``metrics``: where inference requests whose body cannot be read are counted (as the servicer counts unrouted ones).
+        ``authorize``: the access-control hook (module docstring); None: every route is open.
+        ``reuse_port``: bind with SO_REUSEPORT, so worker processes can share the port (else a taken port is an error)."""
+        self._servicer = servicer
+        self._host = host
+        self._port = port
+        self._metrics = metrics
+        self._authorize = authorize
+        self._max_request_bytes = max_request_bytes
+        self._reuse_port = reuse_port
+        app = web.Application(client_max_size=max_request_bytes, middlewares=[self._errors])
+        self._routes(app.router)
+        # aclose() drains first (with its own grace), so aiohttp's cleanup only cancels what outlived it: a tiny
+        # positive timeout (aiohttp reads 0 as "no limit")
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.01, logger=_ClientErrors(log, {}))
+        self._drain_timeout_s = drain_timeout_s
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.address = ""
+
+    async def start(self) -> str:
+        """Bind and listen; returns the bound ``host:port`` (port 0 picks a free one). Raises OSError."""
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True, reuse_port=self._reuse_port or None)
+        try:
+            await site.start()
+        except BaseException:
+            await self._runner.cleanup()
+            raise
+        port = self._runner.addresses[0][1]
+        self.address = f"[{self._host}]:{port}" if ":" in self._host else f"{self._host}:{port}"
+        return self.address
+
+    async def aclose(self, grace_s: float | None = None) -> None:
+        """Stop listening, let in-flight requests finish for up to ``grace_s`` (default: the drain timeout), then
+        close every connection (requests still running then are cancelled)."""
+        for site in list(self._runner.sites):
+            await site.stop()
+        if not self._idle.is_set():
+            grace = self._drain_timeout_s if grace_s is None else grace_s
+            try:
+                await asyncio.wait_for(self._idle.wait(), grace)
+            except TimeoutError:
+                log.warning("REST: %d requests still running after %.1f s; closing their connections", self._inflight, grace)
+        await self._runner.cleanup()
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _routes(self, router: web.UrlDispatcher) -> None:
+        get, post = router.add_get, router.add_post
+        get("/v2/health/live", self._live)
+        get("/v2/health/ready", self._ready)
+        get("/v2", self._server_metadata)
+        get("/v2/models/stats", self._statistics)
+        for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+            get(prefix, self._model_metadata)
+            get(prefix + "/ready", self._model_ready)
+            get(prefix + "/config", self._model_config)
+            get(prefix + "/stats", self._statistics)
+            post(prefix + "/infer", self._infer)
+        post("/v2/repository/index", self._repository_index)
+        post("/v2/repository/models/{model}/load", self._load)
+        post("/v2/repository/models/{model}/unload", self._unload)
+        for kind, rpc in (("systemsharedmemory", "SystemSharedMemory"), ("cudasharedmemory", "CudaSharedMemory")):
+            get(f"/v2/{kind}/status", self._not_built(f"{rpc}Status"))
+            get(f"/v2/{kind}/region/{{region}}/status", self._not_built(f"{rpc}Status"))
+            post(f"/v2/{kind}/region/{{region}}/register", self._not_built(f"{rpc}Register"))
+            post(f"/v2/{kind}/unregister", self._not_built(f"{rpc}Unregister"))
+            post(f"/v2/{kind}/region/{{region}}/unregister", self._not_built(f"{rpc}Unregister"))
+        for path in ("/v2/trace/setting", "/v2/models/{model}/trace/setting"):
+            router.add_route("*", path, self._not_built("TraceSetting"))
+        router.add_route("*", "/v2/logging", self._not_built("LogSettings"))
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        """Every failure as ``{"error": ...}`` with its HTTP status; the connection stays usable. Counts requests in flight."""
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            return await handler(request)
+        except _Aborted as exc:
+            return _error(HTTP_STATUS_OF.get(exc.code, 500), exc.details, _challenge(exc.code))
+        except web.HTTPException as exc:  # aiohttp's own: unknown route, wrong method, ...
+            if exc.status < 400:
+                raise
+            headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+            return _error(exc.status, _http_reason(exc, request), headers)
+        except Exception as exc:  # errors.* raised at this edge (a body that is not a request), or a bug
+            code = status_of(exc)
+            return _error(HTTP_STATUS_OF.get(code, 500), _error_message(exc), _challenge(code))
+        finally:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
+
+    def _check(self, request: web.Request, method: str) -> None:
+        if self._authorize is not None:
+            self._authorize(method, request.headers.get("Authorization"))
+
+    async def _call(self, request: web.Request, rpc: str, message: Any) -> Any:
+        """Authorize, then run the servicer's ``rpc`` on ``message`` exactly as the gRPC server would."""
+        self._check(request, _SERVICE + rpc)
+        return await getattr(self._servicer, rpc)(message, _HttpContext(request))
+
+    async def _body(self, request: web.Request) -> bytes:
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise errors.LimitExceeded(
+                f"the request body is larger than the server's limit of {self._max_request_bytes} bytes; send a smaller batch"
+            ) from None
+        except ConnectionError:  # the client went away before sending the body its Content-Length announced
+            raise errors.InvalidInput("the connection closed before the request body was complete (shorter than its Content-Length)") from None
+
+    def _not_built(self, rpc: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(request: web.Request) -> web.Response:
+            await self._call(request, rpc, None)  # the servicer answers UNIMPLEMENTED, with what to do instead
+            raise AssertionError(f"{rpc} answered over HTTP")  # pragma: no cover
+
+        return handler
+
+    # -- health and metadata -------------------------------------------------------------------
+
+    async def _live(self, request: web.Request) -> web.Response:
+        self._check(request, _HEALTH)
+        response = await self._servicer.ServerLive(pb.ServerLiveRequest(), _HttpContext(request))
+        return _json({"live": response.live}, 200 if response.live else 400)
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        self._check(request, _HEALTH)
+        response = await self._servicer.ServerReady(pb.ServerReadyRequest(), _HttpContext(request))
+        return _json({"ready": response.ready}, 200 if response.ready else 400)
+
+    async def _server_metadata(self, request: web.Request) -> web.Response:
+        response = await self._call(request, "ServerMetadata", pb.ServerMetadataRequest())
+        doc = rest_codec.message_to_json(response)
+        doc["extensions"] = [*doc["extensions"], *(e for e in HTTP_EXTENSIONS if e not in doc["extensions"])]
+        return _json(doc)
+
+    async def _model_metadata(self, request: web.Request) -> web.Response:
+        response = await self._call(request, "ModelMetadata", pb.ModelMetadataRequest(**_model(request)))
+        return _json(rest_codec.message_to_json(response))
+
+    async def _model_ready(self, request: web.Request) -> web.Response:
+        model = _model(request)
+        response = await self._call(request, "ModelReady", pb.ModelReadyRequest(**model))
+        return _json({"name": model["name"], "ready": response.ready}, 200 if response.ready else 400)
+
+    async def _model_config(self, request: web.Request) -> web.Response:
+        response = await self._call(request, "ModelConfig", pb.ModelConfigRequest(**_model(request)))
+        return _json(rest_codec.message_to_json(response.config))
+
+    async def _statistics(self, request: web.Request) -> web.Response:
+        message = pb.ModelStatisticsRequest(name=request.match_info.get("model", ""), version=request.match_info.get("version", ""))
+        response = await self._call(request, "ModelStatistics", message)
+        return _json(rest_codec.message_to_json(response))
+
+    # -- inference -----------------------------------------------------------------------------
+
+    async def _infer(self, request: web.Request) -> web.Response:
+        self._check(request, _SERVICE + "ModelInfer")
+        try:
+            body = await self._body(request)
+            infer = rest_codec.decode_infer_request(
+                body, request.headers.get(rest_codec.HEADER_LENGTH), request.match_info["model"], request.match_info.get("version", "")
+            )
+        except errors.InferenceServerError as exc:  # never reached a model: counted as the servicer counts unrouted requests
+            if self._metrics is not None:
+                self._metrics.record_unrouted(status_of(exc).name)
+            raise
+        response = await self._servicer.ModelInfer(infer.message, _HttpContext(request))
+        body, header_length = rest_codec.encode_infer_response(response, infer)
+        if header_length is None:
+            reply = web.Response(body=body, content_type=_JSON)
+        else:
+            reply = web.Response(body=body, content_type="application/octet-stream", headers={rest_codec.HEADER_LENGTH: str(header_length)})
+        accept = request.headers.get("Accept-Encoding", "")
+        if "gzip" in accept or "deflate" in accept:
+            reply.enable_compression()  # what the client accepts (tritonclient's response_compression_algorithm)
+        return reply
+
+    # -- repository ----------------------------------------------------------------------------
+
+    async def _repository_index(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        ready = False
+        if body.strip():
+            ready = rest_codec.index_ready(body)
+        response = await self._call(request, "RepositoryIndex", pb.RepositoryIndexRequest(ready=ready))
+        return _json([rest_codec.message_to_json(row) for row in response.models])
+
+    async def _load(self, request: web.Request) -> web.Response:
+        parameters = rest_codec.load_parameters(await self._body(request))
+        await self._call(request, "RepositoryModelLoad", pb.RepositoryModelLoadRequest(model_name=request.match_info["model"], parameters=parameters))
+        return web.Response(status=200)
+
+    async def _unload(self, request: web.Request) -> web.Response:
+        await self._body(request)  # {"parameters": {"unload_dependents": ...}}: Surge has no dependent models
+        await self._call(request, "RepositoryModelUnload", pb.RepositoryModelUnloadRequest(model_name=request.match_info["model"]))
+        return web.Response(status=200)
+
+
+def _model(request: web.Request) -> dict[str, str]:
+    return {"name": request.match_info["model"], "version": request.match_info.get("version", "")}
+
+
+def _challenge(code: grpc.StatusCode) -> dict[str, str] | None:
+    return {"WWW-Authenticate": "Bearer"} if code == grpc.StatusCode.UNAUTHENTICATED else None
+
+
+def _http_reason(exc: web.HTTPException, request: web.Request) -> str:
+    if exc.status == 404:
+        return f"no such route: {request.method} {request.path} (the Open Inference Protocol's routes start with /v2)"
+    if exc.status == 405:
+        return f"{request.method} is not allowed on {request.path}; use {exc.headers.get('Allow', 'another method')}"
+    return exc.text or exc.reason

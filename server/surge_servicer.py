@@ -1,0 +1,99 @@
+"""The gRPC edge of Surge's own API (``protos/surge_service.proto``, package ``surge.v1``).
+
+``AdminServicer`` (``surge.v1.Admin``) changes a model's routes while it serves; ``FeedbackServicer``
+(``surge.v1.Feedback``) joins outcomes with the version that answered. Both are thin: each RPC calls one
+``Traffic`` method and converts the result; errors are mapped to status codes by ``grpc_servicer``'s
+single table (``_edge``). Who may call them is the auth configuration's business: every method under
+``/surge.v1.Admin/`` is an admin call, ``/surge.v1.Feedback/`` has inference scope.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from surge.protos import surge_service_pb2 as spb
+from surge.protos import surge_service_pb2_grpc as spb_grpc
+
+from . import errors
+from .grpc_servicer import _edge
+from .traffic import RouteState, Traffic
+
+__all__ = ["AdminServicer", "FeedbackServicer", "add_surge_services", "routes_message"]
+
+
+def routes_message(state: RouteState) -> spb.Routes:
+    """The wire form of a model's routes."""
+    r = state.routes
+    message = spb.Routes(
+        model=state.model, source=state.source, serving_versions=list(state.serving), generation=state.generation, history=state.history,
+    )
+    message.weights.extend(spb.VersionWeight(version=v, weight=w) for v, w in r.weights)
+    if r.shadow_version:
+        message.shadow.CopyFrom(spb.Shadow(version=r.shadow_version, fraction=r.shadow_fraction))
+    return message
+
+
+def _model(name: str) -> str:
+    if not name:
+        raise errors.InvalidInput("model is required")
+    return name
+
+
+class AdminServicer(spb_grpc.AdminServicer):
+    """``surge.v1.Admin`` over a ``Traffic``."""
+
+    def __init__(self, traffic: Traffic) -> None:
+        self._traffic = traffic
+
+    @_edge
+    async def GetRoutes(self, request: spb.GetRoutesRequest, context: grpc.aio.ServicerContext) -> spb.Routes:
+        return routes_message(self._traffic.state(_model(request.model)))
+
+    @_edge
+    async def SetWeights(self, request: spb.SetWeightsRequest, context: grpc.aio.ServicerContext) -> spb.Routes:
+        weights = [(w.version, w.weight) for w in request.weights]
+        return routes_message(self._traffic.set_weights(_model(request.model), weights))
+
+    @_edge
+    async def SetShadow(self, request: spb.SetShadowRequest, context: grpc.aio.ServicerContext) -> spb.Routes:
+        if not request.HasField("shadow") or request.shadow.version < 1:
+            raise errors.InvalidInput("SetShadow: give shadow.version (>= 1) and optionally shadow.fraction (0 < f <= 1, default 1)")
+        return routes_message(self._traffic.set_shadow(_model(request.model), request.shadow.version, request.shadow.fraction))
+
+    @_edge
+    async def RemoveShadow(self, request: spb.RemoveShadowRequest, context: grpc.aio.ServicerContext) -> spb.Routes:
+        return routes_message(self._traffic.remove_shadow(_model(request.model)))
+
+    @_edge
+    async def Promote(self, request: spb.PromoteRequest, context: grpc.aio.ServicerContext) -> spb.Routes:
+        return routes_message(self._traffic.promote(_model(request.model), request.version))
+
+    @_edge
+    async def Rollback(self, request: spb.RollbackRequest, context: grpc.aio.ServicerContext) -> spb.Routes:
+        return routes_message(self._traffic.rollback(_model(request.model)))
+
+    @_edge
+    async def ResetRoutes(self, request: spb.ResetRoutesRequest, context: grpc.aio.ServicerContext) -> spb.Routes:
+        return routes_message(self._traffic.reset(_model(request.model)))
+
+
+class FeedbackServicer(spb_grpc.FeedbackServicer):
+    """``surge.v1.Feedback`` over a ``Traffic``."""
+
+    def __init__(self, traffic: Traffic) -> None:
+        self._traffic = traffic
+
+    @_edge
+    async def ReportOutcome(self, request: spb.OutcomeRequest, context: grpc.aio.ServicerContext) -> spb.OutcomeResponse:
+        which = request.WhichOneof("outcome")
+        if which is None:
+            raise errors.InvalidInput("ReportOutcome: set one of labels, values, success")
+        outcome = {"labels": list(request.labels.values)} if which == "labels" else {"values": list(request.values.values)} if which == "values" else {"success": request.success}
+        version = self._traffic.report(_model(request.model), request.request_id, **outcome)
+        return spb.OutcomeResponse(joined=bool(version), model_version=version)
+
+
+def add_surge_services(traffic: Traffic, server: grpc.aio.Server) -> None:
+    """Register ``surge.v1.Admin`` and ``surge.v1.Feedback`` on a grpc.aio server."""
+    spb_grpc.add_AdminServicer_to_server(AdminServicer(traffic), server)
+    spb_grpc.add_FeedbackServicer_to_server(FeedbackServicer(traffic), server)

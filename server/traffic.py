@@ -1,0 +1,270 @@
+"""Routes, shadows and feedback of every model: the state behind the route table, and the admin operations.
+
+``Traffic.table`` maps a model name to its compiled ``routing.RouteEntry``; only models with a split, a
+shadow or ``[feedback]`` have one, so the request path of every other model pays one dict lookup. The
+table is never changed in place: every change builds a new dict and assigns it in one statement, so a
+request sees the old table or the new one, never a mix, and nothing locks per request.
+
+Where a model's routes come from, in order: the changes made through the admin service
+(``surge.v1.Admin``, ``surge route``), else the ``[routing]`` table of its config.toml. A reload whose
+config changes ``[routing]`` (the file was edited: poll mode, or a RepositoryModelLoad) drops the admin
+changes, since the file is then the newer intent; a reload that leaves ``[routing]`` as it was keeps them.
+Every change is kept in a bounded history that ``rollback`` walks back.
+
+The repository calls ``serving_changed`` (on the loop, in the same step that swaps its own version
+table), so the route table never names a version that stopped serving: a weighted version that is not
+serving is left out of the split and its keys go to their second choice (``routing.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .config import ModelConfig, ShadowConfig
+from .errors import InvalidInput
+from .feedback import FeedbackIndex
+from .repository import ModelRepository
+from .routing import RouteEntry, Routes, compile_entry
+from .shadow import PairStats, ShadowSender
+
+__all__ = ["MAX_HISTORY", "RouteState", "Traffic", "routes_of_config"]
+
+log = logging.getLogger("surge.routing")
+
+#: Route changes ``rollback`` can undo, per model.
+MAX_HISTORY = 32
+
+
+def routes_of_config(config: ModelConfig | None) -> Routes | None:
+    """The routes a config's ``[routing]`` table sets (None: no table)."""
+    if config is None or config.routing is None:
+        return None
+    r = config.routing
+    return Routes(weights=r.weights, shadow_version=r.shadow.version, shadow_fraction=r.shadow.fraction)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteState:
+    """A model's routes as the admin API reports them."""
+
+    model: str
+    routes: Routes
+    source: str  # "admin", "config" or "none"
+    serving: tuple[int, ...]
+    generation: int
+    history: int
+
+
+@dataclass(slots=True)
+class _Model:
+    name: str
+    serving: tuple[Any, ...] = ()
+    config: ModelConfig | None = None
+    config_routes: Routes | None = None
+    override: Routes | None = None
+    history: list[Routes | None] = field(default_factory=list)
+    generation: int = 0
+    sender: ShadowSender | None = None
+    pairs: dict[tuple[str, str], PairStats] = field(default_factory=dict)
+    feedback: FeedbackIndex | None = None
+
+    @property
+    def effective(self) -> Routes | None:
+        return self.override if self.override is not None else self.config_routes
+
+
+class Traffic:
+    """Every model's routes, shadow sender and feedback index. Event loop only (the collector reads copies)."""
+
+    def __init__(self, repository: ModelRepository) -> None:
+        self._repo = repository
+        self.table: dict[str, RouteEntry[Any]] = {}
+        """Model name -> compiled routes; read per request, replaced whole on every change."""
+        self._models: dict[str, _Model] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+
+    # -- from the repository ---------------------------------------------------------------------
+
+    def serving_changed(self, name: str, serving: Sequence[Any]) -> None:
+        """The repository swapped a model's serving versions (ascending ``ModelVersion``s). Synchronous, on the loop."""
+        m = self._models.get(name)
+        if m is None:
+            m = self._models[name] = _Model(name)
+        m.serving = tuple(serving)
+        if serving:
+            config = serving[-1].config
+            baseline = routes_of_config(config)
+            if m.config is not None and baseline != m.config_routes and m.override is not None:
+                log.warning("model %s: config.toml's [routing] changed; it replaces the routes set through the admin API", name)
+                m.history.append(m.override)
+                del m.history[:-MAX_HISTORY]
+                m.override = None
+            m.config, m.config_routes = config, baseline
+            m.feedback = self._feedback_for(m, config)
+        self._rebuild(m)
+
+    def _feedback_for(self, m: _Model, config: ModelConfig) -> FeedbackIndex | None:
+        f = config.feedback
+        if f is None:
+            return None
+        output = f.output or (config.outputs[0].name if config.outputs else "")
+        old = m.feedback
+        if old is not None and old.output == output and old.max_requests == f.max_requests:
+            return old  # keep the index (and its counters) across reloads
+        index = FeedbackIndex(m.name, output, f.max_requests)
+        if old is not None:
+            index.quality, index.received, index.joined, index.unknown, index.evicted = old.quality, old.received, old.joined, old.unknown, old.evicted
+        return index
+
+    # -- admin operations (each raises ModelNotFound or InvalidInput) ------------------------------
+
+    def state(self, name: str) -> RouteState:
+        """The model's routes now."""
+        m = self._model(name)
+        effective = m.effective
+        source = "admin" if m.override is not None else "config" if m.config_routes is not None else "none"
+        return RouteState(name, effective or Routes(), source, tuple(v.version for v in m.serving), m.generation, len(m.history))
+
+    def set_weights(self, name: str, weights: Sequence[tuple[int, float]]) -> RouteState:
+        """Replace the split (the shadow is kept); an empty list removes it."""
+        m = self._model(name)
+        routes = self._routes(m.effective, weights=tuple(sorted(weights)))
+        if routes.weights and not any(v in self._serving_numbers(m) for v, _ in routes.weights):
+            raise InvalidInput(f"model '{name}': none of versions {[v for v, _ in routes.weights]} is serving (serving: {list(self._serving_numbers(m))}); load one first")
+        return self._change(m, routes)
+
+    def set_shadow(self, name: str, version: int, fraction: float) -> RouteState:
+        """Mirror ``fraction`` of the routed traffic to ``version`` (which must be serving)."""
+        m = self._model(name)
+        if version not in self._serving_numbers(m):
+            raise InvalidInput(f"model '{name}': version {version} is not serving (serving: {list(self._serving_numbers(m))}); load it before shadowing it")
+        return self._change(m, self._routes(m.effective, shadow_version=version, shadow_fraction=fraction or 1.0))
+
+    def remove_shadow(self, name: str) -> RouteState:
+        """Stop mirroring (the split is kept)."""
+        m = self._model(name)
+        return self._change(m, self._routes(m.effective, shadow_version=0, shadow_fraction=1.0))
+
+    def promote(self, name: str, version: int) -> RouteState:
+        """Every request naming no version goes to ``version`` (which must be serving); the shadow is removed."""
+        m = self._model(name)
+        if version not in self._serving_numbers(m):
+            raise InvalidInput(f"model '{name}': version {version} is not serving (serving: {list(self._serving_numbers(m))}); load it before promoting it")
+        return self._change(m, Routes(weights=((version, 1.0),)))
+
+    def rollback(self, name: str) -> RouteState:
+        """Undo the last change."""
+        m = self._model(name)
+        if not m.history:
+            raise InvalidInput(f"model '{name}': no earlier routes to roll back to")
+        m.override = m.history.pop()
+        m.generation += 1
+        self._rebuild(m)
+        log.info("model %s: routes rolled back to %s", name, self.state(name).routes)
+        return self.state(name)
+
+    def reset(self, name: str) -> RouteState:
+        """Drop the admin changes: the config's ``[routing]`` applies again."""
+        m = self._model(name)
+        m.history.append(m.override)
+        del m.history[:-MAX_HISTORY]
+        m.override = None
+        m.generation += 1
+        self._rebuild(m)
+        return self.state(name)
+
+    def report(self, name: str, request_id: str, **outcome: Any) -> str:
+        """Join an outcome with the version that answered; returns it ("" when the id is unknown)."""
+        m = self._model(name)
+        if m.feedback is None:
+            raise InvalidInput(f"model '{name}' does not index requests for feedback; add a [feedback] table to its config.toml")
+        if not request_id:
+            raise InvalidInput("ReportOutcome: request_id is required (the id of the answered ModelInferRequest)")
+        return m.feedback.report(request_id, **outcome)
+
+    async def aclose(self) -> None:
+        """Stop every shadow sender and the comparison thread."""
+        for m in self._models.values():
+            if m.sender is not None:
+                await m.sender.aclose()
+                m.sender = None
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _model(self, name: str) -> _Model:
+        self._repo.versions_of(name)  # raises ModelNotFound
+        m = self._models.get(name)
+        if m is None:
+            m = self._models[name] = _Model(name)
+        return m
+
+    @staticmethod
+    def _serving_numbers(m: _Model) -> tuple[int, ...]:
+        return tuple(v.version for v in m.serving)
+
+    @staticmethod
+    def _routes(base: Routes | None, **changes: Any) -> Routes:
+        """``base`` (or no routes) with ``changes``; InvalidInput when they are not valid routes."""
+        try:
+            return replace(base or Routes(), **changes)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+
+    def _change(self, m: _Model, routes: Routes) -> RouteState:
+        m.history.append(m.override)
+        del m.history[:-MAX_HISTORY]
+        m.override = routes
+        m.generation += 1
+        self._rebuild(m)
+        log.info("model %s: routes set to %s", m.name, routes)
+        return self.state(m.name)
+
+    def _rebuild(self, m: _Model) -> None:
+        """Compile the model's routes and swap the table (one assignment)."""
+        routes = m.effective
+        shadow_config = m.config.routing.shadow if m.config is not None and m.config.routing is not None else ShadowConfig()
+        shadow = next((v for v in m.serving if routes is not None and v.version == routes.shadow_version), None)
+        sender = m.sender
+        if sender is not None and (shadow is None or sender.shadow is not shadow or sender.config != shadow_config):
+            self._retire(sender)
+            sender = None
+        if shadow is not None and sender is None:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="surge-shadow-compare")
+            log_dir = shadow.model_path.parent.parent if hasattr(shadow, "model_path") else None
+            sender = ShadowSender(m.name, shadow, shadow_config, self._pool, pairs=m.pairs, log_dir=log_dir)
+        m.sender = sender
+        wanted = (routes is not None and (routes.weights or routes.shadow_version)) or m.feedback is not None
+        entry = compile_entry(routes, [(v.version, v) for v in m.serving], {"sender": sender, "feedback": m.feedback}) if wanted else None
+        table = dict(self.table)
+        if entry is None:
+            table.pop(m.name, None)
+        else:
+            table[m.name] = entry
+        self.table = table
+
+    def _retire(self, sender: ShadowSender) -> None:
+        try:
+            task = asyncio.get_running_loop().create_task(sender.aclose())
+        except RuntimeError:  # no loop (tests building tables by hand): nothing is running either
+            return
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def snapshot(self) -> list[tuple[str, Routes | None, int, int, ShadowSender | None, list[PairStats], FeedbackIndex | None]]:
+        """Per model: name, routes, generation, pending shadow requests, sender, pair counters, feedback (any thread)."""
+        out = []
+        for m in list(self._models.values()):
+            sender = m.sender
+            out.append((m.name, m.effective, m.generation, sender.pending() if sender is not None else 0, sender, list(m.pairs.values()), m.feedback))
+        return out
