@@ -15,7 +15,7 @@ from surge.protos import surge_service_pb2 as spb
 from surge.protos import surge_service_pb2_grpc as spb_grpc
 
 from . import errors
-from .grpc_servicer import _edge
+from .grpc_servicer import _edge, add_tolerant
 from .traffic import RouteState, Traffic
 
 __all__ = ["AdminServicer", "FeedbackServicer", "add_surge_services", "routes_message"]
@@ -95,5 +95,5 @@ class FeedbackServicer(spb_grpc.FeedbackServicer):
 
 def add_surge_services(traffic: Traffic, server: grpc.aio.Server) -> None:
     """Register ``surge.v1.Admin`` and ``surge.v1.Feedback`` on a grpc.aio server."""
-    spb_grpc.add_AdminServicer_to_server(AdminServicer(traffic), server)
-    spb_grpc.add_FeedbackServicer_to_server(FeedbackServicer(traffic), server)
+    add_tolerant(spb_grpc.add_AdminServicer_to_server, AdminServicer(traffic), server)  # an undecodable request: INVALID_ARGUMENT
+    add_tolerant(spb_grpc.add_FeedbackServicer_to_server, FeedbackServicer(traffic), server)
