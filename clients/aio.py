@@ -44,6 +44,7 @@ class AsyncInferenceClient:
         backoff_s: float = 0.05,
         channel_options: _common.ChannelOptions | None = None,
         metadata: _common.Metadata | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self._settings = _common.ClientSettings.build(
             timeout_s=timeout_s,
@@ -53,6 +54,7 @@ class AsyncInferenceClient:
             metadata=metadata,
         )
         self.address = _common.channel_target(address)
+        self._credentials = credentials
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.GRPCInferenceServiceStub | None = None
         self._closed = False
@@ -175,7 +177,11 @@ class AsyncInferenceClient:
         if self._stub is None:
             if self._closed:
                 raise RuntimeError("AsyncInferenceClient is closed")
-            self._channel = grpc.aio.insecure_channel(self.address, options=self._settings.channel_options)
+            options = self._settings.channel_options
+            credentials = self._credentials
+            self._channel = (
+                grpc.aio.secure_channel(self.address, credentials, options) if credentials else grpc.aio.insecure_channel(self.address, options=options)
+            )
             self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         return self._stub
 

@@ -37,7 +37,8 @@ class InferenceClient:
         retries: extra attempts after an UNAVAILABLE status (never for other statuses, never for streams).
         backoff_s: the first retry's delay in seconds; each next one doubles, with up to 10% jitter.
         channel_options: extra gRPC channel arguments; they override the defaults (2**31-1 byte message limits).
-        metadata: gRPC metadata (lowercase keys) sent with every call.
+        metadata: gRPC metadata (lowercase keys) sent with every call, e.g. ``{"authorization": "Bearer TOKEN"}``.
+        credentials: TLS (or mutual TLS) channel credentials, e.g. ``grpc.ssl_channel_credentials(ca_pem)``; None: plaintext.
 
     Every method raises ``InferenceServerError`` (the subclass for the status, see ``surge.clients.errors``)
     when the call fails, and ValueError for a constructor argument out of range.
@@ -52,6 +53,7 @@ class InferenceClient:
         backoff_s: float = 0.05,
         channel_options: _common.ChannelOptions | None = None,
         metadata: _common.Metadata | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self._settings = _common.ClientSettings.build(
             timeout_s=timeout_s,
@@ -61,7 +63,8 @@ class InferenceClient:
             metadata=metadata,
         )
         self.address = _common.channel_target(address)
-        self._channel = grpc.insecure_channel(self.address, options=self._settings.channel_options)
+        options = self._settings.channel_options
+        self._channel = grpc.secure_channel(self.address, credentials, options) if credentials else grpc.insecure_channel(self.address, options=options)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
 
     def __enter__(self) -> InferenceClient:

@@ -4,7 +4,10 @@
 loads the repository, then turns readiness and gRPC health to SERVING, and returns the bound gRPC address (the
 metrics endpoint's is ``Server.metrics_address``, REST's ``Server.http_address``). ``stop()`` (also on SIGTERM/SIGINT
 through ``serve``) turns readiness off first, stops accepting, lets in-flight RPCs finish within the grace
-period, then drains and frees every model.
+period, then drains and frees every model; a second signal exits at once (code 128 + signal).
+
+Binding: ``host:grpc_port`` or a Unix socket (``grpc_address``), plaintext or TLS/mutual TLS; access
+control is ``security.py``'s one interceptor, installed only when tokens are configured or admin is off.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from .model import abandoned_threads
 from .repository import ModelRepository
 from .rest import RestEndpoint
 from .routing_metrics import TrafficCollector
-from .security import AuthInterceptor, SecurityPolicy, TokenAuth
+from .security import SecurityPolicy, TokenAuth, auth_interceptor
 from .surge_servicer import add_surge_services
 from .traffic import Traffic
 from .workers import WorkerPeers
@@ -236,9 +239,13 @@ class Server:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", limits.max_request_bytes),
             ("grpc.max_concurrent_streams", limits.max_concurrent_streams),
+            # gRPC's own queue of calls not yet taken by the loop: its default soft limit (1000) is below one
+            # connection's stream cap, so a stalled loop saw calls CANCELLED rather than refused per stream
+            ("grpc.server.max_pending_requests", limits.max_pending_calls),
+            ("grpc.server.max_pending_requests_hard_limit", limits.max_pending_calls),
             ("grpc.so_reuseport", int(self.config.reuse_port)),
         ]
-        interceptors = [AuthInterceptor(self.security, status_of)] if self.security.active else []
+        interceptors = [auth_interceptor(self.security, status_of)] if self.security.active else []
         server = grpc.aio.server(options=options, interceptors=interceptors)
         servicer = InferenceServicer(
             self.repository, server_name="surge", server_version=SERVER_VERSION, is_ready=self.is_ready, metrics=self.metrics, limits=limits,

@@ -150,6 +150,8 @@ def _add_reliability_flags(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--max-bytes-element", type=int, default=d.max_bytes_element, help=f"bytes per BYTES element (default {d.max_bytes_element})")
     serve.add_argument("--max-concurrent-streams", type=int, default=d.max_concurrent_streams,
                        help=f"concurrent RPCs per client connection (default {d.max_concurrent_streams})")
+    serve.add_argument("--max-pending-calls", type=int, default=d.max_pending_calls,
+                       help=f"calls received but not yet taken up by a stalled event loop, beyond which gRPC cancels them (default {d.max_pending_calls})")
 
 
 def _reliability_config(args: argparse.Namespace) -> dict[str, object]:
@@ -161,6 +163,7 @@ def _reliability_config(args: argparse.Namespace) -> dict[str, object]:
         limits = Limits(
             max_request_bytes=args.max_request_bytes, max_tensor_elements=args.max_tensor_elements, max_request_elements=args.max_request_elements,
             max_batch_rows=args.max_batch_rows, max_bytes_element=args.max_bytes_element, max_concurrent_streams=args.max_concurrent_streams,
+            max_pending_calls=args.max_pending_calls,
         )
         mode = int(args.grpc_socket_mode, 8)
     except ValueError as exc:

@@ -45,9 +45,13 @@ class Limits:
     """Bytes in one BYTES element (``--max-bytes-element``)."""
     max_concurrent_streams: int = 1024
     """HTTP/2 streams (concurrent RPCs) per client connection (``--max-concurrent-streams``); clients queue beyond it."""
+    max_pending_calls: int = 4096
+    """Calls received but not yet taken up by the event loop (it stalled), all connections together
+    (``--max-pending-calls``); gRPC cancels calls beyond it (CANCELLED). Keep it above ``max_concurrent_streams``:
+    then one connection's overflow is refused per stream (UNAVAILABLE, retryable) before gRPC cancels anything."""
 
     def __post_init__(self) -> None:
-        for name in ("max_request_bytes", "max_tensor_elements", "max_request_elements", "max_bytes_element", "max_concurrent_streams"):
+        for name in ("max_request_bytes", "max_tensor_elements", "max_request_elements", "max_bytes_element", "max_concurrent_streams", "max_pending_calls"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_request_bytes > 2**31 - 1:

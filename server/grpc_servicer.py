@@ -34,7 +34,7 @@ from .traffic import Traffic
 from .triton import config_overrides_from_json, model_config_message, statistics_message
 from .workers import WorkerPeers, is_local_call
 
-__all__ = ["EXTENSIONS", "InferenceServicer", "STATUS_OF", "Undecodable", "add_to_server"]
+__all__ = ["EXTENSIONS", "InferenceServicer", "STATUS_OF", "Undecodable", "add_to_server", "add_tolerant"]
 
 log = logging.getLogger("surge.grpc")
 
@@ -109,26 +109,31 @@ def _tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
 
 
 class _Capture:
-    """Stands in for a server to collect the generated code's method handlers."""
+    """Stands in for a server to collect a generated ``add_*Servicer_to_server``'s method handlers."""
 
+    service = ""
     handlers: dict[str, grpc.RpcMethodHandler]
 
     def add_generic_rpc_handlers(self, handlers: Any) -> None:
         pass
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        self.handlers = handlers
+        self.service, self.handlers = service, handlers
+
+
+def add_tolerant(add: Callable[[Any, Any], None], servicer: Any, server: grpc.aio.Server) -> None:
+    """Register ``servicer`` as the generated ``add`` function would, except that request deserializers never
+    raise (see ``Undecodable``; the servicer's methods go through ``_edge``)."""
+    capture = _Capture()
+    add(servicer, capture)
+    handlers = {name: h._replace(request_deserializer=_tolerant(h.request_deserializer)) for name, h in capture.handlers.items()}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(capture.service, handlers),))
+    server.add_registered_method_handlers(capture.service, handlers)
 
 
 def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
-    """Register the servicer as the generated ``add_GRPCInferenceServiceServicer_to_server`` does, except that
-    request deserializers never raise (see ``Undecodable``)."""
-    capture = _Capture()
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, capture)
-    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-    handlers = {name: h._replace(request_deserializer=_tolerant(h.request_deserializer)) for name, h in capture.handlers.items()}
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
-    server.add_registered_method_handlers(service, handlers)
+    """Register the inference servicer (``add_tolerant`` over the generated function)."""
+    add_tolerant(pb_grpc.add_GRPCInferenceServiceServicer_to_server, servicer, server)
 
 
 def _edge(method: _F) -> _F:

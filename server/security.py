@@ -12,8 +12,8 @@
   would suggest another token might).
 - **Transport-neutral.** ``SecurityPolicy.authorize(method, authorization)`` and ``TokenAuth.check(header,
   scope)`` take the ``authorization`` header's value and raise ``errors.Unauthenticated`` /
-  ``PermissionDenied`` / ``Unsupported``; a REST edge calls them with its own header. ``AuthInterceptor``
-  is the gRPC edge's single interceptor over them (installed only when tokens are configured or admin is
+  ``PermissionDenied`` / ``Unsupported``; a REST edge calls them with its own header. ``auth_interceptor``
+  makes the gRPC edge's single interceptor over them (installed only when tokens are configured or admin is
   disabled: otherwise it costs nothing).
 - **Repository confinement.** ``check_model_name`` and ``confine`` keep names from a request inside the
   repository root (no separators, ``..``, absolute paths, NUL, or symlinks resolving outside);
@@ -28,20 +28,21 @@ import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import grpc
+from typing import TYPE_CHECKING, Any
 
 from . import errors
+
+if TYPE_CHECKING:
+    import grpc
 
 __all__ = [
     "ADMIN",
     "INFERENCE",
     "METHOD_SCOPES",
     "OPEN",
-    "AuthInterceptor",
     "SecurityPolicy",
     "TokenAuth",
+    "auth_interceptor",
     "check_load_overrides",
     "check_model_name",
     "confine",
@@ -185,38 +186,40 @@ def _authorization(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
     return None
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """The gRPC edge of ``SecurityPolicy``: a refused call is answered with the error's status, never run."""
+def auth_interceptor(policy: SecurityPolicy, status_of: Callable[[BaseException], grpc.StatusCode]) -> grpc.aio.ServerInterceptor:
+    """The gRPC edge of ``policy``: one interceptor; a refused call is answered with the error's status, never run.
 
-    def __init__(self, policy: SecurityPolicy, status_of: Callable[[BaseException], grpc.StatusCode]) -> None:
-        self._policy = policy
-        self._status_of = status_of
+    (grpc is imported here, not at the top, so the repository and a REST edge can use this module without it.)
+    """
+    import grpc
 
-    async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]], details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler:
-        try:
-            self._policy.authorize(details.method, _authorization(details.invocation_metadata))
-        except errors.InferenceServerError as exc:
-            handler = await continuation(details)
-            return _refusal(handler, self._status_of(exc), str(exc)) if handler is not None else handler
-        return await continuation(details)
+    def refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+        """A handler of the same kind as ``handler`` that aborts with ``code`` before reading anything."""
 
+        async def abort(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await context.abort(code, message)
 
-def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same kind as ``handler`` that aborts with ``code`` before reading anything."""
+        serializers = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+        if handler.request_streaming and handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(abort, **serializers)
+        if handler.request_streaming:
+            return grpc.stream_unary_rpc_method_handler(abort, **serializers)
+        if handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(abort, **serializers)
+        return grpc.unary_unary_rpc_method_handler(abort, **serializers)
 
-    async def abort(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(code, message)
+    class AuthInterceptor(grpc.aio.ServerInterceptor):
+        async def intercept_service(
+            self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]], details: grpc.HandlerCallDetails
+        ) -> grpc.RpcMethodHandler:
+            try:
+                policy.authorize(details.method, _authorization(details.invocation_metadata))
+            except errors.InferenceServerError as exc:
+                handler = await continuation(details)
+                return refusal(handler, status_of(exc), str(exc)) if handler is not None else handler
+            return await continuation(details)
 
-    serializers = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(abort, **serializers)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(abort, **serializers)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(abort, **serializers)
-    return grpc.unary_unary_rpc_method_handler(abort, **serializers)
+    return AuthInterceptor()
 
 
 # -- the repository on disk ------------------------------------------------------------------------

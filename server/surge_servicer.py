@@ -21,7 +21,7 @@ from surge.protos import surge_service_pb2 as spb
 from surge.protos import surge_service_pb2_grpc as spb_grpc
 
 from . import errors
-from .grpc_servicer import _edge
+from .grpc_servicer import _edge, add_tolerant
 from .traffic import RouteState, Traffic
 from .workers import WorkerPeers, is_local_call
 
@@ -116,6 +116,7 @@ class FeedbackServicer(spb_grpc.FeedbackServicer):
 
 
 def add_surge_services(traffic: Traffic, server: grpc.aio.Server, peers: WorkerPeers | None = None) -> None:
-    """Register ``surge.v1.Admin`` and ``surge.v1.Feedback`` on a grpc.aio server (``peers``: in a ``--workers`` worker)."""
-    spb_grpc.add_AdminServicer_to_server(AdminServicer(traffic, peers), server)
-    spb_grpc.add_FeedbackServicer_to_server(FeedbackServicer(traffic, peers), server)
+    """Register ``surge.v1.Admin`` and ``surge.v1.Feedback`` on a grpc.aio server (``peers``: in a ``--workers`` worker);
+    an undecodable request answers INVALID_ARGUMENT (``add_tolerant``)."""
+    add_tolerant(spb_grpc.add_AdminServicer_to_server, AdminServicer(traffic, peers), server)
+    add_tolerant(spb_grpc.add_FeedbackServicer_to_server, FeedbackServicer(traffic, peers), server)

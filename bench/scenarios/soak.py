@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import os
 import random
 import re
 import sys
@@ -96,6 +97,8 @@ def _cause(code: grpc.StatusCode, details: str) -> str:
     if code == grpc.StatusCode.UNAVAILABLE:
         if "queue full" in details:
             return "queue full"
+        if "error code 7" in details:  # HTTP/2 REFUSED_STREAM: the connection had max_concurrent_streams calls open
+            return "stream refused (max_concurrent_streams)"
         if "failed to connect" in details or "Socket closed" in details or "Connection reset" in details:
             return "transport"
         return "not ready (reload/unload/replacement)"
@@ -108,7 +111,11 @@ class Tally:
     def __init__(self) -> None:
         self.sent = 0
         self.outcomes: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        self.example: dict[tuple[str, str, str], str] = {}
         self.lost: list[str] = []
+        self.max_outstanding = 0
+        self.times: dict[tuple[str, str, str], list[float]] = {}
+        self.start = time.monotonic()
 
     async def call(self, stub: pb_grpc.GRPCInferenceServiceStub, model: str, value: float) -> None:
         self.sent += 1
@@ -121,6 +128,8 @@ class Tally:
             if exc.code().name in _LOST or cause == "transport":
                 self.lost.append(f"{model}: {exc.code().name}: {details}")
             self.outcomes[(model, exc.code().name, cause)] += 1
+            self.example.setdefault((model, exc.code().name, cause), details)
+            self.times.setdefault((model, exc.code().name, cause), []).append(time.monotonic())
 
 
 def _rss_mb(pid: int) -> float:
@@ -142,6 +151,7 @@ async def soak(address: str, pid: int, duration_s: float, reload_every_s: float,
     def fire(stub: pb_grpc.GRPCInferenceServiceStub, model: str, value: float) -> None:
         task = asyncio.create_task(tally.call(stub, model, value))
         tasks.add(task)
+        tally.max_outstanding = max(tally.max_outstanding, len(tasks))
         task.add_done_callback(tasks.discard)
 
     async with grpc.aio.insecure_channel(address) as channel:
@@ -206,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hang-every-s", type=float, default=30.0)
     parser.add_argument("--rate", type=float, default=100.0, help="open-loop requests/s to adder (failing_py and hang_py get a quarter each)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep-log", type=Path, help="copy the server's log here")
+    parser.add_argument("--serve-arg", action="append", default=[], metavar="ARG", help="extra surge serve argument (repeatable)")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin the server to CPU 0 and this load generator to CPU 1")
     args = parser.parse_args(argv)
 
     from tests.process import SurgeProcess
@@ -213,19 +226,29 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="surge-soak-") as tmp:
         root = write_repository(Path(tmp) / "repo")
         server = SurgeProcess(root, Path(tmp) / "server", "--model-control-mode", "explicit",
-                              *(a for m in ("adder", "work_py", "failing_py", "hang_py") for a in ("--load-model", m)))
+                              *(a for m in ("adder", "work_py", "failing_py", "hang_py") for a in ("--load-model", m)), *args.serve_arg)
         server.start()
+        if not args.no_pin and len(os.sched_getaffinity(0)) >= 2:  # server and load generator on a core each
+            for task in os.listdir(f"/proc/{server.proc.pid}/task"):  # every thread of the server
+                os.sched_setaffinity(int(task), {0})
+            os.sched_setaffinity(0, {1})
         try:
             tally, rss = asyncio.run(soak(server.address, server.proc.pid, args.duration_s, args.reload_every_s, args.hang_every_s, args.rate, args.seed))
         finally:
             code = server.stop()
         log = server.log()
+        if args.keep_log is not None:
+            args.keep_log.write_text(log)
 
     answered = sum(tally.outcomes.values()) - len(tally.lost)
-    print(f"\nsoak: {args.duration_s:.0f} s, {tally.sent} requests sent, {answered} answered by the server, LOST {len(tally.lost)}")
-    print(f"{'model':<12} {'status':<20} {'cause':<40} {'count':>8}")
-    for (model, status, cause), count in sorted(tally.outcomes.items()):
-        print(f"{model:<12} {status:<20} {cause:<40} {count:>8}")
+    print(f"\nsoak: {args.duration_s:.0f} s, {tally.sent} requests sent (at most {tally.max_outstanding} outstanding), "
+          f"{answered} answered by the server, LOST {len(tally.lost)}")
+    print(f"{'model':<12} {'status':<20} {'cause':<40} {'count':>8}  first message")
+    for key, count in sorted(tally.outcomes.items()):
+        model, status, cause = key
+        when = sorted({int(t - tally.start) for t in tally.times.get(key, [])})
+        at = f" (at s {when[:6]}{'...' if len(when) > 6 else ''})" if when else ""
+        print(f"{model:<12} {status:<20} {cause:<40} {count:>8}  {tally.example.get(key, '')[:90]}{at}")
     print("\nserver RSS (MB) over time:")
     print("  " + "  ".join(f"{t:.0f}s:{mb:.0f}" for t, mb in rss))
     for line in tally.lost[:10]:

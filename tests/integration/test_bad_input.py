@@ -214,6 +214,17 @@ def test_bad_requests_in_a_stream_are_answered_and_the_stream_goes_on(stub):
     assert answers["good"].error_message == "" and answers["good"].infer_response.outputs[0].shape == [1, 4]
 
 
+@pytest.mark.parametrize("method", ["/surge.v1.Feedback/ReportOutcome", "/surge.v1.Admin/GetRoutes"])
+def test_undecodable_message_to_surge_services_is_invalid_argument(server, client, method):
+    with grpc.insecure_channel(server.address) as channel:
+        call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as info:
+            call(b"\x0a\x03\xff\xfe\xfd", timeout=10)  # field 1, a string, not UTF-8
+    assert info.value.code() == INVALID, info.value.details()
+    assert "request is not a valid protobuf message" in info.value.details()
+    assert client.infer("mlp", {"x": GOOD_X})["probabilities"].shape == (1, 4)
+
+
 def test_undecodable_message_in_a_stream_is_answered_and_the_stream_goes_on(server):
     good = _request("mlp", _x(), id="good").SerializeToString()
     with grpc.insecure_channel(server.address) as channel:

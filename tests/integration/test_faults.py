@@ -70,7 +70,7 @@ name = "y"
 datatype = "FP32"
 dims = [1]
 """
-REPLACEMENT_LOAD_S = 1.5
+REPLACEMENT_LOAD_S = 4.0  # long enough to observe the gap on a noisy box
 HANG_S = 3.0  # the abandoned thread sleeps this long, then is closed
 
 

@@ -2,8 +2,9 @@
 
 Whatever the fields hold (model names and versions, tensor names, datatypes, shapes with negative and huge
 dims, raw bytes of the right or wrong length, typed contents, parameters of every type, outputs), the
-server never crashes, never hangs (every call has a 10 s deadline) and never answers UNKNOWN, INTERNAL or
-DEADLINE_EXCEEDED: each request is OK or gets a documented status. Models that sleep or fail on purpose
+server never crashes, never hangs (every call has a 10 s deadline) and never answers UNKNOWN or INTERNAL,
+nor DEADLINE_EXCEEDED unless the request set Triton's ``timeout`` parameter: each request is OK or gets a
+documented status. Models that sleep or fail on purpose
 (slow_py, failing_py) are left out. The examples are derandomized, so CI runs the same 2,000 each time
 (set SURGE_FUZZ_SEED to explore others locally).
 """
@@ -184,7 +185,9 @@ def test_fuzzed_requests_never_crash_hang_or_answer_unknown(stub):
             code = grpc.StatusCode.OK
         except grpc.RpcError as exc:
             code = exc.code()
-            assert code in ALLOWED, f"{code}: {exc.details()}\nrequest: {request}"
+            # a tiny `timeout` parameter (µs) may expire in the queue: its documented answer (never a hang)
+            timed_out = code == grpc.StatusCode.DEADLINE_EXCEEDED and "timeout" in request.parameters and "dropped before compute" in exc.details()
+            assert code in ALLOWED or timed_out, f"{code}: {exc.details()}\nrequest: {request}"
         seen[code.name] = seen.get(code.name, 0) + 1
 
     if _seed is not None:

@@ -208,16 +208,16 @@ def test_deadlines_shorter_than_the_queue_wait_are_dropped_before_compute(tmp_pa
     server = start_server(model_repository=write_work_model(tmp_path / "repo"))
     with InferenceClient(server.address, retries=0, timeout_s=30) as client, concurrent.futures.ThreadPoolExecutor(12) as pool:
         rows_before = _executed_rows(client, "work_py")
-        blocker = pool.submit(client.infer, "work_py", {"delay_s": np.array([[1.5]], np.float32)})
+        blocker = pool.submit(client.infer, "work_py", {"delay_s": np.array([[3.0]], np.float32)})
         time.sleep(0.3)
         zero = {"delay_s": np.array([[0.0]], np.float32)}
-        by_deadline = [pool.submit(client.infer, "work_py", zero, timeout_s=0.4) for _ in range(8)]
-        by_parameter = [pool.submit(client.infer, "work_py", zero, parameters={"timeout": 300_000}) for _ in range(3)]  # µs
+        by_deadline = [pool.submit(client.infer, "work_py", zero, timeout_s=1.0) for _ in range(8)]
+        by_parameter = [pool.submit(client.infer, "work_py", zero, parameters={"timeout": 1_000_000}) for _ in range(3)]  # µs
         for future in by_deadline + by_parameter:
             with pytest.raises(InferenceServerError) as info:
                 future.result()
             assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED, info.value
-        assert blocker.result()["delay_s_out"][0, 0] == 1.5
+        assert blocker.result()["delay_s_out"][0, 0] == 3.0
         time.sleep(0.2)
         assert _executed_rows(client, "work_py") == rows_before + 1  # only the blocker ran
         assert client.infer("work_py", zero)["delay_s_out"][0, 0] == 0.0
@@ -232,10 +232,13 @@ def test_cancelled_requests_are_dropped_before_compute(tmp_path, start_server):
     async def run() -> None:
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            blocker = asyncio.ensure_future(stub.ModelInfer(_request(1.0), timeout=30))
+            blocker = asyncio.ensure_future(stub.ModelInfer(_request(4.0), timeout=30))
             await asyncio.sleep(0.3)
             calls = [stub.ModelInfer(_request(0.0), timeout=30) for _ in range(5)]
-            await asyncio.sleep(0.2)
+            for _ in range(100):  # until all five wait in the queue (a call cancelled before it arrives is not the point)
+                if 'surge_queue_depth{model="work_py",version="1"} 5' in await asyncio.to_thread(_scrape, server.server.metrics_address):
+                    break
+                await asyncio.sleep(0.05)
             for call in calls:
                 call.cancel()
             await blocker
@@ -253,3 +256,90 @@ def _scrape(address: str) -> str:
 
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
         return response.read().decode()
+
+
+def test_concurrent_streams_per_connection_are_capped(tmp_path, start_server):
+    """max_concurrent_streams = 2: with two calls open on a connection, a third waits (HTTP/2 flow control, the
+    client queues it) until one ends; another connection is not affected."""
+    import threading
+
+    from surge.server.codec import Limits
+
+    from tests.models import write_add_model
+
+    write_add_model(tmp_path / "repo" / "adder" / "1" / "model.onnx", 1.0)
+    server = start_server(model_repository=tmp_path / "repo", limits=Limits(max_concurrent_streams=2))
+    release = threading.Event()
+    request = pb.ModelInferRequest(model_name="adder")
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+    request.raw_input_contents.append(np.ones((1, 4), np.float32).tobytes())
+
+    def idle_stream():
+        yield request
+        release.wait(30)
+
+    own = [("grpc.use_local_subchannel_pool", 1)]  # two channels, two connections (they would share one)
+    with grpc.insecure_channel(server.address, options=own) as channel, grpc.insecure_channel(server.address, options=own) as other:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        open_streams = [stub.ModelStreamInfer(idle_stream(), timeout=60) for _ in range(2)]
+        for stream in open_streams:
+            assert not next(stream).error_message  # both are open and answered
+        third = stub.ModelInfer.future(request, timeout=30)
+        assert pb_grpc.GRPCInferenceServiceStub(other).ModelInfer(request, timeout=10).outputs  # other connections serve
+        time.sleep(1.0)
+        assert not third.done()  # waiting for a stream slot on its connection
+        release.set()
+        for stream in open_streams:
+            assert list(stream) == []
+        assert third.result(timeout=10).outputs
+
+
+@pytest.mark.timeout(120)
+async def test_a_stalled_server_refuses_the_overflow_and_cancels_nothing(tmp_path):
+    """The server is stopped (SIGSTOP) for 3 s under a 400/s open-loop load on one connection: calls beyond the
+    stream cap (1024) are refused (UNAVAILABLE, retryable), none is CANCELLED (gRPC cancels calls beyond its pending-call
+    limit, whose default 1000 was below one connection's cap), and the server answered exactly the clients' OKs."""
+    import os
+    import signal
+
+    from tests.models import write_add_model
+
+    write_add_model(tmp_path / "repo" / "adder" / "1" / "model.onnx", 1.0)
+    server = SurgeProcess(tmp_path / "repo", tmp_path / "server").start()
+    outcomes: dict[str, int] = {}
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            request = pb.ModelInferRequest(model_name="adder")
+            request.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+            request.raw_input_contents.append(np.zeros((1, 4), np.float32).tobytes())
+
+            async def one() -> None:
+                try:
+                    await stub.ModelInfer(request, timeout=30)
+                    key = "OK"
+                except grpc.aio.AioRpcError as exc:
+                    key = exc.code().name
+                outcomes[key] = outcomes.get(key, 0) + 1
+
+            async def stall() -> None:
+                await asyncio.sleep(1.0)
+                os.kill(server.proc.pid, signal.SIGSTOP)
+                await asyncio.sleep(3.0)
+                os.kill(server.proc.pid, signal.SIGCONT)
+
+            stalling = asyncio.create_task(stall())
+            calls = []
+            start = time.monotonic()
+            for i in range(2000):  # 5 s at 400/s
+                await asyncio.sleep(max(0.0, start + i / 400 - time.monotonic()))
+                calls.append(asyncio.create_task(one()))
+            await stalling
+            await asyncio.gather(*calls)
+            (stats,) = (await stub.ModelStatistics(pb.ModelStatisticsRequest(name="adder"), timeout=10)).model_stats
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+        server.stop_and_check()
+    assert set(outcomes) <= {"OK", "UNAVAILABLE"}, outcomes
+    assert outcomes.get("UNAVAILABLE", 0) > 0, outcomes  # the stall did overflow the cap
+    assert stats.inference_stats.success.count == outcomes["OK"] and stats.inference_stats.fail.count == 0, (stats.inference_stats, outcomes)

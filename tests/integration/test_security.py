@@ -135,6 +135,29 @@ def test_mutual_tls_needs_a_client_certificate_from_the_ca(repo, pki, start_serv
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE, (cert, info.value.details())
 
 
+def test_our_clients_speak_mutual_tls_with_a_token(repo, pki, tmp_path, start_server):
+    import asyncio
+
+    from surge.clients import AsyncInferenceClient, InferenceClient
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"inference {INFERENCE_TOKEN}\n")
+    server = start_server(
+        model_repository=repo, tls_cert_file=pki["server_cert_file"], tls_key_file=pki["server_key_file"],
+        tls_client_ca_file=pki["ca_file"], auth_tokens_file=tokens,
+    )
+    credentials = grpc.ssl_channel_credentials(root_certificates=pki["ca"], private_key=pki["client_key"], certificate_chain=pki["client_cert"])
+    auth = {"authorization": f"Bearer {INFERENCE_TOKEN}"}
+    with InferenceClient(server.address, retries=0, timeout_s=10, credentials=credentials, metadata=auth) as client:
+        assert client.infer("adder", {"x": X})["y"][0, 0] == 1.0
+
+    async def run() -> float:
+        async with AsyncInferenceClient(server.address, retries=0, timeout_s=10, credentials=credentials, metadata=auth) as client:
+            return float((await client.infer("adder", {"x": X}))["y"][0, 0])
+
+    assert asyncio.run(run()) == 1.0
+
+
 def test_tls_config_errors_name_the_problem(repo, pki):
     from surge.server.errors import ConfigError
 
@@ -281,3 +304,59 @@ def test_default_bind_is_loopback(repo):
 
     assert ServerConfig(model_repository=repo).host == "127.0.0.1"
     assert _parser().parse_args(["serve"]).host == "127.0.0.1"
+
+
+def test_serve_flags_unix_socket_tokens_and_admin_switch(repo, tmp_path):
+    from tests.process import SurgeProcess
+
+    socket = Path("/tmp") / f"surge-cli-{os.getpid()}-{tmp_path.name[-12:]}.sock"
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"inference,admin {BOTH_TOKEN}\n")
+    server = SurgeProcess(
+        repo, tmp_path / "server", "--grpc-address", f"unix://{socket}", "--auth-tokens-file", str(tokens), "--disable-admin",
+        "--max-tensor-elements", "4", "--model-control-mode", "explicit", "--load-model", "adder",
+    ).start()
+    try:
+        assert server.address == f"unix://{socket}" and stat.S_IMODE(socket.stat().st_mode) == 0o600
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            assert _infer(stub, _bearer(BOTH_TOKEN))[0] == 1.0
+            with pytest.raises(grpc.RpcError) as info:
+                _infer(stub)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError) as info:
+                stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="adder"), timeout=10, metadata=_bearer(BOTH_TOKEN))
+            assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            big = _infer_request()
+            big.inputs[0].shape[:] = [2, 4]
+            big.raw_input_contents[0] = np.zeros((2, 4), np.float32).tobytes()
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ModelInfer(big, timeout=10, metadata=_bearer(BOTH_TOKEN))
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_tensor_elements = 4" in info.value.details()
+        server.stop_and_check()
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            server.proc.kill()
+        socket.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--max-tensor-elements", "0"], "max_tensor_elements must be at least 1"),
+        (["--grpc-address", "tcp://0.0.0.0:1"], "--grpc-address must be unix:"),
+        (["--tls-cert", "/nonexistent.pem"], "needs both"),
+        (["--auth-tokens-file", "/nonexistent-tokens"], "cannot read the auth tokens file"),
+        (["--grpc-socket-mode", "rw"], "invalid literal"),
+    ],
+)
+def test_serve_refuses_bad_reliability_flags(repo, flags, message):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(repo), "--grpc-port", "0", "--metrics-port", "0", *flags],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr

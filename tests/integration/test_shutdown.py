@@ -98,7 +98,7 @@ def test_a_second_signal_exits_at_once(tmp_path):
         started = time.monotonic()
         os.kill(server.proc.pid, signal.SIGTERM)
         code = server.proc.wait(10)
-        assert time.monotonic() - started < 2.0
+        assert time.monotonic() - started < 4.0  # the drain would take 5 s (its timeout)
         assert code == 128 + signal.SIGTERM, server.log()
         assert "second SIGTERM while draining: exiting at once" in server.log()
         with pytest.raises(Exception):
