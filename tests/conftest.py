@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,6 +56,25 @@ class ServerThread:
             self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(30)
         self._loop.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _default_ports_held() -> Iterator[None]:
+    """Hold Triton's default ports (REST 8000, gRPC 8001, metrics 8002) for the whole run, so a test or helper that
+    forgets to ask for an ephemeral port fails every time, not only when a developer's own server is running
+    (CI once failed that way). A port something else already holds has the same effect."""
+    held = []
+    for port in (8000, 8001, 8002):
+        sock = socket.socket()
+        try:
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+            held.append(sock)
+        except OSError:
+            sock.close()
+    yield
+    for sock in held:
+        sock.close()
 
 
 @pytest.fixture(scope="session")

@@ -95,7 +95,7 @@ def surge_server(repository: Path, workdir: Path) -> Iterator[tuple[str, str, in
     address_file = workdir / "address"
     metrics_port = str(_free_port())
     cmd = ["taskset", "-c", SERVER_CPU, sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(repository),
-           "--grpc-port", "0", "--metrics-port", metrics_port, "--address-file", str(address_file), "--log-level", "warning"]  # fmt: skip
+           "--grpc-port", "0", "--metrics-port", metrics_port, "--http-port", "-1", "--address-file", str(address_file), "--log-level", "warning"]  # fmt: skip
     log = open(workdir / "server.log", "wb")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -220,7 +220,7 @@ def toggle(args: argparse.Namespace) -> dict:
     os.sched_setaffinity(0, {int(SERVER_CPU)})
     tmp = tempfile.TemporaryDirectory(prefix="surge-shadow-toggle-")
     repository = write_repository(Path(tmp.name) / "repository", args.shadow_delay_s)
-    server = Server(ServerConfig(model_repository=repository, grpc_port=0, metrics_port=0))
+    server = Server(ServerConfig(model_repository=repository, grpc_port=0, metrics_port=0, http_port=-1))
     loop = uvloop.new_event_loop()
     address = loop.run_until_complete(server.start())
     thread = threading.Thread(target=loop.run_forever, daemon=True)

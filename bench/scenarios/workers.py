@@ -69,7 +69,7 @@ def surge(repository: Path, workers: int, cpus: str, workdir: Path, timeout_s: f
     address_file, log = workdir / "address", workdir / "server.log"
     address_file.unlink(missing_ok=True)
     cmd = ["taskset", "-c", cpus, sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(repository),
-           "--grpc-port", "0", "--metrics-port", "0", "--address-file", str(address_file), "--log-level", "info",
+           "--grpc-port", "0", "--metrics-port", "0", "--http-port", "-1", "--address-file", str(address_file), "--log-level", "info",
            "--workers", str(workers)]  # fmt: skip
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     with open(log, "wb") as out:

@@ -72,7 +72,7 @@ def gpu_pipeline(tmp_path_factory):
     example = torch.zeros(2, 3, 32, 32)
     for name, graphs in (("cnn_graphs", "true"), ("cnn_eager", "false")):
         write_torch_model(root / name, model, example, kind="export", config=CONFIG.format(graphs=graphs, kind="gpu"))
-    thread = ServerThread(ServerConfig(model_repository=root, grpc_port=0, metrics_port=0, strict_readiness=False)).start()
+    thread = ServerThread(ServerConfig(model_repository=root, grpc_port=0, metrics_port=0, http_port=0, strict_readiness=False)).start()
     yield thread, model
     thread.stop()
 

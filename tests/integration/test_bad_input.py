@@ -187,7 +187,7 @@ def limited(test_repository):
     from tests.conftest import ServerThread
     from surge.server.app import ServerConfig
 
-    thread = ServerThread(ServerConfig(model_repository=test_repository, grpc_port=0, metrics_port=0, strict_readiness=False, limits=LIMITS)).start()
+    thread = ServerThread(ServerConfig(model_repository=test_repository, grpc_port=0, metrics_port=0, http_port=0, strict_readiness=False, limits=LIMITS)).start()
     yield thread
     thread.stop()
 

@@ -83,7 +83,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def pipeline_server(repo: Path) -> Iterator[ServerThread]:
-    thread = ServerThread(ServerConfig(model_repository=repo, grpc_port=0, metrics_port=0, strict_readiness=False)).start()
+    thread = ServerThread(ServerConfig(model_repository=repo, grpc_port=0, metrics_port=0, http_port=0, strict_readiness=False)).start()
     yield thread
     thread.stop()
 

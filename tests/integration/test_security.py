@@ -355,7 +355,7 @@ def test_serve_refuses_bad_reliability_flags(repo, flags, message):
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(repo), "--grpc-port", "0", "--metrics-port", "0", *flags],
+        [sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(repo), "--grpc-port", "0", "--metrics-port", "0", "--http-port", "0", *flags],
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 2, result.stderr

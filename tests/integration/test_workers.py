@@ -159,7 +159,7 @@ def test_sigint_drains_requests_in_flight_on_every_worker_and_exits_zero(tmp_pat
 def test_workers_that_cannot_start_stop_the_server_with_exit_2(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(tmp_path / "missing"), "--workers", "2",
-         "--grpc-port", "0", "--metrics-port", "0"],
+         "--grpc-port", "0", "--metrics-port", "0", "--http-port", "0"],
         capture_output=True, text=True, timeout=90,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
@@ -167,7 +167,7 @@ def test_workers_that_cannot_start_stop_the_server_with_exit_2(tmp_path):
 
 
 def test_workers_flag_out_of_range(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "surge.server.cli", "serve", "--workers", "0", "--grpc-port", "0", "--metrics-port", "0"],
+    result = subprocess.run([sys.executable, "-m", "surge.server.cli", "serve", "--workers", "0", "--grpc-port", "0", "--metrics-port", "0", "--http-port", "0"],
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 2 and "--workers must be 1 or more" in result.stderr
 
@@ -176,6 +176,6 @@ def test_gpu_models_need_an_explicit_opt_in_to_run_under_workers(tmp_path):
     repository = _repository(tmp_path / "repository")
     (repository / "add" / "config.toml").write_text('max_batch_size = 8\n\n[instance_group]\nkind = "gpu"\n')
     result = subprocess.run([sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(repository), "--workers", "2",
-                             "--grpc-port", "0", "--metrics-port", "0"], capture_output=True, text=True, timeout=60)  # fmt: skip
+                             "--grpc-port", "0", "--metrics-port", "0", "--http-port", "0"], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "model(s) add run on a GPU" in result.stderr and "--workers-share-gpu" in result.stderr
