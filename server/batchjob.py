@@ -16,10 +16,20 @@ array per output), ``.parquet`` (a column per output; vectors as fixed-size list
 
 Bounded memory: ``.npy`` is memory-mapped, ``.npz`` members are read row range by row range, Parquet by batches,
 CSV by blocks; about two chunks of input and outputs are in memory (the one computing, the one read or written).
-Resumable: each finished chunk is written to ``OUTPUT.parts/chunk-NNNNNN/`` (one raw ``.npy`` per output, the folder
-renamed into place when complete) next to a
-``job.json`` naming the input (path, size, mtime), model, version and chunk size; a rerun of the same job skips
-the chunks already there. The final file is assembled chunk by chunk and the parts folder removed.
+Resumable. An ``.npz`` output from an input whose row count is known up front (.npy, .npz, Parquet) is written in
+place: ``OUTPUT.parts/output.npz.partial`` is laid out (stored zip members, one per output, rows at fixed offsets;
+the per-row dtype and shape of each output come from the first chunk and are kept in ``layout.json``), each finished
+chunk's rows go straight to their offsets and then a ``chunk-NNNNNN.json`` marker appears (atomically), and the end
+writes only the zip headers (CRCs kept running in row order, recomputed from the file after a resume) and moves the
+file to OUTPUT: nothing is re-read or copied. Other outputs (Parquet, CSV, or a CSV input, whose row count is an
+estimate) write each finished chunk to ``OUTPUT.parts/chunk-NNNNNN/`` (one raw ``.npy`` per output, the folder
+renamed into place when complete) and assemble the final file chunk by chunk. Either way ``job.json`` names the
+input (path, size, mtime), model, version, chunk size and output layout; a rerun of the same job skips the chunks
+already marked done, and the parts folder is removed at the end.
+
+The chunk loop runs in a thread of its own with plain futures (the event loop's thread waits on it): the next
+chunk is submitted to the instances before the previous one is written, so the instances never wait on the
+job's reading or writing, and there is no event-loop round trip per chunk.
 """
 
 from __future__ import annotations
@@ -119,7 +129,7 @@ def _array_reader(path: Path, suffix: str, inputs: tuple[TensorConfig, ...], chu
         if len(inputs) != 1:
             raise BatchJobError(f"input {path}: a .npy holds one array, but the model has inputs {names}; use .npz with one array per input")
         arrays: dict[str, Any] = {names[0]: np.load(path, mmap_mode="r")}
-        read = lambda a, s, e: np.array(a[s:e])  # noqa: E731  # a copy: the pages are read here, not in the instance
+        read = lambda a, s, e: np.asarray(a[s:e])  # noqa: E731  # a view: the instance reads the mapped pages
     else:
         archive = zipfile.ZipFile(path)
         members = {Path(m).stem: m for m in archive.namelist() if m.endswith(".npy")}
