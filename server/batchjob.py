@@ -317,13 +317,14 @@ class _InPlaceNpz:
                     block = os.pread(self.fd, min(left, 1 << 24), pos)
                     crc, pos, left = zlib.crc32(block, crc), pos + len(block), left - len(block)
             name = f"{n}.npy".encode()
+            flags = 0 if name.isascii() else 0x800  # UTF-8 name
             extra = struct.pack("<HHQQ", 1, 16, size, size)
-            os.pwrite(self.fd, struct.pack("<IHHHHHIIIHH", 0x04034B50, 45, 0, 0, dostime, dosdate, crc, 0xFFFFFFFF, 0xFFFFFFFF, len(name), len(extra)) + name + extra, local)
-            entries.append((name, crc, size, local))
+            os.pwrite(self.fd, struct.pack("<IHHHHHIIIHH", 0x04034B50, 45, flags, 0, dostime, dosdate, crc, 0xFFFFFFFF, 0xFFFFFFFF, len(name), len(extra)) + name + extra, local)
+            entries.append((name, flags, crc, size, local))
         directory = b""
-        for name, crc, size, local in entries:
+        for name, flags, crc, size, local in entries:
             extra = struct.pack("<HHQQQ", 1, 24, size, size, local)
-            directory += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 45, 45, 0, 0, dostime, dosdate, crc, 0xFFFFFFFF, 0xFFFFFFFF, len(name), len(extra), 0, 0, 0, 0, 0xFFFFFFFF) + name + extra
+            directory += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 45, 45, flags, 0, dostime, dosdate, crc, 0xFFFFFFFF, 0xFFFFFFFF, len(name), len(extra), 0, 0, 0, 0, 0xFFFFFFFF) + name + extra
         count, start = len(entries), self.end
         eocd64 = struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, count, count, len(directory), start)
         locator = struct.pack("<IIQI", 0x07064B50, 0, start + len(directory), 1)
