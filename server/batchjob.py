@@ -2,6 +2,9 @@
 
     surge batch --model-repository R --model M --input FILE --output FILE [--chunk-rows N] [--version N]
 
+``--chunk-rows`` defaults to about 8 MiB of input rows, a whole number of ``max_batch_size`` batches
+(``default_chunk_rows``: 131,072 rows of 16 float32 features, 672 64x64x3 uint8 images at batch 32).
+
 The model loads exactly as the server loads it (``ModelVersion``: runtime, pipeline, warm-up) and every row goes
 through what a served batch goes through once the batcher has formed it: the instance thread's ``_Instance.run``
 (pipeline kernels, runtime, post-processing) on batches of at most ``max_batch_size`` rows
@@ -16,23 +19,39 @@ array per output), ``.parquet`` (a column per output; vectors as fixed-size list
 
 Bounded memory: ``.npy`` is memory-mapped, ``.npz`` members are read row range by row range, Parquet by batches,
 CSV by blocks; about two chunks of input and outputs are in memory (the one computing, the one read or written).
-Resumable: each finished chunk is written to ``OUTPUT.parts/chunk-NNNNNN/`` (one raw ``.npy`` per output, the folder
-renamed into place when complete) next to a
-``job.json`` naming the input (path, size, mtime), model, version and chunk size; a rerun of the same job skips
-the chunks already there. The final file is assembled chunk by chunk and the parts folder removed.
+Resumable. An ``.npz`` output from an input whose row count is known up front (.npy, .npz, Parquet) is written in
+place: ``OUTPUT.parts/output.npz.partial`` is laid out (stored zip members, one per output, rows at fixed offsets;
+the per-row dtype and shape of each output come from the first chunk and are kept in ``layout.json``), each finished
+chunk's rows go straight to their offsets and then a ``chunk-NNNNNN.json`` marker appears (atomically), and the end
+writes only the zip headers (CRCs kept running in row order, recomputed from the file after a resume) and moves the
+file to OUTPUT: nothing is re-read or copied. Other outputs (Parquet, CSV, or a CSV input, whose row count is an
+estimate) write each finished chunk to ``OUTPUT.parts/chunk-NNNNNN/`` (one raw ``.npy`` per output, the folder
+renamed into place when complete) and assemble the final file chunk by chunk. Either way ``job.json`` names the
+input (path, size, mtime), model, version, chunk size and output layout; a rerun of the same job skips the chunks
+already marked done, and the parts folder is removed at the end.
+
+The chunk loop runs in a thread of its own with plain futures (the event loop's thread waits on it): the next
+chunk is submitted to the instances before the previous one is written, so the instances never wait on the
+job's reading or writing, and there is no event-loop round trip per chunk.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import math
 import os
 import shutil
+import struct
 import sys
+import threading
 import time
 import zipfile
+import zlib
 from collections.abc import Iterator
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -45,7 +64,7 @@ from .config import ModelConfig, TensorConfig, load_model_config
 from .errors import ConfigError
 from .model import ModelVersion, State
 
-__all__ = ["BatchJobError", "Summary", "run_batch_job"]
+__all__ = ["BatchJobError", "Summary", "default_chunk_rows", "run_batch_job"]
 
 FORMATS = (".npy", ".npz", ".parquet", ".csv")
 
@@ -113,7 +132,7 @@ def _array_reader(path: Path, suffix: str, inputs: tuple[TensorConfig, ...], chu
         if len(inputs) != 1:
             raise BatchJobError(f"input {path}: a .npy holds one array, but the model has inputs {names}; use .npz with one array per input")
         arrays: dict[str, Any] = {names[0]: np.load(path, mmap_mode="r")}
-        read = lambda a, s, e: np.asarray(a[s:e])  # noqa: E731
+        read = lambda a, s, e: np.asarray(a[s:e])  # noqa: E731  # a view: the instance reads the mapped pages
     else:
         archive = zipfile.ZipFile(path)
         members = {Path(m).stem: m for m in archive.namelist() if m.endswith(".npy")}
@@ -230,6 +249,95 @@ def _write_npz(final: Path, parts: list[Path], names: tuple[str, ...]) -> None:
     os.replace(tmp, final)
 
 
+class _InPlaceNpz:
+    """The final ``.npz`` written in place while the job runs: each output is one stored (uncompressed) zip member
+    whose rows sit at fixed offsets, so a finished chunk's outputs go straight to their rows (``os.pwrite``) and the
+    end only writes the zip headers; no part is re-read. Used when the row count is known up front (.npy, .npz and
+    Parquet inputs) and every output row has one shape. The layout (per output: dtype, row shape) comes from the
+    first computed chunk and is kept in ``layout.json`` so a resumed job reopens the same file."""
+
+    def __init__(self, path: Path, names: tuple[str, ...], total: int, layout: dict[str, tuple[str, list[int]]]) -> None:
+        self.path, self.names, self.total, self.layout = path, names, total, layout
+        self.members: list[tuple[str, bytes, int, int, int]] = []  # name, npy header, local header offset, data offset, size
+        self.rows_at: dict[str, int] = {}  # per output: where its first row's bytes go
+        offset = 0
+        for n in names:
+            descr, row_shape = layout[n]
+            dtype = np.lib.format.descr_to_dtype(descr)
+            buf = io.BytesIO()
+            np.lib.format.write_array_header_2_0(buf, {"descr": descr, "fortran_order": False, "shape": (total, *row_shape)})
+            header = buf.getvalue()
+            size = len(header) + total * int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize
+            local = 30 + len(f"{n}.npy".encode()) + 20
+            self.members.append((n, header, offset, offset + local, size))
+            self.rows_at[n] = offset + local + len(header)
+            offset += local + size
+        self.end = offset
+        self.row_bytes = {n: int(np.prod(layout[n][1], dtype=np.int64)) * np.lib.format.descr_to_dtype(layout[n][0]).itemsize for n in names}
+        exists = path.is_file() and path.stat().st_size >= offset  # (a kill while closing leaves the directory past the end)
+        self.fd = os.open(path, os.O_RDWR | (0 if exists else os.O_CREAT | os.O_TRUNC), 0o644)
+        if not exists:
+            os.ftruncate(self.fd, offset)
+        for _, header, _, data, _ in self.members:
+            os.pwrite(self.fd, header, data)
+        self.crc = {n: zlib.crc32(h) for n, h, *_ in self.members}  # running, over the rows written in order
+        self.in_order = True
+
+    @staticmethod
+    def layout_of(outputs: dict[str, np.ndarray], names: tuple[str, ...]) -> dict[str, tuple[str, list[int]]]:
+        arrays = [outputs[n] for n in names]
+        if any(a.dtype.hasobject for a in arrays):
+            raise BatchJobError("an output holds Python objects (BYTES); write .parquet or .csv instead of .npz")
+        return {n: (np.lib.format.dtype_to_descr(a.dtype), list(a.shape[1:])) for n, a in zip(names, arrays)}
+
+    def write(self, start: int, outputs: dict[str, np.ndarray]) -> None:
+        """A chunk's outputs at rows ``start`` onwards (chunks arrive in row order within one run)."""
+        for n in self.names:
+            a = outputs[n]
+            descr, row_shape = self.layout[n]
+            if np.lib.format.dtype_to_descr(a.dtype) != descr or list(a.shape[1:]) != row_shape:
+                raise BatchJobError(f"output '{n}': a chunk gave rows of {a.dtype} {list(a.shape[1:])}, an earlier one {descr} {row_shape}; write .parquet instead")
+            view = memoryview(np.ascontiguousarray(a)).cast("B")
+            os.pwrite(self.fd, view, self.rows_at[n] + start * self.row_bytes[n])
+            self.crc[n] = zlib.crc32(view, self.crc[n])
+
+    def skipped(self) -> None:
+        """A chunk done in an earlier run: the running CRCs are recomputed from the file at the end."""
+        self.in_order = False
+
+    def close(self, final: Path) -> None:
+        """Write the zip headers and central directory, then move the file to ``final``."""
+        entries = []
+        dostime, dosdate = 0, (1980 - 1980) << 9 | 1 << 5 | 1
+        for n, header, local, data, size in self.members:
+            crc = self.crc[n]
+            if not self.in_order:
+                crc, pos, left = 0, data, size
+                while left:
+                    block = os.pread(self.fd, min(left, 1 << 24), pos)
+                    crc, pos, left = zlib.crc32(block, crc), pos + len(block), left - len(block)
+            name = f"{n}.npy".encode()
+            flags = 0 if name.isascii() else 0x800  # UTF-8 name
+            extra = struct.pack("<HHQQ", 1, 16, size, size)
+            os.pwrite(self.fd, struct.pack("<IHHHHHIIIHH", 0x04034B50, 45, flags, 0, dostime, dosdate, crc, 0xFFFFFFFF, 0xFFFFFFFF, len(name), len(extra)) + name + extra, local)
+            entries.append((name, flags, crc, size, local))
+        directory = b""
+        for name, flags, crc, size, local in entries:
+            extra = struct.pack("<HHQQQ", 1, 24, size, size, local)
+            directory += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 45, 45, flags, 0, dostime, dosdate, crc, 0xFFFFFFFF, 0xFFFFFFFF, len(name), len(extra), 0, 0, 0, 0, 0xFFFFFFFF) + name + extra
+        count, start = len(entries), self.end
+        eocd64 = struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, count, count, len(directory), start)
+        locator = struct.pack("<IIQI", 0x07064B50, 0, start + len(directory), 1)
+        eocd = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, count, count, len(directory), 0xFFFFFFFF, 0)
+        os.pwrite(self.fd, directory + eocd64 + locator + eocd, start)
+        os.ftruncate(self.fd, start + len(directory) + len(eocd64) + len(locator) + len(eocd))
+        os.close(self.fd)
+        os.replace(self.path, final)
+
+    def abandon(self) -> None:
+        os.close(self.fd)
+
+
 def _table_of(data: Any, names: tuple[str, ...], csv: bool) -> Any:
     import pyarrow as pa
 
@@ -310,6 +418,19 @@ class _Progress:
         self.stream.flush()
 
 
+CHUNK_BYTES = 8 << 20  # input bytes per chunk by default: few chunks (little per-chunk work), memory still small
+
+
+def default_chunk_rows(config: ModelConfig) -> int:
+    """About ``CHUNK_BYTES`` of input rows, a whole number of ``max_batch_size`` batches (4096 rows when a row's
+    size is not fixed: a BYTES input or a variable dimension)."""
+    batch = config.max_batch_size or 1
+    if any(t.datatype == "BYTES" or any(d < 0 for d in t.dims) for t in config.inputs):
+        return max(batch, 4096 // batch * batch)
+    row = sum(int(np.prod(t.dims, dtype=np.int64)) * np.dtype(numpy_dtype(t.datatype)).itemsize for t in config.inputs)
+    return max(batch, CHUNK_BYTES // max(1, row) // batch * batch)
+
+
 def _job_key(input_path: Path, config: ModelConfig, version: int, chunk_rows: int) -> dict[str, Any]:
     st = input_path.stat()
     return {"input": str(input_path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "model": config.name, "version": version, "chunk_rows": chunk_rows}
@@ -317,7 +438,7 @@ def _job_key(input_path: Path, config: ModelConfig, version: int, chunk_rows: in
 
 async def run_batch_job(
     model_repository: Path, model: str, input_path: Path, output_path: Path, *,
-    chunk_rows: int = 4096, version: int | None = None, progress: IO[str] | None = sys.stderr,
+    chunk_rows: int | None = None, version: int | None = None, progress: IO[str] | None = sys.stderr,
 ) -> Summary:
     """Run ``model`` over ``input_path`` into ``output_path`` (see the module docstring). Raises BatchJobError."""
     in_suffix, out_suffix = _suffix(input_path, "input"), _suffix(output_path, "output")
@@ -325,7 +446,7 @@ async def run_batch_job(
         raise BatchJobError(f"output {output_path}: write .npz (one array per output), .parquet or .csv")
     if not input_path.is_file():
         raise BatchJobError(f"input {input_path} does not exist")
-    if chunk_rows < 1:
+    if chunk_rows is not None and chunk_rows < 1:
         raise BatchJobError(f"--chunk-rows must be >= 1, got {chunk_rows}")
     model_dir = model_repository / model
     try:
@@ -342,57 +463,110 @@ async def run_batch_job(
         config = served.config
         if not config.max_batch_size:
             raise BatchJobError(f"model {model} has no batch dimension (max_batch_size = 0): a batch job runs rows through a batchable model")
+        if chunk_rows is None:
+            chunk_rows = default_chunk_rows(config)
         names = tuple(t.name for t in config.outputs)
         parts_dir = output_path.with_name(output_path.name + ".parts")
-        key = _job_key(input_path, config, number, chunk_rows)
-        job_file = parts_dir / "job.json"
+        inplace = out_suffix == ".npz" and in_suffix != ".csv"  # the row count is known up front: write the .npz in place
+        key = {**_job_key(input_path, config, number, chunk_rows), "output": "npz-in-place" if inplace else "parts"}
+        job_file, layout_file, data_file = parts_dir / "job.json", parts_dir / "layout.json", parts_dir / "output.npz.partial"
         if parts_dir.is_dir() and job_file.is_file() and json.loads(job_file.read_text()) != key:
             shutil.rmtree(parts_dir)  # a different job (input changed, other model or chunk size): start over
+        if inplace and parts_dir.is_dir() and not (layout_file.is_file() and data_file.is_file()):
+            shutil.rmtree(parts_dir)  # chunk markers without the file they describe: start over
         parts_dir.mkdir(parents=True, exist_ok=True)
         job_file.write_text(json.dumps(key))
-        done_chunks = {int(p.name.split("-")[1]) for p in parts_dir.glob("chunk-*") if p.is_dir()}
+        done_chunks = {int(p.name.split("-")[1].split(".")[0]) for p in parts_dir.glob("chunk-*")}
         reader = _array_reader if in_suffix in (".npy", ".npz") else _table_reader
         total, chunks = reader(input_path, in_suffix, config.inputs, chunk_rows, done_chunks)
+        npz: _InPlaceNpz | None = None
+        if inplace and layout_file.is_file():
+            layout = {n: (d, list(shape)) for n, (d, shape) in json.loads(layout_file.read_text()).items()}
+            npz = _InPlaceNpz(data_file, names, total or 0, layout)
         bar = _Progress(progress, total)
-        rows_done = skipped_rows = 0
-        count = 0
-        running: tuple[Path, int, asyncio.Task[dict[str, np.ndarray]]] | None = None  # the chunk in flight
+        stop = threading.Event()
 
-        async def finish(job: tuple[Path, int, asyncio.Task[dict[str, np.ndarray]]]) -> int:
-            part, n, task = job
-            outputs = await task
-            _save_part(part, outputs)
+        def finish(part: Path, start: int, n: int, futures: list[Future[Any]]) -> int:
+            nonlocal npz
+            results = [f.result()[0] for f in futures]
+            outputs = {name: np.concatenate([r[name] for r in results]) if len(results) > 1 else results[0][name] for name in names}
+            if not inplace:
+                _save_part(part, outputs)
+                return n
+            for name in names:
+                if outputs[name].shape[0] != n:
+                    raise BatchJobError(f"output '{name}': {outputs[name].shape[0]} rows for a chunk of {n}; write .parquet instead of .npz")
+            if npz is None:
+                layout = _InPlaceNpz.layout_of(outputs, names)
+                npz = _InPlaceNpz(data_file, names, total or 0, layout)
+                tmp = layout_file.with_name("partial-" + layout_file.name)
+                tmp.write_text(json.dumps(layout))
+                os.replace(tmp, layout_file)
+            npz.write(start, outputs)
+            tmp = part.with_name("partial-" + part.name)  # the marker appears (atomically) once the rows are written
+            tmp.write_text(json.dumps({"rows": n}))
+            os.replace(tmp, part)
             return n
 
-        try:
-            for index, inputs in chunks:  # reading chunk k+1 (and writing k-1) overlaps computing chunk k
-                count += 1
-                part = parts_dir / f"chunk-{index:06d}"
-                if not inputs:  # done in an earlier run
-                    n = _load_part(part, names[:1])[names[0]].shape[0]
-                    rows_done += n
-                    skipped_rows += n
-                    continue
-                _check(config, inputs)
-                task = asyncio.ensure_future(_run_chunk(served, config, inputs, names))
+        def drive() -> tuple[int, int, int]:
+            """In a thread of its own, not the event loop's: read chunk k+1 and write chunk k-1 while the instances
+            compute chunk k, with plain futures (no event-loop round trip per chunk, little GIL traffic)."""
+            rows_done = skipped_rows = count = 0
+            running: tuple[Path, int, int, list[Future[Any]]] | None = None  # the chunk in flight
+            try:
+                for index, inputs in chunks:
+                    if stop.is_set():
+                        raise asyncio.CancelledError
+                    count += 1
+                    part = parts_dir / (f"chunk-{index:06d}.json" if inplace else f"chunk-{index:06d}")
+                    if not inputs:  # done in an earlier run
+                        n = json.loads(part.read_text())["rows"] if inplace else _load_part(part, names[:1])[names[0]].shape[0]
+                        if npz is not None:
+                            npz.skipped()
+                        rows_done += n
+                        skipped_rows += n
+                        continue
+                    _check(config, inputs)
+                    futures = served.run_offline(inputs, names)
+                    if running is not None:
+                        rows_done += finish(*running)
+                        bar.update(rows_done, skipped_rows)
+                    running = (part, index * chunk_rows, next(iter(inputs.values())).shape[0], futures)
                 if running is not None:
-                    rows_done += await finish(running)
-                    bar.update(rows_done, skipped_rows)
-                running = (part, next(iter(inputs.values())).shape[0], task)
-            if running is not None:
-                rows_done += await finish(running)
-                running = None
-        finally:
-            if running is not None:
-                running[2].cancel()
+                    job, running = running, None
+                    rows_done += finish(*job)
+            finally:
+                if running is not None:
+                    for f in running[3]:
+                        f.cancel()
+                    wait(running[3])
+            return rows_done, skipped_rows, count
+
+        driver = asyncio.ensure_future(asyncio.to_thread(drive))
+        try:
+            rows_done, skipped_rows, count = await asyncio.shield(driver)
+        except BaseException:
+            stop.set()  # a cancelled job: the driver stops at its next chunk; its file is closed once it has
+            with contextlib.suppress(BaseException):
+                await driver
+            if npz is not None:
+                npz.abandon()
+            raise
         bar.update(rows_done, skipped_rows, final=True)
-        parts = [parts_dir / f"chunk-{i:06d}" for i in range(count)]
-        if not parts:
+        if not count:
             raise BatchJobError(f"input {input_path} has no rows")
-        if out_suffix == ".npz":
-            _write_npz(output_path, parts, names)
+        if inplace:
+            if npz is None or rows_done != total:
+                if npz is not None:
+                    npz.abandon()
+                raise BatchJobError(f"input {input_path}: read {rows_done} rows, expected {total}")
+            npz.close(output_path)
         else:
-            _write_table(output_path, parts, names, out_suffix)
+            parts = [parts_dir / f"chunk-{i:06d}" for i in range(count)]
+            if out_suffix == ".npz":
+                _write_npz(output_path, parts, names)
+            else:
+                _write_table(output_path, parts, names, out_suffix)
         shutil.rmtree(parts_dir)
         return Summary(rows=rows_done, chunks=count, chunks_skipped=len(done_chunks & set(range(count))), seconds=time.perf_counter() - started, output=output_path)
     finally:
@@ -411,10 +585,3 @@ def _check(config: ModelConfig, inputs: dict[str, np.ndarray]) -> None:
             raise BatchJobError(f"input '{t.name}': dtype {a.dtype}, the model takes {t.datatype} ({np.dtype(want)}); convert the data")
         if a.ndim != len(t.dims) + 1 or any(d != -1 and d != s for d, s in zip(t.dims, a.shape[1:])):
             raise BatchJobError(f"input '{t.name}': rows of shape {list(a.shape[1:])}, the model takes {list(t.dims)}")
-
-
-async def _run_chunk(served: ModelVersion, config: ModelConfig, inputs: dict[str, np.ndarray], names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """The chunk through the instances (``ModelVersion.run_offline``: the served batch path without the batcher)."""
-    parts = await asyncio.gather(*(asyncio.wrap_future(f) for f in served.run_offline(inputs, names)))
-    outputs = [p[0] for p in parts]
-    return {n: np.concatenate([o[n] for o in outputs]) if len(outputs) > 1 else outputs[0][n] for n in names}

@@ -127,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("--version", type=int, help="version (default: the highest)")
     batch.add_argument("--input", type=Path, required=True, help=".npy (one input), .npz (an array per input), .parquet or .csv (surge[parquet])")
     batch.add_argument("--output", type=Path, required=True, help=".npz, .parquet or .csv; a rerun resumes from OUTPUT.parts/")
-    batch.add_argument("--chunk-rows", type=int, default=4096, help="rows read, run and written at a time (default 4096)")
+    batch.add_argument("--chunk-rows", type=int, default=None, help="rows read, run and written at a time (default: about 8 MiB of input, whole batches)")
     batch.add_argument("--quiet", action="store_true", help="no progress line")
     return parser
 

@@ -1,6 +1,6 @@
 """``surge batch`` throughput against the runtime alone on the same chunks (issue 8: target >= 90%).
 
-    taskset -c 0,1 .venv/bin/python -m bench.scenarios.batch_job [--rounds 3]
+    taskset -c 0,1 .venv/bin/python -m bench.scenarios.batch_job [--rounds 3] [--chunk-rows N]
 
 Two demo models (written to a temp folder): ``classifier`` (uint8 64x64 images -> fused resize/crop/normalise
 kernel -> ONNX CNN -> top-3) and ``tabular`` (the demo MLP behind a fill/clip/standardise kernel, top-2 after it).
@@ -74,15 +74,16 @@ def _alone(repo: Path, model: str, data: np.ndarray) -> float:
     return data.shape[0] / seconds
 
 
-def _job(repo: Path, model: str, source: Path, out: Path, chunk_rows: int) -> float:
+def _job(repo: Path, model: str, source: Path, out: Path, chunk_rows: int | None) -> tuple[float, int]:
     out.unlink(missing_ok=True)
     summary = asyncio.run(run_batch_job(repo, model, source, out, chunk_rows=chunk_rows, progress=None))
-    return summary.rows_per_s
+    return summary.rows_per_s, summary.chunks
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--chunk-rows", type=int, default=None, help="the job's chunk size (default: surge batch's own, about 8 MiB of input)")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="surge-batch-bench-"))
     try:
@@ -92,18 +93,21 @@ def main() -> None:
         (repo / "tabular" / "config.toml").write_text(TABULAR_CONFIG)
         rng = np.random.default_rng(0)
         datasets = {
-            "classifier": (rng.integers(0, 256, (4096, 64, 64, 3), dtype=np.uint8), 1024),
-            "tabular": (rng.standard_normal((400_000, 16)).astype(np.float32), 16_384),
+            "classifier": rng.integers(0, 256, (4096, 64, 64, 3), dtype=np.uint8),
+            "tabular": rng.standard_normal((400_000, 16)).astype(np.float32),
         }
-        for model, (data, chunk_rows) in datasets.items():
+        chunk_rows = args.chunk_rows
+        for model, data in datasets.items():
             source = folder / f"{model}.npy"
             np.save(source, data)
             job, alone = [], []
+            chunks = 0
             for _ in range(args.rounds):
-                job.append(_job(repo, model, source, folder / f"{model}-out.npz", chunk_rows))
+                rate, chunks = _job(repo, model, source, folder / f"{model}-out.npz", chunk_rows)
+                job.append(rate)
                 alone.append(_alone(repo, model, data))
             j, a = statistics.median(job), statistics.median(alone)
-            print(json.dumps({"model": model, "rows": data.shape[0], "chunk_rows": chunk_rows, "job_rows_per_s": round(j), "alone_rows_per_s": round(a),
+            print(json.dumps({"model": model, "rows": data.shape[0], "chunk_rows": chunk_rows or "default", "chunks": chunks, "job_rows_per_s": round(j), "alone_rows_per_s": round(a),
                               "job_vs_alone": round(j / a, 3), "job_rounds": [round(x) for x in job], "alone_rounds": [round(x) for x in alone]}))
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,10 @@ def test_a_killed_job_resumes_where_it_stopped(repo: Path, tmp_path: Path) -> No
     expected = subprocess.run([*args[:-5], "--output", str(tmp_path / "fresh.npz"), "--chunk-rows", "32", "--quiet"],
                               cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=110)
     assert expected.returncode == 0, expected.stderr
+    for written in ("out.npz", "fresh.npz"):  # the in-place .npz: valid zip, every member's CRC right (resumed: recomputed)
+        with zipfile.ZipFile(tmp_path / written) as archive:
+            assert archive.testzip() is None
+    assert not parts.exists()
     with np.load(tmp_path / "out.npz") as resumed, np.load(tmp_path / "fresh.npz") as fresh:
         assert resumed["classes"].shape == (3000, 3)
         np.testing.assert_array_equal(resumed["classes"], fresh["classes"])
