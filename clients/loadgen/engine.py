@@ -381,7 +381,8 @@ async def _open_loop(calls: list[Any], plan: Plan, load: Load, rec: _Recorder, s
             room.set()
 
     gaps = arrival_gaps(load.rate, load.arrival, rng, 4096)
-    intended = start + load.phase_s + (gaps[0] if load.arrival == "poisson" else 0.0)
+    first = start + load.phase_s
+    intended = first + (gaps[0] if load.arrival == "poisson" else 0.0)
     i = 0
     while True:
         now = clock()
@@ -398,9 +399,12 @@ async def _open_loop(calls: list[Any], plan: Plan, load: Load, rec: _Recorder, s
             pending.add(task)
             task.add_done_callback(done)
             i += 1
-            if i % 4096 == 0:
-                gaps = arrival_gaps(load.rate, load.arrival, rng, 4096)
-            intended += gaps[i % 4096]
+            if load.arrival == "constant":  # from the index, not a running sum: ten 0.1 s gaps add up to less than 1 s
+                intended = first + i / load.rate
+            else:
+                if i % 4096 == 0:
+                    gaps = arrival_gaps(load.rate, load.arrival, rng, 4096)
+                intended += gaps[i % 4096]
             if len(pending) >= load.max_inflight:
                 room.clear()
                 await room.wait()
