@@ -142,6 +142,16 @@ def normalize(images: Any, mean: object, std: object, *, scale: float = _DEFAULT
     return _squeeze(out, added)
 
 
+@cuda.jit(device=True)
+def _bilinear(src, b, ch, y, x, y0, y1, wy, vy, x0, x1, wx, vx):  # pragma: no cover - device code
+    """One output value of a bilinear resize of ``src`` (NHWC), from the axis tables (shared by the resize kernels)."""
+    ya, yb = y0[y], y1[y]
+    xa, xb = x0[x], x1[x]
+    upper = float32(src[b, ya, xa, ch]) * vx[x] + float32(src[b, ya, xb, ch]) * wx[x]
+    lower = float32(src[b, yb, xa, ch]) * vx[x] + float32(src[b, yb, xb, ch]) * wx[x]
+    return upper * vy[y] + lower * wy[y]
+
+
 @cuda.jit
 def _resize_k(src, y0, y1, wy, vy, x0, x1, wx, vx, out, top, left):  # pragma: no cover - device code
     n = src.shape[0]
@@ -156,11 +166,7 @@ def _resize_k(src, y0, y1, wy, vy, x0, x1, wx, vx, out, top, left):  # pragma: n
         t = t // ow
         y = t % oh
         b = t // oh
-        ya, yb = y0[y], y1[y]
-        xa, xb = x0[x], x1[x]
-        upper = float32(src[b, ya, xa, ch]) * vx[x] + float32(src[b, ya, xb, ch]) * wx[x]
-        lower = float32(src[b, yb, xa, ch]) * vx[x] + float32(src[b, yb, xb, ch]) * wx[x]
-        out[b, top + y, left + x, ch] = upper * vy[y] + lower * wy[y]
+        out[b, top + y, left + x, ch] = _bilinear(src, b, ch, y, x, y0, y1, wy, vy, x0, x1, wx, vx)
 
 
 def resize(images: Any, size: object, *, stream: Any = 0) -> Any:
@@ -230,11 +236,7 @@ def _rcn_k(src, y0, y1, wy, vy, x0, x1, wx, vx, scale, mean, std, out):  # pragm
         t = t // oh
         ch = t % c
         b = t // c
-        ya, yb = y0[y], y1[y]
-        xa, xb = x0[x], x1[x]
-        upper = float32(src[b, ya, xa, ch]) * vx[x] + float32(src[b, ya, xb, ch]) * wx[x]
-        lower = float32(src[b, yb, xa, ch]) * vx[x] + float32(src[b, yb, xb, ch]) * wx[x]
-        out[b, ch, y, x] = ((upper * vy[y] + lower * wy[y]) * scale - mean[ch]) / std[ch]
+        out[b, ch, y, x] = (_bilinear(src, b, ch, y, x, y0, y1, wy, vy, x0, x1, wx, vx) * scale - mean[ch]) / std[ch]
 
 
 def resize_crop_normalize(
