@@ -179,7 +179,7 @@ class ModelVersion:
             if self._metrics and self.config.drift is not None:
                 self._drift = self._drift_monitor()
             self._batcher = DynamicBatcher(
-                scheduler_policy(self.config), slots=count, dispatch=self._dispatch, name=f"{self.config.name}' version '{self.version}"
+                scheduler_policy(self.config), slots=count, dispatch=self._dispatch, in_server=lambda: self._inflight, name=f"{self.config.name}' version '{self.version}"
             )
             max_rows = self.config.max_batch_size or 1
             for inst in self._instances:
@@ -306,12 +306,15 @@ class ModelVersion:
         if self.state != State.READY or self._batcher is None:
             raise ModelNotReady(f"model '{self.config.name}' version {self.version} is {self.state.lower()}" + (f": {self.reason}" if self.reason else ""))
         future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
-        self._batcher.submit(BatchRequest(inputs, rows, output_names, stamps, future), deadline=deadline, priority=priority, timeout_s=timeout_s)
-        drift = self._drift
-        sampled = drift is not None and drift.sample()  # the hot path's only drift work: one random draw
-        self._inflight += 1
+        self._inflight += 1  # before submit: the batcher's SLO mode counts the requests in the server
         self._idle.clear()
         try:
+            self._batcher.submit(
+                BatchRequest(inputs, rows, output_names, stamps, future), deadline=deadline, priority=priority, timeout_s=timeout_s,
+                spent_s=(stamps.decoded - stamps.start) / 1e9 if stamps.decoded else 0.0,
+            )
+            drift = self._drift
+            sampled = drift is not None and drift.sample()  # the hot path's only drift work: one random draw
             outputs = await future
             if sampled:
                 drift.offer(inputs, outputs)  # type: ignore[union-attr]  # by reference, onto the drift thread's queue

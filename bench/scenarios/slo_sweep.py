@@ -15,9 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.models import BATCHING, MODELS, write_repository
+from surge.server import top
 
 from . import perf_analyzer as pa
 from . import targets
+from .servers import free_port
 
 MODEL = "mlp-large"
 RATES = (400.0, 800.0, 1200.0)
@@ -38,7 +40,8 @@ def run(onnx: dict[str, Path], surge_env: dict[str, str], windows: pa.Windows, l
         label = ", ".join(f"{k} = {v}" for k, v in setting.items())
         repo = write_repository(targets.CACHE / "repo-sweep", {MODEL: onnx[MODEL]}, {**setting, "preferred_batch_sizes": PREFERRED})
         try:
-            server = targets.surge(repo, surge_env, "surge-sweep", models=(MODEL,))
+            metrics_port = free_port()
+            server = targets.surge(repo, surge_env, "surge-sweep", models=(MODEL,), metrics_port=metrics_port)
             address = server.__enter__()
         except RuntimeError as exc:
             points.append({"setting": label, "refused": _last_line(exc)})
@@ -47,13 +50,19 @@ def run(onnx: dict[str, Path], surge_env: dict[str, str], windows: pa.Windows, l
         try:
             for rate in rates:
                 try:
+                    before = top.scrape(f"127.0.0.1:{metrics_port}")
                     r = pa.measure(address, MODEL, MODELS[MODEL].features, 1, rate=rate, windows=windows)
+                    server_view = [row for row in top.rows(before, top.scrape(f"127.0.0.1:{metrics_port}")) if row.model == MODEL]
+                    if server_view:  # the server's own p99 (its histogram, over the whole measurement incl. perf_analyzer's warm-up)
+                        r["server_p99_ms"] = server_view[0].p99_s * 1e3
+                        r["batch_mean"] = server_view[0].batch_mean
                 except RuntimeError as exc:
                     points.append({"setting": label, "rate": rate, "overloaded": _last_line(exc)})
                     log(f"  sweep {label:<28} {rate:6.0f}/s offered: not sustained ({_last_line(exc)})")
                     continue
                 points.append({"setting": label, "rate": rate, **r})
-                log(f"  sweep {label:<28} {rate:6.0f}/s offered: {r['infer_per_s']:6.0f} served  p50 {r['p50_ms']:.2f}  p99 {r['p99_ms']:.2f} ms")
+                log(f"  sweep {label:<28} {rate:6.0f}/s offered: {r['infer_per_s']:6.0f} served  p50 {r['p50_ms']:.2f}  p99 {r['p99_ms']:.2f} ms"
+                    f"  server p99 {r.get('server_p99_ms', float('nan')):.2f} ms  batch {r.get('batch_mean', float('nan')):.1f}")
         finally:
             server.__exit__(None, None, None)
     return points
@@ -66,14 +75,17 @@ def _last_line(exc: BaseException) -> str:
 
 def markdown(points: list[dict]) -> str:
     lines = [f"## Batcher settings at fixed offered loads ({MODEL}, 1 row, open loop)", "",
-             "| setting | offered req/s | served infer/s | p50 ms | p99 ms |", "|---|---|---|---|---|"]  # fmt: skip
+             "p50/p99: perf_analyzer's (client side); server p99: Surge's request-duration histogram over the same run "
+             "(Prometheus-style interpolation within a bucket); batch: mean rows per execution.", "",
+             "| setting | offered req/s | served infer/s | p50 ms | p99 ms | server p99 ms | batch |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for p in points:
         if "refused" in p:
-            lines.append(f"| {p['setting']} | - | refused: {p['refused']} | | |")
+            lines.append(f"| {p['setting']} | - | refused: {p['refused']} | | | | |")
         elif "overloaded" in p:
-            lines.append(f"| {p['setting']} | {p['rate']:.0f} | not sustained: {p['overloaded']} | | |")
+            lines.append(f"| {p['setting']} | {p['rate']:.0f} | not sustained: {p['overloaded']} | | | | |")
         else:
-            lines.append(f"| {p['setting']} | {p['rate']:.0f} | {p['infer_per_s']:.0f} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} |")
+            lines.append(f"| {p['setting']} | {p['rate']:.0f} | {p['infer_per_s']:.0f} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} "
+                         f"| {p.get('server_p99_ms', float('nan')):.2f} | {p.get('batch_mean', float('nan')):.1f} |")
     return "\n".join(lines) + "\n"
 
 

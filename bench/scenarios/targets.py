@@ -55,12 +55,14 @@ def surge_source(revision: str | None) -> tuple[str, dict[str, str]]:
 
 
 @contextlib.contextmanager
-def surge(repository: Path, env: dict[str, str], label: str, models: tuple[str, ...] = tuple(MODELS)) -> Iterator[str]:
+def surge(repository: Path, env: dict[str, str], label: str, models: tuple[str, ...] = tuple(MODELS), metrics_port: int = 0) -> Iterator[str]:
+    """``metrics_port``: 0 picks a free port nobody reads; give one to scrape ``/metrics`` there."""
     address_file = CACHE / "run" / f"{label}.address"
     address_file.parent.mkdir(parents=True, exist_ok=True)
     address_file.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(repository), "--grpc-port", "0", "--http-port", "-1",
-           "--address-file", str(address_file), "--log-level", "warning", "--drain-timeout-s", "2"]  # fmt: skip
+           "--address-file", str(address_file), "--log-level", "warning", "--drain-timeout-s", "2",
+           "--metrics-port", str(metrics_port or free_port())]  # fmt: skip
     with running(cmd, log=LOGS / f"{label}.log", env=env, cwd=REPO_ROOT, address_file=address_file, models=models, timeout_s=60) as address:
         yield address
 

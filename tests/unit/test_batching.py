@@ -54,14 +54,14 @@ class FakeTimer:
 class Harness:
     """A batcher with ``slots`` fake instances; dispatched batches are kept until the test completes them."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, slots: int = 1, **policy) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, slots: int = 1, in_server=None, **policy) -> None:
         self.loop = loop
         self.clock = FakeClock()
         self.batches: list[list[BatchRequest]] = []
         policy.setdefault("batching", True)
         policy.setdefault("max_batch_size", 8)
         self.batcher = DynamicBatcher(
-            SchedulerPolicy(**policy), slots=slots, dispatch=self.batches.append, clock=self.clock, call_later=self.clock.call_later, name="m"
+            SchedulerPolicy(**policy), slots=slots, dispatch=self.batches.append, in_server=in_server, clock=self.clock, call_later=self.clock.call_later, name="m"
         )
 
     def submit(self, rows: int = 1, *, width: int = 3, value: float = 0.0, **kwargs) -> BatchRequest:
@@ -269,8 +269,26 @@ def test_slo_mode_waits_while_the_oldest_request_can_still_meet_its_slo(loop):
     h = Harness(loop, max_batch_size=16, latency_slo_s=0.010)
     for _ in range(100):
         h.batcher.cost.observe(2, 0.002)  # a 2-row batch costs ~2 ms (no variance)
-    h.submit()  # 1 row in hand; waiting could grow it to 2 rows, costing 2 ms: dispatch by 10 - 2 = 8 ms
+    h.submit()  # arrives alone: dispatched at once
+    assert h.sizes() == [1]
+    h.submit()  # arrives while the instance is busy: it has company, waiting may gather more
+    h.complete()
+    # 1 row in hand; waiting could grow it to 2 rows, costing 2 ms: dispatch by 10 - 2 = 8 ms
     h.clock.advance(0.0079)
+    assert h.sizes() == []
+    h.clock.advance(0.0002)
+    assert h.sizes() == [1]
+
+
+def test_slo_mode_counts_time_spent_before_the_queue(loop):
+    h = Harness(loop, max_batch_size=16, latency_slo_s=0.010)
+    for _ in range(100):
+        h.batcher.cost.observe(2, 0.002)  # a 2-row batch: ~2 ms
+    h.submit()  # alone: runs at once and keeps the instance busy
+    h.submit(spent_s=0.0005)  # decoded in 0.5 ms before it reached the queue
+    h.complete()
+    # answered by -0.5 + 10 ms; its batch may cost 2 ms: dispatch by 7.5 ms
+    h.clock.advance(0.0074)
     assert h.sizes() == []
     h.clock.advance(0.0002)
     assert h.sizes() == [1]
@@ -280,35 +298,70 @@ def test_slo_mode_dispatches_full_batches_without_waiting(loop):
     h = Harness(loop, max_batch_size=4, latency_slo_s=1.0)
     for _ in range(4):
         h.submit()
+    assert h.sizes() == [1]  # the first arrived alone and went at once
+    h.submit()
+    assert h.sizes() == [1]  # three wait behind the busy instance: not full yet
+    h.complete()
     assert h.sizes() == [4]
 
 
-def test_slo_mode_stops_waiting_when_waits_gather_nothing_and_probes_again(loop):
+def test_slo_mode_never_waits_for_a_lone_client_and_waits_again_when_company_comes(loop):
     h = Harness(loop, max_batch_size=16, latency_slo_s=0.010)
-    for _ in range(3):  # a closed-loop client at concurrency 1: every wait expires with the one request
+    for _ in range(20):  # a closed-loop client at concurrency 1: nobody to wait for
+        h.submit()
+        assert h.sizes() == [1]
+        h.complete()
+    a = h.submit()  # a second client appears while the first one's request runs
+    b = h.submit()
+    assert h.batches == [[a]]
+    h.complete()
+    assert h.sizes() == []  # b has company (it arrived while a ran): it waits for more rows
+    c = h.submit()
+    h.clock.advance(0.011)
+    assert h.batches == [[b, c]]
+    h.complete()
+    for _ in range(3):  # requests arriving alone again: after a few, dispatch at once again
         h.submit()
         h.clock.advance(0.011)
-        assert h.sizes() == [1]
         h.complete()
-    for _ in range(16):  # waiting bought nothing three times: dispatch at once
-        h.submit()
-        assert h.sizes() == [1]
-        h.complete()
-    h.submit()  # the 17th waits again, to notice load coming back
-    assert h.sizes() == []
-    h.submit()  # it did: a second request joined, so waiting resumes being worth it
-    h.clock.advance(0.011)
-    assert h.sizes() == [2]
-    h.complete()
     h.submit()
-    assert h.sizes() == []
+    assert h.sizes() == [1]
 
 
 def test_slo_mode_stops_gathering_when_arrivals_go_quiet(loop):
     h = Harness(loop, max_batch_size=16, latency_slo_s=0.050)
-    for _ in range(4):  # a burst: one request every 0.2 ms
+    h.submit()  # alone: runs at once, and keeps the instance busy
+    for _ in range(4):  # a burst behind it: one request every 0.2 ms
         h.submit()
         h.clock.advance(0.0002)
+    h.complete()
     assert h.sizes() == []
-    h.clock.advance(0.0007)  # past 4 typical gaps after the last arrival, far before the 50 ms SLO
+    h.clock.advance(0.0017)  # 4 typical gaps are 0.8 ms, but the quiet rule waits at least 2 ms after the last arrival
+    assert h.sizes() == []
+    h.clock.advance(0.0002)  # 2 ms after the last arrival, far before the 50 ms SLO
     assert h.sizes() == [4]
+
+
+def test_slo_mode_stops_gathering_when_every_request_the_clients_keep_in_the_server_is_here(loop):
+    in_server = [0]  # what ModelVersion counts: requests queued, executing or being answered
+    h = Harness(loop, max_batch_size=16, latency_slo_s=0.050, in_server=lambda: in_server[0])
+
+    def arrive() -> BatchRequest:
+        in_server[0] += 1
+        return h.submit()
+
+    def answer() -> None:
+        batch = h.complete()  # the instance is free while its requests are still being answered...
+        in_server[0] -= len(batch)  # ...then they leave
+
+    a = arrive()  # four closed-loop clients: the first runs alone, three queue behind it (the peak is 4)
+    others = [arrive() for _ in range(3)]
+    assert h.batches == [[a]]
+    answer()  # all four are in the server (three queued, one being answered): nobody else can join
+    assert h.batches == [others]
+    answer()
+    assert in_server[0] == 0
+    first = [arrive() for _ in range(3)]  # the clients come back one by one: three of the usual four are here
+    assert h.sizes() == []
+    last = arrive()  # the fourth: everyone is here, no need to wait for the SLO or a quiet gap
+    assert h.batches == [[*first, last]]
