@@ -1,0 +1,76 @@
+"""Side by side: Surge at several git revisions (and the gRPC floor), servers started in turn, rounds interleaved.
+
+    python -m bench.scenarios.ab --cells tiny:1:1,tiny:1:64,mlp-large:1:64 --rounds 3 floor fd69268 HEAD
+
+Targets: ``floor`` (bench/peers/floor_server.py), ``tree`` (the working tree) or any git revision. Each round
+starts every target once, in the given order, and measures every cell (``model:rows:concurrency``) with
+perf_analyzer (1.5 s windows, the stability check off). Servers on CPU 0, perf_analyzer on CPU 1, as in
+``bench.compare``. Prints, per cell and target, medians over the rounds of infer/s, p50 and p99, the server's
+CPU use over the measurement and its CPU per request (use / throughput: less sensitive than throughput to
+other work on a shared box), and every round's infer/s. Meant for before/after checks of one change; the
+issue's table is ``bench.compare``'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+from bench.models import BATCHING, MODELS, write_onnx_files, write_repository
+
+from . import perf_analyzer as pa
+from . import targets
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pattern: str) -> float:
+    """User + system CPU seconds of the newest process whose command line matches ``pattern`` (not taskset)."""
+    pids = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+    pids = [p for p in pids if not Path(f"/proc/{p}/cmdline").read_bytes().startswith(b"taskset")]
+    fields = Path(f"/proc/{pids[-1]}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("targets", nargs="+", help="floor, tree, or git revisions")
+    parser.add_argument("--cells", default="tiny:1:1,tiny:1:64", help="model:rows:concurrency,...")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--surge-batching", type=json.loads, default={"latency_slo_s": 0.01},
+                        help=f"[dynamic_batching] as JSON, or null for none (default SLO mode; bench.compare's default is {json.dumps(BATCHING)})")
+    args = parser.parse_args()
+    cells = [(m, int(r), int(c)) for m, r, c in (cell.split(":") for cell in args.cells.split(","))]
+    windows = pa.Windows(interval_ms=1500, stability_pct=100, max_trials=3, warmup_requests=300)
+    repo = write_repository(targets.CACHE / "repo-ab", write_onnx_files(targets.CACHE / "onnx"), args.surge_batching)
+    sources = {t: targets.surge_source(None if t == "tree" else t)[1] for t in args.targets if t != "floor"}
+    results: dict[tuple[str, tuple[str, int, int]], list[dict]] = {}
+    for _ in range(args.rounds):
+        for i, target in enumerate(args.targets):
+            server = targets.floor() if target == "floor" else targets.surge(repo, sources[target], f"ab{i}")
+            pattern = "bench.peers.floor_server" if target == "floor" else f"ab{i}.address"
+            with server as address:
+                for model, rows, concurrency in cells:
+                    c0, t0 = _cpu_seconds(pattern), time.monotonic()
+                    m = pa.measure(address, model, MODELS[model].features, rows, concurrency=concurrency, windows=windows)
+                    m["util"] = (_cpu_seconds(pattern) - c0) / (time.monotonic() - t0)
+                    results.setdefault((target, (model, rows, concurrency)), []).append(m)
+    for cell in cells:
+        for target in args.targets:
+            ms = results[(target, cell)]
+
+            def med(key: str, ms: list[dict] = ms) -> float:
+                return statistics.median(m[key] for m in ms)
+
+            cpu_us = statistics.median(m["util"] / m["infer_per_s"] * 1e6 for m in ms)
+            print(f"{':'.join(map(str, cell)):16s} {target:12s} infer/s {med('infer_per_s'):6.0f}  p50 {med('p50_ms'):7.3f}  p99 {med('p99_ms'):7.3f} ms"
+                  f"  cpu {med('util'):.2f}  {cpu_us:4.0f} us/req  rounds {[round(m['infer_per_s']) for m in ms]}")
+
+
+if __name__ == "__main__":
+    main()
