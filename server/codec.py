@@ -189,20 +189,26 @@ def _read_parameters(request: pb.ModelInferRequest, decoded: DecodedRequest) -> 
 
 def _check_shape(spec: _ModelSpec, ts: _TensorSpec, shape: tuple[int, ...]) -> int:
     batched = spec.max_batch_size > 0
-    expected_rank = len(ts.dims) + (1 if batched else 0)
-    expected = ("[-1, " if batched else "[") + ", ".join(map(str, ts.dims)) + "]" if ts.dims else ("[-1]" if batched else "[]")
-    if len(shape) != expected_rank or any(d < 0 for d in shape):
-        raise InvalidInput(f"input '{ts.name}' has shape {list(shape)} but model '{spec.name}' expects {expected}")
     inner = shape[1:] if batched else shape
+    if len(inner) != len(ts.dims) or (batched and not shape) or any(d < 0 for d in shape):
+        raise InvalidInput(f"input '{ts.name}' has shape {list(shape)} but model '{spec.name}' expects {_expected_shape(spec, ts)}")
     for got, want in zip(inner, ts.dims):
         if want != -1 and got != want:
-            raise InvalidInput(f"input '{ts.name}' has shape {list(shape)} but model '{spec.name}' expects {expected}")
+            raise InvalidInput(f"input '{ts.name}' has shape {list(shape)} but model '{spec.name}' expects {_expected_shape(spec, ts)}")
     if not batched:
         return 1
     rows = shape[0]
     if rows < 1 or rows > spec.max_batch_size:
         raise InvalidInput(f"input '{ts.name}' has batch size {rows} but model '{spec.name}' accepts 1 to {spec.max_batch_size} rows per request (max_batch_size)")
     return rows
+
+
+def _expected_shape(spec: _ModelSpec, ts: _TensorSpec) -> str:
+    """The shape a model accepts for an input, as an error message shows it (built only on the error path)."""
+    batched = spec.max_batch_size > 0
+    if not ts.dims:
+        return "[-1]" if batched else "[]"
+    return ("[-1, " if batched else "[") + ", ".join(map(str, ts.dims)) + "]"
 
 
 def _from_raw(ts: _TensorSpec, shape: tuple[int, ...], data: bytes, max_bytes_element: int) -> np.ndarray:
