@@ -335,7 +335,6 @@ def bucketize(x: Any, boundaries: object, *, stream: Any = 0) -> Any:
 @cuda.jit
 def _one_hot_k(ids, depth, out):  # pragma: no cover - device code
     rows, width = out.shape
-    features = ids.shape[1]
     for i in range(cuda.grid(1), rows * width, cuda.gridsize(1)):
         r = i // width
         j = i - r * width

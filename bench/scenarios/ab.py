@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import time
@@ -25,16 +24,13 @@ from bench.models import BATCHING, MODELS, write_onnx_files, write_repository
 
 from . import perf_analyzer as pa
 from . import targets
-
-_TICK = os.sysconf("SC_CLK_TCK")
-
+from .closed_loop import cpu_seconds
 
 def _cpu_seconds(pattern: str) -> float:
     """User + system CPU seconds of the newest process whose command line matches ``pattern`` (not taskset)."""
     pids = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
     pids = [p for p in pids if not Path(f"/proc/{p}/cmdline").read_bytes().startswith(b"taskset")]
-    fields = Path(f"/proc/{pids[-1]}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
+    return cpu_seconds(int(pids[-1]))
 
 
 def main() -> None:

@@ -19,7 +19,6 @@ Writes OUT.md and OUT.json.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import signal
 import statistics

@@ -45,6 +45,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+if __package__:
+    from .closed_loop import closed_loop as load
+    from .servers import free_port
+else:  # run as a file (python bench/scenarios/metrics_overhead.py), its folder first on sys.path
+    from closed_loop import closed_loop as load  # type: ignore[no-redef]
+    from servers import free_port  # type: ignore[no-redef]
+
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 SERVER_CPU, LOAD_CPU = "0", 1
 
@@ -76,7 +83,7 @@ def surge_server(repository: Path, workdir: Path, metrics: bool, extra: tuple[st
     """A pinned ``surge serve`` (``extra``: more flags); yields (gRPC address, metrics address or "", pid) once ready."""
     address_file = workdir / f"address-{'on' if metrics else 'off'}"
     address_file.unlink(missing_ok=True)
-    metrics_port = str(_free_port()) if metrics else "-1"
+    metrics_port = str(free_port()) if metrics else "-1"
     cmd = ["taskset", "-c", SERVER_CPU, sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(repository),
            "--grpc-port", "0", "--metrics-port", metrics_port, "--http-port", "-1", "--address-file", str(address_file), "--log-level", "warning", *extra]  # fmt: skip
     log = open(workdir / f"server-{'on' if metrics else 'off'}.log", "wb")
@@ -100,72 +107,26 @@ def surge_server(repository: Path, workdir: Path, metrics: bool, extra: tuple[st
         log.close()
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system, all threads) a process has used so far, from /proc (10 ms resolution)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def closed_loop(address: str, payload: bytes, concurrency: int, warmup_s: float, duration_s: float,
                       metrics_address: str, scrape_interval_s: float, server_pid: int = 0) -> dict:  # fmt: skip
-    """``concurrency`` workers, each sending as soon as its previous answer came; latencies of the measured window.
-
-    With ``server_pid``, also the server's CPU time per answered request over the window: unlike throughput,
-    it does not move when other processes take the server's CPU away (a shared machine).
-    """
+    """``closed_loop.closed_loop`` against ``address`` (after 50 warm-up calls), scraping ``/metrics`` meanwhile."""
     options = [("grpc.max_send_message_length", 2**31 - 1), ("grpc.max_receive_message_length", 2**31 - 1)]
+    scrapes: list[float] = []
+
+    async def scraper(stop_at: float) -> None:
+        while metrics_address and scrape_interval_s > 0 and time.perf_counter() < stop_at:
+            await asyncio.sleep(scrape_interval_s)
+            t0 = time.perf_counter()
+            body = await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=30).read())
+            scrapes.append(time.perf_counter() - t0)
+            assert b"surge_request_duration_seconds" in body
+
     async with grpc.aio.insecure_channel(address, options=options) as channel:
         call = channel.unary_unary(METHOD)
         for _ in range(50):
             await call(payload, timeout=30)
-        latencies: list[float] = []
-        errors = 0
-        scrapes: list[float] = []
-        start = time.perf_counter()
-        measure_from, stop_at = start + warmup_s, start + warmup_s + duration_s
-
-        async def worker() -> None:
-            nonlocal errors
-            clock = time.perf_counter
-            while (t0 := clock()) < stop_at:
-                try:
-                    await call(payload, timeout=30)
-                except grpc.aio.AioRpcError:
-                    errors += 1
-                    continue
-                if t0 >= measure_from:
-                    latencies.append(clock() - t0)
-
-        async def scraper() -> None:
-            while metrics_address and scrape_interval_s > 0 and time.perf_counter() < stop_at:
-                await asyncio.sleep(scrape_interval_s)
-                t0 = time.perf_counter()
-                body = await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=30).read())
-                scrapes.append(time.perf_counter() - t0)
-                assert b"surge_request_duration_seconds" in body
-
-        cpu: list[float] = []
-
-        async def cpu_probe() -> None:
-            await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
-            cpu.append(cpu_seconds(server_pid))
-            await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
-            cpu.append(cpu_seconds(server_pid))
-
-        await asyncio.gather(scraper(), *([cpu_probe()] if server_pid else []), *(worker() for _ in range(concurrency)))
-    lat = np.array(latencies) * 1e3
-    return {"infer_per_s": len(latencies) / duration_s, "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-            "requests": len(latencies), "errors": errors, "scrapes": len(scrapes),
-            "server_cpu_us_per_request": (cpu[1] - cpu[0]) / len(latencies) * 1e6 if len(cpu) == 2 and latencies else None,
-            "scrape_ms": float(np.median(scrapes) * 1e3) if scrapes else None}  # fmt: skip
+        result = await load(call, payload, concurrency, warmup_s, duration_s, server_pid=server_pid, alongside=[scraper])
+    return {**result, "scrapes": len(scrapes), "scrape_ms": float(np.median(scrapes) * 1e3) if scrapes else None}
 
 
 def toggle(args: argparse.Namespace) -> dict:

@@ -42,6 +42,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+if __package__:
+    from .closed_loop import closed_loop
+    from .servers import free_port
+else:  # run as a file (python bench/scenarios/shadow_cost.py), its folder first on sys.path
+    from closed_loop import closed_loop  # type: ignore[no-redef]
+    from servers import free_port  # type: ignore[no-redef]
+
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 SERVER_CPU, LOAD_CPU = "0", 1
 
@@ -93,7 +100,7 @@ def write_repository(root: Path, delay_s: float) -> Path:
 def surge_server(repository: Path, workdir: Path) -> Iterator[tuple[str, str, int]]:
     """A pinned ``surge serve``; yields (gRPC address, metrics address, pid) once ready."""
     address_file = workdir / "address"
-    metrics_port = str(_free_port())
+    metrics_port = str(free_port())
     cmd = ["taskset", "-c", SERVER_CPU, sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(repository),
            "--grpc-port", "0", "--metrics-port", metrics_port, "--http-port", "-1", "--address-file", str(address_file), "--log-level", "warning"]  # fmt: skip
     log = open(workdir / "server.log", "wb")
@@ -117,19 +124,6 @@ def surge_server(repository: Path, workdir: Path) -> Iterator[tuple[str, str, in
         log.close()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def request_bytes() -> bytes:
     from surge.protos import grpc_service_pb2 as pb
 
@@ -141,35 +135,7 @@ def request_bytes() -> bytes:
 
 
 async def window(channel: grpc.aio.Channel, payload: bytes, concurrency: int, warmup_s: float, duration_s: float, pid: int) -> dict:
-    call = channel.unary_unary(METHOD)
-    latencies: list[float] = []
-    errors = 0
-    start = time.perf_counter()
-    measure_from, stop_at = start + warmup_s, start + warmup_s + duration_s
-    cpu: list[float] = []
-
-    async def worker() -> None:
-        nonlocal errors
-        clock = time.perf_counter
-        while (t0 := clock()) < stop_at:
-            try:
-                await call(payload, timeout=30)
-            except grpc.aio.AioRpcError:
-                errors += 1
-                continue
-            if t0 >= measure_from:
-                latencies.append(clock() - t0)
-
-    async def probe() -> None:
-        await asyncio.sleep(warmup_s)
-        cpu.append(cpu_seconds(pid))
-        await asyncio.sleep(duration_s)
-        cpu.append(cpu_seconds(pid))
-
-    await asyncio.gather(probe(), *(worker() for _ in range(concurrency)))
-    lat = np.array(latencies) * 1e3
-    return {"infer_per_s": len(latencies) / duration_s, "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-            "requests": len(latencies), "errors": errors, "server_cpu_us_per_request": (cpu[1] - cpu[0]) / len(latencies) * 1e6}  # fmt: skip
+    return await closed_loop(channel.unary_unary(METHOD), payload, concurrency, warmup_s, duration_s, server_pid=pid)
 
 
 def shadow_counts(metrics_address: str) -> dict[str, float]:
