@@ -28,18 +28,18 @@ from grpc_reflection.v1alpha import reflection
 
 from surge.protos import grpc_service_pb2 as pb
 
-from .codec import DEFAULT_LIMITS, Limits
+from .edge.codec import DEFAULT_LIMITS, Limits
 from .errors import ConfigError
-from .grpc_servicer import InferenceServicer, add_to_server, status_of
-from .metrics import ServerMetrics
-from .metrics_http import MetricsEndpoint
-from .model import abandoned_threads
+from .edge.grpc_servicer import InferenceServicer, add_to_server, status_of
+from .observability.metrics import ServerMetrics
+from .observability.metrics_http import MetricsEndpoint
+from .execution.model import abandoned_threads
 from .repository import ModelRepository
-from .rest import RestEndpoint
-from .routing_metrics import TrafficCollector
-from .security import SecurityPolicy, TokenAuth, auth_interceptor
-from .surge_servicer import add_surge_services
-from .traffic import Traffic
+from .edge.rest import RestEndpoint
+from .traffic.routing_metrics import TrafficCollector
+from .edge.security import SecurityPolicy, TokenAuth, auth_interceptor
+from .edge.surge_servicer import add_surge_services
+from .traffic.traffic import Traffic
 from .workers import WorkerPeers
 
 __all__ = ["MAX_MESSAGE_BYTES", "Server", "ServerConfig", "serve"]
@@ -252,7 +252,7 @@ class Server:
             traffic=self.traffic, peers=self._peers,
         )
         add_to_server(servicer, server)
-        add_surge_services(self.traffic, server, self._peers)  # surge.v1.Admin and surge.v1.Feedback (admin scope: server/security.py)
+        add_surge_services(self.traffic, server, self._peers)  # surge.v1.Admin and surge.v1.Feedback (admin scope: server/edge/security.py)
         self._servicer = servicer
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((SERVICE_NAME, *SURGE_SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)

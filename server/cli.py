@@ -134,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_reliability_flags(serve: argparse.ArgumentParser) -> None:
     """Limits, TLS, auth and the Unix socket (defaults: ``codec.Limits``, README "Reliability and security")."""
-    from .codec import DEFAULT_LIMITS as d
+    from .edge.codec import DEFAULT_LIMITS as d
 
     serve.add_argument("--grpc-address", default="", metavar="unix:///PATH.sock", help="serve gRPC on a Unix socket (sidecars) instead of --host/--grpc-port")
     serve.add_argument("--grpc-socket-mode", default="600", help="file mode of the Unix socket, octal (default 600: owner only)")
@@ -156,7 +156,7 @@ def _add_reliability_flags(serve: argparse.ArgumentParser) -> None:
 
 def _reliability_config(args: argparse.Namespace) -> dict[str, object]:
     """ServerConfig keyword arguments of the flags above; raises ConfigError for invalid values."""
-    from .codec import Limits
+    from .edge.codec import Limits
     from .errors import ConfigError
 
     try:
@@ -198,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "batch":
         return _batch(args)
     if args.command == "top":
-        from .top import run
+        from .observability.top import run
 
         try:
             return run(args.url, args.interval_s, once=args.once)
@@ -218,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _batch(args: argparse.Namespace) -> int:
     logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    from .batchjob import BatchJobError, run_batch_job
+    from .execution.batchjob import BatchJobError, run_batch_job
 
     try:
         summary = asyncio.run(run_batch_job(
@@ -396,7 +396,7 @@ def _load_named(path: Path, name: str | None, default_names: Sequence[str], what
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from .drift import PROFILE_FILENAME, build_profile
+    from .observability.drift import PROFILE_FILENAME, build_profile
 
     model: Path = args.model
     if model.is_dir():
@@ -433,7 +433,7 @@ def _profile(args: argparse.Namespace) -> int:
 def _drift(args: argparse.Namespace) -> int:
     import urllib.request
 
-    from .drift import drift_report
+    from .observability.drift import drift_report
 
     try:
         with urllib.request.urlopen(f"http://{args.url}/metrics", timeout=10) as response:
@@ -487,7 +487,7 @@ def _ab(args: argparse.Namespace) -> int:
     import time
     import urllib.request
 
-    from .ab import analyse, difference, format_report, parse_samples
+    from .traffic.ab import analyse, difference, format_report, parse_samples
 
     def scrape() -> str:
         with urllib.request.urlopen(f"http://{args.url}/metrics", timeout=10) as response:

@@ -30,8 +30,8 @@ from typing import Any
 
 from .config import ModelConfig, load_model_config
 from .errors import ConfigError, InvalidInput, ModelNotFound, ModelNotReady, Unsupported, VersionNotFound
-from .model import ModelVersion, State
-from .security import check_load_overrides, check_model_name, confine
+from .execution.model import ModelVersion, State
+from .edge.security import check_load_overrides, check_model_name, confine
 
 __all__ = ["CONTROL_MODES", "IndexEntry", "ModelRepository"]
 

@@ -533,7 +533,7 @@ class Supervisor:
 
     async def run(self, *, address_file: Path | None = None) -> int:
         """Serve until stopped; returns the exit code (0, or 2 when a worker cannot start)."""
-        from .metrics_http import MetricsEndpoint
+        from .observability.metrics_http import MetricsEndpoint
 
         config = self.config
         try:

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from surge.protos import grpc_service_pb2 as pb
-from surge.server import codec
-from surge.server.batching import BatchRequest, DynamicBatcher, SchedulerPolicy
+from surge.server.edge import codec
+from surge.server.execution.batching import BatchRequest, DynamicBatcher, SchedulerPolicy
 from surge.server.config import TensorConfig, parse_model_config
 
 IMAGE = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)

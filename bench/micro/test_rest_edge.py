@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from surge.protos import grpc_service_pb2 as pb
-from surge.server import rest_codec
+from surge.server.edge import rest_codec
 
 IMAGE = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
 SCORES = np.random.default_rng(1).standard_normal((1, 1000)).astype(np.float32)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from surge.server.routing import Routes, compile_entry, stable_hash
+from surge.server.traffic.routing import Routes, compile_entry, stable_hash
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from surge.server.batchjob import run_batch_job
+from surge.server.execution.batchjob import run_batch_job
 from surge.server.config import load_model_config
 from surge.server.demo import write_demo_repository
-from surge.server.model import complete_signature
-from surge.server.pipeline import Pipeline
+from surge.server.execution.model import complete_signature
+from surge.server.execution.pipeline import Pipeline
 from surge.server.runtimes.base import create_runtime
 
 TABULAR_CONFIG = """\

@@ -70,7 +70,7 @@ def _enable_drift(repository: Path, sample_rate: float) -> None:
     """Give the demo mlp a reference profile (N(0, 1) rows, like the generator's) and a [drift] table."""
     import numpy as np
 
-    from surge.server.drift import PROFILE_FILENAME, build_profile
+    from surge.server.observability.drift import PROFILE_FILENAME, build_profile
 
     sample = np.random.default_rng(1).standard_normal((5000, 16)).astype(np.float32)
     (repository / "mlp" / "1" / PROFILE_FILENAME).write_text(build_profile({"x": sample}).to_json())

@@ -34,7 +34,8 @@ import aiohttp
 import grpc
 import numpy as np
 
-from bench.scenarios.metrics_overhead import cpu_seconds, request_bytes, surge_server
+from bench.scenarios.closed_loop import cpu_seconds
+from bench.scenarios.metrics_overhead import request_bytes, surge_server
 
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 LOAD_CPU = 1

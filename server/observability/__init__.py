@@ -1,7 +1,11 @@
-"""Ready-made observability for Surge, shipped as package data: a Grafana dashboard and Prometheus alerting rules.
+"""Watching models in production: metrics, their endpoint, ``surge top``, drift, GPU metrics, and ready-made dashboards.
 
-Both read only the metrics that ``surge.server.metrics`` exports (and Prometheus' ``up``); a test parses the
-rules and every dashboard query with a PromQL parser and checks each metric name against a real scrape.
+``metrics`` (per-version histograms and counters, bound at load; the exposition), ``metrics_http`` (``/metrics``),
+``top`` (``surge top``), ``drift`` (profiles, PSI/KS windows), ``gpu_metrics`` (``nv_gpu_*`` from NVML).
+
+Shipped as package data: a Grafana dashboard and Prometheus alerting rules. Both read only the metrics that
+``surge.server.observability.metrics`` exports (and Prometheus' ``up``); a test parses the rules and every
+dashboard query with a PromQL parser and checks each metric name against a real scrape.
 ``surge observability --out DIR`` copies them out of the installed package.
 """
 

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.gpu
 prometheus_client = pytest.importorskip("prometheus_client")
 pynvml = pytest.importorskip("pynvml", reason="nvidia-ml-py is not installed (pip install 'surge[gpu]')")
 
-from surge.server.gpu_metrics import GPU_METRICS, exposition, register_gpu_metrics  # noqa: E402
+from surge.server.observability.gpu_metrics import GPU_METRICS, exposition, register_gpu_metrics  # noqa: E402
 from tests.unit.test_gpu_metrics import PERF_ANALYZER_REGEX  # noqa: E402
 
 

@@ -18,7 +18,7 @@ import pytest
 from surge.clients import InferenceClient, InferenceServerError
 from surge.protos import grpc_service_pb2 as pb
 from surge.protos import grpc_service_pb2_grpc as pb_grpc
-from surge.server.codec import Limits
+from surge.server.edge.codec import Limits
 
 GOOD_X = np.ones((1, 16), dtype=np.float32)
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

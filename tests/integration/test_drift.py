@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from surge.clients import InferenceClient
-from surge.server import drift
+from surge.server.observability import drift
 from surge.server.cli import main
 from tests.integration.test_metrics import samples, value
 from tests.models import write_add_model

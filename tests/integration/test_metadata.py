@@ -7,7 +7,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from surge.server.grpc_servicer import EXTENSIONS
+from surge.server.edge.grpc_servicer import EXTENSIONS
 
 
 def test_live_ready_and_server_metadata(client):

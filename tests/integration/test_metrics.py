@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from surge.clients import AsyncInferenceClient, InferenceClient, InferenceServerError
 from surge.server.app import ServerConfig
-from surge.server.metrics import DEFAULT_LATENCY_BUCKETS_S, STAGES
+from surge.server.observability.metrics import DEFAULT_LATENCY_BUCKETS_S, STAGES
 from tests.conftest import ServerThread
 
 MODELS = ("mlp", "mlp_batched", "versioned", "failing_py")

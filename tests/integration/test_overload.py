@@ -263,7 +263,7 @@ def test_concurrent_streams_per_connection_are_capped(tmp_path, start_server):
     client queues it) until one ends; another connection is not affected."""
     import threading
 
-    from surge.server.codec import Limits
+    from surge.server.edge.codec import Limits
 
     from tests.models import write_add_model
 

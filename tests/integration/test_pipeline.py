@@ -220,8 +220,8 @@ from pathlib import Path
 import numpy as np
 from surge.kernels import image
 from surge.server.config import load_model_config
-from surge.server.model import ModelVersion, State
-from surge.server.stats import Stamps, now_ns
+from surge.server.execution.model import ModelVersion, State
+from surge.server.execution.stats import Stamps, now_ns
 
 async def main(repo):
     version = ModelVersion(load_model_config(repo / "classifier"), 1, repo / "classifier" / "1" / "model.onnx")

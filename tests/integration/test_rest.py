@@ -25,7 +25,7 @@ import pytest
 from surge.clients import InferenceClient
 from surge.protos.datatypes import serialize_bytes_tensor
 from surge.server import errors
-from surge.server.rest import RestEndpoint
+from surge.server.edge.rest import RestEndpoint
 from tests.models import ONNX_DATATYPES, write_test_repository
 from tests.process import SurgeProcess
 

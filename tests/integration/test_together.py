@@ -20,7 +20,7 @@ import pytest
 from surge.clients import InferenceClient, SurgeClient
 from surge.protos import grpc_service_pb2 as pb
 from surge.protos import grpc_service_pb2_grpc as pb_grpc
-from surge.server.codec import Limits
+from surge.server.edge.codec import Limits
 from surge.server.demo import write_demo_repository
 from tests.integration.test_rest import Reply, http
 from tests.integration.test_security import ADMIN_TOKEN, BOTH_TOKEN, INFERENCE_TOKEN, pki, repo  # noqa: F401  (fixtures)

@@ -24,7 +24,7 @@ from tests.process import SurgeProcess  # noqa: E402
 
 
 def _assert_no_surge_protos() -> None:
-    loaded = sorted(m for m in sys.modules if m.startswith(("surge.protos", "surge.clients", "surge.server.app", "surge.server.grpc_servicer")))
+    loaded = sorted(m for m in sys.modules if m.startswith(("surge.protos", "surge.clients", "surge.server.app", "surge.server.edge.grpc_servicer")))
     assert not loaded, f"the tritonclient suite must not import {loaded} (duplicate protobuf symbols)"
 
 @pytest.fixture(scope="session")

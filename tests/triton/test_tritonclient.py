@@ -572,5 +572,5 @@ async def test_aio_queue_full_is_unavailable(surge_server) -> None:
 
 
 def test_no_surge_protos_imported() -> None:
-    loaded = sorted(m for m in sys.modules if m.startswith(("surge.protos", "surge.clients", "surge.server.app", "surge.server.grpc_servicer")))
+    loaded = sorted(m for m in sys.modules if m.startswith(("surge.protos", "surge.clients", "surge.server.app", "surge.server.edge.grpc_servicer")))
     assert not loaded

@@ -13,7 +13,7 @@ import itertools
 import numpy as np
 import pytest
 
-from surge.server.batching import BatchRequest, CostModel, DynamicBatcher, QueuePolicy, SchedulerPolicy
+from surge.server.execution.batching import BatchRequest, CostModel, DynamicBatcher, QueuePolicy, SchedulerPolicy
 from surge.server.errors import DeadlineExpired, InvalidInput, ModelNotReady, QueueFull
 
 

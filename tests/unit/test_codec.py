@@ -1,4 +1,4 @@
-"""``surge.server.codec``: ModelInferRequest -> numpy (validated, zero-copy for raw) and numpy -> ModelInferResponse."""
+"""``surge.server.edge.codec``: ModelInferRequest -> numpy (validated, zero-copy for raw) and numpy -> ModelInferResponse."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from surge.protos import grpc_service_pb2 as pb
 from surge.protos.datatypes import CONTENTS_FIELD, deserialize_bytes_tensor, numpy_dtype, serialize_bytes_tensor
-from surge.server.codec import DecodedRequest, Limits, decode_request, encode_response, model_spec, parameter_value
+from surge.server.edge.codec import DecodedRequest, Limits, decode_request, encode_response, model_spec, parameter_value
 from surge.server.config import ModelConfig, TensorConfig, parse_model_config
 from surge.server.errors import InvalidInput
 

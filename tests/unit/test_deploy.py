@@ -30,7 +30,7 @@ import yaml
 from kubernetes_validate import utils as kv
 
 from surge.server.cli import _parser
-from surge.server.metrics import ServerSnapshot, VersionSample, render
+from surge.server.observability.metrics import ServerSnapshot, VersionSample, render
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 KSERVE_SCHEMA = Path(__file__).resolve().parents[1] / "deploy" / "kserve-0.21.0.schema.json"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from surge.server.config import DriftConfig, parse_model_config
-from surge.server.drift import (
+from surge.server.observability.drift import (
     DriftMonitor,
     FeatureProfile,
     Profile,

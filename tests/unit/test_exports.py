@@ -14,16 +14,16 @@ MODULES = [
     "surge.clients",
     "surge.server.errors",
     "surge.server.config",
-    "surge.server.metrics",
-    "surge.server.drift",
-    "surge.server.routing",
-    "surge.server.shadow",
-    "surge.server.feedback",
-    "surge.server.traffic",
-    "surge.server.routing_metrics",
-    "surge.server.ab",
-    "surge.server.surge_servicer",
-    "surge.server.gpu_metrics",
+    "surge.server.observability.metrics",
+    "surge.server.observability.drift",
+    "surge.server.traffic.routing",
+    "surge.server.traffic.shadow",
+    "surge.server.traffic.feedback",
+    "surge.server.traffic.traffic",
+    "surge.server.traffic.routing_metrics",
+    "surge.server.traffic.ab",
+    "surge.server.edge.surge_servicer",
+    "surge.server.observability.gpu_metrics",
     "surge.server.runtimes.onnx_providers",
     "surge.server.runtimes.tensorrt_plan",
     "surge.server.runtimes.tensorrt",
@@ -33,8 +33,8 @@ MODULES = [
     "surge.kernels.tabular",
     "surge.kernels.postprocess",
     "surge.kernels.cuda",
-    "surge.server.pipeline",
-    "surge.server.batchjob",
+    "surge.server.execution.pipeline",
+    "surge.server.execution.batchjob",
 ]
 
 
@@ -86,7 +86,7 @@ def test_importing_clients_does_not_import_server_or_onnx() -> None:
 _GPU_PROBE = textwrap.dedent(
     """
     import json, sys
-    import surge.server.runtimes.tensorrt, surge.server.runtimes.tensorrt_build, surge.server.gpu_metrics
+    import surge.server.runtimes.tensorrt, surge.server.runtimes.tensorrt_build, surge.server.observability.gpu_metrics
     heavy = ("tensorrt", "torch", "pynvml", "onnxruntime")
     print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in heavy)))
     """
@@ -101,6 +101,6 @@ def test_gpu_modules_import_their_libraries_only_when_used() -> None:
 
 def test_the_server_imports_numba_only_for_a_pipeline() -> None:
     """Serving models without [[preprocess]] steps needs no Numba (an extra: surge[kernels]) and pays no import."""
-    code = "import sys, surge.server.app, surge.server.cli, surge.server.pipeline, surge.kernels.postprocess; print('numba' in sys.modules)"
+    code = "import sys, surge.server.app, surge.server.cli, surge.server.execution.pipeline, surge.kernels.postprocess; print('numba' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

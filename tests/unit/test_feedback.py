@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from surge.server.errors import InvalidInput
-from surge.server.feedback import FeedbackIndex
+from surge.server.traffic.feedback import FeedbackIndex
 
 
 def test_labels_join_with_the_argmax_of_scores() -> None:

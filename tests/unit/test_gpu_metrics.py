@@ -1,4 +1,4 @@
-"""``surge.server.gpu_metrics``: Triton's ``nv_gpu_*`` families as perf_analyzer reads them.
+"""``surge.server.observability.gpu_metrics``: Triton's ``nv_gpu_*`` families as perf_analyzer reads them.
 
 NVML is not our code: a small fake module stands in for ``pynvml`` (same function names, checked against the
 real package when it is installed); ``tests/gpu/test_gpu_metrics_nvml.py`` reads a real GPU.
@@ -15,7 +15,7 @@ import pytest
 
 prometheus_client = pytest.importorskip("prometheus_client")
 
-from surge.server.gpu_metrics import GPU_METRICS, GpuMetricsCollector, exposition, register_gpu_metrics  # noqa: E402
+from surge.server.observability.gpu_metrics import GPU_METRICS, GpuMetricsCollector, exposition, register_gpu_metrics  # noqa: E402
 
 #: perf_analyzer's pattern (client_backend/triton/triton_client_backend.cc), with <metric> substituted.
 PERF_ANALYZER_REGEX = r'\n{metric}\{{gpu_uuid="([^"]+)"\}} (\d+\.?\d*)'

@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from surge.server.config import parse_model_config
 from surge.server.errors import ConfigError
-from surge.server.metrics import (
+from surge.server.observability.metrics import (
     DEFAULT_LATENCY_BUCKETS_S,
     STAGES,
     ServerMetrics,
@@ -19,7 +19,7 @@ from surge.server.metrics import (
     geometric_buckets,
     render,
 )
-from surge.server.stats import Stamps, VersionStats
+from surge.server.execution.stats import Stamps, VersionStats
 
 
 def test_default_buckets_are_about_1_25x_from_10us_to_60s_with_every_power_of_ten() -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from surge.server.config import TensorConfig, parse_model_config
 from surge.server.errors import ConfigError
-from surge.server.model import AUTO_MAX_BATCH_SIZE, complete_signature
+from surge.server.execution.model import AUTO_MAX_BATCH_SIZE, complete_signature
 from surge.server.runtimes.base import Signature
 
 X = TensorConfig(name="x", datatype="FP32", dims=(-1, 16))

@@ -1,4 +1,4 @@
-"""Pipeline validation and signatures (server/pipeline.py): what clients see, and clear errors for bad steps."""
+"""Pipeline validation and signatures (server/execution/pipeline.py): what clients see, and clear errors for bad steps."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from surge.server.config import ModelConfig, TensorConfig, parse_model_config
 from surge.server.errors import ConfigError
-from surge.server.pipeline import Pipeline
+from surge.server.execution.pipeline import Pipeline
 
 
 def _config(pre: list[dict] | None = None, post: list[dict] | None = None, *, inputs=None, outputs=None, max_batch_size: int = 8) -> ModelConfig:

@@ -11,9 +11,9 @@ from surge.protos import grpc_service_pb2 as pb
 from surge.protos import model_config_pb2 as mc
 from surge.protos.datatypes import deserialize_bytes_tensor
 from surge.server.errors import InvalidInput, Unsupported
-from surge.server.grpc_servicer import STATUS_OF
-from surge.server.rest import HTTP_STATUS_OF
-from surge.server.rest_codec import _flatten, decode_infer_request, encode_infer_response, load_parameters, message_to_json
+from surge.server.edge.grpc_servicer import STATUS_OF
+from surge.server.edge.rest import HTTP_STATUS_OF
+from surge.server.edge.rest_codec import _flatten, decode_infer_request, encode_infer_response, load_parameters, message_to_json
 
 
 def test_every_grpc_status_the_servicer_answers_has_an_http_status():

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from surge.server.routing import RouteEntry, Routes, choose, compile_entry, shadow_sampled, stable_hash
+from surge.server.traffic.routing import RouteEntry, Routes, choose, compile_entry, shadow_sampled, stable_hash
 
 KEYS = [f"user-{i}" for i in range(20_000)]
 

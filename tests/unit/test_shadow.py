@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from surge.server.config import ShadowConfig
-from surge.server.shadow import ShadowSender, compare
+from surge.server.traffic.shadow import ShadowSender, compare
 
 
 @pytest.mark.parametrize(
@@ -106,7 +106,7 @@ async def test_a_failed_primary_is_not_compared() -> None:
 async def test_large_answers_are_compared_in_the_thread_small_ones_on_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
-    from surge.server import shadow as shadow_module
+    from surge.server.traffic import shadow as shadow_module
 
     seen: list[str] = []
     real_compare = shadow_module.compare

@@ -9,7 +9,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 
 from surge.protos import grpc_service_pb2 as pb
-from surge.server.metrics import ServerSnapshot, VersionSample, render
+from surge.server.observability.metrics import ServerSnapshot, VersionSample, render
 from surge.server.workers import format_page, merge_families, merge_statistics, parse_page, reserve_port
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import errors
+from .. import errors
 
 if TYPE_CHECKING:
     import grpc

@@ -38,7 +38,7 @@ from google.protobuf.message import Message
 from surge.protos import grpc_service_pb2 as pb
 from surge.protos.datatypes import DATATYPES, deserialize_bytes_tensor, numpy_dtype, serialize_bytes_tensor
 
-from .errors import InvalidInput, Unsupported
+from ..errors import InvalidInput, Unsupported
 
 __all__ = [
     "HEADER_LENGTH", "InferRequest", "decode_infer_request", "encode_infer_response", "index_ready", "json_dumps", "load_parameters", "message_to_json",

@@ -51,9 +51,10 @@ from aiohttp import web
 
 from surge.protos import grpc_service_pb2 as pb
 
-from . import errors, rest_codec
+from .. import errors
+from . import rest_codec
 from .grpc_servicer import EXTENSIONS, InferenceServicer, _error_message, status_of
-from .metrics import ServerMetrics
+from ..observability.metrics import ServerMetrics
 
 __all__ = ["HTTP_STATUS_OF", "RestEndpoint"]
 

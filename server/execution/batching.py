@@ -70,7 +70,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DeadlineExpired, InvalidInput, ModelNotReady, QueueFull
+from ..errors import DeadlineExpired, InvalidInput, ModelNotReady, QueueFull
 
 __all__ = ["BatchRequest", "CostModel", "DynamicBatcher", "Estimate", "QueuePolicy", "SchedulerPolicy"]
 

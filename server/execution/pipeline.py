@@ -47,8 +47,8 @@ import numpy as np
 
 from surge.protos.datatypes import numpy_dtype
 
-from .config import ModelConfig, StepConfig, TensorConfig
-from .errors import ConfigError, InvalidInput
+from ..config import ModelConfig, StepConfig, TensorConfig
+from ..errors import ConfigError, InvalidInput
 
 __all__ = ["PRE_OPS", "POST_OPS", "Pipeline", "PipelineInstance"]
 

@@ -39,13 +39,13 @@ import numpy as np
 
 from surge.protos.datatypes import numpy_dtype
 
-from .config import ModelConfig, TensorConfig
+from ..config import ModelConfig, TensorConfig
 from .batching import BatchRequest, DynamicBatcher, QueuePolicy, SchedulerPolicy
-from .drift import PROFILE_FILENAME, DriftMonitor, Profile
-from .errors import ConfigError, ExecutionTimeout, InferenceServerError, ModelNotReady, RuntimeFailure
-from .metrics import VersionMetrics, VersionSample
+from ..observability.drift import PROFILE_FILENAME, DriftMonitor, Profile
+from ..errors import ConfigError, ExecutionTimeout, InferenceServerError, ModelNotReady, RuntimeFailure
+from ..observability.metrics import VersionMetrics, VersionSample
 from .pipeline import Pipeline, PipelineInstance
-from .runtimes.base import Runtime, Signature, create_runtime
+from ..runtimes.base import Runtime, Signature, create_runtime
 from .stats import Stamps, VersionStats, now_ns
 
 __all__ = ["ModelVersion", "State", "abandoned_threads", "complete_signature", "scheduler_policy"]

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .metrics import VersionMetrics
+    from ..observability.metrics import VersionMetrics
 
 __all__ = ["Duration", "Stamps", "VersionStats", "now_ns"]
 

@@ -51,9 +51,9 @@ from typing import Any
 
 import numpy as np
 
-from .config import ShadowConfig
-from .metrics import DEFAULT_LATENCY_BUCKETS_S
-from .stats import Stamps, now_ns
+from ..config import ShadowConfig
+from ..observability.metrics import DEFAULT_LATENCY_BUCKETS_S
+from ..execution.stats import Stamps, now_ns
 
 __all__ = ["Comparison", "PairStats", "ShadowJob", "ShadowSender", "compare"]
 

@@ -19,8 +19,8 @@ import numpy as np
 from surge.protos import grpc_service_pb2 as pb
 from surge.protos.datatypes import CONTENTS_FIELD, ElementTooLarge, deserialize_bytes_tensor, itemsize_of, numpy_dtype, serialize_bytes_tensor
 
-from .config import ModelConfig, TensorConfig
-from .errors import InvalidInput, LimitExceeded, Unsupported
+from ..config import ModelConfig, TensorConfig
+from ..errors import InvalidInput, LimitExceeded, Unsupported
 
 __all__ = ["DEFAULT_LIMITS", "DecodedRequest", "Limits", "decode_request", "encode_response", "parameter_value"]
 

@@ -60,8 +60,8 @@ import numpy as np
 
 from surge.protos.datatypes import numpy_dtype
 
-from .config import ModelConfig, TensorConfig, load_model_config
-from .errors import ConfigError
+from ..config import ModelConfig, TensorConfig, load_model_config
+from ..errors import ConfigError
 from .model import ModelVersion, State
 
 __all__ = ["BatchJobError", "Summary", "default_chunk_rows", "run_batch_job"]

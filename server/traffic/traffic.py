@@ -25,10 +25,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .config import ModelConfig, ShadowConfig
-from .errors import InvalidInput
+from ..config import ModelConfig, ShadowConfig
+from ..errors import InvalidInput
 from .feedback import FeedbackIndex
-from .repository import ModelRepository
+from ..repository import ModelRepository
 from .routing import RouteEntry, Routes, compile_entry
 from .shadow import PairStats, ShadowSender
 

@@ -20,10 +20,10 @@ import grpc
 from surge.protos import surge_service_pb2 as spb
 from surge.protos import surge_service_pb2_grpc as spb_grpc
 
-from . import errors
+from .. import errors
 from .grpc_servicer import _edge, add_tolerant
-from .traffic import RouteState, Traffic
-from .workers import WorkerPeers, is_local_call
+from ..traffic.traffic import RouteState, Traffic
+from ..workers import WorkerPeers, is_local_call
 
 __all__ = ["AdminServicer", "FeedbackServicer", "add_surge_services", "routes_message"]
 

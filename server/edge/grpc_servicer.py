@@ -22,17 +22,18 @@ import grpc
 from surge.protos import grpc_service_pb2 as pb
 from surge.protos import grpc_service_pb2_grpc as pb_grpc
 
-from . import codec, errors
-from .feedback import FeedbackIndex
-from .metrics import ServerMetrics
-from .model import ModelVersion
-from .repository import ModelRepository
-from .routing import RouteEntry, stable_hash
-from .shadow import ShadowJob, ShadowSender
-from .stats import Stamps, now_ns
-from .traffic import Traffic
+from . import codec
+from .. import errors
+from ..traffic.feedback import FeedbackIndex
+from ..observability.metrics import ServerMetrics
+from ..execution.model import ModelVersion
+from ..repository import ModelRepository
+from ..traffic.routing import RouteEntry, stable_hash
+from ..traffic.shadow import ShadowJob, ShadowSender
+from ..execution.stats import Stamps, now_ns
+from ..traffic.traffic import Traffic
 from .triton import config_overrides_from_json, model_config_message, statistics_message
-from .workers import WorkerPeers, is_local_call
+from ..workers import WorkerPeers, is_local_call
 
 __all__ = ["EXTENSIONS", "InferenceServicer", "STATUS_OF", "Undecodable", "add_to_server", "add_tolerant"]
 

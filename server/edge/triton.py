@@ -15,9 +15,9 @@ from google.protobuf import json_format
 from surge.protos import grpc_service_pb2 as pb
 from surge.protos import model_config_pb2 as mc
 
-from .config import ModelConfig
-from .errors import ConfigError, Unsupported
-from .model import ModelVersion
+from ..config import ModelConfig
+from ..errors import ConfigError, Unsupported
+from ..execution.model import ModelVersion
 
 __all__ = ["config_overrides_from_json", "model_config_message", "statistics_message"]
 

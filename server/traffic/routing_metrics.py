@@ -14,7 +14,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
-from .metrics import DEFAULT_LATENCY_BUCKETS_S
+from ..observability.metrics import DEFAULT_LATENCY_BUCKETS_S
 from .traffic import Traffic
 
 __all__ = ["TrafficCollector"]
