@@ -36,7 +36,7 @@ When the wait is over:
     load), requests are dispatched at once. The first arrival that finds a queue or a busy instance turns
     waiting back on. (A lone request cannot gain from a wait: nobody else is there to join it.)
   * **Everyone is here:** ``in_server()`` (given by the model version) counts the version's requests in the
-    server: queued, executing, or being answered. The batcher remembers its peak, seen at arrivals and
+    server: queued, executing, or answered but not yet resumed. The batcher remembers its peak, seen at arrivals and
     decaying by 0.1% per arrival. Closed-loop clients keep about that many requests in the server; once the
     count is back at 95% of the peak, the requests not in the queue are executing or being answered and will
     not join: waiting longer gathers nobody (concurrency 8: 1,550 -> 2,350 infer/s on ``mlp``, p50 4.9 -> 3.0 ms).
@@ -205,6 +205,7 @@ class DynamicBatcher:
 
     ``dispatch(batch)`` is called on the event loop with a list of BatchRequest; whoever executes the batch
     resolves each request's future and calls ``release_slot()`` when the instance is free again.
+    ``in_server()``: the version's requests in the server, for SLO mode's everyone-is-here rule (None: rule off).
     """
 
     def __init__(
