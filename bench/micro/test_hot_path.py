@@ -44,6 +44,19 @@ def test_decode_image_request(benchmark, request_message, spec):
     assert decoded.inputs["input"].shape == IMAGE.shape
 
 
+def test_decode_tiny_request(benchmark):
+    """A 16-float request (the benchmark's ``tiny``): the decode's fixed cost, no payload to speak of."""
+    config = parse_model_config("tiny", {"max_batch_size": 64}).with_signature(
+        (TensorConfig(name="x", datatype="FP32", dims=(16,)),), (TensorConfig(name="y", datatype="FP32", dims=(16,)),), 64
+    )
+    request = pb.ModelInferRequest(model_name="tiny")
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 16])
+    request.raw_input_contents.append(np.ones(16, np.float32).tobytes())
+    message = pb.ModelInferRequest.FromString(request.SerializeToString())
+    decoded = benchmark(codec.decode_request, message, codec.model_spec(config))
+    assert decoded.inputs["x"].shape == (1, 16) and decoded.rows == 1
+
+
 def test_encode_scores_response(benchmark, request_message, spec):
     outputs = {"scores": np.zeros((1, 1000), np.float32)}
     response = benchmark(codec.encode_response, request_message, spec, "1", outputs, ("scores",))

@@ -28,7 +28,7 @@ When the wait is over:
   cost(next)``, where ``next`` is the next power of two above the rows in hand (capped at
   ``max_batch_size``). The time after the batch (results handed back on the event loop, responses encoded)
   is not subtracted: it grows with the loop's load, and shortening waits under load makes batches smaller
-  and the loop busier still (measured: tiny at concurrency 64 lost ~10% of its throughput when it was).
+  and the loop busier still (an experiment that subtracted it lost throughput at concurrency 64; bench/RESULTS.md).
   Three rules keep waits from costing latency when they cannot gather anything:
 
   * **Alone:** a request that arrives while nothing is queued and every instance is idle has no company;
@@ -39,7 +39,7 @@ When the wait is over:
     server: queued, executing, or answered but not yet resumed. The batcher remembers its peak, seen at arrivals and
     decaying by 0.1% per arrival. Closed-loop clients keep about that many requests in the server; once the
     count is back at 95% of the peak, the requests not in the queue are executing or being answered and will
-    not join: waiting longer gathers nobody (concurrency 8: 1,550 -> 2,350 infer/s on ``mlp``, p50 4.9 -> 3.0 ms).
+    not join: waiting longer gathers nobody (closed-loop clients at concurrency 8 no longer wait for a quiet gap).
   * **Quiet:** a batch stops gathering when no request arrived for 4 typical gaps (at least 2 ms), where
     the typical gap is an exponentially weighted mean of the gaps between arrivals that found company
     (open-loop or bursty arrivals that pause; the rest of the wait would only add latency).
@@ -72,14 +72,14 @@ import numpy as np
 
 from ..errors import DeadlineExpired, InvalidInput, ModelNotReady, QueueFull
 
-__all__ = ["BatchRequest", "CostModel", "DynamicBatcher", "Estimate", "QueuePolicy", "SchedulerPolicy"]
+__all__ = ["BatchRequest", "CostModel", "DynamicBatcher", "QueuePolicy", "SchedulerPolicy"]
 
 #: SLO mode: after this many arrivals in a row that found nothing queued and every instance idle, dispatch at once.
 _ALONE_STREAK = 4
 #: SLO mode: a batch stops gathering when no request arrived for this many typical in-burst gaps.
 _QUIET_GAPS = 4
 #: ...and never sooner than this after the last arrival (requests delivered in one loop turn show gaps of ~0, and a
-#: busy event loop delivers arrivals with pauses while it answers others: 0.5 ms here cost ~15% at concurrency 64).
+#: busy event loop delivers arrivals with pauses while it answers others; 0.5 ms ended batches at ~6 rows at c64).
 _QUIET_MIN_S = 0.002
 #: SLO mode: per arrival, the remembered peak of requests in the server decays by this factor...
 _PEAK_DECAY = 0.999
@@ -139,34 +139,17 @@ class BatchRequest:
         self.shape_key: tuple[Any, ...] = ()
 
 
-class Estimate:
-    """An exponentially weighted mean and mean absolute deviation of a duration; ``high()`` = mean + 3 deviations."""
-
-    __slots__ = ("alpha", "dev", "mean")
-
-    def __init__(self, seconds: float, alpha: float = 0.1) -> None:
-        self.alpha = alpha
-        self.mean = seconds
-        self.dev = seconds / 4
-
-    def observe(self, seconds: float) -> None:
-        mean = self.mean
-        self.mean = mean + self.alpha * (seconds - mean)
-        self.dev += self.alpha * (abs(seconds - mean) - self.dev)
-
-    def high(self) -> float:
-        return self.mean + 3 * self.dev
-
-
 class CostModel:
     """Execution time of a batch as a function of its rows, learned from measurements (seconds).
 
-    Buckets are powers of two; each keeps an ``Estimate`` (exponentially weighted mean and deviation).
+    Buckets are powers of two; each keeps an exponentially weighted mean and mean absolute deviation.
     """
 
     def __init__(self, max_batch_size: int, alpha: float = 0.1) -> None:
         self._alpha = alpha
-        self._buckets: dict[int, Estimate] = {}
+        self._buckets = [1 << i for i in range(max(1, max_batch_size).bit_length() + 1)]
+        self._mean: dict[int, float] = {}
+        self._dev: dict[int, float] = {}
 
     def _bucket(self, rows: int) -> int:
         return 1 << max(0, (rows - 1).bit_length())
@@ -174,20 +157,21 @@ class CostModel:
     def observe(self, rows: int, seconds: float) -> None:
         """Fold one executed batch's measured time into its bucket."""
         bucket = self._bucket(rows)
-        estimate = self._buckets.get(bucket)
-        if estimate is None:
-            self._buckets[bucket] = Estimate(seconds, self._alpha)
-        else:
-            estimate.observe(seconds)
+        mean = self._mean.get(bucket)
+        if mean is None:
+            self._mean[bucket], self._dev[bucket] = seconds, seconds / 4
+            return
+        self._mean[bucket] = mean + self._alpha * (seconds - mean)
+        self._dev[bucket] += self._alpha * (abs(seconds - mean) - self._dev[bucket])
 
     def estimate(self, rows: int) -> float:
         """A high-percentile estimate (mean + 3 deviations) of a ``rows``-row batch; 0 before any measurement."""
-        if not self._buckets:
+        if not self._mean:
             return 0.0
         bucket = self._bucket(rows)
-        if bucket in self._buckets:
-            return self._buckets[bucket].high()
-        known = sorted(self._buckets)
+        if bucket in self._mean:
+            return self._mean[bucket] + 3 * self._dev[bucket]
+        known = sorted(self._mean)
         below = [b for b in known if b < bucket]
         above = [b for b in known if b > bucket]
         lo = below[-1] if below else None
