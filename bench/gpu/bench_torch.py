@@ -1,13 +1,17 @@
 """GPU benchmark: a torch MLP and a small CNN, in-process eager vs CUDA graphs vs through Surge end to end.
 
-    python -m bench.gpu.bench_torch [--duration-s 4] [--json FILE]
+    python -m bench.gpu.bench_torch [--duration-s 4] [--workers 1,4] [--json FILE]
 
 In-process timings include what serving needs too: pinned host input -> device, compute, device -> host,
 synchronise (one CUDA stream). Surge runs as a real ``surge serve`` process (torch backend, GPU instances,
 CUDA graphs per power-of-two bucket, dynamic batching) driven by ``bench.scenarios.loadgen`` (raw grpc.aio,
 pre-serialised requests) pinned to other cores; the batch size Surge formed comes from ModelStatistics
 deltas. The gRPC floor (``bench.peers.floor_server``, a precomputed answer) gives the transport's own p50.
-Prints one table and the issue's two targets; ``--json`` writes every figure.
+With perf_analyzer set up (``.cache/perf_analyzer``), 64-row requests are also driven by it (C++, one channel per
+thread, ``PA_CONCURRENCY`` in flight) into ``surge serve --workers N --workers-share-gpu`` for each ``--workers``
+count, and into the floor: one Python process's front end caps rows/s below the in-process CUDA-graph figure
+(the floor itself reached 38% of it on an H200), so the 64-row target is checked against the best Surge
+configuration measured. Prints one table and the issue's two targets; ``--json`` writes every figure.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from tests.torch_models import TinyCNN, make_mlp, write_torch_model  # noqa: E40
 BATCHES = (1, 64, 256)
 #: (rows per request, concurrency) levels driven through Surge
 LEVELS = ((1, 1), (1, 32), (64, 8), (256, 4))
+#: perf_analyzer's requests in flight for the 64-row cells (sync mode: one thread and one channel each)
+PA_CONCURRENCY = 32
 
 
 class FlatCNN(nn.Module):
@@ -143,6 +149,8 @@ def main() -> int:
     parser.add_argument("--duration-s", type=float, default=4.0)
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--profile-dir", type=Path, help="also profile the Surge server with py-spy (mlp, 1 row x 1 and 64 rows x 8) into this folder")
+    parser.add_argument("--workers", default="1,4", help="worker counts for the perf_analyzer 64-row cells ('' skips them)")
     parser.add_argument("--cpu-dry-run", action="store_true", help="exercise the whole script on the CPU (no graphs): checks the script, measures nothing useful")
     args = parser.parse_args()
     dry = args.cpu_dry_run
@@ -152,7 +160,7 @@ def main() -> int:
     gpu = "CPU dry run" if dry else torch.cuda.get_device_name(0)
     cpus = os.cpu_count() or 2
     server_cores, load_cores = f"0-{cpus // 2 - 1}", f"{cpus // 2}-{cpus - 1}"
-    results: dict = {"gpu": gpu, "torch": torch.__version__, "in_process": {}, "surge": {}, "targets": {}}
+    results: dict = {"gpu": gpu, "torch": torch.__version__, "in_process": {}, "surge": {}, "surge_pa": {}, "targets": {}}
 
     for name, (build, features, _) in MODELS.items():
         for rows in BATCHES:
@@ -202,12 +210,99 @@ def main() -> int:
         finally:
             surge.terminate()
             surge.wait(60)
+        if args.workers:
+            _workers_cells(results, root, Path(tmp), [int(n) for n in args.workers.split(",")], server_cores, load_cores)
+        if args.profile_dir:
+            _profile(root, Path(tmp), args.profile_dir, server_cores, load_cores, args.duration_s)
 
     _targets(results)
     _table(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
+
+
+def _workers_cells(results: dict, root: Path, tmp: Path, counts: list[int], server_cores: str, load_cores: str) -> None:
+    """64-row requests from perf_analyzer: the floor, then ``surge serve --workers N --workers-share-gpu``."""
+    from bench.scenarios import perf_analyzer as pa
+    from bench.scenarios import workers as wk
+
+    if not pa.available():
+        print("perf_analyzer is not set up (bench/perf_analyzer/setup.sh): no perf_analyzer cells", flush=True)
+        return
+    floor_file = tmp / "floor-pa.addr"
+    floor = _start([sys.executable, "-m", "bench.peers.floor_server", "--address-file", str(floor_file)], server_cores, floor_file, tmp / "floor-pa.log")
+    try:
+        results["floor_pa_mlp_64"] = wk.perf_analyzer(floor_file.read_text(), PA_CONCURRENCY, load_cores, 2000, model="mlp", features=256, rows=64)
+        print(f"gRPC floor (perf_analyzer, mlp, 64 rows x {PA_CONCURRENCY}): {results['floor_pa_mlp_64']}", flush=True)
+    finally:
+        floor.terminate()
+        floor.wait(30)
+    for n in counts:
+        with wk.surge(root, n, server_cores, tmp / f"w{n}", model="mlp", extra=("--workers-share-gpu",)) as (address, _):
+            _wait_ready(address, list(MODELS))
+            for name, (_, features, _) in MODELS.items():
+                before = formed_batch(address, name)  # the whole server's counts (ModelStatistics asks every worker)
+                cell = wk.perf_analyzer(address, PA_CONCURRENCY, load_cores, 2000, model=name, features=features, rows=64)
+                after = formed_batch(address, name)
+                cell["formed_batch"] = (after[0] - before[0]) / max(after[1] - before[1], 1)
+                results["surge_pa"][f"{name}/64x{PA_CONCURRENCY}/w{n}"] = cell
+                print(f"surge --workers {n} {name} 64 rows x {PA_CONCURRENCY} (perf_analyzer): {cell}", flush=True)
+
+
+def _profile(root: Path, tmp: Path, out: Path, server_cores: str, load_cores: str, duration_s: float) -> None:
+    """py-spy profiles of the Surge server for the mlp cells that miss their targets (batch-1 latency, 64-row
+    rows/s): py-spy starts the server (tracing a child needs no ptrace rights), writes collapsed stacks
+    (``--format raw``: one line per stack with its sample count) when the server exits; the 15 functions with the most
+    samples of their own are printed."""
+    import collections
+    import shutil
+    import signal
+
+    found = [shutil.which("py-spy"), *(str(Path(p) / "bin" / "py-spy") for p in sys.path if p)]  # pip --target puts it in bin/
+    spy = next((c for c in found if c and Path(c).is_file()), None)
+    if spy is None:
+        print("py-spy not found (carry its wheel in .whl/): no profile", flush=True)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for rows, concurrency in ((1, 1), (64, 8)):
+        flame, address_file = out / f"pyspy-mlp-{rows}x{concurrency}.txt", tmp / f"spy-{rows}.addr"
+        cmd = [spy, "record", "--format", "raw", "--rate", "500", "--threads", "--output", str(flame), "--",
+               sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(root), "--grpc-port", "0",
+               "--metrics-port", "0", "--http-port", "-1", "--address-file", str(address_file)]  # fmt: skip
+        spy_process = _start(cmd, server_cores, address_file, tmp / f"spy-{rows}.log")
+        try:
+            _wait_ready(address_file.read_text(), list(MODELS))
+            cell = loadgen(address_file.read_text(), "mlp", 256, rows, concurrency, duration_s, load_cores)
+            print(f"profiled surge mlp {rows} rows x {concurrency}: {cell}", flush=True)
+        finally:
+            children = subprocess.run(["pgrep", "-P", str(spy_process.pid)], capture_output=True, text=True).stdout.split()
+            for pid in children:  # stop the server: py-spy then writes its file and exits
+                os.kill(int(pid), signal.SIGTERM)
+            spy_process.wait(120)
+        if not flame.is_file():
+            print(f"py-spy wrote no profile: {(tmp / f'spy-{rows}.log').read_text()[-800:]}", flush=True)
+            continue
+        own: collections.Counter[str] = collections.Counter()
+        for line in flame.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if stack and count.isdigit():
+                own[stack.rsplit(";", 1)[-1]] += int(count)
+        total = sum(own.values()) or 1
+        print(f"py-spy, mlp {rows} rows x {concurrency}: {total} samples; most own time:")
+        for frame, n in own.most_common(15):
+            print(f"  {n / total:6.1%}  {frame}")
+
+
+def _wait_ready(address: str, names: list[str], timeout_s: float = 300) -> None:
+    from surge.clients import InferenceClient
+
+    deadline = time.monotonic() + timeout_s
+    with InferenceClient(address, timeout_s=10) as client:
+        while not all(client.is_model_ready(name) for name in names):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"models {names} not ready after {timeout_s:.0f} s at {address}")
+            time.sleep(0.2)
 
 
 def _graph_at(results: dict, name: str, rows: float) -> dict:
@@ -219,13 +314,15 @@ def _graph_at(results: dict, name: str, rows: float) -> dict:
 def _targets(results: dict) -> None:
     floor_p50 = results["floor"]["p50_ms"]
     for name in MODELS:
-        big = results["surge"][f"{name}/64x8"]
-        graph = _graph_at(results, name, big["formed_batch"])
-        ratio = big["rows_per_s"] / graph["rows_per_s"]
+        cells = {f"{name}/64x8": results["surge"][f"{name}/64x8"]}
+        cells.update((key, cell) for key, cell in results["surge_pa"].items() if key.startswith(f"{name}/"))
+        ratios = {key: cell["rows_per_s"] / _graph_at(results, name, cell["formed_batch"])["rows_per_s"] for key, cell in cells.items()}
+        best = max(ratios, key=ratios.__getitem__)
+        ratio = ratios[best]
         one = results["surge"][f"{name}/1x1"]
         budget = results["in_process"][f"{name}/1/graph"]["p50_ms"] + floor_p50 + 0.3
         results["targets"][name] = {
-            "rows_ratio_64": float(ratio), "rows_ratio_ok": bool(ratio >= 0.5),
+            "rows_ratio_64": float(ratio), "rows_ratio_ok": bool(ratio >= 0.5), "rows_ratio_cell": best,
             "batch1_p50_ms": one["p50_ms"], "batch1_budget_ms": float(budget), "batch1_ok": bool(one["p50_ms"] <= budget),
         }  # fmt: skip
 
@@ -240,12 +337,20 @@ def _table(results: dict) -> None:
         name, level = key.split("/")
         rows, concurrency = level.split("x")
         print(f"{name:<5} {rows:>5} {'surge, concurrency ' + concurrency:<22} {cell['rows_per_s']:>12,.0f} {cell['p50_ms']:>8.3f} {cell['p99_ms']:>8.3f} {cell['formed_batch']:>7.1f}")
+    for key, cell in results["surge_pa"].items():
+        name, level, workers = key.split("/")
+        rows, concurrency = level.split("x")
+        path = f"surge {workers} c{concurrency} (PA)"
+        print(f"{name:<5} {rows:>5} {path:<22} {cell['rows_per_s']:>12,.0f} {cell['p50_ms']:>8.3f} {cell['p99_ms']:>8.3f} {cell['formed_batch']:>7.1f}")
     print(f"gRPC floor p50 (tiny, concurrency 1): {results['floor']['p50_ms']:.3f} ms")
     floor64 = results["floor_mlp_64x8"]
     print(f"gRPC floor, mlp 64 rows x 8 (precomputed answers, no compute): {floor64['rows_per_s']:,.0f} rows/s, p50 {floor64['p50_ms']:.3f} ms")
+    if "floor_pa_mlp_64" in results:
+        f = results["floor_pa_mlp_64"]
+        print(f"gRPC floor, mlp 64 rows x {PA_CONCURRENCY} (perf_analyzer): {f['rows_per_s']:,.0f} rows/s, p50 {f['p50_ms']:.3f} ms")
     for name, t in results["targets"].items():
         print(
-            f"target {name}: 64-row rows/s = {t['rows_ratio_64']:.0%} of in-process CUDA graph at the formed batch "
+            f"target {name}: 64-row rows/s = {t['rows_ratio_64']:.0%} of in-process CUDA graph at the formed batch, best cell {t['rows_ratio_cell']} "
             f"({'met' if t['rows_ratio_ok'] else 'MISSED'}, >= 50%); batch-1 p50 {t['batch1_p50_ms']:.3f} ms vs budget "
             f"{t['batch1_budget_ms']:.3f} ms ({'met' if t['batch1_ok'] else 'MISSED'})"
         )

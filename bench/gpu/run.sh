@@ -2,7 +2,9 @@
 # One GPU check for a machine with an H100/H200 and no network (the device tool's machine):
 #   bash bench/gpu/run.sh            (from the repository root; carries .whl/ and .cache/perf_analyzer if present)
 # Narrower runs (device time is scarce): GPU_TESTS="tests/gpu/test_kernels_cuda.py ..." picks the test files,
-# TORCH_BENCH=0 skips bench/gpu/bench_torch.py, WORKERS="1,4,8" adds bench/scenarios/workers.py (perf_analyzer).
+# TORCH_BENCH=0 skips bench/gpu/bench_torch.py, WORKERS="1,4,8" adds bench/scenarios/workers.py (perf_analyzer),
+# TORCH_WORKERS="1,4" (default; "" skips) sets bench_torch's perf_analyzer 64-row cells into surge serve --workers N,
+# PROFILE=1 adds py-spy profiles of the Surge server (mlp, 1x1 and 64x8; carry py-spy's wheel in .whl/) to $OUT.
 # Installs only what travels with it: our package (--no-deps --no-index) and the wheels in .whl/
 # (grpcio-health-checking, grpcio-reflection, pytest-asyncio: see bench/gpu/README.md; for the Numba CUDA kernels
 # also numba, llvmlite and numpy cp312 wheels), runs the GPU tests, then prints the tables (bench/gpu/bench_torch.py,
@@ -40,7 +42,8 @@ tests=${PIPESTATUS[0]}
 bench=0
 if [ "${TORCH_BENCH:-1}" != 0 ]; then
   echo "== benchmark"
-  $PY -m bench.gpu.bench_torch --json "$OUT/gpu-bench.json" 2>&1 | tee "$OUT/gpu-bench.log"
+  profile=(); [ "${PROFILE:-0}" != 0 ] && profile=(--profile-dir "$OUT")
+  $PY -m bench.gpu.bench_torch --json "$OUT/gpu-bench.json" --workers "${TORCH_WORKERS-1,4}" "${profile[@]}" 2>&1 | tee "$OUT/gpu-bench.log"
   bench=${PIPESTATUS[0]}
 fi
 echo "== CUDA kernels: achieved bandwidth vs device-to-device copy"

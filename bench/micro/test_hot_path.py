@@ -85,3 +85,18 @@ def test_batcher_overhead_per_request(benchmark):
 
     benchmark(lambda: loop.run_until_complete(burst()))
     loop.close()
+
+
+def test_onnxruntime_run_tiny_warm(benchmark, tmp_path):
+    """ONNX Runtime's own call on the benchmark's ``tiny`` model (one thread), warm: the floor of a runtime call,
+    to set against what the same call costs per request at concurrency 1 (``floor:model`` in bench.scenarios.ab)."""
+    ort = pytest.importorskip("onnxruntime")
+    from bench.models import ORT_THREADS, write_onnx_files
+
+    path = write_onnx_files(tmp_path)["tiny"]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = ORT_THREADS
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    x = np.ones((1, 16), np.float32)
+    (y,) = benchmark(session.run, None, {"x": x})
+    assert y.shape == (1, 16)

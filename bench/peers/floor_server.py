@@ -1,18 +1,28 @@
 """The Python gRPC floor: grpc.aio on uvloop answering ModelInfer with a precomputed response.
 
-    python -m bench.peers.floor_server [--port 0] [--address-file FILE]
+    python -m bench.peers.floor_server [--port 0] [--address-file FILE] [--work none|hop|model]
 
 It parses each ModelInferRequest (as any server must) and returns a response serialised in advance for
 that model and row count: no decode, no compute, no encode. What Surge adds on top of this is Surge's
-own cost. ServerLive/Ready, ModelReady, ServerMetadata, ModelMetadata, ModelConfig and ModelStatistics
+own cost.
+
+``--work`` adds, per request, what the issue's design requires of any server before its own code counts
+(the floor is still answered with the precomputed response, so these are lower bounds):
+``hop``: one round trip through a one-thread executor (runtimes never run on the event loop);
+``model``: that round trip running the model's ONNX Runtime session (one thread, as Surge's instances) on the
+request's bytes (``np.frombuffer``, no validation). ServerLive/Ready, ModelReady, ServerMetadata, ModelMetadata, ModelConfig and ModelStatistics
 answer like Surge's for the benchmark models (``bench.models.MODELS``), so perf_analyzer can drive it.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import numpy as np
 
 import grpc
 
@@ -60,11 +70,26 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
+def _sessions() -> dict[str, object]:
+    import onnxruntime as ort
+
+    from bench.models import ORT_THREADS, write_onnx_files
+    from bench.scenarios.targets import CACHE
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = ORT_THREADS
+    files = write_onnx_files(CACHE / "onnx")
+    return {name: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]) for name, path in files.items()}
+
+
 class Floor:
-    def __init__(self) -> None:
+    def __init__(self, work: str = "none") -> None:
         self.responses: dict[tuple[str, int], bytes] = {}
         self.metadata = {name: _metadata(name) for name in MODELS}
         self.configs = {name: _config(name) for name in MODELS}
+        self.work = work
+        self.executor = ThreadPoolExecutor(max_workers=1) if work != "none" else None
+        self.sessions = _sessions() if work == "model" else {}
 
     async def infer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> bytes:
         rows = request.inputs[0].shape[0] if request.inputs and request.inputs[0].shape else 1
@@ -74,6 +99,13 @@ class Floor:
             if request.model_name not in MODELS:
                 await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model '{request.model_name}'")
             response = self.responses[key] = _infer_response(request.model_name, rows)
+        if self.executor is not None:
+            loop = asyncio.get_running_loop()
+            if self.work == "hop":
+                await loop.run_in_executor(self.executor, int)
+            else:
+                x = np.frombuffer(request.raw_input_contents[0], dtype=np.float32).reshape(rows, MODELS[request.model_name].features)
+                await loop.run_in_executor(self.executor, self.sessions[request.model_name].run, None, {"x": x})
         if request.id:  # echo the id (perf_analyzer's async mode matches on it): field 3, appended to the bytes
             rid = request.id.encode()
             response += b"\x1a" + _varint(len(rid)) + rid
@@ -123,11 +155,11 @@ class Floor:
         })  # fmt: skip
 
 
-async def serve(host: str, port: int, address_file: Path | None) -> None:
+async def serve(host: str, port: int, address_file: Path | None, work: str = "none") -> None:
     options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                ("grpc.so_reuseport", 0)]
     server = grpc.aio.server(options=options)
-    server.add_generic_rpc_handlers((Floor().handler(),))
+    server.add_generic_rpc_handlers((Floor(work).handler(),))
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     if address_file is not None:
@@ -142,11 +174,12 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--address-file", type=Path)
+    parser.add_argument("--work", choices=("none", "hop", "model"), default="none", help="per-request work the design requires (see above)")
     args = parser.parse_args()
     import uvloop
 
     try:
-        uvloop.run(serve(args.host, args.port, args.address_file))
+        uvloop.run(serve(args.host, args.port, args.address_file, args.work))
     except KeyboardInterrupt:
         pass
 

@@ -2,7 +2,7 @@
 
     python -m bench.scenarios.ab --cells tiny:1:1,tiny:1:64,mlp-large:1:64 --rounds 3 floor fd69268 HEAD
 
-Targets: ``floor`` (bench/peers/floor_server.py), ``tree`` (the working tree) or any git revision. Each round
+Targets: ``floor`` (bench/peers/floor_server.py; ``floor:hop`` and ``floor:model`` add its ``--work``), ``tree`` (the working tree) or any git revision. Each round
 starts every target once, in the given order, and measures every cell (``model:rows:concurrency``) with
 perf_analyzer (1.5 s windows, the stability check off). Servers on CPU 0, perf_analyzer on CPU 1, as in
 ``bench.compare``. Prints, per cell and target, medians over the rounds of infer/s, p50 and p99, the server's
@@ -35,7 +35,7 @@ def _cpu_seconds(pattern: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("targets", nargs="+", help="floor, tree, or git revisions")
+    parser.add_argument("targets", nargs="+", help="floor, floor:hop, floor:model, tree, or git revisions")
     parser.add_argument("--cells", default="tiny:1:1,tiny:1:64", help="model:rows:concurrency,...")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--surge-batching", type=json.loads, default={"latency_slo_s": 0.01},
@@ -44,12 +44,13 @@ def main() -> None:
     cells = [(m, int(r), int(c)) for m, r, c in (cell.split(":") for cell in args.cells.split(","))]
     windows = pa.Windows(interval_ms=1500, stability_pct=100, max_trials=3, warmup_requests=300)
     repo = write_repository(targets.CACHE / "repo-ab", write_onnx_files(targets.CACHE / "onnx"), args.surge_batching)
-    sources = {t: targets.surge_source(None if t == "tree" else t)[1] for t in args.targets if t != "floor"}
+    sources = {t: targets.surge_source(None if t == "tree" else t)[1] for t in args.targets if not t.startswith("floor")}
     results: dict[tuple[str, tuple[str, int, int]], list[dict]] = {}
     for _ in range(args.rounds):
         for i, target in enumerate(args.targets):
-            server = targets.floor() if target == "floor" else targets.surge(repo, sources[target], f"ab{i}")
-            pattern = "bench.peers.floor_server" if target == "floor" else f"ab{i}.address"
+            is_floor = target.startswith("floor")
+            server = targets.floor(target.partition(":")[2] or "none") if is_floor else targets.surge(repo, sources[target], f"ab{i}")
+            pattern = "bench.peers.floor_server" if is_floor else f"ab{i}.address"
             with server as address:
                 for model, rows, concurrency in cells:
                     c0, t0 = _cpu_seconds(pattern), time.monotonic()

@@ -1,7 +1,7 @@
 """Sweep Surge's batcher settings at fixed offered loads: ``max_queue_delay_s`` values vs ``latency_slo_s``.
 
     python -m bench.compare --slo-sweep        after the main table; rates = 30/60/90 % of Surge's mlp-large c64 rate
-    python -m bench.scenarios.slo_sweep [--surge-rev REV] [--rates 400,800,1200] [--out bench/results/slo-sweep]
+    python -m bench.scenarios.slo_sweep [--surge-rev REV] [--rates 400,800,1200] [--settings JSON] [--out bench/results/slo-sweep]
 
 Open loop (perf_analyzer ``--request-rate-range R``: requests at rate R whatever the answers' pace), single-row
 requests to ``MODEL``, three rates. Each setting gets its own repository and server. A setting the server
@@ -34,9 +34,9 @@ SETTINGS: tuple[dict[str, object], ...] = (
 
 
 def run(onnx: dict[str, Path], surge_env: dict[str, str], windows: pa.Windows, log: Callable[[str], None],
-        rates: tuple[float, ...] = RATES) -> list[dict]:  # fmt: skip
+        rates: tuple[float, ...] = RATES, settings: tuple[dict[str, object], ...] = SETTINGS) -> list[dict]:  # fmt: skip
     points = []
-    for setting in SETTINGS:
+    for setting in settings:
         label = ", ".join(f"{k} = {v}" for k, v in setting.items())
         repo = write_repository(targets.CACHE / "repo-sweep", {MODEL: onnx[MODEL]}, {**setting, "preferred_batch_sizes": PREFERRED})
         try:
@@ -98,6 +98,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--surge-rev", help="serve Surge from this git revision instead of the working tree")
     parser.add_argument("--rates", default=",".join(f"{r:g}" for r in RATES), help="offered loads, requests/s")
+    parser.add_argument("--settings", type=json.loads, help='only these settings, a JSON list (e.g. \'[{"latency_slo_s": 0.01}]\')')
     parser.add_argument("--out", type=Path, default=targets.REPO_ROOT / "bench" / "results" / "slo-sweep")
     args = parser.parse_args()
     from bench.models import write_onnx_files
@@ -106,7 +107,8 @@ def main() -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
     description, env = targets.surge_source(args.surge_rev)
-    points = run(write_onnx_files(targets.CACHE / "onnx"), env, pa.Windows(), log, tuple(float(r) for r in args.rates.split(",")))
+    rates = tuple(float(r) for r in args.rates.split(","))
+    points = run(write_onnx_files(targets.CACHE / "onnx"), env, pa.Windows(), log, rates, tuple(args.settings or SETTINGS))
     text = f"surge served: {description}\n\n" + markdown(points)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({"surge served": description, "points": points}, indent=1) + "\n")

@@ -26,11 +26,12 @@ LOGS = CACHE / "logs"
 
 
 @contextlib.contextmanager
-def floor() -> Iterator[str]:
+def floor(work: str = "none") -> Iterator[str]:
+    """The gRPC floor (``work``: bench/peers/floor_server.py's --work: none, hop or model)."""
     address_file = CACHE / "run" / "floor.address"
     address_file.parent.mkdir(parents=True, exist_ok=True)
     address_file.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "bench.peers.floor_server", "--address-file", str(address_file)]
+    cmd = [sys.executable, "-m", "bench.peers.floor_server", "--address-file", str(address_file), "--work", work]
     with running(cmd, log=LOGS / "floor.log", cwd=REPO_ROOT, address_file=address_file, models=list(MODELS)) as address:
         yield address
 

@@ -63,14 +63,16 @@ def default_cpus() -> tuple[str, str]:
 
 
 @contextlib.contextmanager
-def surge(repository: Path, workers: int, cpus: str, workdir: Path, timeout_s: float = 180.0) -> Iterator[tuple[str, Path | None]]:
-    """``surge serve --workers N`` pinned to ``cpus``; yields (address, worker state folder or None) once ready."""
+def surge(repository: Path, workers: int, cpus: str, workdir: Path, timeout_s: float = 180.0, model: str = MODEL,
+          extra: tuple[str, ...] = ()) -> Iterator[tuple[str, Path | None]]:  # fmt: skip
+    """``surge serve --workers N [extra]`` pinned to ``cpus``; yields (address, worker state folder or None) once
+    ``model`` is ready."""
     workdir.mkdir(parents=True, exist_ok=True)
     address_file, log = workdir / "address", workdir / "server.log"
     address_file.unlink(missing_ok=True)
     cmd = ["taskset", "-c", cpus, sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(repository),
            "--grpc-port", "0", "--metrics-port", "0", "--http-port", "-1", "--address-file", str(address_file), "--log-level", "info",
-           "--workers", str(workers)]  # fmt: skip
+           "--workers", str(workers), *extra]  # fmt: skip
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT, start_new_session=True)
@@ -82,7 +84,7 @@ def surge(repository: Path, workers: int, cpus: str, workdir: Path, timeout_s: f
             time.sleep(0.05)
         address = address_file.read_text().strip()
         with grpc.insecure_channel(address) as channel:
-            while not _model_ready(pb_grpc.GRPCInferenceServiceStub(channel), MODEL):
+            while not _model_ready(pb_grpc.GRPCInferenceServiceStub(channel), model):
                 time.sleep(0.1)
         match = re.search(r"worker state in (\S+)", log.read_text())
         yield address, Path(match.group(1)) if match else None
@@ -103,10 +105,11 @@ def served_per_worker(state_dir: Path | None) -> list[int]:
     return counts
 
 
-def perf_analyzer(address: str, concurrency: int, cpus: str, interval_ms: int) -> dict:
-    """One perf_analyzer measurement: infer/s, p50 and p99 (ms), stable or not."""
-    base = ["taskset", "-c", cpus, "bash", str(RUN_SH), "-m", MODEL, "-x", "1", "-u", address, "-i", "grpc", "--sync",
-            "-b", "1", "--shape", f"x:{MODELS[MODEL].features}", "--concurrency-range", f"{concurrency}:{concurrency}",
+def perf_analyzer(address: str, concurrency: int, cpus: str, interval_ms: int, model: str = MODEL, features: int = 0, rows: int = 1) -> dict:
+    """One perf_analyzer measurement: infer/s (requests), rows/s, p50 and p99 (ms), stable or not; one channel per thread."""
+    features = features or MODELS[model].features
+    base = ["taskset", "-c", cpus, "bash", str(RUN_SH), "-m", model, "-x", "1", "-u", address, "-i", "grpc", "--sync",
+            "-b", str(rows), "--shape", f"x:{features}", "--concurrency-range", f"{concurrency}:{concurrency}",
             "--measurement-interval", str(interval_ms), "--warmup-request-count", "200"]  # fmt: skip
     env = dict(os.environ, TRITON_CLIENT_GRPC_CHANNEL_MAX_SHARE_COUNT="1")
     output = ""
@@ -117,7 +120,8 @@ def perf_analyzer(address: str, concurrency: int, cpus: str, interval_ms: int) -
             if proc.returncode == 0 and csv_path.is_file():
                 with open(csv_path, newline="") as f:
                     row = next(csv.DictReader(f))
-                return {"infer_per_s": float(row["Inferences/Second"]), "p50_ms": float(row["p50 latency"]) / 1e3,
+                served = float(row["Inferences/Second"])  # perf_analyzer counts rows
+                return {"infer_per_s": served / rows, "rows_per_s": served, "p50_ms": float(row["p50 latency"]) / 1e3,
                         "p99_ms": float(row["p99 latency"]) / 1e3, "stable": stable}  # fmt: skip
             output = proc.stdout + proc.stderr
     raise RuntimeError(f"perf_analyzer failed against {address}:\n{output[-1500:]}")

@@ -24,11 +24,21 @@ When the wait is over:
   interpolated between buckets, extrapolated linearly above the largest measured one). The oldest request
   must be answered by ``oldest.arrived + latency_slo_s``, where ``arrived`` is when the server began
   handling it (its decoding is already spent when it reaches the queue). Waiting lets the batch grow to the
-  next bucket, whose cost is ``cost(next)``. So the wait ends at ``oldest.arrived + latency_slo_s -
+  next bucket, whose cost is ``cost(next)``. So the wait ends at ``oldest.arrived + latency_slo_s - margin -
   cost(next)``, where ``next`` is the next power of two above the rows in hand (capped at
-  ``max_batch_size``). The time after the batch (results handed back on the event loop, responses encoded)
-  is not subtracted: it grows with the loop's load, and shortening waits under load makes batches smaller
-  and the loop busier still (an experiment that subtracted it lost throughput at concurrency 64; bench/RESULTS.md).
+  ``max_batch_size``). The **margin** covers what the plan cannot see: the time after the batch (results
+  handed back on the event loop, responses encoded), the timer firing late on a busy loop, noise. It is
+  steered by the realised server latencies (``observe_latency``, fed every answered request by the version's
+  statistics) as an online quantile tracker: a request answered later than the SLO whose batch left when
+  its plan said (``Stamps.planned``) raises the margin by ``_MARGIN_STEP`` of the SLO; a timely answer lowers
+  it by ``_SLO_MISS_SHARE`` of that step; so it settles where ``_SLO_MISS_SHARE`` (0.5%) of answers are late,
+  a p99 under the SLO. It stays within 0..``_MARGIN_MAX`` of the SLO. Late answers whose batch did not
+  leave by the plan (it waited for a busy instance, or left early by a rule below) do not raise it: a shorter
+  plan cannot help them, and under load smaller batches would make the loop busier still (an earlier
+  experiment that subtracted a learned post-batch time on every batch lost throughput at concurrency 64).
+  When more than ``_OUT_OF_REACH`` (10%) of recent answers are late, the SLO cannot be held at this load at
+  all (64 closed-loop clients on a model that answers 2,000/s spend 32 ms in the server whatever the
+  batcher does): the margin is given back, and the batcher gathers the largest batches the SLO plan allows.
   Three rules keep waits from costing latency when they cannot gather anything:
 
   * **Alone:** a request that arrives while nothing is queued and every instance is idle has no company;
@@ -85,6 +95,16 @@ _QUIET_MIN_S = 0.002
 _PEAK_DECAY = 0.999
 #: ...and a batch stops gathering once the requests in the server reach this share of that peak.
 _PEAK_SHARE = 0.95
+#: SLO mode: the share of requests allowed to finish later than the SLO (the margin controller's target)...
+_SLO_MISS_SHARE = 0.005
+#: ...the margin's step per late request, as a share of the SLO (an on-time one takes back _SLO_MISS_SHARE of it)...
+_MARGIN_STEP = 0.02
+#: ...and the most the margin may take from the SLO.
+_MARGIN_MAX = 0.5
+#: SLO mode: when more than this share of recent answers is late (an exponentially weighted share, about the last
+#: 100 answers), the SLO is out of reach at this load (e.g. closed-loop clients keeping more requests in the server
+#: than it can answer within the SLO): the margin stops growing and is given back, so batches stay large.
+_OUT_OF_REACH = 0.1
 #: Requests allowed to wait per priority level when no ``max_queue_size`` is configured (never unbounded).
 DEFAULT_MAX_QUEUE_SIZE = 4096
 
@@ -229,6 +249,15 @@ class DynamicBatcher:
         self._peak = 0.0  # SLO mode: decayed maximum of the requests in the server seen at arrivals
         self._last_arrival = 0.0
         self._burst_gap_s: float | None = None  # EWMA of the gaps between arrivals while a batch is gathering
+        self._slo_bound = False  # SLO mode: the last wait computed ends at the SLO plan (not a quiet gap)
+        self._releasing = False
+        self.margin_s = 0.0  # SLO mode: taken from the SLO when planning waits, steered by the realised latencies
+        self.late_share = 0.0  # SLO mode: recent answers later than the SLO (exponentially weighted)
+        slo = policy.latency_slo_s or 0.0
+        self._slo_ns = int(slo * 1e9)
+        self._margin_up = _MARGIN_STEP * slo * (1 - _SLO_MISS_SHARE)
+        self._margin_down = _MARGIN_STEP * slo * _SLO_MISS_SHARE
+        self._margin_max = _MARGIN_MAX * slo
 
     # -- public API (event loop) -----------------------------------------------------------------
 
@@ -288,7 +317,25 @@ class DynamicBatcher:
     def release_slot(self) -> None:
         """An instance finished its batch: schedule again."""
         self._free_slots += 1
-        self._schedule()
+        self._releasing = True  # a batch that leaves now waited for the instance, not for its plan
+        try:
+            self._schedule()
+        finally:
+            self._releasing = False
+
+    def observe_latency(self, total_ns: int, planned: bool) -> None:
+        """SLO mode: one answered request's server latency (arrival to response), which steers the margin;
+        ``planned``: its batch left when the planned wait ended (only those misses say the plan was late)."""
+        if total_ns > self._slo_ns:
+            self.late_share += 0.01 * (1.0 - self.late_share)
+            if self.late_share >= _OUT_OF_REACH:
+                self.margin_s = max(0.0, self.margin_s - self._margin_down)
+            elif planned:
+                self.margin_s = min(self._margin_max, self.margin_s + self._margin_up)
+            return
+        self.late_share -= 0.01 * self.late_share
+        if self.margin_s > 0.0:
+            self.margin_s = max(0.0, self.margin_s - self._margin_down)
 
     def queued(self) -> int:
         """Requests waiting (including ones cancelled but not yet dropped)."""
@@ -358,22 +405,30 @@ class DynamicBatcher:
                 wait_until = self._wait_until(head, rows)
                 if now < wait_until:
                     return None, wait_until
+                if self._slo_bound and not self._releasing:  # the plan's wait ended: tell the margin controller
+                    for request in candidates:
+                        if request.stamps is not None:
+                            request.stamps.planned = True
         batch = candidates[:take]
         self._take(batch)
         return batch, None
 
     def _wait_until(self, oldest: BatchRequest, rows: int) -> float:
         slo = self.policy.latency_slo_s
+        self._slo_bound = False
         if slo is None:
             return oldest.enqueued + self.policy.max_queue_delay_s
         if self._alone >= _ALONE_STREAK:
             return -math.inf  # requests arrive alone (light load): nobody would join, dispatch now
         grow_to = min(self._max_rows, 1 << rows.bit_length())
-        deadline = oldest.arrived + slo - self.cost.estimate(grow_to)
+        deadline = oldest.arrived + slo - self.margin_s - self.cost.estimate(grow_to)
         if self._in_server is not None and self._in_server() >= _PEAK_SHARE * self._peak:
             return -math.inf  # every request the clients usually have in the server is here: nobody else is coming
         if self._burst_gap_s is not None:  # arrivals have gone quiet: the burst is over, stop gathering
-            deadline = min(deadline, self._last_arrival + max(_QUIET_GAPS * self._burst_gap_s, _QUIET_MIN_S))
+            quiet = self._last_arrival + max(_QUIET_GAPS * self._burst_gap_s, _QUIET_MIN_S)
+            if quiet < deadline:
+                return quiet
+        self._slo_bound = True
         return deadline
 
     def _head(self, now: float) -> BatchRequest | None:

@@ -181,6 +181,8 @@ class ModelVersion:
             self._batcher = DynamicBatcher(
                 scheduler_policy(self.config), slots=count, dispatch=self._dispatch, in_server=lambda: self._inflight, name=f"{self.config.name}' version '{self.version}"
             )
+            if self._batcher.policy.latency_slo_s is not None and self._batcher.policy.batching:
+                self.stats.latency_listener = self._batcher.observe_latency
             max_rows = self.config.max_batch_size or 1
             for inst in self._instances:
                 inst.allocate_buffers(self.config, max_rows)

@@ -31,6 +31,7 @@ Triton does). Per executed batch (not per request): ``execution_count`` and ``ba
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -47,12 +48,13 @@ _EPOCH_OFFSET_NS = time.time_ns() - time.perf_counter_ns()
 class Stamps:
     """perf_counter_ns stamps of one request's stage boundaries (0 = not reached), and its rows."""
 
-    __slots__ = ("decoded", "encode_start", "end", "exec_end", "exec_start", "infer_end", "infer_start", "rows", "start")
+    __slots__ = ("decoded", "encode_start", "end", "exec_end", "exec_start", "infer_end", "infer_start", "planned", "rows", "start")
 
     def __init__(self, start: int) -> None:
         self.start = start
         self.decoded = self.exec_start = self.infer_start = self.infer_end = self.exec_end = self.encode_start = self.end = 0
         self.rows = 1
+        self.planned = False  # the batcher's SLO mode dispatched its batch when its planned wait ended
 
 
 @dataclass(slots=True)
@@ -94,6 +96,8 @@ class VersionStats:
     last_inference_ms: int = 0
     batches: dict[int, BatchStats] = field(default_factory=dict)
     metrics: VersionMetrics | None = None
+    latency_listener: Callable[[int, bool], None] | None = None
+    """Told every answered request's server latency in ns and ``Stamps.planned`` (the batcher's SLO margin controller)."""
 
     def record_success(self, s: Stamps) -> None:
         """Fold a request that was executed and answered (``s.rows`` rows)."""
@@ -105,6 +109,8 @@ class VersionStats:
         output = s.encode_start - s.infer_end
         encode = s.end - s.encode_start
         self.success.add(total)
+        if self.latency_listener is not None:
+            self.latency_listener(total, s.planned)
         self.queue.add(queue)
         self.compute_input.add(decode + assemble)
         self.compute_infer.add(infer)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from surge.server.execution.batching import BatchRequest, CostModel, DynamicBatcher, QueuePolicy, SchedulerPolicy
+from surge.server.execution.stats import Stamps
 from surge.server.errors import DeadlineExpired, InvalidInput, ModelNotReady, QueueFull
 
 
@@ -64,9 +65,9 @@ class Harness:
             SchedulerPolicy(**policy), slots=slots, dispatch=self.batches.append, in_server=in_server, clock=self.clock, call_later=self.clock.call_later, name="m"
         )
 
-    def submit(self, rows: int = 1, *, width: int = 3, value: float = 0.0, **kwargs) -> BatchRequest:
+    def submit(self, rows: int = 1, *, width: int = 3, value: float = 0.0, stamps: Stamps | None = None, **kwargs) -> BatchRequest:
         inputs = {"x": np.full((rows, width), value, dtype=np.float32)}
-        request = BatchRequest(inputs, rows, ("y",), None, self.loop.create_future())
+        request = BatchRequest(inputs, rows, ("y",), stamps, self.loop.create_future())
         self.batcher.submit(request, **kwargs)
         return request
 
@@ -365,3 +366,77 @@ def test_slo_mode_stops_gathering_when_every_request_the_clients_keep_in_the_ser
     assert h.sizes() == []
     last = arrive()  # the fourth: everyone is here, no need to wait for the SLO or a quiet gap
     assert h.batches == [[*first, last]]
+
+
+def test_slo_margin_moves_the_plan_earlier_after_late_answers_and_back_after_timely_ones(loop):
+    h = Harness(loop, max_batch_size=16, latency_slo_s=0.010)
+    for _ in range(100):
+        h.batcher.cost.observe(2, 0.002)
+    late, timely = 11_000_000, 6_000_000  # ns
+    for _ in range(200):  # recent answers on time
+        h.batcher.observe_latency(timely, True)
+    h.batcher.observe_latency(late, False)  # late, but its batch did not leave by the plan (e.g. it waited for the instance)
+    assert h.batcher.margin_s == 0.0
+    for _ in range(5):  # late although its batch left when the plan said: the plan must leave more room
+        h.batcher.observe_latency(late, True)
+    assert h.batcher.margin_s == pytest.approx(5 * 0.02 * 0.010 * 0.995)
+    for _ in range(1000):
+        for _ in range(20):  # one late answer in 21 keeps the share of late ones under 10%...
+            h.batcher.observe_latency(timely, True)
+        h.batcher.observe_latency(late, True)
+    assert h.batcher.margin_s == pytest.approx(0.005)  # ...and the margin grows to at most half the SLO
+    h.submit()  # alone: runs at once
+    h.submit()  # waits: by 10 - 5 (margin) - 2 (cost) = 3 ms
+    h.complete()
+    h.clock.advance(0.0029)
+    assert h.sizes() == []
+    h.clock.advance(0.0002)
+    assert h.sizes() == [1]
+    for _ in range(50_000):  # timely answers take the margin back, 1/199 of a step each
+        h.batcher.observe_latency(timely, True)
+    assert h.batcher.margin_s == 0.0
+
+
+def test_slo_margin_is_given_back_when_most_answers_are_late(loop):
+    """Closed-loop clients keeping more requests in the server than it answers within the SLO: out of reach,
+    so the margin must not shrink batches (that would only lower throughput)."""
+    h = Harness(loop, max_batch_size=16, latency_slo_s=0.010)
+    for _ in range(10):
+        h.batcher.observe_latency(11_000_000, True)
+    grown = h.batcher.margin_s
+    assert grown > 0
+    for _ in range(5000):
+        h.batcher.observe_latency(30_000_000, True)
+    assert h.batcher.late_share > 0.9
+    assert h.batcher.margin_s < grown
+
+
+def test_slo_margin_settles_where_half_a_percent_of_answers_are_late(loop):
+    """The margin is an online quantile tracker: on a latency that falls 1:1 with it, late answers settle at 0.5%."""
+    h = Harness(loop, max_batch_size=16, latency_slo_s=0.010)
+    rng = np.random.default_rng(7)
+    noise = rng.exponential(0.001, 400_000)  # seconds: 8.5 ms + Exp(1 ms) - margin; 0.5% late needs a 3.8 ms margin
+    late = 0
+    for i, extra in enumerate(noise):
+        latency_ns = int((0.0085 + extra - h.batcher.margin_s) * 1e9)
+        h.batcher.observe_latency(latency_ns, True)
+        late += i >= 200_000 and latency_ns > 10_000_000
+    assert late / 200_000 == pytest.approx(0.005, rel=0.25)
+    assert h.batcher.margin_s == pytest.approx(0.0038, abs=0.0006)
+
+
+def test_slo_mode_marks_only_batches_that_left_by_the_plan(loop):
+    h = Harness(loop, max_batch_size=16, latency_slo_s=0.010)
+    for _ in range(100):
+        h.batcher.cost.observe(2, 0.002)
+    h.submit(stamps=Stamps(0))  # alone: at once, not by a plan
+    waiting = h.submit(stamps=Stamps(0))
+    (first,) = h.complete()
+    assert not first.stamps.planned
+    h.clock.advance(0.0081)  # the plan's wait (8 ms) ended with the instance free
+    assert h.batches == [[waiting]] and waiting.stamps.planned
+    # the instance is still busy when the next plan ends: that batch leaves when it frees up, not by the plan
+    queued = h.submit(stamps=Stamps(0))
+    h.clock.advance(0.009)
+    h.complete()
+    assert h.batches == [[queued]] and not queued.stamps.planned
