@@ -250,6 +250,14 @@ def _workers_cells(results: dict, root: Path, tmp: Path, counts: list[int], serv
                 print(f"surge --workers {n} {name} 64 rows x {PA_CONCURRENCY} (perf_analyzer): {cell}", flush=True)
 
 
+#: stacks of the server's start-up (imports, model load, graph capture, warm-up): left out of the profile's summary
+_STARTUP = ("_find_and_load", "TorchRuntime.load", "ModelVersion.load", "_warmup", "_capture")
+
+
+#: innermost Python frames of a thread that waits (py-spy samples those too): left out
+_IDLE = ("_worker (concurrent/futures/thread.py:81)", "wait (threading.py", "Runner.run (asyncio/runners.py", "run (uvloop")
+
+
 def _profile(root: Path, tmp: Path, out: Path, server_cores: str, load_cores: str, duration_s: float) -> None:
     """py-spy profiles of the Surge server for the mlp cells that miss their targets (batch-1 latency, 64-row
     rows/s): py-spy starts the server (tracing a child needs no ptrace rights), writes collapsed stacks
@@ -273,7 +281,7 @@ def _profile(root: Path, tmp: Path, out: Path, server_cores: str, load_cores: st
         spy_process = _start(cmd, server_cores, address_file, tmp / f"spy-{rows}.log")
         try:
             _wait_ready(address_file.read_text(), list(MODELS))
-            cell = loadgen(address_file.read_text(), "mlp", 256, rows, concurrency, duration_s, load_cores)
+            cell = loadgen(address_file.read_text(), "mlp", 256, rows, concurrency, 3 * duration_s, load_cores)
             print(f"profiled surge mlp {rows} rows x {concurrency}: {cell}", flush=True)
         finally:
             children = subprocess.run(["pgrep", "-P", str(spy_process.pid)], capture_output=True, text=True).stdout.split()
@@ -283,13 +291,15 @@ def _profile(root: Path, tmp: Path, out: Path, server_cores: str, load_cores: st
         if not flame.is_file():
             print(f"py-spy wrote no profile: {(tmp / f'spy-{rows}.log').read_text()[-800:]}", flush=True)
             continue
-        own: collections.Counter[str] = collections.Counter()
+        own: collections.Counter[str] = collections.Counter()  # samples by innermost Python function (native code below it included)
         for line in flame.read_text().splitlines():
             stack, _, count = line.rpartition(" ")
-            if stack and count.isdigit():
-                own[stack.rsplit(";", 1)[-1]] += int(count)
+            frames = [f for f in stack.split(";") if ".py:" in f]
+            if not count.isdigit() or any(marker in stack for marker in _STARTUP) or (frames and frames[-1].startswith(_IDLE)):
+                continue
+            own[frames[-1] if frames else "(no Python frame: the event loop and gRPC in C, GC, exit)"] += int(count)
         total = sum(own.values()) or 1
-        print(f"py-spy, mlp {rows} rows x {concurrency}: {total} samples; most own time:")
+        print(f"py-spy, mlp {rows} rows x {concurrency}: {total} samples while serving (start-up and waits left out), by innermost Python function:")
         for frame, n in own.most_common(15):
             print(f"  {n / total:6.1%}  {frame}")
 

@@ -6,7 +6,7 @@
 # TORCH_WORKERS="1,4" (default; "" skips) sets bench_torch's perf_analyzer 64-row cells into surge serve --workers N,
 # PROFILE=1 adds py-spy profiles of the Surge server (mlp, 1x1 and 64x8; carry py-spy's wheel in .whl/) to $OUT.
 # Installs only what travels with it: our package (--no-deps --no-index) and the wheels in .whl/
-# (grpcio-health-checking, grpcio-reflection, pytest-asyncio: see bench/gpu/README.md; for the Numba CUDA kernels
+# (grpcio-health-checking, grpcio-reflection, pytest-asyncio, py-spy: see bench/gpu/README.md; for the Numba CUDA kernels
 # also numba, llvmlite and numpy cp312 wheels), runs the GPU tests, then prints the tables (bench/gpu/bench_torch.py,
 # bench/gpu/bench_kernels.py). Dry-runs on a CPU machine: tests skip, no table.
 set -uo pipefail
