@@ -226,7 +226,7 @@ def main() -> int:
         from bench.scenarios import slo_sweep
 
         capacity = (report.find(cells, "perf_analyzer", report.SURGE, slo_sweep.MODEL, 1, 64) or {}).get("infer_per_s")
-        rates = tuple(round(capacity * f, -1) for f in (0.3, 0.6, 0.9)) if capacity else slo_sweep.RATES
+        rates = tuple(round(capacity * f, -1) for f in (0.3, 0.6, 0.75, 0.9)) if capacity else slo_sweep.RATES
         log(f"batcher settings sweep on {slo_sweep.MODEL} at {rates} requests/s")
         sweep = slo_sweep.run(onnx, surge_env, plan.windows, log, rates)
     meta["duration"] = f"{time.monotonic() - started:.0f} s"

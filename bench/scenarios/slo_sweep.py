@@ -1,10 +1,10 @@
 """Sweep Surge's batcher settings at fixed offered loads: ``max_queue_delay_s`` values vs ``latency_slo_s``.
 
-    python -m bench.compare --slo-sweep        after the main table; rates = 30/60/90 % of Surge's mlp-large c64 rate
+    python -m bench.compare --slo-sweep        after the main table; rates = 30/60/75/90 % of Surge's mlp-large c64 rate
     python -m bench.scenarios.slo_sweep [--surge-rev REV] [--rates 400,800,1200] [--settings JSON] [--out bench/results/slo-sweep]
 
 Open loop (perf_analyzer ``--request-rate-range R``: requests at rate R whatever the answers' pace), single-row
-requests to ``MODEL``, three rates. Each setting gets its own repository and server. A setting the server
+requests to ``MODEL``, four rates. Each setting gets its own repository and server. A setting the server
 refuses (e.g. ``latency_slo_s`` before SLO mode exists) is recorded as refused with the server's reason; a rate
 the server cannot sustain (perf_analyzer gives up) as overloaded.
 """
@@ -22,7 +22,7 @@ from . import targets
 from .servers import free_port
 
 MODEL = "mlp-large"
-RATES = (400.0, 800.0, 1200.0)
+RATES = (400.0, 800.0, 1000.0, 1200.0)
 PREFERRED = BATCHING["preferred_batch_sizes"]
 SETTINGS: tuple[dict[str, object], ...] = (
     {"max_queue_delay_s": 0.0005},
@@ -86,6 +86,29 @@ def markdown(points: list[dict]) -> str:
         else:
             lines.append(f"| {p['setting']} | {p['rate']:.0f} | {p['infer_per_s']:.0f} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} "
                          f"| {p.get('server_p99_ms', float('nan')):.2f} | {p.get('batch_mean', float('nan')):.1f} |")
+    return "\n".join(lines) + "\n" + verdict(points)
+
+
+def verdict(points: list[dict]) -> str:
+    """The issue's SLO-mode check per offered load: server p99 under the SLO, and throughput at least the best fixed
+    delay's: served at least as many, or the whole offered load (99% of it: the rate's own rounding; nobody can serve more)."""
+    lines = ["", "SLO mode vs the best fixed `max_queue_delay_s` at each offered load:", "",
+             "| offered req/s | setting | server p99 ms vs SLO | served vs best fixed delay | both |", "|---|---|---|---|---|"]  # fmt: skip
+    for rate in sorted({p["rate"] for p in points if "rate" in p}):
+        at = [p for p in points if p.get("rate") == rate]
+        fixed = [p for p in at if p["setting"].startswith("max_queue_delay_s") and "infer_per_s" in p]
+        best = max(fixed, key=lambda p: p["infer_per_s"], default=None)
+        for p in at:
+            if not p["setting"].startswith("latency_slo_s"):
+                continue
+            if "infer_per_s" not in p:
+                lines.append(f"| {rate:.0f} | {p['setting']} | not sustained | | no |")
+                continue
+            slo_ms = float(p["setting"].split("=")[1]) * 1e3
+            p99 = p.get("server_p99_ms", float("nan"))
+            served_ok = best is None or p["infer_per_s"] >= min(best["infer_per_s"], 0.99 * rate)
+            against = f"{p['infer_per_s']:.0f} vs {best['infer_per_s']:.0f} ({best['setting']})" if best else f"{p['infer_per_s']:.0f} (no fixed delay sustained it)"
+            lines.append(f"| {rate:.0f} | {p['setting']} | {p99:.2f} vs {slo_ms:.0f} | {against} | {'yes' if p99 < slo_ms and served_ok else 'no'} |")
     return "\n".join(lines) + "\n"
 
 
