@@ -170,6 +170,7 @@ class CostModel:
         self._buckets = [1 << i for i in range(max(1, max_batch_size).bit_length() + 1)]
         self._mean: dict[int, float] = {}
         self._dev: dict[int, float] = {}
+        self._cached: dict[int, float] = {}  # estimate per bucket, asked on every arrival; cleared by observe
 
     def _bucket(self, rows: int) -> int:
         return 1 << max(0, (rows - 1).bit_length())
@@ -177,6 +178,7 @@ class CostModel:
     def observe(self, rows: int, seconds: float) -> None:
         """Fold one executed batch's measured time into its bucket."""
         bucket = self._bucket(rows)
+        self._cached.clear()
         mean = self._mean.get(bucket)
         if mean is None:
             self._mean[bucket], self._dev[bucket] = seconds, seconds / 4
@@ -189,6 +191,12 @@ class CostModel:
         if not self._mean:
             return 0.0
         bucket = self._bucket(rows)
+        cached = self._cached.get(bucket)
+        if cached is None:
+            cached = self._cached[bucket] = self._estimate(bucket)
+        return cached
+
+    def _estimate(self, bucket: int) -> float:
         if bucket in self._mean:
             return self._mean[bucket] + 3 * self._dev[bucket]
         known = sorted(self._mean)
@@ -198,10 +206,10 @@ class CostModel:
         hi = above[0] if above else None
         if lo is not None and hi is not None:
             f = (bucket - lo) / (hi - lo)
-            return (1 - f) * self.estimate(lo) + f * self.estimate(hi)
+            return (1 - f) * self._estimate(lo) + f * self._estimate(hi)
         ref = lo if lo is not None else hi
         assert ref is not None
-        return self.estimate(ref) * (bucket / ref if lo is not None else 1.0)  # linear in rows above, flat below
+        return self._estimate(ref) * (bucket / ref if lo is not None else 1.0)  # linear in rows above, flat below
 
 
 class DynamicBatcher:

@@ -440,3 +440,16 @@ def test_slo_mode_marks_only_batches_that_left_by_the_plan(loop):
     h.clock.advance(0.009)
     h.complete()
     assert h.batches == [[queued]] and not queued.stamps.planned
+
+
+def test_cost_estimates_follow_new_measurements():
+    """Estimates are cached between measurements (they are asked on every arrival); a measurement refreshes them."""
+    cost = CostModel(64)
+    cost.observe(1, 0.001)
+    cost.observe(16, 0.004)
+    between = cost.estimate(4)
+    assert cost.estimate(4) == between
+    for _ in range(50):
+        cost.observe(16, 0.008)
+    assert cost.estimate(4) > between  # interpolated toward the slower 16-row bucket
+    assert cost.estimate(16) == pytest.approx(0.008, rel=0.1)
