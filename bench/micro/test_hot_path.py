@@ -87,6 +87,37 @@ def test_batcher_overhead_per_request(benchmark):
     loop.close()
 
 
+def test_batcher_overhead_per_request_slo_mode(benchmark):
+    """Bursts of 8 single-row requests through a batcher in SLO mode (the cost model, in-server count and timer rules
+    on every arrival) whose 'instance' answers at once; one benchmark round = one burst (divide by 8)."""
+    loop = asyncio.new_event_loop()
+    x = {"x": np.zeros((1, 16), np.float32)}
+    in_server = [0]
+
+    def dispatch(batch):
+        for r in batch:
+            r.future.set_result(None)
+        loop.call_soon(batcher.release_slot)
+
+    policy = SchedulerPolicy(batching=True, max_batch_size=64, latency_slo_s=0.01, preferred_batch_sizes=(16, 32, 64))
+    batcher = DynamicBatcher(policy, slots=1, dispatch=dispatch, in_server=lambda: in_server[0], call_later=loop.call_later)
+    for rows, seconds in ((1, 1e-4), (8, 3e-4), (64, 1e-3)):
+        batcher.cost.observe(rows, seconds)
+
+    async def burst() -> None:
+        futures = []
+        for _ in range(8):
+            future = loop.create_future()
+            in_server[0] += 1
+            batcher.submit(BatchRequest(x, 1, ("y",), None, future))
+            futures.append(future)
+        await asyncio.gather(*futures)
+        in_server[0] -= 8
+
+    benchmark(lambda: loop.run_until_complete(burst()))
+    loop.close()
+
+
 def test_onnxruntime_run_tiny_warm(benchmark, tmp_path):
     """ONNX Runtime's own call on the benchmark's ``tiny`` model (one thread), warm: the floor of a runtime call,
     to set against what the same call costs per request at concurrency 1 (``floor:model`` in bench.scenarios.ab)."""
