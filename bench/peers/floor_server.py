@@ -1,6 +1,6 @@
 """The Python gRPC floor: grpc.aio on uvloop answering ModelInfer with a precomputed response.
 
-    python -m bench.peers.floor_server [--port 0] [--address-file FILE] [--work none|hop|model]
+    python -m bench.peers.floor_server [--port 0] [--address-file FILE] [--work none|hop|model|batch]
 
 It parses each ModelInferRequest (as any server must) and returns a response serialised in advance for
 that model and row count: no decode, no compute, no encode. What Surge adds on top of this is Surge's
@@ -10,7 +10,10 @@ own cost.
 (the floor is still answered with the precomputed response, so these are lower bounds):
 ``hop``: one round trip through a one-thread executor (runtimes never run on the event loop);
 ``model``: that round trip running the model's ONNX Runtime session (one thread, as Surge's instances) on the
-request's bytes (``np.frombuffer``, no validation). ServerLive/Ready, ModelReady, ServerMetadata, ModelMetadata, ModelConfig and ModelStatistics
+request's bytes (``np.frombuffer``, no validation);
+``batch``: the least a batching server does: requests that arrive while a batch runs wait (no timer, no
+rules), the next batch is one ``np.concatenate`` and one session call in the executor; each request then gets
+the precomputed answer. ServerLive/Ready, ModelReady, ServerMetadata, ModelMetadata, ModelConfig and ModelStatistics
 answer like Surge's for the benchmark models (``bench.models.MODELS``), so perf_analyzer can drive it.
 """
 
@@ -89,7 +92,9 @@ class Floor:
         self.configs = {name: _config(name) for name in MODELS}
         self.work = work
         self.executor = ThreadPoolExecutor(max_workers=1) if work != "none" else None
-        self.sessions = _sessions() if work == "model" else {}
+        self.sessions = _sessions() if work in ("model", "batch") else {}
+        self.waiting: dict[str, list[tuple[np.ndarray, asyncio.Future[None]]]] = {}
+        self.running: set[str] = set()
 
     async def infer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> bytes:
         rows = request.inputs[0].shape[0] if request.inputs and request.inputs[0].shape else 1
@@ -99,7 +104,14 @@ class Floor:
             if request.model_name not in MODELS:
                 await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model '{request.model_name}'")
             response = self.responses[key] = _infer_response(request.model_name, rows)
-        if self.executor is not None:
+        if self.work == "batch":
+            x = np.frombuffer(request.raw_input_contents[0], dtype=np.float32).reshape(rows, MODELS[request.model_name].features)
+            future = asyncio.get_running_loop().create_future()
+            self.waiting.setdefault(request.model_name, []).append((x, future))
+            if request.model_name not in self.running:
+                self._next_batch(request.model_name)
+            await future
+        elif self.executor is not None:
             loop = asyncio.get_running_loop()
             if self.work == "hop":
                 await loop.run_in_executor(self.executor, int)
@@ -110,6 +122,23 @@ class Floor:
             rid = request.id.encode()
             response += b"\x1a" + _varint(len(rid)) + rid
         return response
+
+    def _next_batch(self, name: str) -> None:
+        batch = self.waiting.pop(name, [])
+        if not batch:
+            self.running.discard(name)
+            return
+        self.running.add(name)
+        x = np.concatenate([b[0] for b in batch])
+        done = asyncio.get_running_loop().run_in_executor(self.executor, self.sessions[name].run, None, {"x": x})
+
+        def finished(_: object) -> None:
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None)
+            self._next_batch(name)
+
+        done.add_done_callback(finished)
 
     async def model(self, request, context, table):  # type: ignore[no-untyped-def]
         if request.name not in table:
@@ -174,7 +203,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--address-file", type=Path)
-    parser.add_argument("--work", choices=("none", "hop", "model"), default="none", help="per-request work the design requires (see above)")
+    parser.add_argument("--work", choices=("none", "hop", "model", "batch"), default="none", help="per-request work the design requires (see above)")
     args = parser.parse_args()
     import uvloop
 

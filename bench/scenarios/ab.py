@@ -2,7 +2,7 @@
 
     python -m bench.scenarios.ab --cells tiny:1:1,tiny:1:64,mlp-large:1:64 --rounds 3 floor fd69268 HEAD
 
-Targets: ``floor`` (bench/peers/floor_server.py; ``floor:hop`` and ``floor:model`` add its ``--work``), ``tree`` (the working tree) or any git revision. Each round
+Targets: ``floor`` (bench/peers/floor_server.py; ``floor:hop``, ``floor:model`` and ``floor:batch`` add its ``--work``), ``tree`` (the working tree) or any git revision. Each round
 starts every target once, in the given order, and measures every cell (``model:rows:concurrency``) with
 perf_analyzer (1.5 s windows, the stability check off). Servers on CPU 0, perf_analyzer on CPU 1, as in
 ``bench.compare``. Prints, per cell and target, medians over the rounds of infer/s, p50 and p99, the server's
@@ -35,7 +35,7 @@ def _cpu_seconds(pattern: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("targets", nargs="+", help="floor, floor:hop, floor:model, tree, or git revisions")
+    parser.add_argument("targets", nargs="+", help="floor, floor:hop, floor:model, floor:batch, tree, or git revisions")
     parser.add_argument("--cells", default="tiny:1:1,tiny:1:64", help="model:rows:concurrency,...")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--surge-batching", type=json.loads, default={"latency_slo_s": 0.01},
