@@ -293,6 +293,7 @@ class ModelVersion:
             dropped_cancelled=batcher.dropped_cancelled if batcher is not None else 0,
             metrics=metrics.snapshot() if metrics is not None else None,
             drift=self._drift.snapshot() if self._drift is not None else None,
+            slo=(batcher.margin_s, batcher.late_share) if batcher is not None and self.stats.latency_listener is not None else None,
         )
 
     # -- execution -------------------------------------------------------------------------------

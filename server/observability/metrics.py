@@ -16,7 +16,9 @@ version's role, "primary" until routing exists):
   version (unknown model or version, model not ready: no model label, so a client cannot create series).
 - Gauges read at scrape time (no hot-path cost): ``surge_queue_depth``, ``surge_inflight_requests``,
   ``surge_model_state{state}`` (1 for the current state), ``surge_model_load_duration_seconds``;
-  counter ``surge_queue_dropped_total{reason}`` (expired, cancelled: dropped before compute).
+  counter ``surge_queue_dropped_total{reason}`` (expired, cancelled: dropped before compute); for versions in
+  the batcher's latency-SLO mode, ``surge_batcher_slo_margin_seconds`` (what the plan currently keeps back
+  from the SLO) and ``surge_batcher_late_share`` (recent answers later than the SLO, exponentially weighted).
 - Drift gauges (``drift.py``; only for versions monitoring drift): ``surge_drift_psi``, ``surge_drift_ks``,
   ``surge_drift_nan_ratio``, ``surge_drift_out_of_range_ratio`` ``{model,version,feature}``,
   ``surge_drift_alert{model,version}``, counters ``surge_drift_windows_total`` and
@@ -210,6 +212,8 @@ class VersionSample:
     dropped_cancelled: int
     metrics: _MetricsSnapshot | None
     drift: DriftSnapshot | None = None
+    slo: tuple[float, float] | None = None
+    """Latency-SLO mode only: the batcher's (margin in seconds, share of recent answers later than the SLO)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,6 +348,12 @@ def _write(snap: ServerSnapshot, *, openmetrics: bool) -> str:
     for v, labels in every:
         w(f'surge_queue_dropped_total{{{labels},reason="expired"}} {v.dropped_expired}\n')
         w(f'surge_queue_dropped_total{{{labels},reason="cancelled"}} {v.dropped_cancelled}\n')
+    slo = [(v.slo, labels) for v, labels in every if v.slo is not None]
+    if slo:
+        header("surge_batcher_slo_margin_seconds", "gauge", "Latency-SLO mode: time the batcher's plan keeps back from the SLO, steered by measured latencies.")
+        w("".join(f"surge_batcher_slo_margin_seconds{{{labels}}} {floatToGoString(margin)}\n" for (margin, _), labels in slo))
+        header("surge_batcher_late_share", "gauge", "Latency-SLO mode: share of recent answers later than the SLO (about the last 100).")
+        w("".join(f"surge_batcher_late_share{{{labels}}} {floatToGoString(late)}\n" for (_, late), labels in slo))
     header("surge_model_state", "gauge", "1 for the version's current state (LOADING, READY, UNAVAILABLE, UNLOADING).")
     for v, labels in every:
         w("".join(f'surge_model_state{{{labels},state="{state}"}} {int(v.state == state)}\n' for state in STATES))

@@ -37,6 +37,8 @@ def metrics_server(test_repository: Path, tmp_path_factory: pytest.TempPathFacto
         shutil.copytree(test_repository / name, root / name)
     shutil.copytree(test_repository / "mlp" / "1", root / "mlp_buckets" / "1")
     (root / "mlp_buckets" / "config.toml").write_text(f"[metrics]\nlatency_buckets_s = {list(CUSTOM_BUCKETS)}\n")
+    shutil.copytree(test_repository / "mlp" / "1", root / "mlp_slo" / "1")
+    (root / "mlp_slo" / "config.toml").write_text("max_batch_size = 16\n\n[dynamic_batching]\nlatency_slo_s = 0.05\n")
     thread = ServerThread(ServerConfig(model_repository=root, grpc_port=0, metrics_port=0, http_port=0)).start()
     yield thread
     thread.stop()
@@ -173,6 +175,17 @@ async def test_batch_size_histogram_reflects_batching(metrics_server):
     ]
     assert value(found, "surge_request_duration_seconds_count", **_version("mlp_batched")) == len(xs)
     assert value(found, "surge_queue_depth", **key) == 0 and value(found, "surge_inflight_requests", **key) == 0
+
+
+async def test_slo_mode_exports_its_margin_and_late_share(metrics_server):
+    async with AsyncInferenceClient(metrics_server.address, timeout_s=30, retries=0) as client:
+        await asyncio.gather(*(client.infer("mlp_slo", {"x": np.ones((1, 16), np.float32)}) for _ in range(16)))
+    found = await asyncio.to_thread(samples, metrics_server)
+    key = frozenset({"model": "mlp_slo", "version": "1"}.items())
+    margin, late = found[("surge_batcher_slo_margin_seconds", key)], found[("surge_batcher_late_share", key)]
+    assert 0.0 <= margin <= 0.025 and 0.0 <= late < 1.0  # the margin stays within half the SLO
+    # versions with a fixed delay (or no batching) have no SLO margin: no series for them
+    assert not [k for (name, k) in found if name == "surge_batcher_slo_margin_seconds" and dict(k)["model"] != "mlp_slo"]
 
 
 def test_model_state_load_duration_and_custom_buckets(metrics_server):

@@ -101,6 +101,15 @@ def test_stats_and_histograms_read_the_same_stamps() -> None:
     assert found[("surge_server_info", frozenset({("version", "9")}))] == 1
 
 
+def test_slo_gauges_only_for_versions_in_slo_mode() -> None:
+    base = dict(state="READY", load_duration_s=0.1, queue_depth=0, inflight=0, dropped_expired=0, dropped_cancelled=0, metrics=None)
+    samples = [VersionSample(model="slo", version="1", slo=(0.0015, 0.02), **base), VersionSample(model="fixed", version="1", **base)]
+    found = _parse(render(ServerMetrics(lambda: samples).snapshot())[0])
+    assert found[("surge_batcher_slo_margin_seconds", frozenset({("model", "slo"), ("version", "1")}))] == 0.0015
+    assert found[("surge_batcher_late_share", frozenset({("model", "slo"), ("version", "1")}))] == 0.02
+    assert ("surge_batcher_slo_margin_seconds", frozenset({("model", "fixed"), ("version", "1")})) not in found
+
+
 def test_versions_without_metrics_still_report_state() -> None:
     sample = VersionSample(model="broken", version="1", state="UNAVAILABLE", load_duration_s=0.1, queue_depth=0, inflight=0,
                            dropped_expired=0, dropped_cancelled=0, metrics=None)  # fmt: skip
