@@ -20,6 +20,8 @@ from surge.server.observability import ALERT_RULES, DASHBOARD, resource
 PROMETHEUS_OWN = {"up"}
 #: Exported only by versions with drift monitoring on (tests/integration/test_drift.py scrapes them).
 DRIFT_ONLY = {"surge_drift_alert", "surge_drift_psi"}
+#: Exported only by versions in the batcher's latency-SLO mode (tests/integration/test_metrics.py scrapes them).
+SLO_ONLY = {"surge_batcher_slo_margin_seconds", "surge_batcher_late_share"}
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$job": ".*", "$model": ".*", "$version": ".*"}
 
 
@@ -119,5 +121,5 @@ def test_dashboard_queries_parse_and_read_exported_metrics(scraped_names: set[st
         if expr.startswith("label_values("):  # Grafana's variable function, not PromQL: check its selector
             expr = expr[len("label_values(") : expr.rindex(",")]
         parsed = promql_parser.parse(_substitute(expr))
-        missing = metric_names(parsed) - scraped_names - DRIFT_ONLY
+        missing = metric_names(parsed) - scraped_names - DRIFT_ONLY - SLO_ONLY
         assert not missing, f"panel '{title}' reads {missing}, which no scrape has"
