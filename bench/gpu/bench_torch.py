@@ -239,8 +239,7 @@ def _workers_cells(results: dict, root: Path, tmp: Path, counts: list[int], serv
         floor.terminate()
         floor.wait(30)
     for n in counts:
-        with wk.surge(root, n, server_cores, tmp / f"w{n}", model="mlp", extra=("--workers-share-gpu",)) as (address, _):
-            _wait_ready(address, list(MODELS))
+        with wk.surge(root, n, server_cores, tmp / f"w{n}", models=tuple(MODELS), extra=("--workers-share-gpu",)) as (address, _):
             for name, (_, features, _) in MODELS.items():
                 before = formed_batch(address, name)  # the whole server's counts (ModelStatistics asks every worker)
                 cell = wk.perf_analyzer(address, PA_CONCURRENCY, load_cores, 2000, model=name, features=features, rows=64)

@@ -27,7 +27,7 @@ LOGS = CACHE / "logs"
 
 @contextlib.contextmanager
 def floor(work: str = "none") -> Iterator[str]:
-    """The gRPC floor (``work``: bench/peers/floor_server.py's --work: none, hop or model)."""
+    """The gRPC floor (``work``: bench/peers/floor_server.py's --work: none, hop, model or batch)."""
     address_file = CACHE / "run" / "floor.address"
     address_file.parent.mkdir(parents=True, exist_ok=True)
     address_file.unlink(missing_ok=True)

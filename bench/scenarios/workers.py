@@ -63,10 +63,10 @@ def default_cpus() -> tuple[str, str]:
 
 
 @contextlib.contextmanager
-def surge(repository: Path, workers: int, cpus: str, workdir: Path, timeout_s: float = 180.0, model: str = MODEL,
+def surge(repository: Path, workers: int, cpus: str, workdir: Path, timeout_s: float = 180.0, models: tuple[str, ...] = (MODEL,),
           extra: tuple[str, ...] = ()) -> Iterator[tuple[str, Path | None]]:  # fmt: skip
     """``surge serve --workers N [extra]`` pinned to ``cpus``; yields (address, worker state folder or None) once
-    ``model`` is ready."""
+    every one of ``models`` is ready."""
     workdir.mkdir(parents=True, exist_ok=True)
     address_file, log = workdir / "address", workdir / "server.log"
     address_file.unlink(missing_ok=True)
@@ -84,7 +84,10 @@ def surge(repository: Path, workers: int, cpus: str, workdir: Path, timeout_s: f
             time.sleep(0.05)
         address = address_file.read_text().strip()
         with grpc.insecure_channel(address) as channel:
-            while not _model_ready(pb_grpc.GRPCInferenceServiceStub(channel), model):
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            while not all(_model_ready(stub, model) for model in models):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"surge serve --workers {workers}: models {models} not ready after {timeout_s:.0f} s; log {log}")
                 time.sleep(0.1)
         match = re.search(r"worker state in (\S+)", log.read_text())
         yield address, Path(match.group(1)) if match else None

@@ -235,6 +235,8 @@ class DynamicBatcher:
         self.cost = CostModel(policy.max_batch_size)
         self._name = name
         self._batching = policy.batching and policy.max_batch_size > 0
+        self.slo_mode = self._batching and policy.latency_slo_s is not None
+        """Latency-SLO mode: the version feeds ``observe_latency`` and exports the margin."""
         self._max_rows = policy.max_batch_size if self._batching else 0
         self._preferred = sorted(set(p for p in policy.preferred_batch_sizes if p <= policy.max_batch_size), reverse=True)
         self._free_slots = slots

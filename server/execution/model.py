@@ -181,7 +181,7 @@ class ModelVersion:
             self._batcher = DynamicBatcher(
                 scheduler_policy(self.config), slots=count, dispatch=self._dispatch, in_server=lambda: self._inflight, name=f"{self.config.name}' version '{self.version}"
             )
-            if self._batcher.policy.latency_slo_s is not None and self._batcher.policy.batching:
+            if self._batcher.slo_mode:
                 self.stats.latency_listener = self._batcher.observe_latency
             max_rows = self.config.max_batch_size or 1
             for inst in self._instances:
@@ -293,7 +293,7 @@ class ModelVersion:
             dropped_cancelled=batcher.dropped_cancelled if batcher is not None else 0,
             metrics=metrics.snapshot() if metrics is not None else None,
             drift=self._drift.snapshot() if self._drift is not None else None,
-            slo=(batcher.margin_s, batcher.late_share) if batcher is not None and self.stats.latency_listener is not None else None,
+            slo=(batcher.margin_s, batcher.late_share) if batcher is not None and batcher.slo_mode else None,
         )
 
     # -- execution -------------------------------------------------------------------------------
