@@ -34,7 +34,8 @@ sys.path.insert(0, str(REPO))
 
 from tests.torch_models import TinyCNN, make_mlp, write_torch_model  # noqa: E402
 
-BATCHES = (1, 64, 256)
+#: in-process batch sizes: 128 is the graph bucket that the 64-row cells' formed batches (about 100-160 rows) replay
+BATCHES = (1, 64, 128, 256)
 #: (rows per request, concurrency) levels driven through Surge
 LEVELS = ((1, 1), (1, 32), (64, 8), (256, 4))
 #: perf_analyzer's requests in flight for the 64-row cells (sync mode: one thread and one channel each)
@@ -135,13 +136,34 @@ def loadgen(address: str, model: str, features: int, rows: int, concurrency: int
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+#: ModelStatistics' per-request durations (Triton's names): success is the whole server-side request time
+STAGES = ("success", "queue", "compute_input", "compute_infer", "compute_output")
+
+
 def formed_batch(address: str, model: str) -> tuple[int, int]:
     """(inference_count, execution_count) of a model, from ModelStatistics."""
+    counts = server_stats(address, model)
+    return counts["inference_count"], counts["execution_count"]
+
+
+def server_stats(address: str, model: str) -> dict[str, int]:
+    """A model's ModelStatistics counters: inference and execution counts, and each stage's count and total ns."""
     from surge.clients import InferenceClient
 
     with InferenceClient(address, timeout_s=10) as client:
         (s,) = client.model_statistics(model).model_stats
-    return s.inference_count, s.execution_count
+    counts = {"inference_count": s.inference_count, "execution_count": s.execution_count}
+    for stage in STAGES:
+        duration = getattr(s.inference_stats, stage)
+        counts[f"{stage}_count"], counts[f"{stage}_ns"] = duration.count, duration.ns
+    return counts
+
+
+def stage_means_us(before: dict[str, int], after: dict[str, int]) -> dict[str, float]:
+    """Mean microseconds per request of each stage between two ModelStatistics readings (as in Triton, a batch's
+    compute time counts for each of its requests, so queue and the compute stages add up to success)."""
+    requests = max(after["success_count"] - before["success_count"], 1)
+    return {stage: (after[f"{stage}_ns"] - before[f"{stage}_ns"]) / requests / 1e3 for stage in STAGES}
 
 
 def main() -> int:
@@ -199,12 +221,13 @@ def main() -> int:
             address = surge_file.read_text()
             for name, (_, features, _) in MODELS.items():
                 for rows, concurrency in LEVELS:
-                    before = formed_batch(address, name)
+                    before = server_stats(address, name)
                     cell = loadgen(address, name, features, rows, concurrency, args.duration_s, load_cores)
-                    after = formed_batch(address, name)
-                    executions = max(after[1] - before[1], 1)
+                    after = server_stats(address, name)
+                    executions = max(after["execution_count"] - before["execution_count"], 1)
                     cell["rows_per_s"] = cell["infer_per_s"] * rows
-                    cell["formed_batch"] = (after[0] - before[0]) / executions
+                    cell["formed_batch"] = (after["inference_count"] - before["inference_count"]) / executions
+                    cell["server_us"] = stage_means_us(before, after)  # warm-up second included: means, not p50
                     results["surge"][f"{name}/{rows}x{concurrency}"] = cell
                     print(f"surge {name} {rows} rows x {concurrency}: {cell}", flush=True)
         finally:
@@ -253,8 +276,9 @@ def _workers_cells(results: dict, root: Path, tmp: Path, counts: list[int], serv
 _STARTUP = ("_find_and_load", "TorchRuntime.load", "ModelVersion.load", "_warmup", "_capture")
 
 
-#: innermost Python frames of a thread that waits (py-spy samples those too): left out
-_IDLE = ("_worker (concurrent/futures/thread.py:81)", "wait (threading.py", "Runner.run (asyncio/runners.py", "run (uvloop")
+#: innermost Python frames under which C code runs holding the GIL (py-spy --gil samples only the GIL's holder)
+_IN_C = {"Runner.run (asyncio/runners.py": "(uvloop and gRPC's Cython callbacks, under the event loop)",
+         "Thread.run (threading.py": "(a thread's C target: gRPC's poller)"}  # fmt: skip
 
 
 def _profile(root: Path, tmp: Path, out: Path, server_cores: str, load_cores: str, duration_s: float) -> None:
@@ -274,7 +298,7 @@ def _profile(root: Path, tmp: Path, out: Path, server_cores: str, load_cores: st
     out.mkdir(parents=True, exist_ok=True)
     for rows, concurrency in ((1, 1), (64, 8)):
         flame, address_file = out / f"pyspy-mlp-{rows}x{concurrency}.txt", tmp / f"spy-{rows}.addr"
-        cmd = [spy, "record", "--format", "raw", "--rate", "500", "--threads", "--output", str(flame), "--",
+        cmd = [spy, "record", "--format", "raw", "--rate", "500", "--threads", "--gil", "--output", str(flame), "--",
                sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(root), "--grpc-port", "0",
                "--metrics-port", "0", "--http-port", "-1", "--address-file", str(address_file)]  # fmt: skip
         spy_process = _start(cmd, server_cores, address_file, tmp / f"spy-{rows}.log")
@@ -294,11 +318,12 @@ def _profile(root: Path, tmp: Path, out: Path, server_cores: str, load_cores: st
         for line in flame.read_text().splitlines():
             stack, _, count = line.rpartition(" ")
             frames = [f for f in stack.split(";") if ".py:" in f]
-            if not count.isdigit() or any(marker in stack for marker in _STARTUP) or (frames and frames[-1].startswith(_IDLE)):
+            if not count.isdigit() or any(marker in stack for marker in _STARTUP):
                 continue
-            own[frames[-1] if frames else "(no Python frame: the event loop and gRPC in C, GC, exit)"] += int(count)
+            leaf = frames[-1] if frames else "(no Python frame: C threads, GC, exit)"
+            own[next((label for prefix, label in _IN_C.items() if leaf.startswith(prefix)), leaf)] += int(count)
         total = sum(own.values()) or 1
-        print(f"py-spy, mlp {rows} rows x {concurrency}: {total} samples while serving (start-up and waits left out), by innermost Python function:")
+        print(f"py-spy, mlp {rows} rows x {concurrency}: {total} samples of the thread holding the GIL while serving (start-up left out), by innermost Python function:")
         for frame, n in own.most_common(15):
             print(f"  {n / total:6.1%}  {frame}")
 
@@ -351,6 +376,9 @@ def _table(results: dict) -> None:
         rows, concurrency = level.split("x")
         path = f"surge {workers} c{concurrency} (PA)"
         print(f"{name:<5} {rows:>5} {path:<22} {cell['rows_per_s']:>12,.0f} {cell['p50_ms']:>8.3f} {cell['p99_ms']:>8.3f} {cell['formed_batch']:>7.1f}")
+    print("Surge server-side, mean us per request (ModelStatistics): " + ", ".join(STAGES))
+    for key, cell in results["surge"].items():
+        print(f"  {key:<10} " + " ".join(f"{cell['server_us'][stage]:>9.1f}" for stage in STAGES))
     print(f"gRPC floor p50 (tiny, concurrency 1): {results['floor']['p50_ms']:.3f} ms")
     floor64 = results["floor_mlp_64x8"]
     print(f"gRPC floor, mlp 64 rows x 8 (precomputed answers, no compute): {floor64['rows_per_s']:,.0f} rows/s, p50 {floor64['p50_ms']:.3f} ms")
