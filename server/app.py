@@ -99,6 +99,10 @@ class ServerConfig:
     """Request limits (sizes, elements, rows, streams per connection)."""
     http_port: int = 8000
     """REST v2 (HTTP/JSON) port (Triton's default); 0 picks a free port (``Server.http_address``); -1 turns REST off."""
+    switch_interval_s: float = 0.0
+    """Python's GIL switch interval for this process (``sys.setswitchinterval``); 0 leaves Python's 5 ms. A runtime
+    thread that lets go of the GIL (every torch call does) waits up to this long to get it back while the event
+    loop runs Python: smaller values shorten those waits under load, at the cost of more thread switches."""
     reuse_port: bool = False
     """Bind the gRPC and REST ports with SO_REUSEPORT so several worker processes share them (set by ``--workers``;
     see ``workers.py``). Off otherwise, so a port already taken is a clear error rather than a silent share."""
@@ -114,6 +118,8 @@ class ServerConfig:
             raise ConfigError("TLS needs both a certificate (--tls-cert) and its key (--tls-key)")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ConfigError("mutual TLS (--tls-client-ca) needs the server's own certificate too (--tls-cert, --tls-key)")
+        if not 0 <= self.switch_interval_s <= 0.1:
+            raise ConfigError(f"--switch-interval-ms must be between 0 (Python's default) and 100 ms, got {self.switch_interval_s * 1e3:g} ms")
 
     def server_credentials(self) -> grpc.ServerCredentials | None:
         """TLS (or mutual TLS) credentials from the configured files; None for plaintext. Raises ConfigError."""
@@ -234,6 +240,8 @@ class Server:
 
         Raises ConfigError for a bad repository or flags; a model that fails to load does not raise.
         """
+        if self.config.switch_interval_s:
+            sys.setswitchinterval(self.config.switch_interval_s)  # process-wide: each worker process sets its own
         limits = self.config.limits
         options = [
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--load-model", action="append", default=[], metavar="NAME", help="in explicit mode, load NAME at start (repeatable)")
     serve.add_argument("--repository-poll-s", type=float, default=15.0, help="seconds between scans in poll mode (default 15)")
     serve.add_argument("--no-strict-readiness", action="store_true", help="be ready even when some model failed to load")
+    serve.add_argument("--switch-interval-ms", type=float, default=0.0,
+                       help="the GIL switch interval (sys.setswitchinterval) in ms; 0 (default) keeps Python's 5 ms. Lower it when runtime threads "
+                            "(GPU models) wait for the GIL behind a busy event loop; see the README's GPU section")  # fmt: skip
     serve.add_argument("--drain-timeout-s", type=float, default=30.0, help="on shutdown/unload, how long in-flight requests may run (default 30)")
     serve.add_argument("--address-file", type=Path, help="once ready, write the bound host:port into this file (for scripts)")
     _add_reliability_flags(serve)
@@ -256,6 +259,7 @@ def _serve(args: argparse.Namespace) -> int:
             poll_interval_s=args.repository_poll_s,
             strict_readiness=not args.no_strict_readiness,
             drain_timeout_s=args.drain_timeout_s,
+            switch_interval_s=args.switch_interval_ms / 1e3,
             **_reliability_config(args),  # type: ignore[arg-type]
         )
         if args.workers != 1:

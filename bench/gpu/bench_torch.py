@@ -173,6 +173,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--profile-dir", type=Path, help="also profile the Surge server with py-spy (mlp, 1 row x 1 and 64 rows x 8) into this folder")
     parser.add_argument("--workers", default="1,4", help="worker counts for the perf_analyzer 64-row cells ('' skips them)")
+    parser.add_argument("--switch-interval-ms", type=float, default=0.0, help="surge serve --switch-interval-ms for every Surge cell (0: Python's 5 ms)")
     parser.add_argument("--cpu-dry-run", action="store_true", help="exercise the whole script on the CPU (no graphs): checks the script, measures nothing useful")
     args = parser.parse_args()
     dry = args.cpu_dry_run
@@ -182,7 +183,7 @@ def main() -> int:
     gpu = "CPU dry run" if dry else torch.cuda.get_device_name(0)
     cpus = os.cpu_count() or 2
     server_cores, load_cores = f"0-{cpus // 2 - 1}", f"{cpus // 2}-{cpus - 1}"
-    results: dict = {"gpu": gpu, "torch": torch.__version__, "in_process": {}, "surge": {}, "surge_pa": {}, "targets": {}}
+    results: dict = {"gpu": gpu, "torch": torch.__version__, "switch_interval_ms": args.switch_interval_ms, "in_process": {}, "surge": {}, "surge_pa": {}, "targets": {}}
 
     for name, (build, features, _) in MODELS.items():
         for rows in BATCHES:
@@ -214,7 +215,8 @@ def main() -> int:
             floor.terminate()
             floor.wait(30)
         surge = _start(
-            [sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(root), "--grpc-port", "0", "--metrics-port", "0", "--http-port", "-1", "--address-file", str(surge_file)],
+            [sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(root), "--grpc-port", "0", "--metrics-port", "0", "--http-port", "-1", "--address-file", str(surge_file),
+             "--switch-interval-ms", str(args.switch_interval_ms)],
             server_cores, surge_file, Path(tmp) / "surge.log",
         )
         try:
@@ -234,7 +236,7 @@ def main() -> int:
             surge.terminate()
             surge.wait(60)
         if args.workers:
-            _workers_cells(results, root, Path(tmp), [int(n) for n in args.workers.split(",")], server_cores, load_cores)
+            _workers_cells(results, root, Path(tmp), [int(n) for n in args.workers.split(",")], server_cores, load_cores, args.switch_interval_ms)
         if args.profile_dir:
             _profile(root, Path(tmp), args.profile_dir, server_cores, load_cores, args.duration_s)
 
@@ -245,7 +247,7 @@ def main() -> int:
     return 0
 
 
-def _workers_cells(results: dict, root: Path, tmp: Path, counts: list[int], server_cores: str, load_cores: str) -> None:
+def _workers_cells(results: dict, root: Path, tmp: Path, counts: list[int], server_cores: str, load_cores: str, switch_ms: float) -> None:
     """64-row requests from perf_analyzer: the floor, then ``surge serve --workers N --workers-share-gpu``."""
     from bench.scenarios import perf_analyzer as pa
     from bench.scenarios import workers as wk
@@ -262,7 +264,7 @@ def _workers_cells(results: dict, root: Path, tmp: Path, counts: list[int], serv
         floor.terminate()
         floor.wait(30)
     for n in counts:
-        with wk.surge(root, n, server_cores, tmp / f"w{n}", models=tuple(MODELS), extra=("--workers-share-gpu",)) as (address, _):
+        with wk.surge(root, n, server_cores, tmp / f"w{n}", models=tuple(MODELS), extra=("--workers-share-gpu", "--switch-interval-ms", str(switch_ms))) as (address, _):
             for name, (_, features, _) in MODELS.items():
                 before = formed_batch(address, name)  # the whole server's counts (ModelStatistics asks every worker)
                 cell = wk.perf_analyzer(address, PA_CONCURRENCY, load_cores, 2000, model=name, features=features, rows=64)

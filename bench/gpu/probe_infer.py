@@ -10,7 +10,10 @@ times, p50 over ``--iterations`` calls:
 - ``TorchRuntime.infer`` from the main thread, and from its executor thread (the server's case);
 - each step of its CUDA path in isolation (the contexts it enters, staging, replay, copy out, synchronise);
 - the executor round trip alone (submit, a no-op, result), and from an asyncio loop (``run_in_executor``, uvloop
-  when present), which is the hop a request makes twice.
+  when present), which is the hop a request makes twice;
+- the call after 1 ms idle, as at concurrency 1 in a server;
+- the general path vs the staged one (``TorchRuntime._stage``) with the main thread running Python without pause,
+  at switch intervals of 5 and 0.5 ms: each torch call lets go of the GIL and must get it back.
 
 Prints one table; ``--json`` writes it. Needs a CUDA GPU (``--cpu`` only checks the script on a CPU box).
 """
@@ -138,6 +141,26 @@ def main() -> int:
         inside, around = asyncio.run(served())
     rows["infer from uvloop (run_in_executor), 1 ms apart: in the thread"] = inside
     rows["infer from uvloop (run_in_executor), 1 ms apart: round trip"] = around
+
+    # the instance thread behind a busy event loop: the main thread runs Python without pause meanwhile, so each
+    # time a torch call lets go of the GIL, the instance thread waits to get it back (up to a switch interval)
+    if not args.cpu and runtime._staged:
+        staged, x64 = runtime._staged, np.ascontiguousarray(np.repeat(x, 64, axis=0))
+        for interval in (0.005, 0.0005):
+            sys.setswitchinterval(interval)
+            for label, paths in (("general path", {}), ("staged path", staged)):
+                runtime._staged = paths
+                for batch in (x, x64):
+                    future = executor.submit(p50_us, lambda b=batch: runtime.infer({"x": b}, names), max(n // 20, 20))
+                    while not future.done():
+                        sum(range(100))
+                    rows[f"{label}, {len(batch)} rows, main thread busy, switch {interval * 1e3:g} ms"] = future.result()
+        sys.setswitchinterval(0.005)
+        runtime._staged = staged
+        for label, paths in (("general path", {}), ("staged path", staged)):
+            runtime._staged = paths
+            rows[f"{label}, 64 rows, back to back in its thread"] = executor.submit(p50_us, lambda: runtime.infer({"x": x64}, names), n).result()
+        runtime._staged = staged
 
     if not args.cpu:  # the CUDA path's steps, one at a time, as TorchRuntime._infer_cuda runs them
         stream = runtime._stream

@@ -43,7 +43,7 @@ bench=0
 if [ "${TORCH_BENCH:-1}" != 0 ]; then
   echo "== benchmark"
   profile=(); [ "${PROFILE:-0}" != 0 ] && profile=(--profile-dir "$OUT")
-  $PY -m bench.gpu.bench_torch --json "$OUT/gpu-bench.json" --workers "${TORCH_WORKERS-1,4}" "${profile[@]}" 2>&1 | tee "$OUT/gpu-bench.log"
+  $PY -m bench.gpu.bench_torch --json "$OUT/gpu-bench.json" --workers "${TORCH_WORKERS-1,4}" --switch-interval-ms "${SWITCH_MS:-0}" "${profile[@]}" 2>&1 | tee "$OUT/gpu-bench.log"
   bench=${PIPESTATUS[0]}
 fi
 echo "== CUDA kernels: achieved bandwidth vs device-to-device copy"

@@ -25,7 +25,10 @@ when CUDA is available, else CPU). A GPU instance owns a CUDA stream and pinned 
 across batches; inputs go host->device and outputs device->host asynchronously on that stream, and the
 instance's executor thread (never the event loop) waits for the stream. With CUDA graphs a batch is
 padded up to the nearest captured bucket (padding rows zeroed), the graph is replayed, and the padding is
-cut from the outputs. Warm-up, including capture, finishes before the version reports READY.
+cut from the outputs. A batch of host arrays on a graph instance is staged through pinned buffers per bucket
+(rows written and padding zeroed with numpy; whole-bucket copies in and out), so it costs four torch calls,
+each of which lets go of the GIL (see ``_stage``); inputs already on the device (a GPU pipeline's) and outputs of
+variable shape take the general path. Warm-up, including capture, finishes before the version reports READY.
 """
 
 from __future__ import annotations
@@ -117,6 +120,10 @@ class TorchRuntime:
         self._graphs: dict[int, tuple[Any, list[Any], list[Any]]] = {}  # bucket -> (graph, static inputs, static outputs)
         self._buckets: list[int] = []
         self._pinned: dict[str, Any] = {}
+        #: bucket -> (pinned input views, pinned output views), each bucket rows long: whole-bucket copies
+        self._staged: dict[int, tuple[list[Any], list[Any]]] = {}
+        self._host_in: list[np.ndarray] = []  # numpy views of the pinned input buffers (max rows)
+        self._host_out: list[np.ndarray] = []  # numpy views of the pinned output buffers (max rows)
         self._batched = False
 
     # -- load ------------------------------------------------------------------------------------
@@ -158,7 +165,23 @@ class TorchRuntime:
                 with _LOAD_LOCK:
                     for bucket in self._buckets:
                         self._graphs[bucket] = self._capture(torch, bucket)
+                self._stage(torch, max_rows)
         return signature
+
+    def _stage(self, torch: Any, max_rows: int) -> None:
+        """Pinned output buffers and per-bucket views, so that a batch of host arrays costs four torch calls (copy
+        in, replay, copy out, synchronise): each torch call lets go of the GIL, and getting it back behind a busy
+        event loop can take a switch interval. Only for batched models whose outputs have fixed shapes that the
+        graphs produce exactly (anything else keeps the general path)."""
+        if not self._batched or any(t.datatype in ("BYTES", "BF16") or any(d <= 0 for d in t.dims) for t in self._outputs):
+            return
+        if any(tuple(o.shape) != (bucket, *t.dims) for bucket, (_, _, outs) in self._graphs.items() for o, t in zip(outs, self._outputs)):
+            return
+        pinned_in = [self._pinned[t.name] for t in self._inputs]
+        pinned_out = [torch.empty((max_rows, *t.dims), dtype=_torch_dtype(torch, t.datatype), pin_memory=True) for t in self._outputs]
+        self._host_in = [b.numpy() for b in pinned_in]
+        self._host_out = [b.numpy() for b in pinned_out]
+        self._staged = {bucket: ([b[:bucket] for b in pinned_in], [b[:bucket] for b in pinned_out]) for bucket in self._graphs}
 
     def _capture(self, torch: Any, rows: int) -> tuple[Any, list[Any], list[Any]]:
         static = [
@@ -209,6 +232,8 @@ class TorchRuntime:
 
     def _infer_cuda(self, torch: Any, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
         rows = next(iter(inputs.values())).shape[0] if self._batched and inputs else 1
+        if self._staged and not any(isinstance(a, torch.Tensor) for a in inputs.values()):
+            return self._infer_staged(torch, inputs, output_names, rows)
         with torch.cuda.stream(self._stream):
             staged = []
             for t in self._inputs:
@@ -241,9 +266,29 @@ class TorchRuntime:
         self._stream.synchronize()  # this instance's thread waits; the event loop never does
         return {name: _to_numpy(torch, h) for name, h in host_outputs}
 
+    def _infer_staged(self, torch: Any, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], rows: int) -> dict[str, np.ndarray]:
+        """Host arrays through a CUDA graph: rows into the pinned buffers (padding zeroed) with numpy, the whole bucket
+        in, replay, the whole bucket out, synchronise, the rows copied out of the pinned buffer (reused next batch)."""
+        bucket = bucket_for(rows, self._buckets)
+        graph, static, static_out = self._graphs[bucket]
+        host_in, host_out = self._staged[bucket]
+        for t, view in zip(self._inputs, self._host_in):
+            view[:rows] = inputs[t.name]
+            if rows < bucket:
+                view[rows:bucket] = 0
+        with torch.cuda.stream(self._stream):
+            for dst, src in zip(static, host_in):
+                dst.copy_(src, non_blocking=True)
+            graph.replay()
+            for dst, src in zip(host_out, static_out):
+                dst.copy_(src, non_blocking=True)
+        self._stream.synchronize()  # this instance's thread waits; the event loop never does
+        return {t.name: view[:rows].copy() for t, view in zip(self._outputs, self._host_out) if t.name in output_names}
+
     def close(self) -> None:
         """Drop the module, graphs and buffers."""
         self._graphs.clear()
+        self._staged.clear()
         self._pinned.clear()
         self._module = None
 

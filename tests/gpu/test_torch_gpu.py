@@ -96,3 +96,43 @@ async def test_concurrent_requests_batch_on_two_gpu_instances(gpu_server):
     for x, r in zip(xs, results):
         np.testing.assert_allclose(r["y"], _reference(mlp, x), rtol=2e-3, atol=2e-3)
     assert stats.execution_count < stats.inference_count
+
+
+def _runtime(tmp_path, config: str):
+    import torch
+
+    from surge.server.config import load_model_config
+    from surge.server.runtimes.torch import TorchRuntime
+    from tests.torch_models import make_mlp, write_torch_model
+
+    mlp = make_mlp()
+    write_torch_model(tmp_path / "m", mlp, torch.zeros(2, 256), kind="export", config=config)
+    runtime = TorchRuntime()
+    runtime.load(tmp_path / "m" / "1" / "model.pt2", load_model_config(tmp_path / "m"), 0)
+    return runtime, mlp
+
+
+def test_staged_path_pads_with_zeros_and_returns_its_own_arrays(tmp_path):
+    """Host arrays go through pinned buffers reused by every batch: rows left from a larger batch must not leak
+    into a smaller one, and the arrays returned must not change when the next batch reuses the buffers."""
+    runtime, mlp = _runtime(tmp_path, GPU_MLP_CONFIG.format(count=1, precision="fp32", graphs="true"))
+    assert runtime._staged, "a batched fixed-shape model with CUDA graphs takes the staged path"
+    previous = []
+    for rows in (256, 100, 64, 3, 1, 3):
+        x = np.random.default_rng(rows).standard_normal((rows, 256)).astype(np.float32)
+        y = runtime.infer({"x": x}, ["y"])["y"]
+        assert y.shape == (rows, 16)
+        np.testing.assert_allclose(y, _reference(mlp, x), rtol=2e-3, atol=2e-3)
+        previous.append((y.copy(), y))
+    for kept, returned in previous:
+        np.testing.assert_array_equal(kept, returned)
+    runtime.close()
+
+
+def test_outputs_shaped_unlike_the_config_keep_the_general_path(tmp_path):
+    config = GPU_MLP_CONFIG.format(count=1, precision="fp32", graphs="true").replace("dims = [16]", "dims = [4, 4]")
+    runtime, _ = _runtime(tmp_path, config)
+    assert runtime._graphs and not runtime._staged
+    y = runtime.infer({"x": np.ones((3, 256), np.float32)}, ["y"])["y"]
+    assert y.shape == (3, 16)  # what the module returned: the server's output check reports the mismatch
+    runtime.close()

@@ -140,3 +140,21 @@ def test_serve_refuses_a_taken_grpc_port_with_a_clear_message(tmp_path, test_rep
         result = _surge("serve", "--model-repository", str(test_repository), "--grpc-port", str(port), "--metrics-port", "0", "--http-port", "0")
     assert result.returncode == 2 and f"cannot bind gRPC to 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_serve_refuses_a_switch_interval_out_of_range(tmp_path):
+    result = _surge("serve", "--model-repository", str(tmp_path), "--grpc-port", "0", "--switch-interval-ms", "500")
+    assert result.returncode == 2 and "--switch-interval-ms must be between 0 (Python's default) and 100 ms, got 500 ms" in result.stderr
+
+
+def test_the_switch_interval_is_set_when_the_server_starts(tmp_path):
+    from surge.server.app import ServerConfig
+    from tests.conftest import ServerThread
+
+    before = sys.getswitchinterval()
+    server = ServerThread(ServerConfig(model_repository=tmp_path, grpc_port=0, metrics_port=-1, http_port=-1, switch_interval_s=0.0007)).start()
+    try:
+        assert sys.getswitchinterval() == pytest.approx(0.0007)
+    finally:
+        server.stop()
+        sys.setswitchinterval(before)
