@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import report
-from bench.models import BATCHING, MODELS, write_onnx_files, write_repository
+from bench.models import BATCHING, BATCHING_PER_MODEL, MODELS, write_onnx_files, write_repository
 from bench.peers import mlserver as mls
 from bench.scenarios import contention
 from bench.scenarios import perf_analyzer as pa
@@ -171,6 +171,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="shorter windows, fewer cells (about 3-4 minutes)")
     parser.add_argument("--surge-rev", help="serve Surge from this git revision instead of the working tree")
     parser.add_argument("--no-mlserver", action="store_true", help="skip MLServer (no venv is created)")
+    parser.add_argument("--surge-batching-per-model", type=json.loads, default=BATCHING_PER_MODEL,
+                        help=f"per-model replacements of --surge-batching as JSON (default {json.dumps(BATCHING_PER_MODEL)}; '{{}}' for none)")
     parser.add_argument("--slo-sweep", action="store_true", help="also sweep max_queue_delay_s vs latency_slo_s (bench/scenarios/slo_sweep.py)")
     parser.add_argument("--repeats", type=int, default=1, help="measure each cell N times and keep the median (default 1)")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest")
@@ -187,7 +189,9 @@ def main() -> int:
     started = time.monotonic()
     cache = targets.CACHE
     onnx = write_onnx_files(cache / "onnx")
-    repos = {report.SURGE: write_repository(cache / "repo-batching", onnx, args.surge_batching), report.SURGE_OFF: write_repository(cache / "repo-nobatch", onnx, None)}
+    per_model = args.surge_batching_per_model
+    repos = {report.SURGE: write_repository(cache / "repo-batching", onnx, args.surge_batching, per_model),
+             report.SURGE_OFF: write_repository(cache / "repo-nobatch", onnx, None)}  # fmt: skip
     surge_description, surge_env = targets.surge_source(args.surge_rev)
     mlserver_version = "MLServer skipped"
     if not args.no_mlserver:
@@ -195,6 +199,8 @@ def main() -> int:
         mls.ensure_venv()
         mlserver_version = mls.version()
     meta = machine_facts(surge_description, "quick" if args.quick else "full", mlserver_version, args.surge_batching)
+    if per_model:
+        meta["surge batching per model"] = json.dumps(per_model)
     cells: list[dict] = []
     idle = contention.wait_idle(300, log)
     log(f"foreign load before the run: {idle:.2f} cores")
@@ -206,6 +212,9 @@ def main() -> int:
         with targets.surge(repo, surge_env, SLUG[label]) as address:
             cells += perf_analyzer_cells(label, address, PA_WORKLOADS, plan, surge=True)
 
+    for cell in cells:  # the delay each Surge cell's model was configured with (the p99 check's bound)
+        if cell["target"] == report.SURGE:
+            cell["max_queue_delay_s"] = ((per_model or {}).get(cell["model"], args.surge_batching) or {}).get("max_queue_delay_s")
     formed = (report.find(cells, "perf_analyzer", report.SURGE, "mlp", 16, 8) or {}).get("batch") or {}
     batches = sorted({1, 16, 32, 64, formed.get("common_batch", 16)})
     log(f"onnxruntime in-process, batches {batches}")

@@ -40,16 +40,26 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--surge-batching", type=json.loads, default={"latency_slo_s": 0.01},
                         help=f"[dynamic_batching] as JSON, or null for none (default SLO mode; bench.compare's default is {json.dumps(BATCHING)})")
+    parser.add_argument("--batchings", type=json.loads, default=None,
+                        help="a JSON list of [dynamic_batching] tables (null: none): every Surge target is measured with each in turn, "
+                             "labelled TARGET#i (compares settings side by side instead of, or as well as, revisions)")  # fmt: skip
     args = parser.parse_args()
     cells = [(m, int(r), int(c)) for m, r, c in (cell.split(":") for cell in args.cells.split(","))]
     windows = pa.Windows(interval_ms=1500, stability_pct=100, max_trials=3, warmup_requests=300)
-    repo = write_repository(targets.CACHE / "repo-ab", write_onnx_files(targets.CACHE / "onnx"), args.surge_batching)
-    sources = {t: targets.surge_source(None if t == "tree" else t)[1] for t in args.targets if not t.startswith("floor")}
+    onnx = write_onnx_files(targets.CACHE / "onnx")
+    batchings = args.batchings if args.batchings is not None else [args.surge_batching]
+    repos = [write_repository(targets.CACHE / f"repo-ab{i or ''}", onnx, b) for i, b in enumerate(batchings)]
+    if args.batchings is not None:
+        for i, b in enumerate(batchings):
+            print(f"#{i}: {json.dumps(b)}")
+        args.targets = [t if t.startswith("floor") else f"{t}#{i}" for t in args.targets for i in (range(len(batchings)) if not t.startswith("floor") else [0])]
+    repo_of = {t: repos[int(t.partition("#")[2] or 0)] for t in args.targets}
+    sources = {t: targets.surge_source(None if t.partition("#")[0] == "tree" else t.partition("#")[0])[1] for t in args.targets if not t.startswith("floor")}
     results: dict[tuple[str, tuple[str, int, int]], list[dict]] = {}
     for _ in range(args.rounds):
         for i, target in enumerate(args.targets):
             is_floor = target.startswith("floor")
-            server = targets.floor(target.partition(":")[2] or "none") if is_floor else targets.surge(repo, sources[target], f"ab{i}")
+            server = targets.floor(target.partition(":")[2] or "none") if is_floor else targets.surge(repo_of[target], sources[target], f"ab{i}")
             pattern = "bench.peers.floor_server" if is_floor else f"ab{i}.address"
             with server as address:
                 for model, rows, concurrency in cells:
