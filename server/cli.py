@@ -351,7 +351,11 @@ def _infer(args: argparse.Namespace) -> int:
         name, sep, path = item.partition("=")
         if not sep:
             raise SystemExit(f"--input {item!r}: expected NAME=FILE.npy")
-        given[name] = np.load(path, allow_pickle=False)
+        try:
+            given[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:  # missing file, not a .npy, or a pickled object array
+            print(f"error: --input {name}={path}: {exc}", file=sys.stderr)
+            return 2
     rng = np.random.default_rng(args.seed)
     with InferenceClient(args.url, timeout_s=args.timeout_s) as client:
         metadata = client.model_metadata(args.model, args.version)

@@ -158,3 +158,10 @@ def test_the_switch_interval_is_set_when_the_server_starts(tmp_path):
     finally:
         server.stop()
         sys.setswitchinterval(before)
+
+
+def test_infer_names_an_unreadable_input_file_without_a_traceback(tmp_path):
+    (tmp_path / "bad.npy").write_text("not numpy")
+    for path in (tmp_path / "missing.npy", tmp_path / "bad.npy"):
+        result = _surge("infer", "mlp", "--url", "127.0.0.1:1", "--input", f"x={path}")
+        assert result.returncode == 2 and result.stderr.startswith(f"error: --input x={path}: ") and "Traceback" not in result.stderr
