@@ -35,27 +35,8 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from bench.gpu.bench_torch import CONFIG  # noqa: E402  (the same mlp config as the benchmark's Surge cells)
 from tests.torch_models import make_mlp, write_torch_model  # noqa: E402
-
-CONFIG = """
-backend = "torch"
-default_model_filename = "model.pt2"
-max_batch_size = 256
-
-[[input]]
-name = "x"
-datatype = "FP32"
-dims = [256]
-
-[[output]]
-name = "y"
-datatype = "FP32"
-dims = [16]
-
-[instance_group]
-kind = "{kind}"
-"""
-
 
 def p50_us(fn, iterations: int) -> float:
     for _ in range(50):
@@ -85,7 +66,9 @@ def main() -> int:
     executor = ThreadPoolExecutor(1, thread_name_prefix="probe")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "mlp"
-        write_torch_model(folder, make_mlp(), torch.zeros(2, 256), kind="export", config=CONFIG.format(kind="cpu" if args.cpu else "gpu"))
+        config = CONFIG.format(features=256, outputs=16)
+        config = config.replace('kind = "gpu"', 'kind = "cpu"') if args.cpu else config
+        write_torch_model(folder, make_mlp(), torch.zeros(2, 256), kind="export", config=config)
         config = load_model_config(folder)
         runtime = TorchRuntime()
         executor.submit(runtime.load, folder / "1" / "model.pt2", config, 0).result()
