@@ -6,20 +6,16 @@ elements, each a 4-byte little-endian length followed by that many bytes (Triton
 ``contents`` use one repeated field per family of types (``CONTENTS_FIELD``); FP16 and BF16 have no typed
 field and travel raw only.
 
-This module is hand-written (not generated) and imports only numpy: both ``surge.server`` and
-``surge.clients`` use it, so the two sides agree by construction.
+This module is hand-written (not generated) and imports only numpy (and ml_dtypes, on the first BF16 tensor): both
+``surge.server`` and ``surge.clients`` use it, so the two sides agree by construction.
 """
 
 from __future__ import annotations
 
+import functools
 import struct
 
 import numpy as np
-
-try:  # ml_dtypes ships with onnx and jax; BF16 tensors need it, everything else does not.
-    from ml_dtypes import bfloat16 as _bfloat16
-except ImportError:  # pragma: no cover - depends on the environment
-    _bfloat16 = None
 
 __all__ = [
     "CONTENTS_FIELD",
@@ -47,10 +43,8 @@ _NUMPY: dict[str, np.dtype] = {
     "FP64": np.dtype("<f8"),
     "BYTES": np.dtype(np.object_),
 }
-if _bfloat16 is not None:
-    _NUMPY["BF16"] = np.dtype(_bfloat16)
 
-#: Every datatype string of the protocol (BF16 included even where ml_dtypes is missing, so it is recognised).
+#: Every datatype string of the protocol (BF16 is recognised even where ml_dtypes is missing).
 DATATYPES: frozenset[str] = frozenset([*_NUMPY, "BF16"])
 
 #: The typed ``InferTensorContents`` field for each datatype that has one.
@@ -69,10 +63,18 @@ CONTENTS_FIELD: dict[str, str] = {
     "BYTES": "bytes_contents",
 }
 
-_DATATYPE_OF_KIND: dict[tuple[str, int], str] = {
-    (dt.kind, dt.itemsize): name for name, dt in _NUMPY.items() if name not in ("BYTES", "BF16")
-}
+_DATATYPE_OF_KIND: dict[tuple[str, int], str] = {(dt.kind, dt.itemsize): name for name, dt in _NUMPY.items() if name != "BYTES"}
 _U32 = struct.Struct("<I")
+
+
+@functools.cache
+def _bfloat16() -> np.dtype:
+    """ml_dtypes' bfloat16, imported on first use: the import costs about a second, and only BF16 tensors need it."""
+    try:
+        from ml_dtypes import bfloat16
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ValueError("BF16 tensors need the ml_dtypes package (pip install ml_dtypes)") from None
+    return np.dtype(bfloat16)
 
 
 def numpy_dtype(datatype: str) -> np.dtype:
@@ -81,7 +83,7 @@ def numpy_dtype(datatype: str) -> np.dtype:
         return _NUMPY[datatype]
     except KeyError:
         if datatype == "BF16":
-            raise ValueError("BF16 tensors need the ml_dtypes package (pip install ml_dtypes)") from None
+            return _bfloat16()
         raise
 
 
@@ -95,7 +97,7 @@ def datatype_of(dtype: np.dtype) -> str:
     dtype = np.dtype(dtype)
     if dtype.kind in "OSUT":
         return "BYTES"
-    if _bfloat16 is not None and dtype == _NUMPY.get("BF16"):
+    if dtype.kind == "V" and dtype.name == "bfloat16":  # an ml_dtypes array exists, so ml_dtypes is imported
         return "BF16"
     name = _DATATYPE_OF_KIND.get((dtype.kind, dtype.itemsize))
     if name is None:

@@ -384,12 +384,14 @@ async def serve(config: ServerConfig, *, address_file: Path | None = None) -> No
     log.info("stopping: readiness off, draining in-flight requests (up to %.0f s)", config.drain_timeout_s)
     await server.stop()
     versions = server.repository.all_versions()
-    log.info(
-        "stopped: %d requests answered, %d failed (model versions in service at the stop)",
-        sum(v.stats.success.count for v in versions), sum(v.stats.fail.count for v in versions),
-    )
+    answered, failed = sum(v.stats.success.count for v in versions), sum(v.stats.fail.count for v in versions)
+    log.info("stopped: %s answered, %d failed (model versions in service at the stop)", _plural(answered, "request"), failed)
     hung = abandoned_threads()
     if hung:  # a thread cannot be killed, and the interpreter would wait for it at exit
         log.warning("%d hung runtime thread(s) still running; exiting without waiting for them", hung)
         logging.shutdown()
         os._exit(0)
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -2,39 +2,101 @@
 
     surge serve [--model-repository DIR] [--host 127.0.0.1] [--grpc-port 8001] [--http-port 8000] [--metrics-port 8002] [--model-control-mode none|explicit|poll]
                 [--workers N]   # N processes on one port (SO_REUSEPORT), see workers.py
-    surge infer MODEL [--input NAME=FILE.npy ...] [--url 127.0.0.1:8001] [--batch N]
+    surge infer MODEL [--input NAME=FILE.npy ...] [--url 127.0.0.1:8001] [--batch N]    # --url: always the gRPC address
     surge models [--url 127.0.0.1:8001]
     surge build-trt MODEL.onnx --output model.plan [--fp16] [--max-batch-size N] [--workspace-bytes N] [--instances K]
-    surge top [--url 127.0.0.1:8002] [--interval-s 2] [--once]   # live view from the metrics endpoint
+    surge top [--metrics-url 127.0.0.1:8002] [--interval-s 2] [--once]   # live view from the metrics endpoint
     surge observability [--out DIR]      # the Grafana dashboard and Prometheus alert rules shipped with Surge
     surge profile MODEL_DIR|MODEL.onnx --data FILE.npy|.npz [--input NAME] [--outputs FILE.npy|.npz] [--out drift_profile.json]
-    surge drift MODEL [--url 127.0.0.1:8002] [--version N]   # per-feature PSI/KS/alert from the metrics endpoint
+    surge drift MODEL [--metrics-url 127.0.0.1:8002] [--version N]   # per-feature PSI/KS/alert from the metrics endpoint
     surge route MODEL [--url 127.0.0.1:8001] [--weights 1=90,2=10] [--shadow V[:FRACTION] | --no-shadow] [--promote V] [--rollback] [--reset]
-    surge ab MODEL [--url 127.0.0.1:8002] [--baseline V] [--alpha 0.05] [--interval-s N]   # compare versions, with significance tests
+    surge ab MODEL [--metrics-url 127.0.0.1:8002] [--baseline V] [--alpha 0.05] [--interval-s N]   # compare versions, with significance tests
     surge bench MODEL|--scenario FILE.toml [--concurrency 1,8 | --rate 500] [--slo 'p99<20ms']   # load generator (surge.clients.loadgen)
     surge batch --model-repository R --model M --input FILE --output FILE [--chunk-rows N]   # offline, in-process
 
 ``infer`` and ``models`` use only the client (``surge.clients``), ``top`` only HTTP and prometheus_client;
-``serve`` imports the server.
+``serve`` imports the server. Modules are imported by the command that needs them, so a client command starts fast.
+Every user mistake ends in one line on stderr and exit code 2, never a traceback (``CliError``, ``_Parser.error``).
+``--url`` is a gRPC address everywhere; the commands that read ``/metrics`` take ``--metrics-url`` (``--url`` is
+still accepted there, since they have no gRPC address).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import logging
+import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
-__all__ = ["main"]
+__all__ = ["CliError", "main"]
+
+GRPC_URL = "127.0.0.1:8001"
+METRICS_URL = "127.0.0.1:8002"
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="surge", description="Surge: a fast, Triton-compatible inference server.")
-    sub = parser.add_subparsers(dest="command", required=True)
+class CliError(Exception):
+    """A user mistake: ``main`` prints ``error: MESSAGE`` as one line and exits with 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line (no usage block): ``error: surge route: argument --weights: ...``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("surge")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+class _VersionAction(argparse.Action):
+    """``surge --version``; the version is read only when asked (importlib.metadata is slow to import)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print Surge's version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> NoReturn:
+        print(f"surge {_version()}")
+        parser.exit(0)
+
+
+def grpc_url(url: str) -> str:
+    """A gRPC ``host:port`` (or ``unix:PATH``) as the client takes it; ``http://`` and ``grpc://`` prefixes are dropped."""
+    url = url.strip()
+    for scheme in ("http://", "grpc://"):
+        url = url.removeprefix(scheme)
+    if url.startswith("https://"):
+        raise CliError(f"--url {url}: the command line speaks plain gRPC; give HOST:PORT without https://")
+    return url.rstrip("/")
+
+
+def _metrics_url_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--metrics-url", default=METRICS_URL, metavar="HOST:PORT",
+                        help=f"the server's metrics endpoint (default {METRICS_URL}; not the gRPC port)")
+    parser.add_argument("--url", dest="metrics_url", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # the older spelling
+
+
+def _grpc_url_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=GRPC_URL, metavar="HOST:PORT", help=f"the server's gRPC address (default {GRPC_URL})")
+
+
+def _parser(serving: bool = True) -> argparse.ArgumentParser:
+    """The whole command line; ``serving=False`` leaves out serve's limit flags, whose defaults import the server's codec."""
+    parser = _Parser(prog="surge", description="Surge: a fast, Triton-compatible inference server.")
+    parser.add_argument("--version", action=_VersionAction)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="serve a model repository over gRPC and REST")
     serve.add_argument("--model-repository", type=Path, help="model repository folder (default: the built-in demo repository)")
@@ -44,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-port", type=int, default=8002,
                        help="Prometheus /metrics HTTP port (default 8002; 0 = any free port; -1 = metrics off)")
     serve.add_argument("--model-control-mode", choices=("none", "explicit", "poll"), default="none",
-                       help="none: load all at start; explicit: only through the API; poll: watch the folder")
+                       help="none (default): load all at start; explicit: only through the API; poll: watch the folder")
     serve.add_argument("--load-model", action="append", default=[], metavar="NAME", help="in explicit mode, load NAME at start (repeatable)")
     serve.add_argument("--repository-poll-s", type=float, default=15.0, help="seconds between scans in poll mode (default 15)")
     serve.add_argument("--no-strict-readiness", action="store_true", help="be ready even when some model failed to load")
@@ -53,8 +115,9 @@ def _parser() -> argparse.ArgumentParser:
                             "(GPU models) wait for the GIL behind a busy event loop; see the README's GPU section")  # fmt: skip
     serve.add_argument("--drain-timeout-s", type=float, default=30.0, help="on shutdown/unload, how long in-flight requests may run (default 30)")
     serve.add_argument("--address-file", type=Path, help="once ready, write the bound host:port into this file (for scripts)")
-    _add_reliability_flags(serve)
-    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    if serving:
+        _add_reliability_flags(serve)
+    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="log threshold (default info)")
     serve.add_argument("--workers", type=int, default=1, metavar="N",
                        help="N server processes sharing the gRPC port (SO_REUSEPORT), supervised; for CPU-bound front ends, "
                             "not GPU models (default 1: one process)")
@@ -62,16 +125,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--loop", default="auto", choices=("auto", "uvloop", "asyncio"), help="event loop (default: uvloop when installed)")
 
     infer = sub.add_parser("infer", help="send one inference request and print the outputs")
-    infer.add_argument("model")
+    infer.add_argument("model", help="the model's name")
     infer.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy", help="input from a .npy file (others get random data)")
-    infer.add_argument("--version", default="")
+    infer.add_argument("--version", default="", help="the model version (default: the one the server routes to)")
     infer.add_argument("--batch", type=int, default=1, help="rows of random data for batchable models (default 1)")
-    infer.add_argument("--url", default="127.0.0.1:8001")
-    infer.add_argument("--timeout-s", type=float, default=30.0)
-    infer.add_argument("--seed", type=int, default=0)
+    _grpc_url_flag(infer)
+    infer.add_argument("--timeout-s", type=float, default=30.0, help="the request's deadline in seconds (default 30)")
+    infer.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
 
     models = sub.add_parser("models", help="list the repository's models and their states")
-    models.add_argument("--url", default="127.0.0.1:8001")
+    _grpc_url_flag(models)
 
     build = sub.add_parser("build-trt", help="build a TensorRT engine (model.plan) from an ONNX model (needs surge[tensorrt] and a GPU)")
     build.add_argument("onnx", type=Path, help="the ONNX model")
@@ -82,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--workspace-bytes", type=int, default=0, help="builder workspace limit (default: TensorRT's)")
     build.add_argument("--instances", type=int, default=1, help="identical profiles, one per instance sharing a GPU (default 1)")
     top = sub.add_parser("top", help="live view of a server from its /metrics: rates, latency, errors, batch fill, queue")
-    top.add_argument("--url", default="127.0.0.1:8002", help="the server's metrics endpoint host:port (default 127.0.0.1:8002)")
+    _metrics_url_flag(top)
     top.add_argument("--interval-s", type=float, default=2.0, help="seconds between refreshes (default 2)")
     top.add_argument("--once", action="store_true", help="print one view (after one interval) and exit")
 
@@ -101,13 +164,13 @@ def _parser() -> argparse.ArgumentParser:
     profile.add_argument("--out", type=Path, help="where to write (default: drift_profile.json in the latest version folder)")
 
     drift = sub.add_parser("drift", help="print a model's drift gauges (PSI, KS, NaN and out-of-range ratios, alert) from /metrics")
-    drift.add_argument("model")
+    drift.add_argument("model", help="the model's name")
     drift.add_argument("--version", default="", help="one version (default: all)")
-    drift.add_argument("--url", default="127.0.0.1:8002", help="the server's metrics endpoint host:port (default 127.0.0.1:8002)")
+    _metrics_url_flag(drift)
 
     route = sub.add_parser("route", help="show or change a model's version routes (surge.v1.Admin; an admin call)")
-    route.add_argument("model")
-    route.add_argument("--url", default="127.0.0.1:8001", help="the server's gRPC host:port (default 127.0.0.1:8001)")
+    route.add_argument("model", help="the model's name")
+    _grpc_url_flag(route)
     change = route.add_mutually_exclusive_group()
     change.add_argument("--weights", metavar="V=W,...", help="split requests naming no version, e.g. 1=90,2=10 ('' removes the split)")
     change.add_argument("--shadow", metavar="V[:FRACTION]", help="mirror FRACTION (default 1) of the routed requests to version V")
@@ -115,14 +178,14 @@ def _parser() -> argparse.ArgumentParser:
     change.add_argument("--promote", type=int, metavar="V", help="send every request naming no version to V (removes the shadow)")
     change.add_argument("--rollback", action="store_true", help="undo the last route change")
     change.add_argument("--reset", action="store_true", help="drop the admin changes: config.toml's [routing] applies again")
-    route.add_argument("--token", help="sent as 'authorization: Bearer TOKEN' (when the server requires one)")
+    route.add_argument("--token", help="sent as 'authorization: Bearer TOKEN' (default: none; needed when the server requires one)")
 
     ab = sub.add_parser("ab", help="compare a model's versions from /metrics: errors, latency, shadow agreement, outcomes, with significance tests")
-    ab.add_argument("model")
-    ab.add_argument("--url", default="127.0.0.1:8002", help="the server's metrics endpoint host:port (default 127.0.0.1:8002)")
+    ab.add_argument("model", help="the model's name")
+    _metrics_url_flag(ab)
     ab.add_argument("--baseline", default="", help="the version the others are tested against (default: the lowest version with traffic)")
     ab.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
-    ab.add_argument("--interval-s", type=float, default=0.0, help="scrape twice, this many seconds apart, and compare only that window")
+    ab.add_argument("--interval-s", type=float, default=0.0, help="scrape twice, this many seconds apart, and compare only that window (default 0: since the server started)")
     sub.add_parser("bench", help="load-test a v2 server and gate on an SLO (surge bench --help; client only)", add_help=False)
     batch = sub.add_parser("batch", help="run a model (with its pipeline) over a file in-process: .npy/.npz/.parquet/.csv in, .npz/.parquet/.csv out")
     batch.add_argument("--model-repository", type=Path, required=True, help="the model repository folder")
@@ -139,7 +202,7 @@ def _add_reliability_flags(serve: argparse.ArgumentParser) -> None:
     """Limits, TLS, auth and the Unix socket (defaults: ``codec.Limits``, README "Reliability and security")."""
     from .edge.codec import DEFAULT_LIMITS as d
 
-    serve.add_argument("--grpc-address", default="", metavar="unix:///PATH.sock", help="serve gRPC on a Unix socket (sidecars) instead of --host/--grpc-port")
+    serve.add_argument("--grpc-address", default="", metavar="unix:///PATH.sock", help="serve gRPC on a Unix socket (sidecars) instead of --host/--grpc-port (default: none)")
     serve.add_argument("--grpc-socket-mode", default="600", help="file mode of the Unix socket, octal (default 600: owner only)")
     serve.add_argument("--tls-cert", type=Path, help="PEM server certificate (chain): gRPC over TLS")
     serve.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
@@ -185,7 +248,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from surge.clients.loadgen.cli import main as bench
 
         return bench(argv[1:])
-    args = _parser().parse_args(argv)
+    args = _parser(serving=argv[:1] == ["serve"]).parse_args(argv)
+    try:
+        return _command(args)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _command(args: argparse.Namespace) -> int:
     if args.command == "serve":
         return _serve(args)
     if args.command == "build-trt":
@@ -203,11 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "top":
         from .observability.top import run
 
-        try:
-            return run(args.url, args.interval_s, once=args.once)
-        except OSError as exc:
-            print(f"error: cannot scrape http://{args.url}/metrics: {exc}", file=sys.stderr)
-            return 1
+        with _scrape_errors():
+            return run(args.metrics_url, args.interval_s, once=args.once)
     from surge.clients import InferenceServerError
 
     try:
@@ -219,7 +287,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+@contextlib.contextmanager
+def _scrape_errors() -> Iterator[None]:
+    """A metrics endpoint that cannot be read (nothing there, a gRPC port, not Prometheus text) is a CliError."""
+    from .observability.top import ScrapeError
+
+    try:
+        yield
+    except ScrapeError as exc:
+        raise CliError(str(exc)) from None
+    except ValueError as exc:  # prometheus_client's parser: the page is not the text exposition format
+        raise CliError(f"the metrics page is not Prometheus text: {exc}") from None
+
+
 def _batch(args: argparse.Namespace) -> int:
+    import asyncio
+
     logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     from .execution.batchjob import BatchJobError, run_batch_job
 
@@ -248,6 +331,7 @@ def _serve(args: argparse.Namespace) -> int:
         repository = write_demo_repository(default_location())
         logging.getLogger("surge.server").info("no --model-repository given: serving the demo repository at %s", repository)
     try:
+        _check_repository(repository)  # before any port is bound
         config = ServerConfig(
             model_repository=repository.resolve(),
             host=args.host,
@@ -269,6 +353,14 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("surge.server").error("cannot start: %s", exc)
         return 2
     return 0
+
+
+def _check_repository(repository: Path) -> None:
+    """Raise ConfigError for a repository that is not a folder; log each layout mistake as a warning."""
+    from .repository import layout_warnings
+
+    for warning in layout_warnings(repository):
+        logging.getLogger("surge.server").warning("%s", warning)
 
 
 def _serve_workers(config: object, args: argparse.Namespace) -> int:
@@ -318,6 +410,7 @@ def _build_trt(args: argparse.Namespace) -> int:
 
 
 def _run(coro: object, loop: str) -> None:
+    import asyncio
     if loop != "asyncio":
         try:
             import uvloop
@@ -331,6 +424,8 @@ def _run(coro: object, loop: str) -> None:
 
 
 def _random_input(datatype: str, shape: list[int], rng: np.random.Generator) -> np.ndarray:
+    import numpy as np
+
     from surge.protos.datatypes import numpy_dtype
 
     if datatype == "BYTES":
@@ -344,20 +439,22 @@ def _random_input(datatype: str, shape: list[int], rng: np.random.Generator) -> 
 
 
 def _infer(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from surge.clients import InferenceClient
 
     given: dict[str, np.ndarray] = {}
     for item in args.input:
         name, sep, path = item.partition("=")
         if not sep:
-            raise SystemExit(f"--input {item!r}: expected NAME=FILE.npy")
+            raise CliError(f"--input {item!r}: expected NAME=FILE.npy")
         try:
             given[name] = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:  # missing file, not a .npy, or a pickled object array
             print(f"error: --input {name}={path}: {exc}", file=sys.stderr)
             return 2
     rng = np.random.default_rng(args.seed)
-    with InferenceClient(args.url, timeout_s=args.timeout_s) as client:
+    with InferenceClient(grpc_url(args.url), timeout_s=args.timeout_s) as client:
         metadata = client.model_metadata(args.model, args.version)
         inputs: dict[str, np.ndarray] = {}
         for tensor in metadata.inputs:
@@ -369,7 +466,7 @@ def _infer(args: argparse.Namespace) -> int:
                 shape[0] = args.batch
             inputs[tensor.name] = _random_input(tensor.datatype, [1 if d < 0 else d for d in shape], rng)
         if given:
-            raise SystemExit(f"model {args.model} has no input(s) {sorted(given)}; its inputs: {[t.name for t in metadata.inputs]}")
+            raise CliError(f"model {args.model} has no input(s) {sorted(given)}; its inputs: {[t.name for t in metadata.inputs]}")
         result = client.infer(args.model, inputs, version=args.version)
     print(f"model {result.model_name} version {result.model_version}" + (f" id {result.id}" if result.id else ""))
     with np.printoptions(precision=5, threshold=64, edgeitems=4, suppress=True):
@@ -393,14 +490,19 @@ def _observability(args: argparse.Namespace) -> int:
 
 def _load_named(path: Path, name: str | None, default_names: Sequence[str], what: str) -> dict[str, np.ndarray]:
     """Arrays by tensor name from a .npz (its keys) or a .npy (named ``name`` or the model's only tensor)."""
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
-    if name is None:
-        if len(default_names) != 1:
-            raise SystemExit(f"{path}: name the {what} it holds (--{'input' if what == 'input' else 'output-name'} NAME); the model has {list(default_names)}")
-        name = default_names[0]
-    return {name: np.load(path, allow_pickle=False)}
+    import numpy as np
+
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                return {key: data[key] for key in data.files}
+        if name is None:
+            if len(default_names) != 1:
+                raise CliError(f"{path}: name the {what} it holds (--{'input' if what == 'input' else 'output-name'} NAME); the model has {list(default_names)}")
+            name = default_names[0]
+        return {name: np.load(path, allow_pickle=False)}
+    except (OSError, ValueError) as exc:  # missing file, not a .npy/.npz, a pickled object array
+        raise CliError(f"{path}: {exc}") from None
 
 
 def _profile(args: argparse.Namespace) -> int:
@@ -439,38 +541,59 @@ def _profile(args: argparse.Namespace) -> int:
 
 
 def _drift(args: argparse.Namespace) -> int:
-    import urllib.request
-
     from .observability.drift import drift_report
+    from .observability.top import fetch_metrics
 
-    try:
-        with urllib.request.urlopen(f"http://{args.url}/metrics", timeout=10) as response:
-            text = response.read().decode("utf-8")
-    except OSError as exc:
-        print(f"error: cannot scrape http://{args.url}/metrics: {exc}", file=sys.stderr)
-        return 1
+    with _scrape_errors():
+        text = fetch_metrics(args.metrics_url)
     print(drift_report(text, args.model, args.version))
     return 0
+
+
+def _version_number(text: str) -> int | None:
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def parse_weights(text: str) -> dict[int, float]:
+    """``--weights 1=90,2=10`` as {version: weight}; '' is no split. Raises CliError naming the bad part."""
+    weights: dict[int, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        version, sep, weight = item.partition("=")
+        number, value = _version_number(version.strip()), _number(weight)
+        if not sep or number is None or value is None or value < 0:
+            raise CliError(f"--weights {text!r}: {item!r} is not VERSION=WEIGHT (a version number and a weight >= 0), e.g. 1=90,2=10")
+        weights[number] = value
+    return weights
+
+
+def parse_shadow(text: str) -> tuple[int, float]:
+    """``--shadow V[:FRACTION]`` as (version, fraction); raises CliError naming the bad part."""
+    version, sep, fraction_text = text.partition(":")
+    number, fraction = _version_number(version.strip()), _number(fraction_text) if sep else 1.0
+    if number is None or fraction is None or not 0 < fraction <= 1:
+        raise CliError(f"--shadow {text!r}: expected VERSION[:FRACTION] with a fraction in (0, 1], e.g. 2:0.1")
+    return number, fraction
 
 
 def _route(args: argparse.Namespace) -> int:
     from surge.clients import SurgeClient
 
     metadata = {"authorization": f"Bearer {args.token}"} if args.token else None
-    with SurgeClient(args.url, metadata=metadata) as client:
-        if args.weights is not None:
-            weights: dict[int, float] = {}
-            for item in filter(None, (part.strip() for part in args.weights.split(","))):
-                version, sep, weight = item.partition("=")
-                if not sep or not version.isdigit():
-                    raise SystemExit(f"--weights {args.weights!r}: expected VERSION=WEIGHT,..., e.g. 1=90,2=10")
-                weights[int(version)] = float(weight)
+    weights = parse_weights(args.weights) if args.weights is not None else None
+    shadow = parse_shadow(args.shadow) if args.shadow is not None else None
+    with SurgeClient(grpc_url(args.url), metadata=metadata) as client:
+        if weights is not None:
             routes = client.set_weights(args.model, weights)
-        elif args.shadow is not None:
-            version, _, fraction = args.shadow.partition(":")
-            if not version.isdigit():
-                raise SystemExit(f"--shadow {args.shadow!r}: expected VERSION[:FRACTION], e.g. 2:0.1")
-            routes = client.set_shadow(args.model, int(version), fraction=float(fraction or 1.0))
+        elif shadow is not None:
+            routes = client.set_shadow(args.model, shadow[0], fraction=shadow[1])
         elif args.no_shadow:
             routes = client.remove_shadow(args.model)
         elif args.promote is not None:
@@ -493,24 +616,17 @@ def _route(args: argparse.Namespace) -> int:
 
 def _ab(args: argparse.Namespace) -> int:
     import time
-    import urllib.request
 
+    from .observability.top import fetch_metrics
     from .traffic.ab import analyse, difference, format_report, parse_samples
 
-    def scrape() -> str:
-        with urllib.request.urlopen(f"http://{args.url}/metrics", timeout=10) as response:
-            return response.read().decode("utf-8")
-
-    try:
-        samples = parse_samples(scrape())
+    with _scrape_errors():
+        samples = parse_samples(fetch_metrics(args.metrics_url))
         window = "since the server started"
         if args.interval_s > 0:
             time.sleep(args.interval_s)
-            samples = difference(parse_samples(scrape()), samples)
+            samples = difference(parse_samples(fetch_metrics(args.metrics_url)), samples)
             window = f"over the last {args.interval_s:g} s"
-    except OSError as exc:
-        print(f"error: cannot scrape http://{args.url}/metrics: {exc}", file=sys.stderr)
-        return 1
     report = analyse(samples, args.model, baseline=args.baseline, window=window)
     if not report.variants:
         print(f"error: /metrics has no requests of model {args.model!r}", file=sys.stderr)
@@ -522,7 +638,7 @@ def _ab(args: argparse.Namespace) -> int:
 def _models(args: argparse.Namespace) -> int:
     from surge.clients import InferenceClient
 
-    with InferenceClient(args.url, timeout_s=10.0) as client:
+    with InferenceClient(grpc_url(args.url), timeout_s=10.0) as client:
         rows = client.repository_index()
     print(f"{'MODEL':<24} {'VERSION':<8} {'STATE':<12} REASON")
     for row in rows:

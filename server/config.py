@@ -84,6 +84,7 @@ Errors are ``ConfigError`` naming the key path (``mlp/config.toml: input[0].data
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import tomllib
 from collections.abc import Mapping
@@ -94,6 +95,8 @@ from typing import Any
 from surge.protos.datatypes import DATATYPES
 
 from .errors import ConfigError
+
+log = logging.getLogger("surge.config")
 
 __all__ = [
     "BatchingConfig",
@@ -471,6 +474,10 @@ def _batching(reader: _Table, max_batch_size: int | None) -> BatchingConfig | No
         default_priority_level=reader.integer("default_priority_level", 1, minimum=1),
         priority_queue_policy=policies,
     )
+    if batching.max_queue_delay_s > 1.0:  # seconds here; Triton's config writes microseconds
+        log.warning("dynamic_batching.max_queue_delay_s = %g s (%g ms) makes requests wait over a second for a batch: "
+                    "a unit mistake? Surge takes seconds here (0.002 is 2 ms); Triton's max_queue_delay_microseconds takes microseconds",
+                    batching.max_queue_delay_s, batching.max_queue_delay_s * 1e3)
     if batching.latency_slo_s and "max_queue_delay_s" in reader.data:
         raise ConfigError("dynamic_batching: set latency_slo_s or max_queue_delay_s, not both (the SLO mode picks the delay)")
     if max_batch_size and any(size > max_batch_size for size in batching.preferred_batch_sizes):

@@ -33,7 +33,7 @@ from .errors import ConfigError, InvalidInput, ModelNotFound, ModelNotReady, Uns
 from .execution.model import ModelVersion, State
 from .edge.security import check_load_overrides, check_model_name, confine
 
-__all__ = ["CONTROL_MODES", "IndexEntry", "ModelRepository"]
+__all__ = ["CONTROL_MODES", "IndexEntry", "ModelRepository", "layout_warnings"]
 
 log = logging.getLogger("surge.repository")
 
@@ -310,3 +310,38 @@ def _fingerprint(path: Path) -> tuple[Any, ...]:
             stat = entry.stat()
             items.append((str(entry.relative_to(path)), stat.st_size, stat.st_mtime_ns))
     return tuple(items)
+
+
+#: File names a runtime serves from a version folder (``default_model_filename`` may name others).
+_MODEL_SUFFIXES = (".onnx", ".pt", ".pt2", ".plan")
+
+
+def _is_version_folder(path: Path) -> bool:
+    return path.is_dir() and path.name.isascii() and path.name.isdigit()
+
+
+def _looks_like_model_file(path: Path) -> bool:
+    return path.is_file() and (path.suffix in _MODEL_SUFFIXES or path.name == "model.py")
+
+
+def layout_warnings(root: Path) -> list[str]:
+    """Mistakes in a repository's layout that loading would only report as missing models, one sentence each.
+
+    Raises ConfigError when ``root`` is not a folder. Reads names only, never a model file.
+    """
+    if not root.is_dir():
+        raise ConfigError(f"model repository {root} is not a directory" if root.exists() else f"model repository {root} does not exist")
+    entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+    if (root / "config.toml").is_file() or any(_is_version_folder(p) for p in entries):
+        return [f"{root} looks like a model folder (it holds config.toml or numbered version folders): "
+                f"the repository is the folder above it (--model-repository {root.parent})"]
+    models = [p for p in entries if p.is_dir()]
+    if not models:
+        return [f"model repository {root} has no model folders: nothing will be served until one is added (layout: MODEL/1/model.onnx)"]
+    warnings = [f"{p.name} sits in the repository root, outside any model folder: move it to MODEL/1/{p.name}"
+                for p in entries if _looks_like_model_file(p)]
+    for model in models:
+        for path in sorted(model.iterdir()):
+            if _looks_like_model_file(path):
+                warnings.append(f"model {model.name}: {path.name} is outside a version folder: move it to {model.name}/1/{path.name}")
+    return warnings

@@ -33,6 +33,8 @@ class SurgeProcess:
         self.address = ""
         self.http_address = ""
         """The REST endpoint's ``host:port`` (from the server's info log; "" when REST is off or --log-level hides info)."""
+        self.metrics_address = ""
+        """The metrics endpoint's ``host:port``, likewise."""
         self.proc: subprocess.Popen[bytes] | None = None
 
     def log(self) -> str:
@@ -70,6 +72,8 @@ class SurgeProcess:
         self.address = self.address_file.read_text().strip()
         rest = re.search(r"REST v2 on https?://(\S+)/v2", self.log())  # logged before the address file is written
         self.http_address = rest.group(1) if rest else ""
+        metrics = re.search(r"metrics on https?://(\S+)/metrics", self.log())
+        self.metrics_address = metrics.group(1) if metrics else ""
         return self
 
     def stop(self) -> int:

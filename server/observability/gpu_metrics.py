@@ -23,6 +23,7 @@ in plain decimals, as Triton writes them; the metrics endpoint should serve it f
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from decimal import Decimal
@@ -98,13 +99,21 @@ class GpuMetricsCollector:
                         uuid = nvml.nvmlDeviceGetUUID(handle)
                         self._devices.append((uuid.decode() if isinstance(uuid, bytes) else str(uuid), handle))
                 except ImportError:
-                    log.info("GPU metrics off: nvidia-ml-py is not installed (pip install 'surge[gpu]')")
+                    if _nvidia_driver_present():
+                        log.info("GPU metrics off: nvidia-ml-py is not installed (pip install 'surge[gpu]')")
+                    else:
+                        log.debug("GPU metrics off: no NVIDIA driver on this machine")
                 except Exception as exc:  # NVMLError: no driver, no device, no permission
                     log.info("GPU metrics off: NVML is not usable here (%s)", exc)
                 else:
                     self._state = "ready"
                     log.info("GPU metrics on for %d GPU(s)", len(self._devices))
             return self._state == "ready"
+
+
+def _nvidia_driver_present() -> bool:
+    """Whether an NVIDIA driver is loaded (its device node or proc folder), so that suggesting NVML makes sense."""
+    return os.path.exists("/dev/nvidiactl") or os.path.isdir("/proc/driver/nvidia")
 
 
 def register_gpu_metrics(registry: Any, nvml: Any = None) -> GpuMetricsCollector:

@@ -12,9 +12,11 @@ Plain HTTP and prometheus_client's parser only; nothing of the server is importe
 
 from __future__ import annotations
 
+import http.client
 import math
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections import defaultdict
 from collections.abc import Sequence
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["Row", "Scrape", "format_table", "histogram_quantile", "parse_scrape", "rows", "run"]
+__all__ = ["Row", "Scrape", "ScrapeError", "fetch_metrics", "format_table", "histogram_quantile", "metrics_address", "parse_scrape", "rows", "run"]
 
 SERVER_SIDE = frozenset({"INTERNAL", "UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "UNKNOWN"})
 _HISTOGRAMS = {"surge_request_duration_seconds": "request", "surge_queue_duration_seconds": "queue", "surge_batch_size": "batch"}
@@ -181,11 +183,42 @@ def format_table(table: Sequence[Row], *, url: str = "", interval_s: float = 0.0
     return "\n".join(lines) + "\n"
 
 
+class ScrapeError(Exception):
+    """The metrics endpoint could not be read; the message says why and what to try, in one line."""
+
+
+def metrics_address(url: str) -> str:
+    """``host:port`` of a metrics endpoint given as ``host:port``, ``http://host:port`` or ``http://host:port/metrics``."""
+    url = url.strip().removeprefix("http://").rstrip("/")
+    return url.removesuffix("/metrics")
+
+
+def fetch_metrics(url: str, timeout_s: float = 10.0) -> str:
+    """The text of ``http://URL/metrics``; raises ScrapeError with a one-line reason (nothing there, a gRPC port, ...)."""
+    address = metrics_address(url)
+    where = f"http://{address}/metrics"
+    hint = "Surge's metrics endpoint is on port 8002 by default (--metrics-url HOST:PORT)"
+    try:
+        with urllib.request.urlopen(where, timeout=timeout_s) as response:
+            return response.read().decode("utf-8")
+    except urllib.error.HTTPError as exc:
+        raise ScrapeError(f"{where} answered HTTP {exc.code} {exc.reason}: not a Surge metrics endpoint? {hint}") from None
+    except (http.client.HTTPException, ConnectionResetError) as exc:  # e.g. a gRPC port: HTTP/2 only, no HTTP/1.1 answer
+        raise ScrapeError(f"{address} did not answer HTTP/1.1 ({type(exc).__name__}): is it the gRPC port? {hint}") from None
+    except urllib.error.URLError as exc:
+        reason = exc.reason.strerror if isinstance(exc.reason, OSError) and exc.reason.strerror else exc.reason
+        raise ScrapeError(f"cannot reach {where}: {reason}; is the server running? {hint}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # timeouts, a non-UTF-8 body, a malformed address
+        raise ScrapeError(f"cannot read {where}: {exc}; {hint}") from None
+
+
 def scrape(url: str, timeout_s: float = 10.0) -> Scrape:
-    """GET ``http://URL/metrics`` and parse it."""
-    with urllib.request.urlopen(f"http://{url}/metrics", timeout=timeout_s) as response:
-        text = response.read().decode("utf-8")
-    return parse_scrape(text, time.monotonic())
+    """GET ``http://URL/metrics`` and parse it; raises ScrapeError."""
+    text = fetch_metrics(url, timeout_s)
+    try:
+        return parse_scrape(text, time.monotonic())
+    except ValueError as exc:  # prometheus_client's parser: the page is not the text exposition format
+        raise ScrapeError(f"http://{metrics_address(url)}/metrics is not Prometheus text ({exc})") from None
 
 
 def run(url: str, interval_s: float, *, once: bool = False, out: object = None) -> int:
@@ -200,7 +233,8 @@ def run(url: str, interval_s: float, *, once: bool = False, out: object = None) 
             if once:
                 stream.write(text)  # type: ignore[attr-defined]
                 return 0
-            stream.write("\x1b[H\x1b[2J" + text)  # type: ignore[attr-defined]  # home, clear screen
+            tty = getattr(stream, "isatty", lambda: False)()
+            stream.write(("\x1b[H\x1b[2J" if tty else "\n") + text)  # type: ignore[attr-defined]  # a terminal: home, clear screen  # type: ignore[attr-defined]  # home, clear screen
             stream.flush()  # type: ignore[attr-defined]
             previous = current
     except KeyboardInterrupt:

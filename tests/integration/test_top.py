@@ -54,7 +54,7 @@ def test_surge_top_once_command(start_server, test_repository) -> None:
     assert result.returncode == 0, result.stderr
     assert any(line.split()[:3] == ["mlp", "1", "READY"] for line in result.stdout.splitlines())
     bad = subprocess.run([sys.executable, "-m", "surge.server.cli", "top", "--url", "127.0.0.1:1", "--once"], capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 1 and "cannot scrape" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.startswith("error: cannot reach http://127.0.0.1:1/metrics") and "Traceback" not in bad.stderr
 
 
 def test_run_once_writes_one_view(start_server, test_repository) -> None:
