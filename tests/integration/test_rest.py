@@ -135,6 +135,9 @@ def test_server_metadata(rest):
     doc = http(rest, "GET", "/v2").json()
     assert doc["name"] == "surge" and doc["version"]
     assert {"binary_tensor_data", "statistics", "model_repository", "model_configuration"} <= set(doc["extensions"])
+    # the OIP OpenAPI document writes the path as /v2/ (curl following the spec sends it so)
+    slash = http(rest, "GET", "/v2/")
+    assert (slash.status, slash.json()) == (200, doc)
 
 
 def test_model_metadata_latest_and_versioned(rest):
