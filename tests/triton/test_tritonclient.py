@@ -378,6 +378,40 @@ def test_stream_good_and_bad_requests(client, mlp_reference) -> None:
     assert responses.empty()
 
 
+@pytest.mark.parametrize("empty_final", [False, True], ids=["plain", "enable_empty_final_response"])
+def test_stream_final_response_flag(client, mlp_reference, empty_final: bool) -> None:
+    """The loop Triton's docs and users write: read responses until one carries triton_final_response. Every Surge
+    model answers once per request (non-decoupled, in Triton's terms), so that one response is final and has the
+    outputs, with or without enable_empty_final_response (Triton sends an empty final response only for decoupled
+    models). Errors come as Triton writes them: the plain message, no status prefix."""
+    responses: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    try:
+        xs = {f"r{i}": mlp_rows(i + 1, 40 + i) for i in range(3)}
+        for rid, x in xs.items():
+            client.async_stream_infer("mlp", [make_input("x", x)], request_id=rid, enable_empty_final_response=empty_final)
+        client.async_stream_infer("mlp", [make_input("x", mlp_rows(1)[:, :8].copy())], request_id="bad", enable_empty_final_response=empty_final)
+        finals: dict[str, object] = {}
+        errors = []
+        while len(finals) + len(errors) < len(xs) + 1:  # waits for the flag: it would hang here without it
+            result, error = responses.get(timeout=30)
+            if error is not None:
+                errors.append(error)
+                continue
+            response = result.get_response()
+            assert response.parameters["triton_final_response"].bool_param, response
+            assert response.id not in finals, f"a second response for {response.id}"
+            finals[response.id] = result
+        assert sorted(finals) == sorted(xs)
+        for rid, result in finals.items():
+            np.testing.assert_allclose(result.as_numpy("probabilities"), mlp_reference(xs[rid]), rtol=1e-5, atol=1e-7)
+        (error,) = errors
+        assert error.message().startswith("input 'x' has shape [1, 8]"), error.message()
+    finally:
+        client.stop_stream()
+    assert responses.empty()  # no extra (empty) responses followed
+
+
 # -- statistics ----------------------------------------------------------------------------------
 
 
