@@ -56,7 +56,7 @@ STATUS_OF: dict[type[BaseException], grpc.StatusCode] = {
 }
 
 #: ServerMetadata.extensions: only what is really implemented.
-EXTENSIONS = ("model_repository", "model_configuration", "statistics", "parameters")
+EXTENSIONS = ("classification", "model_repository", "model_configuration", "statistics", "parameters")
 STREAM_MAX_IN_FLIGHT = 128
 
 _request_ids = itertools.count(1)
@@ -310,7 +310,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             stamps.encode_start = now_ns()
             if job is not None:
                 job.primary_done(outputs, stamps.encode_start - stamps.decoded)
-            response = codec.encode_response(request, spec, version.version_str, outputs, decoded.output_names)
+            response = codec.encode_response(request, spec, version.version_str, outputs, decoded.output_names, decoded.classes)
         except asyncio.CancelledError:  # gRPC cancels the handler when the deadline passes or the client goes away
             if job is not None:
                 job.primary_done(None)

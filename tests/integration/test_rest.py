@@ -26,7 +26,7 @@ from surge.clients import InferenceClient
 from surge.protos.datatypes import serialize_bytes_tensor
 from surge.server import errors
 from surge.server.edge.rest import RestEndpoint
-from tests.models import ONNX_DATATYPES, write_test_repository
+from tests.models import MLP_LABELS, ONNX_DATATYPES, top_k_classes, write_test_repository
 from tests.process import SurgeProcess
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -359,12 +359,63 @@ def test_statuses_follow_the_grpc_mapping(rest):
     assert failing.status == 500 and "request id" in failing.error and "secret" not in failing.error
     shm = infer_body([_x(data=None, parameters={"shared_memory_region": "r", "shared_memory_byte_size": 64})])
     assert (r := http(rest, "POST", "/v2/models/mlp/infer", shm)).status == 501 and "shared memory" in r.error
-    classify = infer_body([_x()], outputs=[{"name": "probabilities", "parameters": {"classification": 2}}])
-    assert (r := http(rest, "POST", "/v2/models/mlp/infer", classify)).status == 501 and "classification" in r.error
     assert (r := http(rest, "GET", "/v2/systemsharedmemory/status")).status == 501 and "shared memory" in r.error
     assert (r := http(rest, "POST", "/v2/models/mlp/trace/setting", {})).status == 501
     assert (r := http(rest, "GET", "/v2/models/mlp/infer")).status == 405 and "POST" in r.error and "POST" in r.headers["Allow"]
     assert (r := http(rest, "GET", "/v1/models/mlp")).status == 404 and "no such route" in r.error
+    assert_serving(rest)
+
+
+def test_classification_as_tritons_extension_document_writes_it(rest, server):
+    x = x_rows(2, 5)
+    body = infer_body([_x(shape=[2, 16], data=x.tolist())], id="42", outputs=[{"name": "probabilities", "parameters": {"classification": 2}}])
+    reply = http(rest, "POST", "/v2/models/mlp_labelled/infer", body)
+    assert reply.status == 200, reply.body
+    (out,) = reply.json()["outputs"]
+    with InferenceClient(server.address) as client:
+        probabilities = client.infer("mlp_labelled", {"x": x})["probabilities"]
+    expected = [[v.decode() for v in row] for row in top_k_classes(probabilities, 2, MLP_LABELS)]
+    assert (out["datatype"], out["shape"], out["data"]) == ("BYTES", [2, 2], [v for row in expected for v in row])
+
+
+def _grpc_request(inputs: list[dict], outputs: list[dict]):
+    """The gRPC message a Triton client sends for the same request (built here, not by the REST edge)."""
+    from surge.protos import grpc_service_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name="mlp")
+    for tensor in inputs:
+        added = request.inputs.add(name=tensor["name"], datatype=tensor["datatype"], shape=tensor["shape"])
+        for key, value in tensor.get("parameters", {}).items():
+            setattr(added.parameters[key], "string_param" if isinstance(value, str) else "int64_param", value)
+        if tensor.get("data") is not None:
+            added.contents.fp32_contents.extend(tensor["data"])
+    for out in outputs:
+        added = request.outputs.add(name=out["name"])
+        for key, value in out.get("parameters", {}).items():
+            setattr(added.parameters[key], "string_param" if isinstance(value, str) else "int64_param", value)
+    return request
+
+
+@pytest.mark.parametrize(
+    ("inputs", "outputs", "http_status", "code"),
+    [
+        ([_x()], [{"name": "probabilities", "parameters": {"classification": -3}}], 400, "INVALID_ARGUMENT"),
+        ([_x()], [{"name": "probabilities", "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 16}}], 501, "UNIMPLEMENTED"),
+        ([_x(data=None, parameters={"shared_memory_region": "r", "shared_memory_byte_size": 64})], [], 501, "UNIMPLEMENTED"),
+        ([_x(data=None, parameters={"shared_memory_offset": 0})], [{"name": "probabilities", "parameters": {"classification": 2}}], 501, "UNIMPLEMENTED"),
+    ],
+    ids=["bad-class-count", "output-shm", "input-shm", "input-shm-beside-classification"],
+)
+def test_extension_parameters_meet_one_check_on_both_edges(rest, server, inputs, outputs, http_status, code):
+    import grpc
+
+    from surge.protos import grpc_service_pb2_grpc as pb_grpc
+
+    reply = http(rest, "POST", "/v2/models/mlp/infer", infer_body([{k: v for k, v in t.items() if v is not None} for t in inputs], outputs=outputs))
+    with grpc.insecure_channel(server.address) as channel, pytest.raises(grpc.RpcError) as info:
+        pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(_grpc_request(inputs, outputs), timeout=10)
+    assert (reply.status, info.value.code().name) == (http_status, code)
+    assert reply.error == info.value.details()  # the same check answered both
     assert_serving(rest)
 
 
