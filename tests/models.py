@@ -173,11 +173,13 @@ MLP_LABELS = ("setosa", "versicolor", "virginica")
 
 def top_k_classes(values: np.ndarray, k: int, labels: tuple[str, ...] = ()) -> list[list[bytes]]:
     """Triton's classification of each row (first dimension) of ``values``, computed independently of Surge:
-    the k highest values, highest first (ties: lower index first), as ``b"%f:index[:label]"``."""
+    the k highest values, highest first (ties: lower index first), as ``b"value:index[:label]"`` (C's ``%f`` for
+    floats, integers as they are)."""
     rows = []
     for row in values.reshape(values.shape[0], -1):
-        order = sorted(range(row.size), key=lambda i: (-float(row[i]), i))[:k]
-        rows.append([(f"{float(row[i]):f}:{i}" + (f":{labels[i]}" if i < len(labels) and labels[i] else "")).encode() for i in order])
+        text = [f"{float(v):f}" if row.dtype.kind == "f" else str(int(v)) for v in row]
+        order = sorted(range(row.size), key=lambda i: (-row[i], i))[:k]
+        rows.append([(f"{text[i]}:{i}" + (f":{labels[i]}" if i < len(labels) and labels[i] else "")).encode() for i in order])
     return rows
 
 

@@ -81,14 +81,38 @@ def classify(array: np.ndarray, count: int, labels: Sequence[str], batched: bool
     flat = array.reshape(rows, -1)
     n = flat.shape[1]
     k = min(count, n)
-    # descending, ties by lower index: a stable ascending sort of each reversed row, read from the end
-    top = n - 1 - np.argsort(flat[:, ::-1], axis=1, kind="stable")[:, ::-1][:, :k]
+    top = _top_indices(flat, k)
     as_text = "%f" if flat.dtype.kind == "f" else "%d"
-    out = np.empty((rows, k), dtype=np.object_)
-    for r in range(rows):
-        values = flat[r, top[r]].tolist()
-        for j, (value, index) in enumerate(zip(values, top[r].tolist())):
-            label = labels[index] if index < len(labels) else ""
-            text = f"{as_text % value}:{index}:{label}" if label else f"{as_text % value}:{index}"
-            out[r, j] = text.encode()
-    return out if batched and array.ndim else out.reshape(k)
+    labelled = len(labels)
+    texts = [
+        (f"{as_text % v}:{i}:{labels[i]}" if i < labelled and labels[i] else f"{as_text % v}:{i}").encode()
+        for v, i in zip(np.take_along_axis(flat, top, axis=1).ravel().tolist(), top.ravel().tolist())
+    ]
+    out = np.empty(len(texts), dtype=np.object_)
+    out[:] = texts
+    return out.reshape((rows, k) if batched and array.ndim else (k,))
+
+
+#: Rows up to this many values are sorted whole (cheaper than partitioning at this size).
+_SORT_WHOLE_ROWS = 256
+
+
+def _top_indices(flat: np.ndarray, k: int) -> np.ndarray:
+    """The indices of each row's ``k`` highest values, highest first, ties by lower index (``1 <= k <= n``).
+
+    Long rows: O(n) per row (a partition, then a sort of the k candidates), as the output's own copy costs; a
+    row whose k-th value ties with values the partition left out is sorted whole (exact ties are rare in scores).
+    """
+    n = flat.shape[1]
+    if n <= _SORT_WHOLE_ROWS or 4 * k >= n:  # a stable sort of each reversed row, read from the end
+        return n - 1 - np.argsort(flat[:, ::-1], axis=1, kind="stable")[:, ::-1][:, :k]
+    candidates = np.argpartition(flat, n - k, axis=1)[:, n - k :]
+    values = np.take_along_axis(flat, candidates, axis=1)
+    # ascending by value with ties by higher index, reversed: descending, ties by lower index
+    order = np.lexsort((-candidates, values), axis=-1)[:, ::-1]
+    top = np.take_along_axis(candidates, order, axis=1)
+    kth = values.min(axis=1, keepdims=True)
+    tied = ((flat == kth).sum(axis=1) > (values == kth).sum(axis=1)).nonzero()[0]
+    for r in tied:  # the partition may have kept a higher index of a tie: the stable full sort decides
+        top[r] = n - 1 - np.argsort(flat[r, ::-1], kind="stable")[::-1][:k]
+    return top

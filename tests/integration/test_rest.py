@@ -378,6 +378,43 @@ def test_classification_as_tritons_extension_document_writes_it(rest, server):
     assert (out["datatype"], out["shape"], out["data"]) == ("BYTES", [2, 2], [v for row in expected for v in row])
 
 
+def test_classification_as_the_kserve_sdk_asks_for_it(rest, server):
+    """kserve 0.21's InferenceRESTClient (its SDK pins protobuf < 7, so it cannot join this environment): the body
+    its ``InferRequest.to_rest()`` writes for ``RequestedOutput("probabilities", parameters={"classification": 3})``
+    with a JSON input, captured as it is (flat ``data``, a uuid ``id`` and the ``model_name`` inside the body),
+    and read back with a strict parser as its orjson does."""
+    x = x_rows(3, 6)
+    body = (
+        '{"id":"5f0c6c52-3c2e-4a8e-9a57-2f6a3c1e9b10","model_name":"mlp_labelled","inputs":[{"name":"x","shape":[3,16],'
+        '"datatype":"FP32","data":' + json.dumps(x.reshape(-1).tolist()) + '}],"outputs":[{"name":"probabilities","parameters":{"classification":3}}]}'
+    )
+    reply = http(rest, "POST", "/v2/models/mlp_labelled/infer", body.encode(), {"Content-Type": "application/json"})
+    assert reply.status == 200, reply.body
+    doc = json.loads(reply.body, parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}"))
+    assert doc["id"] == "5f0c6c52-3c2e-4a8e-9a57-2f6a3c1e9b10"
+    (out,) = doc["outputs"]
+    with InferenceClient(server.address) as client:
+        expected = top_k_classes(client.infer("mlp_labelled", {"x": x})["probabilities"], 3, MLP_LABELS)
+    assert (out["datatype"], out["shape"], out["data"]) == ("BYTES", [3, 3], [v.decode() for row in expected for v in row])
+    # its InferenceGRPCClient: InferRequest.to_grpc() with the input as raw_input_contents
+    import grpc
+
+    from surge.protos import grpc_service_pb2 as pb
+    from surge.protos import grpc_service_pb2_grpc as pb_grpc
+    from surge.protos.datatypes import deserialize_bytes_tensor
+
+    message = pb.ModelInferRequest(
+        id="5f0c6c52", model_name="mlp_labelled", model_version="",
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="x", shape=[3, 16], datatype="FP32")], raw_input_contents=[x.tobytes()],
+        outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="probabilities", parameters={"classification": pb.InferParameter(int64_param=3)})],
+    )
+    with grpc.insecure_channel(server.address) as channel:
+        response = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(message, timeout=10)
+    (tensor,) = response.outputs
+    assert (tensor.datatype, list(tensor.shape)) == ("BYTES", [3, 3])
+    assert deserialize_bytes_tensor(response.raw_output_contents[0], 9).tolist() == [v for row in expected for v in row]
+
+
 def _grpc_request(inputs: list[dict], outputs: list[dict]):
     """The gRPC message a Triton client sends for the same request (built here, not by the REST edge)."""
     from surge.protos import grpc_service_pb2 as pb
