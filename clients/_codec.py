@@ -35,6 +35,9 @@ __all__ = [
     "encode_infer_request",
 ]
 
+#: The response parameter in which a Surge server names a failed stream request's status (error_message has the message).
+STREAM_STATUS_CODE = "surge_status_code"
+
 #: A request or response parameter: bool, int (int64), float (double) or str.
 ParameterValue: TypeAlias = bool | int | float | str
 
@@ -154,7 +157,10 @@ def decode_stream_response(response: pb.ModelStreamInferResponse) -> InferResult
     Raises ValueError for a malformed ``infer_response`` (see ``decode_infer_response``).
     """
     if response.error_message:
-        return error_from_stream_message(response.error_message, request_id=response.infer_response.id)
+        failed = response.infer_response
+        status = failed.parameters.get(STREAM_STATUS_CODE)
+        code_name = status.string_param if status is not None else ""
+        return error_from_stream_message(response.error_message, request_id=failed.id, code_name=code_name)
     return decode_infer_response(response.infer_response)
 
 

@@ -168,14 +168,20 @@ def map_rpc_error(error: grpc.RpcError) -> InferenceServerError:
     return error_for_status(code, details if details is not None else str(error))
 
 
-def error_from_stream_message(message: str, *, request_id: str = "") -> InferenceServerError:
+def error_from_stream_message(message: str, *, request_id: str = "", code_name: str = "") -> InferenceServerError:
     """The error for a stream response's ``error_message`` (Triton sends a message but no status code).
 
-    A message that starts with a status name and a colon (``"NOT_FOUND: ..."``) maps to that status's class,
-    with the prefix removed; any other message gives the base class with UNKNOWN.
+    ``code_name``: the status name Surge sends beside the message (its ``surge_status_code`` response parameter);
+    the error is that status's class. Without it, a message that starts with a status name and a colon
+    (``"NOT_FOUND: ..."``, as Surge servers before the parameter wrote it) maps to that status's class, with the
+    prefix removed; any other message gives the base class with UNKNOWN.
     """
-    name, sep, rest = message.partition(": ")
-    code = _STATUS_OF_NAME.get(name) if sep else None
+    if code_name:
+        code = _STATUS_OF_NAME.get(code_name)
+        rest = message
+    else:
+        name, sep, rest = message.partition(": ")
+        code = _STATUS_OF_NAME.get(name) if sep else None
     if code is None or code is grpc.StatusCode.OK:
         return InferenceServerError(message, request_id=request_id)
     return error_for_status(code, rest, request_id=request_id)

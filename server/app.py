@@ -24,7 +24,6 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from surge.protos import grpc_service_pb2 as pb
 
@@ -37,6 +36,7 @@ from .execution.model import abandoned_threads
 from .repository import ModelRepository
 from .edge.rest import RestEndpoint
 from .traffic.routing_metrics import TrafficCollector
+from .edge.reflection import enable_reflection
 from .edge.security import SecurityPolicy, TokenAuth, auth_interceptor
 from .edge.surge_servicer import add_surge_services
 from .traffic.traffic import Traffic
@@ -162,7 +162,8 @@ class ServerConfig:
 
 class _Health(HealthServicer):
     """grpc's health service, except that on shutdown a Watch stream ends once it has sent NOT_SERVING, so an
-    open watch (a load balancer's) does not hold the drain until its deadline."""
+    open watch (a load balancer's) does not hold the drain until its deadline; and with List, which
+    grpcio-health-checking's asyncio servicer (1.85) leaves unimplemented."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -171,6 +172,13 @@ class _Health(HealthServicer):
     async def enter_graceful_shutdown(self) -> None:
         self._stopping = True
         await super().enter_graceful_shutdown()
+
+    async def List(self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext) -> health_pb2.HealthListResponse:
+        """Every name Check answers for ("" for the whole server, and each service set), with its status."""
+        response = health_pb2.HealthListResponse()
+        for service, status in list(self._server_status.items()):
+            response.statuses[service].status = status
+        return response
 
     async def Watch(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> None:
         told = asyncio.Event()
@@ -263,7 +271,7 @@ class Server:
         add_surge_services(self.traffic, server, self._peers)  # surge.v1.Admin and surge.v1.Feedback (admin scope: server/edge/security.py)
         self._servicer = servicer
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection((SERVICE_NAME, *SURGE_SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+        enable_reflection((SERVICE_NAME, *SURGE_SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
         target = f"[{self.config.host}]:{self.config.grpc_port}" if ":" in self.config.host else f"{self.config.host}:{self.config.grpc_port}"
         credentials = self.config.server_credentials()
         socket = self.config.unix_socket_path()

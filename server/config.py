@@ -19,6 +19,7 @@ omitted)::
     name = "probabilities"
     datatype = "FP32"
     dims = [4]
+    label_filename = "labels.txt"      # optional, in the model folder: one label per line, for classification
 
     [dynamic_batching]                 # present: requests are batched (Triton's semantics, seconds here)
     max_queue_delay_s = 0.0005         # or latency_slo_s = 0.010: the batcher picks the wait (see batching.py)
@@ -135,6 +136,10 @@ class TensorConfig:
     """Shape without the batch dimension (when max_batch_size > 0); -1 marks a variable dimension."""
     optional: bool = False
     """Inputs only: the request may omit it."""
+    label_filename: str = ""
+    """Outputs only: a file in the model folder naming the classes, one per line (Triton's ``label_filename``)."""
+    labels: tuple[str, ...] = ()
+    """The label file's lines (``load_model_config`` reads them): what classification results append to each index."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -363,9 +368,36 @@ def load_model_config(model_dir: Path, overrides: Mapping[str, Any] | None = Non
     if data["backend"] == "torch" and "default_model_filename" not in data and _has_version_file(model_dir, "model.pt2"):
         data["default_model_filename"] = "model.pt2"  # a torch.export program rather than TorchScript
     try:
-        return parse_model_config(model_dir.name, data)
+        config = parse_model_config(model_dir.name, data)
+        if any(t.label_filename for t in config.outputs):
+            config = dataclasses.replace(config, outputs=tuple(_with_labels(t, model_dir, i) for i, t in enumerate(config.outputs)))
+        return config
     except ConfigError as exc:
         raise ConfigError(f"{model_dir.name}/{CONFIG_FILENAME}: {exc}") from None
+
+
+#: A label file larger than this is refused (a class name per line: even a million classes fit).
+MAX_LABEL_FILE_BYTES = 64 * 2**20
+
+
+def _with_labels(tensor: TensorConfig, model_dir: Path, index: int) -> TensorConfig:
+    """``tensor`` with its label file's lines; the file must lie inside the model folder."""
+    if not tensor.label_filename:
+        return tensor
+    where = f"output[{index}].label_filename"
+    folder = model_dir.resolve()
+    path = (folder / tensor.label_filename).resolve()
+    if not path.is_relative_to(folder) or path == folder:
+        raise ConfigError(f"{where}: {tensor.label_filename!r} must name a file inside the model folder")
+    try:
+        if path.stat().st_size > MAX_LABEL_FILE_BYTES:
+            raise ConfigError(f"{where}: {tensor.label_filename!r} is larger than {MAX_LABEL_FILE_BYTES} bytes")
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: {tensor.label_filename!r} does not exist in the model folder") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where}: cannot read {tensor.label_filename!r} as UTF-8 text: {getattr(exc, 'strerror', None) or exc}") from None
+    return dataclasses.replace(tensor, labels=tuple(line.rstrip("\r") for line in text.split("\n")))
 
 
 def _has_version_file(model_dir: Path, name: str) -> bool:
@@ -423,6 +455,7 @@ def _tensor(reader: _Table, *, inputs: bool) -> TensorConfig:
         datatype=reader.choice("datatype", sorted(DATATYPES), _REQUIRED),
         dims=tuple(reader.int_list("dims", minimum=-1)),
         optional=reader.boolean("optional", False) if inputs else False,
+        label_filename="" if inputs else reader.string("label_filename", ""),
     )
     if 0 in tensor.dims:
         raise ConfigError(f"{reader.path}dims: a dimension may not be 0 (use -1 for a variable one), got {list(tensor.dims)}")

@@ -12,6 +12,7 @@
     slow_py        python backend: sleeps delay_s (an input) seconds; 1 instance, at most 2 waiting
     broken         a model.onnx that is not ONNX: stays UNAVAILABLE with its reason
     mlp_batched    the demo classifier with dynamic batching (20 ms delay, preferred 8, 2 priority levels)
+    mlp_labelled   the demo classifier whose output has a label file (labels.txt: 3 labels for its 4 classes)
     failing_batched_py  python backend, batched (4 rows, 1 s delay): a negative input fails its whole batch
 """
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from surge.server.demo import write_demo_repository, write_onnx_model
 
-__all__ = ["ALL_DATATYPES", "ONNX_DATATYPES", "write_add_model", "write_test_repository"]
+__all__ = ["ALL_DATATYPES", "MLP_LABELS", "ONNX_DATATYPES", "top_k_classes", "write_add_model", "write_test_repository"]
 
 #: Datatypes the identity_all ONNX model carries (ONNX Runtime's Identity supports all of these).
 ONNX_DATATYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES")
@@ -157,6 +158,31 @@ default_priority_level = 2
 """
 
 
+_MLP_LABELLED_CONFIG = """
+max_batch_size = 64
+
+[[output]]
+name = "probabilities"
+datatype = "FP32"
+dims = [4]
+label_filename = "labels.txt"
+"""
+#: mlp_labelled's labels: class 3 has none (a classification names only the index then, as Triton does).
+MLP_LABELS = ("setosa", "versicolor", "virginica")
+
+
+def top_k_classes(values: np.ndarray, k: int, labels: tuple[str, ...] = ()) -> list[list[bytes]]:
+    """Triton's classification of each row (first dimension) of ``values``, computed independently of Surge:
+    the k highest values, highest first (ties: lower index first), as ``b"value:index[:label]"`` (C's ``%f`` for
+    floats, integers as they are)."""
+    rows = []
+    for row in values.reshape(values.shape[0], -1):
+        text = [f"{float(v):f}" if row.dtype.kind == "f" else str(int(v)) for v in row]
+        order = sorted(range(row.size), key=lambda i: (-row[i], i))[:k]
+        rows.append([(f"{text[i]}:{i}" + (f":{labels[i]}" if i < len(labels) and labels[i] else "")).encode() for i in order])
+    return rows
+
+
 def write_test_repository(root: Path) -> Path:
     """Write every test model under ``root`` (see the module docstring); returns ``root``."""
     write_demo_repository(root)
@@ -176,6 +202,9 @@ def write_test_repository(root: Path) -> Path:
         (root / name / "config.toml").write_text(config)
     shutil.copytree(root / "mlp" / "1", root / "mlp_batched" / "1", dirs_exist_ok=True)
     (root / "mlp_batched" / "config.toml").write_text(_MLP_BATCHED_CONFIG)
+    shutil.copytree(root / "mlp" / "1", root / "mlp_labelled" / "1", dirs_exist_ok=True)
+    (root / "mlp_labelled" / "config.toml").write_text(_MLP_LABELLED_CONFIG)
+    (root / "mlp_labelled" / "labels.txt").write_text("".join(f"{label}\n" for label in MLP_LABELS))
     (root / "failing_batched_py" / "1").mkdir(parents=True, exist_ok=True)
     (root / "failing_batched_py" / "1" / "model.py").write_text(_FAILING_PY)
     (root / "failing_batched_py" / "config.toml").write_text(_FAILING_CONFIG + "\n[dynamic_batching]\nmax_queue_delay_s = 1.0\n")

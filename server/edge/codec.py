@@ -21,6 +21,7 @@ from surge.protos.datatypes import CONTENTS_FIELD, ElementTooLarge, deserialize_
 
 from ..config import ModelConfig, TensorConfig
 from ..errors import InvalidInput, LimitExceeded, Unsupported
+from . import extensions
 
 __all__ = ["DEFAULT_LIMITS", "DecodedRequest", "Limits", "decode_request", "encode_response", "parameter_value"]
 
@@ -71,6 +72,7 @@ class _TensorSpec:
     itemsize: int
     dims: tuple[int, ...]
     optional: bool
+    labels: tuple[str, ...] = ()  # outputs: the classification labels (its label file's lines)
 
 
 @dataclass(slots=True)
@@ -94,6 +96,8 @@ class DecodedRequest:
     """Triton's ``priority`` parameter (0: the model's default level)."""
     timeout_s: float | None = None
     """Triton's ``timeout`` parameter (given in µs), in seconds; it may only shorten the queue policy's."""
+    classes: dict[str, int] | None = None
+    """Outputs asked for as classifications (Triton's extension, ``extensions.py``): output name -> classes per row."""
 
 
 def _tensor_spec(t: TensorConfig) -> _TensorSpec:
@@ -101,7 +105,7 @@ def _tensor_spec(t: TensorConfig) -> _TensorSpec:
         dtype: np.dtype | None = numpy_dtype(t.datatype)
     except ValueError:  # BF16 without ml_dtypes
         dtype = None
-    return _TensorSpec(t.name, t.datatype, dtype, itemsize_of(t.datatype), t.dims, t.optional)
+    return _TensorSpec(t.name, t.datatype, dtype, itemsize_of(t.datatype), t.dims, t.optional, t.labels)
 
 
 def model_spec(config: ModelConfig) -> _ModelSpec:
@@ -123,6 +127,7 @@ def decode_request(request: pb.ModelInferRequest, spec: _ModelSpec, limits: Limi
     raw = request.raw_input_contents
     n_inputs = len(request.inputs)
     if raw and len(raw) != n_inputs:
+        extensions.refuse_shared_memory(request.inputs)  # an input in shared memory has no raw entry: say that, not this
         raise InvalidInput(f"request has {n_inputs} inputs but {len(raw)} raw_input_contents entries; send one per input, in order")
     inputs: dict[str, np.ndarray] = {}
     rows = -1
@@ -134,6 +139,8 @@ def decode_request(request: pb.ModelInferRequest, spec: _ModelSpec, limits: Limi
             raise InvalidInput(f"unexpected input '{name}' for model '{spec.name}'; its inputs are {sorted(spec.inputs)}")
         if name in inputs:
             raise InvalidInput(f"input '{name}' appears twice in the request")
+        if tensor.parameters:
+            extensions.check_input(name, tensor.parameters)
         if tensor.datatype != ts.datatype:
             raise InvalidInput(f"input '{name}' has datatype {tensor.datatype or '(empty)'} but model '{spec.name}' expects {ts.datatype}")
         shape = tuple(tensor.shape)
@@ -155,7 +162,8 @@ def decode_request(request: pb.ModelInferRequest, spec: _ModelSpec, limits: Limi
     missing = spec.required - inputs.keys()
     if missing:
         raise InvalidInput(f"missing input(s) {sorted(missing)} for model '{spec.name}'; it needs {sorted(spec.required)}")
-    decoded = DecodedRequest(inputs, _requested_outputs(request, spec), max(rows, 1))
+    output_names, classes = _requested_outputs(request, spec)
+    decoded = DecodedRequest(inputs, output_names, max(rows, 1), classes=classes)
     if request.parameters:
         _read_parameters(request, decoded)
     return decoded
@@ -252,34 +260,50 @@ def _from_contents(ts: _TensorSpec, shape: tuple[int, ...], tensor: Any, max_byt
         raise InvalidInput(f"input '{ts.name}': a value in contents.{field} does not fit {ts.datatype}") from None
 
 
-def _requested_outputs(request: pb.ModelInferRequest, spec: _ModelSpec) -> tuple[str, ...]:
+def _requested_outputs(request: pb.ModelInferRequest, spec: _ModelSpec) -> tuple[tuple[str, ...], dict[str, int] | None]:
+    """The outputs to compute, and those asked for as classifications (name -> classes per row; None: none)."""
     if not request.outputs:
-        return spec.output_names
+        return spec.output_names, None
     names: list[str] = []
+    classes: dict[str, int] | None = None
     for out in request.outputs:
-        if out.name not in spec.outputs:
+        ts = spec.outputs.get(out.name)
+        if ts is None:
             raise InvalidInput(f"unknown output '{out.name}' requested from model '{spec.name}'; its outputs are {list(spec.output_names)}")
+        if out.parameters:
+            count = extensions.class_count(out.name, out.parameters, ts.datatype)
+            if count:
+                classes = classes or {}
+                classes[out.name] = count
         if out.name not in names:
             names.append(out.name)
-    return tuple(names)
+    return tuple(names), classes
 
 
 def encode_response(
-    request: pb.ModelInferRequest, spec: _ModelSpec, version: str, outputs: dict[str, np.ndarray], output_names: tuple[str, ...]
+    request: pb.ModelInferRequest, spec: _ModelSpec, version: str, outputs: dict[str, np.ndarray], output_names: tuple[str, ...],
+    classes: dict[str, int] | None = None,
 ) -> pb.ModelInferResponse:
-    """Build the response: one ``raw_output_contents`` entry per output, in the order requested."""
+    """Build the response: one ``raw_output_contents`` entry per output, in the order requested.
+
+    ``classes``: outputs asked for as classifications (``DecodedRequest.classes``), sent as BYTES ``value:index[:label]``.
+    """
     response = pb.ModelInferResponse(model_name=spec.name, model_version=version, id=request.id)
     raw = response.raw_output_contents
     for name in output_names:
         ts = spec.outputs[name]
         array = outputs[name]
-        if ts.datatype == "BYTES":
+        datatype = ts.datatype
+        if classes is not None and name in classes:
+            array = extensions.classify(array, classes[name], ts.labels, spec.max_batch_size > 0)
+            datatype = "BYTES"
+        if datatype == "BYTES":
             data = serialize_bytes_tensor(array)
         else:
             if array.dtype != ts.dtype:
                 array = array.astype(ts.dtype)
             data = array.tobytes()
-        response.outputs.add(name=name, datatype=ts.datatype, shape=array.shape)
+        response.outputs.add(name=name, datatype=datatype, shape=array.shape)
         raw.append(data)
     return response
 

@@ -22,7 +22,7 @@ import grpc
 from surge.protos import grpc_service_pb2 as pb
 from surge.protos import grpc_service_pb2_grpc as pb_grpc
 
-from . import codec
+from . import codec, stream
 from .. import errors
 from ..traffic.feedback import FeedbackIndex
 from ..observability.metrics import ServerMetrics
@@ -56,7 +56,7 @@ STATUS_OF: dict[type[BaseException], grpc.StatusCode] = {
 }
 
 #: ServerMetadata.extensions: only what is really implemented.
-EXTENSIONS = ("model_repository", "model_configuration", "statistics", "parameters")
+EXTENSIONS = ("classification", "model_repository", "model_configuration", "statistics", "parameters")
 STREAM_MAX_IN_FLIGHT = 128
 
 _request_ids = itertools.count(1)
@@ -310,7 +310,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             stamps.encode_start = now_ns()
             if job is not None:
                 job.primary_done(outputs, stamps.encode_start - stamps.decoded)
-            response = codec.encode_response(request, spec, version.version_str, outputs, decoded.output_names)
+            response = codec.encode_response(request, spec, version.version_str, outputs, decoded.output_names, decoded.classes)
         except asyncio.CancelledError:  # gRPC cancels the handler when the deadline passes or the client goes away
             if job is not None:
                 job.primary_done(None)
@@ -333,10 +333,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Bidirectional stream: requests run concurrently (up to STREAM_MAX_IN_FLIGHT), answers come as they finish.
 
-        A failed request is answered with ``error_message`` (its status name first, then the message) and its
-        id; the stream stays open. With the ``triton_grpc_error: true`` header (Triton's opt-in), the first
-        error instead ends the stream with that gRPC status. On server shutdown the stream stops reading,
-        answers what it accepted, and ends.
+        Each request gets one response, flagged final (``stream.answer``). A failed request is answered with
+        its message in ``error_message``, as Triton sends it, and its status name in the ``surge_status_code``
+        parameter (``stream.failure``); the stream stays open. With the ``triton_grpc_error: true`` header
+        (Triton's opt-in), the first error instead ends the stream with that gRPC status. On server shutdown
+        the stream stops reading, answers what it accepted, and ends.
         """
         grpc_errors = any(k == "triton_grpc_error" and v.lower() == "true" for k, v in context.invocation_metadata() or ())
         results: asyncio.Queue[tuple[pb.ModelStreamInferResponse, BaseException | None] | None] = asyncio.Queue()
@@ -352,11 +353,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 else:
                     version, sender, feedback = self._route(request, entry, context)
                     response = await self._infer(request, version, stamps, _deadline(context), sender, feedback)
-                results.put_nowait((pb.ModelStreamInferResponse(infer_response=response), None))
+                results.put_nowait((stream.answer(response), None))
             except Exception as exc:
-                failed = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
-                message = f"{status_of(exc).name}: {_error_message(exc, request.id)}"  # the code too: streams carry no status
-                results.put_nowait((pb.ModelStreamInferResponse(error_message=message, infer_response=failed), exc))
+                results.put_nowait((stream.failure(status_of(exc).name, _error_message(exc, request.id), request), exc))
             finally:
                 slots.release()
 
@@ -365,7 +364,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 async for request in request_iterator:
                     if request.__class__ is Undecodable:
                         exc = request.error("ModelStreamInfer")
-                        results.put_nowait((pb.ModelStreamInferResponse(error_message=f"{status_of(exc).name}: {exc}"), exc))
+                        results.put_nowait((stream.failure(status_of(exc).name, str(exc)), exc))
                         continue
                     await slots.acquire()
                     task = asyncio.create_task(one(request))
@@ -384,7 +383,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             while (item := await results.get()) is not None:
                 response, exc = item
                 if exc is not None and grpc_errors:
-                    await context.abort(status_of(exc), response.error_message.partition(": ")[2])
+                    await context.abort(status_of(exc), response.error_message)
                 yield response
         finally:
             self._stream_readers.discard(reader)

@@ -18,7 +18,7 @@ Routes (``{v}``: a version number; every model route also exists without ``/vers
 
     GET  /v2/health/live                          200 {"live": true}
     GET  /v2/health/ready                         200 {"ready": true}, or 400 {"ready": false} (as Triton)
-    GET  /v2                                      server metadata
+    GET  /v2, /v2/                                server metadata
     GET  /v2/models/{m}/versions/{v}              model metadata
     GET  /v2/models/{m}/versions/{v}/ready        200 or 400, {"name": ..., "ready": ...}
     GET  /v2/models/{m}/versions/{v}/config       Triton's ModelConfig as JSON
@@ -221,6 +221,7 @@ class RestEndpoint:
         get("/v2/health/live", self._live)
         get("/v2/health/ready", self._ready)
         get("/v2", self._server_metadata)
+        get("/v2/", self._server_metadata)  # the OIP OpenAPI document writes the server-metadata path with the slash
         get("/v2/models/stats", self._statistics)
         for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
             get(prefix, self._model_metadata)

@@ -19,7 +19,8 @@ gRPC requests go through. This module is that translation, both ways, and nothin
   64-bit integers as JSON numbers (protobuf's own JSON mapping writes them as strings; Triton's HTTP
   endpoint writes numbers, and tools read numbers).
 
-Errors are the protocol-neutral ``errors.InvalidInput`` / ``Unsupported``; the edge maps them.
+Errors are the protocol-neutral ``errors.InvalidInput``; the edge maps them. Tensor parameters of Triton's
+extensions (classification, shared memory) are passed on in the message: ``codec`` checks them for both edges.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from google.protobuf.message import Message
 from surge.protos import grpc_service_pb2 as pb
 from surge.protos.datatypes import DATATYPES, deserialize_bytes_tensor, numpy_dtype, serialize_bytes_tensor
 
-from ..errors import InvalidInput, Unsupported
+from ..errors import InvalidInput
+from .extensions import SHARED_MEMORY
 
 __all__ = [
     "HEADER_LENGTH", "InferRequest", "decode_infer_request", "encode_infer_response", "index_ready", "json_dumps", "load_parameters", "message_to_json",
@@ -48,7 +50,6 @@ __all__ = [
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-_SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 
 
 @dataclass(slots=True)
@@ -90,7 +91,7 @@ def _header_length(value: str | None, body_size: int) -> int:
 
 
 def decode_infer_request(body: bytes, header_length: str | None, model_name: str, model_version: str) -> InferRequest:
-    """Build the ``ModelInferRequest`` for an HTTP inference request; raises InvalidInput or Unsupported.
+    """Build the ``ModelInferRequest`` for an HTTP inference request; raises InvalidInput.
 
     ``body``: the whole (decompressed) request body; ``header_length``: the ``Inference-Header-Content-Length``
     header (None: the body is all JSON).
@@ -172,8 +173,11 @@ def _add_input(message: pb.ModelInferRequest, tensor: Any, index: int, binary: m
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= _INT64_MAX for d in shape):
         raise InvalidInput(f"input '{name}' needs a 'shape': a list of non-negative integers, got {shape!r}")
     parameters = _object(tensor.get("parameters"), f"input '{name}' parameters")
-    if any(key in parameters for key in _SHARED_MEMORY):
-        raise Unsupported(f"input '{name}' uses shared memory, which Surge does not support; send the tensor in the request")
+    if any(key in parameters for key in SHARED_MEMORY):  # no data here: the parameters go on, codec answers them as for gRPC
+        added = message.inputs.add(name=name, datatype=datatype, shape=shape)
+        for key, value in parameters.items():
+            _set_parameter(added.parameters[key], value, f"input '{name}' parameter '{key}'")
+        return offset
     size = parameters.get("binary_data_size")
     data = tensor.get("data")
     if size is not None:
@@ -250,16 +254,15 @@ def _add_output(request: InferRequest, out: Any, index: int) -> None:
         raise InvalidInput(f"outputs[{index}] must be a JSON object with a 'name'")
     name = out["name"]
     parameters = _object(out.get("parameters"), f"output '{name}' parameters")
-    if "classification" in parameters:
-        raise Unsupported(f"output '{name}' asks for classification, which Surge does not support; request the raw output")
-    if any(key in parameters for key in _SHARED_MEMORY):
-        raise Unsupported(f"output '{name}' uses shared memory, which Surge does not support; outputs come back in the response")
     wanted = parameters.get("binary_data")
     if wanted is not None:
         if not isinstance(wanted, bool):
             raise InvalidInput(f"output '{name}': binary_data must be true or false, got {wanted!r}")
         request.binary_outputs[name] = wanted
-    request.message.outputs.add(name=name)
+    added = request.message.outputs.add(name=name)
+    for key, value in parameters.items():  # classification, shared memory, ...: codec checks them as for gRPC
+        if key != "binary_data":
+            _set_parameter(added.parameters[key], value, f"output '{name}' parameter '{key}'")
 
 
 def encode_infer_response(response: pb.ModelInferResponse, request: InferRequest) -> tuple[bytes, int | None]:

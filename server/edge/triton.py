@@ -49,7 +49,7 @@ def model_config_message(config: ModelConfig) -> mc.ModelConfig:
     for t in config.inputs:
         message.input.add(name=t.name, data_type=_TYPE_OF[t.datatype], dims=t.dims, optional=t.optional)
     for t in config.outputs:
-        message.output.add(name=t.name, data_type=_TYPE_OF[t.datatype], dims=t.dims)
+        message.output.add(name=t.name, data_type=_TYPE_OF[t.datatype], dims=t.dims, label_filename=t.label_filename)
     batching = config.dynamic_batching
     if batching is not None:
         message.dynamic_batching.SetInParent()  # present even when every field is default (perf_analyzer checks presence)
@@ -169,6 +169,8 @@ def _tensor(t: Any, *, with_optional: bool) -> dict[str, Any]:
     tensor: dict[str, Any] = {"name": t.name, "datatype": _DATATYPE_OF[t.data_type], "dims": list(t.dims)}
     if with_optional and t.optional:
         tensor["optional"] = True
+    if not with_optional and t.label_filename:  # an output's label file (read from the model folder at load)
+        tensor["label_filename"] = t.label_filename
     return tensor
 
 

@@ -209,9 +209,15 @@ def test_bad_requests_in_a_stream_are_answered_and_the_stream_goes_on(stub):
         _request("mlp", _x(), id="good"),
     ]
     answers = {a.infer_response.id: a for a in stub.ModelStreamInfer(iter(requests), timeout=30)}
-    assert answers["bad-1"].error_message.startswith("NOT_FOUND: ")
-    assert answers["bad-2"].error_message.startswith("INVALID_ARGUMENT: ")
+    # Triton's plain message (no status prefix); the status name in the surge_status_code parameter
+    assert answers["bad-1"].error_message.startswith("model 'no_such_model'")
+    assert answers["bad-2"].error_message.startswith("input 'x' has shape [1, 15]")
+    codes = {rid: a.infer_response.parameters["surge_status_code"].string_param for rid, a in answers.items() if rid != "good"}
+    assert codes == {"bad-1": "NOT_FOUND", "bad-2": "INVALID_ARGUMENT"}
     assert answers["good"].error_message == "" and answers["good"].infer_response.outputs[0].shape == [1, 4]
+    assert "surge_status_code" not in answers["good"].infer_response.parameters
+    # every response is its request's last (one response per request): Triton's flag, errors included
+    assert all(a.infer_response.parameters["triton_final_response"].bool_param for a in answers.values())
 
 
 @pytest.mark.parametrize("method", ["/surge.v1.Feedback/ReportOutcome", "/surge.v1.Admin/GetRoutes"])
@@ -232,7 +238,8 @@ def test_undecodable_message_in_a_stream_is_answered_and_the_stream_goes_on(serv
                                      response_deserializer=pb.ModelStreamInferResponse.FromString)
         answers = list(call(iter([b"\xff\xff\xff", good]), timeout=30))
     assert len(answers) == 2
-    assert any(a.error_message.startswith("INVALID_ARGUMENT: the ModelStreamInfer request is not a valid protobuf message") for a in answers)
+    undecodable = [a for a in answers if a.error_message.startswith("the ModelStreamInfer request is not a valid protobuf message")]
+    assert len(undecodable) == 1 and undecodable[0].infer_response.parameters["surge_status_code"].string_param == "INVALID_ARGUMENT"
     assert any(a.infer_response.id == "good" and not a.error_message for a in answers)
 
 

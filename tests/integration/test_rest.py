@@ -26,7 +26,7 @@ from surge.clients import InferenceClient
 from surge.protos.datatypes import serialize_bytes_tensor
 from surge.server import errors
 from surge.server.edge.rest import RestEndpoint
-from tests.models import ONNX_DATATYPES, write_test_repository
+from tests.models import MLP_LABELS, ONNX_DATATYPES, top_k_classes, write_test_repository
 from tests.process import SurgeProcess
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -135,6 +135,9 @@ def test_server_metadata(rest):
     doc = http(rest, "GET", "/v2").json()
     assert doc["name"] == "surge" and doc["version"]
     assert {"binary_tensor_data", "statistics", "model_repository", "model_configuration"} <= set(doc["extensions"])
+    # the OIP OpenAPI document writes the path as /v2/ (curl following the spec sends it so)
+    slash = http(rest, "GET", "/v2/")
+    assert (slash.status, slash.json()) == (200, doc)
 
 
 def test_model_metadata_latest_and_versioned(rest):
@@ -356,12 +359,100 @@ def test_statuses_follow_the_grpc_mapping(rest):
     assert failing.status == 500 and "request id" in failing.error and "secret" not in failing.error
     shm = infer_body([_x(data=None, parameters={"shared_memory_region": "r", "shared_memory_byte_size": 64})])
     assert (r := http(rest, "POST", "/v2/models/mlp/infer", shm)).status == 501 and "shared memory" in r.error
-    classify = infer_body([_x()], outputs=[{"name": "probabilities", "parameters": {"classification": 2}}])
-    assert (r := http(rest, "POST", "/v2/models/mlp/infer", classify)).status == 501 and "classification" in r.error
     assert (r := http(rest, "GET", "/v2/systemsharedmemory/status")).status == 501 and "shared memory" in r.error
     assert (r := http(rest, "POST", "/v2/models/mlp/trace/setting", {})).status == 501
     assert (r := http(rest, "GET", "/v2/models/mlp/infer")).status == 405 and "POST" in r.error and "POST" in r.headers["Allow"]
     assert (r := http(rest, "GET", "/v1/models/mlp")).status == 404 and "no such route" in r.error
+    assert_serving(rest)
+
+
+def test_classification_as_tritons_extension_document_writes_it(rest, server):
+    x = x_rows(2, 5)
+    body = infer_body([_x(shape=[2, 16], data=x.tolist())], id="42", outputs=[{"name": "probabilities", "parameters": {"classification": 2}}])
+    reply = http(rest, "POST", "/v2/models/mlp_labelled/infer", body)
+    assert reply.status == 200, reply.body
+    (out,) = reply.json()["outputs"]
+    with InferenceClient(server.address) as client:
+        probabilities = client.infer("mlp_labelled", {"x": x})["probabilities"]
+    expected = [[v.decode() for v in row] for row in top_k_classes(probabilities, 2, MLP_LABELS)]
+    assert (out["datatype"], out["shape"], out["data"]) == ("BYTES", [2, 2], [v for row in expected for v in row])
+
+
+def test_classification_as_the_kserve_sdk_asks_for_it(rest, server):
+    """kserve 0.21's InferenceRESTClient (its SDK pins protobuf < 7, so it cannot join this environment): the body
+    its ``InferRequest.to_rest()`` writes for ``RequestedOutput("probabilities", parameters={"classification": 3})``
+    with a JSON input, captured as it is (flat ``data``, a uuid ``id`` and the ``model_name`` inside the body),
+    and read back with a strict parser as its orjson does."""
+    x = x_rows(3, 6)
+    body = (
+        '{"id":"5f0c6c52-3c2e-4a8e-9a57-2f6a3c1e9b10","model_name":"mlp_labelled","inputs":[{"name":"x","shape":[3,16],'
+        '"datatype":"FP32","data":' + json.dumps(x.reshape(-1).tolist()) + '}],"outputs":[{"name":"probabilities","parameters":{"classification":3}}]}'
+    )
+    reply = http(rest, "POST", "/v2/models/mlp_labelled/infer", body.encode(), {"Content-Type": "application/json"})
+    assert reply.status == 200, reply.body
+    doc = json.loads(reply.body, parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}"))
+    assert doc["id"] == "5f0c6c52-3c2e-4a8e-9a57-2f6a3c1e9b10"
+    (out,) = doc["outputs"]
+    with InferenceClient(server.address) as client:
+        expected = top_k_classes(client.infer("mlp_labelled", {"x": x})["probabilities"], 3, MLP_LABELS)
+    assert (out["datatype"], out["shape"], out["data"]) == ("BYTES", [3, 3], [v.decode() for row in expected for v in row])
+    # its InferenceGRPCClient: InferRequest.to_grpc() with the input as raw_input_contents
+    import grpc
+
+    from surge.protos import grpc_service_pb2 as pb
+    from surge.protos import grpc_service_pb2_grpc as pb_grpc
+    from surge.protos.datatypes import deserialize_bytes_tensor
+
+    message = pb.ModelInferRequest(
+        id="5f0c6c52", model_name="mlp_labelled", model_version="",
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="x", shape=[3, 16], datatype="FP32")], raw_input_contents=[x.tobytes()],
+        outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="probabilities", parameters={"classification": pb.InferParameter(int64_param=3)})],
+    )
+    with grpc.insecure_channel(server.address) as channel:
+        response = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(message, timeout=10)
+    (tensor,) = response.outputs
+    assert (tensor.datatype, list(tensor.shape)) == ("BYTES", [3, 3])
+    assert deserialize_bytes_tensor(response.raw_output_contents[0], 9).tolist() == [v for row in expected for v in row]
+
+
+def _grpc_request(inputs: list[dict], outputs: list[dict]):
+    """The gRPC message a Triton client sends for the same request (built here, not by the REST edge)."""
+    from surge.protos import grpc_service_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name="mlp")
+    for tensor in inputs:
+        added = request.inputs.add(name=tensor["name"], datatype=tensor["datatype"], shape=tensor["shape"])
+        for key, value in tensor.get("parameters", {}).items():
+            setattr(added.parameters[key], "string_param" if isinstance(value, str) else "int64_param", value)
+        if tensor.get("data") is not None:
+            added.contents.fp32_contents.extend(tensor["data"])
+    for out in outputs:
+        added = request.outputs.add(name=out["name"])
+        for key, value in out.get("parameters", {}).items():
+            setattr(added.parameters[key], "string_param" if isinstance(value, str) else "int64_param", value)
+    return request
+
+
+@pytest.mark.parametrize(
+    ("inputs", "outputs", "http_status", "code"),
+    [
+        ([_x()], [{"name": "probabilities", "parameters": {"classification": -3}}], 400, "INVALID_ARGUMENT"),
+        ([_x()], [{"name": "probabilities", "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 16}}], 501, "UNIMPLEMENTED"),
+        ([_x(data=None, parameters={"shared_memory_region": "r", "shared_memory_byte_size": 64})], [], 501, "UNIMPLEMENTED"),
+        ([_x(data=None, parameters={"shared_memory_offset": 0})], [{"name": "probabilities", "parameters": {"classification": 2}}], 501, "UNIMPLEMENTED"),
+    ],
+    ids=["bad-class-count", "output-shm", "input-shm", "input-shm-beside-classification"],
+)
+def test_extension_parameters_meet_one_check_on_both_edges(rest, server, inputs, outputs, http_status, code):
+    import grpc
+
+    from surge.protos import grpc_service_pb2_grpc as pb_grpc
+
+    reply = http(rest, "POST", "/v2/models/mlp/infer", infer_body([{k: v for k, v in t.items() if v is not None} for t in inputs], outputs=outputs))
+    with grpc.insecure_channel(server.address) as channel, pytest.raises(grpc.RpcError) as info:
+        pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(_grpc_request(inputs, outputs), timeout=10)
+    assert (reply.status, info.value.code().name) == (http_status, code)
+    assert reply.error == info.value.details()  # the same check answered both
     assert_serving(rest)
 
 

@@ -19,7 +19,7 @@ grpcclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc]
 aioclient = pytest.importorskip("tritonclient.grpc.aio", reason="tritonclient[grpc] is not installed")
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype  # noqa: E402
 
-from tests.models import ONNX_DATATYPES  # noqa: E402
+from tests.models import MLP_LABELS, ONNX_DATATYPES, top_k_classes  # noqa: E402
 
 INVALID = "StatusCode.INVALID_ARGUMENT"
 NOT_FOUND = "StatusCode.NOT_FOUND"
@@ -283,6 +283,44 @@ def test_large_message_over_4mib(client) -> None:
     assert result.as_numpy("output").tobytes() == x.tobytes()
 
 
+# -- Triton's classification extension; shared memory (not yet) ------------------------------------
+
+
+def test_classification_top_k_with_labels(client, mlp_reference) -> None:
+    """InferRequestedOutput(class_count=k): a BYTES [rows, k] tensor of "value:index[:label]", as from Triton."""
+    assert "classification" in client.get_server_metadata().extensions
+    x = mlp_rows(5, 21)
+    result = client.infer("mlp_labelled", [make_input("x", x)], outputs=[grpcclient.InferRequestedOutput("probabilities", class_count=3)])
+    out = result.get_output("probabilities")
+    assert (out.datatype, list(out.shape)) == ("BYTES", [5, 3])
+    assert result.as_numpy("probabilities").tolist() == top_k_classes(mlp_reference(x), 3, MLP_LABELS)
+    # no label file, more classes asked than there are, and beside a raw output
+    result = client.infer("mlp", [make_input("x", x)], outputs=[grpcclient.InferRequestedOutput("probabilities", class_count=10)])
+    assert result.as_numpy("probabilities").tolist() == top_k_classes(mlp_reference(x), 4)
+    config = client.get_model_config("mlp_labelled", as_json=True)["config"]
+    assert config["output"][0]["label_filename"] == "labels.txt"
+
+
+def test_classification_without_batch_dimension(client) -> None:
+    a = np.array([[0.5, -1.0, 2.0], [4.0, 0.0, 1.0]], np.float32)  # nobatch: a + 1
+    result = client.infer("nobatch", [make_input("x", a)], outputs=[grpcclient.InferRequestedOutput("y", class_count=2)])
+    assert result.get_output("y").shape == [2]
+    assert result.as_numpy("y").tolist() == top_k_classes((a + 1).reshape(1, -1), 2)[0]
+
+
+def test_shared_memory_parameters_are_unimplemented(client, mlp_reference) -> None:
+    x = make_input("x", mlp_rows(1))
+    in_shm = grpcclient.InferInput("x", [1, 16], "FP32")
+    in_shm.set_shared_memory("region", 64)
+    expect_error(lambda: client.infer("mlp", [in_shm]), "StatusCode.UNIMPLEMENTED", "input 'x' asks for shared memory", "send the tensor")
+    out_shm = grpcclient.InferRequestedOutput("probabilities")
+    out_shm.set_shared_memory("region", 16)
+    expect_error(lambda: client.infer("mlp", [x], outputs=[out_shm]), "StatusCode.UNIMPLEMENTED", "output 'probabilities' asks for shared memory")
+    negative = grpcclient.InferRequestedOutput("probabilities", class_count=-1)
+    expect_error(lambda: client.infer("mlp", [x], outputs=[negative]), INVALID, "classification parameter must be a non-negative integer")
+    np.testing.assert_allclose(infer_mlp(client, mlp_rows(1)).as_numpy("probabilities"), mlp_reference(mlp_rows(1)), rtol=1e-5, atol=1e-7)
+
+
 def test_request_parameters_accepted(client, mlp_reference) -> None:
     """priority (uint64_param), timeout (int64 µs) and custom str/int/bool parameters are accepted.
 
@@ -376,6 +414,40 @@ def test_stream_good_and_bad_requests(client, mlp_reference) -> None:
     finally:
         client.stop_stream()
     assert responses.empty()
+
+
+@pytest.mark.parametrize("empty_final", [False, True], ids=["plain", "enable_empty_final_response"])
+def test_stream_final_response_flag(client, mlp_reference, empty_final: bool) -> None:
+    """The loop Triton's docs and users write: read responses until one carries triton_final_response. Every Surge
+    model answers once per request (non-decoupled, in Triton's terms), so that one response is final and has the
+    outputs, with or without enable_empty_final_response (Triton sends an empty final response only for decoupled
+    models). Errors come as Triton writes them: the plain message, no status prefix."""
+    responses: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    try:
+        xs = {f"r{i}": mlp_rows(i + 1, 40 + i) for i in range(3)}
+        for rid, x in xs.items():
+            client.async_stream_infer("mlp", [make_input("x", x)], request_id=rid, enable_empty_final_response=empty_final)
+        client.async_stream_infer("mlp", [make_input("x", mlp_rows(1)[:, :8].copy())], request_id="bad", enable_empty_final_response=empty_final)
+        finals: dict[str, object] = {}
+        errors = []
+        while len(finals) + len(errors) < len(xs) + 1:  # waits for the flag: it would hang here without it
+            result, error = responses.get(timeout=30)
+            if error is not None:
+                errors.append(error)
+                continue
+            response = result.get_response()
+            assert response.parameters["triton_final_response"].bool_param, response
+            assert response.id not in finals, f"a second response for {response.id}"
+            finals[response.id] = result
+        assert sorted(finals) == sorted(xs)
+        for rid, result in finals.items():
+            np.testing.assert_allclose(result.as_numpy("probabilities"), mlp_reference(xs[rid]), rtol=1e-5, atol=1e-7)
+        (error,) = errors
+        assert error.message().startswith("input 'x' has shape [1, 8]"), error.message()
+    finally:
+        client.stop_stream()
+    assert responses.empty()  # no extra (empty) responses followed
 
 
 # -- statistics ----------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http]
 aiohttpclient = pytest.importorskip("tritonclient.http.aio", reason="tritonclient[http] is not installed")
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype  # noqa: E402
 
-from tests.models import ONNX_DATATYPES, write_test_repository  # noqa: E402
+from tests.models import MLP_LABELS, ONNX_DATATYPES, top_k_classes, write_test_repository  # noqa: E402
 from tests.process import SurgeProcess  # noqa: E402
 
 
@@ -160,6 +160,29 @@ def test_errors_carry_the_http_status_and_the_servers_message(http_client) -> No
     expect_error(lambda: http_client.get_system_shared_memory_status(), "501", "shared memory")
     expect_error(lambda: http_client.load_model("mlp"), "501", "model-control-mode")
     assert http_client.infer("mlp", [make_input("x", mlp_rows(1))]).as_numpy("probabilities").shape == (1, 4)  # still serving
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_classification_top_k_with_labels(http_client, mlp_reference, binary: bool) -> None:
+    """The same classification as over gRPC: BYTES [rows, k] of "value:index[:label]", binary or JSON."""
+    assert "classification" in http_client.get_server_metadata()["extensions"]
+    x = mlp_rows(4, 31)
+    wanted = httpclient.InferRequestedOutput("probabilities", binary_data=binary, class_count=2)
+    result = http_client.infer("mlp_labelled", [make_input("x", x)], outputs=[wanted])
+    out = result.get_output("probabilities")
+    assert (out["datatype"], out["shape"]) == ("BYTES", [4, 2])
+    got = result.as_numpy("probabilities").tolist()
+    expected = top_k_classes(mlp_reference(x), 2, MLP_LABELS)
+    assert got == (expected if binary else [[v.decode() for v in row] for row in expected])
+
+
+def test_shared_memory_parameters_are_501_as_over_grpc(http_client) -> None:
+    in_shm = httpclient.InferInput("x", [1, 16], "FP32")
+    in_shm.set_shared_memory("region", 64)
+    expect_error(lambda: http_client.infer("mlp", [in_shm]), "501", "input 'x' asks for shared memory", "send the tensor")
+    out_shm = httpclient.InferRequestedOutput("probabilities")
+    out_shm.set_shared_memory("region", 16)
+    expect_error(lambda: http_client.infer("mlp", [make_input("x", mlp_rows(1))], outputs=[out_shm]), "501", "output 'probabilities' asks for shared memory")
 
 
 def test_statistics_and_repository_index(http_client) -> None:

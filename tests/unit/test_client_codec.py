@@ -287,6 +287,12 @@ def test_stream_response_yields_result_or_error() -> None:
     assert isinstance(error, NotFoundError) and error.request_id == "7"
     assert error.message == "model 'x' is not in the repository"
 
+    # what Surge sends: Triton's plain message, the status name in the surge_status_code parameter
+    tagged = pb.ModelInferResponse(id="8")
+    tagged.parameters["surge_status_code"].string_param = "INVALID_ARGUMENT"
+    error = decode_stream_response(pb.ModelStreamInferResponse(error_message="input 'x': bad shape", infer_response=tagged))
+    assert isinstance(error, InvalidArgumentError) and error.request_id == "8" and error.message == "input 'x': bad shape"
+
     plain = decode_stream_response(pb.ModelStreamInferResponse(error_message="in: bad shape"))
     assert type(plain) is InferenceServerError and plain.code is grpc.StatusCode.UNKNOWN
     assert str(plain) == "UNKNOWN: in: bad shape"

@@ -510,3 +510,83 @@ def test_decode_encode_round_trip() -> None:
 def test_parameter_value(param: pb.InferParameter, value: Any) -> None:
     result = parameter_value(param)
     assert result == value and type(result) is type(value)
+
+
+# -- Triton's tensor-parameter extensions: classification, shared memory (one check for both edges) ----------
+
+
+def _classify_request(count: pb.InferParameter, output: str = "probs", x: np.ndarray | None = None) -> pb.ModelInferRequest:
+    request = _array_request({"x": ("FP32", np.zeros((2, 2), np.float32) if x is None else x)}, outputs=[output])
+    request.outputs[0].parameters["classification"].CopyFrom(count)
+    return request
+
+
+def test_classification_is_top_k_per_row_with_labels() -> None:
+    labelled = TensorConfig(name="probs", datatype="FP32", dims=(4,), label_filename="labels.txt", labels=("cat", "dog", "", "emu"))
+    spec = _spec([("x", "FP32", (2,))], outputs=[labelled])
+    request = _classify_request(pb.InferParameter(int64_param=2))
+    decoded = decode_request(request, spec)
+    assert decoded.output_names == ("probs",) and decoded.classes == {"probs": 2}
+    probs = np.array([[0.1, 0.6, 0.2, 0.1], [0.3, 0.3, 0.35, 0.05]], np.float32)
+    response = encode_response(request, spec, "1", {"probs": probs}, decoded.output_names, decoded.classes)
+    out = response.outputs[0]
+    assert (out.datatype, list(out.shape)) == ("BYTES", [2, 2])
+    # C's %f for the value, the index in the row, the label when its line is not empty; ties: lower index first
+    assert deserialize_bytes_tensor(response.raw_output_contents[0], 4).tolist() == [
+        b"0.600000:1:dog", b"0.200000:2", b"0.350000:2", b"0.300000:0:cat",
+    ]
+
+
+def test_classification_without_batch_dimension_integers_and_more_classes_than_values() -> None:
+    spec = _spec([("x", "FP32", (2,))], outputs=[("counts", "INT32", (2, 2))], max_batch_size=0)
+    request = _classify_request(pb.InferParameter(uint64_param=9), output="counts", x=np.zeros(2, np.float32))
+    request.inputs[0].ClearField("shape")
+    request.inputs[0].shape.extend([2])
+    decoded = decode_request(request, spec)
+    response = encode_response(request, spec, "1", {"counts": np.array([[5, -1], [7, 0]], np.int32)}, decoded.output_names, decoded.classes)
+    assert list(response.outputs[0].shape) == [4]  # min(k, values): the whole tensor is one row
+    assert deserialize_bytes_tensor(response.raw_output_contents[0], 4).tolist() == [b"7:2", b"5:0", b"0:3", b"-1:1"]
+
+
+def test_classification_zero_is_the_raw_output() -> None:
+    spec = _encode_spec()
+    decoded = decode_request(_classify_request(pb.InferParameter(int64_param=0)), spec)
+    assert decoded.classes is None
+
+
+@pytest.mark.parametrize(
+    ("count", "output", "fragment"),
+    [
+        (pb.InferParameter(int64_param=-1), "probs", "non-negative integer"),
+        (pb.InferParameter(bool_param=True), "probs", "non-negative integer"),
+        (pb.InferParameter(string_param="2"), "probs", "non-negative integer"),
+        (pb.InferParameter(), "probs", "non-negative integer"),
+        (pb.InferParameter(int64_param=1), "label", "BYTES: classification needs a numeric output"),
+    ],
+)
+def test_classification_parameter_errors(count: pb.InferParameter, output: str, fragment: str) -> None:
+    assert fragment in _invalid(_classify_request(count, output), _encode_spec())
+
+
+def _unsupported(request: pb.ModelInferRequest, spec: Any) -> str:
+    from surge.server.errors import Unsupported
+
+    with pytest.raises(Unsupported) as info:
+        decode_request(request, spec)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("key", ["shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"])
+def test_shared_memory_parameters_are_unimplemented_on_inputs_and_outputs(key: str) -> None:
+    spec = _spec([("x", "FP32", (2,)), ("z", "FP32", (2,))])
+    # as tritonclient sends it: the shared-memory input has no raw entry, the other one has
+    request = _raw_request(("z", "FP32", [1, 2], np.zeros(2, np.float32).tobytes()))
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 2]).parameters[key].int64_param = 0
+    message = _unsupported(request, spec)
+    assert "input 'x' asks for shared memory" in message and "send the tensor in the request" in message
+    alone = pb.ModelInferRequest(model_name="m")  # the only input, in shared memory: not "has no data"
+    alone.inputs.add(name="x", datatype="FP32", shape=[1, 2]).parameters[key].int64_param = 0
+    assert "input 'x' asks for shared memory" in _unsupported(alone, _spec([("x", "FP32", (2,))]))
+    output = _array_request({"x": ("FP32", np.zeros((1, 2), np.float32))}, outputs=["y"])
+    output.outputs[0].parameters[key].string_param = "region"
+    assert "output 'y' asks for shared memory" in _unsupported(output, _spec([("x", "FP32", (2,))]))

@@ -275,7 +275,7 @@ def test_unknown_top_level_key_reported_with_parameters_present() -> None:
             {"input": [_input(), _input(name="z", data_type="FP32")]},
             "input[1]: unknown key(s) data_type; valid keys: datatype, dims, name, optional",
         ),
-        ({"output": [{"name": "y", "datatype": "FP32", "optional": True}]}, "output[0]: unknown key(s) optional; valid keys: datatype, dims, name"),
+        ({"output": [{"name": "y", "datatype": "FP32", "optional": True}]}, "output[0]: unknown key(s) optional; valid keys: datatype, dims, label_filename, name"),
         (
             {"dynamic_batching": {"max_queue_delay_microseconds": 100}},
             "dynamic_batching: unknown key(s) max_queue_delay_microseconds; valid keys: default_priority_level, default_timeout_s, "
@@ -518,3 +518,48 @@ def test_overrides_do_not_mutate_the_caller_mapping(tmp_path: Path) -> None:
     overrides = {"max_batch_size": 32}
     load_model_config(_model_dir(tmp_path, toml=_TOML, files={"1/model.onnx": ""}), overrides)
     assert overrides == {"max_batch_size": 32}
+
+
+_LABELLED = '[[output]]\nname = "probabilities"\ndatatype = "FP32"\ndims = [4]\nlabel_filename = "{}"\n'
+
+
+def test_output_label_file_is_read_at_load(tmp_path: Path) -> None:
+    model_dir = _model_dir(tmp_path, toml=_LABELLED.format("labels.txt"), files={"labels.txt": "cat\r\ndog\n\nemu\n"})
+    (output,) = load_model_config(model_dir).outputs
+    assert output.label_filename == "labels.txt"
+    assert output.labels[:4] == ("cat", "dog", "", "emu")
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [
+        ("missing.txt", "'missing.txt' does not exist in the model folder"),
+        ("../outside.txt", "must name a file inside the model folder"),
+        (".", "must name a file inside the model folder"),
+    ],
+)
+def test_label_file_errors_name_the_key(tmp_path: Path, name: str, fragment: str) -> None:
+    (tmp_path / "outside.txt").write_text("secret\n")
+    with pytest.raises(ConfigError) as info:
+        load_model_config(_model_dir(tmp_path, toml=_LABELLED.format(name)))
+    assert str(info.value).startswith("mlp/config.toml: output[0].label_filename: ") and fragment in str(info.value)
+    assert str(tmp_path) not in str(info.value)
+
+
+def test_label_filename_is_for_outputs_only() -> None:
+    with pytest.raises(ConfigError, match="unknown key.*label_filename"):
+        parse_model_config("m", {"input": [{"name": "x", "datatype": "FP32", "label_filename": "l.txt"}]})
+
+
+def test_label_filename_round_trips_through_tritons_model_config(tmp_path: Path) -> None:
+    """RepositoryModelLoad's config JSON (Triton's ModelConfig) may name a label file; ModelConfig reports it."""
+    import json
+
+    from surge.server.edge.triton import config_overrides_from_json, model_config_message
+
+    triton_json = json.dumps({"output": [{"name": "probabilities", "data_type": "TYPE_FP32", "dims": [4], "label_filename": "labels.txt"}]})
+    overrides = config_overrides_from_json("mlp", triton_json)
+    model_dir = _model_dir(tmp_path, files={"labels.txt": "a\nb\n"})
+    config = load_model_config(model_dir, overrides)
+    assert config.outputs[0].labels[:2] == ("a", "b")
+    assert model_config_message(config).output[0].label_filename == "labels.txt"

@@ -10,7 +10,7 @@ import pytest
 from surge.protos import grpc_service_pb2 as pb
 from surge.protos import model_config_pb2 as mc
 from surge.protos.datatypes import deserialize_bytes_tensor
-from surge.server.errors import InvalidInput, Unsupported
+from surge.server.errors import InvalidInput
 from surge.server.edge.grpc_servicer import STATUS_OF
 from surge.server.edge.rest import HTTP_STATUS_OF
 from surge.server.edge.rest_codec import _flatten, decode_infer_request, encode_infer_response, load_parameters, message_to_json
@@ -64,13 +64,27 @@ def test_json_and_binary_inputs_become_raw_contents_in_order():
         ({"inputs": [{"name": "a", "datatype": "FP32", "shape": [1], "data": [1]}], "parameters": {"p": [1]}}, InvalidInput, "boolean, number or string"),
         ({"inputs": [{"name": "a", "datatype": "FP32", "shape": [1], "data": [1]}], "outputs": {"name": "o"}}, InvalidInput, "must be a list"),
         ({"inputs": [{"datatype": "FP32", "shape": [1], "data": [1]}]}, InvalidInput, "needs a 'name'"),
-        ({"inputs": [{"name": "a", "datatype": "FP32", "shape": [1], "parameters": {"shared_memory_region": "r"}}]}, Unsupported, "shared memory"),
     ],
 )
 def test_decode_errors_name_the_tensor_and_the_fix(doc, error, fragment):
     with pytest.raises(error) as info:
         decode_infer_request(json.dumps(doc).encode(), None, "m", "")
     assert fragment in str(info.value)
+
+
+def test_extension_parameters_go_on_in_the_message_for_the_shared_check():
+    """Classification and shared-memory parameters are not judged here: they reach codec like gRPC's do."""
+    doc = {
+        "inputs": [{"name": "a", "datatype": "FP32", "shape": [1], "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 4}},
+                   {"name": "b", "datatype": "FP32", "shape": [1], "data": [1.0]}],
+        "outputs": [{"name": "o", "parameters": {"classification": 3, "binary_data": True}}],
+    }
+    request = decode_infer_request(json.dumps(doc).encode(), None, "m", "")
+    shm, plain = request.message.inputs
+    assert shm.parameters["shared_memory_region"].string_param == "r" and shm.parameters["shared_memory_byte_size"].int64_param == 4
+    assert not plain.parameters and len(request.message.raw_input_contents) == 1  # the shared-memory input has no data
+    (out,) = request.message.outputs
+    assert dict(out.parameters) == {"classification": pb.InferParameter(int64_param=3)} and request.binary("o")
 
 
 def test_encode_binary_and_json_outputs():

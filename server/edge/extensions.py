@@ -1,0 +1,118 @@
+"""Triton's per-tensor request extensions, checked once for both edges (the REST edge passes the JSON
+parameters on in the protocol message, so a REST and a gRPC request meet these same checks in ``codec``).
+
+- **Classification** (implemented, Triton's semantics): a requested output with the ``classification``
+  parameter (an integer k; 0 means the raw output) comes back as a BYTES tensor of the k highest values of
+  each row, highest first, each written ``"<value>:<index>"`` or ``"<value>:<index>:<label>"``: the value as
+  C's ``%f`` writes floats (``0.960938``) and integers as they are, the index into the row flattened
+  (row-major), the label the index's line of the output's label file (``label_filename`` in the model's
+  config.toml; an index past its end, or an empty line, has no label). The shape is ``[rows, min(k, n)]`` for
+  a batched model and ``[min(k, n)]`` for one without a batch dimension, ``n`` being the values in a row.
+  Ties keep the lower index first. Numeric outputs only (BOOL, BYTES and BF16 are INVALID_ARGUMENT).
+- **Shared memory** (``shared_memory_region``, ``shared_memory_byte_size``, ``shared_memory_offset`` on an
+  input or a requested output): not implemented yet, so UNIMPLEMENTED (REST 501) with what to do instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from surge.protos import grpc_service_pb2 as pb
+
+from ..errors import InvalidInput, Unsupported
+
+__all__ = ["CLASSIFICATION", "SHARED_MEMORY", "check_input", "class_count", "classify", "refuse_shared_memory"]
+
+CLASSIFICATION = "classification"
+SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+_NOT_CLASSIFIABLE = ("BOOL", "BYTES", "BF16")
+
+
+def _shared_memory_key(parameters: Mapping[str, pb.InferParameter]) -> str | None:
+    return next((key for key in SHARED_MEMORY if key in parameters), None)
+
+
+def check_input(name: str, parameters: Mapping[str, pb.InferParameter]) -> None:
+    """An input's parameters: shared memory is UNIMPLEMENTED; anything else is the runtime's business."""
+    key = _shared_memory_key(parameters)
+    if key is not None:
+        raise Unsupported(
+            f"input '{name}' asks for shared memory ({key}), which Surge does not implement yet; send the tensor in the request"
+        )
+
+
+def refuse_shared_memory(inputs: Sequence[pb.ModelInferRequest.InferInputTensor]) -> None:
+    """Raise for the first input that asks for shared memory (such an input has no data in the request)."""
+    for tensor in inputs:
+        if tensor.parameters:
+            check_input(tensor.name, tensor.parameters)
+
+
+def class_count(name: str, parameters: Mapping[str, pb.InferParameter], datatype: str) -> int:
+    """A requested output's parameters: the classification count asked for (0: the raw output).
+
+    Raises Unsupported for shared memory, InvalidInput for a count that is not a non-negative integer or an
+    output that is not numeric.
+    """
+    key = _shared_memory_key(parameters)
+    if key is not None:
+        raise Unsupported(
+            f"output '{name}' asks for shared memory ({key}), which Surge does not implement yet; outputs come back in the response"
+        )
+    param = parameters.get(CLASSIFICATION)
+    if param is None:
+        return 0
+    which = param.WhichOneof("parameter_choice")
+    count = getattr(param, which) if which in ("int64_param", "uint64_param") else None
+    if count is None or count < 0:
+        shown = getattr(param, which) if which else "(unset)"
+        raise InvalidInput(f"output '{name}': the classification parameter must be a non-negative integer (the number of classes), got {shown!r}")
+    if count and datatype in _NOT_CLASSIFIABLE:
+        raise InvalidInput(f"output '{name}' is {datatype}: classification needs a numeric output; request it without the classification parameter")
+    return int(count)
+
+
+def classify(array: np.ndarray, count: int, labels: Sequence[str], batched: bool) -> np.ndarray:
+    """The top ``count`` entries of each row of ``array`` as ``value:index[:label]`` (a BYTES array of
+    ``np.object_``): shape ``[rows, k]`` when ``batched`` (the first dimension is the batch), else ``[k]``."""
+    rows = array.shape[0] if batched and array.ndim else 1
+    flat = array.reshape(rows, -1)
+    n = flat.shape[1]
+    k = min(count, n)
+    top = _top_indices(flat, k)
+    as_text = "%f" if flat.dtype.kind == "f" else "%d"
+    labelled = len(labels)
+    texts = [
+        (f"{as_text % v}:{i}:{labels[i]}" if i < labelled and labels[i] else f"{as_text % v}:{i}").encode()
+        for v, i in zip(np.take_along_axis(flat, top, axis=1).ravel().tolist(), top.ravel().tolist())
+    ]
+    out = np.empty(len(texts), dtype=np.object_)
+    out[:] = texts
+    return out.reshape((rows, k) if batched and array.ndim else (k,))
+
+
+#: Rows up to this many values are sorted whole (cheaper than partitioning at this size).
+_SORT_WHOLE_ROWS = 256
+
+
+def _top_indices(flat: np.ndarray, k: int) -> np.ndarray:
+    """The indices of each row's ``k`` highest values, highest first, ties by lower index (``1 <= k <= n``).
+
+    Long rows: O(n) per row (a partition, then a sort of the k candidates), as the output's own copy costs; a
+    row whose k-th value ties with values the partition left out is sorted whole (exact ties are rare in scores).
+    """
+    n = flat.shape[1]
+    if n <= _SORT_WHOLE_ROWS or 4 * k >= n:  # a stable sort of each reversed row, read from the end
+        return n - 1 - np.argsort(flat[:, ::-1], axis=1, kind="stable")[:, ::-1][:, :k]
+    candidates = np.argpartition(flat, n - k, axis=1)[:, n - k :]
+    values = np.take_along_axis(flat, candidates, axis=1)
+    # ascending by value with ties by higher index, reversed: descending, ties by lower index
+    order = np.lexsort((-candidates, values), axis=-1)[:, ::-1]
+    top = np.take_along_axis(candidates, order, axis=1)
+    kth = values.min(axis=1, keepdims=True)
+    tied = ((flat == kth).sum(axis=1) > (values == kth).sum(axis=1)).nonzero()[0]
+    for r in tied:  # the partition may have kept a higher index of a tie: the stable full sort decides
+        top[r] = n - 1 - np.argsort(flat[r, ::-1], kind="stable")[::-1][:k]
+    return top
