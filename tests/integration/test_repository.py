@@ -6,12 +6,15 @@ import concurrent.futures
 import json
 import shutil
 import threading
+import urllib.error
+import urllib.request
 
 import grpc
 import numpy as np
 import pytest
 
 from surge.clients import InferenceClient, InferenceServerError
+from surge.server import config as config_module
 from tests.models import write_add_model, write_test_repository
 
 
@@ -168,3 +171,45 @@ def test_a_tensorrt_model_without_tensorrt_is_unavailable_with_the_reason(start_
             "the tensorrt backend needs the tensorrt package: pip install 'surge[tensorrt,torch]' on a machine with an NVIDIA GPU",
         )
         assert index[("plain", "1")] == ("READY", "")
+
+
+def _rest(address: str, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(f"http://{address}{path}", data=json.dumps(body).encode() if body is not None else None, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+#: (Triton ModelConfig JSON a load request sends, the key the error names, the bound it names)
+UNBOUNDED_OVERRIDES = [
+    ({"parameters": {"intra_op_threads": {"string_value": "10000"}}}, "parameters.intra_op_threads", f"to {config_module.MAX_THREADS} (4 per core"),
+    ({"instance_group": [{"count": 100000, "kind": "KIND_CPU"}]}, "instance_group.count", f"to {config_module.MAX_INSTANCES} (4 per core"),
+    ({"dynamic_batching": {"max_queue_delay_microseconds": str(2**62)}}, "dynamic_batching.max_queue_delay_s", "from 0 to 10 (seconds)"),
+    ({"dynamic_batching": {"default_queue_policy": {"max_queue_size": 2**30}}}, "dynamic_batching.max_queue_size", f"to {config_module.MAX_QUEUE_SIZE}"),
+    ({"max_batch_size": 2**30}, "max_batch_size", f"to {config_module.MAX_BATCH_SIZE}"),
+    ({"model_warmup": [], "max_batch_size": 4}, "'model_warmup'", "which Surge does not apply"),
+    ({"dynamic_batching": {"no_such_knob": 1}}, "no_such_knob", "not a valid Triton ModelConfig"),
+]
+
+
+def test_load_overrides_past_a_bound_are_refused_naming_the_key_and_bound(start_server, repo):
+    server = start_server(model_repository=repo, model_control_mode="explicit", load_models=("mlp",))
+    threads = threading.active_count()
+    with InferenceClient(server.address, timeout_s=30, retries=0) as client:
+        for override, key, bound in UNBOUNDED_OVERRIDES:
+            with pytest.raises(InferenceServerError) as info:
+                client.load_model("mlp", config=json.dumps(override))
+            assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT, override
+            assert key in info.value.message and bound in info.value.message, info.value.message
+            status, body = _rest(server.server.http_address, "POST", "/v2/repository/models/mlp/load", {"parameters": {"config": override}})
+            assert status == 400 and key in body["error"] and bound in body["error"], (status, body)
+        assert threading.active_count() <= threads + 2  # nothing was built from a refused config
+        assert client.is_model_ready("mlp")  # the served version is untouched
+        np.testing.assert_array_equal(client.infer("mlp", {"x": np.zeros((2, 16), np.float32)})["probabilities"].shape, (2, 4))
+        # at the bounds themselves a load is accepted
+        at_bound = {"instance_group": [{"count": 2, "kind": "KIND_CPU"}], "parameters": {"intra_op_threads": {"string_value": str(config_module.MAX_THREADS)}},
+                    "dynamic_batching": {"max_queue_delay_microseconds": "10000000"}}  # fmt: skip
+        client.load_model("mlp", config=json.dumps(at_bound))
+        assert client.model_config("mlp").dynamic_batching.max_queue_delay_microseconds == 10_000_000
