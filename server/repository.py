@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ModelConfig, load_model_config
-from .errors import ConfigError, InvalidInput, ModelNotFound, ModelNotReady, Unsupported, VersionNotFound
+from .errors import ConfigError, InvalidInput, ModelNotFound, ModelNotReady, Unsupported, VersionNotFound, without_root
 from .execution.model import ModelVersion, State
 from .edge.security import check_load_overrides, check_model_name, confine
 
@@ -184,14 +184,16 @@ class ModelRepository:
         check_load_overrides(overrides)
         path = self.root / name
         if not await asyncio.to_thread(path.is_dir):
-            raise ModelNotFound(f"model '{name}' has no folder in the repository {self.root}")
+            raise ModelNotFound(f"model '{name}' has no folder in the repository")
         model = self._models.setdefault(name, _Model(name))
         async with model.lock:
             model.wanted = True
             try:
                 config, fingerprint, on_disk = await asyncio.to_thread(self._read_model, path, overrides)
             except Exception as exc:
-                model.reason = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+                model.reason = without_root(str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}", self.root)
+                if isinstance(exc, ConfigError):
+                    raise ConfigError(model.reason) from None
                 raise
             model.fingerprint = fingerprint
             selected = config.version_policy.select(on_disk)

@@ -360,3 +360,73 @@ def test_serve_refuses_bad_reliability_flags(repo, flags, message):
     )
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+# -- server paths stay on the server ---------------------------------------------------------------
+
+
+def test_no_answer_carries_a_path_of_the_repository(tmp_path, start_server, caplog):
+    """Load failures reach clients model-relative (the log keeps the full path): gRPC and REST, every kind of call."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from tests.models import write_test_repository
+
+    repo = write_test_repository(tmp_path / "repository")
+    (repo / "missing_file" / "1").mkdir(parents=True)
+    (repo / "missing_file" / "config.toml").write_text('default_model_filename = "weights.onnx"\n')
+    outside = tmp_path / "outside"
+    write_add_model(outside / "1" / "model.onnx", 1.0)
+    (repo / "escapes").mkdir()
+    (repo / "escapes" / "1").symlink_to(outside / "1")
+    server = start_server(model_repository=repo, model_control_mode="explicit", load_models=("broken", "missing_file"), strict_readiness=False)
+    secrets = {str(repo), str(repo.resolve()), str(tmp_path.resolve())}
+    answers: list[str] = []
+
+    stub = pb_grpc.GRPCInferenceServiceStub(channel := grpc.insecure_channel(server.address))
+    calls = [
+        lambda: stub.ModelInfer(pb.ModelInferRequest(model_name="broken", inputs=[_infer_request().inputs[0]]), timeout=10),
+        lambda: stub.ModelInfer(pb.ModelInferRequest(model_name="broken", model_version="1"), timeout=10),
+        lambda: stub.ModelMetadata(pb.ModelMetadataRequest(name="broken"), timeout=10),
+        lambda: stub.ModelMetadata(pb.ModelMetadataRequest(name="missing_file", version="1"), timeout=10),
+        lambda: stub.ModelConfig(pb.ModelConfigRequest(name="broken"), timeout=10),
+        lambda: stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="broken"), timeout=30),
+        lambda: stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="missing_file"), timeout=30),
+        lambda: stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="escapes"), timeout=30),
+        lambda: stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="no_such_model"), timeout=30),
+    ]
+    with channel:
+        for call in calls:
+            with pytest.raises(grpc.RpcError) as info:
+                call()
+            answers.append(info.value.details())
+        assert not stub.ModelReady(pb.ModelReadyRequest(name="broken"), timeout=10).ready
+        index = stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=10)
+        reasons = {m.name: m.reason for m in index.models}
+        answers += reasons.values()
+    assert "broken/1/model.onnx" in reasons["broken"], reasons["broken"]  # the model-relative reason is still there
+    assert "missing_file/1/weights.onnx does not exist" in reasons["missing_file"], reasons["missing_file"]
+    assert "resolves outside the model repository" in reasons["escapes"], reasons["escapes"]
+
+    for method, path, body in (
+        ("POST", "/v2/models/broken/infer", {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}),
+        ("GET", "/v2/models/broken", None),
+        ("GET", "/v2/models/broken/ready", None),
+        ("GET", "/v2/models/missing_file/versions/1", None),
+        ("POST", "/v2/repository/index", {}),
+        ("POST", "/v2/repository/models/broken/load", {}),
+        ("POST", "/v2/repository/models/escapes/load", {}),
+        ("POST", "/v2/repository/models/no_such_model/load", {}),
+    ):
+        request = urllib.request.Request(f"http://{server.server.http_address}{path}", method=method,
+                                         data=json.dumps(body).encode() if body is not None else None)  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                answers.append(response.read().decode())
+        except urllib.error.HTTPError as exc:
+            answers.append(exc.read().decode())
+    assert len(answers) > 20 and all(answers[:9])
+    leaks = [a for a in answers if any(s in a for s in secrets)]
+    assert not leaks, leaks
+    assert f"{repo}/broken/1/model.onnx" in caplog.text  # the operator's log has the full path
