@@ -5,6 +5,8 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import shutil
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -213,3 +215,42 @@ def test_load_overrides_past_a_bound_are_refused_naming_the_key_and_bound(start_
                     "dynamic_batching": {"max_queue_delay_microseconds": "10000000"}}  # fmt: skip
         client.load_model("mlp", config=json.dumps(at_bound))
         assert client.model_config("mlp").dynamic_batching.max_queue_delay_microseconds == 10_000_000
+
+
+def test_a_broken_config_edit_in_poll_mode_shows_in_the_index_and_is_logged_once(start_server, repo, tmp_path, caplog):
+    small = tmp_path / "small"
+    small.mkdir()
+    shutil.copytree(repo / "mlp", small / "mlp")
+    server = start_server(model_repository=small, model_control_mode="poll", poll_interval_s=3600)
+    poll = server.server.repository.poll_once
+    with InferenceClient(server.address, timeout_s=30, retries=0) as client:
+        assert _index(client)[("mlp", "1")] == ("READY", "")
+        (small / "mlp" / "config.toml").write_text("[dynamic_batching]\nmax_queue_delay_s = 4.6e12\n")
+        caplog.clear()
+        for _ in range(3):  # the file changed once: one reload, one log line, however many polls follow
+            server.call(poll())
+        logged = [r for r in caplog.records if "max_queue_delay_s" in r.getMessage()]
+        assert len(logged) == 1, [r.getMessage() for r in logged]
+
+        state, reason = _index(client)[("mlp", "1")]
+        assert state == "READY" and "the last load failed, this version keeps serving" in reason
+        assert "dynamic_batching.max_queue_delay_s: expected a number from 0 to 10 (seconds)" in reason, reason
+        status, rows = _rest(server.server.http_address, "POST", "/v2/repository/index", {})
+        assert status == 200 and reason in [row.get("reason") for row in rows], rows
+        cli = subprocess.run([sys.executable, "-m", "surge.server.cli", "models", "--url", server.address], capture_output=True, text=True, timeout=60)
+        assert cli.returncode == 0 and "max_queue_delay_s" in cli.stdout, cli.stdout + cli.stderr
+        assert client.infer("mlp", {"x": np.zeros((1, 16), np.float32)})["probabilities"].shape == (1, 4)  # the old config keeps serving
+
+        (small / "mlp" / "config.toml").write_text("[dynamic_batching]\nmax_queue_delay_s = 0.001\n")  # fixed: applied, the reason clears
+        server.call(poll())
+        assert _index(client)[("mlp", "1")] == ("READY", "")
+        assert client.model_config("mlp").dynamic_batching.max_queue_delay_microseconds == 1000
+
+        shutil.copytree(repo / "nobatch", small / "fresh")  # a new model whose config is broken from the start
+        (small / "fresh" / "config.toml").write_text("max_batch_size = -3\n")
+        caplog.clear()
+        for _ in range(3):
+            server.call(poll())
+        assert len([r for r in caplog.records if "max_batch_size" in r.getMessage()]) == 1
+        state, reason = _index(client)[("fresh", "")]
+        assert state == "UNAVAILABLE" and "max_batch_size: expected an integer from 0 to" in reason, reason
