@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-repository", type=Path, help="model repository folder (default: the built-in demo repository)")
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0 in containers)")
     serve.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001; 0 = any free port)")
-    serve.add_argument("--http-port", type=int, default=8000, help="REST v2 (HTTP/JSON) port (default 8000; 0 = any free port; -1 = REST off)")
+    serve.add_argument("--http-port", type=int, default=None,
+                       help="REST v2 (HTTP/JSON) port (default 8000, or off with a Unix --grpc-address; 0 = any free port; -1 = REST off)")
     serve.add_argument("--metrics-port", type=int, default=8002,
                        help="Prometheus /metrics HTTP port (default 8002; 0 = any free port; -1 = metrics off)")
     serve.add_argument("--model-control-mode", choices=("none", "explicit", "poll"), default="none",
@@ -140,7 +141,8 @@ def _add_reliability_flags(serve: argparse.ArgumentParser) -> None:
     from .edge.codec import DEFAULT_LIMITS as d
 
     serve.add_argument("--grpc-address", default="", metavar="unix:///PATH.sock", help="serve gRPC on a Unix socket (sidecars) instead of --host/--grpc-port")
-    serve.add_argument("--grpc-socket-mode", default="600", help="file mode of the Unix socket, octal (default 600: owner only)")
+    serve.add_argument("--http-address", default="", metavar="unix:///PATH.sock", help="serve REST on a Unix socket instead of --host/--http-port")
+    serve.add_argument("--grpc-socket-mode", default="600", help="file mode of the Unix sockets (gRPC's and REST's), octal (default 600: owner only)")
     serve.add_argument("--tls-cert", type=Path, help="PEM server certificate (chain): gRPC over TLS")
     serve.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     serve.add_argument("--tls-client-ca", type=Path, help="PEM CA bundle: require client certificates signed by it (mutual TLS)")
@@ -172,7 +174,7 @@ def _reliability_config(args: argparse.Namespace) -> dict[str, object]:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return {
-        "grpc_address": args.grpc_address, "socket_mode": mode, "tls_cert_file": args.tls_cert, "tls_key_file": args.tls_key,
+        "grpc_address": args.grpc_address, "http_address": args.http_address, "socket_mode": mode, "tls_cert_file": args.tls_cert, "tls_key_file": args.tls_key,
         "tls_client_ca_file": args.tls_client_ca, "auth_tokens_file": args.auth_tokens_file, "admin_enabled": not args.disable_admin,
         "limits": limits,
     }

@@ -4,6 +4,9 @@ inference/admin scopes, admin RPCs disabled, repository loads confined to the ro
 from __future__ import annotations
 
 import datetime
+import http.client
+import json
+import socket
 import ipaddress
 import os
 import stat
@@ -17,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from surge.protos import grpc_service_pb2 as pb
 from surge.protos import grpc_service_pb2_grpc as pb_grpc
 from surge.server.app import ServerConfig
+from surge.server.errors import ConfigError
 from tests.models import write_add_model
 
 X = np.zeros((1, 4), np.float32)
@@ -299,6 +303,73 @@ def test_unix_socket_serving_with_mode_0600(repo, tmp_path, start_server):
         path.unlink(missing_ok=True)
 
 
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a Unix socket (the standard library's client, pointed at a socket file)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__("localhost", timeout=30)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(str(self._path))
+
+
+def _unix_http(path: Path, method: str, target: str, body: dict | None = None, token: str = "") -> tuple[int, bytes]:
+    connection = _UnixHTTPConnection(path)
+    try:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        connection.request(method, target, body=json.dumps(body).encode() if body is not None else None, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def test_rest_on_a_unix_socket_with_the_sockets_mode(repo, tmp_path, start_server):
+    tag = f"{os.getpid()}-{tmp_path.name[-12:]}"
+    grpc_socket, rest_socket = Path("/tmp") / f"surge-g-{tag}.sock", Path("/tmp") / f"surge-r-{tag}.sock"
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"inference {INFERENCE_TOKEN}\n")
+    try:
+        rest_socket.touch()  # not a socket: the bind must fail rather than remove a file it does not own
+        with pytest.raises(OSError):
+            start_server(model_repository=repo, grpc_address=f"unix://{grpc_socket}", http_address=f"unix://{rest_socket}")
+        rest_socket.unlink()
+        server = start_server(model_repository=repo, grpc_address=f"unix://{grpc_socket}", http_address=f"unix://{rest_socket}",
+                              socket_mode=0o660, auth_tokens_file=tokens)  # fmt: skip
+        assert server.server.http_address == f"unix:{rest_socket}"
+        assert stat.S_ISSOCK(rest_socket.stat().st_mode) and stat.S_IMODE(rest_socket.stat().st_mode) == 0o660
+        assert stat.S_IMODE(grpc_socket.stat().st_mode) == 0o660
+        infer = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1.0, 2.0, 3.0, 4.0]}]}
+        status, body = _unix_http(rest_socket, "POST", "/v2/models/adder/infer", infer, INFERENCE_TOKEN)
+        assert status == 200 and json.loads(body)["outputs"][0]["data"][0] == 2.0, body
+        assert _unix_http(rest_socket, "POST", "/v2/models/adder/infer", infer)[0] == 401  # the same token policy as gRPC
+        assert _unix_http(rest_socket, "GET", "/v2/health/ready")[0] == 200
+    finally:
+        grpc_socket.unlink(missing_ok=True)
+        rest_socket.unlink(missing_ok=True)
+
+
+def test_rest_is_off_by_default_beside_a_unix_grpc_socket(repo, tmp_path, start_server):
+    from surge.server.cli import _parser
+
+    socket_path = Path("/tmp") / f"surge-g-{os.getpid()}-{tmp_path.name[-12:]}.sock"
+    try:
+        server = start_server(model_repository=repo, grpc_address=f"unix://{socket_path}", http_port=None)
+        assert server.server.http_address == "" and server.server._rest is None
+    finally:
+        socket_path.unlink(missing_ok=True)
+    assert ServerConfig(model_repository=repo, grpc_address="unix:///run/s.sock").http_port == -1
+    assert ServerConfig(model_repository=repo).http_port == 8000
+    assert ServerConfig(model_repository=repo, grpc_address="unix:///run/s.sock", http_port=9000).http_port == 9000  # asked for: on
+    assert _parser().parse_args(["serve"]).http_port is None
+    with pytest.raises(ConfigError, match="different sockets"):
+        ServerConfig(model_repository=repo, grpc_address="unix:///run/s.sock", http_address="unix:///run/s.sock")
+    with pytest.raises(ConfigError, match="--http-address must be unix:"):
+        ServerConfig(model_repository=repo, http_address="0.0.0.0:8000")
+
+
 def test_default_bind_is_loopback(repo):
     from surge.server.cli import _parser
 
@@ -367,7 +438,6 @@ def test_serve_refuses_bad_reliability_flags(repo, flags, message):
 
 def test_no_answer_carries_a_path_of_the_repository(tmp_path, start_server, caplog):
     """Load failures reach clients model-relative (the log keeps the full path): gRPC and REST, every kind of call."""
-    import json
     import urllib.error
     import urllib.request
 
