@@ -34,7 +34,7 @@ from .edge.codec import DEFAULT_LIMITS, Limits
 from .errors import ConfigError
 from .edge.grpc_servicer import InferenceServicer, add_to_server, status_of
 from .observability.metrics import ServerMetrics
-from .observability.metrics_http import MetricsEndpoint
+from .observability.metrics_http import MetricsEndpoint, read_scrape_token
 from .execution.model import abandoned_threads
 from .repository import ModelRepository
 from .edge.rest import RestEndpoint
@@ -83,6 +83,12 @@ class ServerConfig:
     metrics_port: int = 8002
     """Prometheus ``/metrics`` HTTP port (Triton's default); 0 picks a free port (``Server.metrics_address``);
     -1 turns metrics off (no endpoint, no histograms on the hot path; ModelStatistics still works)."""
+    metrics_tls: bool = False
+    """Serve ``/metrics`` over the same TLS as gRPC and REST (``tls_cert_file``; with ``tls_client_ca_file``, scrapers
+    need a client certificate: Prometheus' ``tls_config``)."""
+    metrics_token_file: Path | None = None
+    """A file holding one bearer token that every scrape must send (``Authorization: Bearer ...``: Prometheus'
+    ``authorization.credentials_file``); others get 401. None: scrapes need no token."""
     grpc_address: str = ""
     """``unix:///path.sock``: serve gRPC on a Unix socket (sidecars) instead of ``host:grpc_port``."""
     http_address: str = ""
@@ -127,6 +133,8 @@ class ServerConfig:
             raise ConfigError(f"--http-address and --grpc-address must be different sockets, both are {self.http_address!r}")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ConfigError("TLS needs both a certificate (--tls-cert) and its key (--tls-key)")
+        if self.metrics_tls and self.tls_cert_file is None:
+            raise ConfigError("--metrics-tls serves /metrics with the server's certificate: give --tls-cert and --tls-key")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ConfigError("mutual TLS (--tls-client-ca) needs the server's own certificate too (--tls-cert, --tls-key)")
         if not 0 <= self.switch_interval_s <= 0.1:
@@ -162,6 +170,11 @@ class ServerConfig:
             raise ConfigError(f"cannot use the TLS files {self.tls_cert_file}, {self.tls_key_file}{f', {self.tls_client_ca_file}' if self.tls_client_ca_file else ''} "
                               f"for REST: {getattr(exc, 'strerror', None) or exc}") from None
         return context
+
+    def metrics_protection(self) -> tuple[ssl.SSLContext | None, TokenAuth | None]:
+        """The metrics endpoint's TLS context and scrape token (each None when not configured). Raises ConfigError."""
+        token = read_scrape_token(self.metrics_token_file) if self.metrics_token_file is not None else None
+        return (self.ssl_context() if self.metrics_tls else None), token
 
     def unix_socket_path(self, address: str | None = None) -> Path | None:
         """The socket file of a ``unix:`` address (default: ``grpc_address``; None for TCP)."""
@@ -322,14 +335,17 @@ class Server:
         log.info("gRPC listening on %s (live; loading models from %s, control mode %s)", self.address, self.config.model_repository, self.config.model_control_mode)
         try:
             if self.metrics is not None:
-                host = "127.0.0.1" if self._peers is not None else self.config.host  # a worker's own page: for the supervisor only
-                endpoint = MetricsEndpoint(self.metrics, host, self.config.metrics_port)
+                if self._peers is not None:  # a worker's own page: for the supervisor only (which serves the protected one)
+                    endpoint = MetricsEndpoint(self.metrics, "127.0.0.1", self.config.metrics_port)
+                else:
+                    context, token = self.config.metrics_protection()
+                    endpoint = MetricsEndpoint(self.metrics, self.config.host, self.config.metrics_port, ssl_context=context, token=token)
                 try:
                     self.metrics_address = await endpoint.start()
                 except OSError as exc:
                     raise OSError(f"cannot bind the metrics endpoint to {self.config.host}:{self.config.metrics_port}: {exc.strerror or exc}") from None
                 self._metrics_endpoint = endpoint
-                log.info("metrics on http://%s/metrics", self.metrics_address)
+                log.info("metrics on %s://%s/metrics%s", "https" if endpoint.tls else "http", self.metrics_address, " (scrape token required)" if endpoint.token_required else "")
             if self.config.rest_enabled:  # REST v2 over the same servicer (rest.py), the same policy, limits and TLS as gRPC
                 rest_socket = self.config.unix_socket_path(self.config.http_address)
                 rest = RestEndpoint(

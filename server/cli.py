@@ -146,6 +146,8 @@ def _add_reliability_flags(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--tls-cert", type=Path, help="PEM server certificate (chain): gRPC over TLS")
     serve.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     serve.add_argument("--tls-client-ca", type=Path, help="PEM CA bundle: require client certificates signed by it (mutual TLS)")
+    serve.add_argument("--metrics-tls", action="store_true", help="serve /metrics over the same TLS as gRPC and REST (--tls-cert, --tls-key, --tls-client-ca)")
+    serve.add_argument("--metrics-token-file", type=Path, help="file holding the bearer token every scrape must send (Prometheus: authorization.credentials_file)")
     serve.add_argument("--auth-tokens-file", type=Path, help="bearer tokens, one 'SCOPES TOKEN' per line (scopes: inference, admin); $SURGE_AUTH_TOKENS adds more")
     serve.add_argument("--disable-admin", action="store_true", help="admin RPCs (repository load/unload, surge.v1.Admin) answer UNIMPLEMENTED")
     serve.add_argument("--max-request-bytes", type=int, default=d.max_request_bytes, help=f"largest request message (default {d.max_request_bytes})")
@@ -175,7 +177,8 @@ def _reliability_config(args: argparse.Namespace) -> dict[str, object]:
         raise ConfigError(str(exc)) from None
     return {
         "grpc_address": args.grpc_address, "http_address": args.http_address, "socket_mode": mode, "tls_cert_file": args.tls_cert, "tls_key_file": args.tls_key,
-        "tls_client_ca_file": args.tls_client_ca, "auth_tokens_file": args.auth_tokens_file, "admin_enabled": not args.disable_admin,
+        "tls_client_ca_file": args.tls_client_ca, "auth_tokens_file": args.auth_tokens_file,
+        "metrics_tls": args.metrics_tls, "metrics_token_file": args.metrics_token_file, "admin_enabled": not args.disable_admin,
         "limits": limits,
     }
 

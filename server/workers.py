@@ -559,7 +559,8 @@ class Supervisor:
         tasks: list[asyncio.Task[None]] = []
         try:
             if config.metrics_port >= 0:
-                endpoint = MetricsEndpoint(None, config.host, config.metrics_port, source=self._scrape)
+                context, token = config.metrics_protection()
+                endpoint = MetricsEndpoint(None, config.host, config.metrics_port, source=self._scrape, ssl_context=context, token=token)
                 try:
                     self.metrics_address = await endpoint.start()
                 except OSError as exc:

@@ -500,3 +500,79 @@ def test_no_answer_carries_a_path_of_the_repository(tmp_path, start_server, capl
     leaks = [a for a in answers if any(s in a for s in secrets)]
     assert not leaks, leaks
     assert f"{repo}/broken/1/model.onnx" in caplog.text  # the operator's log has the full path
+
+
+# -- the metrics endpoint --------------------------------------------------------------------------
+
+SCRAPE_TOKEN = "scrape-token-0123456789abcdef"
+
+
+def _scrape(url: str, context=None, token: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=30, context=context) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def test_metrics_over_tls_with_a_scrape_token(repo, pki, tmp_path, start_server):
+    import ssl
+    import urllib.error
+
+    token_file = tmp_path / "scrape-token"
+    token_file.write_text(SCRAPE_TOKEN + "\n")  # Prometheus' credentials_file: the token, a trailing newline is fine
+    server = start_server(model_repository=repo, tls_cert_file=pki["server_cert_file"], tls_key_file=pki["server_key_file"],
+                          metrics_tls=True, metrics_token_file=token_file)  # fmt: skip
+    channel, stub = _tls_stub(server.address, pki)
+    with channel:
+        _infer(stub)
+    url = f"https://{server.server.metrics_address}/metrics"
+    trusted = ssl.create_default_context(cafile=str(pki["ca_file"]))
+    status, _, body = _scrape(url, trusted, SCRAPE_TOKEN)
+    assert status == 200 and b'surge_requests_total{model="adder",version="1",route="primary",code="OK"} 1' in body, body[:300]
+    for token in (None, "wrong-token-0123456789abcdef", SCRAPE_TOKEN[:-1]):
+        status, headers, body = _scrape(url, trusted, token)
+        assert status == 401 and headers.get("WWW-Authenticate", "").startswith("Bearer") and b"surge_requests_total" not in body, (token, status)
+    assert _scrape(f"https://{server.server.metrics_address}/", trusted)[0] == 401  # every path
+    with pytest.raises(urllib.error.URLError):  # the server's certificate is checked by scrapers that do not know its CA
+        _scrape(url, ssl.create_default_context(), SCRAPE_TOKEN)
+    with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP gets no page
+        _scrape(f"http://{server.server.metrics_address}/metrics", None, SCRAPE_TOKEN)
+
+
+def test_metrics_token_alone_and_config_errors(repo, tmp_path, start_server):
+    token_file = tmp_path / "scrape-token"
+    token_file.write_text(SCRAPE_TOKEN)
+    server = start_server(model_repository=repo, metrics_token_file=token_file)
+    url = f"http://{server.server.metrics_address}/metrics"
+    assert _scrape(url, token=SCRAPE_TOKEN)[0] == 200 and _scrape(url)[0] == 401
+    short = tmp_path / "short"
+    short.write_text("abc")
+    with pytest.raises(ConfigError, match="at least 16 characters"):
+        ServerConfig(model_repository=repo, metrics_token_file=short).metrics_protection()
+    with pytest.raises(ConfigError, match="--metrics-tls"):
+        ServerConfig(model_repository=repo, metrics_tls=True)
+
+
+def test_serve_flags_protect_the_metrics_endpoint(repo, pki, tmp_path):
+    import re
+    import ssl
+
+    from tests.process import SurgeProcess
+
+    token_file = tmp_path / "scrape-token"
+    token_file.write_text(SCRAPE_TOKEN)
+    server = SurgeProcess(repo, tmp_path / "server", "--tls-cert", str(pki["server_cert_file"]), "--tls-key", str(pki["server_key_file"]),
+                          "--metrics-tls", "--metrics-token-file", str(token_file)).start()  # fmt: skip
+    try:
+        found = re.search(r"metrics on https://(\S+)/metrics \(scrape token required\)", server.log())
+        assert found, server.log()
+        trusted = ssl.create_default_context(cafile=str(pki["ca_file"]))
+        assert _scrape(f"https://{found.group(1)}/metrics", trusted, SCRAPE_TOKEN)[0] == 200
+        assert _scrape(f"https://{found.group(1)}/metrics", trusted, "x" * 20)[0] == 401
+    finally:
+        assert server.stop() == 0
