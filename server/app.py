@@ -137,6 +137,10 @@ class ServerConfig:
             raise ConfigError("--metrics-tls serves /metrics with the server's certificate: give --tls-cert and --tls-key")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ConfigError("mutual TLS (--tls-client-ca) needs the server's own certificate too (--tls-cert, --tls-key)")
+        if not 0 < self.poll_interval_s <= 86400:  # 0 would rescan the repository in a busy loop
+            raise ConfigError(f"--repository-poll-s must be above 0 and at most 86400 (a day), got {self.poll_interval_s:g}")
+        if not 0 <= self.drain_timeout_s <= 3600:
+            raise ConfigError(f"--drain-timeout-s must be from 0 to 3600 (an hour), got {self.drain_timeout_s:g}")
         if not 0 <= self.switch_interval_s <= 0.1:
             raise ConfigError(f"--switch-interval-ms must be between 0 (Python's default) and 100 ms, got {self.switch_interval_s * 1e3:g} ms")
 

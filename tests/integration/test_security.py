@@ -576,3 +576,13 @@ def test_serve_flags_protect_the_metrics_endpoint(repo, pki, tmp_path):
         assert _scrape(f"https://{found.group(1)}/metrics", trusted, "x" * 20)[0] == 401
     finally:
         assert server.stop() == 0
+
+
+def test_server_intervals_are_bounded(repo):
+    for kwargs, message in (
+        ({"poll_interval_s": 0.0}, "--repository-poll-s must be above 0 and at most 86400"),
+        ({"poll_interval_s": float("nan")}, "--repository-poll-s"),
+        ({"drain_timeout_s": 1e9}, "--drain-timeout-s must be from 0 to 3600"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            ServerConfig(model_repository=repo, **kwargs)
