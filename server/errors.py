@@ -39,7 +39,6 @@ __all__ = [
     "Unauthenticated",
     "Unsupported",
     "VersionNotFound",
-    "without_root",
 ]
 
 
@@ -99,7 +98,7 @@ class ConfigError(InferenceServerError, ValueError):
     """A configuration is invalid; the message names the key path and what is expected."""
 
 
-def without_root(text: str, root: Path) -> str:
+def without_root(text: str, root: Path) -> str:  # not in __all__, which lists the error classes
     """``text`` with the absolute path of ``root`` (the model repository) taken out of every path in it, for clients:
     ``Load model from /srv/models/m/1/model.onnx failed`` -> ``Load model from m/1/model.onnx failed``.
 
