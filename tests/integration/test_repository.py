@@ -254,3 +254,16 @@ def test_a_broken_config_edit_in_poll_mode_shows_in_the_index_and_is_logged_once
         assert len([r for r in caplog.records if "max_batch_size" in r.getMessage()]) == 1
         state, reason = _index(client)[("fresh", "")]
         assert state == "UNAVAILABLE" and "max_batch_size: expected an integer from 0 to" in reason, reason
+
+
+def test_a_models_own_config_round_trips_through_a_load_request(start_server, repo):
+    """model_analyzer reads ModelConfig, edits it and sends all of it back: every field Surge reports is one it applies."""
+    from google.protobuf import json_format
+
+    server = start_server(model_repository=repo, model_control_mode="explicit", load_models=("mlp_batched", "nobatch"))
+    with InferenceClient(server.address, timeout_s=30, retries=0) as client:
+        for name in ("mlp_batched", "nobatch"):
+            config = client.model_config(name)
+            for as_json in (json_format.MessageToJson(config, preserving_proto_field_name=True), json_format.MessageToJson(config)):
+                client.load_model(name, config=as_json)
+                assert client.model_config(name) == config
