@@ -13,11 +13,13 @@ control is ``security.py``'s one interceptor, installed only when tokens are con
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import ssl
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +33,7 @@ from .edge.codec import DEFAULT_LIMITS, Limits
 from .errors import ConfigError
 from .edge.grpc_servicer import InferenceServicer, add_to_server, status_of
 from .observability.metrics import ServerMetrics
-from .observability.metrics_http import MetricsEndpoint
+from .observability.metrics_http import MetricsEndpoint, read_scrape_token
 from .execution.model import abandoned_threads
 from .repository import ModelRepository
 from .edge.rest import RestEndpoint
@@ -81,10 +83,18 @@ class ServerConfig:
     metrics_port: int = 8002
     """Prometheus ``/metrics`` HTTP port (Triton's default); 0 picks a free port (``Server.metrics_address``);
     -1 turns metrics off (no endpoint, no histograms on the hot path; ModelStatistics still works)."""
+    metrics_tls: bool = False
+    """Serve ``/metrics`` over the same TLS as gRPC and REST (``tls_cert_file``; with ``tls_client_ca_file``, scrapers
+    need a client certificate: Prometheus' ``tls_config``)."""
+    metrics_token_file: Path | None = None
+    """A file holding one bearer token that every scrape must send (``Authorization: Bearer ...``: Prometheus'
+    ``authorization.credentials_file``); others get 401. None: scrapes need no token."""
     grpc_address: str = ""
     """``unix:///path.sock``: serve gRPC on a Unix socket (sidecars) instead of ``host:grpc_port``."""
+    http_address: str = ""
+    """``unix:///path.sock``: serve REST on a Unix socket instead of ``host:http_port`` (with the same mode as gRPC's)."""
     socket_mode: int = 0o600
-    """File mode of the Unix socket (owner only by default)."""
+    """File mode of the Unix sockets (owner only by default)."""
     tls_cert_file: Path | None = None
     """PEM server certificate (chain): gRPC over TLS. Needs ``tls_key_file``."""
     tls_key_file: Path | None = None
@@ -97,8 +107,10 @@ class ServerConfig:
     """False: admin RPCs (repository load/unload, surge.v1.Admin) answer UNIMPLEMENTED."""
     limits: Limits = DEFAULT_LIMITS
     """Request limits (sizes, elements, rows, streams per connection)."""
-    http_port: int = 8000
-    """REST v2 (HTTP/JSON) port (Triton's default); 0 picks a free port (``Server.http_address``); -1 turns REST off."""
+    http_port: int | None = None
+    """REST v2 (HTTP/JSON) port (Triton's default); 0 picks a free port (``Server.http_address``); -1 turns REST off.
+    None (the default): 8000, except with a Unix gRPC socket (``grpc_address``): then REST is off unless asked for
+    (``http_address`` or a port), so a sidecar never opens an unauthenticated TCP port beside its owner-only socket."""
     switch_interval_s: float = 0.0
     """Python's GIL switch interval for this process (``sys.setswitchinterval``); 0 leaves Python's 5 ms. A runtime
     thread that lets go of the GIL (every torch call does) waits up to this long to get it back while the event
@@ -108,16 +120,27 @@ class ServerConfig:
     see ``workers.py``). Off otherwise, so a port already taken is a clear error rather than a silent share."""
 
     def __post_init__(self) -> None:
+        if self.http_port is None:
+            object.__setattr__(self, "http_port", -1 if self.grpc_address or self.http_address else 8000)
         if not -1 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics port must be -1 (off), 0 (any free port) or 1..65535, got {self.metrics_port}")
         if not -1 <= self.http_port <= 65535:
             raise ConfigError(f"HTTP port must be -1 (off), 0 (any free port) or 1..65535, got {self.http_port}")
-        if self.grpc_address and not (self.grpc_address.startswith("unix:") and len(self.grpc_address) > len("unix:")):
-            raise ConfigError(f"--grpc-address must be unix:///absolute/path.sock (or unix:relative.sock), got {self.grpc_address!r}")
+        for flag, address in (("--grpc-address", self.grpc_address), ("--http-address", self.http_address)):
+            if address and not (address.startswith("unix:") and len(address) > len("unix:")):
+                raise ConfigError(f"{flag} must be unix:///absolute/path.sock (or unix:relative.sock), got {address!r}")
+        if self.http_address and self.http_address == self.grpc_address:
+            raise ConfigError(f"--http-address and --grpc-address must be different sockets, both are {self.http_address!r}")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ConfigError("TLS needs both a certificate (--tls-cert) and its key (--tls-key)")
+        if self.metrics_tls and self.tls_cert_file is None:
+            raise ConfigError("--metrics-tls serves /metrics with the server's certificate: give --tls-cert and --tls-key")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ConfigError("mutual TLS (--tls-client-ca) needs the server's own certificate too (--tls-cert, --tls-key)")
+        if not 0 < self.poll_interval_s <= 86400:  # 0 would rescan the repository in a busy loop
+            raise ConfigError(f"--repository-poll-s must be above 0 and at most 86400 (a day), got {self.poll_interval_s:g}")
+        if not 0 <= self.drain_timeout_s <= 3600:
+            raise ConfigError(f"--drain-timeout-s must be from 0 to 3600 (an hour), got {self.drain_timeout_s:g}")
         if not 0 <= self.switch_interval_s <= 0.1:
             raise ConfigError(f"--switch-interval-ms must be between 0 (Python's default) and 100 ms, got {self.switch_interval_s * 1e3:g} ms")
 
@@ -152,12 +175,40 @@ class ServerConfig:
                               f"for REST: {getattr(exc, 'strerror', None) or exc}") from None
         return context
 
-    def unix_socket_path(self) -> Path | None:
-        """The socket file of a ``unix:`` address (None for TCP)."""
-        if not self.grpc_address:
+    def metrics_protection(self) -> tuple[ssl.SSLContext | None, TokenAuth | None]:
+        """The metrics endpoint's TLS context and scrape token (each None when not configured). Raises ConfigError."""
+        token = read_scrape_token(self.metrics_token_file) if self.metrics_token_file is not None else None
+        return (self.ssl_context() if self.metrics_tls else None), token
+
+    def unix_socket_path(self, address: str | None = None) -> Path | None:
+        """The socket file of a ``unix:`` address (default: ``grpc_address``; None for TCP)."""
+        address = self.grpc_address if address is None else address
+        if not address:
             return None
-        rest = self.grpc_address[len("unix:"):]
+        rest = address[len("unix:"):]
         return Path(rest[2:] if rest.startswith("//") else rest)
+
+    @property
+    def rest_enabled(self) -> bool:
+        """Whether REST listens (on ``http_address``'s socket, or ``host:http_port``)."""
+        return bool(self.http_address) or (self.http_port or 0) >= 0
+
+
+@contextlib.contextmanager
+def _unix_socket(path: Path | None, mode: int) -> Iterator[None]:
+    """Around the bind of a listener: for a Unix socket ``path``, remove a stale socket file of an earlier run, create
+    the new one owner-only (umask 0177: never wider, not even briefly), then give it ``mode``. Nothing for TCP (None)."""
+    if path is None:
+        yield
+        return
+    if path.is_socket():  # a stale socket would make the bind fail
+        path.unlink()
+    umask = os.umask(0o177)
+    try:
+        yield
+    finally:
+        os.umask(umask)
+    os.chmod(path, mode)
 
 
 class _Health(HealthServicer):
@@ -277,10 +328,7 @@ class Server:
         socket = self.config.unix_socket_path()
         if socket is not None:
             target = self.config.grpc_address
-            if socket.is_socket():  # a stale socket of an earlier run would make the bind fail
-                socket.unlink()
-        umask = os.umask(0o177) if socket is not None else None  # the socket file is never wider than 0600, not even briefly
-        try:
+        with _unix_socket(socket, self.config.socket_mode):
             try:  # grpcio returns 0 or raises RuntimeError, by version
                 port = server.add_secure_port(target, credentials) if credentials is not None else server.add_insecure_port(target)
             except RuntimeError:
@@ -292,38 +340,42 @@ class Server:
             self._grpc = server
             await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
             await server.start()
-        finally:
-            if umask is not None:
-                os.umask(umask)
         if socket is not None:
-            os.chmod(socket, self.config.socket_mode)
             self.address = target
         else:
             self.address = f"{self.config.host}:{port}"
         log.info("gRPC listening on %s (live; loading models from %s, control mode %s)", self.address, self.config.model_repository, self.config.model_control_mode)
         try:
             if self.metrics is not None:
-                host = "127.0.0.1" if self._peers is not None else self.config.host  # a worker's own page: for the supervisor only
-                endpoint = MetricsEndpoint(self.metrics, host, self.config.metrics_port)
+                if self._peers is not None:  # a worker's own page: for the supervisor only (which serves the protected one)
+                    endpoint = MetricsEndpoint(self.metrics, "127.0.0.1", self.config.metrics_port)
+                else:
+                    context, token = self.config.metrics_protection()
+                    endpoint = MetricsEndpoint(self.metrics, self.config.host, self.config.metrics_port, ssl_context=context, token=token)
                 try:
                     self.metrics_address = await endpoint.start()
                 except OSError as exc:
                     raise OSError(f"cannot bind the metrics endpoint to {self.config.host}:{self.config.metrics_port}: {exc.strerror or exc}") from None
                 self._metrics_endpoint = endpoint
-                log.info("metrics on http://%s/metrics", self.metrics_address)
-            if self.config.http_port >= 0:  # REST v2 over the same servicer (rest.py), the same policy, limits and TLS as gRPC
+                log.info("metrics on %s://%s/metrics%s", "https" if endpoint.tls else "http", self.metrics_address, " (scrape token required)" if endpoint.token_required else "")
+            if self.config.rest_enabled:  # REST v2 over the same servicer (rest.py), the same policy, limits and TLS as gRPC
+                rest_socket = self.config.unix_socket_path(self.config.http_address)
                 rest = RestEndpoint(
-                    servicer, self.config.host, self.config.http_port, max_request_bytes=limits.max_request_bytes,
+                    servicer, self.config.host, self.config.http_port or 0, max_request_bytes=limits.max_request_bytes,
                     drain_timeout_s=self.config.drain_timeout_s, metrics=self.metrics,
                     authorize=self.security.authorize if self.security.active else None, reuse_port=self.config.reuse_port,
-                    ssl_context=self.config.ssl_context(),
+                    ssl_context=self.config.ssl_context(), unix_path=rest_socket,
                 )
+                where = self.config.http_address or f"{self.config.host}:{self.config.http_port}"
                 try:
-                    self.http_address = await rest.start()
+                    with _unix_socket(rest_socket, self.config.socket_mode):
+                        self.http_address = await rest.start()
                 except OSError as exc:
-                    raise OSError(f"cannot bind REST to {self.config.host}:{self.config.http_port}: {exc.strerror or exc}") from None
+                    raise OSError(f"cannot bind REST to {where}: {exc.strerror or exc}") from None
                 self._rest = rest
                 log.info("REST v2 on %s://%s/v2", "https" if self.config.tls_cert_file is not None else "http", self.http_address)
+            elif self.config.grpc_address:
+                log.info("REST is off (gRPC is on a Unix socket; --http-address unix:///PATH.sock serves REST on a socket too)")
             await self.repository.start()
         except BaseException:
             await self.stop(0)

@@ -102,7 +102,8 @@ def _parser(serving: bool = True) -> argparse.ArgumentParser:
     serve.add_argument("--model-repository", type=Path, help="model repository folder (default: the built-in demo repository)")
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0 in containers)")
     serve.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001; 0 = any free port)")
-    serve.add_argument("--http-port", type=int, default=8000, help="REST v2 (HTTP/JSON) port (default 8000; 0 = any free port; -1 = REST off)")
+    serve.add_argument("--http-port", type=int, default=None,
+                       help="REST v2 (HTTP/JSON) port (default 8000, or off with a Unix --grpc-address; 0 = any free port; -1 = REST off)")
     serve.add_argument("--metrics-port", type=int, default=8002,
                        help="Prometheus /metrics HTTP port (default 8002; 0 = any free port; -1 = metrics off)")
     serve.add_argument("--model-control-mode", choices=("none", "explicit", "poll"), default="none",
@@ -203,10 +204,13 @@ def _add_reliability_flags(serve: argparse.ArgumentParser) -> None:
     from .edge.codec import DEFAULT_LIMITS as d
 
     serve.add_argument("--grpc-address", default="", metavar="unix:///PATH.sock", help="serve gRPC on a Unix socket (sidecars) instead of --host/--grpc-port (default: none)")
-    serve.add_argument("--grpc-socket-mode", default="600", help="file mode of the Unix socket, octal (default 600: owner only)")
+    serve.add_argument("--http-address", default="", metavar="unix:///PATH.sock", help="serve REST on a Unix socket instead of --host/--http-port (default: none; off beside a Unix gRPC socket)")
+    serve.add_argument("--grpc-socket-mode", default="600", help="file mode of the Unix sockets (gRPC's and REST's), octal (default 600: owner only)")
     serve.add_argument("--tls-cert", type=Path, help="PEM server certificate (chain): gRPC over TLS")
     serve.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     serve.add_argument("--tls-client-ca", type=Path, help="PEM CA bundle: require client certificates signed by it (mutual TLS)")
+    serve.add_argument("--metrics-tls", action="store_true", help="serve /metrics over the same TLS as gRPC and REST (--tls-cert, --tls-key, --tls-client-ca)")
+    serve.add_argument("--metrics-token-file", type=Path, help="file holding the bearer token every scrape must send (Prometheus: authorization.credentials_file)")
     serve.add_argument("--auth-tokens-file", type=Path, help="bearer tokens, one 'SCOPES TOKEN' per line (scopes: inference, admin); $SURGE_AUTH_TOKENS adds more")
     serve.add_argument("--disable-admin", action="store_true", help="admin RPCs (repository load/unload, surge.v1.Admin) answer UNIMPLEMENTED")
     serve.add_argument("--max-request-bytes", type=int, default=d.max_request_bytes, help=f"largest request message (default {d.max_request_bytes})")
@@ -235,8 +239,9 @@ def _reliability_config(args: argparse.Namespace) -> dict[str, object]:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return {
-        "grpc_address": args.grpc_address, "socket_mode": mode, "tls_cert_file": args.tls_cert, "tls_key_file": args.tls_key,
-        "tls_client_ca_file": args.tls_client_ca, "auth_tokens_file": args.auth_tokens_file, "admin_enabled": not args.disable_admin,
+        "grpc_address": args.grpc_address, "http_address": args.http_address, "socket_mode": mode, "tls_cert_file": args.tls_cert, "tls_key_file": args.tls_key,
+        "tls_client_ca_file": args.tls_client_ca, "auth_tokens_file": args.auth_tokens_file,
+        "metrics_tls": args.metrics_tls, "metrics_token_file": args.metrics_token_file, "admin_enabled": not args.disable_admin,
         "limits": limits,
     }
 

@@ -80,6 +80,8 @@ omitted)::
     k = 3
 
 Errors are ``ConfigError`` naming the key path (``mlp/config.toml: input[0].datatype: ...``) and what is valid.
+Every number has a bound (``MAX_*`` below: threads and instances scale with the cores, delays and timeouts,
+queue and batch sizes), checked here for config.toml and a load request's overrides alike.
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -295,6 +298,41 @@ class FeedbackConfig:
 MAX_LATENCY_BUCKETS = 200
 
 
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the cores this process may run on (a container's cpuset), not the host's
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+# Bounds of every numeric knob, in config.toml and in a load request's overrides alike (both pass through
+# ``parse_model_config``); an error names the key and the bound. Threads and instances scale with the cores.
+CORES = _cores()
+#: Runtime instances of one model version (each is an executor thread): 4 per core, never above 256.
+MAX_INSTANCES = min(256, 4 * CORES)
+#: Thread-count parameters of a runtime (``parameters.*_threads``, per instance): 4 per core, never above 256.
+MAX_THREADS = min(256, 4 * CORES)
+#: ``max_queue_delay_s`` and ``latency_slo_s``: the longest a batcher may hold a request for company.
+MAX_QUEUE_DELAY_S = 10.0
+#: ``default_timeout_s`` and ``execution_timeout_s``: one hour.
+MAX_TIMEOUT_S = 3600.0
+#: ``max_queue_size`` (per priority level) and the shadow's queue and concurrency.
+MAX_QUEUE_SIZE = 65536
+#: ``priority_levels``.
+MAX_PRIORITY_LEVELS = 64
+#: ``max_batch_size`` and ``preferred_batch_sizes`` (rows).
+MAX_BATCH_SIZE = 65536
+#: Elements of one input or output over a full batch (max_batch_size rows of its fixed dims): warm-up and the
+#: preallocated input buffers hold this many at most (1 GiB of FP32).
+MAX_BATCH_ELEMENTS = 2**28
+#: Drift: rows per window, features tracked; feedback: requests remembered; shadow log size.
+MAX_DRIFT_WINDOW_ROWS = 10_000_000
+MAX_DRIFT_FEATURES = 4096
+MAX_FEEDBACK_REQUESTS = 10_000_000
+MAX_LOG_BYTES = 2**34
+_CORES_BOUND = f" (4 per core of the {CORES} this server may use, at most 256)"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelConfig:
     """A model's validated configuration. ``inputs``/``outputs`` are empty until completed from the model file."""
@@ -373,7 +411,8 @@ def load_model_config(model_dir: Path, overrides: Mapping[str, Any] | None = Non
             config = dataclasses.replace(config, outputs=tuple(_with_labels(t, model_dir, i) for i, t in enumerate(config.outputs)))
         return config
     except ConfigError as exc:
-        raise ConfigError(f"{model_dir.name}/{CONFIG_FILENAME}: {exc}") from None
+        where = f"{model_dir.name}/{CONFIG_FILENAME}" + (" with the load request's config" if overrides else "")
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 #: A label file larger than this is refused (a class name per line: even a million classes fit).
@@ -421,7 +460,7 @@ def parse_model_config(name: str, data: Mapping[str, Any]) -> ModelConfig:
     """Validate a decoded TOML table into a ModelConfig; raises ConfigError naming the key path."""
     reader = _Table(data, "")
     backend = reader.choice("backend", BACKENDS, "onnxruntime")
-    max_batch_size = reader.integer("max_batch_size", None, minimum=0)
+    max_batch_size = reader.integer("max_batch_size", None, minimum=0, maximum=MAX_BATCH_SIZE)
     config = ModelConfig(
         name=name,
         backend=backend,
@@ -432,10 +471,10 @@ def parse_model_config(name: str, data: Mapping[str, Any]) -> ModelConfig:
         outputs=tuple(_tensor(t, inputs=False) for t in reader.tables("output")),
         dynamic_batching=_batching(reader.table("dynamic_batching"), max_batch_size),
         instance_group=_instance_group(reader.table("instance_group")),
-        parameters=dict(reader.table("parameters").data),
+        parameters=_parameters(reader.table("parameters")),
         metrics=_metrics(reader.table("metrics")),
         drift=_drift(reader.table("drift")),
-        execution_timeout_s=reader.number("execution_timeout_s", 0.0, minimum=0.0),
+        execution_timeout_s=reader.number("execution_timeout_s", 0.0, minimum=0.0, maximum=MAX_TIMEOUT_S),
         routing=_routing(reader.table("routing")),
         feedback=_feedback(reader.table("feedback")),
         preprocess=tuple(_step(t) for t in reader.tables("preprocess")),
@@ -446,14 +485,29 @@ def parse_model_config(name: str, data: Mapping[str, Any]) -> ModelConfig:
         names = [t.name for t in tensors]
         if len(set(names)) != len(names):
             raise ConfigError(f"{kind}: tensor names must be unique, got {names}")
+        for i, tensor in enumerate(tensors):
+            elements = math.prod(d for d in tensor.dims if d > 0) * max(1, max_batch_size or 0)
+            if elements > MAX_BATCH_ELEMENTS:
+                raise ConfigError(
+                    f"{kind}[{i}].dims: {list(tensor.dims)} over max_batch_size = {max_batch_size or 0} rows is {elements} elements a batch; "
+                    f"at most {MAX_BATCH_ELEMENTS}"
+                )
     return config
+
+
+def _parameters(reader: _Table) -> dict[str, Any]:
+    """Runtime options (each runtime validates its own); thread counts (``*_threads``) are bounded here for all."""
+    for key in reader.data:
+        if str(key).endswith("_threads"):
+            reader.integer(key, 0, minimum=0, maximum=MAX_THREADS, bound=_CORES_BOUND)
+    return dict(reader.data)
 
 
 def _tensor(reader: _Table, *, inputs: bool) -> TensorConfig:
     tensor = TensorConfig(
         name=reader.string("name", _REQUIRED),
         datatype=reader.choice("datatype", sorted(DATATYPES), _REQUIRED),
-        dims=tuple(reader.int_list("dims", minimum=-1)),
+        dims=tuple(reader.int_list("dims", minimum=-1, maximum=MAX_BATCH_ELEMENTS)),
         optional=reader.boolean("optional", False) if inputs else False,
         label_filename="" if inputs else reader.string("label_filename", ""),
     )
@@ -471,7 +525,7 @@ def _version_policy(reader: _Table) -> VersionPolicy:
     if not given:
         policy = VersionPolicy()
     elif given[0] == "latest":
-        policy = VersionPolicy(kind="latest", num_versions=reader.integer("latest", 1, minimum=1))
+        policy = VersionPolicy(kind="latest", num_versions=reader.integer("latest", 1, minimum=1, maximum=2**31 - 1))
     elif given[0] == "all":
         if reader.boolean("all", True) is not True:
             raise ConfigError("version_policy.all: must be true (or use latest / specific)")
@@ -490,7 +544,7 @@ def _batching(reader: _Table, max_batch_size: int | None) -> BatchingConfig | No
         return None
     if max_batch_size == 0:
         raise ConfigError("dynamic_batching: needs a batch dimension, but max_batch_size = 0")
-    slo = reader.number("latency_slo_s", 0.0, minimum=0.0)
+    slo = reader.number("latency_slo_s", 0.0, minimum=0.0, maximum=MAX_QUEUE_DELAY_S)
     policies: dict[int, QueuePolicyConfig] = {}
     by_level = reader.table("priority_queue_policy")
     for key in list(by_level.data):
@@ -498,13 +552,13 @@ def _batching(reader: _Table, max_batch_size: int | None) -> BatchingConfig | No
             raise ConfigError(f"dynamic_batching.priority_queue_policy.{key}: levels are integers, e.g. [dynamic_batching.priority_queue_policy.1]")
         policies[int(key)] = _queue_policy(by_level.table(str(key)))
     batching = BatchingConfig(
-        max_queue_delay_s=reader.number("max_queue_delay_s", 0.0, minimum=0.0),
+        max_queue_delay_s=reader.number("max_queue_delay_s", 0.0, minimum=0.0, maximum=MAX_QUEUE_DELAY_S),
         latency_slo_s=slo or None,
-        preferred_batch_sizes=tuple(reader.int_list("preferred_batch_sizes", minimum=1)),
-        max_queue_size=reader.integer("max_queue_size", 0, minimum=0),
-        default_timeout_s=reader.number("default_timeout_s", 0.0, minimum=0.0),
-        priority_levels=reader.integer("priority_levels", 1, minimum=1),
-        default_priority_level=reader.integer("default_priority_level", 1, minimum=1),
+        preferred_batch_sizes=tuple(reader.int_list("preferred_batch_sizes", minimum=1, maximum=MAX_BATCH_SIZE)),
+        max_queue_size=reader.integer("max_queue_size", 0, minimum=0, maximum=MAX_QUEUE_SIZE),
+        default_timeout_s=reader.number("default_timeout_s", 0.0, minimum=0.0, maximum=MAX_TIMEOUT_S),
+        priority_levels=reader.integer("priority_levels", 1, minimum=1, maximum=MAX_PRIORITY_LEVELS),
+        default_priority_level=reader.integer("default_priority_level", 1, minimum=1, maximum=MAX_PRIORITY_LEVELS),
         priority_queue_policy=policies,
     )
     if batching.max_queue_delay_s > 1.0:  # seconds here; Triton's config writes microseconds
@@ -528,8 +582,8 @@ def _batching(reader: _Table, max_batch_size: int | None) -> BatchingConfig | No
 
 def _queue_policy(reader: _Table) -> QueuePolicyConfig:
     policy = QueuePolicyConfig(
-        max_queue_size=reader.integer("max_queue_size", 0, minimum=0),
-        default_timeout_s=reader.number("default_timeout_s", 0.0, minimum=0.0),
+        max_queue_size=reader.integer("max_queue_size", 0, minimum=0, maximum=MAX_QUEUE_SIZE),
+        default_timeout_s=reader.number("default_timeout_s", 0.0, minimum=0.0, maximum=MAX_TIMEOUT_S),
     )
     reader.check_no_unknown()
     return policy
@@ -553,10 +607,10 @@ def _drift(reader: _Table) -> DriftConfig | None:
     if not reader.present:
         return None
     config = DriftConfig(
-        sample_rate=reader.number("sample_rate", 0.01, minimum=0.0, unit="fraction"),
-        window_rows=reader.integer("window_rows", 1000, minimum=10),
-        psi_alert=reader.number("psi_alert", 0.2, minimum=0.0, unit="PSI"),
-        max_features=reader.integer("max_features", 64, minimum=1),
+        sample_rate=reader.number("sample_rate", 0.01, minimum=0.0, maximum=1.0, unit="fraction"),
+        window_rows=reader.integer("window_rows", 1000, minimum=10, maximum=MAX_DRIFT_WINDOW_ROWS),
+        psi_alert=reader.number("psi_alert", 0.2, minimum=0.0, maximum=math.inf, unit="PSI"),
+        max_features=reader.integer("max_features", 64, minimum=1, maximum=MAX_DRIFT_FEATURES),
     )
     if not 0.0 < config.sample_rate <= 1.0:
         raise ConfigError(f"drift.sample_rate: expected a fraction 0 < r <= 1, got {config.sample_rate}")
@@ -572,7 +626,7 @@ def _routing(reader: _Table) -> RoutingConfig | None:
     for key in list(weights_table.data):
         if not str(key).isdigit() or int(key) < 1:
             raise ConfigError(f"routing.weights.{key}: keys are version numbers, e.g. weights = {{ 1 = 90, 2 = 10 }}")
-        weight = weights_table.number(str(key), 0.0, minimum=0.0, unit="relative weight")
+        weight = weights_table.number(str(key), 0.0, minimum=0.0, maximum=math.inf, unit="relative weight")
         if weight > 0:
             weights.append((int(key), weight))
     if weights_table.data and not weights:
@@ -584,15 +638,15 @@ def _routing(reader: _Table) -> RoutingConfig | None:
 
 def _shadow(reader: _Table) -> ShadowConfig:
     config = ShadowConfig(
-        version=reader.integer("version", 0, minimum=0),
-        fraction=reader.number("fraction", 1.0, minimum=0.0, unit="fraction"),
-        max_concurrency=reader.integer("max_concurrency", 4, minimum=1),
-        max_queue=reader.integer("max_queue", 64, minimum=0),
-        rtol=reader.number("rtol", 1e-5, minimum=0.0, unit="relative tolerance"),
-        atol=reader.number("atol", 1e-6, minimum=0.0, unit="absolute tolerance"),
+        version=reader.integer("version", 0, minimum=0, maximum=2**31 - 1),
+        fraction=reader.number("fraction", 1.0, minimum=0.0, maximum=math.inf, unit="fraction"),
+        max_concurrency=reader.integer("max_concurrency", 4, minimum=1, maximum=MAX_QUEUE_SIZE),
+        max_queue=reader.integer("max_queue", 64, minimum=0, maximum=MAX_QUEUE_SIZE),
+        rtol=reader.number("rtol", 1e-5, minimum=0.0, maximum=math.inf, unit="relative tolerance"),
+        atol=reader.number("atol", 1e-6, minimum=0.0, maximum=math.inf, unit="absolute tolerance"),
         log_path=reader.string("log_path", ""),
-        log_max_bytes=reader.integer("log_max_bytes", 10_000_000, minimum=0),
-        log_sample_rate=reader.number("log_sample_rate", 1.0, minimum=0.0, unit="fraction"),
+        log_max_bytes=reader.integer("log_max_bytes", 10_000_000, minimum=0, maximum=MAX_LOG_BYTES),
+        log_sample_rate=reader.number("log_sample_rate", 1.0, minimum=0.0, maximum=math.inf, unit="fraction"),
         log_inputs=reader.boolean("log_inputs", False),
     )
     for key, value in (("fraction", config.fraction), ("log_sample_rate", config.log_sample_rate)):
@@ -605,7 +659,7 @@ def _shadow(reader: _Table) -> ShadowConfig:
 def _feedback(reader: _Table) -> FeedbackConfig | None:
     if not reader.present:
         return None
-    config = FeedbackConfig(output=reader.string("output", ""), max_requests=reader.integer("max_requests", 100_000, minimum=1))
+    config = FeedbackConfig(output=reader.string("output", ""), max_requests=reader.integer("max_requests", 100_000, minimum=1, maximum=MAX_FEEDBACK_REQUESTS))
     reader.check_no_unknown()
     return config
 def _step(reader: _Table) -> StepConfig:
@@ -618,7 +672,7 @@ def _step(reader: _Table) -> StepConfig:
 
 def _instance_group(reader: _Table) -> InstanceGroupConfig:
     group = InstanceGroupConfig(
-        count=reader.integer("count", 1, minimum=1),
+        count=reader.integer("count", 1, minimum=1, maximum=MAX_INSTANCES, bound=_CORES_BOUND),
         kind=reader.choice("kind", ("cpu", "gpu", "auto"), "cpu"),
         gpus=tuple(reader.int_list("gpus", minimum=0)),
     )
@@ -668,24 +722,25 @@ class _Table:
             raise ConfigError(f"{self.path}{key}: expected true or false, got {value!r}")
         return value
 
-    def integer(self, key: str, default: int | None, *, minimum: int) -> Any:
+    def integer(self, key: str, default: int | None, *, minimum: int, maximum: int, bound: str = "") -> Any:
+        """An integer in ``minimum..maximum``; ``bound`` says where the maximum comes from (in the error)."""
         value = self._get(key, default)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ConfigError(f"{self.path}{key}: expected an integer >= {minimum}, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+            raise ConfigError(f"{self.path}{key}: expected an integer from {minimum} to {maximum}{bound}, got {value!r}")
         return value
 
-    def number(self, key: str, default: float, *, minimum: float, unit: str = "seconds") -> float:
+    def number(self, key: str, default: float, *, minimum: float, maximum: float, unit: str = "seconds") -> float:
         value = self._get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < minimum:
-            raise ConfigError(f"{self.path}{key}: expected a number >= {minimum} ({unit}), got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or not minimum <= value <= maximum:
+            raise ConfigError(f"{self.path}{key}: expected a number from {minimum:g} to {maximum:g} ({unit}), got {value!r}")
         return float(value)
 
-    def int_list(self, key: str, *, minimum: int) -> list[int]:
+    def int_list(self, key: str, *, minimum: int, maximum: int = 2**31 - 1) -> list[int]:
         value = self._get(key, [])
-        if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in value):
-            raise ConfigError(f"{self.path}{key}: expected a list of integers >= {minimum}, got {value!r}")
+        if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, int) or not minimum <= v <= maximum for v in value):
+            raise ConfigError(f"{self.path}{key}: expected a list of integers from {minimum} to {maximum}, got {value!r}")
         return value
 
     def number_list(self, key: str) -> list[float]:

@@ -22,6 +22,8 @@ with a request id (the traceback goes to the log, never to the client).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 __all__ = [
     "ConfigError",
     "DeadlineExpired",
@@ -94,3 +96,16 @@ class PermissionDenied(InferenceServerError):
 
 class ConfigError(InferenceServerError, ValueError):
     """A configuration is invalid; the message names the key path and what is expected."""
+
+
+def without_root(text: str, root: Path) -> str:  # not in __all__, which lists the error classes
+    """``text`` with the absolute path of ``root`` (the model repository) taken out of every path in it, for clients:
+    ``Load model from /srv/models/m/1/model.onnx failed`` -> ``Load model from m/1/model.onnx failed``.
+
+    Every reason a model version or the repository keeps (and answers with) passes through here; the log keeps the
+    full text. Both the path as configured and its resolved form (symlinks followed) are removed.
+    """
+    for prefix in sorted({str(root.absolute()), str(root.resolve())}, key=len, reverse=True):
+        if prefix != "/":
+            text = text.replace(prefix + "/", "").replace(prefix, "<model repository>")
+    return text

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ModelConfig, load_model_config
-from .errors import ConfigError, InvalidInput, ModelNotFound, ModelNotReady, Unsupported, VersionNotFound
+from .errors import ConfigError, InvalidInput, ModelNotFound, ModelNotReady, Unsupported, VersionNotFound, without_root
 from .execution.model import ModelVersion, State
 from .edge.security import check_load_overrides, check_model_name, confine
 
@@ -161,8 +161,9 @@ class ModelRepository:
         rows: list[IndexEntry] = []
         for name in sorted(self._models):
             model = self._models[name]
-            if model.versions:
-                rows += [IndexEntry(name, v.version_str, v.state, v.reason) for v in (model.versions[k] for k in sorted(model.versions))]
+            if model.versions:  # a failed reload (a broken config edit) shows on the versions that keep serving
+                failed = f"the last load failed, this version keeps serving: {model.reason}" if model.reason else ""
+                rows += [IndexEntry(name, v.version_str, v.state, v.reason or failed) for v in (model.versions[k] for k in sorted(model.versions))]
             else:
                 rows.append(IndexEntry(name, "", State.UNAVAILABLE, model.reason or "not loaded"))
         return [r for r in rows if r.state == State.READY] if ready_only else rows
@@ -184,14 +185,18 @@ class ModelRepository:
         check_load_overrides(overrides)
         path = self.root / name
         if not await asyncio.to_thread(path.is_dir):
-            raise ModelNotFound(f"model '{name}' has no folder in the repository {self.root}")
+            raise ModelNotFound(f"model '{name}' has no folder in the repository")
         model = self._models.setdefault(name, _Model(name))
         async with model.lock:
             model.wanted = True
+            fingerprint = await asyncio.to_thread(_fingerprint, path)  # first: a change made while reading is seen by the next poll
             try:
-                config, fingerprint, on_disk = await asyncio.to_thread(self._read_model, path, overrides)
+                config, on_disk = await asyncio.to_thread(self._read_model, path, overrides)
             except Exception as exc:
-                model.reason = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+                model.fingerprint = fingerprint  # poll mode tries (and logs) a broken edit once, until the files change again
+                model.reason = without_root(str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}", self.root)
+                if isinstance(exc, ConfigError):
+                    raise ConfigError(model.reason) from None
                 raise
             model.fingerprint = fingerprint
             selected = config.version_policy.select(on_disk)
@@ -219,8 +224,9 @@ class ModelRepository:
             retired = [v for v in old.values() if table.get(v.version) is not v]
             for version in retired:
                 self._spawn(version.aclose(self._drain_timeout_s))
-            if kept:  # the caller asked for new versions and did not get them: say so (Triton does too)
+            if kept:  # the caller asked for new versions and did not get them: say so (Triton does too), and in the index
                 failed = kept[0]
+                model.reason = f"version {failed.version}: {failed.reason}"
                 message = f"model '{name}' version {failed.version} failed to reload ({failed.reason}); the previous version keeps serving"
                 raise ConfigError(message) if isinstance(failed.error, ConfigError) else ModelNotReady(message)
             if not model.serving:
@@ -258,13 +264,13 @@ class ModelRepository:
     def _scan_names(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
-    def _read_model(self, path: Path, overrides: Mapping[str, Any] | None) -> tuple[ModelConfig, tuple[Any, ...], list[int]]:
+    def _read_model(self, path: Path, overrides: Mapping[str, Any] | None) -> tuple[ModelConfig, list[int]]:
         confine(self.root, path, f"model folder '{path.name}'")
         config = load_model_config(path, overrides)
         versions = _versions_on_disk(path)
         for v in versions:  # no symlink (or default_model_filename) may lead a version's file outside the root
             confine(self.root, path / str(v) / config.model_filename, f"model '{path.name}' version {v}'s {config.model_filename}")
-        return config, _fingerprint(path), versions
+        return config, versions
 
     async def _poll_forever(self) -> None:
         while True:

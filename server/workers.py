@@ -498,9 +498,10 @@ class Supervisor:
     def __init__(self, config: Any, workers: int, *, log_level: str = "info", loop: str = "auto", share_gpu: bool = False) -> None:
         if workers < 2:
             raise ConfigError(f"--workers: a supervisor runs 2 or more workers, got {workers}")
-        if config.grpc_address:
+        if config.grpc_address or config.http_address:
+            flag, address = ("--grpc-address", config.grpc_address) if config.grpc_address else ("--http-address", config.http_address)
             raise ConfigError(
-                f"--workers {workers} with --grpc-address {config.grpc_address}: workers share a TCP port (SO_REUSEPORT); a Unix socket "
+                f"--workers {workers} with {flag} {address}: workers share a TCP port (SO_REUSEPORT); a Unix socket "
                 "has one listener. Use --workers 1 with a Unix socket, or a TCP port (--grpc-port) with workers"
             )
         gpu, auto = gpu_models(config.model_repository)
@@ -558,7 +559,8 @@ class Supervisor:
         tasks: list[asyncio.Task[None]] = []
         try:
             if config.metrics_port >= 0:
-                endpoint = MetricsEndpoint(None, config.host, config.metrics_port, source=self._scrape)
+                context, token = config.metrics_protection()
+                endpoint = MetricsEndpoint(None, config.host, config.metrics_port, source=self._scrape, ssl_context=context, token=token)
                 try:
                     self.metrics_address = await endpoint.start()
                 except OSError as exc:

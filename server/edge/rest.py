@@ -43,6 +43,7 @@ import asyncio
 import logging
 import ssl
 import sys
+from pathlib import Path
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -162,13 +163,15 @@ class RestEndpoint:
     def __init__(
         self, servicer: InferenceServicer, host: str, port: int, *, max_request_bytes: int, drain_timeout_s: float = 30.0,
         metrics: ServerMetrics | None = None, authorize: Authorize | None = None, reuse_port: bool = False,
-        ssl_context: ssl.SSLContext | None = None,
+        ssl_context: ssl.SSLContext | None = None, unix_path: Path | None = None,
     ) -> None:
         """``max_request_bytes``: largest request body accepted (after decompression; larger: 413).
         ``metrics``: where inference requests whose body cannot be read are counted (as the servicer counts unrouted ones).
         ``authorize``: the access-control hook (module docstring); None: every route is open.
         ``reuse_port``: bind with SO_REUSEPORT, so worker processes can share the port (else a taken port is an error).
-        ``ssl_context``: serve HTTPS (``ServerConfig.ssl_context``: the gRPC port's certificate and client CA); None: plain HTTP."""
+        ``ssl_context``: serve HTTPS (``ServerConfig.ssl_context``: the gRPC port's certificate and client CA); None: plain HTTP.
+        ``unix_path``: listen on this Unix socket instead of ``host:port`` (its mode is the caller's: ``app._unix_socket``)."""
+        self._unix_path = unix_path
         self._servicer = servicer
         self._host = host
         self._port = port
@@ -189,14 +192,21 @@ class RestEndpoint:
         self.address = ""
 
     async def start(self) -> str:
-        """Bind and listen; returns the bound ``host:port`` (port 0 picks a free one). Raises OSError."""
+        """Bind and listen; returns the bound ``host:port`` (port 0 picks a free one) or ``unix:PATH``. Raises OSError."""
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True, reuse_port=self._reuse_port or None, ssl_context=self._ssl_context)
+        site: web.BaseSite
+        if self._unix_path is not None:
+            site = web.UnixSite(self._runner, str(self._unix_path), ssl_context=self._ssl_context)
+        else:
+            site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True, reuse_port=self._reuse_port or None, ssl_context=self._ssl_context)
         try:
             await site.start()
         except BaseException:
             await self._runner.cleanup()
             raise
+        if self._unix_path is not None:
+            self.address = f"unix:{self._unix_path}"
+            return self.address
         port = self._runner.addresses[0][1]
         self.address = f"[{self._host}]:{port}" if ":" in self._host else f"{self._host}:{port}"
         return self.address

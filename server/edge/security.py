@@ -244,7 +244,7 @@ def confine(root: Path, path: Path, what: str) -> Path:
     resolved_root = root.resolve()
     resolved = path.resolve()
     if resolved != resolved_root and not resolved.is_relative_to(resolved_root):
-        raise errors.ConfigError(f"{what} resolves outside the model repository ({resolved_root}); refused")
+        raise errors.ConfigError(f"{what} resolves outside the model repository; refused")
     return resolved
 
 

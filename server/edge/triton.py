@@ -25,6 +25,11 @@ _TYPE_OF = {name: getattr(mc, f"TYPE_{name}") for name in ("BOOL", "UINT8", "UIN
 _TYPE_OF["BYTES"] = mc.TYPE_STRING
 _DATATYPE_OF = {value: key for key, value in _TYPE_OF.items()}
 _KIND = {"cpu": mc.ModelInstanceGroup.KIND_CPU, "gpu": mc.ModelInstanceGroup.KIND_GPU, "auto": mc.ModelInstanceGroup.KIND_AUTO}
+#: The Triton ModelConfig fields a load request's ``config`` may set (what ``config_overrides_from_json`` translates).
+_APPLIED = (
+    "name", "platform", "backend", "max_batch_size", "default_model_filename", "input", "output", "dynamic_batching", "instance_group",
+    "version_policy", "parameters",
+)
 _BACKEND_OF_PLATFORM = {
     "onnxruntime_onnx": "onnxruntime", "onnxruntime": "onnxruntime", "python": "python", "pytorch_libtorch": "torch", "pytorch": "torch", "torch": "torch",
 }
@@ -104,9 +109,17 @@ def config_overrides_from_json(model_name: str, text: str) -> dict[str, Any]:
     for key in ("sequence_batching", "ensemble_scheduling", "batch_input", "batch_output"):
         if key in data:
             raise Unsupported(f"the 'config' parameter sets {key}, which Surge does not support")
+    fields = mc.ModelConfig.DESCRIPTOR.fields_by_name
+    field_of = {name: name for name in fields} | {f.json_name: name for name, f in fields.items()}
+    ignored = sorted(key for key in data if field_of.get(key) not in _APPLIED)
+    if ignored:  # as config.toml does: a key that would be silently ignored is an error
+        raise ConfigError(
+            f"the 'config' parameter sets {', '.join(map(repr, ignored))}, which Surge does not apply; keys it applies: {', '.join(_APPLIED)}"
+        )
+    data = {field_of[key]: value for key, value in data.items()}
     message = mc.ModelConfig()
     try:
-        json_format.ParseDict(data, message, ignore_unknown_fields=True)
+        json_format.ParseDict(data, message)  # a field Triton does not know, at any depth, is an error naming it
     except json_format.ParseError as exc:
         raise ConfigError(f"the 'config' parameter is not a valid Triton ModelConfig: {exc}") from None
     if message.name and message.name != model_name:

@@ -42,7 +42,7 @@ from surge.protos.datatypes import numpy_dtype
 from ..config import ModelConfig, TensorConfig
 from .batching import BatchRequest, DynamicBatcher, QueuePolicy, SchedulerPolicy
 from ..observability.drift import PROFILE_FILENAME, DriftMonitor, Profile
-from ..errors import ConfigError, ExecutionTimeout, InferenceServerError, ModelNotReady, RuntimeFailure
+from ..errors import ConfigError, ExecutionTimeout, InferenceServerError, ModelNotReady, RuntimeFailure, without_root
 from ..observability.metrics import VersionMetrics, VersionSample
 from .pipeline import Pipeline, PipelineInstance
 from ..runtimes.base import Runtime, Signature, create_runtime
@@ -157,7 +157,7 @@ class ModelVersion:
         started = time.perf_counter()
         try:
             if not self.model_path.is_file():
-                raise ConfigError(f"model file {self.model_path} does not exist")
+                raise ConfigError(f"model file {self.config.name}/{self.version}/{self.model_path.name} does not exist")
             count = self.config.instance_group.count
             executors = [ThreadPoolExecutor(1, thread_name_prefix=f"surge-{self.config.name}-v{self.version}-{i}") for i in range(count)]
             self._instances = [_Instance(create_runtime(self.config), ex, i) for i, ex in enumerate(executors)]
@@ -191,8 +191,8 @@ class ModelVersion:
                 self._batcher.cost.observe(rows, seconds)
         except Exception as exc:  # a broken model must not take the server down
             self.load_duration_s = time.perf_counter() - started
-            self.state, self.reason, self.error = State.UNAVAILABLE, _reason(exc), exc
-            log.error("model %s version %d failed to load: %s", self.config.name, self.version, self.reason, exc_info=not isinstance(exc, InferenceServerError))
+            self.state, self.reason, self.error = State.UNAVAILABLE, self._client_reason(exc), exc
+            log.error("model %s version %d failed to load: %s", self.config.name, self.version, _reason(exc), exc_info=not isinstance(exc, InferenceServerError))
             await self._close_instances()
             return
         self._free.extend(self._instances)
@@ -241,6 +241,10 @@ class ModelVersion:
                 _, t0, t1 = inst.run(inputs, self.output_names)
             timings.append((rows, (t1 - t0) / 1e9))
         return timings
+
+    def _client_reason(self, exc: BaseException) -> str:
+        """The reason clients read (state, errors): ``exc``'s first line, paths relative to the repository."""
+        return without_root(_reason(exc), self.model_path.parents[2])
 
     async def aclose(self, drain_timeout_s: float = 30.0) -> None:
         """Stop taking requests, wait for in-flight ones (up to ``drain_timeout_s``), close the instances."""
@@ -387,7 +391,7 @@ class ModelVersion:
                 raise
             log.error("model %s version %d: the replacement of instance %d failed to load: %s", self.config.name, self.version, index, _reason(exc))
             if not self._instances:
-                self.state, self.reason = State.UNAVAILABLE, f"an instance hung and its replacement failed to load: {_reason(exc)}"
+                self.state, self.reason = State.UNAVAILABLE, f"an instance hung and its replacement failed to load: {self._client_reason(exc)}"
             return
         if self.state not in (State.READY, State.UNAVAILABLE) or self._batcher is None:  # unloading meanwhile
             executor.submit(inst.runtime.close)

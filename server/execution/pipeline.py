@@ -62,6 +62,10 @@ POST_OPS = ("softmax", "argmax", "topk", "threshold")
 _IMAGE_DTYPES = ("UINT8", "FP32")
 
 
+#: ``resize`` and ``crop`` sides (pixels): warm-up and the batch buffers hold max_batch_size images of this size.
+MAX_IMAGE_SIDE = 16384
+
+
 class _Params:
     """Typed reads of a step's parameters, with errors that name ``preprocess[i].key``; unknown keys are errors."""
 
@@ -104,8 +108,8 @@ class _Params:
     def size(self, key: str, default: tuple[int, int] | None) -> tuple[int, int]:
         value = self._get(key, list(default) if default and min(default) > 0 else _REQUIRED)
         pair = [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
-        if not isinstance(pair, list) or len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pair):
-            raise self.error(key, f"expected [height, width] of integers >= 1, got {value!r}")
+        if not isinstance(pair, list) or len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_IMAGE_SIDE for v in pair):
+            raise self.error(key, f"expected [height, width] of integers from 1 to {MAX_IMAGE_SIDE}, got {value!r}")
         return pair[0], pair[1]
 
     def choice(self, key: str, default: str, choices: Sequence[str]) -> str:

@@ -7,6 +7,11 @@ nothing (a scrape every few seconds). What would block the loop is formatting th
 that part runs in a one-thread executor: the loop only copies the counters (``ServerMetrics.snapshot``,
 microseconds per version, which also gives one consistent instant per scrape) and writes the bytes.
 
+Protection (both optional, as Prometheus scrapes with them: ``tls_config`` and ``authorization``): TLS with the
+server's certificate (and client CA: mutual TLS), and a bearer token every request must carry (``Authorization:
+Bearer <token>``; compared by digest in constant time, ``security.TokenAuth``); a request without it, or with
+another, gets 401 with ``WWW-Authenticate: Bearer`` before anything is rendered.
+
 Supported: ``GET``/``HEAD`` of ``/metrics`` (Prometheus text 0.0.4, or OpenMetrics when the Accept
 header asks for ``application/openmetrics-text``; gzip when Accept-Encoding lists it), ``/`` (a pointer
 to /metrics); 404 elsewhere, 405 for other methods. Keep-alive as HTTP/1.1 says; requests with a body
@@ -17,12 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+from .. import errors
+from ..edge.security import TokenAuth
 from .metrics import ServerMetrics, render
 
-__all__ = ["MetricsEndpoint"]
+__all__ = ["MetricsEndpoint", "read_scrape_token"]
 
 log = logging.getLogger("surge.metrics")
 
@@ -30,8 +39,21 @@ log = logging.getLogger("surge.metrics")
 MAX_HEAD_BYTES = 16 * 1024
 #: A keep-alive connection idle this long is closed (seconds).
 IDLE_TIMEOUT_S = 120.0
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 431: "Request Header Fields Too Large", 500: "Internal Server Error"}
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed", 431: "Request Header Fields Too Large", 500: "Internal Server Error"}
 _INDEX = b"Surge metrics: GET /metrics (Prometheus text, or OpenMetrics with Accept: application/openmetrics-text)\n"
+_SCOPE = "metrics"
+
+
+def read_scrape_token(path: Path) -> TokenAuth:
+    """The scrape token in ``path`` (the whole file, surrounding whitespace stripped: Prometheus' ``credentials_file``
+    format), as a ``TokenAuth``. Raises ConfigError naming the file (never the token)."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise errors.ConfigError(f"cannot read the metrics token file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if len(token) < 16 or any(c.isspace() for c in token):
+        raise errors.ConfigError(f"the metrics token file {path} must hold one token of at least 16 characters, without spaces")
+    return TokenAuth([(token, (_SCOPE,))])
 
 
 class MetricsEndpoint:
@@ -40,10 +62,13 @@ class MetricsEndpoint:
     def __init__(
         self, metrics: ServerMetrics | None, host: str, port: int, *,
         source: Callable[[str, str], Awaitable[tuple[bytes, dict[str, str]]]] | None = None,
+        ssl_context: ssl.SSLContext | None = None, token: TokenAuth | None = None,
     ) -> None:
         """``source(accept, accept_encoding) -> (body, headers)``: another page than ``metrics``' (the
-        ``--workers`` supervisor's merged page)."""
+        ``--workers`` supervisor's merged page). ``ssl_context``: serve HTTPS; ``token``: every request needs it."""
         self._metrics = metrics
+        self._ssl_context = ssl_context
+        self._token = token
         self._source = source
         self._host = host
         self._port = port
@@ -52,9 +77,19 @@ class MetricsEndpoint:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="surge-metrics")
         self.address = ""
 
+    @property
+    def tls(self) -> bool:
+        """Whether it serves HTTPS."""
+        return self._ssl_context is not None
+
+    @property
+    def token_required(self) -> bool:
+        """Whether every request needs the scrape token."""
+        return self._token is not None
+
     async def start(self) -> str:
         """Bind and listen; returns the bound ``host:port`` (port 0 picks a free one). Raises OSError."""
-        self._server = await asyncio.start_server(self._serve, self._host, self._port, limit=MAX_HEAD_BYTES)
+        self._server = await asyncio.start_server(self._serve, self._host, self._port, limit=MAX_HEAD_BYTES, ssl=self._ssl_context)
         port = self._server.sockets[0].getsockname()[1]
         self.address = f"[{self._host}]:{port}" if ":" in self._host else f"{self._host}:{port}"
         return self.address
@@ -107,6 +142,12 @@ class MetricsEndpoint:
         if headers.get("content-length", "0") != "0" or "transfer-encoding" in headers:
             keep_alive = False  # we read no bodies: answer, then close rather than misread the next request
         path = target.split("?", 1)[0]
+        if self._token is not None:
+            try:
+                self._token.check(headers.get("authorization"), _SCOPE, "a scrape")
+            except errors.InferenceServerError as exc:
+                await self._reply(writer, 401, f"{exc}\n".encode(), {"WWW-Authenticate": 'Bearer realm="surge-metrics"'}, head_only=method == "HEAD", keep_alive=keep_alive)
+                return keep_alive
         if method not in ("GET", "HEAD"):
             await self._reply(writer, 405, b"only GET and HEAD\n", {"Allow": "GET, HEAD"}, head_only=False)
         elif path == "/metrics" and self._source is not None:

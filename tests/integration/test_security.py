@@ -4,6 +4,9 @@ inference/admin scopes, admin RPCs disabled, repository loads confined to the ro
 from __future__ import annotations
 
 import datetime
+import http.client
+import json
+import socket
 import ipaddress
 import os
 import stat
@@ -17,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from surge.protos import grpc_service_pb2 as pb
 from surge.protos import grpc_service_pb2_grpc as pb_grpc
 from surge.server.app import ServerConfig
+from surge.server.errors import ConfigError
 from tests.models import write_add_model
 
 X = np.zeros((1, 4), np.float32)
@@ -299,6 +303,73 @@ def test_unix_socket_serving_with_mode_0600(repo, tmp_path, start_server):
         path.unlink(missing_ok=True)
 
 
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a Unix socket (the standard library's client, pointed at a socket file)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__("localhost", timeout=30)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(str(self._path))
+
+
+def _unix_http(path: Path, method: str, target: str, body: dict | None = None, token: str = "") -> tuple[int, bytes]:
+    connection = _UnixHTTPConnection(path)
+    try:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        connection.request(method, target, body=json.dumps(body).encode() if body is not None else None, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def test_rest_on_a_unix_socket_with_the_sockets_mode(repo, tmp_path, start_server):
+    tag = f"{os.getpid()}-{tmp_path.name[-12:]}"
+    grpc_socket, rest_socket = Path("/tmp") / f"surge-g-{tag}.sock", Path("/tmp") / f"surge-r-{tag}.sock"
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"inference {INFERENCE_TOKEN}\n")
+    try:
+        rest_socket.touch()  # not a socket: the bind must fail rather than remove a file it does not own
+        with pytest.raises(OSError):
+            start_server(model_repository=repo, grpc_address=f"unix://{grpc_socket}", http_address=f"unix://{rest_socket}")
+        rest_socket.unlink()
+        server = start_server(model_repository=repo, grpc_address=f"unix://{grpc_socket}", http_address=f"unix://{rest_socket}",
+                              socket_mode=0o660, auth_tokens_file=tokens)  # fmt: skip
+        assert server.server.http_address == f"unix:{rest_socket}"
+        assert stat.S_ISSOCK(rest_socket.stat().st_mode) and stat.S_IMODE(rest_socket.stat().st_mode) == 0o660
+        assert stat.S_IMODE(grpc_socket.stat().st_mode) == 0o660
+        infer = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1.0, 2.0, 3.0, 4.0]}]}
+        status, body = _unix_http(rest_socket, "POST", "/v2/models/adder/infer", infer, INFERENCE_TOKEN)
+        assert status == 200 and json.loads(body)["outputs"][0]["data"][0] == 2.0, body
+        assert _unix_http(rest_socket, "POST", "/v2/models/adder/infer", infer)[0] == 401  # the same token policy as gRPC
+        assert _unix_http(rest_socket, "GET", "/v2/health/ready")[0] == 200
+    finally:
+        grpc_socket.unlink(missing_ok=True)
+        rest_socket.unlink(missing_ok=True)
+
+
+def test_rest_is_off_by_default_beside_a_unix_grpc_socket(repo, tmp_path, start_server):
+    from surge.server.cli import _parser
+
+    socket_path = Path("/tmp") / f"surge-g-{os.getpid()}-{tmp_path.name[-12:]}.sock"
+    try:
+        server = start_server(model_repository=repo, grpc_address=f"unix://{socket_path}", http_port=None)
+        assert server.server.http_address == "" and server.server._rest is None
+    finally:
+        socket_path.unlink(missing_ok=True)
+    assert ServerConfig(model_repository=repo, grpc_address="unix:///run/s.sock").http_port == -1
+    assert ServerConfig(model_repository=repo).http_port == 8000
+    assert ServerConfig(model_repository=repo, grpc_address="unix:///run/s.sock", http_port=9000).http_port == 9000  # asked for: on
+    assert _parser().parse_args(["serve"]).http_port is None
+    with pytest.raises(ConfigError, match="different sockets"):
+        ServerConfig(model_repository=repo, grpc_address="unix:///run/s.sock", http_address="unix:///run/s.sock")
+    with pytest.raises(ConfigError, match="--http-address must be unix:"):
+        ServerConfig(model_repository=repo, http_address="0.0.0.0:8000")
+
+
 def test_default_bind_is_loopback(repo):
     from surge.server.cli import _parser
 
@@ -360,3 +431,158 @@ def test_serve_refuses_bad_reliability_flags(repo, flags, message):
     )
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+# -- server paths stay on the server ---------------------------------------------------------------
+
+
+def test_no_answer_carries_a_path_of_the_repository(tmp_path, start_server, caplog):
+    """Load failures reach clients model-relative (the log keeps the full path): gRPC and REST, every kind of call."""
+    import urllib.error
+    import urllib.request
+
+    from tests.models import write_test_repository
+
+    repo = write_test_repository(tmp_path / "repository")
+    (repo / "missing_file" / "1").mkdir(parents=True)
+    (repo / "missing_file" / "config.toml").write_text('default_model_filename = "weights.onnx"\n')
+    outside = tmp_path / "outside"
+    write_add_model(outside / "1" / "model.onnx", 1.0)
+    (repo / "escapes").mkdir()
+    (repo / "escapes" / "1").symlink_to(outside / "1")
+    server = start_server(model_repository=repo, model_control_mode="explicit", load_models=("broken", "missing_file"), strict_readiness=False)
+    secrets = {str(repo), str(repo.resolve()), str(tmp_path.resolve())}
+    answers: list[str] = []
+
+    stub = pb_grpc.GRPCInferenceServiceStub(channel := grpc.insecure_channel(server.address))
+    calls = [
+        lambda: stub.ModelInfer(pb.ModelInferRequest(model_name="broken", inputs=[_infer_request().inputs[0]]), timeout=10),
+        lambda: stub.ModelInfer(pb.ModelInferRequest(model_name="broken", model_version="1"), timeout=10),
+        lambda: stub.ModelMetadata(pb.ModelMetadataRequest(name="broken"), timeout=10),
+        lambda: stub.ModelMetadata(pb.ModelMetadataRequest(name="missing_file", version="1"), timeout=10),
+        lambda: stub.ModelConfig(pb.ModelConfigRequest(name="broken"), timeout=10),
+        lambda: stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="broken"), timeout=30),
+        lambda: stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="missing_file"), timeout=30),
+        lambda: stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="escapes"), timeout=30),
+        lambda: stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="no_such_model"), timeout=30),
+    ]
+    with channel:
+        for call in calls:
+            with pytest.raises(grpc.RpcError) as info:
+                call()
+            answers.append(info.value.details())
+        assert not stub.ModelReady(pb.ModelReadyRequest(name="broken"), timeout=10).ready
+        index = stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=10)
+        reasons = {m.name: m.reason for m in index.models}
+        answers += reasons.values()
+    assert "broken/1/model.onnx" in reasons["broken"], reasons["broken"]  # the model-relative reason is still there
+    assert "missing_file/1/weights.onnx does not exist" in reasons["missing_file"], reasons["missing_file"]
+    assert "resolves outside the model repository" in reasons["escapes"], reasons["escapes"]
+
+    for method, path, body in (
+        ("POST", "/v2/models/broken/infer", {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}),
+        ("GET", "/v2/models/broken", None),
+        ("GET", "/v2/models/broken/ready", None),
+        ("GET", "/v2/models/missing_file/versions/1", None),
+        ("POST", "/v2/repository/index", {}),
+        ("POST", "/v2/repository/models/broken/load", {}),
+        ("POST", "/v2/repository/models/escapes/load", {}),
+        ("POST", "/v2/repository/models/no_such_model/load", {}),
+    ):
+        request = urllib.request.Request(f"http://{server.server.http_address}{path}", method=method,
+                                         data=json.dumps(body).encode() if body is not None else None)  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                answers.append(response.read().decode())
+        except urllib.error.HTTPError as exc:
+            answers.append(exc.read().decode())
+    assert len(answers) > 20 and all(answers[:9])
+    leaks = [a for a in answers if any(s in a for s in secrets)]
+    assert not leaks, leaks
+    assert f"{repo}/broken/1/model.onnx" in caplog.text  # the operator's log has the full path
+
+
+# -- the metrics endpoint --------------------------------------------------------------------------
+
+SCRAPE_TOKEN = "scrape-token-0123456789abcdef"
+
+
+def _scrape(url: str, context=None, token: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=30, context=context) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def test_metrics_over_tls_with_a_scrape_token(repo, pki, tmp_path, start_server):
+    import ssl
+    import urllib.error
+
+    token_file = tmp_path / "scrape-token"
+    token_file.write_text(SCRAPE_TOKEN + "\n")  # Prometheus' credentials_file: the token, a trailing newline is fine
+    server = start_server(model_repository=repo, tls_cert_file=pki["server_cert_file"], tls_key_file=pki["server_key_file"],
+                          metrics_tls=True, metrics_token_file=token_file)  # fmt: skip
+    channel, stub = _tls_stub(server.address, pki)
+    with channel:
+        _infer(stub)
+    url = f"https://{server.server.metrics_address}/metrics"
+    trusted = ssl.create_default_context(cafile=str(pki["ca_file"]))
+    status, _, body = _scrape(url, trusted, SCRAPE_TOKEN)
+    assert status == 200 and b'surge_requests_total{model="adder",version="1",route="primary",code="OK"} 1' in body, body[:300]
+    for token in (None, "wrong-token-0123456789abcdef", SCRAPE_TOKEN[:-1]):
+        status, headers, body = _scrape(url, trusted, token)
+        assert status == 401 and headers.get("WWW-Authenticate", "").startswith("Bearer") and b"surge_requests_total" not in body, (token, status)
+    assert _scrape(f"https://{server.server.metrics_address}/", trusted)[0] == 401  # every path
+    with pytest.raises(urllib.error.URLError):  # the server's certificate is checked by scrapers that do not know its CA
+        _scrape(url, ssl.create_default_context(), SCRAPE_TOKEN)
+    with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP gets no page
+        _scrape(f"http://{server.server.metrics_address}/metrics", None, SCRAPE_TOKEN)
+
+
+def test_metrics_token_alone_and_config_errors(repo, tmp_path, start_server):
+    token_file = tmp_path / "scrape-token"
+    token_file.write_text(SCRAPE_TOKEN)
+    server = start_server(model_repository=repo, metrics_token_file=token_file)
+    url = f"http://{server.server.metrics_address}/metrics"
+    assert _scrape(url, token=SCRAPE_TOKEN)[0] == 200 and _scrape(url)[0] == 401
+    short = tmp_path / "short"
+    short.write_text("abc")
+    with pytest.raises(ConfigError, match="at least 16 characters"):
+        ServerConfig(model_repository=repo, metrics_token_file=short).metrics_protection()
+    with pytest.raises(ConfigError, match="--metrics-tls"):
+        ServerConfig(model_repository=repo, metrics_tls=True)
+
+
+def test_serve_flags_protect_the_metrics_endpoint(repo, pki, tmp_path):
+    import re
+    import ssl
+
+    from tests.process import SurgeProcess
+
+    token_file = tmp_path / "scrape-token"
+    token_file.write_text(SCRAPE_TOKEN)
+    server = SurgeProcess(repo, tmp_path / "server", "--tls-cert", str(pki["server_cert_file"]), "--tls-key", str(pki["server_key_file"]),
+                          "--metrics-tls", "--metrics-token-file", str(token_file)).start()  # fmt: skip
+    try:
+        found = re.search(r"metrics on https://(\S+)/metrics \(scrape token required\)", server.log())
+        assert found, server.log()
+        trusted = ssl.create_default_context(cafile=str(pki["ca_file"]))
+        assert _scrape(f"https://{found.group(1)}/metrics", trusted, SCRAPE_TOKEN)[0] == 200
+        assert _scrape(f"https://{found.group(1)}/metrics", trusted, "x" * 20)[0] == 401
+    finally:
+        assert server.stop() == 0
+
+
+def test_server_intervals_are_bounded(repo):
+    for kwargs, message in (
+        ({"poll_interval_s": 0.0}, "--repository-poll-s must be above 0 and at most 86400"),
+        ({"poll_interval_s": float("nan")}, "--repository-poll-s"),
+        ({"drain_timeout_s": 1e9}, "--drain-timeout-s must be from 0 to 3600"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            ServerConfig(model_repository=repo, **kwargs)

@@ -519,6 +519,37 @@ def test_explicit_load_infer_unload(explicit_client, mlp_reference) -> None:
     c.unload_model("mlp")
 
 
+def _threads(pid: int) -> int:
+    return int(next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("Threads:")).split()[1])
+
+
+def test_load_config_past_a_bound_is_refused_naming_key_and_bound(explicit_client, explicit_server) -> None:
+    """model_analyzer's way with values no machine can serve: refused before anything is built, the server unharmed."""
+    c = explicit_client
+    c.load_model("mlp")
+    threads = _threads(explicit_server.proc.pid)
+    for config, fragments in (
+        ({"parameters": {"intra_op_threads": {"string_value": "10000"}}}, ("parameters.intra_op_threads", "(4 per core")),
+        ({"instance_group": [{"count": 10000, "kind": "KIND_CPU"}]}, ("instance_group.count", "(4 per core")),
+        ({"dynamic_batching": {"max_queue_delay_microseconds": str(2**62)}}, ("dynamic_batching.max_queue_delay_s", "from 0 to 10 (seconds)")),
+        ({"optimization": {"priority": "PRIORITY_MAX"}}, ("'optimization'", "which Surge does not apply")),
+    ):
+        expect_error(lambda: c.load_model("mlp", config=json.dumps(config)), INVALID, *fragments)
+    assert _threads(explicit_server.proc.pid) <= threads + 2
+    x = mlp_rows(2)
+    assert infer_mlp(c, x).as_numpy("probabilities").shape == (2, 4)  # the served version is untouched
+    c.unload_model("mlp")
+
+
+def test_load_errors_carry_no_server_path(explicit_client, explicit_server) -> None:
+    root = str(explicit_server.repository)
+    err = expect_error(lambda: explicit_client.load_model("broken"), "StatusCode.UNAVAILABLE", "broken/1/model.onnx")
+    assert root not in err.message()
+    index = explicit_client.get_model_repository_index(as_json=True)["models"]
+    assert all(root not in m.get("reason", "") for m in index) and any("broken/1/model.onnx" in m.get("reason", "") for m in index)
+    explicit_client.unload_model("broken")
+
+
 def test_explicit_load_with_config_override(explicit_client, mlp_reference) -> None:
     """model_analyzer's way: RepositoryModelLoad with parameters["config"] = Triton ModelConfig JSON."""
     c = explicit_client

@@ -19,6 +19,7 @@ from surge.server.config import (
     load_model_config,
     parse_model_config,
 )
+from surge.server import config as config_module
 from surge.server.errors import ConfigError, InferenceServerError
 
 TOP_LEVEL_KEYS = [
@@ -172,10 +173,10 @@ def test_config_error_is_a_value_error_and_server_error() -> None:
     ("data", "path", "hint"),
     [
         ({"backend": "tensorflow"}, "backend:", "expected one of onnxruntime, python, torch, tensorrt; got 'tensorflow'"),
-        ({"max_batch_size": -1}, "max_batch_size:", "expected an integer >= 0, got -1"),
-        ({"max_batch_size": True}, "max_batch_size:", "expected an integer >= 0, got True"),
-        ({"max_batch_size": 4.0}, "max_batch_size:", "expected an integer >= 0, got 4.0"),
-        ({"max_batch_size": "8"}, "max_batch_size:", "expected an integer >= 0, got '8'"),
+        ({"max_batch_size": -1}, "max_batch_size:", "expected an integer from 0 to "),
+        ({"max_batch_size": True}, "max_batch_size:", "expected an integer from 0 to "),
+        ({"max_batch_size": 4.0}, "max_batch_size:", "expected an integer from 0 to "),
+        ({"max_batch_size": "8"}, "max_batch_size:", "expected an integer from 0 to "),
         ({"default_model_filename": 5}, "default_model_filename:", "expected a non-empty string, got 5"),
         ({"input": [_input(datatype="FLOAT")]}, "input[0].datatype:", "expected one of BF16, BOOL, BYTES, FP16, FP32"),
         ({"input": [_input(), _input(name="z", datatype="fp32")]}, "input[1].datatype:", "got 'fp32'"),
@@ -183,33 +184,33 @@ def test_config_error_is_a_value_error_and_server_error() -> None:
         ({"input": [_input(name="")]}, "input[0].name:", "expected a non-empty string, got ''"),
         ({"input": [_input(name=3)]}, "input[0].name:", "expected a non-empty string, got 3"),
         ({"input": [{"name": "x"}]}, "input[0].datatype:", "required"),
-        ({"input": [_input(dims=[4, -2])]}, "input[0].dims:", "expected a list of integers >= -1, got [4, -2]"),
-        ({"input": [_input(dims=4)]}, "input[0].dims:", "expected a list of integers >= -1, got 4"),
-        ({"input": [_input(dims=[True])]}, "input[0].dims:", "expected a list of integers >= -1"),
+        ({"input": [_input(dims=[4, -2])]}, "input[0].dims:", "expected a list of integers from -1 to"),
+        ({"input": [_input(dims=4)]}, "input[0].dims:", "expected a list of integers from -1 to"),
+        ({"input": [_input(dims=[True])]}, "input[0].dims:", "expected a list of integers from -1 to"),
         ({"input": [_input(dims=[4, 0])]}, "input[0].dims:", "a dimension may not be 0 (use -1 for a variable one), got [4, 0]"),
         ({"input": [_input(optional="yes")]}, "input[0].optional:", "expected true or false, got 'yes'"),
         ({"input": [_input(), 7]}, "input[1]:", "expected a table, got int"),
         ({"input": {"name": "x"}}, "input:", "expected an array of tables ([[input]]), got dict"),
-        ({"output": [{"name": "y", "datatype": "FP32", "dims": [1.5]}]}, "output[0].dims:", "expected a list of integers >= -1"),
+        ({"output": [{"name": "y", "datatype": "FP32", "dims": [1.5]}]}, "output[0].dims:", "expected a list of integers from -1 to"),
         ({"output": [{"name": "y", "datatype": "STRING"}]}, "output[0].datatype:", "got 'STRING'"),
         ({"version_policy": 3}, "version_policy:", "expected a table, got int"),
-        ({"version_policy": {"latest": 0}}, "version_policy.latest:", "expected an integer >= 1, got 0"),
-        ({"version_policy": {"specific": [0, 2]}}, "version_policy.specific:", "expected a list of integers >= 1, got [0, 2]"),
+        ({"version_policy": {"latest": 0}}, "version_policy.latest:", "expected an integer from 1 to "),
+        ({"version_policy": {"specific": [0, 2]}}, "version_policy.specific:", "expected a list of integers from 1 to"),
         ({"version_policy": {"specific": []}}, "version_policy.specific:", "list at least one version"),
         ({"version_policy": {"all": False}}, "version_policy.all:", "must be true"),
         ({"version_policy": {"all": 1}}, "version_policy.all:", "expected true or false, got 1"),
         ({"version_policy": {"latest": 1, "all": True}}, "version_policy:", "give one of latest, all, specific; got ['latest', 'all']"),
         ({"dynamic_batching": []}, "dynamic_batching:", "expected a table, got list"),
-        ({"dynamic_batching": {"max_queue_delay_s": -0.1}}, "dynamic_batching.max_queue_delay_s:", "expected a number >= 0.0 (seconds)"),
+        ({"dynamic_batching": {"max_queue_delay_s": -0.1}}, "dynamic_batching.max_queue_delay_s:", "expected a number from 0 to"),
         ({"dynamic_batching": {"max_queue_delay_s": float("nan")}}, "dynamic_batching.max_queue_delay_s:", "got nan"),
         ({"dynamic_batching": {"max_queue_delay_s": float("inf")}}, "dynamic_batching.max_queue_delay_s:", "got inf"),
         ({"dynamic_batching": {"max_queue_delay_s": True}}, "dynamic_batching.max_queue_delay_s:", "got True"),
         ({"dynamic_batching": {"max_queue_delay_s": "1ms"}}, "dynamic_batching.max_queue_delay_s:", "got '1ms'"),
-        ({"dynamic_batching": {"preferred_batch_sizes": [0]}}, "dynamic_batching.preferred_batch_sizes:", "expected a list of integers >= 1"),
-        ({"dynamic_batching": {"max_queue_size": -1}}, "dynamic_batching.max_queue_size:", "expected an integer >= 0, got -1"),
-        ({"instance_group": {"count": 0}}, "instance_group.count:", "expected an integer >= 1, got 0"),
+        ({"dynamic_batching": {"preferred_batch_sizes": [0]}}, "dynamic_batching.preferred_batch_sizes:", "expected a list of integers from 1 to"),
+        ({"dynamic_batching": {"max_queue_size": -1}}, "dynamic_batching.max_queue_size:", "expected an integer from 0 to "),
+        ({"instance_group": {"count": 0}}, "instance_group.count:", "expected an integer from 1 to "),
         ({"instance_group": {"kind": "tpu"}}, "instance_group.kind:", "expected one of cpu, gpu, auto; got 'tpu'"),
-        ({"instance_group": {"gpus": [-1]}}, "instance_group.gpus:", "expected a list of integers >= 0, got [-1]"),
+        ({"instance_group": {"gpus": [-1]}}, "instance_group.gpus:", "expected a list of integers from 0 to"),
         ({"instance_group": [{"count": 2}]}, "instance_group:", "expected a table, got list"),
         ({"parameters": 3}, "parameters:", "expected a table, got int"),
     ],
@@ -511,7 +512,7 @@ def test_overrides_are_validated(tmp_path: Path) -> None:
     model_dir = _model_dir(tmp_path, toml=_TOML, files={"1/model.onnx": ""})
     with pytest.raises(ConfigError) as info:
         load_model_config(model_dir, {"max_batch_size": 16})  # preferred size 32 now exceeds it
-    assert str(info.value) == "mlp/config.toml: dynamic_batching.preferred_batch_sizes: [16, 32] exceeds max_batch_size = 16"
+    assert str(info.value) == "mlp/config.toml with the load request's config: dynamic_batching.preferred_batch_sizes: [16, 32] exceeds max_batch_size = 16"
 
 
 def test_overrides_do_not_mutate_the_caller_mapping(tmp_path: Path) -> None:
@@ -563,3 +564,34 @@ def test_label_filename_round_trips_through_tritons_model_config(tmp_path: Path)
     config = load_model_config(model_dir, overrides)
     assert config.outputs[0].labels[:2] == ("a", "b")
     assert model_config_message(config).output[0].label_filename == "labels.txt"
+
+@pytest.mark.parametrize(
+    ("data", "key", "bound"),
+    [
+        ({"instance_group": {"count": config_module.MAX_INSTANCES + 1}}, "instance_group.count:", f"to {config_module.MAX_INSTANCES} (4 per core"),
+        ({"parameters": {"intra_op_threads": 10000}}, "parameters.intra_op_threads:", f"to {config_module.MAX_THREADS} (4 per core"),
+        ({"parameters": {"inter_op_threads": -1}}, "parameters.inter_op_threads:", f"from 0 to {config_module.MAX_THREADS}"),
+        ({"dynamic_batching": {"max_queue_delay_s": 2.0**62 / 1e6}}, "dynamic_batching.max_queue_delay_s:", "from 0 to 10 (seconds)"),
+        ({"dynamic_batching": {"latency_slo_s": 11.0}}, "dynamic_batching.latency_slo_s:", "from 0 to 10 (seconds)"),
+        ({"dynamic_batching": {"default_timeout_s": 1e9}}, "dynamic_batching.default_timeout_s:", "from 0 to 3600 (seconds)"),
+        ({"dynamic_batching": {"max_queue_size": 10**9}}, "dynamic_batching.max_queue_size:", f"from 0 to {config_module.MAX_QUEUE_SIZE}"),
+        ({"dynamic_batching": {"priority_levels": 10**6}}, "dynamic_batching.priority_levels:", "from 1 to 64"),
+        ({"dynamic_batching": {"priority_queue_policy": {"1": {"max_queue_size": 10**9}}}},
+         "dynamic_batching.priority_queue_policy.1.max_queue_size:", f"to {config_module.MAX_QUEUE_SIZE}"),
+        ({"max_batch_size": 2**40}, "max_batch_size:", f"from 0 to {config_module.MAX_BATCH_SIZE}"),
+        ({"execution_timeout_s": 1e12}, "execution_timeout_s:", "from 0 to 3600 (seconds)"),
+        ({"max_batch_size": 4096, "input": [{"name": "x", "datatype": "FP32", "dims": [1 << 17]}]}, "input[0].dims:", f"at most {config_module.MAX_BATCH_ELEMENTS}"),
+        ({"drift": {"window_rows": 10**12}}, "drift.window_rows:", "from 10 to"),
+        ({"routing": {"shadow": {"max_queue": 10**9}}}, "routing.shadow.max_queue:", f"to {config_module.MAX_QUEUE_SIZE}"),
+        ({"feedback": {"max_requests": 10**12}}, "feedback.max_requests:", "from 1 to"),
+    ],
+)
+def test_every_numeric_knob_has_a_bound_named_in_the_error(data: dict[str, Any], key: str, bound: str) -> None:
+    message = _error(data)
+    assert message.startswith(key) and bound in message, message
+
+
+def test_bounds_scale_with_the_cores_within_a_ceiling() -> None:
+    assert config_module.MAX_INSTANCES == min(256, 4 * config_module.CORES) >= 4
+    config = parse_model_config("m", {"instance_group": {"count": config_module.MAX_INSTANCES}, "parameters": {"intra_op_threads": config_module.MAX_THREADS}})
+    assert config.instance_group.count == config_module.MAX_INSTANCES and config.parameters["intra_op_threads"] == config_module.MAX_THREADS

@@ -29,6 +29,7 @@ import referencing
 import yaml
 from kubernetes_validate import utils as kv
 
+from surge.server.app import ServerConfig
 from surge.server.cli import _parser
 from surge.server.observability.metrics import ServerSnapshot, VersionSample, render
 
@@ -153,6 +154,12 @@ def test_every_surge_command_line_parses_and_its_ports_and_probes_agree() -> Non
             assert all(socket in " ".join(container[p]["exec"]["command"]) for p in ("startupProbe", "readinessProbe")), name
             mounts = {m["mountPath"] for m in container["volumeMounts"]}
             assert any(socket.removeprefix("unix://").startswith(m + "/") for m in mounts), name
+            # REST never listens on the pod network beside the owner-only gRPC socket: off, or on its own socket
+            config = ServerConfig(model_repository=Path("/models"), grpc_address=parsed.grpc_address, http_address=parsed.http_address,
+                                  http_port=parsed.http_port)  # fmt: skip
+            assert config.http_port == -1, name
+            if config.http_address:
+                assert any(config.http_address.removeprefix("unix://").startswith(m + "/") for m in mounts), name
 
 
 def test_service_servicemonitor_and_hpa_point_at_the_deployment() -> None:

@@ -74,6 +74,7 @@ def test_inputs_without_a_step_pass_through() -> None:
         ([{"op": "normalize", "input": "image", "output": "input", "mean": 0, "std": 1, "colour": 1}], [], r"unknown key\(s\) colour"),
         ([{"op": "resize_crop_normalize", "input": "image", "output": "input", "resize": [16, 16], "mean": 0, "std": 1}], [], r"resize: \[16, 16\] is smaller than the crop"),
         ([{"op": "resize_crop_normalize", "input": "image", "output": "input", "resize": 40, "crop": 30, "mean": 0, "std": 1}], [], r"crop: \[30, 30\] does not match"),
+        ([{"op": "resize_crop_normalize", "input": "image", "output": "input", "resize": 100000, "mean": 0, "std": 1}], [], r"resize: expected \[height, width\] of integers from 1 to 16384"),
         ([{"op": "standardize", "input": "image", "output": "input", "mean": 0, "std": 1}], [], r"must be 1-D"),
         ([{"op": "center_crop", "input": "image", "output": "input"}], [], r"makes UINT8, but model input 'input' is FP32"),
         ([], [{"op": "topk", "input": "probabilities", "k": 11}], r"postprocess\[0\]\.k: 11 exceeds the 10 values"),
