@@ -161,7 +161,7 @@ def test_serve_warns_about_a_model_file_outside_a_version_folder(tmp_path: Path)
 
 def test_serve_warns_about_a_queue_delay_in_the_wrong_unit(tmp_path: Path) -> None:
     (tmp_path / "m" / "1").mkdir(parents=True)
-    (tmp_path / "m" / "config.toml").write_text("max_batch_size = 8\n[dynamic_batching]\nmax_queue_delay_s = 500\n")
+    (tmp_path / "m" / "config.toml").write_text("max_batch_size = 8\n[dynamic_batching]\nmax_queue_delay_s = 5\n")
     from tests.models import write_add_model
 
     write_add_model(tmp_path / "m" / "1" / "model.onnx", 1.0)
@@ -177,4 +177,4 @@ def test_serve_warns_about_a_queue_delay_in_the_wrong_unit(tmp_path: Path) -> No
                     break
         finally:
             proc.kill()
-    assert "max_queue_delay_s = 500 s (500000 ms)" in line and "unit mistake" in line
+    assert "max_queue_delay_s = 5 s (5000 ms)" in line and "unit mistake" in line
