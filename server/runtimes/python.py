@@ -36,6 +36,7 @@ from __future__ import annotations
 import mmap
 import os
 import pickle
+import select
 import signal
 import socket
 import subprocess
@@ -61,7 +62,19 @@ _ALIGN = 64
 _STOP_WAIT_S = 5.0  # how long close() waits for the model's close() before it kills the child
 
 
-def put_arrays(arena: mmap.mmap, offset: int, arrays: Mapping[str, Any]) -> tuple[list[tuple[str, np.dtype, tuple[int, ...], int]], list[tuple[str, np.ndarray]], int]:
+_WIRE_DTYPES: dict[np.dtype, Any] = {}
+
+
+def _wire_dtype(dtype: np.dtype) -> Any:
+    """How a dtype travels: its string (a pickled np.dtype costs about 10 us each way), or itself where the string
+    loses it (ml_dtypes' bfloat16 reads '<V2')."""
+    wire = _WIRE_DTYPES.get(dtype)
+    if wire is None:
+        wire = _WIRE_DTYPES[dtype] = dtype.str if np.dtype(dtype.str) == dtype else dtype
+    return wire
+
+
+def put_arrays(arena: mmap.mmap, offset: int, arrays: Mapping[str, Any]) -> tuple[list[tuple[str, Any, tuple[int, ...], int]], list[tuple[str, np.ndarray]], int]:
     """Copy ``arrays`` into ``arena`` from ``offset`` (64-byte aligned each). Returns (placed, inline, end):
     ``placed`` is (name, dtype, shape, offset) per tensor in the arena, ``inline`` the object (BYTES) arrays,
     which travel pickled instead. Raises LimitExceeded when they do not fit."""
@@ -78,14 +91,18 @@ def put_arrays(arena: mmap.mmap, offset: int, arrays: Mapping[str, Any]) -> tupl
                 f"tensor '{name}' ({array.nbytes} bytes) does not fit the python model's {len(arena) >> 20} MiB shared-memory arena "
                 f"after {offset} bytes of other tensors of the same call"
             )
-        if array.nbytes:
+        if not array.nbytes:
+            pass
+        elif array.flags.c_contiguous and array.dtype.isbuiltin == 1:
+            arena[offset:end] = array.data.cast("B")  # a plain memory copy, without building an array over the arena
+        else:  # strided, or a dtype without a buffer format (bfloat16)
             np.copyto(np.ndarray(array.shape, array.dtype, buffer=arena, offset=offset), array, casting="no")
-        placed.append((name, array.dtype, array.shape, offset))
+        placed.append((name, _wire_dtype(array.dtype), array.shape, offset))
         offset = end
     return placed, inline, offset
 
 
-def view_arrays(arena: mmap.mmap, placed: Sequence[tuple[str, np.dtype, tuple[int, ...], int]], inline: Sequence[tuple[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def view_arrays(arena: mmap.mmap, placed: Sequence[tuple[str, Any, tuple[int, ...], int]], inline: Sequence[tuple[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """numpy views over the arena for ``placed`` tensors (zero copy), plus the ``inline`` ones."""
     arrays = {
         name: np.ndarray(shape, dtype, buffer=arena, offset=offset) if 0 not in shape else np.empty(shape, dtype)
@@ -117,6 +134,7 @@ class PythonRuntime:
         self._name = ""
         self._max_memory = 0
         self._backstop_s: float | None = None
+        self._poller = select.poll()
         self.exit_fd: int | None = None
         """A pidfd of the child: readable once it has exited (the serving core watches it on its loop)."""
         self.retire_reason = ""
@@ -154,6 +172,8 @@ class PythonRuntime:
             os.close(memfd)  # the mapping and the child keep the memory alive
             theirs.close()
         self._conn = Connection(ours.detach())
+        self._poller = select.poll()
+        self._poller.register(self._conn.fileno(), select.POLLIN)
         self.exit_fd = os.pidfd_open(self._proc.pid)
 
     def infer(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -175,7 +195,7 @@ class PythonRuntime:
         assert conn is not None
         try:
             conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
-            if timeout is not None and not conn.poll(timeout):
+            if timeout is not None and not self._poller.poll(timeout * 1000):  # one poll object: Connection.poll builds a selector per call
                 self.kill()
                 self.retire_reason = f"a call running past {timeout:g} s (twice execution_timeout_s, plus 1 s)"
                 raise InstanceCrashed(f"{self._name}: {self.retire_reason}: its process was killed")

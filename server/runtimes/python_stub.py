@@ -78,6 +78,7 @@ def main(argv: list[str]) -> None:
     os.close(memfd)
     memory = _Memory()
     model: Any = None
+    measure = False
     while True:
         try:
             message = pickle.loads(conn.recv_bytes())
@@ -93,9 +94,10 @@ def main(argv: list[str]) -> None:
                     raise RuntimeError(f"python model returned no output(s) {missing}")
                 out_placed, out_inline, end = put_arrays(arena, offset, {name: results[name] for name in output_names})
                 del results
-                reply: tuple[bool, Any] = (True, (out_placed, out_inline, end, memory.anonymous_bytes()))
+                reply: tuple[bool, Any] = (True, (out_placed, out_inline, end, memory.anonymous_bytes() if measure else 0))
             elif op == "load":
                 model = _load(*message[1:])
+                measure = message[2].max_memory_bytes > 0  # the server restarts this process above it
                 reply = (True, None)
             else:  # close
                 if model is not None and hasattr(model, "close"):
