@@ -97,7 +97,7 @@ class _Instance:
         outputs = self.runtime.infer(inputs, output_names) if self.pipeline is None else self.pipeline.run(inputs, output_names)
         return outputs, t0, now_ns()
 
-    def run_batch(self, batch: list[BatchRequest], output_names: Sequence[str], rows: int, reuse: bool) -> tuple[dict[str, np.ndarray], int, int]:
+    def run_batch(self, batch: list[BatchRequest], output_names: Sequence[str], rows: int) -> tuple[dict[str, np.ndarray], int, int]:
         """In the instance thread: assemble the batch's inputs, run, stamp."""
         if len(batch) == 1:
             return self.run(batch[0].inputs, output_names)
@@ -105,16 +105,15 @@ class _Instance:
         for name, first in batch[0].inputs.items():
             parts = [r.inputs[name] for r in batch]
             shape = (rows, *first.shape[1:])
-            buffer = self.buffers.get(name) if reuse else None
+            buffer = self.buffers.get(name)
             if buffer is not None and buffer.dtype == first.dtype and buffer.shape[1:] == shape[1:] and buffer.shape[0] >= rows:
                 inputs[name] = np.concatenate(parts, out=buffer[:rows])
             else:
                 inputs[name] = np.concatenate(parts)
         outputs, t0, t1 = self.run(inputs, output_names)
-        if reuse:
-            for name, array in outputs.items():  # an output that views the reused buffer must not see the next batch
-                if any(np.may_share_memory(array, b) for b in inputs.values()):
-                    outputs[name] = array.copy()
+        for name, array in outputs.items():  # an output that views the reused buffer must not see the next batch
+            if any(np.may_share_memory(array, b) for b in inputs.values()):
+                outputs[name] = array.copy()
         return outputs, t0, t1
 
     def allocate_buffers(self, config: ModelConfig, max_rows: int) -> None:
@@ -144,7 +143,6 @@ class ModelVersion:
         self._instances: list[_Instance] = []
         self._free: collections.deque[_Instance] = collections.deque()
         self._batcher: DynamicBatcher | None = None
-        self._reuse_buffers = config.backend != "python"  # a python model may keep references to its inputs
         self._drift: DriftMonitor | None = None  # with metrics, [drift] and a profile in the version folder
         self._inflight = 0
         self._idle = asyncio.Event()
@@ -350,7 +348,7 @@ class ModelVersion:
             wanted = {n for r in batch for n in r.output_names}
             names = [n for n in self.output_names if n in wanted]
         rows = sum(r.rows for r in batch)
-        future = inst.executor.submit(inst.run_batch, batch, names, rows, self._reuse_buffers)
+        future = inst.executor.submit(inst.run_batch, batch, names, rows)
         loop = asyncio.get_running_loop()
         timeout = self.config.execution_timeout_s
         timer = loop.call_later(timeout, self._on_hang, inst, batch, rows) if timeout else None

@@ -138,7 +138,8 @@ class PythonRuntime:
         self.exit_fd: int | None = None
         """A pidfd of the child: readable once it has exited (the serving core watches it on its loop)."""
         self.retire_reason = ""
-        """Set after a call that left the child above ``max_memory_bytes``: restart this instance."""
+        """Why this instance must be restarted, once it must: its process died or was killed, or a call left it
+        above ``max_memory_bytes`` (that call is answered). The serving core reads it after each batch."""
 
     def load(self, model_path: Path, config: ModelConfig, instance_index: int) -> Signature:
         """Start the child, which imports ``model.py`` under a private module name and instantiates its ``Model``."""

@@ -42,7 +42,6 @@ class Model:
 _CONFIG = """
 backend = "python"
 max_batch_size = 0
-execution_timeout_s = 1.0
 {extra}
 
 [[input]]
@@ -60,7 +59,11 @@ MODELS = ("faulty_py", "leaky_py", "bystander_py")
 
 
 def _write(root: Path) -> Path:
-    for name, extra in (("faulty_py", ""), ("leaky_py", f"max_memory_bytes = {MAX_MEMORY}"), ("bystander_py", "")):
+    timeout = "execution_timeout_s = 1.0"
+    for name, extra in (
+        ("faulty_py", timeout), ("leaky_py", f"{timeout}\nmax_memory_bytes = {MAX_MEMORY}"), ("bystander_py", timeout),
+        ("too_little_memory_py", "max_memory_bytes = 1000"), ("endless_timeout_py", "execution_timeout_s = 1e9"),  # refused
+    ):  # fmt: skip
         (root / name / "1").mkdir(parents=True)
         (root / name / "1" / "model.py").write_text(_FAULTY_PY)
         (root / name / "config.toml").write_text(_CONFIG.format(extra=extra))
@@ -228,3 +231,13 @@ def test_model_processes_die_with_the_server(tmp_path):
     while any(_alive(c) for c in children.values()):
         assert time.monotonic() < deadline, "model processes outlived the server"
         time.sleep(0.05)
+
+
+def test_limits_out_of_bounds_are_refused_with_the_key_and_the_bound(served):
+    with InferenceClient(served.address, retries=0, timeout_s=30) as client:
+        memory = _reason(client, "too_little_memory_py")
+        assert "max_memory_bytes: expected 0 (no limit) or 67108864 (64 MiB) to this machine's memory" in memory and "got 1000" in memory
+        assert "execution_timeout_s: at most 86400 seconds (0: no limit), got 1e+09" in _reason(client, "endless_timeout_py")
+        for model in ("too_little_memory_py", "endless_timeout_py"):
+            assert not client.is_model_ready(model)
+        _others_answer(client)
