@@ -20,7 +20,8 @@ process dies (during a batch: the batch fails with ``InstanceCrashed``, UNAVAILA
 noticed on the loop through its ``exit_fd``) or asks for it through ``retire_reason`` (memory above
 ``max_memory_bytes``; the batch is answered first). A retired instance is replaced by a fresh one, loaded
 and warmed up in a new thread, at once the first time and after a backoff (0.25 s, doubling to 30 s) when
-replacements follow each other with no batch answered in between. The version's ``reason`` says how many
+replacements follow each other with no batch answered in between (a replacement whose process dies while
+it loads is tried again the same way; one whose model raises is not). The version's ``reason`` says how many
 instances were replaced and why; while no instance can serve, the version is ``UNAVAILABLE`` (ModelReady
 false, new requests UNAVAILABLE), and READY again once a replacement is warm.
 
@@ -47,7 +48,7 @@ from surge.protos.datatypes import numpy_dtype
 from ..config import ModelConfig, TensorConfig
 from .batching import BatchRequest, DynamicBatcher, QueuePolicy, SchedulerPolicy
 from ..observability.drift import PROFILE_FILENAME, DriftMonitor, Profile
-from ..errors import ConfigError, ExecutionTimeout, InferenceServerError, ModelNotReady, RuntimeFailure
+from ..errors import ConfigError, ExecutionTimeout, InferenceServerError, InstanceCrashed, ModelNotReady, RuntimeFailure
 from ..observability.metrics import VersionMetrics, VersionSample
 from .pipeline import Pipeline, PipelineInstance
 from ..runtimes.base import Runtime, Signature, create_runtime
@@ -150,6 +151,7 @@ class ModelVersion:
         self.replaced_instances = 0
         """Instances retired (hung past ``execution_timeout_s``, process died, memory above its limit) and replaced."""
         self._retired_in_a_row = 0  # replacements with no batch answered in between: sets the backoff
+        self._replaced_reason = ""  # the reason while serving again after the last replacement
         self._replacing: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -382,13 +384,17 @@ class ModelVersion:
         self._unwatch(inst)
         self.replaced_instances += 1
         self._retired_in_a_row += 1
-        self.reason = f"{self.replaced_instances} instance(s) replaced after {cause}"
+        self.reason = self._replaced_reason = f"{self.replaced_instances} instance(s) replaced after {cause}"
         if not self._instances and self.state == State.READY:
             self.state = State.UNAVAILABLE
             self.reason += "; no instance can serve until a replacement is warm"
+        self._start_replacement(inst.index)
+
+    def _start_replacement(self, index: int) -> None:
+        """Replace instance ``index``: at once the first time in a row, then after a doubling backoff."""
         n = self._retired_in_a_row
         delay = 0.0 if n == 1 else min(_BACKOFF_S[0] * 2 ** (n - 2), _BACKOFF_S[1])
-        task = asyncio.get_running_loop().create_task(self._replace(inst.index, delay))
+        task = asyncio.get_running_loop().create_task(self._replace(index, delay))
         self._replacing.add(task)
         task.add_done_callback(self._replacing.discard)
 
@@ -438,6 +444,9 @@ class ModelVersion:
             log.error("model %s version %d: the replacement of instance %d failed to load: %s", self.config.name, self.version, index, _reason(exc))
             if not self._instances:
                 self.state, self.reason = State.UNAVAILABLE, f"an instance was retired and its replacement failed to load: {_reason(exc)}"
+            if isinstance(exc, InstanceCrashed) and self.state in (State.READY, State.UNAVAILABLE):  # its process died: try again
+                self._retired_in_a_row += 1
+                self._start_replacement(index)
             return
         if self.state not in (State.READY, State.UNAVAILABLE) or self._batcher is None:  # unloading meanwhile
             _discard(inst)
@@ -447,7 +456,7 @@ class ModelVersion:
         self._watch(inst)
         if self.state == State.UNAVAILABLE:
             self.state = State.READY
-            self.reason = self.reason.split("; ")[0]
+            self.reason = self._replaced_reason
         log.info("model %s version %d: instance %d replaced and warm", self.config.name, self.version, index)
         self._batcher.release_slot()
 

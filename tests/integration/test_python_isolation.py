@@ -39,6 +39,23 @@ class Model:
             self.kept.append(np.ones(10 << 20, np.uint8))  # 10 MB, every page touched
         return {"y": x * 2}
 '''
+_FLAKY_LOAD_PY = '''
+import os
+from pathlib import Path
+
+class Model:
+    def load(self, version_dir, config):
+        counter = Path(version_dir) / "loads"
+        loads = int(counter.read_text()) if counter.exists() else 0
+        counter.write_text(str(loads + 1))
+        if loads in (1, 2):  # the first two replacements die while they load
+            os._exit(3)
+
+    def infer(self, inputs, output_names):
+        if int(inputs["x"].reshape(-1)[0]) == -1:
+            os._exit(1)
+        return {"y": inputs["x"] * 2}
+'''
 _CONFIG = """
 backend = "python"
 max_batch_size = 0
@@ -55,17 +72,17 @@ datatype = "FP32"
 dims = [1]
 """
 MAX_MEMORY = 160 << 20
-MODELS = ("faulty_py", "leaky_py", "bystander_py")
+MODELS = ("faulty_py", "leaky_py", "bystander_py", "flaky_load_py")
 
 
 def _write(root: Path) -> Path:
     timeout = "execution_timeout_s = 1.0"
     for name, extra in (
         ("faulty_py", timeout), ("leaky_py", f"{timeout}\nmax_memory_bytes = {MAX_MEMORY}"), ("bystander_py", timeout),
-        ("too_little_memory_py", "max_memory_bytes = 1000"), ("endless_timeout_py", "execution_timeout_s = 1e9"),  # refused
+        ("flaky_load_py", timeout), ("too_little_memory_py", "max_memory_bytes = 1000"), ("endless_timeout_py", "execution_timeout_s = 1e9"),  # refused
     ):  # fmt: skip
         (root / name / "1").mkdir(parents=True)
-        (root / name / "1" / "model.py").write_text(_FAULTY_PY)
+        (root / name / "1" / "model.py").write_text(_FLAKY_LOAD_PY if name == "flaky_load_py" else _FAULTY_PY)
         (root / name / "config.toml").write_text(_CONFIG.format(extra=extra))
     write_add_model(root / "adder" / "1" / "model.onnx", 1.0)
     return root
@@ -241,3 +258,21 @@ def test_limits_out_of_bounds_are_refused_with_the_key_and_the_bound(served):
         for model in ("too_little_memory_py", "endless_timeout_py"):
             assert not client.is_model_ready(model)
         _others_answer(client)
+
+
+def test_a_replacement_that_dies_while_loading_is_tried_again_with_backoff(served):
+    with InferenceClient(served.address, retries=0, timeout_s=30) as client:
+        with pytest.raises(InferenceServerError) as info:
+            client.infer("flaky_load_py", _x(-1.0))
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE and "exited with code 1" in info.value.message
+        deadline = time.monotonic() + 30
+        while "replacement failed to load" not in _reason(client, "flaky_load_py"):
+            assert time.monotonic() < deadline, _reason(client, "flaky_load_py")
+            time.sleep(0.02)
+        assert "its process exited with code 3" in _reason(client, "flaky_load_py")
+        assert not client.is_model_ready("flaky_load_py")
+        _others_answer(client)
+        _wait_ready(client, "flaky_load_py")  # the third replacement loads
+        assert (served.repository / "flaky_load_py" / "1" / "loads").read_text() == "4"
+        assert _reason(client, "flaky_load_py") == "1 instance(s) replaced after its process exited with code 1"
+        assert client.infer("flaky_load_py", _x(2.0))["y"][0] == 4.0
