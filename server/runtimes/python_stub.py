@@ -4,7 +4,8 @@ Started by ``python.PythonRuntime`` with the socket of its control channel and t
 inherited file descriptors. Answers, in order, ``("load", model_path, config, instance_index)``, then any
 number of ``("infer", placed, inline, output_names, offset)``, then ``("close",)``, each with ``(True,
 result)`` or ``(False, error)``: an ``InferenceServerError`` or builtin exception the model raised as itself,
-anything else as a RuntimeError naming it; the traceback rides along as a note. Exits when the server does (``PR_SET_PDEATHSIG``, or EOF on the socket).
+anything else as a RuntimeError naming it; the traceback rides along as a note. Exits when the server does
+(``PR_SET_PDEATHSIG``, or EOF on the socket).
 """
 
 from __future__ import annotations
