@@ -362,7 +362,11 @@ class ModelConfig:
     drift: DriftConfig | None = None
     """Present when drift is monitored (with a profile in the version folder)."""
     execution_timeout_s: float = 0.0
-    """A batch running longer fails its requests (INTERNAL) and its instance is replaced; 0: no limit."""
+    """A batch running longer fails its requests (DEADLINE_EXCEEDED) and its instance is replaced; 0: no limit.
+    Python models default to ``PYTHON_EXECUTION_TIMEOUT_S``."""
+    max_memory_bytes: int = 0
+    """Python models: the instance's process is restarted after a call leaves it above this much anonymous
+    memory (the call is answered first); 0: no limit."""
     routing: RoutingConfig | None = None
     """Present when requests naming no version are split across versions (and maybe shadowed)."""
     feedback: FeedbackConfig | None = None
@@ -474,7 +478,8 @@ def parse_model_config(name: str, data: Mapping[str, Any]) -> ModelConfig:
         parameters=_parameters(reader.table("parameters")),
         metrics=_metrics(reader.table("metrics")),
         drift=_drift(reader.table("drift")),
-        execution_timeout_s=reader.number("execution_timeout_s", 0.0, minimum=0.0, maximum=MAX_TIMEOUT_S),
+        execution_timeout_s=_execution_timeout(reader, backend),
+        max_memory_bytes=_max_memory(reader, backend),
         routing=_routing(reader.table("routing")),
         feedback=_feedback(reader.table("feedback")),
         preprocess=tuple(_step(t) for t in reader.tables("preprocess")),
@@ -501,6 +506,31 @@ def _parameters(reader: _Table) -> dict[str, Any]:
         if str(key).endswith("_threads"):
             reader.integer(key, 0, minimum=0, maximum=MAX_THREADS, bound=_CORES_BOUND)
     return dict(reader.data)
+
+
+#: A Python model's execution_timeout_s when its config does not set one (its process is killed and restarted past it).
+PYTHON_EXECUTION_TIMEOUT_S = 60.0
+#: The smallest max_memory_bytes: an interpreter with numpy imported already uses about 30 MiB.
+MIN_MAX_MEMORY_BYTES = 64 << 20
+
+
+def _execution_timeout(reader: _Table, backend: str) -> float:
+    return reader.number("execution_timeout_s", PYTHON_EXECUTION_TIMEOUT_S if backend == "python" else 0.0, minimum=0.0, maximum=MAX_TIMEOUT_S)
+
+
+def _max_memory(reader: _Table, backend: str) -> int:
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    value = reader.integer("max_memory_bytes", 0, minimum=0, maximum=physical, bound=" (this machine's memory)")
+    if not value:
+        return 0
+    if backend != "python":
+        raise ConfigError(f"max_memory_bytes: only python models run in a process of their own; backend is {backend!r}")
+    if value < MIN_MAX_MEMORY_BYTES:
+        raise ConfigError(
+            f"max_memory_bytes: expected 0 (no limit) or {MIN_MAX_MEMORY_BYTES} ({MIN_MAX_MEMORY_BYTES >> 20} MiB) to this machine's "
+            f"memory, {physical} ({physical >> 20} MiB); got {value}"
+        )
+    return value
 
 
 def _tensor(reader: _Table, *, inputs: bool) -> TensorConfig:

@@ -14,7 +14,8 @@ with a request id (the traceback goes to the log, never to the client).
     ├── LimitExceeded           RESOURCE_EXHAUSTED a configured size limit; names the limit and its value
     ├── Unsupported             UNIMPLEMENTED      a feature or datatype that is not built (yet)
     ├── RuntimeFailure          INTERNAL           the model's runtime raised
-    │   └── ExecutionTimeout    INTERNAL           a batch ran past the model's execution_timeout_s (instance replaced)
+    │   ├── ExecutionTimeout    DEADLINE_EXCEEDED  a batch ran past the model's execution_timeout_s (instance replaced)
+    │   └── InstanceCrashed     UNAVAILABLE        a Python model's process died during the batch (instance restarted)
     ├── Unauthenticated         UNAUTHENTICATED    no bearer token, or one the server does not know
     ├── PermissionDenied        PERMISSION_DENIED  a known token without the scope the method needs
     └── ConfigError             INVALID_ARGUMENT   a model or server configuration is invalid (names the key path)
@@ -29,6 +30,7 @@ __all__ = [
     "DeadlineExpired",
     "ExecutionTimeout",
     "InferenceServerError",
+    "InstanceCrashed",
     "InvalidInput",
     "LimitExceeded",
     "ModelNotFound",
@@ -83,7 +85,12 @@ class RuntimeFailure(InferenceServerError):
 
 
 class ExecutionTimeout(RuntimeFailure):
-    """A batch did not finish within the model's ``execution_timeout_s``; its instance is replaced (INTERNAL)."""
+    """A batch did not finish within the model's ``execution_timeout_s``; its instance is replaced (DEADLINE_EXCEEDED:
+    the server's own deadline for the call passed; not retried by clients, since the same input may hang again)."""
+
+
+class InstanceCrashed(RuntimeFailure):
+    """A Python model's process exited or was killed during the batch; the instance restarts (UNAVAILABLE, retryable)."""
 
 
 class Unauthenticated(InferenceServerError):

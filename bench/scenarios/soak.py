@@ -12,7 +12,7 @@ temporary repository:
   bursts (**overload**: queue-full rejections);
 - ``failing_py``: raises on negative inputs (**runtime faults**, INTERNAL), one request in ten is negative;
 - ``hang_py``: ``execution_timeout_s = 1``; every ``--hang-every-s`` a request sleeps 5 s (**hung runtime**:
-  failed, instance replaced), the rest are instant.
+  failed with DEADLINE_EXCEEDED naming execution_timeout_s, its process killed and restarted), the rest are instant.
 
 Every request has a 30 s deadline. At the end it prints: requests sent and answered, **lost requests** (no
 answer from the server: client-side DEADLINE_EXCEEDED, CANCELLED, UNKNOWN, or a transport error while the
@@ -102,8 +102,10 @@ def _cause(code: grpc.StatusCode, details: str) -> str:
         if "failed to connect" in details or "Socket closed" in details or "Connection reset" in details:
             return "transport"
         return "not ready (reload/unload/replacement)"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED and "execution_timeout_s" in details:
+        return "execution timeout"  # the server's answer to a hung batch, not a lost request
     if code == grpc.StatusCode.INTERNAL:
-        return "execution timeout" if "execution_timeout_s" in details else "runtime fault"
+        return "runtime fault"
     return re.sub(r"\d+", "N", details)[:60]
 
 
@@ -125,7 +127,7 @@ class Tally:
         except grpc.aio.AioRpcError as exc:
             details = exc.details() or ""
             cause = _cause(exc.code(), details)
-            if exc.code().name in _LOST or cause == "transport":
+            if (exc.code().name in _LOST and cause != "execution timeout") or cause == "transport":
                 self.lost.append(f"{model}: {exc.code().name}: {details}")
             self.outcomes[(model, exc.code().name, cause)] += 1
             self.example.setdefault((model, exc.code().name, cause), details)

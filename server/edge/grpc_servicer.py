@@ -51,6 +51,8 @@ STATUS_OF: dict[type[BaseException], grpc.StatusCode] = {
     errors.LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unsupported: grpc.StatusCode.UNIMPLEMENTED,
     errors.RuntimeFailure: grpc.StatusCode.INTERNAL,
+    errors.ExecutionTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.InstanceCrashed: grpc.StatusCode.UNAVAILABLE,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }

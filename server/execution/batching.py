@@ -333,6 +333,10 @@ class DynamicBatcher:
         finally:
             self._releasing = False
 
+    def take_slot(self) -> None:
+        """An idle instance left service (its process died): one slot fewer until ``release_slot`` gives it back."""
+        self._free_slots -= 1
+
     def observe_latency(self, total_ns: int, planned: bool) -> None:
         """SLO mode: one answered request's server latency (arrival to response), which steers the margin;
         ``planned``: its batch left when the planned wait ended (only those misses say the plan was late)."""

@@ -13,11 +13,17 @@ Lifecycle: ``LOADING`` -> ``load()`` (instances loaded and warmed up in their th
 A load or warm-up failure leaves the version ``UNAVAILABLE`` with its reason.
 
 Hung runtimes: with ``execution_timeout_s`` in the config, a batch still running after that long fails
-its requests (``ExecutionTimeout``, INTERNAL) and its instance is abandoned (a thread cannot be killed: it
-is left to finish on its own, then its runtime is closed) and replaced by a fresh one, loaded and warmed
-up in a new thread. The version's ``reason`` says how many instances were replaced; while no instance can
-serve, the version is ``UNAVAILABLE`` (ModelReady false, new requests UNAVAILABLE), and READY again once
-a replacement is warm.
+its requests (``ExecutionTimeout``, DEADLINE_EXCEEDED) and its instance is retired: a runtime that runs in
+a process of its own (Python models) is killed; any other is abandoned (a thread cannot be killed: it is
+left to finish on its own, then its runtime is closed). Such a runtime also retires its instance when its
+process dies (during a batch: the batch fails with ``InstanceCrashed``, UNAVAILABLE; between batches:
+noticed on the loop through its ``exit_fd``) or asks for it through ``retire_reason`` (memory above
+``max_memory_bytes``; the batch is answered first). A retired instance is replaced by a fresh one, loaded
+and warmed up in a new thread, at once the first time and after a backoff (0.25 s, doubling to 30 s) when
+replacements follow each other with no batch answered in between (a replacement whose process dies while
+it loads is tried again the same way; one whose model raises is not). The version's ``reason`` says how many
+instances were replaced and why; while no instance can serve, the version is ``UNAVAILABLE`` (ModelReady
+false, new requests UNAVAILABLE), and READY again once a replacement is warm.
 
 Drift (``drift.py``): with metrics on, ``[drift]`` in the config and ``drift_profile.json`` in the version
 folder, ``execute`` draws once per request whether to sample it, and hands a sampled request's inputs and
@@ -42,7 +48,7 @@ from surge.protos.datatypes import numpy_dtype
 from ..config import ModelConfig, TensorConfig
 from .batching import BatchRequest, DynamicBatcher, QueuePolicy, SchedulerPolicy
 from ..observability.drift import PROFILE_FILENAME, DriftMonitor, Profile
-from ..errors import ConfigError, ExecutionTimeout, InferenceServerError, ModelNotReady, RuntimeFailure, without_root
+from ..errors import ConfigError, ExecutionTimeout, InferenceServerError, InstanceCrashed, ModelNotReady, RuntimeFailure, without_root
 from ..observability.metrics import VersionMetrics, VersionSample
 from .pipeline import Pipeline, PipelineInstance
 from ..runtimes.base import Runtime, Signature, create_runtime
@@ -57,6 +63,7 @@ AUTO_MAX_BATCH_SIZE = 4
 
 
 _abandoned_running = 0  # threads of hung instances still running their batch (they block a clean interpreter exit)
+_BACKOFF_S = (0.25, 30.0)  # the delay before the second replacement in a row, and the most it doubles to
 
 
 def abandoned_threads() -> int:
@@ -74,13 +81,14 @@ class State:
 
 
 class _Instance:
-    __slots__ = ("abandoned", "buffers", "executor", "index", "pipeline", "runtime")
+    __slots__ = ("abandoned", "buffers", "executor", "exit_fd", "index", "pipeline", "runtime")
 
     def __init__(self, runtime: Runtime, executor: ThreadPoolExecutor, index: int) -> None:
         self.runtime = runtime
         self.executor = executor
         self.index = index
-        self.abandoned = False  # it hung past execution_timeout_s and was replaced
+        self.abandoned = False  # it was retired (hung, crashed, too big) and replaced
+        self.exit_fd: int | None = None  # the runtime's process, while the loop watches it for an exit
         self.buffers: dict[str, np.ndarray] = {}  # per input: reused batch-assembly buffer (max rows)
         self.pipeline: PipelineInstance | None = None  # with [[preprocess]]/[[postprocess]]: steps around the runtime
 
@@ -90,7 +98,7 @@ class _Instance:
         outputs = self.runtime.infer(inputs, output_names) if self.pipeline is None else self.pipeline.run(inputs, output_names)
         return outputs, t0, now_ns()
 
-    def run_batch(self, batch: list[BatchRequest], output_names: Sequence[str], rows: int, reuse: bool) -> tuple[dict[str, np.ndarray], int, int]:
+    def run_batch(self, batch: list[BatchRequest], output_names: Sequence[str], rows: int) -> tuple[dict[str, np.ndarray], int, int]:
         """In the instance thread: assemble the batch's inputs, run, stamp."""
         if len(batch) == 1:
             return self.run(batch[0].inputs, output_names)
@@ -98,16 +106,15 @@ class _Instance:
         for name, first in batch[0].inputs.items():
             parts = [r.inputs[name] for r in batch]
             shape = (rows, *first.shape[1:])
-            buffer = self.buffers.get(name) if reuse else None
+            buffer = self.buffers.get(name)
             if buffer is not None and buffer.dtype == first.dtype and buffer.shape[1:] == shape[1:] and buffer.shape[0] >= rows:
                 inputs[name] = np.concatenate(parts, out=buffer[:rows])
             else:
                 inputs[name] = np.concatenate(parts)
         outputs, t0, t1 = self.run(inputs, output_names)
-        if reuse:
-            for name, array in outputs.items():  # an output that views the reused buffer must not see the next batch
-                if any(np.may_share_memory(array, b) for b in inputs.values()):
-                    outputs[name] = array.copy()
+        for name, array in outputs.items():  # an output that views the reused buffer must not see the next batch
+            if any(np.may_share_memory(array, b) for b in inputs.values()):
+                outputs[name] = array.copy()
         return outputs, t0, t1
 
     def allocate_buffers(self, config: ModelConfig, max_rows: int) -> None:
@@ -137,13 +144,14 @@ class ModelVersion:
         self._instances: list[_Instance] = []
         self._free: collections.deque[_Instance] = collections.deque()
         self._batcher: DynamicBatcher | None = None
-        self._reuse_buffers = config.backend != "python"  # a python model may keep references to its inputs
         self._drift: DriftMonitor | None = None  # with metrics, [drift] and a profile in the version folder
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self.hung_instances = 0
-        """Instances replaced after running a batch past ``execution_timeout_s``."""
+        self.replaced_instances = 0
+        """Instances retired (hung past ``execution_timeout_s``, process died, memory above its limit) and replaced."""
+        self._retired_in_a_row = 0  # replacements with no batch answered in between: sets the backoff
+        self._replaced_reason = ""  # the reason while serving again after the last replacement
         self._replacing: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -196,6 +204,8 @@ class ModelVersion:
             await self._close_instances()
             return
         self._free.extend(self._instances)
+        for inst in self._instances:
+            self._watch(inst)
         self.state = State.READY
         self.load_duration_s = time.perf_counter() - started
         log.info(
@@ -265,6 +275,7 @@ class ModelVersion:
     async def _close_instances(self) -> None:
         loop = asyncio.get_running_loop()
         for inst in self._instances:
+            self._unwatch(inst)
             try:
                 await loop.run_in_executor(inst.executor, inst.runtime.close)
             except Exception:
@@ -343,22 +354,19 @@ class ModelVersion:
             wanted = {n for r in batch for n in r.output_names}
             names = [n for n in self.output_names if n in wanted]
         rows = sum(r.rows for r in batch)
-        future = inst.executor.submit(inst.run_batch, batch, names, rows, self._reuse_buffers)
+        future = inst.executor.submit(inst.run_batch, batch, names, rows)
         loop = asyncio.get_running_loop()
         timeout = self.config.execution_timeout_s
         timer = loop.call_later(timeout, self._on_hang, inst, batch, rows) if timeout else None
         future.add_done_callback(lambda f: _call_soon(loop, self._finish, inst, batch, rows, start, f, timer))
 
     def _on_hang(self, inst: _Instance, batch: list[BatchRequest], rows: int) -> None:
-        """On the loop: a batch ran past execution_timeout_s. Fail its requests, abandon the instance, start a replacement."""
+        """On the loop: a batch ran past execution_timeout_s. Fail its requests, retire the instance (killing its
+        process where it has one)."""
         if inst.abandoned or inst not in self._instances:
             return
         global _abandoned_running
         timeout = self.config.execution_timeout_s
-        inst.abandoned = True
-        _abandoned_running += 1
-        self._instances.remove(inst)
-        self.hung_instances += 1
         log.error(
             "model %s version %d: instance %d did not finish a batch of %d rows within execution_timeout_s = %g s; "
             "failing its %d request(s) and replacing the instance", self.config.name, self.version, inst.index, rows, timeout, len(batch),
@@ -367,41 +375,92 @@ class ModelVersion:
         for request in batch:
             if not request.future.done():
                 request.future.set_exception(error)
-        self.reason = f"{self.hung_instances} instance(s) replaced after running past execution_timeout_s = {timeout:g} s"
+        kill = getattr(inst.runtime, "kill", None)
+        if kill is not None:
+            kill()  # its thread returns at once
+        _abandoned_running += 1  # until _finish sees its thread return
+        self._retire(inst, f"running past execution_timeout_s = {timeout:g} s")
+
+    def _retire(self, inst: _Instance, cause: str) -> None:
+        """On the loop: take an instance out of service (its caller closes it) and schedule its replacement."""
+        inst.abandoned = True
+        self._instances.remove(inst)
+        self._unwatch(inst)
+        self.replaced_instances += 1
+        self._retired_in_a_row += 1
+        self.reason = self._replaced_reason = f"{self.replaced_instances} instance(s) replaced after {cause}"
         if not self._instances and self.state == State.READY:
             self.state = State.UNAVAILABLE
             self.reason += "; no instance can serve until a replacement is warm"
-        task = asyncio.get_running_loop().create_task(self._replace(inst.index))
+        self._start_replacement(inst.index)
+
+    def _start_replacement(self, index: int) -> None:
+        """Replace instance ``index``: at once the first time in a row, then after a doubling backoff."""
+        n = self._retired_in_a_row
+        delay = 0.0 if n == 1 else min(_BACKOFF_S[0] * 2 ** (n - 2), _BACKOFF_S[1])
+        task = asyncio.get_running_loop().create_task(self._replace(index, delay))
         self._replacing.add(task)
         task.add_done_callback(self._replacing.discard)
 
-    async def _replace(self, index: int) -> None:
-        """Load and warm up a fresh instance in a new thread, then hand it to the batcher."""
+    def _watch(self, inst: _Instance) -> None:
+        """Watch the runtime's process (if it has one) on the loop, so that a death between batches is noticed."""
+        fd = getattr(inst.runtime, "exit_fd", None)
+        if fd is not None:
+            inst.exit_fd = fd
+            asyncio.get_running_loop().add_reader(fd, self._on_exit, inst)
+
+    def _unwatch(self, inst: _Instance) -> None:
+        if inst.exit_fd is not None:
+            asyncio.get_running_loop().remove_reader(inst.exit_fd)
+            inst.exit_fd = None
+
+    def _on_exit(self, inst: _Instance) -> None:
+        """On the loop: the runtime's process is gone. Retire an idle instance now; a busy one retires in ``_finish``
+        (its batch fails with the runtime's InstanceCrashed)."""
+        self._unwatch(inst)
+        if inst.abandoned or inst not in self._instances:
+            return
+        reason = inst.runtime.exited()  # type: ignore[attr-defined]  # also sets its retire_reason, which _finish reads
+        if inst not in self._free:
+            return
+        self._free.remove(inst)
+        assert self._batcher is not None
+        self._batcher.take_slot()
+        log.error("model %s version %d: replacing instance %d, idle: %s", self.config.name, self.version, inst.index, reason)
+        self._retire(inst, reason)
+        _discard(inst)
+
+    async def _replace(self, index: int, delay: float) -> None:
+        """After ``delay`` seconds, load and warm up a fresh instance in a new thread, then hand it to the batcher."""
+        if delay:
+            await asyncio.sleep(delay)
         loop = asyncio.get_running_loop()
-        executor = ThreadPoolExecutor(1, thread_name_prefix=f"surge-{self.config.name}-v{self.version}-{index}-r{self.hung_instances}")
+        executor = ThreadPoolExecutor(1, thread_name_prefix=f"surge-{self.config.name}-v{self.version}-{index}-r{self.replaced_instances}")
         inst = _Instance(create_runtime(self.config), executor, index)
         try:
             await loop.run_in_executor(executor, inst.runtime.load, self.model_path, self.config, index)
             inst.allocate_buffers(self.config, self.config.max_batch_size or 1)
             await loop.run_in_executor(executor, self._warmup, inst)
         except BaseException as exc:
-            executor.submit(inst.runtime.close)
-            executor.shutdown(wait=False)
+            _discard(inst)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             log.error("model %s version %d: the replacement of instance %d failed to load: %s", self.config.name, self.version, index, _reason(exc))
             if not self._instances:
-                self.state, self.reason = State.UNAVAILABLE, f"an instance hung and its replacement failed to load: {self._client_reason(exc)}"
+                self.state, self.reason = State.UNAVAILABLE, f"an instance was retired and its replacement failed to load: {self._client_reason(exc)}"
+            if isinstance(exc, InstanceCrashed) and self.state in (State.READY, State.UNAVAILABLE):  # its process died: try again
+                self._retired_in_a_row += 1
+                self._start_replacement(index)
             return
         if self.state not in (State.READY, State.UNAVAILABLE) or self._batcher is None:  # unloading meanwhile
-            executor.submit(inst.runtime.close)
-            executor.shutdown(wait=False)
+            _discard(inst)
             return
         self._instances.append(inst)
         self._free.append(inst)
+        self._watch(inst)
         if self.state == State.UNAVAILABLE:
             self.state = State.READY
-            self.reason = self.reason.split("; ")[0]
+            self.reason = self._replaced_reason
         log.info("model %s version %d: instance %d replaced and warm", self.config.name, self.version, index)
         self._batcher.release_slot()
 
@@ -412,8 +471,7 @@ class ModelVersion:
         if inst.abandoned:  # it hung and was replaced; its requests were failed: close it in its own thread
             global _abandoned_running
             _abandoned_running -= 1
-            inst.executor.submit(inst.runtime.close)
-            inst.executor.shutdown(wait=False)
+            _discard(inst)
             return
         try:
             outputs, infer_start, infer_end = future.result()
@@ -429,6 +487,7 @@ class ModelVersion:
                 if not request.future.done():
                     request.future.set_exception(exc)
         else:
+            self._retired_in_a_row = 0
             done = now_ns()
             self.stats.record_execution(rows, infer_start - start, infer_end - infer_start, done - infer_end)
             assert self._batcher is not None
@@ -444,7 +503,12 @@ class ModelVersion:
                         end = offset + request.rows
                         request.future.set_result({n: outputs[n][offset:end] for n in request.output_names})
                 offset += request.rows
-        if inst in self._instances:
+        retire = getattr(inst.runtime, "retire_reason", "")  # its process died, or grew past max_memory_bytes
+        if retire and inst in self._instances:
+            log.error("model %s version %d: replacing instance %d: %s", self.config.name, self.version, inst.index, retire)
+            self._retire(inst, retire)
+            _discard(inst)
+        elif inst in self._instances:
             self._free.append(inst)
             if self._batcher is not None:
                 self._batcher.release_slot()
@@ -476,6 +540,12 @@ def scheduler_policy(config: ModelConfig) -> SchedulerPolicy:
             level: QueuePolicy(max_queue_size=p.max_queue_size, default_timeout_s=p.default_timeout_s) for level, p in b.priority_queue_policy.items()
         },
     )
+
+
+def _discard(inst: _Instance) -> None:
+    """Close a retired instance's runtime in its own thread, then let the thread end."""
+    inst.executor.submit(inst.runtime.close)
+    inst.executor.shutdown(wait=False)
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: object, *args: object) -> None:

@@ -1,5 +1,5 @@
 """Model faults over the wire: a runtime that hangs is bounded by execution_timeout_s, its requests fail
-(INTERNAL, request id), its instance is replaced, the model's health says so meanwhile; a model that fails
+(DEADLINE_EXCEEDED, request id), its instance is replaced, the model's health says so meanwhile; a model that fails
 to warm up stays UNAVAILABLE with its reason while the others serve."""
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def test_hung_runtime_fails_its_batch_and_its_instance_is_replaced(faulty):
         with pytest.raises(InferenceServerError) as info:
             hung.result()
         failed_after = time.monotonic() - started
-        assert info.value.code == grpc.StatusCode.INTERNAL
+        assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
         assert "execution_timeout_s of 1 s" in info.value.message and "stuck-1" in info.value.message
         assert 0.9 < failed_after < HANG_S, f"failed after {failed_after:.2f} s"
 

@@ -18,6 +18,7 @@ from surge.server.config import (
     VersionPolicy,
     load_model_config,
     parse_model_config,
+    PYTHON_EXECUTION_TIMEOUT_S,
 )
 from surge.server import config as config_module
 from surge.server.errors import ConfigError, InferenceServerError
@@ -32,6 +33,7 @@ TOP_LEVEL_KEYS = [
     "input",
     "instance_group",
     "max_batch_size",
+    "max_memory_bytes",
     "metrics",
     "output",
     "parameters",
@@ -595,3 +597,32 @@ def test_bounds_scale_with_the_cores_within_a_ceiling() -> None:
     assert config_module.MAX_INSTANCES == min(256, 4 * config_module.CORES) >= 4
     config = parse_model_config("m", {"instance_group": {"count": config_module.MAX_INSTANCES}, "parameters": {"intra_op_threads": config_module.MAX_THREADS}})
     assert config.instance_group.count == config_module.MAX_INSTANCES and config.parameters["intra_op_threads"] == config_module.MAX_THREADS
+
+# --- python model process limits --------------------------------------------------------------------------
+
+
+def test_python_models_get_a_default_execution_timeout_and_others_none() -> None:
+    assert parse_model_config("py", {"backend": "python"}).execution_timeout_s == PYTHON_EXECUTION_TIMEOUT_S > 0
+    assert parse_model_config("py", {"backend": "python", "execution_timeout_s": 0}).execution_timeout_s == 0.0  # explicitly none
+    assert parse_model_config("m", {}).execution_timeout_s == 0.0
+    assert parse_model_config("py", {"backend": "python"}).max_memory_bytes == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"execution_timeout_s": -1}, "execution_timeout_s: expected a number from 0 to 3600 (seconds), got -1"),
+        ({"execution_timeout_s": 1e9}, "execution_timeout_s: expected a number from 0 to 3600 (seconds), got 1000000000.0"),
+        ({"max_memory_bytes": 1 << 20}, "max_memory_bytes: expected 0 (no limit) or 67108864 (64 MiB) to this machine's memory"),
+        ({"max_memory_bytes": 1 << 60}, "got 1152921504606846976"),
+        ({"max_memory_bytes": 1.5e9}, "max_memory_bytes: expected an integer from 0 to"),
+        ({"max_memory_bytes": -5}, "(this machine's memory), got -5"),
+    ],
+)
+def test_python_process_limits_out_of_bounds_are_rejected(data: dict[str, Any], expected: str) -> None:
+    assert expected in _error({"backend": "python", **data})
+
+
+def test_max_memory_bytes_is_for_python_models_only() -> None:
+    assert "max_memory_bytes: only python models run in a process of their own; backend is 'onnxruntime'" in _error({"max_memory_bytes": 1 << 30})
+    assert parse_model_config("py", {"backend": "python", "max_memory_bytes": 1 << 30}).max_memory_bytes == 1 << 30
