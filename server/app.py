@@ -247,6 +247,10 @@ class Server:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", limits.max_request_bytes),
             ("grpc.max_concurrent_streams", limits.max_concurrent_streams),
+            # enforce the stream cap as HTTP/2 counts streams, as advertised in the first SETTINGS frame: gRPC's
+            # default also counts streams not yet freed after their call ended, so a client that honours the cap
+            # (gRPC clients queue beyond it) saw its next calls refused (REFUSED_STREAM -> UNAVAILABLE)
+            ("grpc.http.overload_protection", 0),
             # gRPC's own queue of calls not yet taken by the loop: its default soft limit (1000) is below one
             # connection's stream cap, so a stalled loop saw calls CANCELLED rather than refused per stream
             ("grpc.server.max_pending_requests", limits.max_pending_calls),

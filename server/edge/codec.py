@@ -44,11 +44,11 @@ class Limits:
     max_bytes_element: int = 16 * 2**20
     """Bytes in one BYTES element (``--max-bytes-element``)."""
     max_concurrent_streams: int = 1024
-    """HTTP/2 streams (concurrent RPCs) per client connection (``--max-concurrent-streams``); clients queue beyond it."""
+    """HTTP/2 streams (concurrent RPCs) per client connection (``--max-concurrent-streams``), advertised to the client
+    in the server's first SETTINGS frame; gRPC clients hold further calls in their own queue until a stream ends."""
     max_pending_calls: int = 4096
     """Calls received but not yet taken up by the event loop (it stalled), all connections together
-    (``--max-pending-calls``); gRPC cancels calls beyond it (CANCELLED). Keep it above ``max_concurrent_streams``:
-    then one connection's overflow is refused per stream (UNAVAILABLE, retryable) before gRPC cancels anything."""
+    (``--max-pending-calls``); gRPC cancels calls beyond it (CANCELLED). Keep it above ``max_concurrent_streams``."""
 
     def __post_init__(self) -> None:
         for name in ("max_request_bytes", "max_tensor_elements", "max_request_elements", "max_bytes_element", "max_concurrent_streams", "max_pending_calls"):
