@@ -57,7 +57,8 @@ STATUS_OF: dict[type[BaseException], grpc.StatusCode] = {
 
 #: ServerMetadata.extensions: only what is really implemented.
 EXTENSIONS = ("model_repository", "model_configuration", "statistics", "parameters")
-STREAM_MAX_IN_FLIGHT = 128
+#: Answers one ModelStreamInfer stream holds (running, or done and not yet written); at the bound it stops reading.
+STREAM_MAX_ANSWERS = 128
 
 _request_ids = itertools.count(1)
 _F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
@@ -331,16 +332,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Bidirectional stream: requests run concurrently (up to STREAM_MAX_IN_FLIGHT), answers come as they finish.
+        """Bidirectional stream: requests run concurrently, answers come as they finish.
 
-        A failed request is answered with ``error_message`` (its status name first, then the message) and its
-        id; the stream stays open. With the ``triton_grpc_error: true`` header (Triton's opt-in), the first
-        error instead ends the stream with that gRPC status. On server shutdown the stream stops reading,
-        answers what it accepted, and ends.
+        A stream holds at most STREAM_MAX_ANSWERS answers (running, or done and not yet written to the client);
+        at the bound it stops reading the stream until one is written, so a client that does not read its answers
+        is held back by HTTP/2 flow control instead of growing the server's memory. A failed request is answered
+        with ``error_message`` (its status name first, then the message) and its id; the stream stays open. With
+        the ``triton_grpc_error: true`` header (Triton's opt-in), the first error instead ends the stream with that
+        gRPC status. On server shutdown the stream stops reading, answers what it accepted, and ends.
         """
         grpc_errors = any(k == "triton_grpc_error" and v.lower() == "true" for k, v in context.invocation_metadata() or ())
         results: asyncio.Queue[tuple[pb.ModelStreamInferResponse, BaseException | None] | None] = asyncio.Queue()
-        slots = asyncio.Semaphore(STREAM_MAX_IN_FLIGHT)
+        slots = asyncio.Semaphore(STREAM_MAX_ANSWERS)  # taken before a message is read, given back once its answer is written
         tasks: set[asyncio.Task[None]] = set()
 
         async def one(request: pb.ModelInferRequest) -> None:
@@ -357,17 +360,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 failed = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
                 message = f"{status_of(exc).name}: {_error_message(exc, request.id)}"  # the code too: streams carry no status
                 results.put_nowait((pb.ModelStreamInferResponse(error_message=message, infer_response=failed), exc))
-            finally:
-                slots.release()
 
         async def read() -> None:
             try:
-                async for request in request_iterator:
+                while True:
+                    await slots.acquire()
+                    request = await anext(request_iterator, None)
+                    if request is None:
+                        break
                     if request.__class__ is Undecodable:
                         exc = request.error("ModelStreamInfer")
                         results.put_nowait((pb.ModelStreamInferResponse(error_message=f"{status_of(exc).name}: {exc}"), exc))
                         continue
-                    await slots.acquire()
                     task = asyncio.create_task(one(request))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
@@ -385,7 +389,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 response, exc = item
                 if exc is not None and grpc_errors:
                     await context.abort(status_of(exc), response.error_message.partition(": ")[2])
-                yield response
+                yield response  # returns once gRPC has taken the message within the client's flow-control window
+                slots.release()
         finally:
             self._stream_readers.discard(reader)
             reader.cancel()
