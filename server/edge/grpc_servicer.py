@@ -146,15 +146,20 @@ def _edge(method: _F) -> _F:
         try:
             if request.__class__ is Undecodable:
                 raise request.error(method.__name__)
-            return await method(self, request, context)
+            response = await method(self, request, context)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
+            if self._stopping:
+                await self._answers_released.wait()
             if isinstance(exc, grpc.aio.AioRpcError):  # a sibling worker's refusal (workers.py): passed on as it is
                 await context.abort(exc.code(), exc.details() or "")
             await context.abort(status_of(exc), _error_message(exc, getattr(request, "id", "")))
+        if self._stopping:
+            await self._answers_released.wait()
+        return response
 
     return wrapper  # type: ignore[return-value]
 
@@ -185,6 +190,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._repo = repository
         self._limits = limits
         self._stopping = False
+        self._answers_released = asyncio.Event()  # while stopping: set once the connections have been told GOAWAY
         self._traffic = traffic
         self._metrics = metrics
         self._name = server_name
@@ -398,10 +404,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 task.cancel()
 
     def begin_shutdown(self) -> None:
-        """New inference requests get UNAVAILABLE; open streams stop reading: each answers what it accepted, then ends."""
+        """New inference requests get UNAVAILABLE; open streams stop reading: each answers what it accepted, then ends.
+
+        Unary answers (and refusals) are held until ``release_answers``: the server calls it once gRPC has sent every
+        connection its GOAWAY, so a client that gets an answer sends its next call on a new connection (refused while
+        connecting: UNAVAILABLE, retryable), never on one being closed, where gRPC would cancel it (CANCELLED).
+        """
         self._stopping = True
         for reader in list(self._stream_readers):
             reader.cancel()
+
+    def release_answers(self) -> None:
+        """Let the unary answers held since ``begin_shutdown`` go out (the connections have been told GOAWAY)."""
+        self._answers_released.set()
 
     # -- repository ------------------------------------------------------------------------------
 
