@@ -22,7 +22,7 @@ from surge.protos.datatypes import CONTENTS_FIELD, ElementTooLarge, deserialize_
 from ..config import ModelConfig, TensorConfig
 from ..errors import InvalidInput, LimitExceeded, Unsupported
 
-__all__ = ["DEFAULT_LIMITS", "DecodedRequest", "Limits", "decode_request", "encode_response", "parameter_value"]
+__all__ = ["DEFAULT_LIMITS", "DecodedRequest", "Limits", "decode_request", "encode_outputs", "encode_response", "parameter_value", "with_raw_outputs"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -264,23 +264,35 @@ def _requested_outputs(request: pb.ModelInferRequest, spec: _ModelSpec) -> tuple
     return tuple(names)
 
 
+def encode_outputs(
+    request: pb.ModelInferRequest, spec: _ModelSpec, version: str, outputs: dict[str, np.ndarray], output_names: tuple[str, ...]
+) -> tuple[pb.ModelInferResponse, list[np.ndarray]]:
+    """The response without its ``raw_output_contents``, and the arrays that go there (one per output, in the order
+    requested; numeric ones in their wire dtype, BYTES ones as they came)."""
+    response = pb.ModelInferResponse(model_name=spec.name, model_version=version, id=request.id)
+    arrays = []
+    for name in output_names:
+        ts = spec.outputs[name]
+        array = outputs[name]
+        if ts.datatype != "BYTES" and array.dtype != ts.dtype:  # the execution path's output check makes this rare
+            array = array.astype(ts.dtype)
+        response.outputs.add(name=name, datatype=ts.datatype, shape=array.shape)
+        arrays.append(array)
+    return response, arrays
+
+
 def encode_response(
     request: pb.ModelInferRequest, spec: _ModelSpec, version: str, outputs: dict[str, np.ndarray], output_names: tuple[str, ...]
 ) -> pb.ModelInferResponse:
     """Build the response: one ``raw_output_contents`` entry per output, in the order requested."""
-    response = pb.ModelInferResponse(model_name=spec.name, model_version=version, id=request.id)
-    raw = response.raw_output_contents
-    for name in output_names:
-        ts = spec.outputs[name]
-        array = outputs[name]
-        if ts.datatype == "BYTES":
-            data = serialize_bytes_tensor(array)
-        else:
-            if array.dtype != ts.dtype:
-                array = array.astype(ts.dtype)
-            data = array.tobytes()
-        response.outputs.add(name=name, datatype=ts.datatype, shape=array.shape)
-        raw.append(data)
+    return with_raw_outputs(*encode_outputs(request, spec, version, outputs, output_names))
+
+
+def with_raw_outputs(response: pb.ModelInferResponse, arrays: list[np.ndarray]) -> pb.ModelInferResponse:
+    """``encode_outputs``' response with its arrays copied into ``raw_output_contents``."""
+    response.raw_output_contents.extend(
+        serialize_bytes_tensor(a) if t.datatype == "BYTES" else a.tobytes() for a, t in zip(arrays, response.outputs)
+    )
     return response
 
 

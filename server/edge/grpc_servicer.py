@@ -22,7 +22,7 @@ import grpc
 from surge.protos import grpc_service_pb2 as pb
 from surge.protos import grpc_service_pb2_grpc as pb_grpc
 
-from . import codec
+from . import codec, wire
 from .. import errors
 from ..traffic.feedback import FeedbackIndex
 from ..observability.metrics import ServerMetrics
@@ -59,6 +59,7 @@ STATUS_OF: dict[type[BaseException], grpc.StatusCode] = {
 EXTENSIONS = ("model_repository", "model_configuration", "statistics", "parameters")
 #: Answers one ModelStreamInfer stream holds (running, or done and not yet written); at the bound it stops reading.
 STREAM_MAX_ANSWERS = 128
+_MESSAGE, _UNARY, _STREAM = 0, 1, 2  # the forms of an answer (InferenceServicer._infer)
 
 _request_ids = itertools.count(1)
 _F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
@@ -134,8 +135,20 @@ def add_tolerant(add: Callable[[Any, Any], None], servicer: Any, server: grpc.ai
 
 
 def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
-    """Register the inference servicer (``add_tolerant`` over the generated function)."""
-    add_tolerant(pb_grpc.add_GRPCInferenceServiceServicer_to_server, servicer, server)
+    """Register the inference servicer (``add_tolerant`` over the generated function); ModelInfer and ModelStreamInfer
+    read and write large messages without copying tensor bytes on the event loop (``wire.py``)."""
+
+    def add(servicer: InferenceServicer, capture: Any) -> None:
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, capture)
+        handlers = capture.handlers
+        handlers["ModelInfer"] = handlers["ModelInfer"]._replace(
+            unary_unary=servicer.model_infer_wire, request_deserializer=wire.parse_infer_request, response_serializer=wire.serialize
+        )
+        handlers["ModelStreamInfer"] = handlers["ModelStreamInfer"]._replace(
+            request_deserializer=wire.parse_infer_request, response_serializer=wire.serialize
+        )
+
+    add_tolerant(add, servicer, server)
 
 
 def _edge(method: _F) -> _F:
@@ -152,12 +165,12 @@ def _edge(method: _F) -> _F:
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
-            if self._stopping:
+            if getattr(self, "_stopping", False):  # InferenceServicer's answers wait for the GOAWAY (begin_shutdown)
                 await self._answers_released.wait()
             if isinstance(exc, grpc.aio.AioRpcError):  # a sibling worker's refusal (workers.py): passed on as it is
                 await context.abort(exc.code(), exc.details() or "")
             await context.abort(status_of(exc), _error_message(exc, getattr(request, "id", "")))
-        if self._stopping:
+        if getattr(self, "_stopping", False):
             await self._answers_released.wait()
         return response
 
@@ -264,13 +277,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_edge
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
+        return await self._model_infer(request, context, _MESSAGE)  # type: ignore[return-value]
+
+    async def _model_infer_wire(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse | bytes:
+        """ModelInfer as gRPC serves it: a large response comes back as its wire bytes (``wire.assemble``)."""
+        return await self._model_infer(request, context, _UNARY)
+
+    _model_infer_wire.__name__ = "ModelInfer"  # what _edge's errors call it
+    model_infer_wire = _edge(_model_infer_wire)
+
+    async def _model_infer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext, form: int) -> pb.ModelInferResponse | bytes:
         stamps = Stamps(now_ns())
         entry = self._traffic.table.get(request.model_name) if self._traffic is not None else None
         if entry is None:  # no routes, shadow or feedback for this model: the fast path
             version = self._lookup(request)
-            return await self._infer(request, version, stamps, _deadline(context))
+            return await self._infer(request, version, stamps, _deadline(context), form=form)
         version, sender, feedback = self._route(request, entry, context)
-        return await self._infer(request, version, stamps, _deadline(context), sender, feedback)
+        return await self._infer(request, version, stamps, _deadline(context), sender, feedback, form=form)
 
     def _route(
         self, request: pb.ModelInferRequest, entry: RouteEntry[ModelVersion], context: grpc.aio.ServicerContext
@@ -298,9 +321,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(
         self, request: pb.ModelInferRequest, version: ModelVersion, stamps: Stamps, deadline: float | None,
-        sender: ShadowSender | None = None, feedback: FeedbackIndex | None = None,
-    ) -> pb.ModelInferResponse:
-        """Decode, execute, encode. ``sender``: mirror the request to a shadow; ``feedback``: index the answer by request id."""
+        sender: ShadowSender | None = None, feedback: FeedbackIndex | None = None, form: int = _MESSAGE,
+    ) -> pb.ModelInferResponse | bytes:
+        """Decode, execute, encode. ``sender``: mirror the request to a shadow; ``feedback``: index the answer by request id;
+        ``form``: the response as a message (_MESSAGE), or, when it is large, as the wire bytes of a ModelInferResponse
+        (_UNARY) or of a ModelStreamInferResponse (_STREAM), built off the event loop."""
         spec = version.codec_spec
         if spec is None:
             spec = version.codec_spec = codec.model_spec(version.config)
@@ -317,7 +342,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             stamps.encode_start = now_ns()
             if job is not None:
                 job.primary_done(outputs, stamps.encode_start - stamps.decoded)
-            response = codec.encode_response(request, spec, version.version_str, outputs, decoded.output_names)
+            if form == _MESSAGE:
+                response: pb.ModelInferResponse | bytes = codec.encode_response(request, spec, version.version_str, outputs, decoded.output_names)
+            else:
+                response = await _encode_for_wire(request, spec, version.version_str, outputs, decoded.output_names, form)
         except asyncio.CancelledError:  # gRPC cancels the handler when the deadline passes or the client goes away
             if job is not None:
                 job.primary_done(None)
@@ -348,7 +376,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         gRPC status. On server shutdown the stream stops reading, answers what it accepted, and ends.
         """
         grpc_errors = any(k == "triton_grpc_error" and v.lower() == "true" for k, v in context.invocation_metadata() or ())
-        results: asyncio.Queue[tuple[pb.ModelStreamInferResponse, BaseException | None] | None] = asyncio.Queue()
+        results: asyncio.Queue[tuple[pb.ModelStreamInferResponse | bytes, BaseException | None] | None] = asyncio.Queue()
         slots = asyncio.Semaphore(STREAM_MAX_ANSWERS)  # taken before a message is read, given back once its answer is written
         tasks: set[asyncio.Task[None]] = set()
 
@@ -357,11 +385,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 stamps = Stamps(now_ns())
                 entry = self._traffic.table.get(request.model_name) if self._traffic is not None else None
                 if entry is None:
-                    response = await self._infer(request, self._lookup(request), stamps, _deadline(context))
+                    response = await self._infer(request, self._lookup(request), stamps, _deadline(context), form=_STREAM)
                 else:
                     version, sender, feedback = self._route(request, entry, context)
-                    response = await self._infer(request, version, stamps, _deadline(context), sender, feedback)
-                results.put_nowait((pb.ModelStreamInferResponse(infer_response=response), None))
+                    response = await self._infer(request, version, stamps, _deadline(context), sender, feedback, form=_STREAM)
+                results.put_nowait((response if response.__class__ is bytes else pb.ModelStreamInferResponse(infer_response=response), None))
             except Exception as exc:
                 failed = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
                 message = f"{status_of(exc).name}: {_error_message(exc, request.id)}"  # the code too: streams carry no status
@@ -453,6 +481,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await self._peers.repository_call("RepositoryModelUnload", request, metadata)
         return pb.RepositoryModelUnloadResponse()
 
+
+
+async def _encode_for_wire(
+    request: pb.ModelInferRequest, spec: Any, version: str, outputs: dict[str, Any], output_names: tuple[str, ...], form: int
+) -> pb.ModelInferResponse | bytes:
+    """A small response as a message (protobuf's C code is fastest); a large one as its wire bytes, assembled in a
+    worker thread without holding the GIL for the copies (``wire.assemble``): nothing that scales with its size
+    runs on the loop."""
+    response, arrays = codec.encode_outputs(request, spec, version, outputs, output_names)
+    if sum(a.nbytes for a in arrays) < wire.LARGE_MESSAGE_BYTES:  # a BYTES array's nbytes counts its references
+        return codec.with_raw_outputs(response, arrays)
+    return await asyncio.get_running_loop().run_in_executor(None, functools.partial(wire.assemble, response.SerializeToString(), arrays, stream=form == _STREAM))
 
 
 #: The metadata key that carries a routing key (the ``routing_key`` request parameter takes precedence).
