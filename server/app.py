@@ -50,6 +50,10 @@ log = logging.getLogger("surge.server")
 
 #: grpc.aio defaults to 4 MiB; Triton and its clients use INT32_MAX.
 MAX_MESSAGE_BYTES = 2**31 - 1
+#: On stop: how long calls already sent may take to reach the server before gRPC stops accepting (they are held,
+#: not answered, meanwhile), and how long gRPC gets to write its GOAWAY frames before the held answers go out.
+SHUTDOWN_SETTLE_S = 0.25
+GOAWAY_SENT_S = 0.05
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 SURGE_SERVICE_NAMES = ("surge.v1.Admin", "surge.v1.Feedback")
 try:
@@ -306,6 +310,10 @@ class Server:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", limits.max_request_bytes),
             ("grpc.max_concurrent_streams", limits.max_concurrent_streams),
+            # enforce the stream cap as HTTP/2 counts streams, as advertised in the first SETTINGS frame: gRPC's
+            # default also counts streams not yet freed after their call ended, so a client that honours the cap
+            # (gRPC clients queue beyond it) saw its next calls refused (REFUSED_STREAM -> UNAVAILABLE)
+            ("grpc.http.overload_protection", 0),
             # gRPC's own queue of calls not yet taken by the loop: its default soft limit (1000) is below one
             # connection's stream cap, so a stalled loop saw calls CANCELLED rather than refused per stream
             ("grpc.server.max_pending_requests", limits.max_pending_calls),
@@ -407,7 +415,15 @@ class Server:
         grace = self.config.drain_timeout_s if grace_s is None else grace_s
         rest_closed = asyncio.ensure_future(rest.aclose(grace)) if rest is not None else None  # drains beside gRPC
         if self._grpc is not None:
-            await self._grpc.stop(self.config.drain_timeout_s if grace_s is None else grace_s)
+            # GOAWAY before any answer: calls in transit reach the servicer and are held with every answer (see
+            # begin_shutdown), so no client sends a new call while gRPC stops accepting (it would cancel that call)
+            await asyncio.sleep(SHUTDOWN_SETTLE_S)
+            stopped = asyncio.ensure_future(self._grpc.stop(grace))  # GOAWAY and stop listening at once, then drain
+            await asyncio.sleep(GOAWAY_SENT_S)
+        if self._servicer is not None:
+            self._servicer.release_answers()
+        if self._grpc is not None:
+            await stopped
         if rest_closed is not None:
             await rest_closed
         await self.traffic.aclose()  # shadows first: their queued requests would only meet unloading versions

@@ -23,7 +23,7 @@ from ..config import ModelConfig, TensorConfig
 from ..errors import InvalidInput, LimitExceeded, Unsupported
 from . import extensions
 
-__all__ = ["DEFAULT_LIMITS", "DecodedRequest", "Limits", "decode_request", "encode_response", "parameter_value"]
+__all__ = ["DEFAULT_LIMITS", "DecodedRequest", "Limits", "decode_request", "encode_outputs", "encode_response", "parameter_value", "with_raw_outputs"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,11 +45,11 @@ class Limits:
     max_bytes_element: int = 16 * 2**20
     """Bytes in one BYTES element (``--max-bytes-element``)."""
     max_concurrent_streams: int = 1024
-    """HTTP/2 streams (concurrent RPCs) per client connection (``--max-concurrent-streams``); clients queue beyond it."""
+    """HTTP/2 streams (concurrent RPCs) per client connection (``--max-concurrent-streams``), advertised to the client
+    in the server's first SETTINGS frame; gRPC clients hold further calls in their own queue until a stream ends."""
     max_pending_calls: int = 4096
     """Calls received but not yet taken up by the event loop (it stalled), all connections together
-    (``--max-pending-calls``); gRPC cancels calls beyond it (CANCELLED). Keep it above ``max_concurrent_streams``:
-    then one connection's overflow is refused per stream (UNAVAILABLE, retryable) before gRPC cancels anything."""
+    (``--max-pending-calls``); gRPC cancels calls beyond it (CANCELLED). Keep it above ``max_concurrent_streams``."""
 
     def __post_init__(self) -> None:
         for name in ("max_request_bytes", "max_tensor_elements", "max_request_elements", "max_bytes_element", "max_concurrent_streams", "max_pending_calls"):
@@ -280,6 +280,28 @@ def _requested_outputs(request: pb.ModelInferRequest, spec: _ModelSpec) -> tuple
     return tuple(names), classes
 
 
+def encode_outputs(
+    request: pb.ModelInferRequest, spec: _ModelSpec, version: str, outputs: dict[str, np.ndarray], output_names: tuple[str, ...],
+    classes: dict[str, int] | None = None,
+) -> tuple[pb.ModelInferResponse, list[np.ndarray]]:
+    """The response without its ``raw_output_contents``, and the arrays that go there (one per output, in the order
+    requested; numeric ones in their wire dtype, BYTES ones as they came; a classification as its BYTES strings)."""
+    response = pb.ModelInferResponse(model_name=spec.name, model_version=version, id=request.id)
+    arrays = []
+    for name in output_names:
+        ts = spec.outputs[name]
+        array = outputs[name]
+        datatype = ts.datatype
+        if classes is not None and name in classes:
+            array = extensions.classify(array, classes[name], ts.labels, spec.max_batch_size > 0)
+            datatype = "BYTES"
+        elif datatype != "BYTES" and array.dtype != ts.dtype:  # the execution path's output check makes this rare
+            array = array.astype(ts.dtype)
+        response.outputs.add(name=name, datatype=datatype, shape=array.shape)
+        arrays.append(array)
+    return response, arrays
+
+
 def encode_response(
     request: pb.ModelInferRequest, spec: _ModelSpec, version: str, outputs: dict[str, np.ndarray], output_names: tuple[str, ...],
     classes: dict[str, int] | None = None,
@@ -288,23 +310,14 @@ def encode_response(
 
     ``classes``: outputs asked for as classifications (``DecodedRequest.classes``), sent as BYTES ``value:index[:label]``.
     """
-    response = pb.ModelInferResponse(model_name=spec.name, model_version=version, id=request.id)
-    raw = response.raw_output_contents
-    for name in output_names:
-        ts = spec.outputs[name]
-        array = outputs[name]
-        datatype = ts.datatype
-        if classes is not None and name in classes:
-            array = extensions.classify(array, classes[name], ts.labels, spec.max_batch_size > 0)
-            datatype = "BYTES"
-        if datatype == "BYTES":
-            data = serialize_bytes_tensor(array)
-        else:
-            if array.dtype != ts.dtype:
-                array = array.astype(ts.dtype)
-            data = array.tobytes()
-        response.outputs.add(name=name, datatype=datatype, shape=array.shape)
-        raw.append(data)
+    return with_raw_outputs(*encode_outputs(request, spec, version, outputs, output_names, classes))
+
+
+def with_raw_outputs(response: pb.ModelInferResponse, arrays: list[np.ndarray]) -> pb.ModelInferResponse:
+    """``encode_outputs``' response with its arrays copied into ``raw_output_contents``."""
+    response.raw_output_contents.extend(
+        serialize_bytes_tensor(a) if t.datatype == "BYTES" else a.tobytes() for a, t in zip(arrays, response.outputs)
+    )
     return response
 
 

@@ -22,7 +22,7 @@ import grpc
 from surge.protos import grpc_service_pb2 as pb
 from surge.protos import grpc_service_pb2_grpc as pb_grpc
 
-from . import codec, stream
+from . import codec, stream, wire
 from .. import errors
 from ..traffic.feedback import FeedbackIndex
 from ..observability.metrics import ServerMetrics
@@ -58,8 +58,11 @@ STATUS_OF: dict[type[BaseException], grpc.StatusCode] = {
 }
 
 #: ServerMetadata.extensions: only what is really implemented.
+#: ServerMetadata.extensions: only what is really implemented.
 EXTENSIONS = ("classification", "model_repository", "model_configuration", "statistics", "parameters")
-STREAM_MAX_IN_FLIGHT = 128
+#: Answers one ModelStreamInfer stream holds (running, or done and not yet written); at the bound it stops reading.
+STREAM_MAX_ANSWERS = 128
+_MESSAGE, _UNARY, _STREAM = 0, 1, 2  # the forms of an answer (InferenceServicer._infer)
 
 _request_ids = itertools.count(1)
 _F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
@@ -135,8 +138,20 @@ def add_tolerant(add: Callable[[Any, Any], None], servicer: Any, server: grpc.ai
 
 
 def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
-    """Register the inference servicer (``add_tolerant`` over the generated function)."""
-    add_tolerant(pb_grpc.add_GRPCInferenceServiceServicer_to_server, servicer, server)
+    """Register the inference servicer (``add_tolerant`` over the generated function); ModelInfer and ModelStreamInfer
+    read and write large messages without copying tensor bytes on the event loop (``wire.py``)."""
+
+    def add(servicer: InferenceServicer, capture: Any) -> None:
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, capture)
+        handlers = capture.handlers
+        handlers["ModelInfer"] = handlers["ModelInfer"]._replace(
+            unary_unary=servicer.model_infer_wire, request_deserializer=wire.parse_infer_request, response_serializer=wire.serialize
+        )
+        handlers["ModelStreamInfer"] = handlers["ModelStreamInfer"]._replace(
+            request_deserializer=wire.parse_infer_request, response_serializer=wire.serialize
+        )
+
+    add_tolerant(add, servicer, server)
 
 
 def _edge(method: _F) -> _F:
@@ -147,15 +162,20 @@ def _edge(method: _F) -> _F:
         try:
             if request.__class__ is Undecodable:
                 raise request.error(method.__name__)
-            return await method(self, request, context)
+            response = await method(self, request, context)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
+            if getattr(self, "_stopping", False):  # InferenceServicer's answers wait for the GOAWAY (begin_shutdown)
+                await self._answers_released.wait()
             if isinstance(exc, grpc.aio.AioRpcError):  # a sibling worker's refusal (workers.py): passed on as it is
                 await context.abort(exc.code(), exc.details() or "")
             await context.abort(status_of(exc), _error_message(exc, getattr(request, "id", "")))
+        if getattr(self, "_stopping", False):
+            await self._answers_released.wait()
+        return response
 
     return wrapper  # type: ignore[return-value]
 
@@ -186,6 +206,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._repo = repository
         self._limits = limits
         self._stopping = False
+        self._answers_released = asyncio.Event()  # while stopping: set once the connections have been told GOAWAY
         self._traffic = traffic
         self._metrics = metrics
         self._name = server_name
@@ -259,13 +280,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_edge
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
+        return await self._model_infer(request, context, _MESSAGE)  # type: ignore[return-value]
+
+    async def _model_infer_wire(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse | bytes:
+        """ModelInfer as gRPC serves it: a large response comes back as its wire bytes (``wire.assemble``)."""
+        return await self._model_infer(request, context, _UNARY)
+
+    _model_infer_wire.__name__ = "ModelInfer"  # what _edge's errors call it
+    model_infer_wire = _edge(_model_infer_wire)
+
+    async def _model_infer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext, form: int) -> pb.ModelInferResponse | bytes:
         stamps = Stamps(now_ns())
         entry = self._traffic.table.get(request.model_name) if self._traffic is not None else None
         if entry is None:  # no routes, shadow or feedback for this model: the fast path
             version = self._lookup(request)
-            return await self._infer(request, version, stamps, _deadline(context))
+            return await self._infer(request, version, stamps, _deadline(context), form=form)
         version, sender, feedback = self._route(request, entry, context)
-        return await self._infer(request, version, stamps, _deadline(context), sender, feedback)
+        return await self._infer(request, version, stamps, _deadline(context), sender, feedback, form=form)
 
     def _route(
         self, request: pb.ModelInferRequest, entry: RouteEntry[ModelVersion], context: grpc.aio.ServicerContext
@@ -293,9 +324,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(
         self, request: pb.ModelInferRequest, version: ModelVersion, stamps: Stamps, deadline: float | None,
-        sender: ShadowSender | None = None, feedback: FeedbackIndex | None = None,
-    ) -> pb.ModelInferResponse:
-        """Decode, execute, encode. ``sender``: mirror the request to a shadow; ``feedback``: index the answer by request id."""
+        sender: ShadowSender | None = None, feedback: FeedbackIndex | None = None, form: int = _MESSAGE,
+    ) -> pb.ModelInferResponse | bytes:
+        """Decode, execute, encode. ``sender``: mirror the request to a shadow; ``feedback``: index the answer by request id;
+        ``form``: the response as a message (_MESSAGE), or, when it is large, as the wire bytes of a ModelInferResponse
+        (_UNARY) or of a ModelStreamInferResponse (_STREAM), built off the event loop."""
         spec = version.codec_spec
         if spec is None:
             spec = version.codec_spec = codec.model_spec(version.config)
@@ -312,7 +345,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             stamps.encode_start = now_ns()
             if job is not None:
                 job.primary_done(outputs, stamps.encode_start - stamps.decoded)
-            response = codec.encode_response(request, spec, version.version_str, outputs, decoded.output_names, decoded.classes)
+            if form == _MESSAGE:
+                response: pb.ModelInferResponse | bytes = codec.encode_response(
+                    request, spec, version.version_str, outputs, decoded.output_names, decoded.classes
+                )
+            else:
+                response = await _encode_for_wire(request, spec, version.version_str, outputs, decoded.output_names, decoded.classes, form)
         except asyncio.CancelledError:  # gRPC cancels the handler when the deadline passes or the client goes away
             if job is not None:
                 job.primary_done(None)
@@ -333,17 +371,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Bidirectional stream: requests run concurrently (up to STREAM_MAX_IN_FLIGHT), answers come as they finish.
+        """Bidirectional stream: requests run concurrently, answers come as they finish.
 
-        Each request gets one response, flagged final (``stream.answer``). A failed request is answered with
-        its message in ``error_message``, as Triton sends it, and its status name in the ``surge_status_code``
-        parameter (``stream.failure``); the stream stays open. With the ``triton_grpc_error: true`` header
-        (Triton's opt-in), the first error instead ends the stream with that gRPC status. On server shutdown
-        the stream stops reading, answers what it accepted, and ends.
+        Each request gets one response, flagged final (``stream.answer``). A stream holds at most
+        STREAM_MAX_ANSWERS answers (running, or done and not yet written to the client); at the bound it stops
+        reading the stream until one is written, so a client that does not read its answers is held back by HTTP/2
+        flow control instead of growing the server's memory. A failed request is answered with its message in
+        ``error_message``, as Triton sends it, and its status name in the ``surge_status_code`` parameter
+        (``stream.failure``); the stream stays open. With the ``triton_grpc_error: true`` header (Triton's opt-in),
+        the first error instead ends the stream with that gRPC status. On server shutdown the stream stops
+        reading, answers what it accepted, and ends.
         """
         grpc_errors = any(k == "triton_grpc_error" and v.lower() == "true" for k, v in context.invocation_metadata() or ())
-        results: asyncio.Queue[tuple[pb.ModelStreamInferResponse, BaseException | None] | None] = asyncio.Queue()
-        slots = asyncio.Semaphore(STREAM_MAX_IN_FLIGHT)
+        results: asyncio.Queue[tuple[pb.ModelStreamInferResponse | bytes, BaseException | None] | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(STREAM_MAX_ANSWERS)  # taken before a message is read, given back once its answer is written
         tasks: set[asyncio.Task[None]] = set()
 
         async def one(request: pb.ModelInferRequest) -> None:
@@ -351,24 +392,25 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 stamps = Stamps(now_ns())
                 entry = self._traffic.table.get(request.model_name) if self._traffic is not None else None
                 if entry is None:
-                    response = await self._infer(request, self._lookup(request), stamps, _deadline(context))
+                    response = await self._infer(request, self._lookup(request), stamps, _deadline(context), form=_STREAM)
                 else:
                     version, sender, feedback = self._route(request, entry, context)
-                    response = await self._infer(request, version, stamps, _deadline(context), sender, feedback)
-                results.put_nowait((stream.answer(response), None))
+                    response = await self._infer(request, version, stamps, _deadline(context), sender, feedback, form=_STREAM)
+                results.put_nowait((response if response.__class__ is bytes else stream.answer(response), None))  # bytes: flagged already
             except Exception as exc:
                 results.put_nowait((stream.failure(status_of(exc).name, _error_message(exc, request.id), request), exc))
-            finally:
-                slots.release()
 
         async def read() -> None:
             try:
-                async for request in request_iterator:
+                while True:
+                    await slots.acquire()
+                    request = await anext(request_iterator, None)
+                    if request is None:
+                        break
                     if request.__class__ is Undecodable:
                         exc = request.error("ModelStreamInfer")
                         results.put_nowait((stream.failure(status_of(exc).name, str(exc)), exc))
                         continue
-                    await slots.acquire()
                     task = asyncio.create_task(one(request))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
@@ -386,7 +428,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 response, exc = item
                 if exc is not None and grpc_errors:
                     await context.abort(status_of(exc), response.error_message)
-                yield response
+                yield response  # returns once gRPC has taken the message within the client's flow-control window
+                slots.release()
         finally:
             self._stream_readers.discard(reader)
             reader.cancel()
@@ -394,10 +437,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 task.cancel()
 
     def begin_shutdown(self) -> None:
-        """New inference requests get UNAVAILABLE; open streams stop reading: each answers what it accepted, then ends."""
+        """New inference requests get UNAVAILABLE; open streams stop reading: each answers what it accepted, then ends.
+
+        Unary answers (and refusals) are held until ``release_answers``: the server calls it once gRPC has sent every
+        connection its GOAWAY, so a client that gets an answer sends its next call on a new connection (refused while
+        connecting: UNAVAILABLE, retryable), never on one being closed, where gRPC would cancel it (CANCELLED).
+        """
         self._stopping = True
         for reader in list(self._stream_readers):
             reader.cancel()
+
+    def release_answers(self) -> None:
+        """Let the unary answers held since ``begin_shutdown`` go out (the connections have been told GOAWAY)."""
+        self._answers_released.set()
 
     # -- repository ------------------------------------------------------------------------------
 
@@ -434,6 +486,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await self._peers.repository_call("RepositoryModelUnload", request, metadata)
         return pb.RepositoryModelUnloadResponse()
 
+
+
+async def _encode_for_wire(
+    request: pb.ModelInferRequest, spec: Any, version: str, outputs: dict[str, Any], output_names: tuple[str, ...],
+    classes: dict[str, int] | None, form: int,
+) -> pb.ModelInferResponse | bytes:
+    """A small response as a message (protobuf's C code is fastest); a large one as its wire bytes, assembled in a
+    worker thread without holding the GIL for the copies (``wire.assemble``): nothing that scales with its size
+    runs on the loop."""
+    response, arrays = codec.encode_outputs(request, spec, version, outputs, output_names, classes)
+    if sum(a.nbytes for a in arrays) < wire.LARGE_MESSAGE_BYTES:  # a BYTES array's nbytes counts its references
+        return codec.with_raw_outputs(response, arrays)
+    if form == _STREAM:  # the stream response is assembled here, so its final flag goes into the header now
+        response.parameters[stream.FINAL_RESPONSE].bool_param = True
+    return await asyncio.get_running_loop().run_in_executor(None, functools.partial(wire.assemble, response.SerializeToString(), arrays, stream=form == _STREAM))
 
 
 #: The metadata key that carries a routing key (the ``routing_key`` request parameter takes precedence).

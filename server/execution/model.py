@@ -140,6 +140,7 @@ class ModelVersion:
         self.load_duration_s = 0.0
         self._metrics = metrics
         self.output_names: tuple[str, ...] = ()
+        self._output_specs: dict[str, _OutputSpec] = {}  # what _check_outputs holds each batch's outputs to
         self.codec_spec: Any = None  # the codec's lookup tables for this signature, built on first request
         self._instances: list[_Instance] = []
         self._free: collections.deque[_Instance] = collections.deque()
@@ -179,6 +180,7 @@ class ModelVersion:
                 for inst in self._instances:
                     inst.pipeline = pipeline.instance(inst.runtime, inst.index)
             self.output_names = tuple(t.name for t in self.config.outputs)
+            self._output_specs = {t.name: _OutputSpec(t) for t in self.config.outputs}
             if self._metrics:  # bound once, here: the hot path never looks labels up
                 self.stats.metrics = VersionMetrics(
                     self.config.name, self.version_str, latency_buckets_s=self.config.metrics.latency_buckets_s,
@@ -464,6 +466,19 @@ class ModelVersion:
         log.info("model %s version %d: instance %d replaced and warm", self.config.name, self.version, index)
         self._batcher.release_slot()
 
+    def _check_outputs(self, outputs: Mapping[str, Any], batch: list[BatchRequest], rows: int) -> None:
+        """Once per batch, on the loop: every requested output is there with the config's datatype and shape (and
+        the batch's rows); else the batch fails with RuntimeFailure (INTERNAL) naming the output and what was expected."""
+        names = batch[0].output_names if len(batch) == 1 else {n for r in batch for n in r.output_names}
+        specs = self._output_specs
+        batch_rows = rows if self.config.max_batch_size else None
+        for name in names:
+            array = outputs.get(name)
+            problem = "missing" if array is None else specs[name].problem(array, batch_rows)
+            if problem:
+                raise RuntimeFailure(f"model '{self.config.name}' version {self.version} returned output '{name}' as {problem}, "
+                                     f"which does not match its config")
+
     def _finish(self, inst: _Instance, batch: list[BatchRequest], rows: int, start: int, future: Future[Any], timer: Any = None) -> None:
         """On the loop: hand out each request's slice of the outputs, give the instance back, schedule again."""
         if timer is not None:
@@ -475,10 +490,7 @@ class ModelVersion:
             return
         try:
             outputs, infer_start, infer_end = future.result()
-            if self.config.max_batch_size and len(batch) > 1:
-                bad = {n: a.shape for n, a in outputs.items() if a.ndim == 0 or a.shape[0] != rows}
-                if bad:
-                    raise RuntimeError(f"the model returned outputs {bad} for a batch of {rows} rows")
+            self._check_outputs(outputs, batch, rows)
         except Exception as exc:
             if not isinstance(exc, InferenceServerError):
                 log.error("model %s version %d: runtime failed on a batch of %d rows", self.config.name, self.version, rows, exc_info=exc)
@@ -512,6 +524,35 @@ class ModelVersion:
             self._free.append(inst)
             if self._batcher is not None:
                 self._batcher.release_slot()
+
+
+class _OutputSpec:
+    """What one output of the model must look like: its dtype (BYTES: any str, bytes or object array) and dims."""
+
+    __slots__ = ("datatype", "dims", "dtype", "name")
+
+    def __init__(self, tensor: TensorConfig) -> None:
+        self.name, self.datatype, self.dims = tensor.name, tensor.datatype, tensor.dims
+        try:
+            self.dtype: np.dtype | None = None if tensor.datatype == "BYTES" else numpy_dtype(tensor.datatype)
+        except ValueError:  # BF16 without ml_dtypes: no runtime can produce it either
+            self.dtype = None
+
+    def problem(self, array: Any, rows: int | None) -> str:
+        """Why ``array`` is not a valid value of this output for a batch of ``rows`` rows (None: no batch
+        dimension); "" when it is."""
+        if not isinstance(array, np.ndarray):
+            return f"a {type(array).__name__}, not an array"
+        dtype = array.dtype
+        if (dtype.kind not in "OSUT") if self.datatype == "BYTES" else (self.dtype is not None and dtype != self.dtype):
+            return f"dtype {dtype}, not {self.datatype}"
+        shape = array.shape
+        inner = shape if rows is None else shape[1:]
+        if (rows is not None and (not shape or shape[0] != rows)) or len(inner) != len(self.dims) or any(
+            want != -1 and got != want for got, want in zip(inner, self.dims)
+        ):
+            return f"shape {list(shape)}, not {([] if rows is None else [rows]) + list(self.dims)}"
+        return ""
 
 
 def _run_slices(inst: _Instance, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], step: int) -> tuple[dict[str, np.ndarray], int, int]:

@@ -674,6 +674,18 @@ async def test_aio_queue_full_is_unavailable(surge_server) -> None:
         assert result.as_numpy("delay_s_out").tolist() == [[0.0]]
 
 
+async def test_aio_2000_concurrent_calls_on_one_client_all_succeed(surge_server) -> None:
+    """More calls at once than the server's stream cap per connection (1024): tritonclient's channel queues the
+    rest on its side (the server advertises the cap it enforces), so none is refused."""
+    x = mlp_rows(1, 5)
+    async with aioclient.InferenceServerClient(surge_server.address) as c:
+        await c.infer("mlp", [aio_input("x", x)])  # a warm channel
+        for _ in range(2):
+            outcomes = await asyncio.gather(*(c.infer("mlp", [aio_input("x", x)]) for _ in range(2000)), return_exceptions=True)
+            failures = [f"{o.status()}: {o.message()}" if isinstance(o, InferenceServerException) else repr(o) for o in outcomes if isinstance(o, BaseException)]
+            assert not failures, (len(failures), failures[:3])
+
+
 def test_no_surge_protos_imported() -> None:
     loaded = sorted(m for m in sys.modules if m.startswith(("surge.protos", "surge.clients", "surge.server.app", "surge.server.edge.grpc_servicer")))
     assert not loaded

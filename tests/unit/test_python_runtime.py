@@ -94,8 +94,7 @@ def test_what_the_model_raises_reaches_the_caller(runtime: PythonRuntime) -> Non
         runtime.infer(_inputs([-2.0], [b""]), ["y"])
     with pytest.raises(InvalidInput, match="-3 is not allowed"):  # a Surge error keeps its status
         runtime.infer(_inputs([-3.0], [b""]), ["y"])
-    with pytest.raises(RuntimeError, match=r"returned no output\(s\) \['s'\]"):
-        runtime.infer(_inputs([-4.0], [b""]), ["y", "s"])
+    assert set(runtime.infer(_inputs([-4.0], [b""]), ["y", "s"])) == {"y"}  # a missing output is named by the server's output check
     assert runtime.infer(_inputs([1.0], [b"a"]), ["y"])["y"].tolist() == [2.0]  # and it goes on serving
     assert runtime.retire_reason == ""
 

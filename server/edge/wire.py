@@ -1,0 +1,147 @@
+"""Large ModelInfer messages on the gRPC wire without copying tensor bytes on the event loop.
+
+gRPC hands a request to its deserializer, and takes a response from its serializer, on the event loop. Protobuf
+copies every ``bytes`` field when it parses and again when a field is read or appended, and serialising copies the
+whole message once more: for a 256 MiB tensor that was seconds of loop time, during which no other call was served.
+
+- ``parse_infer_request``: a request of ``LARGE_MESSAGE_BYTES`` or more is scanned field by field at its top level
+  (a few dozen fields: the tensors are skipped by their length); its ``raw_input_contents`` become ``memoryview``
+  slices of the received message (no copy; ``np.frombuffer`` reads them in place) and only the other fields, a
+  few hundred bytes, are parsed by protobuf. Smaller requests are parsed by protobuf as they are.
+- ``assemble``: in a worker thread, a response's serialised header and its output arrays are written into one
+  ``bytes`` object of the final size by ``memmove`` calls that release the GIL, so the loop keeps running; the
+  gRPC serializer (``serialize``) then passes those bytes through. gRPC itself still copies a message once on the
+  loop in each direction (its own receive and send buffers), which Surge cannot change.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from surge.protos import grpc_service_pb2 as pb
+from surge.protos.datatypes import serialize_bytes_tensor
+
+__all__ = ["LARGE_MESSAGE_BYTES", "RawViews", "assemble", "parse_infer_request", "serialize"]
+
+#: Messages from this size on take the paths above; below it protobuf's own C code is the faster choice.
+LARGE_MESSAGE_BYTES = 1 << 20
+#: A large request with more top-level fields than this (a legitimate one has a few per input) is parsed by
+#: protobuf in one C call instead: the field-by-field scan runs Python code per field.
+_MAX_SCANNED_FIELDS = 4096
+_RAW_INPUT_FIELD = 7  # ModelInferRequest.raw_input_contents
+_RAW_OUTPUT_TAG = b"\x32"  # ModelInferResponse.raw_output_contents (field 6, length-delimited)
+_STREAM_RESPONSE_TAG = b"\x12"  # ModelStreamInferResponse.infer_response (field 2, length-delimited)
+
+_new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize  # (NULL, n): an uninitialised bytes object, to be filled
+_new_bytes.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+_new_bytes.restype = ctypes.py_object
+_bytes_address = ctypes.pythonapi.PyBytes_AsString
+_bytes_address.argtypes = (ctypes.py_object,)
+_bytes_address.restype = ctypes.c_void_p
+
+
+class RawViews:
+    """A parsed ModelInferRequest whose ``raw_input_contents`` are memoryviews into the received message; every
+    other attribute is the message's own."""
+
+    __slots__ = ("_message", "raw_input_contents")
+
+    def __init__(self, message: pb.ModelInferRequest, raw: list[memoryview]) -> None:
+        self._message = message
+        self.raw_input_contents = raw
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._message, name)
+
+
+def _varint(data: memoryview, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated or overlong varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def parse_infer_request(data: bytes) -> pb.ModelInferRequest | RawViews:
+    """A ModelInferRequest from its wire bytes; raises ValueError or protobuf's DecodeError for a malformed one."""
+    if len(data) < LARGE_MESSAGE_BYTES:
+        return pb.ModelInferRequest.FromString(data)
+    view = memoryview(data)
+    raw: list[memoryview] = []
+    others: list[memoryview] = []
+    pos, end, fields = 0, len(view), 0
+    while pos < end:
+        fields += 1
+        if fields > _MAX_SCANNED_FIELDS:
+            return pb.ModelInferRequest.FromString(data)
+        start = pos
+        key, pos = _varint(view, pos)
+        wire_type = key & 7
+        if wire_type == 0:
+            _, pos = _varint(view, pos)
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 5:
+            pos += 4
+        elif wire_type == 2:
+            length, pos = _varint(view, pos)
+            if key >> 3 == _RAW_INPUT_FIELD:
+                if pos + length > end:
+                    raise ValueError("a raw_input_contents entry runs past the end of the message")
+                raw.append(view[pos : pos + length])
+                pos += length
+                continue
+            pos += length
+        else:  # groups (deprecated) or an invalid wire type: protobuf decides
+            return pb.ModelInferRequest.FromString(data)
+        if pos > end:
+            raise ValueError("a field runs past the end of the message")
+        others.append(view[start:pos])
+    return RawViews(pb.ModelInferRequest.FromString(b"".join(others)), raw)
+
+
+def serialize(message: Any) -> bytes:
+    """The gRPC response serializer of ModelInfer and ModelStreamInfer: bytes built by ``assemble`` pass as they are."""
+    return message if message.__class__ is bytes else message.SerializeToString()
+
+
+def _length_prefix(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def assemble(header: bytes, arrays: Sequence[np.ndarray], *, stream: bool = False) -> bytes:
+    """In a worker thread: the wire bytes of a ModelInferResponse whose serialised fields other than
+    ``raw_output_contents`` are ``header`` and whose raw outputs are ``arrays`` (in order; numeric arrays already
+    in their wire dtype, BYTES as object arrays). ``stream``: wrapped as a ModelStreamInferResponse."""
+    parts: list[bytes | np.ndarray] = [header]
+    for array in arrays:
+        data = serialize_bytes_tensor(array) if array.dtype.kind in "OSUT" else np.ascontiguousarray(array)
+        parts += (_RAW_OUTPUT_TAG + _length_prefix(data.nbytes if isinstance(data, np.ndarray) else len(data)), data)
+    size = sum(p.nbytes if isinstance(p, np.ndarray) else len(p) for p in parts)
+    if stream:
+        parts.insert(0, _STREAM_RESPONSE_TAG + _length_prefix(size))
+        size += len(parts[0])
+    out = _new_bytes(None, size)
+    address = _bytes_address(out)
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            ctypes.memmove(address, part.ctypes.data, part.nbytes)  # ctypes lets go of the GIL for the copy
+            address += part.nbytes
+        else:
+            ctypes.memmove(address, part, len(part))
+            address += len(part)
+    return out
