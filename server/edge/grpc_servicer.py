@@ -147,8 +147,10 @@ def _edge(method: _F) -> _F:
                 raise request.error(method.__name__)
             return await method(self, request, context)
         except asyncio.CancelledError:
+            _handler_failed(self, context)
             raise
         except Exception as exc:
+            _handler_failed(self, context)
             if isinstance(exc, grpc.aio.AbortError):
                 raise
             if isinstance(exc, grpc.aio.AioRpcError):  # a sibling worker's refusal (workers.py): passed on as it is
@@ -156,6 +158,13 @@ def _edge(method: _F) -> _F:
             await context.abort(status_of(exc), _error_message(exc, getattr(request, "id", "")))
 
     return wrapper  # type: ignore[return-value]
+
+
+def _handler_failed(servicer: object, context: grpc.aio.ServicerContext) -> None:
+    """Count a gRPC call a handler ended with an error or that was cancelled in it (observability/edge.py)."""
+    metrics = getattr(servicer, "_metrics", None)  # the surge.v1 admin services count nothing
+    if metrics is not None:
+        metrics.edge.handler_failed(context)
 
 
 #: A cancellation this close to the request's deadline is counted as the deadline passing: the client's own
@@ -384,8 +393,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             while (item := await results.get()) is not None:
                 response, exc = item
                 if exc is not None and grpc_errors:
+                    _handler_failed(self, context)
                     await context.abort(status_of(exc), response.error_message.partition(": ")[2])
                 yield response
+        except asyncio.CancelledError:  # the client cancelled the stream or its deadline passed
+            _handler_failed(self, context)
+            raise
         finally:
             self._stream_readers.discard(reader)
             reader.cancel()

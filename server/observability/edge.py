@@ -1,0 +1,147 @@
+"""What the server can see of calls that fail before, or around, Surge's own handlers.
+
+Surge's request metrics (``metrics.py``) start when a handler runs. Calls can fail earlier, and a client
+then sees errors or long latencies that ``surge_requests_total`` never counts. This module exports what the
+process can observe of that, at scrape time (nothing on the request path but one integer addition on the
+error path):
+
+- **gRPC's own call counters** (``surge_grpc_calls_started_total``, ``surge_grpc_calls_failed_total``): grpc
+  core counts every call of Surge's gRPC server, of every method, whatever ends it, in its channelz node
+  (read with ``cygrpc.channelz_get_server``; grpcio creates the node with the server). They include calls
+  that never reached Python: cancelled by gRPC when too many calls were waiting for the event loop
+  (``--max-pending-calls``), a request message over ``--max-request-bytes``, a deadline that passed or a
+  client that cancelled before the handler ran, an unknown method, a call the auth interceptor refused.
+- **Failures Surge's handlers answered** (``surge_grpc_handler_failures_total``): gRPC calls of the
+  inference service whose handler ended with an error status or was cancelled (deadline or client).
+  ``failed - handler_failures`` is what failed outside Surge's handlers.
+- **Event-loop lag** (``surge_event_loop_lag_seconds``, a histogram): how late a timer fires on the
+  server's event loop, sampled every ``LAG_INTERVAL_S``. A new gRPC or REST call waits for the loop the same
+  way before its handler runs, so a long lag means calls wait (and deadlines pass) before Surge sees them.
+
+What stays invisible from inside the process: the time a call spent in the kernel's accept queue or in grpc
+core before the event loop took it up (grpc exposes no per-call arrival time, and the ``grpc-timeout`` a client
+sent is not in the call's metadata: only the remaining time, counted from when core received the call, is);
+streams a client queued on its own side because the connection reached ``--max-concurrent-streams`` (HTTP/2
+flow control: the server refuses nothing, the client waits); connections the kernel dropped from a full
+accept queue; requests a REST client abandoned before aiohttp read them. Measure those at the client
+(``surge bench`` reports per-status counts and client-side latency) or at a proxy in front.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["EdgeMetrics", "EdgeSample", "LAG_BUCKETS_S", "LAG_INTERVAL_S", "grpc_server_ids"]
+
+log = logging.getLogger("surge.metrics")
+
+#: How often the lag probe wakes (seconds): 10 wakeups a second, a few microseconds each.
+LAG_INTERVAL_S = 0.1
+#: Upper bounds of the loop-lag histogram (seconds): 1 ms to 60 s, 5 per decade.
+LAG_BUCKETS_S = (0.001, 0.0016, 0.0025, 0.004, 0.0063, 0.01, 0.016, 0.025, 0.04, 0.063, 0.1, 0.16, 0.25, 0.4, 0.63, 1.0, 1.6, 2.5, 4.0, 6.3, 10.0, 16.0, 25.0, 40.0, 60.0)
+
+
+def _cygrpc() -> Any:
+    try:
+        from grpc._cython import cygrpc  # channelz and the servicer context type live here (grpcio's compiled core)
+    except ImportError:  # grpcio is a dependency of the server; without it there is no gRPC edge to observe
+        return None
+    return cygrpc
+
+
+def grpc_server_ids() -> set[int]:
+    """The channelz ids of every gRPC server of this process (empty where channelz cannot be read)."""
+    cygrpc = _cygrpc()
+    if cygrpc is None:
+        return set()
+    try:
+        return {int(s["ref"]["serverId"]) for s in json.loads(cygrpc.channelz_get_servers(0)).get("server", ())}
+    except Exception:  # channelz off (grpc.enable_channelz=0) or a format change: counters are left out
+        return set()
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeSample:
+    """What a scrape reports of the edge (taken on the loop)."""
+
+    grpc_calls: tuple[int, int] | None
+    """(started, failed) as grpc core counts them, or None when no gRPC server is watched."""
+    handler_failures: int
+    lag_counts: tuple[int, ...]
+    """Per-bucket counts of ``LAG_BUCKETS_S`` (not cumulative), then +Inf."""
+    lag_sum_s: float
+
+
+class EdgeMetrics:
+    """The edge's counters for one server: handler failures (event loop), gRPC core's counters (read at
+    scrape time), and the event-loop lag probe (``start_probe``/``stop_probe`` on the loop)."""
+
+    def __init__(self) -> None:
+        cygrpc = _cygrpc()
+        self._grpc_context = getattr(cygrpc, "_ServicerContext", None)
+        self._server_id: int | None = None
+        self.handler_failures = 0
+        self._lag_counts = [0] * (len(LAG_BUCKETS_S) + 1)
+        self._lag_sum_s = 0.0
+        self._probe: asyncio.Task[None] | None = None
+
+    def watch_grpc_server(self, ids_before: set[int]) -> None:
+        """Watch the gRPC server created since ``grpc_server_ids()`` returned ``ids_before`` (the newest one)."""
+        new = grpc_server_ids() - ids_before
+        self._server_id = max(new) if new else None
+        if self._server_id is None:
+            log.warning("metrics: gRPC's channelz counters cannot be read; surge_grpc_calls_* are left out")
+
+    def handler_failed(self, context: object) -> None:
+        """A handler of the inference service ended a gRPC call with an error or was cancelled (error path only).
+
+        The REST edge calls the same handlers with its own context; those calls are not gRPC calls and are
+        not counted here."""
+        if context.__class__ is self._grpc_context:
+            self.handler_failures += 1
+
+    def _grpc_calls(self) -> tuple[int, int] | None:
+        cygrpc = _cygrpc()
+        if self._server_id is None or cygrpc is None:
+            return None
+        try:
+            data = json.loads(cygrpc.channelz_get_server(self._server_id))["server"]["data"]
+        except Exception:  # the server is gone (stopped) or channelz changed
+            return None
+        return int(data.get("callsStarted", 0)), int(data.get("callsFailed", 0))  # proto3 JSON leaves zeros out
+
+    def sample(self) -> EdgeSample:
+        """Copy the counters (event loop)."""
+        return EdgeSample(self._grpc_calls(), self.handler_failures, tuple(self._lag_counts), self._lag_sum_s)
+
+    # -- the event-loop lag probe ----------------------------------------------------------------
+
+    def observe_lag(self, lag_s: float) -> None:
+        """One lag sample (seconds; negative values count as 0)."""
+        lag_s = max(lag_s, 0.0)
+        index = next((i for i, bound in enumerate(LAG_BUCKETS_S) if lag_s <= bound), len(LAG_BUCKETS_S))
+        self._lag_counts[index] += 1
+        self._lag_sum_s += lag_s
+
+    def start_probe(self, interval_s: float = LAG_INTERVAL_S) -> None:
+        """Start sampling the running loop's lag (idempotent)."""
+        if self._probe is None:
+            self._probe = asyncio.get_running_loop().create_task(self._run_probe(interval_s), name="surge-loop-lag")
+
+    async def stop_probe(self) -> None:
+        """Stop the probe (event loop)."""
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.cancel()
+            await asyncio.gather(probe, return_exceptions=True)
+
+    async def _run_probe(self, interval_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + interval_s
+            await asyncio.sleep(interval_s)
+            self.observe_lag(loop.time() - due)
