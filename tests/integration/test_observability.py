@@ -1,20 +1,26 @@
 """The shipped alert rules and Grafana dashboard: parsed with real parsers (PyYAML, promql-parser), and every
-metric they read exists in a real scrape of a server that served a request."""
+metric they read exists in a real scrape of a server that served a request; the edge counters (gRPC calls that
+failed before a handler) over the wire. test_prometheus.py evaluates them in a real Prometheus."""
 
 from __future__ import annotations
 
 import json
 import re
+import time
+import urllib.error
 import urllib.request
 
+import grpc
 import numpy as np
 import promql_parser
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from surge.clients import InferenceClient
+from surge.clients import InferenceClient, InferenceServerError
+from surge.server.edge.codec import Limits
 from surge.server.observability import ALERT_RULES, DASHBOARD, resource
+from tests.integration.test_metrics import samples, value
 
 #: Metrics that Prometheus makes itself rather than scraping from us.
 PROMETHEUS_OWN = {"up"}
@@ -113,6 +119,7 @@ def test_dashboard_is_well_formed() -> None:
         if panel["type"] != "row":
             assert panel["targets"] and panel["description"], panel["title"]
             assert panel["datasource"]["uid"] == "${datasource}"
+            assert panel["fieldConfig"]["defaults"].get("unit"), f"panel '{panel['title']}' has no unit"
     assert {v["name"] for v in dashboard["templating"]["list"]} == {"datasource", "job", "model", "version"}
 
 
@@ -123,3 +130,51 @@ def test_dashboard_queries_parse_and_read_exported_metrics(scraped_names: set[st
         parsed = promql_parser.parse(_substitute(expr))
         missing = metric_names(parsed) - scraped_names - DRIFT_ONLY - SLO_ONLY
         assert not missing, f"panel '{title}' reads {missing}, which no scrape has"
+
+
+def test_grpc_failures_before_the_handler_are_told_apart_from_the_handlers_own(test_repository, start_server) -> None:
+    """grpc core counts every call; Surge's handlers count the failures they answered; the difference is what
+    failed before a handler ran (here: a message over the size limit, an unknown method). REST calls are not gRPC calls."""
+    server = start_server(
+        model_repository=test_repository, model_control_mode="explicit", load_models=("mlp", "slow_py"), limits=Limits(max_request_bytes=64 * 1024)
+    )
+
+    def counts() -> tuple[float, float, float]:
+        found = samples(server)
+        return tuple(value(found, f"surge_grpc_{name}_total") for name in ("calls_started", "calls_failed", "handler_failures"))  # type: ignore[return-value]
+
+    def delta(before: tuple[float, ...]) -> tuple[float, ...]:
+        return tuple(a - b for a, b in zip(counts(), before))
+
+    x = np.ones((1, 16), np.float32)
+    with InferenceClient(server.address, timeout_s=30, retries=0) as client:
+        before = counts()
+        client.infer("mlp", {"x": x})
+        assert delta(before) == (1, 0, 0)
+        before = counts()
+        with pytest.raises(InferenceServerError):
+            client.infer("mlp", {"x": np.ones((1, 15), np.float32)})  # the handler answers INVALID_ARGUMENT
+        assert delta(before) == (1, 1, 1)
+        before = counts()
+        with pytest.raises(InferenceServerError) as refused:
+            client.infer("mlp", {"x": np.ones((2000, 16), np.float32)})  # 128 KB: grpc core refuses it before any handler
+        assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert delta(before) == (1, 1, 0)
+        before = counts()
+        with pytest.raises(InferenceServerError) as expired:  # a deadline that passes while the handler waits: the handler's
+            client.infer("slow_py", {"delay_s": np.array([[1.0]], np.float32)}, timeout_s=0.3)
+        assert expired.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        time.sleep(1.0)
+        assert delta(before) == (1, 1, 1)
+    with grpc.insecure_channel(server.address) as channel:
+        before = counts()
+        with pytest.raises(grpc.RpcError) as unknown:
+            channel.unary_unary("/inference.NoSuchService/Infer")(b"", timeout=10)
+        assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert delta(before) == (1, 1, 0)
+    before = counts()
+    request = urllib.request.Request(f"http://{server.server.http_address}/v2/models/mlp/infer", data=b"{not json", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as bad:
+        urllib.request.urlopen(request, timeout=30)
+    assert bad.value.code == 400
+    assert delta(before) == (0, 0, 0)
