@@ -255,6 +255,17 @@ def test_calls_refused_before_the_handler_are_counted(live: Live) -> None:
     assert float(lag["value"][1]) > 10
 
 
+def test_the_autoscaling_adapter_rules_serve_values(live: Live) -> None:
+    """deploy/kubernetes/prometheus-adapter.yaml's queries, with the adapter's placeholders filled in (the scrape
+    here has no namespace/pod labels, so the job stands in for them)."""
+    manifest = Path(__file__).parents[2] / "deploy" / "kubernetes" / "prometheus-adapter.yaml"
+    rules = yaml.safe_load(yaml.safe_load(manifest.read_text())["data"]["config.yaml"])["rules"]
+    for rule in rules:
+        series = rule["seriesQuery"].split("{")[0].strip("'")
+        query = rule["metricsQuery"].replace("<<.Series>>", series).replace("<<.LabelMatchers>>", f'job="{JOB}"').replace("<<.GroupBy>>", "job")
+        assert live.query(query), query
+
+
 @pytest.mark.skipif(PROMTOOL is None, reason=NOT_INSTALLED)
 def test_promtool_checks_the_rules() -> None:
     checked = subprocess.run([PROMTOOL, "check", "rules", str(resource(ALERT_RULES))], capture_output=True, text=True, timeout=60)
