@@ -5,6 +5,7 @@ failed before a handler) over the wire. test_prometheus.py evaluates them in a r
 from __future__ import annotations
 
 import json
+import queue
 import re
 import time
 import urllib.error
@@ -18,6 +19,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from surge.clients import InferenceClient, InferenceServerError
+from surge.protos import grpc_service_pb2 as pb
+from surge.protos import grpc_service_pb2_grpc
 from surge.server.edge.codec import Limits
 from surge.server.observability import ALERT_RULES, DASHBOARD, resource
 from tests.integration.test_metrics import samples, value
@@ -133,8 +136,9 @@ def test_dashboard_queries_parse_and_read_exported_metrics(scraped_names: set[st
 
 
 def test_grpc_failures_before_the_handler_are_told_apart_from_the_handlers_own(test_repository, start_server) -> None:
-    """grpc core counts every call; Surge's handlers count the failures they answered; the difference is what
-    failed before a handler ran (here: a message over the size limit, an unknown method). REST calls are not gRPC calls."""
+    """grpc core counts every call; Surge's handlers count the failures they answered or were cancelled in (an
+    invalid request, a deadline, a stream the client dropped); the difference is what failed before a handler ran
+    (here: a message over the size limit, an unknown method). REST calls are not gRPC calls."""
     server = start_server(
         model_repository=test_repository, model_control_mode="explicit", load_models=("mlp", "slow_py"), limits=Limits(max_request_bytes=64 * 1024)
     )
@@ -172,9 +176,20 @@ def test_grpc_failures_before_the_handler_are_told_apart_from_the_handlers_own(t
             channel.unary_unary("/inference.NoSuchService/Infer")(b"", timeout=10)
         assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED
         assert delta(before) == (1, 1, 0)
+        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        before = counts()
+        requests: queue.Queue = queue.Queue()
+        request = pb.ModelInferRequest(model_name="mlp", inputs=[pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1, 16])])
+        request.raw_input_contents.append(x.tobytes())
+        requests.put(request)
+        stream = stub.ModelStreamInfer(iter(requests.get, None), timeout=30)
+        assert not next(stream).error_message
+        stream.cancel()  # the client goes away with its stream open: cancelled in the handler
+        time.sleep(0.5)
+        assert delta(before) == (1, 1, 1)
     before = counts()
-    request = urllib.request.Request(f"http://{server.server.http_address}/v2/models/mlp/infer", data=b"{not json", method="POST")
+    rest = urllib.request.Request(f"http://{server.server.http_address}/v2/models/mlp/infer", data=b"{not json", method="POST")
     with pytest.raises(urllib.error.HTTPError) as bad:
-        urllib.request.urlopen(request, timeout=30)
+        urllib.request.urlopen(rest, timeout=30)
     assert bad.value.code == 400
     assert delta(before) == (0, 0, 0)
