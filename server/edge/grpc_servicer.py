@@ -396,7 +396,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     _handler_failed(self, context)
                     await context.abort(status_of(exc), response.error_message.partition(": ")[2])
                 yield response
-        except asyncio.CancelledError:  # the client cancelled the stream or its deadline passed
+        except (asyncio.CancelledError, GeneratorExit):
+            # The client cancelled or the deadline passed (GeneratorExit: grpc closed the generator while sending). An idle
+            # stream's cancel can race with the end of its requests and end the stream normally here: not counted.
             _handler_failed(self, context)
             raise
         finally:

@@ -5,15 +5,18 @@ then sees errors or long latencies that ``surge_requests_total`` never counts. T
 process can observe of that, at scrape time (nothing on the request path but one integer addition on the
 error path):
 
-- **gRPC's own call counters** (``surge_grpc_calls_started_total``, ``surge_grpc_calls_failed_total``): grpc
-  core counts every call of Surge's gRPC server, of every method, whatever ends it, in its channelz node
-  (read with ``cygrpc.channelz_get_server``; grpcio creates the node with the server). They include calls
-  that never reached Python: cancelled by gRPC when too many calls were waiting for the event loop
-  (``--max-pending-calls``), a request message over ``--max-request-bytes``, a deadline that passed or a
-  client that cancelled before the handler ran, an unknown method, a call the auth interceptor refused.
+- **gRPC's own call counters** (``surge_grpc_calls_{started,succeeded,failed}_total``): grpc core counts
+  every call of Surge's gRPC server, of every method, in its channelz node (read with
+  ``cygrpc.channelz_get_server``; grpcio creates the node with the server). ``started`` includes calls that
+  never reached Python: cancelled by gRPC while too many calls waited for the event loop
+  (``--max-pending-calls``: the client sees CANCELLED, and core counts such a call neither succeeded nor
+  failed), a request message over ``--max-request-bytes``, a deadline that passed or a client that cancelled
+  before the handler ran, an unknown method, a call the auth interceptor refused (an oversize message and an
+  unknown method count as failed: tested).
 - **Failures Surge's handlers answered** (``surge_grpc_handler_failures_total``): gRPC calls of the
   inference service whose handler ended with an error status or was cancelled (deadline or client).
-  ``failed - handler_failures`` is what failed outside Surge's handlers.
+  ``started - succeeded - handler_failures`` is what failed or was dropped outside Surge's handlers (calls
+  still open, such as long streams, count there until they end).
 - **Event-loop lag** (``surge_event_loop_lag_seconds``, a histogram): how late a timer fires on the
   server's event loop, sampled every ``LAG_INTERVAL_S``. A new gRPC or REST call waits for the loop the same
   way before its handler runs, so a long lag means calls wait (and deadlines pass) before Surge sees them.
@@ -21,8 +24,9 @@ error path):
 What stays invisible from inside the process: the time a call spent in the kernel's accept queue or in grpc
 core before the event loop took it up (grpc exposes no per-call arrival time, and the ``grpc-timeout`` a client
 sent is not in the call's metadata: only the remaining time, counted from when core received the call, is);
-streams a client queued on its own side because the connection reached ``--max-concurrent-streams`` (HTTP/2
-flow control: the server refuses nothing, the client waits); connections the kernel dropped from a full
+streams refused because a connection exceeded ``--max-concurrent-streams`` (the client sees UNAVAILABLE; grpc
+core refuses the HTTP/2 stream before it is a call, and neither its call nor its socket counters count it),
+and streams a client queues on its own side at that limit; connections the kernel dropped from a full
 accept queue; requests a REST client abandoned before aiohttp read them. Measure those at the client
 (``surge bench`` reports per-status counts and client-side latency) or at a proxy in front.
 """
@@ -68,8 +72,8 @@ def grpc_server_ids() -> set[int]:
 class EdgeSample:
     """What a scrape reports of the edge (taken on the loop)."""
 
-    grpc_calls: tuple[int, int] | None
-    """(started, failed) as grpc core counts them, or None when no gRPC server is watched."""
+    grpc_calls: tuple[int, int, int] | None
+    """(started, succeeded, failed) as grpc core counts them, or None when no gRPC server is watched."""
     handler_failures: int
     lag_counts: tuple[int, ...]
     """Per-bucket counts of ``LAG_BUCKETS_S`` (not cumulative), then +Inf."""
@@ -104,7 +108,7 @@ class EdgeMetrics:
         if context.__class__ is self._grpc_context:
             self.handler_failures += 1
 
-    def _grpc_calls(self) -> tuple[int, int] | None:
+    def _grpc_calls(self) -> tuple[int, int, int] | None:
         cygrpc = _cygrpc()
         if self._server_id is None or cygrpc is None:
             return None
@@ -112,7 +116,7 @@ class EdgeMetrics:
             data = json.loads(cygrpc.channelz_get_server(self._server_id))["server"]["data"]
         except Exception:  # the server is gone (stopped) or channelz changed
             return None
-        return int(data.get("callsStarted", 0)), int(data.get("callsFailed", 0))  # proto3 JSON leaves zeros out
+        return tuple(int(data.get(f"calls{name}", 0)) for name in ("Started", "Succeeded", "Failed"))  # type: ignore[return-value]  # proto3 JSON leaves zeros out
 
     def sample(self) -> EdgeSample:
         """Copy the counters (event loop)."""

@@ -15,8 +15,8 @@ version's role, "primary" until routing exists):
   INVALID_ARGUMENT, ...; OK and ``PRESET_CODES`` exist at 0 from the moment a version loads, so an error
   ratio reads 0 rather than nothing); ``surge_unrouted_requests_total{code}`` for requests that never reached a
   version (unknown model or version, model not ready: no model label, so a client cannot create series).
-- The edge (``edge.py``): ``surge_grpc_calls_started_total`` / ``surge_grpc_calls_failed_total`` (grpc core's
-  own counts, including calls that never reached a handler), ``surge_grpc_handler_failures_total``, and the
+- The edge (``edge.py``): ``surge_grpc_calls_{started,succeeded,failed}_total`` (grpc core's own counts,
+  including calls that never reached a handler), ``surge_grpc_handler_failures_total``, and the
   histogram ``surge_event_loop_lag_seconds``.
 - Gauges read at scrape time (no hot-path cost): ``surge_queue_depth``, ``surge_inflight_requests``,
   ``surge_model_state{state}`` (1 for the current state), ``surge_model_load_duration_seconds``;
@@ -382,12 +382,14 @@ _LAG_LES = (*(floatToGoString(b) for b in LAG_BUCKETS_S), "+Inf")
 def _write_edge(edge: EdgeSample, header: Callable[[str, str, str], None], w: Callable[[str], None]) -> None:
     """The edge families (``edge.py``): gRPC core's call counters, handler failures, the event-loop lag."""
     if edge.grpc_calls is not None:
-        started, failed = edge.grpc_calls
-        header("surge_grpc_calls_started_total", "counter", "gRPC calls of every method as grpc core counts them, including calls that never reached a handler.")
-        w(f"surge_grpc_calls_started_total {started}\n")
-        header("surge_grpc_calls_failed_total", "counter", "gRPC calls grpc core ended with a status other than OK (cancelled, deadline, refused, or a handler's error).")
-        w(f"surge_grpc_calls_failed_total {failed}\n")
-    header("surge_grpc_handler_failures_total", "counter", "gRPC inference calls whose handler answered an error or was cancelled; calls_failed minus this failed outside the handlers.")
+        for name, count, help_text in zip(("started", "succeeded", "failed"), edge.grpc_calls, (
+            "gRPC calls of every method as grpc core counts them, including calls that never reached a handler.",
+            "gRPC calls grpc core ended with OK.",
+            "gRPC calls grpc core ended with another status (a handler's error, or refused before one: deadline, size, method, auth).",
+        )):
+            header(f"surge_grpc_calls_{name}_total", "counter", help_text)
+            w(f"surge_grpc_calls_{name}_total {count}\n")
+    header("surge_grpc_handler_failures_total", "counter", "gRPC inference calls whose handler answered an error or was cancelled; started - succeeded - this: lost outside the handlers.")
     w(f"surge_grpc_handler_failures_total {edge.handler_failures}\n")
     header("surge_event_loop_lag_seconds", "histogram", "How late a timer fires on the server's event loop (sampled 10 times a second): calls wait this long before a handler runs.")
     running = 0
