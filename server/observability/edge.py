@@ -34,12 +34,13 @@ accept queue; requests a REST client abandoned before aiohttp read them. Measure
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import logging
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["EdgeMetrics", "EdgeSample", "LAG_BUCKETS_S", "LAG_INTERVAL_S", "grpc_server_ids"]
+__all__ = ["EdgeMetrics", "EdgeSample", "LAG_BUCKETS_S", "LAG_INTERVAL_S", "grpc_calls", "grpc_server_ids"]
 
 log = logging.getLogger("surge.metrics")
 
@@ -68,12 +69,27 @@ def grpc_server_ids() -> set[int]:
         return set()
 
 
+def grpc_calls(server_id: int) -> tuple[int, int, int] | None:
+    """(started, succeeded, failed) calls of a gRPC server as grpc core counts them (None: gone, or unreadable).
+
+    Any thread; about 1 ms of wall time and 0.15 ms of CPU (grpcio 1.85, dev box), so scrapes call it in the
+    formatting thread, not on the event loop."""
+    cygrpc = _cygrpc()
+    if cygrpc is None:
+        return None
+    try:
+        data = json.loads(cygrpc.channelz_get_server(server_id))["server"]["data"]
+    except Exception:  # the server is gone (stopped) or channelz changed
+        return None
+    return tuple(int(data.get(f"calls{name}", 0)) for name in ("Started", "Succeeded", "Failed"))  # type: ignore[return-value]  # proto3 JSON leaves zeros out
+
+
 @dataclass(frozen=True, slots=True)
 class EdgeSample:
-    """What a scrape reports of the edge (taken on the loop)."""
+    """What a scrape reports of the edge (taken on the loop; ``grpc_calls(grpc_server_id)`` is read when formatting)."""
 
-    grpc_calls: tuple[int, int, int] | None
-    """(started, succeeded, failed) as grpc core counts them, or None when no gRPC server is watched."""
+    grpc_server_id: int | None
+    """The channelz id of the server's gRPC server, or None when none is watched."""
     handler_failures: int
     lag_counts: tuple[int, ...]
     """Per-bucket counts of ``LAG_BUCKETS_S`` (not cumulative), then +Inf."""
@@ -108,27 +124,16 @@ class EdgeMetrics:
         if context.__class__ is self._grpc_context:
             self.handler_failures += 1
 
-    def _grpc_calls(self) -> tuple[int, int, int] | None:
-        cygrpc = _cygrpc()
-        if self._server_id is None or cygrpc is None:
-            return None
-        try:
-            data = json.loads(cygrpc.channelz_get_server(self._server_id))["server"]["data"]
-        except Exception:  # the server is gone (stopped) or channelz changed
-            return None
-        return tuple(int(data.get(f"calls{name}", 0)) for name in ("Started", "Succeeded", "Failed"))  # type: ignore[return-value]  # proto3 JSON leaves zeros out
-
     def sample(self) -> EdgeSample:
         """Copy the counters (event loop)."""
-        return EdgeSample(self._grpc_calls(), self.handler_failures, tuple(self._lag_counts), self._lag_sum_s)
+        return EdgeSample(self._server_id, self.handler_failures, tuple(self._lag_counts), self._lag_sum_s)
 
     # -- the event-loop lag probe ----------------------------------------------------------------
 
     def observe_lag(self, lag_s: float) -> None:
         """One lag sample (seconds; negative values count as 0)."""
         lag_s = max(lag_s, 0.0)
-        index = next((i for i, bound in enumerate(LAG_BUCKETS_S) if lag_s <= bound), len(LAG_BUCKETS_S))
-        self._lag_counts[index] += 1
+        self._lag_counts[bisect.bisect_left(LAG_BUCKETS_S, lag_s)] += 1  # bisect_left: a value equal to a bound is in it (le)
         self._lag_sum_s += lag_s
 
     def start_probe(self, interval_s: float = LAG_INTERVAL_S) -> None:

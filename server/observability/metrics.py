@@ -57,7 +57,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.utils import floatToGoString
 
 from .drift import DriftSnapshot
-from .edge import LAG_BUCKETS_S, EdgeMetrics, EdgeSample
+from .edge import LAG_BUCKETS_S, EdgeMetrics, EdgeSample, grpc_calls
 from .gpu_metrics import plain_gpu_values, register_gpu_metrics
 
 __all__ = [
@@ -381,8 +381,9 @@ _LAG_LES = (*(floatToGoString(b) for b in LAG_BUCKETS_S), "+Inf")
 
 def _write_edge(edge: EdgeSample, header: Callable[[str, str, str], None], w: Callable[[str], None]) -> None:
     """The edge families (``edge.py``): gRPC core's call counters, handler failures, the event-loop lag."""
-    if edge.grpc_calls is not None:
-        for name, count, help_text in zip(("started", "succeeded", "failed"), edge.grpc_calls, (
+    calls = grpc_calls(edge.grpc_server_id) if edge.grpc_server_id is not None else None  # in the formatting thread
+    if calls is not None:
+        for name, count, help_text in zip(("started", "succeeded", "failed"), calls, (
             "gRPC calls of every method as grpc core counts them, including calls that never reached a handler.",
             "gRPC calls grpc core ended with OK.",
             "gRPC calls grpc core ended with another status (a handler's error, or refused before one: deadline, size, method, auth).",

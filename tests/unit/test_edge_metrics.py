@@ -39,6 +39,6 @@ def test_only_grpc_contexts_count_as_grpc_handler_failures() -> None:
 
 def test_without_a_watched_server_no_grpc_call_counters_are_reported() -> None:
     edge = EdgeMetrics()
-    assert edge.sample().grpc_calls is None
+    assert edge.sample().grpc_server_id is None
     edge.watch_grpc_server(grpc_server_ids())  # nothing was created since: still none
-    assert edge.sample().grpc_calls is None
+    assert edge.sample().grpc_server_id is None
