@@ -32,6 +32,7 @@ from surge.protos import grpc_service_pb2 as pb
 from .edge.codec import DEFAULT_LIMITS, Limits
 from .errors import ConfigError
 from .edge.grpc_servicer import InferenceServicer, add_to_server, status_of
+from .observability.edge import grpc_server_ids
 from .observability.metrics import ServerMetrics
 from .observability.metrics_http import MetricsEndpoint, read_scrape_token
 from .execution.model import abandoned_threads
@@ -321,7 +322,11 @@ class Server:
             ("grpc.so_reuseport", int(self.config.reuse_port)),
         ]
         interceptors = [auth_interceptor(self.security, status_of)] if self.security.active else []
+        ids_before = grpc_server_ids() if self.metrics is not None else set()
         server = grpc.aio.server(options=options, interceptors=interceptors)
+        if self.metrics is not None:  # grpc core's own call counters (observability/edge.py), and the loop-lag probe
+            self.metrics.edge.watch_grpc_server(ids_before)
+            self.metrics.edge.start_probe()
         servicer = InferenceServicer(
             self.repository, server_name="surge", server_version=SERVER_VERSION, is_ready=self.is_ready, metrics=self.metrics, limits=limits,
             traffic=self.traffic, peers=self._peers,
@@ -431,6 +436,8 @@ class Server:
         if self._metrics_endpoint is not None:  # last: a scrape during the drain still sees it
             await self._metrics_endpoint.aclose()
             self._metrics_endpoint = None
+        if self.metrics is not None:
+            await self.metrics.edge.stop_probe()
 
 
 async def serve(config: ServerConfig, *, address_file: Path | None = None) -> None:

@@ -164,8 +164,10 @@ def _edge(method: _F) -> _F:
                 raise request.error(method.__name__)
             response = await method(self, request, context)
         except asyncio.CancelledError:
+            _handler_failed(self, context)
             raise
         except Exception as exc:
+            _handler_failed(self, context)
             if isinstance(exc, grpc.aio.AbortError):
                 raise
             if getattr(self, "_stopping", False):  # InferenceServicer's answers wait for the GOAWAY (begin_shutdown)
@@ -178,6 +180,13 @@ def _edge(method: _F) -> _F:
         return response
 
     return wrapper  # type: ignore[return-value]
+
+
+def _handler_failed(servicer: object, context: grpc.aio.ServicerContext) -> None:
+    """Count a gRPC call a handler ended with an error or that was cancelled in it (observability/edge.py)."""
+    metrics = getattr(servicer, "_metrics", None)  # the surge.v1 admin services count nothing
+    if metrics is not None:
+        metrics.edge.handler_failed(context)
 
 
 #: A cancellation this close to the request's deadline is counted as the deadline passing: the client's own
@@ -427,9 +436,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             while (item := await results.get()) is not None:
                 response, exc = item
                 if exc is not None and grpc_errors:
+                    _handler_failed(self, context)
                     await context.abort(status_of(exc), response.error_message)
                 yield response  # returns once gRPC has taken the message within the client's flow-control window
                 slots.release()
+        except (asyncio.CancelledError, GeneratorExit):
+            # The client cancelled or the deadline passed (GeneratorExit: grpc closed the generator while sending). An idle
+            # stream's cancel can race with the end of its requests and end the stream normally here: not counted.
+            _handler_failed(self, context)
+            raise
         finally:
             self._stream_readers.discard(reader)
             reader.cancel()

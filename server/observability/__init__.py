@@ -1,11 +1,13 @@
 """Watching models in production: metrics, their endpoint, ``surge top``, drift, GPU metrics, and ready-made dashboards.
 
 ``metrics`` (per-version histograms and counters, bound at load; the exposition), ``metrics_http`` (``/metrics``),
+``edge`` (what is seen of calls before the handlers: grpc core's call counters, the event-loop lag),
 ``top`` (``surge top``), ``drift`` (profiles, PSI/KS windows), ``gpu_metrics`` (``nv_gpu_*`` from NVML).
 
 Shipped as package data: a Grafana dashboard and Prometheus alerting rules. Both read only the metrics that
 ``surge.server.observability.metrics`` exports (and Prometheus' ``up``); a test parses the rules and every
-dashboard query with a PromQL parser and checks each metric name against a real scrape.
+dashboard query with a PromQL parser and checks each metric name against a real scrape; another evaluates them all
+in a real Prometheus scraping a live server (``tests/integration/test_prometheus.py``).
 ``surge observability --out DIR`` copies them out of the installed package.
 """
 

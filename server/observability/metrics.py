@@ -12,8 +12,12 @@ version's role, "primary" until routing exists):
   failed requests). Buckets: ``DEFAULT_LATENCY_BUCKETS_S`` or the model's ``[metrics] latency_buckets_s``.
 - ``surge_batch_size`` (rows per executed batch; buckets 1, 2, 4, ..., max_batch_size).
 - ``surge_requests_total`` / ``surge_rows_total`` by ``code`` (the gRPC status name: OK,
-  INVALID_ARGUMENT, ...); ``surge_unrouted_requests_total{code}`` for requests that never reached a
+  INVALID_ARGUMENT, ...; OK and ``PRESET_CODES`` exist at 0 from the moment a version loads, so an error
+  ratio reads 0 rather than nothing); ``surge_unrouted_requests_total{code}`` for requests that never reached a
   version (unknown model or version, model not ready: no model label, so a client cannot create series).
+- The edge (``edge.py``): ``surge_grpc_calls_{started,succeeded,failed}_total`` (grpc core's own counts,
+  including calls that never reached a handler), ``surge_grpc_handler_failures_total``, and the
+  histogram ``surge_event_loop_lag_seconds``.
 - Gauges read at scrape time (no hot-path cost): ``surge_queue_depth``, ``surge_inflight_requests``,
   ``surge_model_state{state}`` (1 for the current state), ``surge_model_load_duration_seconds``;
   counter ``surge_queue_dropped_total{reason}`` (expired, cancelled: dropped before compute); for versions in
@@ -53,6 +57,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.utils import floatToGoString
 
 from .drift import DriftSnapshot
+from .edge import LAG_BUCKETS_S, EdgeMetrics, EdgeSample, grpc_calls
 from .gpu_metrics import plain_gpu_values, register_gpu_metrics
 
 __all__ = [
@@ -70,6 +75,9 @@ __all__ = [
 
 ROUTE_PRIMARY = "primary"
 STATES = ("LOADING", "READY", "UNAVAILABLE", "UNLOADING")
+#: Outcome codes exported at 0 from the moment a version loads (besides OK), so error ratios and alerts read 0,
+#: not nothing, while a model has no errors: the client's mistakes, cancellations, and every server-side failure.
+PRESET_CODES = ("CANCELLED", "DEADLINE_EXCEEDED", "INTERNAL", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "UNAVAILABLE")
 
 
 def geometric_buckets(start_s: float, stop_s: float, per_decade: int = 10) -> tuple[float, ...]:
@@ -145,7 +153,7 @@ class VersionMetrics:
         self.latency_les = (*(floatToGoString(b) for b in self.latency_buckets_s), "+Inf")
         self.batch_les = (*(floatToGoString(b) for b in self.batch.bounds), "+Inf")
         self._ok = [0, 0]  # requests, rows
-        self.outcomes: dict[str, list[int]] = {"OK": self._ok}
+        self.outcomes: dict[str, list[int]] = {"OK": self._ok, **{code: [0, 0] for code in PRESET_CODES}}
 
     def observe_success(self, rows: int, total: int, decode: int, queue: int, assemble: int, infer: int, output: int, encode: int) -> None:
         """An answered request of ``rows`` rows and its stage durations (ns)."""
@@ -223,6 +231,7 @@ class ServerSnapshot:
     server_version: str
     versions: tuple[VersionSample, ...]
     unrouted: dict[str, int]
+    edge: EdgeSample | None = None
 
 
 class ServerMetrics:
@@ -236,6 +245,8 @@ class ServerMetrics:
         self._server_version = server_version
         # The codes a lookup can fail with, exported from the start (at 0), so rate() and alerts see the series.
         self.unrouted: dict[str, int] = {"INVALID_ARGUMENT": 0, "NOT_FOUND": 0, "UNAVAILABLE": 0}
+        self.edge = EdgeMetrics()
+        """Calls that fail before or around the handlers, and the event-loop lag (``edge.py``)."""
         # prometheus_client's standard collectors in a registry of our own, not the global one (several servers
         # may share a process, as in the tests); more collectors may be registered here.
         self.registry = CollectorRegistry(auto_describe=False)
@@ -251,7 +262,7 @@ class ServerMetrics:
 
     def snapshot(self) -> ServerSnapshot:
         """Copy every counter and gauge (event loop)."""
-        return ServerSnapshot(self._server_version, tuple(self._versions()), dict(self.unrouted))
+        return ServerSnapshot(self._server_version, tuple(self._versions()), dict(self.unrouted), self.edge.sample())
 
 
 def render(snapshot: ServerSnapshot, collectors: Iterable[object] = (), *, accept: str = "", accept_encoding: str = "") -> tuple[bytes, dict[str, str]]:
@@ -338,6 +349,8 @@ def _write(snap: ServerSnapshot, *, openmetrics: bool) -> str:
     header("surge_unrouted_requests_total", "counter", "Inference requests that reached no model version (unknown model or version, not ready), by outcome.")
     for code, count in sorted(snap.unrouted.items()):
         w(f'surge_unrouted_requests_total{{code="{code}"}} {count}\n')
+    if snap.edge is not None:
+        _write_edge(snap.edge, header, w)
 
     every = [(v, _labels(("model", "version"), (v.model, v.version))) for v in snap.versions]
     header("surge_queue_depth", "gauge", "Requests waiting in the version's batcher.")
@@ -361,6 +374,30 @@ def _write(snap: ServerSnapshot, *, openmetrics: bool) -> str:
     w("".join(f"surge_model_load_duration_seconds{{{labels}}} {floatToGoString(v.load_duration_s)}\n" for v, labels in every))
     _write_drift([(v.drift, labels) for v, labels in every if v.drift is not None], header, w)
     return "".join(out)
+
+
+_LAG_LES = (*(floatToGoString(b) for b in LAG_BUCKETS_S), "+Inf")
+
+
+def _write_edge(edge: EdgeSample, header: Callable[[str, str, str], None], w: Callable[[str], None]) -> None:
+    """The edge families (``edge.py``): gRPC core's call counters, handler failures, the event-loop lag."""
+    calls = grpc_calls(edge.grpc_server_id) if edge.grpc_server_id is not None else None  # in the formatting thread
+    if calls is not None:
+        for name, count, help_text in zip(("started", "succeeded", "failed"), calls, (
+            "gRPC calls of every method as grpc core counts them, including calls that never reached a handler.",
+            "gRPC calls grpc core ended with OK.",
+            "gRPC calls grpc core ended with another status (a handler's error, or refused before one: deadline, size, method, auth).",
+        )):
+            header(f"surge_grpc_calls_{name}_total", "counter", help_text)
+            w(f"surge_grpc_calls_{name}_total {count}\n")
+    header("surge_grpc_handler_failures_total", "counter", "gRPC inference calls whose handler answered an error or was cancelled; started - succeeded - this: lost outside the handlers.")
+    w(f"surge_grpc_handler_failures_total {edge.handler_failures}\n")
+    header("surge_event_loop_lag_seconds", "histogram", "How late a timer fires on the server's event loop (sampled 10 times a second): calls wait this long before a handler runs.")
+    running = 0
+    for le, count in zip(_LAG_LES, edge.lag_counts):
+        running += count
+        w(f'surge_event_loop_lag_seconds_bucket{{le="{le}"}} {running}\n')
+    w(f"surge_event_loop_lag_seconds_count {running}\nsurge_event_loop_lag_seconds_sum {floatToGoString(edge.lag_sum_s)}\n")
 
 
 #: (metric, FeatureDrift attribute, help) of the per-feature drift gauges.

@@ -16,6 +16,7 @@ MODULES = [
     "surge.server.config",
     "surge.server.observability.metrics",
     "surge.server.observability.drift",
+    "surge.server.observability.edge",
     "surge.server.traffic.routing",
     "surge.server.traffic.shadow",
     "surge.server.traffic.feedback",
