@@ -301,7 +301,7 @@ def parse_version(text: str) -> int:
     versions); raises InvalidInput. The one parser for every entry point (gRPC and REST)."""
     if not (text.isascii() and text.isdigit()) or len(text) > 18:
         shown = text if len(text) <= 40 else text[:40] + "..."
-        raise InvalidInput(f"model version must be a positive integer (ASCII digits), got {shown!r}")
+        raise InvalidInput(f"model version must be a positive integer, got {shown!r} (ASCII digits only)")
     return int(text)
 
 

@@ -185,7 +185,7 @@ def _read_parameters(request: pb.ModelInferRequest, decoded: DecodedRequest) -> 
     if "timeout" in params:
         timeout_us = parameter_value(params["timeout"])
         if isinstance(timeout_us, bool) or not isinstance(timeout_us, int | float) or not 0 <= timeout_us < math.inf:
-            raise InvalidInput(f"parameter 'timeout' must be a finite non-negative number of microseconds, got {timeout_us!r}")
+            raise InvalidInput(f"parameter 'timeout' must be a non-negative number of microseconds (finite), got {timeout_us!r}")
         decoded.timeout_s = timeout_us / 1e6 if timeout_us else None
 
 

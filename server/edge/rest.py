@@ -211,6 +211,7 @@ class RestEndpoint:
         # positive timeout (aiohttp reads 0 as "no limit"). Bodies are inflated here (``_inflate``), not by aiohttp.
         self._runner = web.AppRunner(
             app, access_log=None, shutdown_timeout=0.01, logger=_ClientErrors(log, {}), auto_decompress=False, keepalive_timeout=idle_timeout_s,
+            lingering_time=0,  # a body left unread (refused before or while reading it) is not read on: the connection closes
         )
         self._drain_timeout_s = drain_timeout_s
         self._inflight = 0
