@@ -39,6 +39,7 @@ CHUNK = 1 << 16
 _KEEP = b'"[]{}'
 _DROP = bytes(c for c in range(256) if c not in _KEEP)
 _STRINGS = re.compile(rb'"[^"]*"')
+_MARKS = (b'"', b"[", b"{", b"]", b"}", b"\\")
 
 
 class _IntegerOverflow(Exception):
@@ -99,10 +100,14 @@ class JsonReader:
 
         Escaped backslashes, then escaped quotes are removed, then everything but quotes and brackets; whole
         strings go next, which leaves the structural brackets (and a string still open at the piece's end)."""
+        if not self._tail and not any(mark in piece for mark in _MARKS):  # numbers and whitespace: nothing to track
+            return
         text = self._tail + piece
         stripped = text.rstrip(b"\\") if piece else text
         self._tail = b"\\" if (len(text) - len(stripped)) % 2 else b""  # an even run is escaped backslashes only
-        marks = stripped.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _DROP)
+        if b"\\" in stripped:
+            stripped = stripped.replace(b"\\\\", b"").replace(b'\\"', b"")
+        marks = stripped.translate(None, _DROP)
         if not marks:
             return
         if self._in_string:
