@@ -6,10 +6,12 @@ One ``surge serve`` (gRPC and REST, default limits: 256 MiB bodies) is pinned to
 serves the demo repository; this process, on CPU 1, sends a gRPC probe (``ModelInfer`` of the demo ``mlp``,
 one row) every 10 ms while ``curl`` (also on CPU 1) posts one large body over REST:
 
-- ``json-<N>MB``: an ``identity`` request of FP32 values as a JSON list, N MB of JSON (binary output, so the
-  decode is what is measured);
+- ``json-<N>MB``: a request of FP32 values as a JSON list, N MB of JSON, to a ``sum`` model (ReduceSum over
+  each row, written here beside the demo models), so the answer is one number and the decode is what is
+  measured;
 - ``gzip-bomb``: ``Content-Encoding: gzip``, about 1 MB that inflates to ``--bomb-mib`` MiB of JSON whitespace
-  (refused with 413 once the inflated body passes the limit).
+  (refused with 413 once the inflated body passes the limit);
+- ``idle``: no large request, the probe alone for 3 s: the noise floor of the machine.
 
 Each case runs on a fresh server (so its peak RSS is its own): probe latency p50 and max while the body is
 sent and decoded, the large request's status and time, and the server's peak RSS (VmHWM) over its RSS just
@@ -40,7 +42,7 @@ import grpc
 import numpy as np
 
 from surge.protos import grpc_service_pb2 as pb
-from surge.server.demo import write_demo_repository
+from surge.server.demo import write_demo_repository, write_onnx_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVER_CPU, LOAD_CPU = "0", "1"
@@ -61,7 +63,7 @@ def json_body(path: Path, megabytes: float) -> Path:
         per_value = len(json.dumps(np.random.default_rng(0).standard_normal(1000).astype(np.float32).tolist())) / 1000
         count = int(megabytes * 1e6 / per_value)
         values = np.random.default_rng(1).standard_normal(count).astype(np.float32)
-        doc = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, count], "data": values.tolist()}], "parameters": {"binary_data_output": True}}
+        doc = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, count], "data": values.tolist()}]}
         path.write_bytes(json.dumps(doc).encode())
     return path
 
@@ -77,6 +79,21 @@ def gzip_bomb(path: Path, mebibytes: int) -> Path:
                 out.write(compressor.compress(spaces))
             out.write(compressor.flush())
     return path
+
+
+def write_sum_model(repository: Path) -> None:
+    """``sum``: FP32 [batch, n] -> [batch, 1], the sum of each row (a large input, a small output)."""
+    from onnx import TensorProto, helper
+
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["input", "axes"], ["output"], keepdims=1)], "sum",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", "n"])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 1])], initializer=[axes],
+    )
+    if not (repository / "sum" / "1" / "model.onnx").is_file():
+        write_onnx_model(repository / "sum" / "1" / "model.onnx", graph)
+        (repository / "sum" / "config.toml").write_text("max_batch_size = 8\n")
 
 
 def before_tree(rev: str, workdir: Path) -> Path:
@@ -131,7 +148,7 @@ def surge_server(repository: Path, workdir: Path, pythonpath: Path | None) -> It
         log.close()
 
 
-async def run_case(grpc_address: str, http_address: str, pid: int, body: Path, gzip: bool) -> dict:
+async def run_case(grpc_address: str, http_address: str, pid: int, body: Path | None, gzip: bool) -> dict:
     request = pb.ModelInferRequest(model_name="mlp")
     request.inputs.add(name="x", datatype="FP32", shape=[1, 16])
     request.raw_input_contents.append(np.ones((1, 16), np.float32).tobytes())
@@ -156,10 +173,14 @@ async def run_case(grpc_address: str, http_address: str, pid: int, body: Path, g
         del latencies[:]
         headers = ["-H", "Content-Type: application/json"] + (["-H", "Content-Encoding: gzip"] if gzip else [])
         cmd = ["taskset", "-c", LOAD_CPU, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{time_total}", *headers,
-               "--data-binary", f"@{body}", f"http://{http_address}/v2/models/identity/infer"]  # fmt: skip
+               "--data-binary", f"@{body}", f"http://{http_address}/v2/models/sum/infer"]  # fmt: skip
         started = time.perf_counter()
-        curl = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE)
-        out, _ = await curl.communicate()
+        if body is None:
+            await asyncio.sleep(3.0)
+            out = b"0 0"
+        else:
+            curl = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE)
+            out, _ = await curl.communicate()
         elapsed = time.perf_counter() - started
         done.set()
         await prober
@@ -184,7 +205,9 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="surge-rest-stall-"))
     workdir.mkdir(parents=True, exist_ok=True)
     repository = write_demo_repository(workdir / "repository")
-    cases = [(f"json-{mb}MB", json_body(workdir / f"body-{mb}MB.json", float(mb)), False) for mb in args.json_mb.split(",")]
+    write_sum_model(repository)
+    cases: list[tuple[str, Path | None, bool]] = [("idle", None, False)]
+    cases += [(f"json-{mb}MB", json_body(workdir / f"body-{mb}MB.json", float(mb)), False) for mb in args.json_mb.split(",")]
     cases.append(("gzip-bomb", gzip_bomb(workdir / f"bomb-{args.bomb_mib}MiB.gz", args.bomb_mib), True))
     variants: list[tuple[str, Path | None]] = [("after", None)]
     if args.before:
@@ -196,7 +219,7 @@ def main() -> None:
         for variant, pythonpath in order:
             for case, body, gzip in cases:
                 with surge_server(repository, workdir, pythonpath) as (grpc_address, http_address, pid):
-                    row = {"round": round_index, "variant": variant, "case": case, "body_mb": round(body.stat().st_size / 1e6, 1),
+                    row = {"round": round_index, "variant": variant, "case": case, "body_mb": round(body.stat().st_size / 1e6, 1) if body else 0,
                            **asyncio.run(run_case(grpc_address, http_address, pid, body, gzip))}  # fmt: skip
                 print(json.dumps(row), flush=True)
                 rows.append(row)

@@ -93,6 +93,8 @@ class JsonReader:
             return _IntegerOverflow()
         if reason.startswith("b'") or reason.startswith('b"'):  # yajl reports some errors as bytes
             reason = reason[2:].split("\\n")[0]
+        if reason.startswith("lexical error") and any(word in str(exc) for word in ("NaN", "Infinity", "nan", "inf")):
+            reason += ' (JSON has no NaN or Infinity: send the strings "NaN", "Infinity", "-Infinity", or binary data)'
         return InvalidInput(f"{self._what} is not valid JSON: {reason}")
 
     def _check_depth(self, piece: bytes) -> None:

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import ssl
 import sys
 import zlib
@@ -98,7 +99,9 @@ Authorize = Callable[[str, "str | None"], object]
 _T = TypeVar("_T")
 
 INLINE_BYTES = 1 << 16
-"""Uncompressed bodies (and outputs) up to this size are decoded (encoded) on the event loop: a pool hop costs more."""
+"""Uncompressed bodies up to this size are decoded on the event loop: a pool hop costs more."""
+INLINE_ELEMENTS = 1 << 14
+"""Responses with up to this many output elements are encoded on the event loop."""
 _ENCODINGS = ("identity", "gzip", "x-gzip", "deflate")
 
 
@@ -419,7 +422,7 @@ class RestEndpoint:
                 self._metrics.record_unrouted(status_of(exc).name)
             raise
         response = await self._servicer.ModelInfer(infer.message, _HttpContext(request))  # type: ignore[arg-type]  # RestInferRequest
-        if sum(map(len, response.raw_output_contents)) <= INLINE_BYTES:
+        if sum(math.prod(t.shape) for t in response.outputs) <= INLINE_ELEMENTS:  # (reading raw_output_contents would copy them)
             body, header_length_out = rest_codec.encode_infer_response(response, infer)
         else:
             body, header_length_out = await self._offload(lambda: rest_codec.encode_infer_response(response, infer))

@@ -227,8 +227,14 @@ STEP = 1 << 15
 _NONFINITE_IN = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
+_NONES = [None] * STEP
+
+
 def _leaves(values: list[Any]) -> Iterator[list[Any]]:
-    """The leaves of a flat or nested JSON list in row-major order, in slices of about ``STEP`` values."""
+    """The leaves of a flat or nested JSON list in row-major order, in slices of about ``STEP`` values.
+
+    Consumes ``values``: each slice's entries are set to None once the caller has taken it, so the parsed numbers
+    are freed a step at a time (freeing a list of millions at once holds the GIL for a long time)."""
     stack: list[tuple[list[Any], int]] = [(values, 0)]
     while stack:
         current, start = stack.pop()
@@ -236,18 +242,22 @@ def _leaves(values: list[Any]) -> Iterator[list[Any]]:
             part = current[start:start + STEP]
             types = set(map(type, part))
             if list not in types:
-                start += len(part)
                 yield part
+                current[start:start + len(part)] = _NONES[:len(part)]
+                start += len(part)
                 continue
             if types == {list}:  # rows: flatten about STEP values' worth of them in one step, then go on inside
                 rows = part[: max(1, STEP // max(len(part[0]), 1))]
+                flat = list(chain.from_iterable(rows))
+                current[start:start + len(rows)] = _NONES[:len(rows)]
                 stack.append((current, start + len(rows)))
-                stack.append((list(chain.from_iterable(rows)), 0))
+                stack.append((flat, 0))
                 break
             first = next(i for i, v in enumerate(part) if type(v) is list)  # leaves and lists mixed
             if first:
-                start += first
                 yield part[:first]
+                current[start:start + first] = _NONES[:first]
+                start += first
                 continue
             stack.append((current, start + 1))
             stack.append((part[0], 0))

@@ -30,9 +30,11 @@ def test_leaves_are_row_major_keep_strings_whole_and_come_in_bounded_slices():
     assert flatten([[1, [2, 3]], [], [[4]], 5]) == [1, 2, 3, 4, 5]
     assert flatten(["ab", ["cd"]]) == ["ab", "cd"]
     rows = [[[r, c] for c in range(300)] for r in range(500)]  # 300,000 leaves, nested three deep
+    expected = [v for row in rows for pair in row for v in pair]
     parts = list(_leaves(rows))
-    assert [v for p in parts for v in p] == [v for row in rows for pair in row for v in pair]
+    assert [v for p in parts for v in p] == expected
     assert max(map(len, parts)) <= STEP
+    assert rows == [None] * 500  # consumed: the numbers are freed as they are converted
     flat = list(range(3 * STEP + 5))
     assert [len(p) for p in _leaves(flat)] == [STEP, STEP, STEP, 5]
 
