@@ -287,17 +287,16 @@ def _json_tensor_bytes(name: str, datatype: str, shape: list[int], data: Any) ->
         _check_count(name, shape, count, filled, leaves)
         return b"".join(parts)
     dtype = numpy_dtype(datatype)
-    out = np.empty(count, dtype=dtype)
     convert = _BOOLS if dtype.kind == "b" else _integers if dtype.kind in "iu" else _floats
+    chunks: list[np.ndarray] = []  # not one array of the shape's size: the shape is not checked against the limits yet
     filled = 0
     for part in leaves:
-        end = filled + len(part)
-        if end > count:
-            filled = end
+        filled += len(part)
+        if filled > count:
             break
-        out[filled:end] = convert(name, datatype, dtype, part)
-        filled = end
+        chunks.append(np.asarray(convert(name, datatype, dtype, part), dtype=dtype))
     _check_count(name, shape, count, filled, leaves)
+    out = chunks[0] if len(chunks) == 1 else np.concatenate(chunks) if chunks else np.empty(0, dtype=dtype)
     return memoryview(out).cast("B")
 
 

@@ -341,3 +341,10 @@ def test_slow_headers_slow_bodies_and_idle_connections_are_closed_in_bounded_tim
     for sock in slow_heads + trickling + [stalled_body, trickled_body, idle]:
         sock.close()
     assert_serving(address)
+
+
+def test_a_json_shape_claiming_10_to_the_12_elements_costs_nothing(rest):
+    body = infer_body([{"name": "input", "datatype": "FP32", "shape": [1, 10**12], "data": [1.0, 2.0]}])
+    reply = http(rest, "POST", "/v2/models/identity/infer", body)
+    assert reply.status == 400 and "has 2 values in 'data' but shape [1, 1000000000000] needs 1000000000000" in reply.error, reply.body
+    assert_serving(rest)
