@@ -363,7 +363,7 @@ class RestEndpoint:
         """Read the body and run ``decode`` on its (inflated) pieces: in place when small and not compressed, else in the pool."""
         pieces, encoding = await self._read(request)
         if encoding == "identity" and sum(map(len, pieces)) <= INLINE_BYTES:
-            return decode(pieces)
+            return decode([b"".join(pieces)])  # one piece: the decoders yield the GIL between pieces, which the loop must not
         return await self._offload(lambda: decode(_Inflated(pieces, encoding, self._max_request_bytes)))
 
     async def _offload(self, work: Callable[[], _T]) -> _T:

@@ -40,7 +40,7 @@ from surge.protos import grpc_service_pb2 as pb
 from surge.protos.datatypes import DATATYPES, deserialize_bytes_tensor, numpy_dtype, serialize_bytes_tensor
 
 from ..errors import InvalidInput, Unsupported
-from .jsonread import read_json
+from .jsonread import read_json, yield_gil
 
 __all__ = [
     "HEADER_LENGTH", "InferRequest", "RestInferRequest", "decode_infer_request", "encode_infer_response", "index_ready", "json_dumps", "load_parameters", "message_to_json",
@@ -294,6 +294,8 @@ def _json_tensor_bytes(name: str, datatype: str, shape: list[int], data: Any) ->
         filled += len(part)
         if filled > count:
             break
+        if chunks:
+            yield_gil()
         chunks.append(np.asarray(convert(name, datatype, dtype, part), dtype=dtype))
     _check_count(name, shape, count, filled, leaves)
     out = chunks[0] if len(chunks) == 1 else np.concatenate(chunks) if chunks else np.empty(0, dtype=dtype)
@@ -415,6 +417,8 @@ def _json_data(name: str, datatype: str, data: bytes, count: int) -> bytes:
     floats = datatype in ("FP16", "FP32", "FP64")
     parts: list[str] = []
     for start in range(0, len(values), STEP):
+        if start:
+            yield_gil()
         part = values[start:start + STEP]
         if floats and not np.isfinite(part).all():
             items = [v if math.isfinite(v) else _NONFINITE_OUT.get(v, "NaN") for v in part.tolist()]
