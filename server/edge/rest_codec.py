@@ -296,7 +296,10 @@ def _json_tensor_bytes(name: str, datatype: str, shape: list[int], data: Any) ->
             break
         if chunks:
             yield_gil()
-        chunks.append(np.asarray(convert(name, datatype, dtype, part), dtype=dtype))
+        try:
+            chunks.append(np.asarray(convert(name, datatype, dtype, part), dtype=dtype))
+        except OverflowError:  # an integer beyond what a double holds
+            raise InvalidInput(f"input '{name}': a value in 'data' is beyond the range of {datatype}") from None
     _check_count(name, shape, count, filled, leaves)
     out = chunks[0] if len(chunks) == 1 else np.concatenate(chunks) if chunks else np.empty(0, dtype=dtype)
     return memoryview(out).cast("B")
@@ -325,27 +328,30 @@ def _integers(name: str, datatype: str, dtype: np.dtype, part: list[Any]) -> lis
     return part
 
 
-def _floats(name: str, datatype: str, dtype: np.dtype, part: list[Any]) -> np.ndarray:
+_FINITE_MAX = {"FP16": 65504.0, "FP32": float(np.finfo(np.float32).max), "FP64": math.inf}
+
+
+def _floats(name: str, datatype: str, dtype: np.dtype, part: list[Any]) -> list[Any]:
     types = set(map(type, part))
     if str in types:  # the non-finite values as this edge writes them (see _json_data)
         part = [_nonfinite(name, datatype, v) if type(v) is str else v for v in part]
         types.discard(str)
     if types - {int, float}:
         raise InvalidInput(f"input '{name}' is {datatype}: its 'data' must be numbers")
+    finite_max = _FINITE_MAX[datatype]
     try:
-        values = np.array(part, dtype=np.float64)
-    except OverflowError:
-        raise InvalidInput(f"input '{name}': a value in 'data' is beyond the range of {datatype}") from None
-    if dtype.itemsize < 8:
-        finite_max = float(np.finfo(dtype).max)
-        beyond = np.isfinite(values) & (np.abs(values) > finite_max)
-        if beyond.any():
-            value = values[np.argmax(beyond)]
+        beyond = part and (max(part) > finite_max or min(part) < -finite_max)
+    except OverflowError:  # an integer too large for a float comparison
+        beyond = True
+    if beyond:  # find the value (infinities came from the strings above, and are allowed)
+        values = [v for v in part if (abs(v) > finite_max if isinstance(v, int) else not math.isinf(v) and abs(v) > finite_max)]
+        if values:
+            value = values[0]
+            shown = f"{value:g}" if isinstance(value, float) else f"{value:.3g}" if abs(value) < 1e300 else "an integer of " + str(len(str(value))) + " digits"
             raise InvalidInput(
-                f"input '{name}': the value {value:g} in 'data' is beyond the range of {datatype} (±{finite_max:g}); "
-                "send it as FP64 or as binary data"
+                f"input '{name}': the value {shown} in 'data' is beyond the range of {datatype} (±{finite_max:g}); send it as FP64 or as binary data"
             )
-    return values
+    return part
 
 
 def _nonfinite(name: str, datatype: str, value: str) -> float:

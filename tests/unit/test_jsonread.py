@@ -43,17 +43,22 @@ def test_nesting_past_the_bound_is_invalid_input_before_parsing(text, size):
         pieces(text, size)
 
 
+@pytest.mark.parametrize("padding", [0, CHUNK + 1], ids=["short text", "long text"])  # the standard library's parser, ijson's
 @pytest.mark.parametrize(
-    ("text", "fragment"),
-    [
-        (b'{"a": 1}{}', "trailing garbage"), (b"", "premature EOF"), (b'{"a": NaN}', "invalid char"), (b'"\xff"', "UTF8"),
-        (b"[1e400]", "overflow"), (b"[1,]", "unallowed token"), (b'"' + b"\\" * 1001 + b'"', "premature EOF"),
-    ],
-)  # fmt: skip
-def test_what_strict_json_refuses_is_invalid_input(text, fragment):
-    with pytest.raises(InvalidInput, match="not valid JSON") as info:
-        read_json(text, "the text")
-    assert fragment in str(info.value)
+    "text",
+    [b'{"a": 1}{}', b"", b'{"a": NaN}', b"[-Infinity]", b'"\xff"', b"[1e400]", b"[1" + b"0" * 400 + b".5]", b"[1,]", b'"' + b"\\" * 1001 + b'"'],
+)
+def test_what_strict_json_refuses_is_invalid_input(text, padding):
+    with pytest.raises(InvalidInput, match="the text is not valid JSON") as info:
+        read_json(b" " * padding + text, "the text")
+    if b"Infinity" in text or b"NaN" in text:
+        assert "send the strings" in str(info.value)
+
+
+def test_a_short_text_is_checked_for_depth_too():
+    with pytest.raises(InvalidInput, match="deeper than"):
+        read_json(b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1), "the text")
+    assert read_json(b'{"x": [1.5, 2], "big": 18446744073709551615}', "the text") == {"x": [1.5, 2], "big": 2**64 - 1}
 
 
 def test_integers_stay_exact_beyond_64_bits_and_fractions_stay_floats():
