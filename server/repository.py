@@ -33,7 +33,7 @@ from .errors import ConfigError, InvalidInput, ModelNotFound, ModelNotReady, Uns
 from .execution.model import ModelVersion, State
 from .edge.security import check_load_overrides, check_model_name, confine
 
-__all__ = ["CONTROL_MODES", "IndexEntry", "ModelRepository", "layout_warnings"]
+__all__ = ["CONTROL_MODES", "IndexEntry", "ModelRepository", "layout_warnings", "parse_version"]
 
 log = logging.getLogger("surge.repository")
 
@@ -125,9 +125,7 @@ class ModelRepository:
             if model.serving:
                 return model.serving[-1]
             raise ModelNotReady(f"model '{name}' is not ready: {self._why_not_ready(model)}")
-        if not version.isdigit():
-            raise InvalidInput(f"model version must be a positive integer, got '{version}'")
-        number = int(version)
+        number = parse_version(version)
         for candidate in model.serving:
             if candidate.version == number:
                 return candidate
@@ -302,6 +300,15 @@ class ModelRepository:
             await self.load(name)
         except Exception as exc:  # reported through index/get; polling goes on
             log.error("model %s did not load: %s", name, exc)
+
+
+def parse_version(text: str) -> int:
+    """A model version as a request names it: ASCII digits only ("²" and "١" are digits to ``str.isdigit``, not
+    versions); raises InvalidInput. The one parser for every entry point (gRPC and REST)."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise InvalidInput(f"model version must be a positive integer, got {shown!r} (ASCII digits only)")
+    return int(text)
 
 
 def _versions_on_disk(path: Path) -> list[int]:

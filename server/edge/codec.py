@@ -156,6 +156,8 @@ def decode_request(request: pb.ModelInferRequest, spec: _ModelSpec, limits: Limi
         if ts.dtype is None:
             raise Unsupported(f"input '{name}' is BF16, which needs the ml_dtypes package on the server")
         if raw:
+            if tensor.HasField("contents"):  # Triton refuses this too: which one would the model see?
+                raise InvalidInput(f"input '{name}' has both raw_input_contents and contents; send its data in one of them")
             inputs[name] = _from_raw(ts, shape, raw[index], limits.max_bytes_element)
         else:
             inputs[name] = _from_contents(ts, shape, tensor, limits.max_bytes_element)
@@ -190,8 +192,8 @@ def _read_parameters(request: pb.ModelInferRequest, decoded: DecodedRequest) -> 
         decoded.priority = priority
     if "timeout" in params:
         timeout_us = parameter_value(params["timeout"])
-        if isinstance(timeout_us, bool) or not isinstance(timeout_us, int | float) or timeout_us < 0:
-            raise InvalidInput(f"parameter 'timeout' must be a non-negative number of microseconds, got {timeout_us!r}")
+        if isinstance(timeout_us, bool) or not isinstance(timeout_us, int | float) or not 0 <= timeout_us < math.inf:
+            raise InvalidInput(f"parameter 'timeout' must be a non-negative number of microseconds (finite), got {timeout_us!r}")
         decoded.timeout_s = timeout_us / 1e6 if timeout_us else None
 
 

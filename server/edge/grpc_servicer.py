@@ -27,7 +27,7 @@ from .. import errors
 from ..traffic.feedback import FeedbackIndex
 from ..observability.metrics import ServerMetrics
 from ..execution.model import ModelVersion
-from ..repository import ModelRepository
+from ..repository import ModelRepository, parse_version
 from ..traffic.routing import RouteEntry, stable_hash
 from ..traffic.shadow import ShadowJob, ShadowSender
 from ..execution.stats import Stamps, now_ns
@@ -268,8 +268,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_edge
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext) -> pb.ModelStatisticsResponse:
-        if request.version and not request.version.isdigit():
-            raise errors.InvalidInput(f"model version must be a positive integer, got '{request.version}'")
+        if request.version:
+            parse_version(request.version)
         if not request.name and request.version:
             raise errors.InvalidInput("ModelStatistics: a version needs a model name")
         names = [request.name] if request.name else self._repo.model_names()
@@ -485,7 +485,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if key == "config":
                 which = param.WhichOneof("parameter_choice")
                 text = param.string_param if which == "string_param" else param.bytes_param.decode("utf-8", "replace") if which == "bytes_param" else ""
-                overrides = config_overrides_from_json(request.model_name, text)
+                if len(text) <= 1 << 16:
+                    overrides = config_overrides_from_json(request.model_name, text)
+                else:  # a large text is parsed off the event loop
+                    overrides = await asyncio.to_thread(config_overrides_from_json, request.model_name, text)
         await self._repo.load(request.model_name, overrides)
         if self._peers is not None and not is_local_call(metadata := context.invocation_metadata()):
             await self._peers.repository_call("RepositoryModelLoad", request, metadata)

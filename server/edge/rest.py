@@ -28,24 +28,35 @@ Routes (``{v}``: a version number; every model route also exists without ``/vers
     POST /v2/repository/models/{m}/load|unload    optional body {"parameters": {"config": "<ModelConfig JSON>"}}
     shared memory, trace and logging routes       501, as the gRPC edge answers them
 
-Binary tensors are copied into the protobuf request (``raw_input_contents`` owns its bytes), which is what
-keeps the path identical to gRPC's; the README's REST section gives the measured cost.
+Bodies: read as they arrive, bounded in size (``max_request_bytes``, before and after decompression) and in
+time (``body_timeout_s`` in all, ``idle_timeout_s`` between pieces: 408); ``Content-Encoding`` gzip or deflate is
+inflated here, as a stream that stops at the limit (413), never past it. Everything that scales with a body's
+size (inflating, parsing JSON, turning JSON values into tensors, writing JSON outputs) runs in a small thread
+pool, in bounded steps (``jsonread``, ``rest_codec``), so the event loop that serves gRPC too keeps its
+turns; bodies up to ``INLINE_BYTES`` (uncompressed) are decoded in place. Tensor bytes reach the servicer as
+buffers beside the message (``rest_codec.RestInferRequest``), never copied into it.
 
-Access control: ``authorize(method, authorization)`` (optional) is called before each route with the gRPC
-method name the route stands for and the ``Authorization`` header, and raises the error to answer with:
-the single hook point for bearer-token auth (issue 6's transport-neutral check). Health routes pass the
-``grpc.health.v1`` method, as Kubernetes probes carry no token.
+Connections: aiohttp's keep-alive timer, set to ``idle_timeout_s``, closes a connection that has not sent a
+complete request head within that time of connecting or of its last answer (slow headers, idle keep-alive).
+
+Access control: ``authorize(method, authorization)`` (optional) is called by a middleware before any route
+reads its body, with the gRPC method name the route stands for and the ``Authorization`` header, and raises
+the error to answer with: the single hook point for bearer-token auth (the transport-neutral check). Health
+routes pass the ``grpc.health.v1`` method, as Kubernetes probes carry no token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import ssl
 import sys
+import zlib
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from aiohttp import web
@@ -55,9 +66,10 @@ from surge.protos import grpc_service_pb2 as pb
 from .. import errors
 from . import rest_codec
 from .grpc_servicer import EXTENSIONS, InferenceServicer, _error_message, status_of
+from .jsonread import CHUNK
 from ..observability.metrics import ServerMetrics
 
-__all__ = ["HTTP_STATUS_OF", "RestEndpoint"]
+__all__ = ["HTTP_STATUS_OF", "INLINE_BYTES", "RestEndpoint"]
 
 log = logging.getLogger("surge.rest")
 
@@ -85,6 +97,17 @@ _HEALTH = "/grpc.health.v1.Health/Check"
 _JSON = "application/json"
 
 Authorize = Callable[[str, "str | None"], object]
+_T = TypeVar("_T")
+
+INLINE_BYTES = 1 << 16
+"""Uncompressed bodies up to this size are decoded on the event loop: a pool hop costs more."""
+INLINE_ELEMENTS = 1 << 14
+"""Responses with up to this many output elements are encoded on the event loop."""
+_ENCODINGS = ("identity", "gzip", "x-gzip", "deflate")
+
+
+class _BodyTimeout(Exception):
+    """The body did not arrive in time: answered 408, and the connection closed."""
 
 
 class _ClientErrors(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -163,14 +186,19 @@ class RestEndpoint:
     def __init__(
         self, servicer: InferenceServicer, host: str, port: int, *, max_request_bytes: int, drain_timeout_s: float = 30.0,
         metrics: ServerMetrics | None = None, authorize: Authorize | None = None, reuse_port: bool = False,
-        ssl_context: ssl.SSLContext | None = None, unix_path: Path | None = None,
+        ssl_context: ssl.SSLContext | None = None, unix_path: Path | None = None, idle_timeout_s: float = 10.0, body_timeout_s: float = 60.0,
+        decode_threads: int = 2,
     ) -> None:
         """``max_request_bytes``: largest request body accepted (after decompression; larger: 413).
         ``metrics``: where inference requests whose body cannot be read are counted (as the servicer counts unrouted ones).
         ``authorize``: the access-control hook (module docstring); None: every route is open.
         ``reuse_port``: bind with SO_REUSEPORT, so worker processes can share the port (else a taken port is an error).
         ``ssl_context``: serve HTTPS (``ServerConfig.ssl_context``: the gRPC port's certificate and client CA); None: plain HTTP.
-        ``unix_path``: listen on this Unix socket instead of ``host:port`` (its mode is the caller's: ``app._unix_socket``)."""
+        ``unix_path``: listen on this Unix socket instead of ``host:port`` (its mode is the caller's: ``app._unix_socket``).
+        ``idle_timeout_s``: a connection must send a complete request head within this time of connecting or of its
+        last answer (else it is closed), and a body may pause this long between pieces (else 408).
+        ``body_timeout_s``: the longest a body may take to arrive, in all (else 408).
+        ``decode_threads``: the threads that decode large bodies and encode large outputs."""
         self._unix_path = unix_path
         self._servicer = servicer
         self._host = host
@@ -180,11 +208,18 @@ class RestEndpoint:
         self._max_request_bytes = max_request_bytes
         self._reuse_port = reuse_port
         self._ssl_context = ssl_context
-        app = web.Application(client_max_size=max_request_bytes, middlewares=[self._errors])
+        self._idle_timeout_s = idle_timeout_s
+        self._body_timeout_s = body_timeout_s
+        self._pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="surge-rest-decode")
+        self._rpc_of: dict[Callable[..., Any], str] = {}
+        app = web.Application(client_max_size=max_request_bytes, middlewares=[self._errors, self._access])
         self._routes(app.router)
         # aclose() drains first (with its own grace), so aiohttp's cleanup only cancels what outlived it: a tiny
-        # positive timeout (aiohttp reads 0 as "no limit")
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.01, logger=_ClientErrors(log, {}))
+        # positive timeout (aiohttp reads 0 as "no limit"). Bodies are inflated here (``_inflate``), not by aiohttp.
+        self._runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=0.01, logger=_ClientErrors(log, {}), auto_decompress=False, keepalive_timeout=idle_timeout_s,
+            lingering_time=0,  # a body left unread (refused before or while reading it) is not read on: the connection closes
+        )
         self._drain_timeout_s = drain_timeout_s
         self._inflight = 0
         self._idle = asyncio.Event()
@@ -223,34 +258,41 @@ class RestEndpoint:
             except TimeoutError:
                 log.warning("REST: %d requests still running after %.1f s; closing their connections", self._inflight, grace)
         await self._runner.cleanup()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- plumbing ------------------------------------------------------------------------------
 
     def _routes(self, router: web.UrlDispatcher) -> None:
-        get, post = router.add_get, router.add_post
-        get("/v2/health/live", self._live)
-        get("/v2/health/ready", self._ready)
-        get("/v2", self._server_metadata)
-        get("/v2/", self._server_metadata)  # the OIP OpenAPI document writes the server-metadata path with the slash
-        get("/v2/models/stats", self._statistics)
+        def add(method: str, path: str, handler: Callable[[web.Request], Awaitable[web.StreamResponse]], rpc: str) -> None:
+            if method == "GET":
+                router.add_get(path, handler)  # and HEAD
+            else:
+                router.add_route(method, path, handler)
+            self._rpc_of[handler] = rpc  # what ``_access`` authorizes the route as
+
+        add("GET", "/v2/health/live", self._live, _HEALTH)
+        add("GET", "/v2/health/ready", self._ready, _HEALTH)
+        add("GET", "/v2", self._server_metadata, _SERVICE + "ServerMetadata")
+        add("GET", "/v2/", self._server_metadata, _SERVICE + "ServerMetadata")  # the OIP OpenAPI document writes it with the slash
+        add("GET", "/v2/models/stats", self._statistics, _SERVICE + "ModelStatistics")
         for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-            get(prefix, self._model_metadata)
-            get(prefix + "/ready", self._model_ready)
-            get(prefix + "/config", self._model_config)
-            get(prefix + "/stats", self._statistics)
-            post(prefix + "/infer", self._infer)
-        post("/v2/repository/index", self._repository_index)
-        post("/v2/repository/models/{model}/load", self._load)
-        post("/v2/repository/models/{model}/unload", self._unload)
+            add("GET", prefix, self._model_metadata, _SERVICE + "ModelMetadata")
+            add("GET", prefix + "/ready", self._model_ready, _SERVICE + "ModelReady")
+            add("GET", prefix + "/config", self._model_config, _SERVICE + "ModelConfig")
+            add("GET", prefix + "/stats", self._statistics, _SERVICE + "ModelStatistics")
+            add("POST", prefix + "/infer", self._infer, _SERVICE + "ModelInfer")
+        add("POST", "/v2/repository/index", self._repository_index, _SERVICE + "RepositoryIndex")
+        add("POST", "/v2/repository/models/{model}/load", self._load, _SERVICE + "RepositoryModelLoad")
+        add("POST", "/v2/repository/models/{model}/unload", self._unload, _SERVICE + "RepositoryModelUnload")
         for kind, rpc in (("systemsharedmemory", "SystemSharedMemory"), ("cudasharedmemory", "CudaSharedMemory")):
-            get(f"/v2/{kind}/status", self._not_built(f"{rpc}Status"))
-            get(f"/v2/{kind}/region/{{region}}/status", self._not_built(f"{rpc}Status"))
-            post(f"/v2/{kind}/region/{{region}}/register", self._not_built(f"{rpc}Register"))
-            post(f"/v2/{kind}/unregister", self._not_built(f"{rpc}Unregister"))
-            post(f"/v2/{kind}/region/{{region}}/unregister", self._not_built(f"{rpc}Unregister"))
+            add("GET", f"/v2/{kind}/status", self._not_built(f"{rpc}Status"), _SERVICE + f"{rpc}Status")
+            add("GET", f"/v2/{kind}/region/{{region}}/status", self._not_built(f"{rpc}Status"), _SERVICE + f"{rpc}Status")
+            add("POST", f"/v2/{kind}/region/{{region}}/register", self._not_built(f"{rpc}Register"), _SERVICE + f"{rpc}Register")
+            add("POST", f"/v2/{kind}/unregister", self._not_built(f"{rpc}Unregister"), _SERVICE + f"{rpc}Unregister")
+            add("POST", f"/v2/{kind}/region/{{region}}/unregister", self._not_built(f"{rpc}Unregister"), _SERVICE + f"{rpc}Unregister")
         for path in ("/v2/trace/setting", "/v2/models/{model}/trace/setting"):
-            router.add_route("*", path, self._not_built("TraceSetting"))
-        router.add_route("*", "/v2/logging", self._not_built("LogSettings"))
+            add("*", path, self._not_built("TraceSetting"), _SERVICE + "TraceSetting")
+        add("*", "/v2/logging", self._not_built("LogSettings"), _SERVICE + "LogSettings")
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
@@ -261,6 +303,10 @@ class RestEndpoint:
             return await handler(request)
         except _Aborted as exc:
             return _error(HTTP_STATUS_OF.get(exc.code, 500), exc.details, _challenge(exc.code))
+        except _BodyTimeout as exc:
+            reply = _error(408, str(exc))
+            reply.force_close()  # the rest of the body may never come
+            return reply
         except web.HTTPException as exc:  # aiohttp's own: unknown route, wrong method, ...
             if exc.status < 400:
                 raise
@@ -268,30 +314,72 @@ class RestEndpoint:
             return _error(exc.status, _http_reason(exc, request), headers)
         except Exception as exc:  # errors.* raised at this edge (a body that is not a request), or a bug
             code = status_of(exc)
-            return _error(HTTP_STATUS_OF.get(code, 500), _error_message(exc), _challenge(code))
+            reply = _error(HTTP_STATUS_OF.get(code, 500), _error_message(exc), _challenge(code))
+            if isinstance(exc, errors.LimitExceeded):
+                reply.force_close()  # do not read the rest of a body over the limit
+            return reply
         finally:
             self._inflight -= 1
             if not self._inflight:
                 self._idle.set()
 
-    def _check(self, request: web.Request, method: str) -> None:
+    @web.middleware
+    async def _access(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        """Authorize every route as the RPC it stands for, before its handler reads anything of the body."""
         if self._authorize is not None:
-            self._authorize(method, request.headers.get("Authorization"))
+            rpc = self._rpc_of.get(request.match_info.handler)
+            if rpc is not None:  # None: no such route (aiohttp answers 404/405)
+                self._authorize(rpc, request.headers.get("Authorization"))
+        return await handler(request)
 
     async def _call(self, request: web.Request, rpc: str, message: Any) -> Any:
-        """Authorize, then run the servicer's ``rpc`` on ``message`` exactly as the gRPC server would."""
-        self._check(request, _SERVICE + rpc)
+        """Run the servicer's ``rpc`` on ``message`` exactly as the gRPC server would (``_access`` has authorized it)."""
         return await getattr(self._servicer, rpc)(message, _HttpContext(request))
 
-    async def _body(self, request: web.Request) -> bytes:
+    async def _read(self, request: web.Request) -> tuple[list[bytes], str]:
+        """The body as it arrived (its pieces) and its content coding, bounded in size and time."""
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower() or "identity"
+        if encoding not in _ENCODINGS:
+            raise web.HTTPUnsupportedMediaType(text=f"Content-Encoding '{encoding[:40]}' is not supported; send gzip, deflate or identity")
+        limit = self._max_request_bytes
+        if (request.content_length or 0) > limit:
+            raise self._too_large()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._body_timeout_s
+        pieces: list[bytes] = []
+        size = 0
         try:
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise errors.LimitExceeded(
-                f"the request body is larger than the server's limit of {self._max_request_bytes} bytes; send a smaller batch"
+            async with asyncio.timeout(None) as timer:
+                while True:
+                    timer.reschedule(min(deadline, loop.time() + self._idle_timeout_s))
+                    piece = await request.content.readany()
+                    if not piece:
+                        break
+                    size += len(piece)
+                    if size > limit:
+                        raise self._too_large()
+                    pieces.append(piece)
+        except TimeoutError:
+            raise _BodyTimeout(
+                f"the request body did not arrive in time ({size} bytes received; a body may take {self._body_timeout_s:g} s in all "
+                f"and pause {self._idle_timeout_s:g} s at most)"
             ) from None
         except ConnectionError:  # the client went away before sending the body its Content-Length announced
             raise errors.InvalidInput("the connection closed before the request body was complete (shorter than its Content-Length)") from None
+        return pieces, encoding
+
+    def _too_large(self) -> errors.LimitExceeded:
+        return errors.LimitExceeded(f"the request body is larger than the server's limit of {self._max_request_bytes} bytes; send a smaller batch")
+
+    async def _decoded(self, request: web.Request, decode: Callable[[Iterable[bytes]], _T]) -> _T:
+        """Read the body and run ``decode`` on its (inflated) pieces: in place when small and not compressed, else in the pool."""
+        pieces, encoding = await self._read(request)
+        if encoding == "identity" and sum(map(len, pieces)) <= INLINE_BYTES:
+            return decode([b"".join(pieces)])  # one piece: the decoders yield the GIL between pieces, which the loop must not
+        return await self._offload(lambda: decode(_Inflated(pieces, encoding, self._max_request_bytes)))
+
+    async def _offload(self, work: Callable[[], _T]) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, work)
 
     def _not_built(self, rpc: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
@@ -303,12 +391,10 @@ class RestEndpoint:
     # -- health and metadata -------------------------------------------------------------------
 
     async def _live(self, request: web.Request) -> web.Response:
-        self._check(request, _HEALTH)
         response = await self._servicer.ServerLive(pb.ServerLiveRequest(), _HttpContext(request))
         return _json({"live": response.live}, 200 if response.live else 400)
 
     async def _ready(self, request: web.Request) -> web.Response:
-        self._check(request, _HEALTH)
         response = await self._servicer.ServerReady(pb.ServerReadyRequest(), _HttpContext(request))
         return _json({"ready": response.ready}, 200 if response.ready else 400)
 
@@ -339,22 +425,23 @@ class RestEndpoint:
     # -- inference -----------------------------------------------------------------------------
 
     async def _infer(self, request: web.Request) -> web.Response:
-        self._check(request, _SERVICE + "ModelInfer")
+        header_length = request.headers.get(rest_codec.HEADER_LENGTH)
+        model, version = request.match_info["model"], request.match_info.get("version", "")
         try:
-            body = await self._body(request)
-            infer = rest_codec.decode_infer_request(
-                body, request.headers.get(rest_codec.HEADER_LENGTH), request.match_info["model"], request.match_info.get("version", "")
-            )
+            infer = await self._decoded(request, lambda body: rest_codec.decode_infer_request(body, header_length, model, version))
         except errors.InferenceServerError as exc:  # never reached a model: counted as the servicer counts unrouted requests
             if self._metrics is not None:
                 self._metrics.record_unrouted(status_of(exc).name)
             raise
-        response = await self._servicer.ModelInfer(infer.message, _HttpContext(request))
-        body, header_length = rest_codec.encode_infer_response(response, infer)
-        if header_length is None:
+        response = await self._servicer.ModelInfer(infer.message, _HttpContext(request))  # type: ignore[arg-type]  # RestInferRequest
+        if sum(math.prod(t.shape) for t in response.outputs) <= INLINE_ELEMENTS:  # (reading raw_output_contents would copy them)
+            body, header_length_out = rest_codec.encode_infer_response(response, infer)
+        else:
+            body, header_length_out = await self._offload(lambda: rest_codec.encode_infer_response(response, infer))
+        if header_length_out is None:
             reply = web.Response(body=body, content_type=_JSON)
         else:
-            reply = web.Response(body=body, content_type="application/octet-stream", headers={rest_codec.HEADER_LENGTH: str(header_length)})
+            reply = web.Response(body=body, content_type="application/octet-stream", headers={rest_codec.HEADER_LENGTH: str(header_length_out)})
         accept = request.headers.get("Accept-Encoding", "")
         if "gzip" in accept or "deflate" in accept:
             reply.enable_compression()  # what the client accepts (tritonclient's response_compression_algorithm)
@@ -363,22 +450,65 @@ class RestEndpoint:
     # -- repository ----------------------------------------------------------------------------
 
     async def _repository_index(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
-        ready = False
-        if body.strip():
-            ready = rest_codec.index_ready(body)
+        ready = await self._decoded(request, rest_codec.index_ready)
         response = await self._call(request, "RepositoryIndex", pb.RepositoryIndexRequest(ready=ready))
         return _json([rest_codec.message_to_json(row) for row in response.models])
 
     async def _load(self, request: web.Request) -> web.Response:
-        parameters = rest_codec.load_parameters(await self._body(request))
+        parameters = await self._decoded(request, rest_codec.load_parameters)
         await self._call(request, "RepositoryModelLoad", pb.RepositoryModelLoadRequest(model_name=request.match_info["model"], parameters=parameters))
         return web.Response(status=200)
 
     async def _unload(self, request: web.Request) -> web.Response:
-        await self._body(request)  # {"parameters": {"unload_dependents": ...}}: Surge has no dependent models
+        await self._read(request)  # {"parameters": {"unload_dependents": ...}}: Surge has no dependent models
         await self._call(request, "RepositoryModelUnload", pb.RepositoryModelUnloadRequest(model_name=request.match_info["model"]))
         return web.Response(status=200)
+
+
+class _Inflated:
+    """A body's inflated pieces, as a re-iterable (``jsonread`` may read a text twice): each pass inflates anew."""
+
+    __slots__ = ("_pieces", "_encoding", "_limit")
+
+    def __init__(self, pieces: list[bytes], encoding: str, limit: int) -> None:
+        self._pieces, self._encoding, self._limit = pieces, encoding, limit
+
+    def __iter__(self) -> Iterator[bytes]:
+        return _inflate(self._pieces, self._encoding, self._limit)
+
+
+def _inflate(pieces: list[bytes], encoding: str, limit: int) -> Iterator[bytes]:
+    """The body's pieces decoded from its content coding, at most ``jsonread.CHUNK`` bytes at a time, stopping with
+    LimitExceeded as soon as the output passes ``limit`` (a small bomb never inflates past it)."""
+    if encoding == "identity":
+        yield from pieces
+        return
+    first = pieces[0][:1] if pieces else b""
+    # gzip (RFC 1952); deflate is zlib-wrapped (RFC 1950) as HTTP says, or raw as some clients send it
+    wbits = 31 if encoding != "deflate" else 15 if first and first[0] & 0x0F == 8 else -15
+    name = "gzip" if wbits == 31 else "deflate"
+    inflater = zlib.decompressobj(wbits)
+    total = 0
+    try:
+        for index, piece in enumerate(pieces):
+            data = piece
+            while data:
+                out = inflater.decompress(data, CHUNK)
+                data = inflater.unconsumed_tail
+                total += len(out)
+                if total > limit:
+                    raise errors.LimitExceeded(
+                        f"the request body inflates past the server's limit of {limit} bytes (Content-Encoding: {encoding}); send a smaller batch"
+                    )
+                if out:
+                    yield out
+                if inflater.eof:
+                    if inflater.unused_data or any(pieces[index + 1:]):
+                        raise errors.InvalidInput(f"the request body has data after the end of its {name} stream")
+                    return
+    except zlib.error as exc:
+        raise errors.InvalidInput(f"the request body is not valid {name} data (its Content-Encoding says {encoding}): {exc}") from None
+    raise errors.InvalidInput(f"the request body's {name} data is incomplete (its Content-Encoding says {encoding})")
 
 
 def _model(request: web.Request) -> dict[str, str]:

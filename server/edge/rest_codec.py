@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -39,11 +40,12 @@ from google.protobuf.message import Message
 from surge.protos import grpc_service_pb2 as pb
 from surge.protos.datatypes import DATATYPES, deserialize_bytes_tensor, numpy_dtype, serialize_bytes_tensor
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, Unsupported
 from .extensions import SHARED_MEMORY
+from .jsonread import read_json, yield_gil
 
 __all__ = [
-    "HEADER_LENGTH", "InferRequest", "decode_infer_request", "encode_infer_response", "index_ready", "json_dumps", "load_parameters", "message_to_json",
+    "HEADER_LENGTH", "InferRequest", "RestInferRequest", "decode_infer_request", "encode_infer_response", "index_ready", "json_dumps", "load_parameters", "message_to_json",
 ]
 
 #: Triton's binary tensor data extension: the size of the JSON header when binary data follows it.
@@ -52,11 +54,27 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
+class RestInferRequest:
+    """What the servicer's ``ModelInfer`` gets from this edge: the ``ModelInferRequest``'s metadata (inputs without
+    contents, parameters, outputs, id) and, beside it, each input's bytes as a buffer (a view of the HTTP body, or
+    the array built from JSON ``data``), so no tensor is copied into the message and out again (``codec`` reads
+    ``raw_input_contents`` with ``np.frombuffer``). Every other attribute is the message's."""
+
+    __slots__ = ("message", "raw_input_contents")
+
+    def __init__(self, message: pb.ModelInferRequest) -> None:
+        self.message = message
+        self.raw_input_contents: list[memoryview | bytes] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.message, name)
+
+
 @dataclass(slots=True)
 class InferRequest:
-    """A decoded HTTP inference request: the protocol message, and which outputs go back as binary data."""
+    """A decoded HTTP inference request: what the servicer receives, and which outputs go back as binary data."""
 
-    message: pb.ModelInferRequest
+    message: RestInferRequest
     binary_default: bool = False
     """The request's ``binary_data_output`` parameter: outputs without their own ``binary_data`` go binary."""
     binary_outputs: dict[str, bool] = field(default_factory=dict)
@@ -66,13 +84,8 @@ class InferRequest:
         return self.binary_outputs.get(name, self.binary_default)
 
 
-def _json_object(data: bytes | memoryview, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(bytes(data))
-    except UnicodeDecodeError as exc:
-        raise InvalidInput(f"{what} is not UTF-8 JSON: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(f"{what} is not valid JSON: {exc}") from None
+def _json_object(data: bytes | memoryview | Iterable[bytes], what: str) -> dict[str, Any]:
+    value = read_json(data, what)
     if not isinstance(value, dict):
         raise InvalidInput(f"{what} must be a JSON object, got {type(value).__name__}")
     return value
@@ -90,16 +103,27 @@ def _header_length(value: str | None, body_size: int) -> int:
     return length
 
 
-def decode_infer_request(body: bytes, header_length: str | None, model_name: str, model_version: str) -> InferRequest:
-    """Build the ``ModelInferRequest`` for an HTTP inference request; raises InvalidInput.
+def decode_infer_request(
+    body: bytes | bytearray | memoryview | Iterable[bytes], header_length: str | None, model_name: str, model_version: str
+) -> InferRequest:
+    """Build the request the servicer runs for an HTTP inference request; raises InvalidInput or Unsupported.
 
-    ``body``: the whole (decompressed) request body; ``header_length``: the ``Inference-Header-Content-Length``
-    header (None: the body is all JSON).
+    ``body``: the whole (decompressed) request body, or, when it is all JSON, its pieces in order (parsed as
+    they come); ``header_length``: the ``Inference-Header-Content-Length`` header (None: the body is all JSON).
+    Meant for a worker thread: every step over the body's size is a bounded one (``jsonread``, ``_leaves``).
     """
-    json_end = _header_length(header_length, len(body))
-    doc = _json_object(memoryview(body)[:json_end], "the inference request")
+    if header_length is None:
+        doc = _json_object(body, "the inference request")
+        binary = memoryview(b"")
+    else:
+        if not isinstance(body, bytes | bytearray | memoryview):
+            body = b"".join(body)
+        view = memoryview(body)
+        json_end = _header_length(header_length, len(view))
+        doc = _json_object(view[:json_end], "the inference request")
+        binary = view[json_end:]
     message = pb.ModelInferRequest(model_name=model_name, model_version=model_version)
-    request = InferRequest(message)
+    request = InferRequest(RestInferRequest(message))
     request_id = doc.get("id")
     if request_id is not None:
         if not isinstance(request_id, str):
@@ -116,10 +140,9 @@ def decode_infer_request(body: bytes, header_length: str | None, model_name: str
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise InvalidInput("the inference request needs 'inputs': a non-empty list of tensors")
-    binary = memoryview(body)[json_end:]
     offset = 0
     for index, tensor in enumerate(inputs):
-        offset = _add_input(message, tensor, index, binary, offset)
+        offset = _add_input(request.message, tensor, index, binary, offset)
     if offset != len(binary):
         raise InvalidInput(
             f"the request has {len(binary)} bytes of binary tensor data but its inputs' binary_data_size add up to {offset}"
@@ -159,7 +182,7 @@ def _set_parameter(target: pb.InferParameter, value: Any, what: str) -> None:
         raise InvalidInput(f"{what} must be a boolean, number or string, got {type(value).__name__}")
 
 
-def _add_input(message: pb.ModelInferRequest, tensor: Any, index: int, binary: memoryview, offset: int) -> int:
+def _add_input(message: RestInferRequest, tensor: Any, index: int, binary: memoryview, offset: int) -> int:
     """Append one input (its metadata and raw contents); returns the new offset into the binary section."""
     if not isinstance(tensor, dict):
         raise InvalidInput(f"inputs[{index}] must be a JSON object with name, datatype, shape and data")
@@ -174,7 +197,7 @@ def _add_input(message: pb.ModelInferRequest, tensor: Any, index: int, binary: m
         raise InvalidInput(f"input '{name}' needs a 'shape': a list of non-negative integers, got {shape!r}")
     parameters = _object(tensor.get("parameters"), f"input '{name}' parameters")
     if any(key in parameters for key in SHARED_MEMORY):  # no data here: the parameters go on, codec answers them as for gRPC
-        added = message.inputs.add(name=name, datatype=datatype, shape=shape)
+        added = message.message.inputs.add(name=name, datatype=datatype, shape=shape)
         for key, value in parameters.items():
             _set_parameter(added.parameters[key], value, f"input '{name}' parameter '{key}'")
         return offset
@@ -194,59 +217,154 @@ def _add_input(message: pb.ModelInferRequest, tensor: Any, index: int, binary: m
         offset = end
     elif data is not None:
         raw = _json_tensor_bytes(name, datatype, shape, data)
+        tensor["data"] = None  # its values are in ``raw`` now: free them before the next input's
     else:
         raise InvalidInput(f"input '{name}' has no data: give 'data' or the binary_data_size parameter")
-    message.inputs.add(name=name, datatype=datatype, shape=shape)
-    message.raw_input_contents.append(bytes(raw))  # the protobuf field owns a copy (see rest.py on the cost)
+    message.message.inputs.add(name=name, datatype=datatype, shape=shape)
+    message.raw_input_contents.append(raw)
     return offset
 
 
-def _flatten(values: Any) -> list[Any]:
-    """A nested JSON list, flattened row-major (strings are leaves)."""
-    out: list[Any] = []
-    stack = [iter(values)]
+STEP = 1 << 15
+"""JSON values converted per step (each step a short call, so a worker thread leaves the event loop its turns)."""
+
+_NONFINITE_IN = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+_NONES = [None] * STEP
+
+
+def _leaves(values: list[Any]) -> Iterator[list[Any]]:
+    """The leaves of a flat or nested JSON list in row-major order, in slices of about ``STEP`` values.
+
+    Consumes ``values``: each slice's entries are set to None once the caller has taken it, so the parsed numbers
+    are freed a step at a time (freeing a list of millions at once holds the GIL for a long time)."""
+    stack: list[tuple[list[Any], int]] = [(values, 0)]
     while stack:
-        for item in stack[-1]:
-            if isinstance(item, list):
-                stack.append(iter(item))
+        current, start = stack.pop()
+        while start < len(current):
+            part = current[start:start + STEP]
+            types = set(map(type, part))
+            if list not in types:
+                yield part
+                current[start:start + len(part)] = _NONES[:len(part)]
+                start += len(part)
+                continue
+            if types == {list}:  # rows: flatten about STEP values' worth of them in one step, then go on inside
+                rows = part[: max(1, STEP // max(len(part[0]), 1))]
+                flat = list(chain.from_iterable(rows))
+                current[start:start + len(rows)] = _NONES[:len(rows)]
+                stack.append((current, start + len(rows)))
+                stack.append((flat, 0))
                 break
-            out.append(item)
-        else:
-            stack.pop()
-    return out
+            first = next(i for i, v in enumerate(part) if type(v) is list)  # leaves and lists mixed
+            if first:
+                yield part[:first]
+                current[start:start + first] = _NONES[:first]
+                start += first
+                continue
+            stack.append((current, start + 1))
+            stack.append((part[0], 0))
+            break
 
 
-def _json_tensor_bytes(name: str, datatype: str, shape: list[int], data: Any) -> bytes:
-    """One JSON ``data`` list as raw little-endian bytes of ``datatype``, checked element by element."""
+def _json_tensor_bytes(name: str, datatype: str, shape: list[int], data: Any) -> bytes | memoryview:
+    """One JSON ``data`` list as raw little-endian bytes of ``datatype``, checked (kind and range) step by step."""
     if not isinstance(data, list):
         raise InvalidInput(f"input '{name}': 'data' must be a JSON list, got {type(data).__name__}")
-    count = math.prod(shape)
-    values = _flatten(data)
-    if len(values) != count:
-        raise InvalidInput(f"input '{name}' has {len(values)} values in 'data' but shape {shape} needs {count}")
-    if datatype == "BYTES":
-        if not all(isinstance(v, str) for v in values):
-            raise InvalidInput(f"input '{name}' is BYTES: its JSON 'data' must be strings (send other bytes as binary data)")
-        array = np.empty(count, dtype=np.object_)
-        array[:] = [v.encode("utf-8") for v in values]
-        serialized: bytes = serialize_bytes_tensor(array)
-        return serialized
     if datatype == "BF16":
         raise InvalidInput(f"input '{name}' is BF16, which has no JSON form: send it as binary data (binary_data_size)")
+    count = math.prod(shape)
+    leaves = _leaves(data)
+    if datatype == "BYTES":
+        parts: list[bytes] = []
+        filled = 0
+        for part in leaves:
+            filled += len(part)
+            if filled > count:
+                break
+            if set(map(type, part)) - {str}:
+                raise InvalidInput(f"input '{name}' is BYTES: its JSON 'data' must be strings (send other bytes as binary data)")
+            array = np.empty(len(part), dtype=np.object_)
+            array[:] = part
+            parts.append(serialize_bytes_tensor(array))
+        _check_count(name, shape, count, filled, leaves)
+        return b"".join(parts)
     dtype = numpy_dtype(datatype)
-    if dtype.kind == "b":
-        if not all(isinstance(v, bool) for v in values):
-            raise InvalidInput(f"input '{name}' is BOOL: its 'data' must be true/false values")
-        return np.array(values, dtype=dtype).tobytes()
-    if any(isinstance(v, bool) or not isinstance(v, int | float) for v in values):
+    convert = _BOOLS if dtype.kind == "b" else _integers if dtype.kind in "iu" else _floats
+    chunks: list[np.ndarray] = []  # not one array of the shape's size: the shape is not checked against the limits yet
+    filled = 0
+    for part in leaves:
+        filled += len(part)
+        if filled > count:
+            break
+        if chunks:
+            yield_gil()
+        try:
+            chunks.append(np.asarray(convert(name, datatype, dtype, part), dtype=dtype))
+        except OverflowError:  # an integer beyond what a double holds
+            raise InvalidInput(f"input '{name}': a value in 'data' is beyond the range of {datatype}") from None
+    _check_count(name, shape, count, filled, leaves)
+    out = chunks[0] if len(chunks) == 1 else np.concatenate(chunks) if chunks else np.empty(0, dtype=dtype)
+    return memoryview(out).cast("B")
+
+
+def _check_count(name: str, shape: list[int], count: int, filled: int, rest: Iterator[list[Any]]) -> None:
+    if filled != count:
+        total = filled + sum(map(len, rest))
+        raise InvalidInput(f"input '{name}' has {total} values in 'data' but shape {shape} needs {count}")
+
+
+def _BOOLS(name: str, datatype: str, dtype: np.dtype, part: list[Any]) -> list[Any]:
+    if set(map(type, part)) - {bool}:
+        raise InvalidInput(f"input '{name}' is BOOL: its 'data' must be true/false values")
+    return part
+
+
+def _integers(name: str, datatype: str, dtype: np.dtype, part: list[Any]) -> list[Any]:
+    types = set(map(type, part))
+    if types - {int}:
+        kind = "integers" if types <= {int, float} else "numbers"
+        raise InvalidInput(f"input '{name}' is {datatype}: its 'data' must be {kind}")
+    info = np.iinfo(dtype)
+    if part and (min(part) < info.min or max(part) > info.max):
+        raise InvalidInput(f"input '{name}': a value in 'data' does not fit {datatype} ({info.min}..{info.max})")
+    return part
+
+
+_FINITE_MAX = {"FP16": 65504.0, "FP32": float(np.finfo(np.float32).max), "FP64": math.inf}
+
+
+def _floats(name: str, datatype: str, dtype: np.dtype, part: list[Any]) -> list[Any]:
+    types = set(map(type, part))
+    if str in types:  # the non-finite values as this edge writes them (see _json_data)
+        part = [_nonfinite(name, datatype, v) if type(v) is str else v for v in part]
+        types.discard(str)
+    if types - {int, float}:
         raise InvalidInput(f"input '{name}' is {datatype}: its 'data' must be numbers")
-    if dtype.kind in "iu":
-        if not all(isinstance(v, int) for v in values):
-            raise InvalidInput(f"input '{name}' is {datatype}: its 'data' must be integers")
-        info = np.iinfo(dtype)
-        if values and (min(values) < info.min or max(values) > info.max):
-            raise InvalidInput(f"input '{name}': a value in 'data' does not fit {datatype} ({info.min}..{info.max})")
-    return np.array(values, dtype=dtype).tobytes()
+    finite_max = _FINITE_MAX[datatype]
+    try:
+        beyond = part and (max(part) > finite_max or min(part) < -finite_max)
+    except OverflowError:  # an integer too large for a float comparison
+        beyond = True
+    if beyond:  # find the value (infinities came from the strings above, and are allowed)
+        values = [v for v in part if (abs(v) > finite_max if isinstance(v, int) else not math.isinf(v) and abs(v) > finite_max)]
+        if values:
+            value = values[0]
+            shown = f"{value:g}" if isinstance(value, float) else f"{value:.3g}" if abs(value) < 1e300 else "an integer of " + str(len(str(value))) + " digits"
+            raise InvalidInput(
+                f"input '{name}': the value {shown} in 'data' is beyond the range of {datatype} (±{finite_max:g}); send it as FP64 or as binary data"
+            )
+    return part
+
+
+def _nonfinite(name: str, datatype: str, value: str) -> float:
+    try:
+        return _NONFINITE_IN[value]
+    except KeyError:
+        raise InvalidInput(
+            f"input '{name}' is {datatype}: its 'data' must be numbers (or the strings \"NaN\", \"Infinity\", \"-Infinity\"), got {value[:40]!r}"
+        ) from None
 
 
 def _add_output(request: InferRequest, out: Any, index: int) -> None:
@@ -268,12 +386,13 @@ def _add_output(request: InferRequest, out: Any, index: int) -> None:
 def encode_infer_response(response: pb.ModelInferResponse, request: InferRequest) -> tuple[bytes, int | None]:
     """The HTTP body for an inference response, and the JSON header's length when binary data follows it (else None).
 
+    Each JSON ``data`` list is written ``STEP`` values at a time (so a worker thread leaves the event loop its
+    turns); non-finite floats are written as the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``, which
+    strict JSON parsers read (bare ``NaN`` is not JSON) and numpy turns back into floats.
     Raises InvalidInput when a BYTES output asked for as JSON is not UTF-8 text.
     """
-    doc: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version}
-    if response.id:
-        doc["id"] = response.id
-    outputs: list[dict[str, Any]] = []
+    head = json_dumps({"model_name": response.model_name, "model_version": response.model_version, **({"id": response.id} if response.id else {})})
+    outputs: list[bytes] = []
     chunks: list[bytes] = []
     raw = response.raw_output_contents
     for index, tensor in enumerate(response.outputs):
@@ -283,59 +402,80 @@ def encode_infer_response(response: pb.ModelInferResponse, request: InferRequest
         if tensor.datatype == "BF16" or request.binary(tensor.name):
             entry["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)
+            outputs.append(json_dumps(entry))
         else:
-            entry["data"] = _json_values(tensor.name, tensor.datatype, data, math.prod(shape))
-        outputs.append(entry)
-    doc["outputs"] = outputs
-    header = json_dumps(doc)
+            outputs.append(json_dumps(entry)[:-1] + b',"data":' + _json_data(tensor.name, tensor.datatype, data, math.prod(shape)) + b"}")
+    header = b"".join((head[:-1], b',"outputs":[', b",".join(outputs), b"]}"))
     if not chunks:
         return header, None
     return b"".join((header, *chunks)), len(header)
 
 
-def _json_values(name: str, datatype: str, data: bytes, count: int) -> list[Any]:
+_NONFINITE_OUT = {math.inf: "Infinity", -math.inf: "-Infinity"}
+
+
+def _json_data(name: str, datatype: str, data: bytes, count: int) -> bytes:
+    """One output's values as a flat JSON array (its text), ``STEP`` values per step."""
     if datatype == "BYTES":
         try:
-            return [v.decode("utf-8") for v in deserialize_bytes_tensor(data, count)]
+            values: Any = [v.decode("utf-8") for v in deserialize_bytes_tensor(data, count)]
         except UnicodeDecodeError:
             raise InvalidInput(f"output '{name}' holds bytes that are not UTF-8 text; ask for it as binary data (binary_data: true)") from None
-    values: list[Any] = np.frombuffer(data, dtype=numpy_dtype(datatype)).tolist()
-    return values
+    else:
+        values = np.frombuffer(data, dtype=numpy_dtype(datatype))
+    floats = datatype in ("FP16", "FP32", "FP64")
+    parts: list[str] = []
+    for start in range(0, len(values), STEP):
+        if start:
+            yield_gil()
+        part = values[start:start + STEP]
+        if floats and not np.isfinite(part).all():
+            items = [v if math.isfinite(v) else _NONFINITE_OUT.get(v, "NaN") for v in part.tolist()]
+        else:
+            items = part if isinstance(part, list) else part.tolist()
+        parts.append(json.dumps(items, separators=(",", ":"), allow_nan=False)[1:-1])
+    return ("[" + ",".join(filter(None, parts)) + "]").encode()
 
 
 def json_dumps(doc: Any) -> bytes:
-    """Compact UTF-8 JSON."""
-    return json.dumps(doc, separators=(",", ":")).encode()
+    """Compact UTF-8 JSON (strict: a non-finite float is an error, never a bare ``NaN``)."""
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
 
 
-def index_ready(body: bytes) -> bool:
-    """The ``ready`` flag of a repository index request body (``{"ready": true}``)."""
-    ready = _json_object(body, "the repository index request").get("ready", False)
+def index_ready(body: bytes | Iterable[bytes]) -> bool:
+    """The ``ready`` flag of a repository index request body (``{"ready": true}``; may be empty)."""
+    ready = _optional_object(body, "the repository index request").get("ready", False)
     if not isinstance(ready, bool):
         raise InvalidInput(f"'ready' must be true or false, got {ready!r}")
     return ready
 
 
-def load_parameters(body: bytes) -> dict[str, pb.ModelRepositoryParameter]:
+def _optional_object(body: bytes | Iterable[bytes], what: str) -> dict[str, Any]:
+    """A JSON object body, or {} for an empty or blank one."""
+    pieces = [body] if isinstance(body, bytes | bytearray | memoryview) else body
+    if not any(bytes(piece).strip() for piece in pieces):
+        return {}
+    return _json_object(pieces, what)
+
+
+def load_parameters(body: bytes | Iterable[bytes]) -> dict[str, pb.ModelRepositoryParameter]:
     """The parameters of a repository load request body (``{"parameters": {"config": "<JSON>", ...}}``; may be empty).
 
     ``config`` may also be given as a JSON object (convenient with curl); it is passed on as its JSON text.
     """
-    if not body.strip():
-        return {}
-    doc = _json_object(body, "the load request")
+    doc = _optional_object(body, "the load request")
     out: dict[str, pb.ModelRepositoryParameter] = {}
     for key, value in _object(doc.get("parameters"), "'parameters'").items():
         if key == "config" and isinstance(value, dict):
-            value = json.dumps(value)
+            value = json_dumps(value).decode()
         if isinstance(value, bool):
             out[key] = pb.ModelRepositoryParameter(bool_param=value)
-        elif isinstance(value, int):
+        elif isinstance(value, int) and _INT64_MIN <= value <= _INT64_MAX:
             out[key] = pb.ModelRepositoryParameter(int64_param=value)
         elif isinstance(value, str):
             out[key] = pb.ModelRepositoryParameter(string_param=value)
         else:
-            raise InvalidInput(f"load parameter '{key}' must be a string, integer or boolean, got {type(value).__name__}")
+            raise InvalidInput(f"load parameter '{key}' must be a string, 64-bit integer or boolean, got {type(value).__name__}")
     return out
 
 

@@ -16,8 +16,9 @@ from surge.protos import grpc_service_pb2 as pb
 from surge.protos import model_config_pb2 as mc
 
 from ..config import ModelConfig
-from ..errors import ConfigError, Unsupported
+from ..errors import ConfigError, InvalidInput, Unsupported
 from ..execution.model import ModelVersion
+from .jsonread import read_json
 
 __all__ = ["config_overrides_from_json", "model_config_message", "statistics_message"]
 
@@ -98,12 +99,10 @@ def config_overrides_from_json(model_name: str, text: str) -> dict[str, Any]:
     """Turn RepositoryModelLoad's ``config`` parameter (Triton ModelConfig JSON) into our TOML keys.
 
     Only the keys the JSON sets are returned, so they override the model's config.toml top-level keys.
-    Raises ConfigError for invalid JSON and Unsupported for Triton features Surge does not build.
+    Raises InvalidInput for invalid JSON (``jsonread``: strict, depth-bounded), ConfigError for a JSON that is
+    not a Triton ModelConfig, and Unsupported for Triton features Surge does not build.
     """
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"the 'config' parameter is not valid JSON: {exc}") from None
+    data = read_json(text, "the 'config' parameter")
     if not isinstance(data, dict):
         raise ConfigError("the 'config' parameter must be a JSON object (a Triton ModelConfig)")
     for key in ("sequence_batching", "ensemble_scheduling", "batch_input", "batch_output"):
@@ -189,8 +188,8 @@ def _tensor(t: Any, *, with_optional: bool) -> dict[str, Any]:
 
 def _parameter(text: str) -> Any:
     try:
-        return json.loads(text)  # Triton parameters are strings; "2" and "true" mean numbers and booleans
-    except json.JSONDecodeError:
+        return read_json(text, "a parameter")  # Triton parameters are strings; "2" and "true" mean numbers and booleans
+    except InvalidInput:
         return text
 
 

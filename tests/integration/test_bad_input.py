@@ -75,6 +75,12 @@ def _no_data() -> pb.ModelInferRequest:
     return request
 
 
+def _raw_and_typed() -> pb.ModelInferRequest:
+    request = _request("mlp", _x())
+    request.inputs[0].contents.fp32_contents.extend([2.0] * 16)
+    return request
+
+
 def _unknown_output() -> pb.ModelInferRequest:
     request = _request("mlp", _x())
     request.outputs.add(name="logits")
@@ -88,6 +94,10 @@ CASES = [
     ("unknown version", lambda: _request("mlp", _x(), model_version="9"), NOT_FOUND, "no version 9"),
     ("non-numeric version", lambda: _request("mlp", _x(), model_version="latest"), INVALID, "positive integer, got 'latest'"),
     ("negative version", lambda: _request("mlp", _x(), model_version="-1"), INVALID, "positive integer, got '-1'"),
+    ("superscript-digit version", lambda: _request("mlp", _x(), model_version="\u00b2"), INVALID, "(ASCII digits only)"),
+    ("Arabic-Indic-digit version", lambda: _request("mlp", _x(), model_version="\u0661"), INVALID, "(ASCII digits only)"),
+    ("version of 40 digits", lambda: _request("mlp", _x(), model_version="1" * 40), INVALID, "positive integer"),
+    ("raw and typed contents for one input", _raw_and_typed, INVALID, "input 'x' has both raw_input_contents and contents"),
     ("model failed to load", lambda: _request("broken", _x()), grpc.StatusCode.UNAVAILABLE, "broken"),
     ("missing input", lambda: _request("mlp"), INVALID, "missing input(s) ['x']"),
     ("extra input", lambda: _request("mlp", _x(), _x(name="z")), INVALID, "unexpected input 'z'"),
@@ -118,6 +128,8 @@ CASES = [
     ("priority: above the levels", lambda: _request("mlp_batched", _x(), parameters={"priority": pb.InferParameter(int64_param=7)}), INVALID, "priority 7 is out of range"),
     ("timeout: negative", lambda: _with_param("timeout", int64_param=-5), INVALID, "parameter 'timeout' must be a non-negative number"),
     ("timeout: a string", lambda: _with_param("timeout", string_param="soon"), INVALID, "parameter 'timeout'"),
+    ("timeout: NaN", lambda: _with_param("timeout", double_param=float("nan")), INVALID, "parameter 'timeout' must be a non-negative number"),
+    ("timeout: infinity", lambda: _with_param("timeout", double_param=float("inf")), INVALID, "(finite), got inf"),
     ("no batch dim: wrong shape", lambda: _request("nobatch", ("x", "FP32", [1, 2, 3], np.ones((1, 2, 3), np.float32).tobytes())), INVALID, "expects [2, 3]"),
 ]
 
@@ -139,6 +151,24 @@ def test_bad_request_then_good_request(stub, client, kind, make, code, text):
     assert info.value.code() == code, f"{kind}: {info.value.code()} {info.value.details()}"
     assert text in info.value.details(), info.value.details()
     assert client.infer("mlp", {"x": GOOD_X})["probabilities"].shape == (1, 4)
+
+
+@pytest.mark.parametrize("version", ["\u00b2", "\u0661", "\uff11", "1\u0662"])
+def test_unicode_digit_versions_are_invalid_on_every_model_rpc(stub, version):
+    """Versions are ASCII digits: "²" (which int() refuses) and "١" (which int() reads as 1) are INVALID_ARGUMENT on
+    every RPC that names a version, never INTERNAL and never version 1."""
+    for call, message in (
+        (stub.ModelReady, pb.ModelReadyRequest(name="mlp", version=version)),
+        (stub.ModelMetadata, pb.ModelMetadataRequest(name="mlp", version=version)),
+        (stub.ModelConfig, pb.ModelConfigRequest(name="mlp", version=version)),
+        (stub.ModelStatistics, pb.ModelStatisticsRequest(name="mlp", version=version)),
+        (stub.ModelInfer, _request("mlp", _x(), model_version=version)),
+    ):
+        with pytest.raises(grpc.RpcError) as info:
+            call(message, timeout=10)
+        assert info.value.code() == INVALID, (call, info.value.details())
+        assert "ASCII digits only" in info.value.details()
+    assert stub.ModelReady(pb.ModelReadyRequest(name="mlp", version="1"), timeout=10).ready
 
 
 #: Bytes that are not a ModelInferRequest (or have invalid UTF-8 in a string field): sent with an identity serializer.

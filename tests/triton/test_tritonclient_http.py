@@ -234,3 +234,17 @@ def test_explicit_load_with_config_and_unload(explicit_http, mlp_reference) -> N
     explicit_http.unload_model("mlp")
     assert not explicit_http.is_model_ready("mlp")
     expect_error(lambda: explicit_http.infer("mlp", [make_input("x", x)]), "503")
+
+
+def test_non_finite_floats_through_tritonclient_http(http_client):
+    """Non-finite outputs asked for as JSON come back as floats through ``as_numpy`` (Surge writes them as the
+    strings "NaN"/"Infinity"/"-Infinity", which strict JSON parsers read); the binary extension carries them as
+    they are; a JSON input with tritonclient's bare NaN is a 400 that says what to send instead."""
+    x = np.array([[np.nan, np.inf, -np.inf, 1.5]], dtype=np.float32)
+    out = httpclient.InferRequestedOutput("output", binary_data=False)
+    result = http_client.infer("identity", [make_input("input", x)], outputs=[out])
+    got = result.as_numpy("output")
+    assert np.isnan(got[0, 0]) and got[0, 1] == np.inf and got[0, 2] == -np.inf and got[0, 3] == 1.5
+    got = http_client.infer("identity", [make_input("input", x)]).as_numpy("output")  # binary both ways
+    assert np.isnan(got[0, 0]) and got[0, 1] == np.inf and got[0, 2] == -np.inf
+    expect_error(lambda: http_client.infer("identity", [make_input("input", x, binary=False)]), "400", "JSON has no NaN or Infinity", "binary data")

@@ -13,7 +13,7 @@ from surge.protos.datatypes import deserialize_bytes_tensor
 from surge.server.errors import InvalidInput
 from surge.server.edge.grpc_servicer import STATUS_OF
 from surge.server.edge.rest import HTTP_STATUS_OF
-from surge.server.edge.rest_codec import _flatten, decode_infer_request, encode_infer_response, load_parameters, message_to_json
+from surge.server.edge.rest_codec import STEP, _leaves, decode_infer_request, encode_infer_response, load_parameters, message_to_json
 
 
 def test_every_grpc_status_the_servicer_answers_has_an_http_status():
@@ -22,9 +22,21 @@ def test_every_grpc_status_the_servicer_answers_has_an_http_status():
     assert {HTTP_STATUS_OF[c] for c in STATUS_OF.values()} <= {400, 401, 403, 404, 413, 500, 501, 503, 504}
 
 
-def test_flatten_is_row_major_and_keeps_strings_whole():
-    assert _flatten([[1, [2, 3]], [], [[4]], 5]) == [1, 2, 3, 4, 5]
-    assert _flatten(["ab", ["cd"]]) == ["ab", "cd"]
+def flatten(values):
+    return [v for part in _leaves(values) for v in part]
+
+
+def test_leaves_are_row_major_keep_strings_whole_and_come_in_bounded_slices():
+    assert flatten([[1, [2, 3]], [], [[4]], 5]) == [1, 2, 3, 4, 5]
+    assert flatten(["ab", ["cd"]]) == ["ab", "cd"]
+    rows = [[[r, c] for c in range(300)] for r in range(500)]  # 300,000 leaves, nested three deep
+    expected = [v for row in rows for pair in row for v in pair]
+    parts = list(_leaves(rows))
+    assert [v for p in parts for v in p] == expected
+    assert max(map(len, parts)) <= STEP
+    assert rows == [None] * 500  # consumed: the numbers are freed as they are converted
+    flat = list(range(3 * STEP + 5))
+    assert [len(p) for p in _leaves(flat)] == [STEP, STEP, STEP, 5]
 
 
 def test_json_and_binary_inputs_become_raw_contents_in_order():
@@ -122,5 +134,5 @@ def test_load_parameters():
     params = load_parameters(json.dumps({"parameters": {"config": {"max_batch_size": 2}, "flag": True, "n": 3}}).encode())
     assert json.loads(params["config"].string_param) == {"max_batch_size": 2}
     assert (params["flag"].bool_param, params["n"].int64_param) == (True, 3)
-    with pytest.raises(InvalidInput, match="must be a string, integer or boolean"):
+    with pytest.raises(InvalidInput, match="must be a string, 64-bit integer or boolean"):
         load_parameters(b'{"parameters": {"x": 1.5}}')
