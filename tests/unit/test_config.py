@@ -36,6 +36,7 @@ TOP_LEVEL_KEYS = [
     "parameters",
     "postprocess",
     "preprocess",
+    "rollout",
     "routing",
     "version_policy",
 ]
