@@ -292,3 +292,65 @@ async def test_config_toml_starts_a_rollout(tmp_path: Path, start_server) -> Non
         r = await _until(admin, lambda r: r.state != "running", 40, "the config's rollout completed")
     assert (r.state, r.source) == ("completed", "config") and not load.failures
     admin.close()
+
+
+async def test_the_new_version_stopping_to_serve_rolls_back_at_once(tmp_path: Path, start_server) -> None:
+    root = _repository(tmp_path / "repository", _GOOD)
+    server = await asyncio.to_thread(start_server, model_repository=root, model_control_mode="explicit", load_models=("m",))
+    admin = SurgeClient(server.address)
+    async with Load(server.address) as load, AsyncInferenceClient(server.address, timeout_s=60.0) as loader:
+        await asyncio.to_thread(admin.start_rollout, "m", 2, steps="30,100", window="60s", gates=["errors<1%"])
+        await asyncio.sleep(0.5)
+        config = root / "m" / "config.toml"
+        config.write_text(config.read_text().replace("specific = [1, 2]", "specific = [1]"))
+        await loader.load_model("m")  # version 2 is drained and unloaded
+        unloaded = time.monotonic()
+        r = admin.rollout("m")
+        await asyncio.sleep(0.5)
+    assert r.state == "rolled_back" and "version 2 stopped serving" in r.reason
+    assert not load.failures, load.failures[:3]  # in-flight requests of version 2 finished; new ones went to version 1
+    assert {v for sent, _, v in load.answers if sent > unloaded} == {"1"}
+    admin.close()
+
+
+async def test_admin_route_changes_survive_a_restart(tmp_path: Path, start_server) -> None:
+    root = _repository(tmp_path / "repository", _GOOD)
+    server = await _serve(start_server, root)
+    with SurgeClient(server.address) as admin:
+        admin.set_weights("m", {1: 80, 2: 20})
+        admin.set_shadow("m", 2, fraction=0.5)
+    saved = json.loads((root / ".surge" / "routes.json").read_text())
+    assert saved["m"] == {"weights": [[1, 80.0], [2, 20.0]], "shadow_version": 2, "shadow_fraction": 0.5}
+    await asyncio.to_thread(server.stop)
+    server = await _serve(start_server, root)
+    with SurgeClient(server.address) as admin:
+        routes = admin.get_routes("m")
+        assert routes.source == "admin" and dict((w.version, w.weight) for w in routes.weights) == {1: 80.0, 2: 20.0}
+        assert (routes.shadow.version, routes.shadow.fraction) == (2, 0.5)
+        admin.reset_routes("m")
+    await asyncio.to_thread(server.stop)
+    server = await _serve(start_server, root)
+    with SurgeClient(server.address) as admin:
+        assert admin.get_routes("m").source == "config"
+
+
+async def test_rollout_calls_need_the_admin_scope_and_the_cli_drives_them(tmp_path: Path, start_server, capsys) -> None:
+    from surge.server.cli import main
+
+    root = _repository(tmp_path / "repository", _GOOD)
+    tokens = tmp_path / "tokens"
+    tokens.write_text("inference inference-token-0123456789\nadmin admin-token-0123456789abcdef\n")
+    server = await asyncio.to_thread(start_server, model_repository=root, auth_tokens_file=tokens)
+    with SurgeClient(server.address, metadata={"authorization": "Bearer inference-token-0123456789"}) as client:
+        with pytest.raises(InferenceServerError, match="needs the 'admin' scope"):
+            client.start_rollout("m", 2, steps="100", window="1s")
+    url = ["--url", server.address, "--token", "admin-token-0123456789abcdef"]
+    code = await asyncio.to_thread(main, ["rollout", "start", "m", "--to", "2", "--steps", "shadow,50,100", "--window", "1m", "--gate", "p99<1.2x",
+                                         "--gate", "errors<0.5%", "--gate", "agreement>99%", *url])
+    out = capsys.readouterr().out
+    assert code == 0 and "rollout v1 -> v2 RUNNING (admin)" in out and "[shadow] -> 50 -> 100" in out
+    for action, state in (("pause", "PAUSED"), ("resume", "RUNNING"), ("status", "RUNNING"), ("abort", "ABORTED")):
+        assert await asyncio.to_thread(main, ["rollout", action, "m", *url]) == 0
+        assert f"v1 -> v2 {state}" in capsys.readouterr().out
+    assert await asyncio.to_thread(main, ["rollout", "pause", "m", *url]) == 1
+    assert "no running or paused rollout" in capsys.readouterr().err
