@@ -176,6 +176,9 @@ async def test_a_good_version_goes_from_shadow_to_100_percent_through_every_step
     assert value(text, "surge_rollout_decisions_total", model="m", decision="advance") == 3
     assert value(text, "surge_rollout_new_version_share", model="m", to_version="2") == 1.0
     assert value(text, "surge_rollout_state", model="m", to_version="2", state="completed") == 1.0
+    assert value(text, "surge_rollout_step", model="m", from_version="1", to_version="2") == 4
+    assert value(text, "surge_rollout_gate_value", model="m", gate="errors<1%") == 0.0
+    assert value(text, "surge_rollout_gate_holds", model="m", gate="errors<1%") == 1.0
     admin.close()
 
 
