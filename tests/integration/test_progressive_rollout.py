@@ -23,70 +23,11 @@ import pytest
 
 from surge.clients import AsyncInferenceClient, InferenceServerError, SurgeClient
 from tests.integration.test_metrics import samples, value
+from tests.models import ROLLOUT_VERSIONS, write_rollout_repository
 
 CONCURRENCY = 8
 WINDOW_S = 2.0
 MIN_SAMPLES = 40
-
-_GOOD = '''
-class Model:
-    def infer(self, inputs, output_names):
-        return {"y": inputs["x"] + 1}
-'''
-_SLOW = '''
-import time
-
-class Model:
-    def infer(self, inputs, output_names):
-        time.sleep(0.03)
-        return {"y": inputs["x"] + 1}
-'''
-_WRONG = '''
-class Model:
-    def infer(self, inputs, output_names):
-        return {"y": inputs["x"] + 2}
-'''
-_FAILING = '''
-class Model:
-    def infer(self, inputs, output_names):
-        if (inputs["x"][:, 0] > 1.0).any():
-            raise ValueError("cannot score this input")
-        return {"y": inputs["x"] + 1}
-'''
-_CONFIG = """
-backend = "python"
-max_batch_size = 8
-
-[[input]]
-name = "x"
-datatype = "FP32"
-dims = [4]
-
-[[output]]
-name = "y"
-datatype = "FP32"
-dims = [4]
-
-[version_policy]
-specific = [1, 2]
-
-[routing]
-weights = { 1 = 1 }
-
-[routing.shadow]
-max_concurrency = 4
-max_queue = 256
-"""
-
-
-def _repository(root: Path, new: str, extra_config: str = "") -> Path:
-    model = root / "m"
-    for version, code in ((1, _GOOD), (2, new)):
-        (model / str(version)).mkdir(parents=True)
-        (model / str(version) / "model.py").write_text(code)
-    (model / "config.toml").write_text(_CONFIG + extra_config)
-    return root
-
 
 class Load:
     """A closed loop of requests; records (sent, answered, version) and every failure with its time."""
@@ -138,6 +79,10 @@ async def _until(admin: SurgeClient, predicate, timeout_s: float, what: str):
         await asyncio.sleep(0.05)
 
 
+def _repository(root: Path, kind: str, extra_config: str = "") -> Path:
+    return write_rollout_repository(root, kind, extra_config)
+
+
 def _audit(root: Path) -> list[dict]:
     return [json.loads(line) for line in (root / ".surge" / "rollout-audit.jsonl").read_text().splitlines()]
 
@@ -147,7 +92,7 @@ async def _serve(start_server, root: Path):
 
 
 async def test_a_good_version_goes_from_shadow_to_100_percent_through_every_step(tmp_path: Path, start_server) -> None:
-    root = _repository(tmp_path / "repository", _GOOD)
+    root = _repository(tmp_path / "repository", "good")
     server = await _serve(start_server, root)
     admin = SurgeClient(server.address)
     async with Load(server.address) as load:
@@ -182,13 +127,14 @@ async def test_a_good_version_goes_from_shadow_to_100_percent_through_every_step
     admin.close()
 
 
-@pytest.mark.parametrize(("kind", "code", "steps", "gates"), [
-    ("slow", _SLOW, "shadow,10,50,100", ["p99<1.5x", "errors<1%", "agreement>99%"]),
-    ("wrong", _WRONG, "shadow,10,50,100", ["p99<3x", "errors<1%", "agreement>99%"]),
-    ("failing", _FAILING, "20,50,100", ["p99<3x", "errors<1%"]),
+@pytest.mark.parametrize(("kind", "steps", "gates"), [
+    ("slow", "shadow,10,50,100", ["p99<1.5x", "errors<1%", "agreement>99%"]),
+    ("wrong", "shadow,10,50,100", ["p99<3x", "errors<1%", "agreement>99%"]),
+    ("failing", "20,50,100", ["p99<3x", "errors<1%"]),
 ])
-async def test_a_bad_version_is_rolled_back_within_one_window(tmp_path: Path, start_server, kind: str, code: str, steps: str, gates: list[str]) -> None:
-    root = _repository(tmp_path / "repository", code)
+async def test_a_bad_version_is_rolled_back_within_one_window(tmp_path: Path, start_server, kind: str, steps: str, gates: list[str]) -> None:
+    assert kind in ROLLOUT_VERSIONS
+    root = _repository(tmp_path / "repository", kind)
     server = await _serve(start_server, root)
     admin = SurgeClient(server.address)
     async with Load(server.address) as load:
@@ -222,7 +168,7 @@ async def test_a_bad_version_is_rolled_back_within_one_window(tmp_path: Path, st
 
 
 async def test_a_restarted_server_resumes_the_rollout_at_the_same_step(tmp_path: Path, start_server) -> None:
-    root = _repository(tmp_path / "repository", _GOOD)
+    root = _repository(tmp_path / "repository", "good")
     server = await _serve(start_server, root)
     admin = SurgeClient(server.address)
     async with Load(server.address) as load:
@@ -246,7 +192,7 @@ async def test_a_restarted_server_resumes_the_rollout_at_the_same_step(tmp_path:
 
 
 async def test_pause_resume_abort_and_promote(tmp_path: Path, start_server) -> None:
-    root = _repository(tmp_path / "repository", _GOOD)
+    root = _repository(tmp_path / "repository", "good")
     server = await _serve(start_server, root)
     admin = SurgeClient(server.address)
     async with Load(server.address) as load:
@@ -287,7 +233,7 @@ async def test_pause_resume_abort_and_promote(tmp_path: Path, start_server) -> N
 
 
 async def test_config_toml_starts_a_rollout(tmp_path: Path, start_server) -> None:
-    root = _repository(tmp_path / "repository", _GOOD, f'\n[rollout]\nto_version = 2\nsteps = ["shadow", 100]\nwindow = "{WINDOW_S}s"\n'
+    root = _repository(tmp_path / "repository", "good", f'\n[rollout]\nto_version = 2\nsteps = ["shadow", 100]\nwindow = "{WINDOW_S}s"\n'
                                                          f'gates = ["errors<1%", "agreement>99%"]\nmin_samples = {MIN_SAMPLES}\n')
     server = await _serve(start_server, root)
     admin = SurgeClient(server.address)
@@ -298,7 +244,7 @@ async def test_config_toml_starts_a_rollout(tmp_path: Path, start_server) -> Non
 
 
 async def test_the_new_version_stopping_to_serve_rolls_back_at_once(tmp_path: Path, start_server) -> None:
-    root = _repository(tmp_path / "repository", _GOOD)
+    root = _repository(tmp_path / "repository", "good")
     server = await asyncio.to_thread(start_server, model_repository=root, model_control_mode="explicit", load_models=("m",))
     admin = SurgeClient(server.address)
     async with Load(server.address) as load, AsyncInferenceClient(server.address, timeout_s=60.0) as loader:
@@ -317,7 +263,7 @@ async def test_the_new_version_stopping_to_serve_rolls_back_at_once(tmp_path: Pa
 
 
 async def test_admin_route_changes_survive_a_restart(tmp_path: Path, start_server) -> None:
-    root = _repository(tmp_path / "repository", _GOOD)
+    root = _repository(tmp_path / "repository", "good")
     server = await _serve(start_server, root)
     with SurgeClient(server.address) as admin:
         admin.set_weights("m", {1: 80, 2: 20})
@@ -340,7 +286,7 @@ async def test_admin_route_changes_survive_a_restart(tmp_path: Path, start_serve
 async def test_rollout_calls_need_the_admin_scope_and_the_cli_drives_them(tmp_path: Path, start_server, capsys) -> None:
     from surge.server.cli import main
 
-    root = _repository(tmp_path / "repository", _GOOD)
+    root = _repository(tmp_path / "repository", "good")
     tokens = tmp_path / "tokens"
     tokens.write_text("inference inference-token-0123456789\nadmin admin-token-0123456789abcdef\n")
     server = await asyncio.to_thread(start_server, model_repository=root, auth_tokens_file=tokens)
