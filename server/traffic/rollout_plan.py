@@ -63,6 +63,8 @@ GATE_METRICS: dict[str, tuple[bool, str, str]] = {
 }
 _GATE_RE = re.compile(r"^\s*([a-z_0-9]+)\s*(<=|>=|<|>)\s*([0-9.eE+-]+)\s*(x|%|ms|us|s)?\s*$")
 _DURATION_RE = re.compile(r"^\s*([0-9.]+)\s*(ms|s|m|h)?\s*$")
+#: Bounds of a plan (a request declaring more is refused, not truncated).
+MAX_STEPS, MAX_GATES, MAX_WINDOW_S = 32, 32, 7 * 86400.0
 #: Below this many observations no breach is declared, however small the p-value (a z-test's normal
 #: approximation is poor on a handful).
 MIN_BREACH_SAMPLES = 10
@@ -74,8 +76,8 @@ def parse_duration(text: str) -> float:
     if not m:
         raise ValueError(f"duration {text!r}: expected a number with an optional unit ms, s, m or h, e.g. 5m or 30s")
     seconds = float(m.group(1)) * {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}[m.group(2) or "s"]
-    if not seconds > 0:
-        raise ValueError(f"duration {text!r}: must be > 0")
+    if not 0 < seconds <= MAX_WINDOW_S:
+        raise ValueError(f"duration {text!r}: must be > 0 and at most {MAX_WINDOW_S / 86400:g} days")
     return seconds
 
 
@@ -84,7 +86,9 @@ def parse_steps(steps: Sequence[str] | str) -> tuple[str, ...]:
 
     Percentages rise strictly, the last is 100; ``shadow`` may only come first.
     """
-    items = [s.strip() for s in (steps.split(",") if isinstance(steps, str) else steps) if str(s).strip()]
+    items = [str(s).strip() for s in (steps.split(",") if isinstance(steps, str) else steps) if str(s).strip()]
+    if len(items) > MAX_STEPS:
+        raise ValueError(f"steps: at most {MAX_STEPS}, got {len(items)}")
     out: list[str] = []
     last = 0.0
     for i, item in enumerate(str(s) for s in items):
@@ -128,7 +132,7 @@ class Gate:
 def parse_gate(text: str) -> Gate:
     """``"p99<1.2x"``, ``"p99<250ms"``, ``"errors<0.5%"``, ``"agreement>99%"``, ``"max_diff<1e-3"``, ``"psi<0.2"``,
     ``"accuracy>0.98x"`` -> Gate. Raises ValueError naming what is wrong."""
-    m = _GATE_RE.match(text)
+    m = _GATE_RE.match(text) if len(text) <= 64 else None
     if not m:
         raise ValueError(f"gate {text!r}: expected METRIC<BOUND or METRIC>BOUND, e.g. 'p99<1.2x', 'errors<0.5%', 'agreement>99%'")
     metric, op, number, unit = m.group(1), m.group(2), m.group(3), m.group(4) or ""
@@ -175,8 +179,10 @@ class Plan:
     def __post_init__(self) -> None:
         if self.from_version < 1 or self.to_version < 1 or self.from_version == self.to_version:
             raise ValueError(f"rollout of {self.model}: needs two different versions >= 1, got {self.from_version} -> {self.to_version}")
-        if not self.window_s > 0 or self.min_samples < 1 or not 0 < self.alpha < 1:
-            raise ValueError(f"rollout of {self.model}: window > 0, min_samples >= 1 and 0 < alpha < 1 required")
+        if not 0 < self.window_s <= MAX_WINDOW_S or self.min_samples < 1 or not 0 < self.alpha < 1:
+            raise ValueError(f"rollout of {self.model}: 0 < window <= {MAX_WINDOW_S / 86400:g} days, min_samples >= 1 and 0 < alpha < 1 required")
+        if len(self.gates) > MAX_GATES:
+            raise ValueError(f"rollout of {self.model}: at most {MAX_GATES} gates, got {len(self.gates)}")
 
     def to_json(self) -> dict[str, Any]:
         return {"model": self.model, "from_version": self.from_version, "to_version": self.to_version, "steps": list(self.steps),

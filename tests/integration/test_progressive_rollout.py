@@ -18,6 +18,7 @@ import secrets
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
@@ -229,6 +230,10 @@ async def test_pause_resume_abort_and_promote(tmp_path: Path, start_server) -> N
         admin.start_rollout("m", 7, steps="100", window="1s")
     with pytest.raises(InferenceServerError, match="unknown metric"):
         admin.start_rollout("m", 1, steps="100", window="1s", gates=["latency<2x"])
+    for steps, window, message in ((["shadow"] * 100, "1s", "at most 32"), ("50,25,100", "1s", "rise strictly"), ("100", "forever", "duration")):
+        with pytest.raises(InferenceServerError, match=message) as info:
+            admin.start_rollout("m", 2, steps=steps, window=window)
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
     admin.close()
 
 
@@ -303,3 +308,29 @@ async def test_rollout_calls_need_the_admin_scope_and_the_cli_drives_them(tmp_pa
         assert f"v1 -> v2 {state}" in capsys.readouterr().out
     assert await asyncio.to_thread(main, ["rollout", "pause", "m", *url]) == 1
     assert "no running or paused rollout" in capsys.readouterr().err
+
+
+async def test_one_controller_for_the_whole_server_under_workers(tmp_path: Path) -> None:
+    """Two worker processes: the rollout calls land on either, the first worker decides, every worker follows each step."""
+    from tests.process import SurgeProcess
+
+    root = _repository(tmp_path / "repository", "good")
+    server = await asyncio.to_thread(SurgeProcess(root, tmp_path / "server", "--workers", "2").start)
+    try:
+        admin = SurgeClient(server.address)
+        async with Load(server.address) as load:
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(admin.start_rollout, "m", 2, steps="shadow,50,100", window=f"{WINDOW_S}s",
+                                    gates=["errors<1%", "agreement>99%"], min_samples=MIN_SAMPLES)
+            states = [(await asyncio.to_thread(admin.rollout, "m")).state for _ in range(6)]  # each call may land on either worker
+            assert set(states) <= {"running", "completed"}
+            r = await _until(admin, lambda r: r.state != "running", 60, "completion under --workers")
+            completed = time.monotonic()
+            await asyncio.sleep(1.0)
+        assert r.state == "completed", r.reason
+        assert not load.failures, load.failures[:3]
+        assert {v for sent, _, v in load.answers if sent > completed + 0.3} == {"2"}  # both workers route to v2
+        assert [e["decision"] for e in _audit(root)] == ["start", "advance", "advance", "complete"]
+        admin.close()
+    finally:
+        await asyncio.to_thread(server.stop)

@@ -22,7 +22,7 @@ def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "5 minutes", "-1s", "0", "m"])
+@pytest.mark.parametrize("text", ["", "5 minutes", "-1s", "0", "m", "8d", "9" * 400, "100000h"])
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
@@ -37,6 +37,7 @@ def test_steps() -> None:
 @pytest.mark.parametrize(("steps", "message"), [
     ("5,shadow,100", "only be the first"), ("5,5,100", "rise strictly"), ("50,25,100", "rise strictly"), ("shadow,50", "last step must be 100"),
     ("", "last step must be 100"), ("shadow,abc,100", "neither"), ("0,100", "rise strictly"), ("50,150", "rise strictly"),
+    (",".join(str(i) for i in range(1, 101)), "at most 32"),
 ])
 def test_bad_steps(steps: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -57,6 +58,7 @@ def test_gates(text: str, metric: str, op: str, bound: float, relative: bool) ->
 @pytest.mark.parametrize(("text", "message"), [
     ("latency<2x", "unknown metric"), ("p99>1.2x", "must stay below"), ("agreement<99%", "must stay above"), ("p99<5", "give p99 a unit"),
     ("errors<5ms", "not a duration"), ("psi<20%", "not a ratio"), ("errors<150%", "at most 100%"), ("p99", "expected METRIC"),
+    ("errors<" + "1" * 100 + "%", "expected METRIC"),
 ])
 def test_bad_gates(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -68,6 +70,8 @@ def test_plan_round_trips_through_json() -> None:
     assert Plan.from_json(plan.to_json()) == plan
     with pytest.raises(ValueError, match="two different versions"):
         Plan("m", 2, 2, ("100",), 5.0, ())
+    with pytest.raises(ValueError, match="at most 32 gates"):
+        Plan("m", 1, 2, ("100",), 5.0, (parse_gate("errors<1%"),) * 33)
 
 
 def _check(gate: str, fig: Figures, step: str = "10", min_samples: int = 100) -> tuple[str, str]:
