@@ -257,8 +257,15 @@ class Rollouts:
         return r
 
     def rollouts(self) -> list[Rollout]:
-        """Active rollouts, then the finished ones kept (any thread reads a copy)."""
+        """Active rollouts, then the finished ones kept, oldest first (any thread reads a copy)."""
         return [*list(self._rollouts.values()), *list(self._finished)]
+
+    def current(self) -> list[Rollout]:
+        """Per model, its active rollout, else its latest finished one (any thread)."""
+        out: dict[str, Rollout] = {}
+        for r in [*list(self._finished), *list(self._rollouts.values())]:  # later entries win
+            out[r.plan.model] = r
+        return list(out.values())
 
     # -- the controller ----------------------------------------------------------------------------
 
@@ -503,12 +510,8 @@ class RolloutCollector:
         holds = GaugeMetricFamily("surge_rollout_gate_holds", "1 when the gate holds over the current window, 0 otherwise.", labels=["model", "gate"])
         decisions = CounterMetricFamily("surge_rollout_decisions", "Rollout decisions (start, advance, complete, rollback, pause, resume, abort, promote).",
                                         labels=["model", "decision"])
-        seen: set[str] = set()
-        for r in self._rollouts.rollouts():
+        for r in self._rollouts.current():
             model = r.plan.model
-            if model in seen:  # a finished rollout behind an active one (or an older finished one): the first is the current
-                continue
-            seen.add(model)
             step.add_metric([model, str(r.plan.from_version), str(r.plan.to_version)], r.step + 1)
             share.add_metric([model, str(r.plan.to_version)], r.new_share())
             for s in _STATES:

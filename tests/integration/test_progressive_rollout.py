@@ -224,6 +224,10 @@ async def test_pause_resume_abort_and_promote(tmp_path: Path, start_server) -> N
     assert {v for sent, _, v in load.answers if sent > promoted + 0.1} == {"2"}
     assert not load.failures
     assert [e["decision"] for e in _audit(root)] == ["start", "pause", "resume", "advance", "abort", "start", "promote"]
+    text = samples(server)  # the metrics show the latest rollout
+    assert value(text, "surge_rollout_state", model="m", to_version="2", state="completed") == 1.0
+    assert value(text, "surge_rollout_state", model="m", to_version="2", state="aborted") == 0.0
+    assert value(text, "surge_rollout_decisions_total", model="m", decision="abort") == 1
     with pytest.raises(InferenceServerError, match="no running or paused rollout"):
         admin.pause_rollout("m")
     with pytest.raises(InferenceServerError, match="not serving"):
