@@ -133,3 +133,20 @@ def test_verdict() -> None:
     bad = Figures(_variant("1", 1000), _variant("2", 1000, 100))
     decision, reasons = verdict(check_gates(gates, "10", bad, min_samples=100, alpha=0.01))
     assert decision == "breach" and "errors<1% breached" in reasons
+
+
+def test_config_rollout_table() -> None:
+    from surge.server.config import ConfigError, parse_model_config
+
+    config = parse_model_config("m", {"rollout": {"to_version": 3, "steps": ["shadow", 5, 100], "window": "90s", "gates": ["p99<1.2x", "errors<0.5%"]}})
+    assert config.rollout is not None
+    assert (config.rollout.to_version, config.rollout.steps, config.rollout.window_s) == (3, ("shadow", "5", "100"), 90.0)
+    assert (config.rollout.gates, config.rollout.min_samples, config.rollout.alpha) == (("p99<1.2x", "errors<0.5%"), 100, 0.01)
+    assert parse_model_config("m", {}).rollout is None
+    for table, message in (
+        ({}, "rollout.to_version: required"), ({"to_version": 2, "steps": "5,shadow,100"}, "rollout: steps"),
+        ({"to_version": 2, "gates": ["latency<2x"]}, "unknown metric"), ({"to_version": 2, "window": "soon"}, "rollout: duration"),
+        ({"to_version": 2, "alpha": 1.5}, "rollout.alpha"), ({"to_version": 2, "windw": "5m"}, r"unknown key\(s\) windw"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            parse_model_config("m", {"rollout": table})
