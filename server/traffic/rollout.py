@@ -47,7 +47,7 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, ModelNotFound
 from .ab import Samples, Variant, analyse, difference, parse_samples
 from .routing import Routes
 from .rollout_plan import Figures, GateResult, Plan, check_gates, parse_duration, parse_gate, parse_steps, verdict
@@ -460,7 +460,15 @@ class Rollouts:
         return others[-1] if others else None
 
     def _traffic_serving(self) -> dict[str, tuple[int, ...]]:
-        return {name: state.serving for name in self._traffic.model_names() if (state := self._traffic.state(name)).serving}
+        out = {}
+        for name in self._traffic.model_names():
+            try:
+                serving = self._traffic.state(name).serving
+            except ModelNotFound:  # removed from the repository
+                continue
+            if serving:
+                out[name] = serving
+        return out
 
     def _load(self) -> list[Rollout]:
         if self._state_dir is None:
