@@ -6,8 +6,10 @@ request is mirrored to the new version and compared; it answers nothing) and ris
 weighted, sticky split, ending at 100. At each step the controller looks at the window's figures every
 ``tick`` and decides (``rollout_plan.check_gates``/``verdict``):
 
-- a gate **breached** with significance, or the new version **not serving** any more (unloaded, failed,
-  drained): **roll back** at once: every request goes to ``from`` again, the shadow is removed;
+- a gate **breached** with significance at every look for ``window / 10`` seconds (at least two looks:
+  observations close in time are not independent, and one stalled process would otherwise look like a
+  significant difference), or the new version **not serving** any more (unloaded, failed, drained):
+  **roll back** at once: every request goes to ``from`` again, the shadow is removed;
 - every gate **holds** and the step's window has passed: **advance** (after the 100% step: **complete**);
 - otherwise keep looking (``waiting for data`` while gates lack samples; ``unsure`` while a gate is
   beyond its bound without significance).
@@ -19,8 +21,9 @@ Figures: the controller reads the server's own metrics page (the families ``surg
 the model), keeps the page of the step's start and analyses the difference with ``ab.analyse``: in split
 steps each version's answered requests (``surge_requests_total``, ``surge_request_duration_seconds``,
 feedback counters), in shadow steps the pair's comparison counters and execution-time histograms
-(``surge_shadow_*``), and the drift gauges. The 100% step compares the new version with the current
-version's figures from the last step where it answered enough requests.
+(``surge_shadow_*``), and the drift gauges. The 100% step checks the absolute gates only: with no request
+left to the current version there is nothing to compare with under the same load (figures of an earlier
+window would compare two different moments of a shared machine).
 
 Persistence: the state of every rollout is written atomically to ``rollouts.json`` in the state folder
 (the model repository's ``.surge/``) at every decision, and every decision is appended to
@@ -41,7 +44,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -102,11 +105,11 @@ class Rollout:
     started_unix_s: float = field(default_factory=time.time)
     updated_unix_s: float = field(default_factory=time.time)
     decisions: int = 0
-    reference: Variant | None = None
     gates: list[GateResult] = field(default_factory=list)
     # the window (not persisted: a resumed rollout starts its step's window again)
     window_start: Samples | None = None
     window_started: float = 0.0
+    breach_since: float | None = None
 
     @property
     def step_name(self) -> str:
@@ -125,15 +128,12 @@ class Rollout:
 
     def to_json(self) -> dict[str, Any]:
         return {"plan": self.plan.to_json(), "source": self.source, "state": self.state, "step": self.step, "status": self.status, "reason": self.reason,
-                "started_unix_s": self.started_unix_s, "updated_unix_s": self.updated_unix_s, "decisions": self.decisions,
-                "reference": asdict(self.reference) if self.reference is not None else None}
+                "started_unix_s": self.started_unix_s, "updated_unix_s": self.updated_unix_s, "decisions": self.decisions}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Rollout:
         r = cls(Plan.from_json(data["plan"]), str(data["source"]), str(data["state"]), int(data["step"]), str(data["status"]), str(data["reason"]),
                 float(data["started_unix_s"]), float(data["updated_unix_s"]), int(data["decisions"]))
-        if data.get("reference"):
-            r.reference = Variant(**data["reference"])
         if not 0 <= r.step < len(r.plan.steps):
             raise ValueError(f"step {r.step} outside the plan's {len(r.plan.steps)} steps")
         return r
@@ -309,11 +309,15 @@ class Rollouts:
         decision, reasons = verdict(r.gates)
         elapsed = now - r.window_started
         if decision == "breach":
+            if r.breach_since is None:
+                r.breach_since = now
+            if now - r.breach_since < r.plan.window_s / 10 or r.breach_since == now:
+                r.status, r.reason = f"breach seen, confirming ({elapsed:.0f}/{r.plan.window_s:g} s)", reasons
+                return
             self._finish(r, "rolled_back", "rollback", f"step {r.step + 1} ({r.step_name}) after {elapsed:.1f} s: {reasons}")
             return
+        r.breach_since = None
         if decision == "hold" and elapsed >= r.plan.window_s:
-            if r.step_name != "shadow" and fig.base.requests >= r.plan.min_samples:
-                r.reference = fig.base
             if r.step + 1 == len(r.plan.steps):
                 self._finish(r, "completed", "complete", f"step {r.step + 1} ({r.step_name}) held {elapsed:.1f} s: {reasons}")
                 return
@@ -351,8 +355,6 @@ class Rollouts:
             by_version = {v.version: v for v in report.variants}
             fig.base = by_version.get(base_v, fig.base)
             fig.new = by_version.get(new_v, fig.new)
-            if fig.base.requests < plan.min_samples and r.reference is not None:
-                fig.base = r.reference
         psi: dict[str, float] = {}
         for (name, labels), value in now.items():
             d = dict(labels)
@@ -399,7 +401,7 @@ class Rollouts:
         else:
             share = float(step)
             routes = Routes(weights=tuple(sorted(((p.from_version, 100.0 - share), (p.to_version, share)))))
-        r.window_start = None
+        r.window_start, r.breach_since = None, None
         r.status = "observing"
         self._set_routes(r, routes)
         self._wake.set()

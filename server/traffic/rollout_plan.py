@@ -32,8 +32,9 @@ Everything here is a function of its arguments (no clock, no I/O), so it is test
   The tests are ``ab.py``'s (``surge ab``). A gate **holds** when it has at least ``min_samples``
   observations (of both versions where it compares them) and its value is within the bound; it is
   **waiting** with fewer; it is **breached** when the value is beyond the bound *and* the test says so at
-  ``alpha`` (only then is the rollout rolled back); otherwise (beyond the bound, not significant yet) it
-  is **unsure** and the step neither advances nor rolls back until more data decides.
+  ``alpha``; otherwise (beyond the bound, not significant yet) it
+  is **unsure** and the step neither advances nor rolls back until more data decides. Relative gates
+  do not apply to the 100% step (the current version answers nothing there to compare with).
 """
 
 from __future__ import annotations
@@ -65,9 +66,6 @@ _GATE_RE = re.compile(r"^\s*([a-z_0-9]+)\s*(<=|>=|<|>)\s*([0-9.eE+-]+)\s*(x|%|ms
 _DURATION_RE = re.compile(r"^\s*([0-9.]+)\s*(ms|s|m|h)?\s*$")
 #: Bounds of a plan (a request declaring more is refused, not truncated).
 MAX_STEPS, MAX_GATES, MAX_WINDOW_S = 32, 32, 7 * 86400.0
-#: Below this many observations no breach is declared, however small the p-value (a z-test's normal
-#: approximation is poor on a handful).
-MIN_BREACH_SAMPLES = 10
 
 
 def parse_duration(text: str) -> float:
@@ -259,14 +257,16 @@ def _above(v: Variant, bound_s: float) -> int:
 
 def check_gates(gates: Sequence[Gate], step: str, fig: Figures, *, min_samples: int, alpha: float) -> list[GateResult]:
     """Each gate's state over the window's figures (see the module docstring)."""
+    return [_check(g, step, fig, min_samples, alpha) for g in gates]
+
+
+def _check(g: Gate, step: str, fig: Figures, min_samples: int, alpha: float) -> GateResult:
     shadow = step == "shadow"
-    return [_check(g, shadow, fig, min_samples, alpha) for g in gates]
-
-
-def _check(g: Gate, shadow: bool, fig: Figures, min_samples: int, alpha: float) -> GateResult:
     where = GATE_METRICS[g.metric][2]
     if (where == "shadow" and not shadow) or (where == "split" and shadow):
         return GateResult(g.text, "n/a", detail=f"checked in {where} steps only")
+    if g.relative and step == "100":
+        return GateResult(g.text, "n/a", detail="relative gates are checked while the current version still answers (steps below 100%)")
     base, new = fig.base, fig.new
     value: float | None
     baseline: float | None = None
@@ -308,11 +308,11 @@ def _check(g: Gate, shadow: bool, fig: Figures, min_samples: int, alpha: float) 
         value, baseline, samples, p = _quality(g, base, new)
     if value is None or (g.relative and baseline is None):
         return GateResult(g.text, "waiting", value, baseline, samples, None, f"{samples} of {min_samples} observations" if value is None else "no figure of the current version yet")
-    within = _within(g, value, baseline)
-    if not within and p < alpha and samples >= MIN_BREACH_SAMPLES:  # a significant breach does not wait for min_samples
-        return GateResult(g.text, "breached", value, baseline, samples, p, f"{_show(g, value, baseline)} (p = {p:.3g} < {alpha:g})")
     if samples < min_samples:
         return GateResult(g.text, "waiting", value, baseline, samples, None, f"{samples} of {min_samples} observations")
+    within = _within(g, value, baseline)
+    if not within and p < alpha:
+        return GateResult(g.text, "breached", value, baseline, samples, p, f"{_show(g, value, baseline)} (p = {p:.3g} < {alpha:g})")
     if within:
         return GateResult(g.text, "holds", value, baseline, samples, p)
     return GateResult(g.text, "unsure", value, baseline, samples, p, f"{_show(g, value, baseline)} but not significant yet (p = {p:.3g})")

@@ -98,7 +98,7 @@ async def test_a_good_version_goes_from_shadow_to_100_percent_through_every_step
     admin = SurgeClient(server.address)
     async with Load(server.address) as load:
         r = await asyncio.to_thread(admin.start_rollout, "m", 2, steps="shadow,10,50,100", window=f"{WINDOW_S}s",
-                                    gates=["p99<3x", "errors<1%", "agreement>99%", "max_diff<1e-6"], min_samples=MIN_SAMPLES)
+                                    gates=["p99<3x", "errors<1%", "agreement>99%", "max_diff<1e-6"], min_samples=2 * MIN_SAMPLES)
         assert (r.state, r.from_version, r.to_version, r.step) == ("running", 1, 2, 0)
         routes = await asyncio.to_thread(admin.get_routes, "m")
         assert routes.shadow.version == 2 and [(w.version, w.weight) for w in routes.weights] == [(1, 1.0)]

@@ -83,7 +83,8 @@ def test_error_gate_waits_holds_breaches_and_is_unsure() -> None:
     base = _variant("1", 1000, 0)
     assert _check("errors<1%", Figures(base, _variant("2", 50, 0)))[0] == "waiting"
     assert _check("errors<1%", Figures(base, _variant("2", 500, 2)))[0] == "holds"
-    state, detail = _check("errors<1%", Figures(base, _variant("2", 50, 10)))  # a clear breach needs no min_samples
+    assert _check("errors<1%", Figures(base, _variant("2", 50, 10)))[0] == "waiting"  # a breach needs min_samples too
+    state, detail = _check("errors<1%", Figures(base, _variant("2", 100, 20)))
     assert state == "breached" and "p = " in detail
     assert _check("errors<1%", Figures(base, _variant("2", 200, 3)))[0] == "unsure"  # 1.5%: beyond the bound, not significant
     assert _check("errors<2x", Figures(_variant("1", 1000, 10), _variant("2", 1000, 60)))[0] == "breached"
@@ -100,6 +101,8 @@ def test_latency_gates() -> None:
     assert _check("p99<10ms", Figures(base, _variant("2", 1000, latency=slow)))[0] == "breached"
     assert _check("p99<10ms", Figures(base, _variant("2", 1000, latency=fast)))[0] == "holds"
     assert _check("p99<1.5x", Figures(_variant("1"), _variant("2", 1000, latency=fast)))[0] == "waiting"  # no figure of the current version
+    assert _check("p99<1.5x", Figures(base, _variant("2", 1000, latency=slow)), step="100")[0] == "n/a"  # nothing to compare with at 100%
+    assert _check("p99<10ms", Figures(base, _variant("2", 1000, latency=slow)), step="100")[0] == "breached"
 
 
 def test_shadow_gates_only_in_shadow_steps() -> None:
