@@ -6,9 +6,11 @@
         surge.set_weights("mlp", {1: 90, 2: 10})
         surge.set_shadow("mlp", 3, fraction=0.5)
         surge.promote("mlp", 2)
+        surge.start_rollout("mlp", 3, steps="shadow,5,25,50,100", window="5m", gates=["p99<1.2x", "errors<0.5%"])
         surge.report_outcome("mlp", "request-42", labels=[3])
 
-Route methods return the model's routes after the change (a ``surge_service_pb2.Routes``). Errors are the
+Route methods return the model's routes after the change (a ``surge_service_pb2.Routes``); rollout methods
+the model's rollout (a ``surge_service_pb2.Rollout``). Errors are the
 same ``InferenceServerError`` subclasses as ``InferenceClient``'s (``surge.clients.errors``).
 """
 
@@ -82,6 +84,43 @@ class SurgeClient:
     def reset_routes(self, model: str) -> spb.Routes:
         """Drop the changes made through the admin API: the config's ``[routing]`` applies again."""
         return self._call(self._admin.ResetRoutes, spb.ResetRoutesRequest(model=model))
+
+    def set_routes(self, model: str, weights: Mapping[int, float], *, shadow: int = 0, fraction: float = 1.0) -> spb.Routes:
+        """Replace the split and the shadow in one change (``shadow`` 0: none)."""
+        request = spb.SetRoutesRequest(model=model, weights=[spb.VersionWeight(version=int(v), weight=float(w)) for v, w in weights.items()])
+        if shadow:
+            request.shadow.CopyFrom(spb.Shadow(version=shadow, fraction=fraction))
+        return self._call(self._admin.SetRoutes, request)
+
+    def start_rollout(
+        self, model: str, to_version: int, *, steps: str | Sequence[str] = "shadow,5,25,50,100", window: str = "5m",
+        gates: Sequence[str] = (), min_samples: int = 0, alpha: float = 0.0,
+    ) -> spb.Rollout:
+        """Roll ``model`` out to ``to_version`` step by step; the server advances while every gate holds and rolls back on a breach."""
+        step_list = [s.strip() for s in steps.split(",")] if isinstance(steps, str) else list(steps)
+        request = spb.StartRolloutRequest(model=model, to_version=to_version, steps=step_list, window=window, gates=list(gates),
+                                          min_samples=min_samples, alpha=alpha)
+        return self._call(self._admin.StartRollout, request)
+
+    def rollout(self, model: str) -> spb.Rollout:
+        """The model's rollout now (the running one, else the last finished one)."""
+        return self._call(self._admin.GetRollout, spb.RolloutRequest(model=model))
+
+    def pause_rollout(self, model: str) -> spb.Rollout:
+        """Hold the rollout at its step: the routes stay, nothing is decided until ``resume_rollout``."""
+        return self._call(self._admin.PauseRollout, spb.RolloutRequest(model=model))
+
+    def resume_rollout(self, model: str) -> spb.Rollout:
+        """Go on from the step it was paused at, with a fresh window."""
+        return self._call(self._admin.ResumeRollout, spb.RolloutRequest(model=model))
+
+    def abort_rollout(self, model: str) -> spb.Rollout:
+        """Stop it: every request goes back to the version the rollout started from."""
+        return self._call(self._admin.AbortRollout, spb.RolloutRequest(model=model))
+
+    def promote_rollout(self, model: str) -> spb.Rollout:
+        """Finish it now: every request goes to the new version."""
+        return self._call(self._admin.PromoteRollout, spb.RolloutRequest(model=model))
 
     def report_outcome(
         self, model: str, request_id: str, *, labels: Sequence[int] | None = None, values: Sequence[float] | None = None,

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n surge/protos/surge_service.proto\x12\x08surge.v1\"0\n\rVersionWeight\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0e\n\x06weight\x18\x02 \x01(\x01\"+\n\x06Shadow\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x10\n\x08\x66raction\x18\x02 \x01(\x01\"\xb2\x01\n\x06Routes\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x07weights\x18\x02 \x03(\x0b\x32\x17.surge.v1.VersionWeight\x12 \n\x06shadow\x18\x03 \x01(\x0b\x32\x10.surge.v1.Shadow\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x18\n\x10serving_versions\x18\x05 \x03(\x03\x12\x12\n\ngeneration\x18\x06 \x01(\x04\x12\x0f\n\x07history\x18\x07 \x01(\r\"!\n\x10GetRoutesRequest\x12\r\n\x05model\x18\x01 \x01(\t\"L\n\x11SetWeightsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x07weights\x18\x02 \x03(\x0b\x32\x17.surge.v1.VersionWeight\"C\n\x10SetShadowRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12 \n\x06shadow\x18\x02 \x01(\x0b\x32\x10.surge.v1.Shadow\"$\n\x13RemoveShadowRequest\x12\r\n\x05model\x18\x01 \x01(\t\"0\n\x0ePromoteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\" \n\x0fRollbackRequest\x12\r\n\x05model\x18\x01 \x01(\t\"#\n\x12ResetRoutesRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\x18\n\x06Labels\x12\x0e\n\x06values\x18\x01 \x03(\x03\"\x18\n\x06Values\x12\x0e\n\x06values\x18\x01 \x03(\x01\"\x99\x01\n\x0eOutcomeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\"\n\x06labels\x18\x03 \x01(\x0b\x32\x10.surge.v1.LabelsH\x00\x12\"\n\x06values\x18\x04 \x01(\x0b\x32\x10.surge.v1.ValuesH\x00\x12\x11\n\x07success\x18\x05 \x01(\x08H\x00\x42\t\n\x07outcome\"8\n\x0fOutcomeResponse\x12\x0e\n\x06joined\x18\x01 \x01(\x08\x12\x15\n\rmodel_version\x18\x02 \x01(\t2\xaa\x03\n\x05\x41\x64min\x12\x39\n\tGetRoutes\x12\x1a.surge.v1.GetRoutesRequest\x1a\x10.surge.v1.Routes\x12;\n\nSetWeights\x12\x1b.surge.v1.SetWeightsRequest\x1a\x10.surge.v1.Routes\x12\x39\n\tSetShadow\x12\x1a.surge.v1.SetShadowRequest\x1a\x10.surge.v1.Routes\x12?\n\x0cRemoveShadow\x12\x1d.surge.v1.RemoveShadowRequest\x1a\x10.surge.v1.Routes\x12\x35\n\x07Promote\x12\x18.surge.v1.PromoteRequest\x1a\x10.surge.v1.Routes\x12\x37\n\x08Rollback\x12\x19.surge.v1.RollbackRequest\x1a\x10.surge.v1.Routes\x12=\n\x0bResetRoutes\x12\x1c.surge.v1.ResetRoutesRequest\x1a\x10.surge.v1.Routes2P\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x44\n\rReportOutcome\x12\x18.surge.v1.OutcomeRequest\x1a\x19.surge.v1.OutcomeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n surge/protos/surge_service.proto\x12\x08surge.v1\"0\n\rVersionWeight\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0e\n\x06weight\x18\x02 \x01(\x01\"+\n\x06Shadow\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x10\n\x08\x66raction\x18\x02 \x01(\x01\"\xb2\x01\n\x06Routes\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x07weights\x18\x02 \x03(\x0b\x32\x17.surge.v1.VersionWeight\x12 \n\x06shadow\x18\x03 \x01(\x0b\x32\x10.surge.v1.Shadow\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x18\n\x10serving_versions\x18\x05 \x03(\x03\x12\x12\n\ngeneration\x18\x06 \x01(\x04\x12\x0f\n\x07history\x18\x07 \x01(\r\"!\n\x10GetRoutesRequest\x12\r\n\x05model\x18\x01 \x01(\t\"L\n\x11SetWeightsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x07weights\x18\x02 \x03(\x0b\x32\x17.surge.v1.VersionWeight\"C\n\x10SetShadowRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12 \n\x06shadow\x18\x02 \x01(\x0b\x32\x10.surge.v1.Shadow\"$\n\x13RemoveShadowRequest\x12\r\n\x05model\x18\x01 \x01(\t\"0\n\x0ePromoteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\" \n\x0fRollbackRequest\x12\r\n\x05model\x18\x01 \x01(\t\"#\n\x12ResetRoutesRequest\x12\r\n\x05model\x18\x01 \x01(\t\"m\n\x10SetRoutesRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x07weights\x18\x02 \x03(\x0b\x32\x17.surge.v1.VersionWeight\x12 \n\x06shadow\x18\x03 \x01(\x0b\x32\x10.surge.v1.Shadow\"\x8a\x01\n\x13StartRolloutRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nto_version\x18\x02 \x01(\x03\x12\r\n\x05steps\x18\x03 \x03(\t\x12\x0e\n\x06window\x18\x04 \x01(\t\x12\r\n\x05gates\x18\x05 \x03(\t\x12\x13\n\x0bmin_samples\x18\x06 \x01(\x04\x12\r\n\x05\x61lpha\x18\x07 \x01(\x01\"\x1f\n\x0eRolloutRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xa2\x01\n\nGateStatus\x12\x0c\n\x04gate\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x12\n\x05value\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08\x62\x61seline\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x0f\n\x07samples\x18\x05 \x01(\x04\x12\x0e\n\x01p\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\tB\x08\n\x06_valueB\x0b\n\t_baselineB\x04\n\x02_p\"\xe4\x02\n\x07Rollout\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0c\x66rom_version\x18\x02 \x01(\x03\x12\x12\n\nto_version\x18\x03 \x01(\x03\x12\r\n\x05steps\x18\x04 \x03(\t\x12\x0c\n\x04step\x18\x05 \x01(\r\x12\r\n\x05state\x18\x06 \x01(\t\x12\x0e\n\x06status\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x10\n\x08window_s\x18\t \x01(\x01\x12\x11\n\telapsed_s\x18\n \x01(\x01\x12\r\n\x05gates\x18\x0b \x03(\t\x12)\n\x0bgate_status\x18\x0c \x03(\x0b\x32\x14.surge.v1.GateStatus\x12\x0e\n\x06source\x18\r \x01(\t\x12\x11\n\tdecisions\x18\x0e \x01(\r\x12\x16\n\x0estarted_unix_s\x18\x0f \x01(\x01\x12\x16\n\x0eupdated_unix_s\x18\x10 \x01(\x01\x12\x13\n\x0bmin_samples\x18\x11 \x01(\x04\x12\r\n\x05\x61lpha\x18\x12 \x01(\x01\"\x18\n\x06Labels\x12\x0e\n\x06values\x18\x01 \x03(\x03\"\x18\n\x06Values\x12\x0e\n\x06values\x18\x01 \x03(\x01\"\x99\x01\n\x0eOutcomeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\"\n\x06labels\x18\x03 \x01(\x0b\x32\x10.surge.v1.LabelsH\x00\x12\"\n\x06values\x18\x04 \x01(\x0b\x32\x10.surge.v1.ValuesH\x00\x12\x11\n\x07success\x18\x05 \x01(\x08H\x00\x42\t\n\x07outcome\"8\n\x0fOutcomeResponse\x12\x0e\n\x06joined\x18\x01 \x01(\x08\x12\x15\n\rmodel_version\x18\x02 \x01(\t2\xd9\x06\n\x05\x41\x64min\x12\x39\n\tGetRoutes\x12\x1a.surge.v1.GetRoutesRequest\x1a\x10.surge.v1.Routes\x12;\n\nSetWeights\x12\x1b.surge.v1.SetWeightsRequest\x1a\x10.surge.v1.Routes\x12\x39\n\tSetShadow\x12\x1a.surge.v1.SetShadowRequest\x1a\x10.surge.v1.Routes\x12?\n\x0cRemoveShadow\x12\x1d.surge.v1.RemoveShadowRequest\x1a\x10.surge.v1.Routes\x12\x35\n\x07Promote\x12\x18.surge.v1.PromoteRequest\x1a\x10.surge.v1.Routes\x12\x37\n\x08Rollback\x12\x19.surge.v1.RollbackRequest\x1a\x10.surge.v1.Routes\x12=\n\x0bResetRoutes\x12\x1c.surge.v1.ResetRoutesRequest\x1a\x10.surge.v1.Routes\x12\x39\n\tSetRoutes\x12\x1a.surge.v1.SetRoutesRequest\x1a\x10.surge.v1.Routes\x12@\n\x0cStartRollout\x12\x1d.surge.v1.StartRolloutRequest\x1a\x11.surge.v1.Rollout\x12\x39\n\nGetRollout\x12\x18.surge.v1.RolloutRequest\x1a\x11.surge.v1.Rollout\x12;\n\x0cPauseRollout\x12\x18.surge.v1.RolloutRequest\x1a\x11.surge.v1.Rollout\x12<\n\rResumeRollout\x12\x18.surge.v1.RolloutRequest\x1a\x11.surge.v1.Rollout\x12;\n\x0c\x41\x62ortRollout\x12\x18.surge.v1.RolloutRequest\x1a\x11.surge.v1.Rollout\x12=\n\x0ePromoteRollout\x12\x18.surge.v1.RolloutRequest\x1a\x11.surge.v1.Rollout2P\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x44\n\rReportOutcome\x12\x18.surge.v1.OutcomeRequest\x1a\x19.surge.v1.OutcomeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,16 +51,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROLLBACKREQUEST']._serialized_end=624
   _globals['_RESETROUTESREQUEST']._serialized_start=626
   _globals['_RESETROUTESREQUEST']._serialized_end=661
-  _globals['_LABELS']._serialized_start=663
-  _globals['_LABELS']._serialized_end=687
-  _globals['_VALUES']._serialized_start=689
-  _globals['_VALUES']._serialized_end=713
-  _globals['_OUTCOMEREQUEST']._serialized_start=716
-  _globals['_OUTCOMEREQUEST']._serialized_end=869
-  _globals['_OUTCOMERESPONSE']._serialized_start=871
-  _globals['_OUTCOMERESPONSE']._serialized_end=927
-  _globals['_ADMIN']._serialized_start=930
-  _globals['_ADMIN']._serialized_end=1356
-  _globals['_FEEDBACK']._serialized_start=1358
-  _globals['_FEEDBACK']._serialized_end=1438
+  _globals['_SETROUTESREQUEST']._serialized_start=663
+  _globals['_SETROUTESREQUEST']._serialized_end=772
+  _globals['_STARTROLLOUTREQUEST']._serialized_start=775
+  _globals['_STARTROLLOUTREQUEST']._serialized_end=913
+  _globals['_ROLLOUTREQUEST']._serialized_start=915
+  _globals['_ROLLOUTREQUEST']._serialized_end=946
+  _globals['_GATESTATUS']._serialized_start=949
+  _globals['_GATESTATUS']._serialized_end=1111
+  _globals['_ROLLOUT']._serialized_start=1114
+  _globals['_ROLLOUT']._serialized_end=1470
+  _globals['_LABELS']._serialized_start=1472
+  _globals['_LABELS']._serialized_end=1496
+  _globals['_VALUES']._serialized_start=1498
+  _globals['_VALUES']._serialized_end=1522
+  _globals['_OUTCOMEREQUEST']._serialized_start=1525
+  _globals['_OUTCOMEREQUEST']._serialized_end=1678
+  _globals['_OUTCOMERESPONSE']._serialized_start=1680
+  _globals['_OUTCOMERESPONSE']._serialized_end=1736
+  _globals['_ADMIN']._serialized_start=1739
+  _globals['_ADMIN']._serialized_end=2596
+  _globals['_FEEDBACK']._serialized_start=2598
+  _globals['_FEEDBACK']._serialized_end=2678
 # @@protoc_insertion_point(module_scope)

@@ -88,6 +88,98 @@ class ResetRoutesRequest(_message.Message):
     model: str
     def __init__(self, model: _Optional[str] = ...) -> None: ...
 
+class SetRoutesRequest(_message.Message):
+    __slots__ = ("model", "weights", "shadow")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    weights: _containers.RepeatedCompositeFieldContainer[VersionWeight]
+    shadow: Shadow
+    def __init__(self, model: _Optional[str] = ..., weights: _Optional[_Iterable[_Union[VersionWeight, _Mapping]]] = ..., shadow: _Optional[_Union[Shadow, _Mapping]] = ...) -> None: ...
+
+class StartRolloutRequest(_message.Message):
+    __slots__ = ("model", "to_version", "steps", "window", "gates", "min_samples", "alpha")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TO_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    GATES_FIELD_NUMBER: _ClassVar[int]
+    MIN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    to_version: int
+    steps: _containers.RepeatedScalarFieldContainer[str]
+    window: str
+    gates: _containers.RepeatedScalarFieldContainer[str]
+    min_samples: int
+    alpha: float
+    def __init__(self, model: _Optional[str] = ..., to_version: _Optional[int] = ..., steps: _Optional[_Iterable[str]] = ..., window: _Optional[str] = ..., gates: _Optional[_Iterable[str]] = ..., min_samples: _Optional[int] = ..., alpha: _Optional[float] = ...) -> None: ...
+
+class RolloutRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class GateStatus(_message.Message):
+    __slots__ = ("gate", "state", "value", "baseline", "samples", "p", "detail")
+    GATE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    P_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    gate: str
+    state: str
+    value: float
+    baseline: float
+    samples: int
+    p: float
+    detail: str
+    def __init__(self, gate: _Optional[str] = ..., state: _Optional[str] = ..., value: _Optional[float] = ..., baseline: _Optional[float] = ..., samples: _Optional[int] = ..., p: _Optional[float] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class Rollout(_message.Message):
+    __slots__ = ("model", "from_version", "to_version", "steps", "step", "state", "status", "reason", "window_s", "elapsed_s", "gates", "gate_status", "source", "decisions", "started_unix_s", "updated_unix_s", "min_samples", "alpha")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    FROM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TO_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_S_FIELD_NUMBER: _ClassVar[int]
+    GATES_FIELD_NUMBER: _ClassVar[int]
+    GATE_STATUS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    MIN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    from_version: int
+    to_version: int
+    steps: _containers.RepeatedScalarFieldContainer[str]
+    step: int
+    state: str
+    status: str
+    reason: str
+    window_s: float
+    elapsed_s: float
+    gates: _containers.RepeatedScalarFieldContainer[str]
+    gate_status: _containers.RepeatedCompositeFieldContainer[GateStatus]
+    source: str
+    decisions: int
+    started_unix_s: float
+    updated_unix_s: float
+    min_samples: int
+    alpha: float
+    def __init__(self, model: _Optional[str] = ..., from_version: _Optional[int] = ..., to_version: _Optional[int] = ..., steps: _Optional[_Iterable[str]] = ..., step: _Optional[int] = ..., state: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., window_s: _Optional[float] = ..., elapsed_s: _Optional[float] = ..., gates: _Optional[_Iterable[str]] = ..., gate_status: _Optional[_Iterable[_Union[GateStatus, _Mapping]]] = ..., source: _Optional[str] = ..., decisions: _Optional[int] = ..., started_unix_s: _Optional[float] = ..., updated_unix_s: _Optional[float] = ..., min_samples: _Optional[int] = ..., alpha: _Optional[float] = ...) -> None: ...
+
 class Labels(_message.Message):
     __slots__ = ("values",)
     VALUES_FIELD_NUMBER: _ClassVar[int]

@@ -69,6 +69,41 @@ class AdminStub:
                 request_serializer=surge_dot_protos_dot_surge__service__pb2.ResetRoutesRequest.SerializeToString,
                 response_deserializer=surge_dot_protos_dot_surge__service__pb2.Routes.FromString,
                 _registered_method=True)
+        self.SetRoutes = channel.unary_unary(
+                '/surge.v1.Admin/SetRoutes',
+                request_serializer=surge_dot_protos_dot_surge__service__pb2.SetRoutesRequest.SerializeToString,
+                response_deserializer=surge_dot_protos_dot_surge__service__pb2.Routes.FromString,
+                _registered_method=True)
+        self.StartRollout = channel.unary_unary(
+                '/surge.v1.Admin/StartRollout',
+                request_serializer=surge_dot_protos_dot_surge__service__pb2.StartRolloutRequest.SerializeToString,
+                response_deserializer=surge_dot_protos_dot_surge__service__pb2.Rollout.FromString,
+                _registered_method=True)
+        self.GetRollout = channel.unary_unary(
+                '/surge.v1.Admin/GetRollout',
+                request_serializer=surge_dot_protos_dot_surge__service__pb2.RolloutRequest.SerializeToString,
+                response_deserializer=surge_dot_protos_dot_surge__service__pb2.Rollout.FromString,
+                _registered_method=True)
+        self.PauseRollout = channel.unary_unary(
+                '/surge.v1.Admin/PauseRollout',
+                request_serializer=surge_dot_protos_dot_surge__service__pb2.RolloutRequest.SerializeToString,
+                response_deserializer=surge_dot_protos_dot_surge__service__pb2.Rollout.FromString,
+                _registered_method=True)
+        self.ResumeRollout = channel.unary_unary(
+                '/surge.v1.Admin/ResumeRollout',
+                request_serializer=surge_dot_protos_dot_surge__service__pb2.RolloutRequest.SerializeToString,
+                response_deserializer=surge_dot_protos_dot_surge__service__pb2.Rollout.FromString,
+                _registered_method=True)
+        self.AbortRollout = channel.unary_unary(
+                '/surge.v1.Admin/AbortRollout',
+                request_serializer=surge_dot_protos_dot_surge__service__pb2.RolloutRequest.SerializeToString,
+                response_deserializer=surge_dot_protos_dot_surge__service__pb2.Rollout.FromString,
+                _registered_method=True)
+        self.PromoteRollout = channel.unary_unary(
+                '/surge.v1.Admin/PromoteRollout',
+                request_serializer=surge_dot_protos_dot_surge__service__pb2.RolloutRequest.SerializeToString,
+                response_deserializer=surge_dot_protos_dot_surge__service__pb2.Rollout.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -122,6 +157,51 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetRoutes(self, request, context):
+        """Replace the split and the shadow in one change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartRollout(self, request, context):
+        """Progressive rollouts: the server advances step by step while every gate holds and rolls back at once on
+        a significant breach (see the README's rollout section).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PromoteRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -159,6 +239,41 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ResetRoutes,
                     request_deserializer=surge_dot_protos_dot_surge__service__pb2.ResetRoutesRequest.FromString,
                     response_serializer=surge_dot_protos_dot_surge__service__pb2.Routes.SerializeToString,
+            ),
+            'SetRoutes': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRoutes,
+                    request_deserializer=surge_dot_protos_dot_surge__service__pb2.SetRoutesRequest.FromString,
+                    response_serializer=surge_dot_protos_dot_surge__service__pb2.Routes.SerializeToString,
+            ),
+            'StartRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartRollout,
+                    request_deserializer=surge_dot_protos_dot_surge__service__pb2.StartRolloutRequest.FromString,
+                    response_serializer=surge_dot_protos_dot_surge__service__pb2.Rollout.SerializeToString,
+            ),
+            'GetRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRollout,
+                    request_deserializer=surge_dot_protos_dot_surge__service__pb2.RolloutRequest.FromString,
+                    response_serializer=surge_dot_protos_dot_surge__service__pb2.Rollout.SerializeToString,
+            ),
+            'PauseRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseRollout,
+                    request_deserializer=surge_dot_protos_dot_surge__service__pb2.RolloutRequest.FromString,
+                    response_serializer=surge_dot_protos_dot_surge__service__pb2.Rollout.SerializeToString,
+            ),
+            'ResumeRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeRollout,
+                    request_deserializer=surge_dot_protos_dot_surge__service__pb2.RolloutRequest.FromString,
+                    response_serializer=surge_dot_protos_dot_surge__service__pb2.Rollout.SerializeToString,
+            ),
+            'AbortRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortRollout,
+                    request_deserializer=surge_dot_protos_dot_surge__service__pb2.RolloutRequest.FromString,
+                    response_serializer=surge_dot_protos_dot_surge__service__pb2.Rollout.SerializeToString,
+            ),
+            'PromoteRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteRollout,
+                    request_deserializer=surge_dot_protos_dot_surge__service__pb2.RolloutRequest.FromString,
+                    response_serializer=surge_dot_protos_dot_surge__service__pb2.Rollout.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -350,6 +465,195 @@ class Admin:
             '/surge.v1.Admin/ResetRoutes',
             surge_dot_protos_dot_surge__service__pb2.ResetRoutesRequest.SerializeToString,
             surge_dot_protos_dot_surge__service__pb2.Routes.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRoutes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/surge.v1.Admin/SetRoutes',
+            surge_dot_protos_dot_surge__service__pb2.SetRoutesRequest.SerializeToString,
+            surge_dot_protos_dot_surge__service__pb2.Routes.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/surge.v1.Admin/StartRollout',
+            surge_dot_protos_dot_surge__service__pb2.StartRolloutRequest.SerializeToString,
+            surge_dot_protos_dot_surge__service__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/surge.v1.Admin/GetRollout',
+            surge_dot_protos_dot_surge__service__pb2.RolloutRequest.SerializeToString,
+            surge_dot_protos_dot_surge__service__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/surge.v1.Admin/PauseRollout',
+            surge_dot_protos_dot_surge__service__pb2.RolloutRequest.SerializeToString,
+            surge_dot_protos_dot_surge__service__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/surge.v1.Admin/ResumeRollout',
+            surge_dot_protos_dot_surge__service__pb2.RolloutRequest.SerializeToString,
+            surge_dot_protos_dot_surge__service__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/surge.v1.Admin/AbortRollout',
+            surge_dot_protos_dot_surge__service__pb2.RolloutRequest.SerializeToString,
+            surge_dot_protos_dot_surge__service__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/surge.v1.Admin/PromoteRollout',
+            surge_dot_protos_dot_surge__service__pb2.RolloutRequest.SerializeToString,
+            surge_dot_protos_dot_surge__service__pb2.Rollout.FromString,
             options,
             channel_credentials,
             insecure,

@@ -22,6 +22,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -33,11 +34,12 @@ from .edge.codec import DEFAULT_LIMITS, Limits
 from .errors import ConfigError
 from .edge.grpc_servicer import InferenceServicer, add_to_server, status_of
 from .observability.edge import grpc_server_ids
-from .observability.metrics import ServerMetrics
+from .observability.metrics import ServerMetrics, render
 from .observability.metrics_http import MetricsEndpoint, read_scrape_token
 from .execution.model import abandoned_threads
 from .repository import ModelRepository
 from .edge.rest import RestEndpoint
+from .traffic.rollout import RolloutCollector, Rollouts
 from .traffic.routing_metrics import TrafficCollector
 from .edge.reflection import enable_reflection
 from .edge.security import SecurityPolicy, TokenAuth, auth_interceptor
@@ -120,6 +122,9 @@ class ServerConfig:
     """Python's GIL switch interval for this process (``sys.setswitchinterval``); 0 leaves Python's 5 ms. A runtime
     thread that lets go of the GIL (every torch call does) waits up to this long to get it back while the event
     loop runs Python: smaller values shorten those waits under load, at the cost of more thread switches."""
+    state_dir: Path | None = None
+    """Where admin route changes and rollouts are kept across restarts (``routes.json``, ``rollouts.json``,
+    ``rollout-audit.jsonl``); None: the model repository's ``.surge/`` folder (the repository scan skips dot folders)."""
     reuse_port: bool = False
     """Bind the gRPC and REST ports with SO_REUSEPORT so several worker processes share them (set by ``--workers``;
     see ``workers.py``). Off otherwise, so a port already taken is a clear error rather than a silent share."""
@@ -275,13 +280,24 @@ class Server:
             drain_timeout_s=config.drain_timeout_s,
             metrics=config.metrics_port >= 0,
         )
-        self.traffic = Traffic(self.repository)
+        state_dir = config.state_dir if config.state_dir is not None else config.model_repository / ".surge"
+        self.traffic = Traffic(self.repository, state_dir)
         """Version routing, shadows and feedback (``traffic.py``); the repository tells it when versions change."""
         self.repository.on_serving_change = self.traffic.serving_changed
         self.metrics: ServerMetrics | None = None
+        traffic_collector = TrafficCollector(self.traffic)
         if config.metrics_port >= 0:
             self.metrics = ServerMetrics(lambda: [v.sample() for v in self.repository.all_versions()], server_version=SERVER_VERSION)
-            self.metrics.registry.register(TrafficCollector(self.traffic))
+            self.metrics.registry.register(traffic_collector)
+        owner = peers is None or peers.index == 0  # under --workers the first worker runs the rollout controller
+        self.rollouts = Rollouts(
+            self.traffic, self._rollout_page(traffic_collector) if self.metrics is not None else None, state_dir if owner else None,
+            broadcast=peers.broadcast_routes if peers is not None else None,
+        )
+        """Progressive rollouts (``traffic/rollout.py``); under ``--workers`` only the first worker's controller decides."""
+        self._rollouts_owner = owner
+        if self.metrics is not None:
+            self.metrics.registry.register(RolloutCollector(self.rollouts))
         self._metrics_endpoint: MetricsEndpoint | None = None
         self.metrics_address = ""
         """The bound metrics ``host:port`` once started ("" when metrics are off)."""
@@ -294,6 +310,15 @@ class Server:
         self._health = _Health()
         self.address = ""
         self.security = SecurityPolicy(auth=TokenAuth.load(config.auth_tokens_file), admin_enabled=config.admin_enabled)
+
+    def _rollout_page(self, traffic_collector: TrafficCollector) -> Any:
+        async def page() -> list[str]:
+            """This process's model families as text (rendered in a thread), and the sibling workers' pages."""
+            assert self.metrics is not None
+            body, _ = await asyncio.to_thread(render, self.metrics.snapshot(), (traffic_collector,))
+            return [body.decode("utf-8"), *(await self._peers.sibling_pages() if self._peers is not None else ())]
+
+        return page
 
     def is_ready(self) -> bool:
         """Readiness as ServerReady and gRPC health report it."""
@@ -332,7 +357,7 @@ class Server:
             traffic=self.traffic, peers=self._peers,
         )
         add_to_server(servicer, server)
-        add_surge_services(self.traffic, server, self._peers)  # surge.v1.Admin and surge.v1.Feedback (admin scope: server/edge/security.py)
+        add_surge_services(self.traffic, server, self._peers, rollouts=self.rollouts)  # surge.v1.Admin and surge.v1.Feedback (admin scope: server/edge/security.py)
         self._servicer = servicer
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         enable_reflection((SERVICE_NAME, *SURGE_SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
@@ -390,6 +415,8 @@ class Server:
             elif self.config.grpc_address:
                 log.info("REST is off (gRPC is on a Unix socket; --http-address unix:///PATH.sock serves REST on a socket too)")
             await self.repository.start()
+            if self._rollouts_owner:
+                self.rollouts.start()
         except BaseException:
             await self.stop(0)
             raise
@@ -431,6 +458,7 @@ class Server:
             await stopped
         if rest_closed is not None:
             await rest_closed
+        await self.rollouts.aclose()
         await self.traffic.aclose()  # shadows first: their queued requests would only meet unloading versions
         await self.repository.aclose()
         if self._metrics_endpoint is not None:  # last: a scrape during the drain still sees it

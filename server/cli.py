@@ -181,6 +181,19 @@ def _parser(serving: bool = True) -> argparse.ArgumentParser:
     change.add_argument("--reset", action="store_true", help="drop the admin changes: config.toml's [routing] applies again")
     route.add_argument("--token", help="sent as 'authorization: Bearer TOKEN' (default: none; needed when the server requires one)")
 
+    rollout = sub.add_parser("rollout", help="progressive rollout of a model to a new version, gated and rolled back by the server (an admin call)")
+    rollout.add_argument("action", choices=("start", "status", "pause", "resume", "abort", "promote"))
+    rollout.add_argument("model")
+    rollout.add_argument("--to", type=int, help="start: the version rolled out (it must be serving)")
+    rollout.add_argument("--steps", default="shadow,5,25,50,100", help="start: 'shadow' (first only) and rising percentages ending at 100 (default shadow,5,25,50,100)")
+    rollout.add_argument("--window", default="5m", help="start: how long every gate must hold at a step, e.g. 5m, 30s (default 5m)")
+    rollout.add_argument("--gate", action="append", default=[], metavar="GATE",
+                         help="start: a gate, repeatable: p99<1.2x, p99<250ms, errors<0.5%%, agreement>99%%, max_diff<1e-3, psi<0.2, accuracy>0.98x, success>..., mae<...")
+    rollout.add_argument("--min-samples", type=int, default=0, help="start: observations a gate needs before it can hold (default 100)")
+    rollout.add_argument("--alpha", type=float, default=0.0, help="start: significance level of a breach (default 0.01)")
+    rollout.add_argument("--url", default="127.0.0.1:8001", help="the server's gRPC host:port (default 127.0.0.1:8001)")
+    rollout.add_argument("--token", help="sent as 'authorization: Bearer TOKEN' (when the server requires one)")
+
     ab = sub.add_parser("ab", help="compare a model's versions from /metrics: errors, latency, shadow agreement, outcomes, with significance tests")
     ab.add_argument("model", help="the model's name")
     _metrics_url_flag(ab)
@@ -286,6 +299,8 @@ def _command(args: argparse.Namespace) -> int:
     try:
         if args.command == "route":
             return _route(args)
+        if args.command == "rollout":
+            return _rollout(args)
         return _infer(args) if args.command == "infer" else _models(args)
     except InferenceServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -617,6 +632,44 @@ def _route(args: argparse.Namespace) -> int:
     print(f"  split:   {split}")
     print(f"  shadow:  {shadow}")
     return 0
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    from surge.clients import SurgeClient
+
+    metadata = {"authorization": f"Bearer {args.token}"} if args.token else None
+    with SurgeClient(args.url, metadata=metadata) as client:
+        if args.action == "start":
+            if args.to is None:
+                print("error: surge rollout start needs --to VERSION", file=sys.stderr)
+                return 2
+            r = client.start_rollout(args.model, args.to, steps=args.steps, window=args.window, gates=args.gate, min_samples=args.min_samples, alpha=args.alpha)
+        else:
+            r = {"status": client.rollout, "pause": client.pause_rollout, "resume": client.resume_rollout, "abort": client.abort_rollout,
+                 "promote": client.promote_rollout}[args.action](args.model)
+    print(format_rollout(r))
+    return 0
+
+
+def format_rollout(r: object) -> str:
+    """A ``surge.v1.Rollout`` as ``surge rollout`` prints it."""
+    steps = " -> ".join(f"[{s}]" if i == r.step and r.state in ("running", "paused") else s for i, s in enumerate(r.steps))  # type: ignore[attr-defined]
+    lines = [
+        f"model {r.model}: rollout v{r.from_version} -> v{r.to_version} {r.state.upper()} ({r.source})",  # type: ignore[attr-defined]
+        f"  steps:  {steps}; window {r.window_s:g} s, {r.elapsed_s:.0f} s into this one",  # type: ignore[attr-defined]
+        f"  status: {r.status}",  # type: ignore[attr-defined]
+        f"  last decision: {r.reason}",  # type: ignore[attr-defined]
+    ]
+    if r.gate_status:  # type: ignore[attr-defined]
+        lines.append(f"  {'GATE':<18} {'STATE':<9} {'VALUE':>12} {'CURRENT':>12} {'N':>7} {'P':>9}")
+        for g in r.gate_status:  # type: ignore[attr-defined]
+            value = f"{g.value:.4g}" if g.HasField("value") else "-"
+            base = f"{g.baseline:.4g}" if g.HasField("baseline") else "-"
+            p = f"{g.p:.3g}" if g.HasField("p") else "-"
+            lines.append(f"  {g.gate:<18} {g.state:<9} {value:>12} {base:>12} {g.samples:>7} {p:>9}")
+    elif r.gates:  # type: ignore[attr-defined]
+        lines.append(f"  gates:  {', '.join(r.gates)} (no window looked at yet)")  # type: ignore[attr-defined]
+    return "\n".join(lines)
 
 
 def _ab(args: argparse.Namespace) -> int:

@@ -294,6 +294,24 @@ class FeedbackConfig:
     """Answered requests remembered for joining (oldest forgotten first)."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RolloutConfig:
+    """A progressive rollout to a new version (``[rollout]``), run by the server's controller; see traffic/rollout.py."""
+
+    to_version: int
+    """The version rolled out (it starts once this version is serving; the current one is what answers then)."""
+    steps: tuple[str, ...] = ("shadow", "5", "25", "50", "100")
+    """``shadow`` (first only) and rising percentages ending at 100."""
+    window_s: float = 300.0
+    """How long every gate must hold at a step before the next (seconds)."""
+    gates: tuple[str, ...] = ("p99<1.2x", "errors<0.5%", "agreement>99%")
+    """Gates checked over each window (traffic/rollout_plan.py: p99, errors, agreement, max_diff, psi, accuracy, success, mae)."""
+    min_samples: int = 100
+    """Observations a gate needs before it can hold."""
+    alpha: float = 0.01
+    """Significance level of a breach."""
+
+
 #: At most this many latency buckets per histogram (each is one time series per model version and stage).
 MAX_LATENCY_BUCKETS = 200
 
@@ -371,6 +389,8 @@ class ModelConfig:
     """Present when requests naming no version are split across versions (and maybe shadowed)."""
     feedback: FeedbackConfig | None = None
     """Present when answered requests are indexed for outcome feedback."""
+    rollout: RolloutConfig | None = None
+    """Present when the server rolls a new version out by itself (``[rollout]``)."""
     preprocess: tuple[StepConfig, ...] = ()
     """Pipeline steps before the model (pipeline.py)."""
     postprocess: tuple[StepConfig, ...] = ()
@@ -482,6 +502,7 @@ def parse_model_config(name: str, data: Mapping[str, Any]) -> ModelConfig:
         max_memory_bytes=_max_memory(reader, backend),
         routing=_routing(reader.table("routing")),
         feedback=_feedback(reader.table("feedback")),
+        rollout=_rollout(reader.table("rollout")),
         preprocess=tuple(_step(t) for t in reader.tables("preprocess")),
         postprocess=tuple(_step(t) for t in reader.tables("postprocess")),
     )
@@ -692,6 +713,33 @@ def _feedback(reader: _Table) -> FeedbackConfig | None:
     config = FeedbackConfig(output=reader.string("output", ""), max_requests=reader.integer("max_requests", 100_000, minimum=1, maximum=MAX_FEEDBACK_REQUESTS))
     reader.check_no_unknown()
     return config
+
+
+def _rollout(reader: _Table) -> RolloutConfig | None:
+    if not reader.present:
+        return None
+    from .traffic.rollout_plan import parse_duration, parse_gate, parse_steps  # pure parsers, no server state
+
+    window = reader._get("window", "5m")
+    gates = reader._get("gates", list(RolloutConfig.__dataclass_fields__["gates"].default))
+    steps = reader._get("steps", list(RolloutConfig.__dataclass_fields__["steps"].default))
+    to_version = reader.integer("to_version", _REQUIRED, minimum=1, maximum=2**63 - 1)
+    min_samples = reader.integer("min_samples", 100, minimum=1, maximum=MAX_FEEDBACK_REQUESTS)
+    alpha = reader.number("alpha", 0.01, minimum=0.0, maximum=1.0, unit="significance level")
+    try:
+        config = RolloutConfig(
+            to_version=to_version, steps=parse_steps([str(s) for s in steps] if isinstance(steps, list) else str(steps)),
+            window_s=parse_duration(str(window)), gates=tuple(parse_gate(str(g)).text for g in (gates if isinstance(gates, list) else [gates])),
+            min_samples=min_samples, alpha=alpha,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"rollout: {exc}") from None
+    if not 0.0 < config.alpha < 1.0:
+        raise ConfigError(f"rollout.alpha: expected 0 < alpha < 1, got {config.alpha}")
+    reader.check_no_unknown()
+    return config
+
+
 def _step(reader: _Table) -> StepConfig:
     op, name = reader.string("op", _REQUIRED), reader.string("input", _REQUIRED)
     params = {k: v for k, v in reader.data.items() if k not in ("op", "input", "output")}

@@ -83,6 +83,7 @@ from prometheus_client.utils import floatToGoString
 from surge.protos import grpc_service_pb2 as pb
 from surge.protos import grpc_service_pb2_grpc as pb_grpc
 
+from . import errors
 from .errors import ConfigError
 
 __all__ = [
@@ -251,6 +252,57 @@ class WorkerPeers:
     async def repository_call(self, method: str, request: Any, caller: Iterable[tuple[str, Any]] | None = ()) -> None:
         """Apply a RepositoryModelLoad/Unload that succeeded here to every live sibling too."""
         await self.call_siblings(pb_grpc.GRPCInferenceServiceStub, method, request, caller)
+
+    async def call_owner(self, stub: Any, method: str, request: Any, caller: Iterable[tuple[str, Any]] | None = ()) -> Any | None:
+        """Call ``method`` on the first worker (which runs the rollout controller); None when this is it.
+
+        Raises ModelNotReady while the first worker is not up (it is being restarted)."""
+        if self.index == 0:
+            return None
+        target = next((str(i["private"]) for i in read_worker_states(self.state_dir) if i.get("index") == 0 and i.get("private")), None)
+        if target is None:
+            raise errors.ModelNotReady("the worker that runs rollouts is restarting; try again in a few seconds")
+        metadata = LOCAL_METADATA + tuple((k, v) for k, v in caller or () if k == "authorization")
+        return await getattr(stub(self._channel(target)), method)(request, metadata=metadata, timeout=PEER_TIMEOUT_S)
+
+    async def broadcast_routes(self, name: str, routes: Any) -> None:
+        """Apply a route change this worker made by itself (its rollout controller) to every sibling (``SetRoutes``).
+
+        The call carries no caller token: under token auth the siblings refuse it (logged), so rollouts under
+        ``--workers`` need auth off on the private sockets' callers' side; see the README's rollout section."""
+        from surge.protos import surge_service_pb2 as spb
+        from surge.protos import surge_service_pb2_grpc as spb_grpc
+
+        request = spb.SetRoutesRequest(model=name, weights=[spb.VersionWeight(version=v, weight=w) for v, w in routes.weights])
+        if routes.shadow_version:
+            request.shadow.CopyFrom(spb.Shadow(version=routes.shadow_version, fraction=routes.shadow_fraction))
+        try:
+            await self.call_siblings(spb_grpc.AdminStub, "SetRoutes", request)
+        except grpc.aio.AioRpcError as exc:
+            log.error("model %s: a sibling worker refused the rollout's route change: %s %s", name, exc.code().name, exc.details())
+
+    async def sibling_pages(self) -> list[str]:
+        """The metrics pages of the other live workers (Prometheus text); a worker that does not answer is left out."""
+        pages = []
+        for info in read_worker_states(self.state_dir):
+            address = info.get("metrics")
+            if info.get("index") == self.index or not address:
+                continue
+            host, _, port = str(address).rpartition(":")
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), PEER_TIMEOUT_S)
+                try:
+                    writer.write(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                    data = await asyncio.wait_for(reader.read(), PEER_TIMEOUT_S)
+                finally:
+                    writer.close()
+            except (OSError, TimeoutError, ValueError) as exc:
+                log.warning("metrics of the worker at %s: %s (left out of the rollout's figures)", address, exc)
+                continue
+            head, _, body = data.partition(b"\r\n\r\n")
+            if head.startswith(b"HTTP/1.1 200"):
+                pages.append(body.decode("utf-8", "replace"))
+        return pages
 
     async def aclose(self) -> None:
         for channel in self._channels.values():

@@ -14,6 +14,8 @@
     mlp_batched    the demo classifier with dynamic batching (20 ms delay, preferred 8, 2 priority levels)
     mlp_labelled   the demo classifier whose output has a label file (labels.txt: 3 labels for its 4 classes)
     failing_batched_py  python backend, batched (4 rows, 1 s delay): a negative input fails its whole batch
+
+``write_rollout_repository(root, kind)`` writes a two-version model for progressive rollouts (good, slow, wrong, failing).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 
 from surge.server.demo import write_demo_repository, write_onnx_model
 
-__all__ = ["ALL_DATATYPES", "MLP_LABELS", "ONNX_DATATYPES", "top_k_classes", "write_add_model", "write_test_repository"]
+__all__ = ["ALL_DATATYPES", "MLP_LABELS", "ONNX_DATATYPES", "ROLLOUT_VERSIONS", "top_k_classes", "write_add_model", "write_rollout_repository", "write_test_repository"]
 
 #: Datatypes the identity_all ONNX model carries (ONNX Runtime's Identity supports all of these).
 ONNX_DATATYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES")
@@ -210,4 +212,69 @@ def write_test_repository(root: Path) -> Path:
     (root / "failing_batched_py" / "config.toml").write_text(_FAILING_CONFIG + "\n[dynamic_batching]\nmax_queue_delay_s = 1.0\n")
     (root / "broken" / "1").mkdir(parents=True, exist_ok=True)
     (root / "broken" / "1" / "model.onnx").write_bytes(b"this is not an onnx model")
+    return root
+
+
+_ROLLOUT_GOOD = '''
+class Model:
+    def infer(self, inputs, output_names):
+        return {"y": inputs["x"] + 1}
+'''
+_ROLLOUT_SLOW = '''
+import time
+
+class Model:
+    def infer(self, inputs, output_names):
+        time.sleep(0.03)
+        return {"y": inputs["x"] + 1}
+'''
+_ROLLOUT_WRONG = '''
+class Model:
+    def infer(self, inputs, output_names):
+        return {"y": inputs["x"] + 2}
+'''
+_ROLLOUT_FAILING = '''
+class Model:
+    def infer(self, inputs, output_names):
+        if (inputs["x"][:, 0] > 1.0).any():
+            raise ValueError("cannot score this input")
+        return {"y": inputs["x"] + 1}
+'''
+#: Version 2 of the rollout model, by kind: a good copy, a slow one (sleeps 30 ms), a wrong one (y = x + 2), a failing one
+#: (raises when x[0] > 1: about 16% of standard-normal inputs).
+ROLLOUT_VERSIONS = {"good": _ROLLOUT_GOOD, "slow": _ROLLOUT_SLOW, "wrong": _ROLLOUT_WRONG, "failing": _ROLLOUT_FAILING}
+_ROLLOUT_CONFIG = """
+backend = "python"
+max_batch_size = 8
+
+[[input]]
+name = "x"
+datatype = "FP32"
+dims = [4]
+
+[[output]]
+name = "y"
+datatype = "FP32"
+dims = [4]
+
+[version_policy]
+specific = [1, 2]
+
+[routing]
+weights = { 1 = 1 }
+
+[routing.shadow]
+max_concurrency = 4
+max_queue = 256
+"""
+
+
+def write_rollout_repository(root: Path, kind: str, extra_config: str = "") -> Path:
+    """Model ``m`` (Python, FP32 x[-1,4] -> y = x + 1) with version 1 good and version 2 of ``kind`` (``ROLLOUT_VERSIONS``),
+    every request pinned to version 1 by ``[routing]``; ``extra_config`` is appended to its config.toml."""
+    model = root / "m"
+    for version, code in ((1, _ROLLOUT_GOOD), (2, ROLLOUT_VERSIONS[kind])):
+        (model / str(version)).mkdir(parents=True)
+        (model / str(version) / "model.py").write_text(code)
+    (model / "config.toml").write_text(_ROLLOUT_CONFIG + extra_config)
     return root

@@ -11,6 +11,8 @@ is sent, as the same request, to every live sibling (as repository Load/Unload a
 whole server's traffic. A ReportOutcome whose request id this worker's index does not hold (the request was
 answered by another worker) is asked of the siblings, once each, in parallel; the one that joins it answers.
 Only when none does is it counted here as unknown (a sibling asked on another's behalf counts nothing for a miss).
+The rollout RPCs are answered by the first worker, which runs the controller (``traffic/rollout.py``): another
+worker forwards them to it.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from surge.protos import surge_service_pb2_grpc as spb_grpc
 
 from .. import errors
 from .grpc_servicer import _edge, add_tolerant
+from ..traffic.rollout import Rollout, Rollouts
+from ..traffic.routing import Routes
 from ..traffic.traffic import RouteState, Traffic
 from ..workers import WorkerPeers, is_local_call
 
-__all__ = ["AdminServicer", "FeedbackServicer", "add_surge_services", "routes_message"]
+__all__ = ["AdminServicer", "FeedbackServicer", "add_surge_services", "rollout_message", "routes_message"]
 
 
 def routes_message(state: RouteState) -> spb.Routes:
@@ -40,6 +44,22 @@ def routes_message(state: RouteState) -> spb.Routes:
     return message
 
 
+def rollout_message(r: Rollout) -> spb.Rollout:
+    """The wire form of a rollout."""
+    p = r.plan
+    message = spb.Rollout(
+        model=p.model, from_version=p.from_version, to_version=p.to_version, steps=list(p.steps), step=r.step, state=r.state, status=r.status,
+        reason=r.reason, window_s=p.window_s, elapsed_s=r.elapsed_s(), gates=[g.text for g in p.gates], source=r.source, decisions=r.decisions,
+        started_unix_s=r.started_unix_s, updated_unix_s=r.updated_unix_s, min_samples=p.min_samples, alpha=p.alpha,
+    )
+    for g in list(r.gates):
+        status = message.gate_status.add(gate=g.gate, state=g.state, samples=g.samples, detail=g.detail)
+        for name in ("value", "baseline", "p"):
+            if getattr(g, name) is not None:
+                setattr(status, name, getattr(g, name))
+    return message
+
+
 def _model(name: str) -> str:
     if not name:
         raise errors.InvalidInput("model is required")
@@ -49,9 +69,10 @@ def _model(name: str) -> str:
 class AdminServicer(spb_grpc.AdminServicer):
     """``surge.v1.Admin`` over a ``Traffic``."""
 
-    def __init__(self, traffic: Traffic, peers: WorkerPeers | None = None) -> None:
+    def __init__(self, traffic: Traffic, peers: WorkerPeers | None = None, rollouts: Rollouts | None = None) -> None:
         self._traffic = traffic
         self._peers = peers
+        self._rollouts = rollouts
 
     async def _everywhere(self, method: str, request: object, context: grpc.aio.ServicerContext, state: RouteState) -> spb.Routes:
         """The change (applied here as ``state``) applied by every sibling worker too; answers this worker's routes."""
@@ -90,6 +111,66 @@ class AdminServicer(spb_grpc.AdminServicer):
     async def ResetRoutes(self, request: spb.ResetRoutesRequest, context: grpc.aio.ServicerContext) -> spb.Routes:
         return await self._everywhere("ResetRoutes", request, context, self._traffic.reset(_model(request.model)))
 
+    @_edge
+    async def SetRoutes(self, request: spb.SetRoutesRequest, context: grpc.aio.ServicerContext) -> spb.Routes:
+        shadow = request.shadow if request.HasField("shadow") else None
+        try:
+            routes = Routes(weights=tuple(sorted((w.version, w.weight) for w in request.weights)), shadow_version=shadow.version if shadow else 0,
+                            shadow_fraction=(shadow.fraction or 1.0) if shadow else 1.0)
+        except ValueError as exc:
+            raise errors.InvalidInput(f"SetRoutes: {exc}") from None
+        return await self._everywhere("SetRoutes", request, context, self._traffic.set_routes(_model(request.model), routes))
+
+    async def _rollout(self, method: str, request: object, context: grpc.aio.ServicerContext) -> spb.Rollout | None:
+        """Under --workers on a worker other than the first: the first worker's answer (None: answer here)."""
+        if self._rollouts is None:
+            raise errors.Unsupported("this server runs no rollout controller")
+        if self._peers is None:
+            return None
+        return await self._peers.call_owner(spb_grpc.AdminStub, method, request, context.invocation_metadata())
+
+    @_edge
+    async def StartRollout(self, request: spb.StartRolloutRequest, context: grpc.aio.ServicerContext) -> spb.Rollout:
+        if (forwarded := await self._rollout("StartRollout", request, context)) is not None:
+            return forwarded
+        if request.to_version < 1 or not request.steps:
+            raise errors.InvalidInput("StartRollout: give to_version (>= 1) and steps, e.g. shadow,5,25,50,100")
+        assert self._rollouts is not None
+        r = self._rollouts.begin(_model(request.model), request.to_version, list(request.steps), request.window or "5m", list(request.gates),
+                                 min_samples=request.min_samples, alpha=request.alpha)
+        return rollout_message(r)
+
+    @_edge
+    async def GetRollout(self, request: spb.RolloutRequest, context: grpc.aio.ServicerContext) -> spb.Rollout:
+        if (forwarded := await self._rollout("GetRollout", request, context)) is not None:
+            return forwarded
+        assert self._rollouts is not None
+        return rollout_message(self._rollouts.status(_model(request.model)))
+
+    async def _act(self, method: str, request: spb.RolloutRequest, context: grpc.aio.ServicerContext) -> spb.Rollout:
+        if (forwarded := await self._rollout(method, request, context)) is not None:
+            return forwarded
+        assert self._rollouts is not None
+        action = {"PauseRollout": self._rollouts.pause, "ResumeRollout": self._rollouts.resume, "AbortRollout": self._rollouts.abort,
+                  "PromoteRollout": self._rollouts.promote}[method]
+        return rollout_message(action(_model(request.model)))
+
+    @_edge
+    async def PauseRollout(self, request: spb.RolloutRequest, context: grpc.aio.ServicerContext) -> spb.Rollout:
+        return await self._act("PauseRollout", request, context)
+
+    @_edge
+    async def ResumeRollout(self, request: spb.RolloutRequest, context: grpc.aio.ServicerContext) -> spb.Rollout:
+        return await self._act("ResumeRollout", request, context)
+
+    @_edge
+    async def AbortRollout(self, request: spb.RolloutRequest, context: grpc.aio.ServicerContext) -> spb.Rollout:
+        return await self._act("AbortRollout", request, context)
+
+    @_edge
+    async def PromoteRollout(self, request: spb.RolloutRequest, context: grpc.aio.ServicerContext) -> spb.Rollout:
+        return await self._act("PromoteRollout", request, context)
+
 
 class FeedbackServicer(spb_grpc.FeedbackServicer):
     """``surge.v1.Feedback`` over a ``Traffic``."""
@@ -115,8 +196,8 @@ class FeedbackServicer(spb_grpc.FeedbackServicer):
         return spb.OutcomeResponse(joined=bool(version), model_version=version)
 
 
-def add_surge_services(traffic: Traffic, server: grpc.aio.Server, peers: WorkerPeers | None = None) -> None:
+def add_surge_services(traffic: Traffic, server: grpc.aio.Server, peers: WorkerPeers | None = None, *, rollouts: Rollouts | None = None) -> None:
     """Register ``surge.v1.Admin`` and ``surge.v1.Feedback`` on a grpc.aio server (``peers``: in a ``--workers`` worker);
     an undecodable request answers INVALID_ARGUMENT (``add_tolerant``)."""
-    add_tolerant(spb_grpc.add_AdminServicer_to_server, AdminServicer(traffic, peers), server)
+    add_tolerant(spb_grpc.add_AdminServicer_to_server, AdminServicer(traffic, peers, rollouts), server)
     add_tolerant(spb_grpc.add_FeedbackServicer_to_server, FeedbackServicer(traffic, peers), server)

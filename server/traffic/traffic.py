@@ -14,15 +14,23 @@ Every change is kept in a bounded history that ``rollback`` walks back.
 The repository calls ``serving_changed`` (on the loop, in the same step that swaps its own version
 table), so the route table never names a version that stopped serving: a weighted version that is not
 serving is left out of the split and its keys go to their second choice (``routing.py``).
+
+With a state folder (``state_dir``: the model repository's ``.surge/`` by default) every admin change is
+written to ``routes.json`` there (atomically: a temporary file renamed over it) and read back at start,
+so a restarted server routes as it did before; a model whose config.toml ``[routing]`` changed meanwhile
+follows the file, as at a reload.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from ..config import ModelConfig, ShadowConfig
@@ -32,7 +40,7 @@ from ..repository import ModelRepository
 from .routing import RouteEntry, Routes, compile_entry
 from .shadow import PairStats, ShadowSender
 
-__all__ = ["MAX_HISTORY", "RouteState", "Traffic", "routes_of_config"]
+__all__ = ["MAX_HISTORY", "RouteState", "Traffic", "routes_of_config", "write_atomic"]
 
 log = logging.getLogger("surge.routing")
 
@@ -46,6 +54,28 @@ def routes_of_config(config: ModelConfig | None) -> Routes | None:
         return None
     r = config.routing
     return Routes(weights=r.weights, shadow_version=r.shadow.version, shadow_fraction=r.shadow.fraction)
+
+
+def write_atomic(path: Path, data: object) -> None:
+    """Write ``data`` as JSON to ``path`` so a reader (or a restart after a crash) sees the old or the new file, never half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _routes_json(routes: Routes | None) -> dict[str, Any] | None:
+    if routes is None:
+        return None
+    return {"weights": [[v, w] for v, w in routes.weights], "shadow_version": routes.shadow_version, "shadow_fraction": routes.shadow_fraction}
+
+
+def _routes_of_json(data: Any) -> Routes | None:
+    if data is None:
+        return None
+    return Routes(weights=tuple((int(v), float(w)) for v, w in data["weights"]), shadow_version=int(data["shadow_version"]), shadow_fraction=float(data["shadow_fraction"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +111,13 @@ class _Model:
 class Traffic:
     """Every model's routes, shadow sender and feedback index. Event loop only (the collector reads copies)."""
 
-    def __init__(self, repository: ModelRepository) -> None:
+    def __init__(self, repository: ModelRepository, state_dir: Path | None = None) -> None:
+        """``state_dir``: where admin route changes are kept across restarts (None: in memory only)."""
         self._repo = repository
+        self.state_dir = state_dir
+        self._saved: dict[str, Any] = self._load_saved()
+        self.listeners: list[Any] = []
+        """Called as ``listener(name, serving_numbers)`` after every serving change (the rollout controller)."""
         self.table: dict[str, RouteEntry[Any]] = {}
         """Model name -> compiled routes; read per request, replaced whole on every change."""
         self._models: dict[str, _Model] = {}
@@ -95,7 +130,7 @@ class Traffic:
         """The repository swapped a model's serving versions (ascending ``ModelVersion``s). Synchronous, on the loop."""
         m = self._models.get(name)
         if m is None:
-            m = self._models[name] = _Model(name)
+            m = self._models[name] = self._new_model(name)
         m.serving = tuple(serving)
         if serving:
             config = serving[-1].config
@@ -105,9 +140,12 @@ class Traffic:
                 m.history.append(m.override)
                 del m.history[:-MAX_HISTORY]
                 m.override = None
+                self._save(m)
             m.config, m.config_routes = config, baseline
             m.feedback = self._feedback_for(m, config)
         self._rebuild(m)
+        for listener in self.listeners:
+            listener(name, self._serving_numbers(m))
 
     def _feedback_for(self, m: _Model, config: ModelConfig) -> FeedbackIndex | None:
         f = config.feedback
@@ -130,6 +168,15 @@ class Traffic:
         effective = m.effective
         source = "admin" if m.override is not None else "config" if m.config_routes is not None else "none"
         return RouteState(name, effective or Routes(), source, tuple(v.version for v in m.serving), m.generation, len(m.history))
+
+    def model_names(self) -> list[str]:
+        """The models seen so far (serving or not)."""
+        return list(self._models)
+
+    def config_of(self, name: str) -> ModelConfig | None:
+        """The config of the model's highest serving version (None before one served)."""
+        m = self._models.get(name)
+        return m.config if m is not None else None
 
     def set_weights(self, name: str, weights: Sequence[tuple[int, float]]) -> RouteState:
         """Replace the split (the shadow is kept); an empty list removes it."""
@@ -158,6 +205,17 @@ class Traffic:
             raise InvalidInput(f"model '{name}': version {version} is not serving (serving: {list(self._serving_numbers(m))}); load it before promoting it")
         return self._change(m, Routes(weights=((version, 1.0),)))
 
+    def set_routes(self, name: str, routes: Routes) -> RouteState:
+        """Replace the split and the shadow in one change (the rollout controller's steps); the versions must be serving."""
+        m = self._model(name)
+        serving = self._serving_numbers(m)
+        missing = [v for v in (*(v for v, _ in routes.weights), routes.shadow_version) if v and v not in serving]
+        if missing:
+            raise InvalidInput(f"model '{name}': version(s) {missing} not serving (serving: {list(serving)})")
+        if routes == m.effective:
+            return self.state(name)
+        return self._change(m, routes)
+
     def rollback(self, name: str) -> RouteState:
         """Undo the last change."""
         m = self._model(name)
@@ -166,6 +224,7 @@ class Traffic:
         m.override = m.history.pop()
         m.generation += 1
         self._rebuild(m)
+        self._save(m)
         log.info("model %s: routes rolled back to %s", name, self.state(name).routes)
         return self.state(name)
 
@@ -177,6 +236,7 @@ class Traffic:
         m.override = None
         m.generation += 1
         self._rebuild(m)
+        self._save(m)
         return self.state(name)
 
     def report(self, name: str, request_id: str, **outcome: Any) -> str:
@@ -212,8 +272,41 @@ class Traffic:
         self._repo.versions_of(name)  # raises ModelNotFound
         m = self._models.get(name)
         if m is None:
-            m = self._models[name] = _Model(name)
+            m = self._models[name] = self._new_model(name)
         return m
+
+    def _new_model(self, name: str) -> _Model:
+        m = _Model(name)
+        if name in self._saved:
+            try:
+                m.override = _routes_of_json(self._saved[name])
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("model %s: ignoring the saved routes in %s (%s)", name, self.state_dir, exc)
+        return m
+
+    def _load_saved(self) -> dict[str, Any]:
+        if self.state_dir is None:
+            return {}
+        path = self.state_dir / "routes.json"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read the saved routes %s (%s): starting from the config's routes", path, exc)
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _save(self, m: _Model) -> None:
+        """Write every model's admin routes to the state folder (a failure is logged: the change holds in memory)."""
+        if self.state_dir is None:
+            return
+        self._saved[m.name] = _routes_json(m.override)
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.state_dir / "routes.json", self._saved)
+        except OSError as exc:
+            log.warning("model %s: cannot save the routes to %s (%s); they hold until the server restarts", m.name, self.state_dir, exc)
 
     @staticmethod
     def _serving_numbers(m: _Model) -> tuple[int, ...]:
@@ -233,6 +326,7 @@ class Traffic:
         m.override = routes
         m.generation += 1
         self._rebuild(m)
+        self._save(m)
         log.info("model %s: routes set to %s", m.name, routes)
         return self.state(m.name)
 

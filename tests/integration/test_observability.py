@@ -33,6 +33,8 @@ PROMETHEUS_OWN = {"up"}
 DRIFT_ONLY = {"surge_drift_alert", "surge_drift_psi"}
 #: Exported only by versions in the batcher's latency-SLO mode (tests/integration/test_metrics.py scrapes them).
 SLO_ONLY = {"surge_batcher_slo_margin_seconds", "surge_batcher_late_share"}
+#: Exported only while a model has a rollout (tests/integration/test_progressive_rollout.py scrapes them).
+ROLLOUT_ONLY = {"surge_rollout_decisions_total", "surge_rollout_new_version_share", "surge_rollout_step", "surge_rollout_gate_value"}
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$job": ".*", "$model": ".*", "$version": ".*"}
 
 
@@ -92,7 +94,7 @@ def test_alert_rules_are_well_formed() -> None:
 
 def test_alert_rules_read_only_metrics_the_server_exports(scraped_names: set[str]) -> None:
     for rule in _rules():
-        missing = metric_names(promql_parser.parse(rule["expr"])) - scraped_names - PROMETHEUS_OWN - DRIFT_ONLY
+        missing = metric_names(promql_parser.parse(rule["expr"])) - scraped_names - PROMETHEUS_OWN - DRIFT_ONLY - ROLLOUT_ONLY
         assert not missing, f"{rule['alert']} reads {missing}, which no scrape has"
 
 
@@ -133,7 +135,7 @@ def test_dashboard_queries_parse_and_read_exported_metrics(scraped_names: set[st
         if expr.startswith("label_values("):  # Grafana's variable function, not PromQL: check its selector
             expr = expr[len("label_values(") : expr.rindex(",")]
         parsed = promql_parser.parse(_substitute(expr))
-        missing = metric_names(parsed) - scraped_names - DRIFT_ONLY - SLO_ONLY
+        missing = metric_names(parsed) - scraped_names - DRIFT_ONLY - SLO_ONLY - ROLLOUT_ONLY
         assert not missing, f"panel '{title}' reads {missing}, which no scrape has"
 
 

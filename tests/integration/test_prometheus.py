@@ -36,8 +36,8 @@ from surge.server.cli import main
 from surge.server.edge.codec import Limits
 from surge.server.observability import ALERT_RULES, DASHBOARD, drift, resource
 from tests.conftest import ServerThread
-from tests.integration.test_observability import DRIFT_ONLY, SLO_ONLY, metric_names
-from tests.models import write_add_model
+from tests.integration.test_observability import DRIFT_ONLY, ROLLOUT_ONLY, SLO_ONLY, metric_names
+from tests.models import write_add_model, write_rollout_repository
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
@@ -50,7 +50,7 @@ OVERSIZE_CALLS = 3
 #: Rounds of load, about a second each (a scrape each).
 ROUNDS = 6
 #: The model each kind of panel is checked with: one that serves traffic and has the feature the panel shows.
-HEALTHY, SLO_MODEL, DRIFT_MODEL = "mlp", "mlp_slo", "add"
+HEALTHY, SLO_MODEL, DRIFT_MODEL, ROLLOUT_MODEL = "mlp", "mlp_slo", "add", "canary"
 
 
 def _free_port() -> int:
@@ -94,6 +94,9 @@ def _repository(root: Path, test_repository: Path, tmp: Path) -> Path:
     shutil.copytree(test_repository / "mlp" / "1", root / SLO_MODEL / "1")
     (root / SLO_MODEL / "config.toml").write_text("max_batch_size = 16\n\n[dynamic_batching]\nlatency_slo_s = 0.05\n")
     write_add_model(root / DRIFT_MODEL / "1" / "model.onnx", 1.0)
+    # a rollout to version 2 that stays in its shadow step for the whole run (an hour's window)
+    write_rollout_repository(tmp / "rollout", "good", '\n[rollout]\nto_version = 2\nsteps = ["shadow", 100]\nwindow = "1h"\n')
+    shutil.copytree(tmp / "rollout" / "m", root / ROLLOUT_MODEL)
     (root / DRIFT_MODEL / "config.toml").write_text("max_batch_size = 64\n\n[drift]\nsample_rate = 1.0\nwindow_rows = 100\n")
     x = np.random.default_rng(0).standard_normal((2_000, 4)).astype(np.float32)
     np.save(tmp / "x.npy", x)
@@ -111,6 +114,7 @@ def _load(address: str) -> None:
             started = time.monotonic()
             list(pool.map(lambda _: client.infer(HEALTHY, {"x": x}), range(30)))
             list(pool.map(lambda _: client.infer(SLO_MODEL, {"x": x}), range(15)))
+            list(pool.map(lambda _: client.infer(ROLLOUT_MODEL, {"x": x[:, :4]}), range(10)))
             for _ in range(2):
                 client.infer(DRIFT_MODEL, {"x": rng.standard_normal((50, 4)).astype(np.float32)})
             for bad in ({"x": np.ones((1, 15), np.float32)}, {"wrong": x}):  # INVALID_ARGUMENT
@@ -193,7 +197,7 @@ def _substitute(expr: str, model: str) -> str:
 
 def _model_for(expr: str) -> str:
     names = metric_names(promql_parser.parse(_substitute(expr, HEALTHY)))
-    return SLO_MODEL if names & SLO_ONLY else DRIFT_MODEL if names & DRIFT_ONLY else HEALTHY
+    return SLO_MODEL if names & SLO_ONLY else DRIFT_MODEL if names & DRIFT_ONLY else ROLLOUT_MODEL if names & ROLLOUT_ONLY else HEALTHY
 
 
 def test_every_panel_shows_data_for_a_healthy_model_serving_traffic(live: Live) -> None:
@@ -221,8 +225,8 @@ def test_model_and_version_selectors_list_a_version_that_failed_to_load(live: Li
         selector, label = query[len("label_values(") : -1].rsplit(",", 1)
         found[name] = live.label_values(_substitute(selector, ".*"), label.strip())
     assert found["job"] == {JOB}
-    assert {HEALTHY, SLO_MODEL, DRIFT_MODEL, "failing_py", "broken"} <= found["model"]
-    assert found["version"] == {"1"}
+    assert {HEALTHY, SLO_MODEL, DRIFT_MODEL, ROLLOUT_MODEL, "failing_py", "broken"} <= found["model"]
+    assert found["version"] == {"1", "2"}  # 2: the canary's new version
     assert "broken" not in live.label_values("surge_requests_total", "model")  # why the selectors read the model state
 
 

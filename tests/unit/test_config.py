@@ -39,6 +39,7 @@ TOP_LEVEL_KEYS = [
     "parameters",
     "postprocess",
     "preprocess",
+    "rollout",
     "routing",
     "version_policy",
 ]
