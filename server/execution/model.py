@@ -42,7 +42,7 @@ from surge.protos.datatypes import numpy_dtype
 from ..config import ModelConfig, TensorConfig
 from .batching import BatchRequest, DynamicBatcher, QueuePolicy, SchedulerPolicy
 from ..observability.drift import PROFILE_FILENAME, DriftMonitor, Profile
-from ..errors import ConfigError, ExecutionTimeout, InferenceServerError, ModelNotReady, RuntimeFailure
+from ..errors import ConfigError, ExecutionTimeout, InferenceServerError, ModelNotReady, RowsRejected, RuntimeFailure
 from ..observability.metrics import VersionMetrics, VersionSample
 from .pipeline import Pipeline, PipelineInstance
 from ..runtimes.base import Runtime, Signature, create_runtime
@@ -90,8 +90,30 @@ class _Instance:
         outputs = self.runtime.infer(inputs, output_names) if self.pipeline is None else self.pipeline.run(inputs, output_names)
         return outputs, t0, now_ns()
 
-    def run_batch(self, batch: list[BatchRequest], output_names: Sequence[str], rows: int, reuse: bool) -> tuple[dict[str, np.ndarray], int, int]:
-        """In the instance thread: assemble the batch's inputs, run, stamp."""
+    def run_batch(
+        self, batch: list[BatchRequest], output_names: Sequence[str], rows: int, reuse: bool
+    ) -> tuple[dict[str, np.ndarray], int, int, dict[int, RowsRejected]]:
+        """In the instance thread: assemble the batch's inputs, run, stamp. The last item maps the index of each
+        request whose rows a step rejected (``RowsRejected``) to its own error; the outputs then hold the rows of the
+        other requests only (the batch ran again without the rejected ones)."""
+        if len(batch) == 1:
+            return (*self.run(batch[0].inputs, output_names), {})
+        try:
+            return (*self._run_joined(batch, output_names, rows, reuse), {})
+        except RowsRejected as exc:
+            rejected: dict[int, RowsRejected] = {}
+            start = 0
+            for i, request in enumerate(batch):
+                mine = exc.for_rows(start, request.rows)
+                if mine is not None:
+                    rejected[i] = mine
+                start += request.rows
+            kept = [r for i, r in enumerate(batch) if i not in rejected]
+            if not rejected or not kept:
+                raise
+            return (*self._run_joined(kept, output_names, sum(r.rows for r in kept), reuse), rejected)
+
+    def _run_joined(self, batch: list[BatchRequest], output_names: Sequence[str], rows: int, reuse: bool) -> tuple[dict[str, np.ndarray], int, int]:
         if len(batch) == 1:
             return self.run(batch[0].inputs, output_names)
         inputs: dict[str, np.ndarray] = {}
@@ -412,7 +434,13 @@ class ModelVersion:
             inst.executor.shutdown(wait=False)
             return
         try:
-            outputs, infer_start, infer_end = future.result()
+            outputs, infer_start, infer_end, rejected = future.result()
+            for index, error in rejected.items():
+                if not batch[index].future.done():
+                    batch[index].future.set_exception(error)
+            if rejected:
+                batch = [r for i, r in enumerate(batch) if i not in rejected]
+                rows = sum(r.rows for r in batch)
             if self.config.max_batch_size and len(batch) > 1:
                 bad = {n: a.shape for n, a in outputs.items() if a.ndim == 0 or a.shape[0] != rows}
                 if bad:
