@@ -301,7 +301,7 @@ class ModelVersion:
         futures = []
         for inst, start in zip(self._instances, range(0, rows, per)):
             part = {n: a[start : start + per] for n, a in inputs.items()}
-            futures.append(inst.executor.submit(_run_slices, inst, part, output_names, step))
+            futures.append(inst.executor.submit(_run_slices, inst, part, output_names, step, start))
         return futures
 
     def sample(self) -> VersionSample:
@@ -474,11 +474,17 @@ class ModelVersion:
                 self._batcher.release_slot()
 
 
-def _run_slices(inst: _Instance, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], step: int) -> tuple[dict[str, np.ndarray], int, int]:
-    """In the instance thread: ``inst.run`` over consecutive slices of ``step`` rows, outputs concatenated."""
+def _run_slices(inst: _Instance, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], step: int, offset: int) -> tuple[dict[str, np.ndarray], int, int]:
+    """In the instance thread: ``inst.run`` over consecutive slices of ``step`` rows, outputs concatenated.
+    ``offset``: the first row's index in the whole input (a ``RowsRejected`` counts rows from there)."""
     rows = next(iter(inputs.values())).shape[0]
     t0 = now_ns()
-    parts = [inst.run({n: np.ascontiguousarray(a[i : i + step]) for n, a in inputs.items()}, output_names)[0] for i in range(0, rows, step)]
+    parts = []
+    for i in range(0, rows, step):
+        try:
+            parts.append(inst.run({n: np.ascontiguousarray(a[i : i + step]) for n, a in inputs.items()}, output_names)[0])
+        except RowsRejected as exc:
+            raise RowsRejected(exc.prefix, {offset + i + r: why for r, why in exc.reasons.items()}) from None
     return {n: np.concatenate([p[n] for p in parts]) for n in output_names}, t0, now_ns()
 
 
