@@ -132,7 +132,8 @@ def resnet_classifier(spec: ResNetSpec = RESNET50, seed: int = 0) -> Any:
             self.net = ResNet()
 
         def forward(self, images: Any) -> tuple[Any, Any]:
-            scores, classes = torch.topk(torch.softmax(self.net(images).float(), dim=-1), spec.k, dim=-1)
+            # no dtype or device conversion here: torch.export would bake them in as checks (fp32, CPU)
+            scores, classes = torch.topk(torch.softmax(self.net(images), dim=-1), spec.k, dim=-1)
             return classes, scores
 
     torch.manual_seed(seed)
@@ -152,10 +153,11 @@ def bert_encoder(spec: BertSpec = BERT_BASE, seed: int = 0) -> Any:
             self.position_embeddings = nn.Embedding(spec.max_length, spec.hidden)
             self.token_type_embeddings = nn.Embedding(spec.type_vocab_size, spec.hidden)
             self.LayerNorm = nn.LayerNorm(spec.hidden, eps=spec.layer_norm_eps)
+            # a buffer, not torch.arange(device=...): torch.export would bake the device in; it moves with the module
+            self.register_buffer("position_ids", torch.arange(spec.max_length), persistent=False)
 
         def forward(self, ids: Any) -> Any:
-            positions = torch.arange(ids.shape[1], device=ids.device)
-            x = self.word_embeddings(ids) + self.position_embeddings(positions) + self.token_type_embeddings.weight[0]
+            x = self.word_embeddings(ids) + self.position_embeddings(self.position_ids[: ids.shape[1]]) + self.token_type_embeddings.weight[0]
             return self.LayerNorm(x)
 
     class SelfAttention(nn.Module):
@@ -216,13 +218,15 @@ def bert_encoder(spec: BertSpec = BERT_BASE, seed: int = 0) -> Any:
                     nn.init.zeros_(m.bias)
 
         def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            # no dtype or device conversion here: torch.export would bake them in (fp32, CPU); the runtime makes the
+            # output FP32 whatever precision the module runs in
             keep = attention_mask > 0
             x = self.embeddings(input_ids)
             mask = keep[:, None, None, :]  # attend to the real tokens only
             for layer in self.encoder.layer:
                 x = layer(x, mask)
-            weights = keep.to(x.dtype)[..., None]
-            return ((x * weights).sum(1) / weights.sum(1).clamp(min=1.0)).float()
+            total = torch.where(keep[..., None], x, torch.zeros_like(x)).sum(1)
+            return total / keep.sum(1, keepdim=True).clamp(min=1)
 
     torch.manual_seed(seed)
     return MeanPooledBert().eval()

@@ -4,7 +4,9 @@ On the CPU the rows are decoded with Pillow (``pip install 'surge[images]'``); o
 runtime with torchvision present, the whole batch is decoded on the device by nvJPEG
 (``torchvision.io.decode_jpeg(..., device="cuda")``) and the images stay there for the CUDA kernels. Only JPEG is
 accepted (Pillow's format check), every image is converted to RGB (``channels = 3``) or grey (``channels = 1``),
-and an image whose header declares more than ``max_pixels`` pixels is rejected before it is decoded.
+and an image whose header declares more than ``max_pixels`` pixels is rejected before it is decoded. Memory: a
+batch holds its decoded images until the next step has run, at most max_batch_size x max_pixels x channels bytes
+(lower ``max_pixels`` for large batches of large photos).
 
 A row that is not a decodable JPEG does not fail the batch: ``RowsRejected`` names each bad row, the requests
 that sent them get INVALID_ARGUMENT, and the batch runs again without them (``_Instance.run_batch``).
@@ -89,7 +91,7 @@ class JpegDecoder:
         import torch
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        reasons = {}
+        reasons: dict[int, str] = {}
         for i, data in enumerate(rows.reshape(-1)):
             image, why = self._open(data)
             if image is None:

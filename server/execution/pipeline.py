@@ -470,12 +470,12 @@ class PipelineInstance:
 
     def _pre_cpu(self, pre: _PreStep, array: Any) -> np.ndarray:
         if pre.ragged:
-            return self._per_shape(array, lambda group: pre.cpu(np.stack(group)), np)
+            return self._per_shape(array, lambda group: pre.cpu(np.stack(group)), lambda shape, like: np.empty(shape, like.dtype))
         return pre.cpu(array) if self.pipeline.batched else pre.cpu(array[None])[0]
 
     @staticmethod
-    def _per_shape(images: list[Any], run: Callable[[list[Any]], Any], xp: Any) -> Any:
-        """Run a batched step once per group of equally sized images; one output batch in row order."""
+    def _per_shape(images: list[Any], run: Callable[[list[Any]], Any], empty: Callable[[tuple[int, ...], Any], Any]) -> Any:
+        """Run a batched step once per group of equally sized images; one output batch (``empty(shape, like)``) in row order."""
         from .decode import group_by_shape
 
         groups = group_by_shape(images)
@@ -485,8 +485,8 @@ class PipelineInstance:
         for _, indices in groups:
             part = run([images[i] for i in indices])
             if out is None:
-                out = xp.empty((len(images), *part.shape[1:]), dtype=part.dtype, **({"device": part.device} if xp is not np else {}))
-            out[xp.asarray(indices) if xp is np else indices] = part
+                out = empty((len(images), *part.shape[1:]), part)
+            out[indices] = part
         return out
 
     def _pre_device(self, pre: _PreStep, array: np.ndarray) -> Any:
@@ -503,7 +503,7 @@ class PipelineInstance:
                     return torch.as_tensor(pre.gpu(kc, kc.as_device(stacked, stream), stream), device=runtime._device)
 
                 with torch.cuda.stream(runtime._stream):
-                    return self._per_shape(array, run, torch)
+                    return self._per_shape(array, run, lambda shape, like: torch.empty(shape, dtype=like.dtype, device=like.device))
             batch = array if self.pipeline.batched else array[None]
             device = kc.as_device(np.ascontiguousarray(batch), stream)
             out = pre.gpu(kc, device, stream)

@@ -54,3 +54,23 @@ def test_sequence_bucket_errors(tmp_path, parameters, inputs, message) -> None:
     folder = zoo.write_bert_entry(tmp_path, "b", spec=zoo.BERT_TINY, max_length=16, max_batch_size=4)
     with pytest.raises(ConfigError, match=message):
         TorchRuntime().load(folder / "1" / "model.pt2", config, 0)
+
+
+def test_exported_programs_carry_no_dtype_or_device_checks_and_run_in_fp16(tmp_path) -> None:
+    """torch.export turns dtype and device conversions into checks (fp32, CPU) that would fail on a GPU in fp16:
+    the programs must have none, and run once the module is cast to half precision (as precision = "fp16" does)."""
+    resnet = zoo.write_resnet_entry(tmp_path, "r", spec=zoo.RESNET_SMALL, max_batch_size=4)
+    bert = zoo.write_bert_entry(tmp_path, "b", spec=zoo.BERT_TINY, max_length=32, max_batch_size=4)
+    programs = {name: torch.export.load(str(folder / "1" / "model.pt2")).module() for name, folder in (("r", resnet), ("b", bert))}
+    for module in programs.values():
+        assert "_assert_tensor_metadata" not in module.code and "device(type='cpu')" not in module.code
+    images = torch.rand(2, 3, zoo.RESNET_SMALL.crop, zoo.RESNET_SMALL.crop)
+    with torch.inference_mode():
+        classes, scores = programs["r"].to(torch.float16)(images.half())
+        ref_classes, ref_scores = zoo.resnet_classifier(zoo.RESNET_SMALL)(images)
+        assert scores.dtype == torch.float16 and torch.allclose(scores.float(), ref_scores, atol=2e-2)
+        ids = torch.randint(1, zoo.BERT_TINY.vocab_size, (2, 20))
+        mask = torch.ones_like(ids)
+        mask[1, 7:] = 0
+        embedding = programs["b"].to(torch.float16)(ids, mask)
+        assert torch.allclose(embedding.float(), zoo.bert_encoder(zoo.BERT_TINY)(ids, mask), atol=1e-2)
