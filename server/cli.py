@@ -205,7 +205,7 @@ def _parser(serving: bool = True) -> argparse.ArgumentParser:
     batch.add_argument("--model-repository", type=Path, required=True, help="the model repository folder")
     batch.add_argument("--model", required=True, help="the model's name (its folder)")
     batch.add_argument("--version", type=int, help="version (default: the highest)")
-    batch.add_argument("--input", type=Path, required=True, help=".npy (one input), .npz (an array per input), .parquet or .csv (surge[parquet])")
+    batch.add_argument("--input", type=Path, required=True, help=".npy (one input), .npz (an array per input), .parquet or .csv (surge[parquet]), or a folder of JPEG files (one BYTES input)")
     batch.add_argument("--output", type=Path, required=True, help=".npz, .parquet or .csv; a rerun resumes from OUTPUT.parts/")
     batch.add_argument("--chunk-rows", type=int, default=None, help="rows read, run and written at a time (default: about 8 MiB of input, whole batches)")
     batch.add_argument("--quiet", action="store_true", help="no progress line")

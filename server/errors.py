@@ -6,6 +6,7 @@ with a request id (the traceback goes to the log, never to the client).
 
     InferenceServerError
     ├── InvalidInput            INVALID_ARGUMENT   malformed request: names the tensor and what was expected
+    │   └── RowsRejected        INVALID_ARGUMENT   some rows of a batch cannot be used (e.g. undecodable images)
     ├── ModelNotFound           NOT_FOUND          no such model in the repository
     ├── VersionNotFound         NOT_FOUND          the model exists, the version does not (or is not loaded)
     ├── ModelNotReady           UNAVAILABLE        loading, unloading or failed to load; retryable
@@ -37,6 +38,7 @@ __all__ = [
     "ModelNotReady",
     "PermissionDenied",
     "QueueFull",
+    "RowsRejected",
     "RuntimeFailure",
     "Unauthenticated",
     "Unsupported",
@@ -50,6 +52,26 @@ class InferenceServerError(Exception):
 
 class InvalidInput(InferenceServerError):
     """The request does not match the model's signature or the protocol (INVALID_ARGUMENT)."""
+
+
+class RowsRejected(InvalidInput):
+    """Some rows of a batch cannot be used; ``reasons`` maps a row of the batch to why.
+
+    A batch holds rows of several requests: the model fails only the requests that own a rejected row
+    (``for_rows`` gives each its own error, rows counted from its first) and runs the others again without them.
+    """
+
+    def __init__(self, prefix: str, reasons: dict[int, str]) -> None:
+        self.prefix = prefix
+        self.reasons = dict(sorted(reasons.items()))
+        shown = list(self.reasons.items())[:3]
+        more = f" (and {len(self.reasons) - 3} more rows)" if len(self.reasons) > 3 else ""
+        super().__init__(f"{prefix}: " + "; ".join(f"row {row}: {why}" for row, why in shown) + more)
+
+    def for_rows(self, start: int, count: int) -> RowsRejected | None:
+        """The error of the request holding batch rows ``start .. start+count-1`` (None when none is rejected)."""
+        mine = {row - start: why for row, why in self.reasons.items() if start <= row < start + count}
+        return RowsRejected(self.prefix, mine) if mine else None
 
 
 class ModelNotFound(InferenceServerError):

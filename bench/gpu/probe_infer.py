@@ -147,7 +147,7 @@ def main() -> int:
 
     if not args.cpu:  # the CUDA path's steps, one at a time, as TorchRuntime._infer_cuda runs them
         stream = runtime._stream
-        graph, static, static_out = runtime._graphs[1]
+        graph, static, static_out = runtime._graphs[(1, 0)]
         pinned = runtime._pinned["x"]
         host_out = torch.empty((256, 16), pin_memory=True)
 

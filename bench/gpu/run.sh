@@ -5,6 +5,9 @@
 # TORCH_BENCH=0 skips bench/gpu/bench_torch.py, WORKERS="1,4,8" adds bench/scenarios/workers.py (perf_analyzer),
 # TORCH_WORKERS="1,4" (default; "" skips) sets bench_torch's perf_analyzer 64-row cells into surge serve --workers N,
 # PROFILE=1 adds py-spy profiles of the Surge server (mlp, 1x1 and 64x8; carry py-spy's wheel in .whl/) to $OUT.
+# REAL_BENCH=0 skips bench/gpu/bench_real.py (ResNet-50 JPEG -> top-5 and BERT-base, in process vs through Surge with
+# perf_analyzer at concurrency 1, 8, 64, 256; REAL_WORKERS="1,4" its front-end counts); without a GPU it runs as
+# --cpu-dry-run (the small CI models on the CPU) and prints its table.
 # Installs only what travels with it: our package (--no-deps --no-index) and the wheels in .whl/
 # (grpcio-health-checking, grpcio-reflection, pytest-asyncio, py-spy: see bench/gpu/README.md; for the Numba CUDA kernels
 # also numba, llvmlite and numpy cp312 wheels), runs the GPU tests, then prints the tables (bench/gpu/bench_torch.py,
@@ -46,6 +49,13 @@ if [ "${TORCH_BENCH:-1}" != 0 ]; then
   $PY -m bench.gpu.bench_torch --json "$OUT/gpu-bench.json" --workers "${TORCH_WORKERS-1,4}" --switch-interval-ms "${SWITCH_MS:-0}" "${profile[@]}" 2>&1 | tee "$OUT/gpu-bench.log"
   bench=${PIPESTATUS[0]}
 fi
+real=0
+if [ "${REAL_BENCH:-1}" != 0 ]; then
+  echo "== real models: ResNet-50 (JPEG -> top-5) and BERT-base, in process vs through Surge"
+  dry=(); $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || dry=(--cpu-dry-run)
+  $PY -m bench.gpu.bench_real --json "$OUT/gpu-real.json" ${REAL_WORKERS:+--workers "$REAL_WORKERS"} "${dry[@]}" 2>&1 | tee "$OUT/gpu-real.log"
+  real=${PIPESTATUS[0]}
+fi
 echo "== CUDA kernels: achieved bandwidth vs device-to-device copy"
 $PY -m bench.gpu.bench_kernels --json "$OUT/gpu-kernels.json" 2>&1 | tee "$OUT/gpu-kernels.log"
 kernels=${PIPESTATUS[0]}
@@ -53,5 +63,5 @@ if [ -n "${WORKERS:-}" ]; then
   echo "== worker scaling (perf_analyzer, tiny)"
   $PY -m bench.scenarios.workers --workers "$WORKERS" --repeats 1 --interval-ms 1500 --wait-idle-s 0 --out "$OUT/workers.json" 2>&1 | tee "$OUT/workers.log"
 fi
-echo "== done in $(( $(date +%s) - started )) s: tests exit $tests, benchmark exit $bench, kernels exit $kernels"
-[ "$tests" -eq 0 ] && { [ "$bench" -eq 0 ] || [ "$bench" -eq 2 ]; } && { [ "$kernels" -eq 0 ] || [ "$kernels" -eq 2 ]; }
+echo "== done in $(( $(date +%s) - started )) s: tests exit $tests, benchmark exit $bench, real models exit $real, kernels exit $kernels"
+[ "$tests" -eq 0 ] && { [ "$bench" -eq 0 ] || [ "$bench" -eq 2 ]; } && [ "$real" -eq 0 ] && { [ "$kernels" -eq 0 ] || [ "$kernels" -eq 2 ]; }

@@ -11,7 +11,9 @@ through what a served batch goes through once the batcher has formed it: the ins
 (``ModelVersion.run_offline``). A chunk is split across the instances; the next chunk is read (and the previous
 one written) while one computes. Skipping the batcher's per-request work keeps a small model near its own speed.
 
-Formats (by extension): ``.npy`` (one array: the model's single input), ``.npz`` (one array per input name),
+Formats (by extension): a folder of JPEG files (``*.jpg``, ``*.jpeg`` anywhere below it, one row per file in
+the order of their sorted relative paths, for a model with one BYTES input such as a ``decode_jpeg`` pipeline's;
+a file that is not a decodable JPEG stops the job with its path), ``.npy`` (one array: the model's single input), ``.npz`` (one array per input name),
 ``.parquet`` and ``.csv`` (pyarrow, ``pip install 'surge[parquet]'``: a column per input name, a list column for
 a vector input, or, for a model with one 1-D input, every column in order as its features). Outputs: ``.npz`` (one
 array per output), ``.parquet`` (a column per output; vectors as fixed-size lists), ``.csv`` (vectors as
@@ -61,7 +63,7 @@ import numpy as np
 from surge.protos.datatypes import numpy_dtype
 
 from ..config import ModelConfig, TensorConfig, load_model_config
-from ..errors import ConfigError
+from ..errors import ConfigError, RowsRejected
 from .model import ModelVersion, State
 
 __all__ = ["BatchJobError", "Summary", "default_chunk_rows", "run_batch_job"]
@@ -88,7 +90,12 @@ class Summary:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
 
 
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+
+
 def _suffix(path: Path, what: str) -> str:
+    if what == "input" and path.is_dir():
+        return "/"
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
         raise BatchJobError(f"{what} {path}: unsupported format '{suffix}'; expected one of {', '.join(FORMATS)}")
@@ -155,6 +162,30 @@ def _array_reader(path: Path, suffix: str, inputs: tuple[TensorConfig, ...], chu
             yield index, {n: read(a, start, min(total, start + chunk_rows)) for n, a in arrays.items()}
 
     return total, chunks()
+
+
+def _jpeg_files(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.suffix.lower() in JPEG_SUFFIXES and p.is_file())
+
+
+def _folder_reader(path: Path, suffix: str, inputs: tuple[TensorConfig, ...], chunk_rows: int, skip_chunks: set[int]) -> tuple[int, Iterator[tuple[int, dict[str, np.ndarray]]]]:
+    """A folder of JPEG files: each file's bytes are one row of the model's single BYTES input."""
+    if len(inputs) != 1 or inputs[0].datatype != "BYTES":
+        raise BatchJobError(f"input {path}: a folder of JPEG files feeds a model with one BYTES input; the model has {[(t.name, t.datatype) for t in inputs]}")
+    files = _jpeg_files(path)
+    name, shape = inputs[0].name, tuple(1 if d < 0 else d for d in inputs[0].dims)
+
+    def chunks() -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        for index in range(math.ceil(len(files) / chunk_rows)):
+            if index in skip_chunks:
+                yield index, {}
+                continue
+            part = files[index * chunk_rows : (index + 1) * chunk_rows]
+            rows = np.empty(len(part), dtype=np.object_)
+            rows[:] = [f.read_bytes() for f in part]
+            yield index, {name: rows.reshape((len(part), *shape))}
+
+    return len(files), chunks()
 
 
 def _columns_to_inputs(table: Any, inputs: tuple[TensorConfig, ...], path: Path) -> dict[str, np.ndarray]:
@@ -432,8 +463,14 @@ def default_chunk_rows(config: ModelConfig) -> int:
 
 
 def _job_key(input_path: Path, config: ModelConfig, version: int, chunk_rows: int) -> dict[str, Any]:
-    st = input_path.stat()
-    return {"input": str(input_path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "model": config.name, "version": version, "chunk_rows": chunk_rows}
+    if input_path.is_dir():  # a folder of JPEGs: the job is its files, their sizes and latest change
+        stats = [f.stat() for f in _jpeg_files(input_path)]
+        size, mtime_ns = sum(st.st_size for st in stats), max((st.st_mtime_ns for st in stats), default=0)
+        size_key: Any = [len(stats), size]
+    else:
+        st = input_path.stat()
+        size_key, mtime_ns = st.st_size, st.st_mtime_ns
+    return {"input": str(input_path.resolve()), "size": size_key, "mtime_ns": mtime_ns, "model": config.name, "version": version, "chunk_rows": chunk_rows}
 
 
 async def run_batch_job(
@@ -444,7 +481,7 @@ async def run_batch_job(
     in_suffix, out_suffix = _suffix(input_path, "input"), _suffix(output_path, "output")
     if out_suffix == ".npy":
         raise BatchJobError(f"output {output_path}: write .npz (one array per output), .parquet or .csv")
-    if not input_path.is_file():
+    if not input_path.is_file() and in_suffix != "/":
         raise BatchJobError(f"input {input_path} does not exist")
     if chunk_rows is not None and chunk_rows < 1:
         raise BatchJobError(f"--chunk-rows must be >= 1, got {chunk_rows}")
@@ -477,7 +514,7 @@ async def run_batch_job(
         parts_dir.mkdir(parents=True, exist_ok=True)
         job_file.write_text(json.dumps(key))
         done_chunks = {int(p.name.split("-")[1].split(".")[0]) for p in parts_dir.glob("chunk-*")}
-        reader = _array_reader if in_suffix in (".npy", ".npz") else _table_reader
+        reader = {".npy": _array_reader, ".npz": _array_reader, "/": _folder_reader}.get(in_suffix, _table_reader)
         total, chunks = reader(input_path, in_suffix, config.inputs, chunk_rows, done_chunks)
         npz: _InPlaceNpz | None = None
         if inplace and layout_file.is_file():
@@ -488,7 +525,12 @@ async def run_batch_job(
 
         def finish(part: Path, start: int, n: int, futures: list[Future[Any]]) -> int:
             nonlocal npz
-            results = [f.result()[0] for f in futures]
+            try:
+                results = [f.result()[0] for f in futures]
+            except RowsRejected as exc:  # rows counted from the chunk's first
+                files = _jpeg_files(input_path) if in_suffix == "/" else None
+                where = [str(files[start + r].relative_to(input_path)) if files else f"row {start + r}" for r in exc.reasons]
+                raise BatchJobError(f"input {input_path}: {', '.join(where[:3])}{' ...' if len(where) > 3 else ''}: {next(iter(exc.reasons.values()))}") from None
             outputs = {name: np.concatenate([r[name] for r in results]) if len(results) > 1 else results[0][name] for name in names}
             if not inplace:
                 _save_part(part, outputs)

@@ -48,7 +48,7 @@ from surge.protos.datatypes import numpy_dtype
 from ..config import ModelConfig, TensorConfig
 from .batching import BatchRequest, DynamicBatcher, QueuePolicy, SchedulerPolicy
 from ..observability.drift import PROFILE_FILENAME, DriftMonitor, Profile
-from ..errors import ConfigError, ExecutionTimeout, InferenceServerError, InstanceCrashed, ModelNotReady, RuntimeFailure, without_root
+from ..errors import ConfigError, ExecutionTimeout, InferenceServerError, InstanceCrashed, ModelNotReady, RowsRejected, RuntimeFailure, without_root
 from ..observability.metrics import VersionMetrics, VersionSample
 from .pipeline import Pipeline, PipelineInstance
 from ..runtimes.base import Runtime, Signature, create_runtime
@@ -98,8 +98,30 @@ class _Instance:
         outputs = self.runtime.infer(inputs, output_names) if self.pipeline is None else self.pipeline.run(inputs, output_names)
         return outputs, t0, now_ns()
 
-    def run_batch(self, batch: list[BatchRequest], output_names: Sequence[str], rows: int) -> tuple[dict[str, np.ndarray], int, int]:
-        """In the instance thread: assemble the batch's inputs, run, stamp."""
+    def run_batch(
+        self, batch: list[BatchRequest], output_names: Sequence[str], rows: int
+    ) -> tuple[dict[str, np.ndarray], int, int, dict[int, RowsRejected]]:
+        """In the instance thread: assemble the batch's inputs, run, stamp. The last item maps the index of each
+        request whose rows a step rejected (``RowsRejected``) to its own error; the outputs then hold the rows of the
+        other requests only (the batch ran again without the rejected ones)."""
+        if len(batch) == 1:
+            return (*self.run(batch[0].inputs, output_names), {})
+        try:
+            return (*self._run_joined(batch, output_names, rows), {})
+        except RowsRejected as exc:
+            rejected: dict[int, RowsRejected] = {}
+            start = 0
+            for i, request in enumerate(batch):
+                mine = exc.for_rows(start, request.rows)
+                if mine is not None:
+                    rejected[i] = mine
+                start += request.rows
+            kept = [r for i, r in enumerate(batch) if i not in rejected]
+            if not rejected or not kept:
+                raise
+            return (*self._run_joined(kept, output_names, sum(r.rows for r in kept)), rejected)
+
+    def _run_joined(self, batch: list[BatchRequest], output_names: Sequence[str], rows: int) -> tuple[dict[str, np.ndarray], int, int]:
         if len(batch) == 1:
             return self.run(batch[0].inputs, output_names)
         inputs: dict[str, np.ndarray] = {}
@@ -296,7 +318,7 @@ class ModelVersion:
         futures = []
         for inst, start in zip(self._instances, range(0, rows, per)):
             part = {n: a[start : start + per] for n, a in inputs.items()}
-            futures.append(inst.executor.submit(_run_slices, inst, part, output_names, step))
+            futures.append(inst.executor.submit(_run_slices, inst, part, output_names, step, start))
         return futures
 
     def sample(self) -> VersionSample:
@@ -489,7 +511,13 @@ class ModelVersion:
             _discard(inst)
             return
         try:
-            outputs, infer_start, infer_end = future.result()
+            outputs, infer_start, infer_end, rejected = future.result()
+            for index, error in rejected.items():
+                if not batch[index].future.done():
+                    batch[index].future.set_exception(error)
+            if rejected:
+                batch = [r for i, r in enumerate(batch) if i not in rejected]
+                rows = sum(r.rows for r in batch)
             self._check_outputs(outputs, batch, rows)
         except Exception as exc:
             if not isinstance(exc, InferenceServerError):
@@ -555,11 +583,17 @@ class _OutputSpec:
         return ""
 
 
-def _run_slices(inst: _Instance, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], step: int) -> tuple[dict[str, np.ndarray], int, int]:
-    """In the instance thread: ``inst.run`` over consecutive slices of ``step`` rows, outputs concatenated."""
+def _run_slices(inst: _Instance, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], step: int, offset: int) -> tuple[dict[str, np.ndarray], int, int]:
+    """In the instance thread: ``inst.run`` over consecutive slices of ``step`` rows, outputs concatenated.
+    ``offset``: the first row's index in the whole input (a ``RowsRejected`` counts rows from there)."""
     rows = next(iter(inputs.values())).shape[0]
     t0 = now_ns()
-    parts = [inst.run({n: np.ascontiguousarray(a[i : i + step]) for n, a in inputs.items()}, output_names)[0] for i in range(0, rows, step)]
+    parts = []
+    for i in range(0, rows, step):
+        try:
+            parts.append(inst.run({n: np.ascontiguousarray(a[i : i + step]) for n, a in inputs.items()}, output_names)[0])
+        except RowsRejected as exc:
+            raise RowsRejected(exc.prefix, {offset + i + r: why for r, why in exc.reasons.items()}) from None
     return {n: np.concatenate([p[n] for p in parts]) for n in output_names}, t0, now_ns()
 
 

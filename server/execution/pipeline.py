@@ -10,6 +10,8 @@ is compiled (or loaded from Numba's cache) before the version is READY.
 Preprocess steps (one pipeline input -> one model input each; the fused ops cover the usual chains)::
 
     op                     pipeline input            model input     parameters
+    decode_jpeg            BYTES [1] (one JPEG)      (a later image step's input: UINT8 [-1, -1, C])
+                                                                     channels (3: RGB | 1: grey), max_pixels (8192*8192)
     normalize              UINT8 [H, W, C]           FP32 [C, H, W]  mean, std, scale (1/255), datatype ("UINT8"|"FP32")
     resize                 UINT8 [-1, -1, C]         FP32 [h, w, C]  size (default: the model's h, w)
     letterbox              UINT8 [-1, -1, C]         FP32 [h, w, C]  size, pad_value (0)
@@ -23,6 +25,11 @@ Preprocess steps (one pipeline input -> one model input each; the fused ops cove
     one_hot                INT64 [F]                 FP32 [F*depth]  depth
     hash_bucket            INT64 [F]                 INT64 [F]       num_buckets, seed (0)
 
+A ``decode_jpeg`` step (decode.py) feeds a later image step (resize, letterbox, center_crop,
+resize_crop_normalize) rather than a model input; its images may differ in size, and that step runs once per group
+of equally sized images. A row that is not a decodable JPEG fails only the request that sent it (INVALID_ARGUMENT
+naming the row). Needs a batched model (max_batch_size > 0).
+
 Postprocess steps (read a model output or an earlier step's output; outputs are added to what the model returns,
 or replace it when ``output`` reuses its name)::
 
@@ -33,7 +40,8 @@ or replace it when ``output`` reuses its name)::
 
 On a GPU instance of the torch runtime, preprocessing runs the CUDA kernels (``surge.kernels.cuda``) on the
 instance's own CUDA stream and hands the result to the runtime as a torch CUDA tensor (``__cuda_array_interface__``,
-no copy, no host round trip). Where numba.cuda cannot start, the CPU kernels run instead (logged once).
+no copy, no host round trip). Where numba.cuda cannot start, the CPU kernels run instead (logged once). With
+torchvision present, ``decode_jpeg`` decodes the batch on that GPU too (nvJPEG); else on the CPU with Pillow.
 """
 
 from __future__ import annotations
@@ -48,14 +56,14 @@ import numpy as np
 from surge.protos.datatypes import numpy_dtype
 
 from ..config import ModelConfig, StepConfig, TensorConfig
-from ..errors import ConfigError, InvalidInput
+from ..errors import ConfigError, InvalidInput, RowsRejected
 
 __all__ = ["PRE_OPS", "POST_OPS", "Pipeline", "PipelineInstance"]
 
 log = logging.getLogger("surge.pipeline")
 
 PRE_OPS = (
-    "normalize", "resize", "letterbox", "center_crop", "resize_crop_normalize",
+    "decode_jpeg", "normalize", "resize", "letterbox", "center_crop", "resize_crop_normalize",
     "tabular_transform", "standardize", "clip", "fill_missing", "bucketize", "one_hot", "hash_bucket",
 )
 POST_OPS = ("softmax", "argmax", "topk", "threshold")
@@ -134,6 +142,8 @@ class _PreStep:
     cpu: Callable[[np.ndarray], np.ndarray]
     gpu: Callable[..., Any]  # (device array, stream=) -> device array, from surge.kernels.cuda
     warm_dims: tuple[int, ...] = ()  # the input's dims for warm-up batches (variable ones made concrete)
+    decoder: Any = None  # decode_jpeg: its JpegDecoder (the step makes a list of images, not an array)
+    ragged: bool = False  # fed by decode_jpeg: its input is a list of images that may differ in size
 
 
 @dataclasses.dataclass(slots=True)
@@ -301,6 +311,25 @@ def _post_step(step: StepConfig, source: TensorConfig) -> _PostStep:
     return _PostStep(step, tensors, run)
 
 
+_RAGGED_OPS = ("resize", "letterbox", "center_crop", "resize_crop_normalize")
+
+
+def _decode_step(step: StepConfig, batched: bool) -> _PreStep:
+    from .decode import DEFAULT_MAX_PIXELS, JpegDecoder
+
+    p = _Params(step)
+    channels = p.integer("channels", 3, 1)
+    if channels not in (1, 3):
+        raise p.error("channels", f"expected 3 (RGB) or 1 (grey), got {channels}")
+    max_pixels = p.integer("max_pixels", DEFAULT_MAX_PIXELS, 1)
+    p.check_no_unknown()
+    if not batched:
+        raise ConfigError(f"{step.where}: decode_jpeg needs a batched model (max_batch_size > 0)")
+    tensor = TensorConfig(name=step.input, datatype="BYTES", dims=(1,))
+    unused = lambda *a, **k: None  # noqa: E731  (PipelineInstance decodes with the decoder)
+    return _PreStep(step, tensor, unused, unused, (1,), decoder=JpegDecoder(channels, max_pixels))
+
+
 class Pipeline:
     """A model's validated pipeline; ``config`` is the completed config with the pipeline's signature."""
 
@@ -311,16 +340,37 @@ class Pipeline:
         model_inputs = {t.name: t for t in config.inputs}
         self.pre: list[_PreStep] = []
         fed: set[str] = set()
+        decoded: dict[str, _PreStep] = {}  # decode_jpeg output name -> its step, until a later step reads it
         for step in config.preprocess:
             if step.op not in PRE_OPS:
                 raise ConfigError(f"{step.where}.op: unknown preprocess op {step.op!r}; expected one of {', '.join(PRE_OPS)}")
+            if step.op == "decode_jpeg":
+                if step.output in model_inputs:
+                    raise ConfigError(f"{step.where}.output: decode_jpeg feeds an image step ({', '.join(_RAGGED_OPS)}), not model input '{step.output}'")
+                decoded[step.output] = _decode_step(step, self.batched)
+                self.pre.append(decoded[step.output])
+                continue
             if step.output not in model_inputs:
                 raise ConfigError(f"{step.where}.output: '{step.output}' is not a model input; the model has {sorted(model_inputs)}")
             if step.output in fed:
                 raise ConfigError(f"{step.where}.output: model input '{step.output}' is already made by an earlier step")
             fed.add(step.output)
-            self.pre.append(_pre_step(step, model_inputs[step.output]))
-        inputs = [t for t in config.inputs if t.name not in fed] + [s.input for s in self.pre]
+            pre = _pre_step(step, model_inputs[step.output])
+            source = decoded.pop(step.input, None)
+            if source is not None:
+                channels = source.decoder.channels
+                if step.op not in _RAGGED_OPS or pre.input.datatype != "UINT8" or pre.input.dims[-1] != channels:
+                    raise ConfigError(
+                        f"{step.where}: reads decode_jpeg's output '{step.input}' (UINT8 images of any size, {channels} channels), "
+                        f"so it must be one of {', '.join(_RAGGED_OPS)} taking UINT8 with {channels} channels"
+                    )
+                pre.ragged = True
+                source.warm_dims = pre.warm_dims  # warm-up JPEGs as large as the image step's warm-up images
+            self.pre.append(pre)
+        if decoded:
+            name, step = next(iter(decoded.items()))
+            raise ConfigError(f"{step.step.where}.output: no later preprocess step reads '{name}'")
+        inputs = [t for t in config.inputs if t.name not in fed] + [s.input for s in self.pre if not s.ragged]
         _unique("input", [t.name for t in inputs], "preprocess")
         available = {t.name: t for t in config.outputs}
         self.post: list[_PostStep] = []
@@ -355,6 +405,8 @@ class PipelineInstance:
         self.on_device = False  # preprocessing runs on the GPU and hands device tensors to the runtime
         self._torch: Any = None
         self._kc: Any = None
+        self._decode_on_device = False  # decode_jpeg runs nvJPEG on the instance's GPU (torchvision present)
+        self._warm_jpegs: dict[tuple[int, ...], bytes] = {}
         device = getattr(runtime, "_device", None)
         if pipeline.pre and device is not None and getattr(device, "type", "") == "cuda" and getattr(runtime, "_stream", None) is not None:
             try:
@@ -369,10 +421,22 @@ class PipelineInstance:
                 import torch
 
                 self._torch, self._kc, self.on_device = torch, kc, True
+                if any(pre.decoder is not None for pre in pipeline.pre):
+                    try:
+                        import torchvision.io  # noqa: F401
+                    except Exception as exc:
+                        log.warning("model %s: torchvision unavailable (%s); decode_jpeg decodes on the CPU with Pillow", pipeline.config.name, exc)
+                    else:
+                        self._decode_on_device = True
 
     def synthetic(self, tensor: TensorConfig, rows: int | None) -> np.ndarray:
         """A zero input for warm-up; a step's input gets dims the step accepts (e.g. an image as large as the crop)."""
-        dims = next((pre.warm_dims for pre in self.pipeline.pre if pre.input.name == tensor.name), tuple(1 if d < 0 else d for d in tensor.dims))
+        step = next((pre for pre in self.pipeline.pre if pre.input.name == tensor.name), None)
+        if step is not None and step.decoder is not None:  # valid JPEGs as large as the image step's warm-up images
+            h, w = step.warm_dims[:2]
+            jpeg = self._warm_jpegs.get((h, w)) or self._warm_jpegs.setdefault((h, w), step.decoder.sample(h, w))
+            return np.full((rows or 1, 1), jpeg, dtype=np.object_)
+        dims = step.warm_dims if step is not None else tuple(1 if d < 0 else d for d in tensor.dims)
         if tensor.datatype == "BYTES":
             return np.full(((rows,) if rows is not None else ()) + dims, b"", dtype=np.object_)
         return np.zeros(((rows,) if rows is not None else ()) + dims, dtype=numpy_dtype(tensor.datatype))
@@ -384,7 +448,10 @@ class PipelineInstance:
         for pre in p.pre:
             array = x.pop(pre.step.input)
             try:
-                x[pre.step.output] = self._pre_device(pre, array) if self.on_device else self._pre_cpu(pre, array)
+                if pre.decoder is not None:
+                    x[pre.step.output] = self._decode(pre, array)
+                else:
+                    x[pre.step.output] = self._pre_device(pre, array) if self.on_device else self._pre_cpu(pre, array)
             except ValueError as exc:  # KernelInputError: this batch's tensors do not fit the step
                 raise InvalidInput(f"model '{p.config.name}' {pre.step.where} ({pre.step.op}) on input '{pre.step.input}': {exc}") from None
         if not p.post:
@@ -395,8 +462,36 @@ class PipelineInstance:
             outputs.update(post.run(source) if p.batched else {k: v[0] for k, v in post.run(source[None]).items()})
         return {name: outputs[name] for name in output_names}
 
-    def _pre_cpu(self, pre: _PreStep, array: np.ndarray) -> np.ndarray:
+    def _decode(self, pre: _PreStep, rows: np.ndarray) -> list[Any]:
+        """decode_jpeg: the batch's images (numpy, or torch CUDA tensors on the instance's stream), or RowsRejected."""
+        where = f"model '{self.pipeline.config.name}' {pre.step.where} (decode_jpeg) on input '{pre.step.input}'"
+        reject = lambda reasons: RowsRejected(where, reasons)  # noqa: E731
+        if not self._decode_on_device:
+            return pre.decoder.cpu(rows, reject)
+        runtime = self.runtime
+        with self._torch.cuda.stream(runtime._stream):
+            return pre.decoder.cuda(rows, runtime._device, reject)
+
+    def _pre_cpu(self, pre: _PreStep, array: Any) -> np.ndarray:
+        if pre.ragged:
+            return self._per_shape(array, lambda group: pre.cpu(np.stack(group)), lambda shape, like: np.empty(shape, like.dtype))
         return pre.cpu(array) if self.pipeline.batched else pre.cpu(array[None])[0]
+
+    @staticmethod
+    def _per_shape(images: list[Any], run: Callable[[list[Any]], Any], empty: Callable[[tuple[int, ...], Any], Any]) -> Any:
+        """Run a batched step once per group of equally sized images; one output batch (``empty(shape, like)``) in row order."""
+        from .decode import group_by_shape
+
+        groups = group_by_shape(images)
+        if len(groups) == 1:
+            return run(images)
+        out = None
+        for _, indices in groups:
+            part = run([images[i] for i in indices])
+            if out is None:
+                out = empty((len(images), *part.shape[1:]), part)
+            out[indices] = part
+        return out
 
     def _pre_device(self, pre: _PreStep, array: np.ndarray) -> Any:
         """Upload the raw batch, run the CUDA kernel on the runtime's stream, hand back a torch CUDA tensor (no copy)."""
@@ -405,6 +500,14 @@ class PipelineInstance:
 
         with cuda.gpus[runtime._device.index or 0]:
             stream = cuda.external_stream(runtime._stream.cuda_stream)  # the runtime's stream: ordered, no sync here
+            if pre.ragged:  # decoded images (CUDA tensors from nvJPEG, or numpy from Pillow), grouped by size
+                def run(group: list[Any]) -> Any:
+                    with torch.cuda.stream(runtime._stream):
+                        stacked = torch.stack(group) if isinstance(group[0], torch.Tensor) else np.stack(group)
+                    return torch.as_tensor(pre.gpu(kc, kc.as_device(stacked, stream), stream), device=runtime._device)
+
+                with torch.cuda.stream(runtime._stream):
+                    return self._per_shape(array, run, lambda shape, like: torch.empty(shape, dtype=like.dtype, device=like.device))
             batch = array if self.pipeline.batched else array[None]
             device = kc.as_device(np.ascontiguousarray(batch), stream)
             out = pre.gpu(kc, device, stream)

@@ -17,6 +17,9 @@ Options (``[parameters]``)::
     cuda_graphs = true        # GPU instances: capture one CUDA graph per batch-size bucket at load
     graph_batch_sizes = []    # the buckets; default: the preferred batch sizes, else powers of two up to
                               # max_batch_size (max_batch_size itself always included)
+    sequence_buckets = []     # for inputs whose last dimension is variable (token ids, masks): the longest one
+                              # is the longest length accepted (longer -> INVALID_ARGUMENT); on a GPU each batch
+                              # is zero-padded to the next bucket and graphs are captured per (batch, length)
     intra_op_threads = 0      # CPU: torch.set_num_threads (process-wide), 0 = leave torch's default
     allow_pickle = false
 
@@ -25,7 +28,8 @@ when CUDA is available, else CPU). A GPU instance owns a CUDA stream and pinned 
 across batches; inputs go host->device and outputs device->host asynchronously on that stream, and the
 instance's executor thread (never the event loop) waits for the stream. With CUDA graphs a batch is
 padded up to the nearest captured bucket (padding rows zeroed), the graph is replayed, and the padding is
-cut from the outputs. A batch of host arrays on a graph instance is staged through pinned buffers per bucket
+cut from the outputs; with ``sequence_buckets`` the variable last dimension is padded with zeros the same way
+(the model must ignore zero padding, e.g. through an attention mask: zoo.py's BERT does). A batch of host arrays on a graph instance is staged through pinned buffers per bucket
 (rows written and padding zeroed with numpy; whole-bucket copies in and out), so it costs four torch calls,
 each of which lets go of the GIL (see ``_stage``); inputs already on the device (a GPU pipeline's) and outputs of
 variable shape take the general path. Warm-up, including capture, finishes before the version reports READY.
@@ -45,12 +49,12 @@ from ..config import ModelConfig, TensorConfig
 from ..errors import ConfigError, InvalidInput
 from .base import Signature
 
-__all__ = ["TorchRuntime", "bucket_for", "graph_buckets", "pad_rows"]
+__all__ = ["TorchRuntime", "bucket_for", "graph_buckets", "pad_length", "pad_rows"]
 
 #: torch.export.load (and torch.jit.load) keep global state while deserialising, and a CUDA graph capture
 #: must not overlap another capture: instances load and capture one at a time, process-wide.
 _LOAD_LOCK = threading.Lock()
-_KNOWN = {"precision", "cuda_graphs", "graph_batch_sizes", "intra_op_threads", "allow_pickle"}
+_KNOWN = {"precision", "cuda_graphs", "graph_batch_sizes", "intra_op_threads", "allow_pickle", "sequence_buckets"}
 _PRECISIONS = ("fp32", "fp16", "bf16")
 
 
@@ -82,6 +86,15 @@ def pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
     return padded
 
 
+def pad_length(array: np.ndarray, length: int) -> np.ndarray:
+    """``array`` with zeros appended along its last axis up to ``length`` (unchanged when it has that length)."""
+    if array.shape[-1] == length:
+        return array
+    padded = np.zeros((*array.shape[:-1], length), dtype=array.dtype)
+    padded[..., : array.shape[-1]] = array
+    return padded
+
+
 def _options(parameters: Mapping[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(parameters) - _KNOWN)
     if unknown:
@@ -92,6 +105,9 @@ def _options(parameters: Mapping[str, Any]) -> dict[str, Any]:
     sizes = parameters.get("graph_batch_sizes", [])
     if not isinstance(sizes, list) or any(isinstance(s, bool) or not isinstance(s, int) for s in sizes):
         raise ConfigError(f"parameters.graph_batch_sizes: expected a list of integers, got {sizes!r}")
+    lengths = parameters.get("sequence_buckets", [])
+    if not isinstance(lengths, list) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in lengths):
+        raise ConfigError(f"parameters.sequence_buckets: expected a list of integers >= 1, got {lengths!r}")
     threads = parameters.get("intra_op_threads", 0)
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
         raise ConfigError(f"parameters.intra_op_threads: expected an integer >= 0, got {threads!r}")
@@ -104,6 +120,7 @@ def _options(parameters: Mapping[str, Any]) -> dict[str, Any]:
         "graph_batch_sizes": sizes,
         "intra_op_threads": threads,
         "allow_pickle": parameters.get("allow_pickle", False),
+        "sequence_buckets": sorted(set(lengths)),
     }
 
 
@@ -117,8 +134,11 @@ class TorchRuntime:
         self._inputs: tuple[TensorConfig, ...] = ()
         self._outputs: tuple[TensorConfig, ...] = ()
         self._compute_dtype: Any = None
-        self._graphs: dict[int, tuple[Any, list[Any], list[Any]]] = {}  # bucket -> (graph, static inputs, static outputs)
+        #: (batch bucket, length bucket or 0) -> (graph, static inputs, static outputs)
+        self._graphs: dict[tuple[int, int], tuple[Any, list[Any], list[Any]]] = {}
         self._buckets: list[int] = []
+        self._lengths: list[int] = []  # sequence_buckets
+        self._sequences: frozenset[str] = frozenset()  # the inputs they pad (variable last dimension)
         self._pinned: dict[str, Any] = {}
         #: bucket -> (pinned input views, pinned output views), each bucket rows long: whole-bucket copies
         self._staged: dict[int, tuple[list[Any], list[Any]]] = {}
@@ -146,6 +166,11 @@ class TorchRuntime:
         self._module = module
         self._inputs, self._outputs = config.inputs, config.outputs
         self._batched = bool(config.max_batch_size)
+        self._lengths = opts["sequence_buckets"]
+        if self._lengths:
+            self._sequences = frozenset(t.name for t in config.inputs if t.dims and t.dims[-1] == -1)
+            if not self._sequences or any(d < 0 for t in config.inputs for d in (t.dims[:-1] if t.name in self._sequences else t.dims)):
+                raise ConfigError("parameters.sequence_buckets: needs inputs whose last dimension, and only that one, is variable (-1)")
         batch = (-1,) if self._batched else ()
         signature = Signature(
             inputs=tuple(TensorConfig(name=t.name, datatype=t.datatype, dims=batch + t.dims, optional=t.optional) for t in config.inputs),
@@ -153,9 +178,9 @@ class TorchRuntime:
         )
         if self._device.type == "cuda":
             self._stream = torch.cuda.Stream(device=self._device)
-            fixed = all(d > 0 for t in config.inputs for d in t.dims) and all(t.datatype not in ("BYTES", "BF16") for t in config.inputs)
+            fixed = all(d > 0 for t in config.inputs for d in self._static_dims(t, 1)) and all(t.datatype not in ("BYTES", "BF16") for t in config.inputs)
             max_rows = config.max_batch_size or 1
-            if fixed:
+            if fixed and not self._lengths:
                 self._pinned = {
                     t.name: torch.empty((max_rows, *t.dims), dtype=_torch_dtype(torch, t.datatype), pin_memory=True) for t in config.inputs
                 }
@@ -164,9 +189,25 @@ class TorchRuntime:
                 self._buckets = graph_buckets(config.max_batch_size, preferred, opts["graph_batch_sizes"])
                 with _LOAD_LOCK:
                     for bucket in self._buckets:
-                        self._graphs[bucket] = self._capture(torch, bucket)
-                self._stage(torch, max_rows)
+                        for length in self._lengths or [0]:
+                            self._graphs[(bucket, length)] = self._capture(torch, bucket, length)
+                if not self._lengths:
+                    self._stage(torch, max_rows)
         return signature
+
+    def _static_dims(self, tensor: TensorConfig, length: int) -> tuple[int, ...]:
+        """An input's dims with the sequence length made ``length`` (sequence inputs only)."""
+        return (*tensor.dims[:-1], length) if tensor.name in self._sequences else tensor.dims
+
+    def _fit_lengths(self, inputs: Mapping[str, np.ndarray], pad: bool) -> tuple[Mapping[str, np.ndarray], int]:
+        """Check the sequence inputs' length against the largest bucket; with ``pad``, zero-pad them to their bucket."""
+        length = max(inputs[name].shape[-1] for name in self._sequences)
+        if length > self._lengths[-1]:
+            raise InvalidInput(f"input(s) {sorted(self._sequences)}: length {length} exceeds the longest accepted, {self._lengths[-1]} (parameters.sequence_buckets)")
+        if not pad:
+            return inputs, 0
+        bucket = self._lengths[bisect.bisect_left(self._lengths, length)]
+        return {n: pad_length(a, bucket) if n in self._sequences else a for n, a in inputs.items()}, bucket
 
     def _stage(self, torch: Any, max_rows: int) -> None:
         """Pinned output buffers and per-bucket views, so that a batch of host arrays costs four torch calls (copy
@@ -175,17 +216,17 @@ class TorchRuntime:
         graphs produce exactly (anything else keeps the general path)."""
         if not self._batched or any(t.datatype in ("BYTES", "BF16") or any(d <= 0 for d in t.dims) for t in self._outputs):
             return
-        if any(tuple(o.shape) != (bucket, *t.dims) for bucket, (_, _, outs) in self._graphs.items() for o, t in zip(outs, self._outputs)):
+        if any(tuple(o.shape) != (bucket, *t.dims) for (bucket, _), (_, _, outs) in self._graphs.items() for o, t in zip(outs, self._outputs)):
             return
         pinned_in = [self._pinned[t.name] for t in self._inputs]
         pinned_out = [torch.empty((max_rows, *t.dims), dtype=_torch_dtype(torch, t.datatype), pin_memory=True) for t in self._outputs]
         self._host_in = [b.numpy() for b in pinned_in]
         self._host_out = [b.numpy() for b in pinned_out]
-        self._staged = {bucket: ([b[:bucket] for b in pinned_in], [b[:bucket] for b in pinned_out]) for bucket in self._graphs}
+        self._staged = {bucket: ([b[:bucket] for b in pinned_in], [b[:bucket] for b in pinned_out]) for bucket, _ in self._graphs}
 
-    def _capture(self, torch: Any, rows: int) -> tuple[Any, list[Any], list[Any]]:
+    def _capture(self, torch: Any, rows: int, length: int) -> tuple[Any, list[Any], list[Any]]:
         static = [
-            torch.zeros(((rows,) if self._batched else ()) + t.dims, dtype=_torch_dtype(torch, t.datatype), device=self._device)
+            torch.zeros(((rows,) if self._batched else ()) + self._static_dims(t, length), dtype=_torch_dtype(torch, t.datatype), device=self._device)
             for t in self._inputs
         ]
         with torch.inference_mode(), torch.cuda.stream(self._stream):
@@ -225,6 +266,8 @@ class TorchRuntime:
 
         with torch.inference_mode():
             if self._device.type == "cpu":
+                if self._lengths:
+                    self._fit_lengths(inputs, pad=False)
                 tensors = [_to_torch(torch, inputs[t.name]) for t in self._inputs]
                 outputs = self._forward(torch, tensors)
                 return {t.name: _to_numpy(torch, o) for t, o in zip(self._outputs, outputs) if t.name in output_names}
@@ -232,6 +275,9 @@ class TorchRuntime:
 
     def _infer_cuda(self, torch: Any, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
         rows = next(iter(inputs.values())).shape[0] if self._batched and inputs else 1
+        length = 0
+        if self._lengths:
+            inputs, length = self._fit_lengths(inputs, pad=True)
         if self._staged and not any(isinstance(a, torch.Tensor) for a in inputs.values()):
             return self._infer_staged(torch, inputs, output_names, rows)
         with torch.cuda.stream(self._stream):
@@ -250,7 +296,7 @@ class TorchRuntime:
                 staged.append(host)
             if self._graphs:
                 bucket = bucket_for(rows, self._buckets) if self._batched else self._buckets[0]
-                graph, static, static_out = self._graphs[bucket]
+                graph, static, static_out = self._graphs[(bucket, length)]
                 for dst, src in zip(static, staged):
                     target = dst[:rows] if self._batched else dst
                     target.copy_(src, non_blocking=True)
@@ -270,7 +316,7 @@ class TorchRuntime:
         """Host arrays through a CUDA graph: rows into the pinned buffers (padding zeroed) with numpy, the whole bucket
         in, replay, the whole bucket out, synchronise, the rows copied out of the pinned buffer (reused next batch)."""
         bucket = bucket_for(rows, self._buckets)
-        graph, static, static_out = self._graphs[bucket]
+        graph, static, static_out = self._graphs[(bucket, 0)]
         host_in, host_out = self._staged[bucket]
         for t, view in zip(self._inputs, self._host_in):
             view[:rows] = inputs[t.name]
