@@ -34,6 +34,8 @@ from .errors import ConfigError
 from .edge.grpc_servicer import InferenceServicer, add_to_server, status_of
 from .observability.metrics import ServerMetrics
 from .observability.metrics_http import MetricsEndpoint, read_scrape_token
+from .observability.tracing import TraceOptions
+from .observability.tracing import from_options as tracing_from_options
 from .execution.model import abandoned_threads
 from .repository import ModelRepository
 from .edge.rest import RestEndpoint
@@ -115,6 +117,8 @@ class ServerConfig:
     """Python's GIL switch interval for this process (``sys.setswitchinterval``); 0 leaves Python's 5 ms. A runtime
     thread that lets go of the GIL (every torch call does) waits up to this long to get it back while the event
     loop runs Python: smaller values shorten those waits under load, at the cost of more thread switches."""
+    trace: TraceOptions = TraceOptions()
+    """OpenTelemetry tracing (``observability/tracing.py``): exporter, endpoint, ratio; unset fields come from ``OTEL_*``."""
     reuse_port: bool = False
     """Bind the gRPC and REST ports with SO_REUSEPORT so several worker processes share them (set by ``--workers``;
     see ``workers.py``). Off otherwise, so a port already taken is a clear error rather than a silent share."""
@@ -288,6 +292,8 @@ class Server:
         self._servicer: InferenceServicer | None = None
         self._health = _Health()
         self.address = ""
+        self.tracing = tracing_from_options(config.trace)
+        """Spans per request stage, when an exporter is configured (else off: one attribute check per request)."""
         self.security = SecurityPolicy(auth=TokenAuth.load(config.auth_tokens_file), admin_enabled=config.admin_enabled)
 
     def is_ready(self) -> bool:
@@ -318,6 +324,7 @@ class Server:
             self.repository, server_name="surge", server_version=SERVER_VERSION, is_ready=self.is_ready, metrics=self.metrics, limits=limits,
             traffic=self.traffic, peers=self._peers,
         )
+        servicer.tracing = self.tracing
         add_to_server(servicer, server)
         add_surge_services(self.traffic, server, self._peers)  # surge.v1.Admin and surge.v1.Feedback (admin scope: server/edge/security.py)
         self._servicer = servicer
@@ -415,6 +422,7 @@ class Server:
         if self._metrics_endpoint is not None:  # last: a scrape during the drain still sees it
             await self._metrics_endpoint.aclose()
             self._metrics_endpoint = None
+        await asyncio.to_thread(self.tracing.shutdown)  # export the spans still buffered
 
 
 async def serve(config: ServerConfig, *, address_file: Path | None = None) -> None:

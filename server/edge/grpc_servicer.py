@@ -31,6 +31,7 @@ from ..repository import ModelRepository
 from ..traffic.routing import RouteEntry, stable_hash
 from ..traffic.shadow import ShadowJob, ShadowSender
 from ..execution.stats import Stamps, now_ns
+from ..observability.tracing import DISABLED, Tracing
 from ..traffic.traffic import Traffic
 from .triton import config_overrides_from_json, model_config_message, statistics_message
 from ..workers import WorkerPeers, is_local_call
@@ -58,7 +59,7 @@ STATUS_OF: dict[type[BaseException], grpc.StatusCode] = {
 }
 
 #: ServerMetadata.extensions: only what is really implemented.
-EXTENSIONS = ("classification", "model_repository", "model_configuration", "statistics", "parameters")
+EXTENSIONS = ("classification", "model_repository", "model_configuration", "statistics", "parameters", "trace")
 STREAM_MAX_IN_FLIGHT = 128
 
 _request_ids = itertools.count(1)
@@ -192,6 +193,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._version = server_version
         self._is_ready = is_ready
         self._stream_readers: set[asyncio.Task[None]] = set()
+        self.tracing: Tracing = DISABLED
+        """The server's tracing (``observability/tracing.py``); set by the server when it is configured."""
 
     # -- health and metadata ---------------------------------------------------------------------
 
@@ -260,6 +263,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @_edge
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         stamps = Stamps(now_ns())
+        if self.tracing.on:  # sampled: the request's spans (observability/tracing.py)
+            stamps.trace = self.tracing.begin(stamps, context, request.model_name, "ModelInfer")
         entry = self._traffic.table.get(request.model_name) if self._traffic is not None else None
         if entry is None:  # no routes, shadow or feedback for this model: the fast path
             version = self._lookup(request)
@@ -306,6 +311,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             stamps.rows = decoded.rows
             if sender is not None:  # never raises, never waits: the shadow has its own budget
                 job = sender.offer(version.version_str, decoded.inputs, decoded.rows, decoded.output_names, request.id)
+                if job is not None:
+                    job.trace = stamps.trace
             outputs = await version.execute(
                 decoded.inputs, decoded.rows, decoded.output_names, stamps, deadline, priority=decoded.priority, timeout_s=decoded.timeout_s
             )
@@ -317,15 +324,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if job is not None:
                 job.primary_done(None)
             expired = deadline is not None and time.monotonic() >= deadline - DEADLINE_SLACK_S
-            version.stats.record_failure(stamps, now_ns(), "DEADLINE_EXCEEDED" if expired else "CANCELLED")
+            version.stats.record_failure(stamps, end := now_ns(), code := "DEADLINE_EXCEEDED" if expired else "CANCELLED")
+            if stamps.trace is not None:
+                stamps.trace.end(stamps, version, code, end_ns=end)
             raise
         except Exception as exc:
             if job is not None:
                 job.primary_done(None)
-            version.stats.record_failure(stamps, now_ns(), status_of(exc).name)
+            version.stats.record_failure(stamps, end := now_ns(), code := status_of(exc).name)
+            if stamps.trace is not None:
+                stamps.trace.end(stamps, version, code, end_ns=end)
             raise
         stamps.end = now_ns()
         version.stats.record_success(stamps)
+        if stamps.trace is not None:
+            stamps.trace.end(stamps, version, "OK", "shadowed" if job is not None else "primary")
         if feedback is not None and request.id:
             feedback.record(request.id, version.version_str, outputs, decoded.rows)
         return response
@@ -349,6 +362,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def one(request: pb.ModelInferRequest) -> None:
             try:
                 stamps = Stamps(now_ns())
+                if self.tracing.on:
+                    stamps.trace = self.tracing.begin(stamps, context, request.model_name, "ModelStreamInfer")
                 entry = self._traffic.table.get(request.model_name) if self._traffic is not None else None
                 if entry is None:
                     response = await self._infer(request, self._lookup(request), stamps, _deadline(context))
@@ -398,6 +413,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._stopping = True
         for reader in list(self._stream_readers):
             reader.cancel()
+
+    @_edge
+    async def TraceSetting(self, request: pb.TraceSettingRequest, context: grpc.aio.ServicerContext) -> pb.TraceSettingResponse:
+        """Triton's trace extension: read (no settings) or change the global or a model's settings."""
+        if request.model_name:
+            self._repo.get(request.model_name, "")  # NOT_FOUND for a model the repository does not serve
+        changes = {name: list(value.value) for name, value in request.settings.items()}
+        response = pb.TraceSettingResponse()
+        for name, values in self.tracing.update(request.model_name, changes).items():
+            response.settings[name].value.extend(values)
+        return response
 
     # -- repository ------------------------------------------------------------------------------
 
@@ -467,7 +493,6 @@ _NOT_BUILT = {
     "CudaSharedMemoryStatus": "CUDA shared memory (send tensors in the request instead)",
     "CudaSharedMemoryRegister": "CUDA shared memory (send tensors in the request instead)",
     "CudaSharedMemoryUnregister": "CUDA shared memory (send tensors in the request instead)",
-    "TraceSetting": "request tracing (TraceSetting)",
     "LogSettings": "LogSettings (set the log level with surge serve --log-level)",
 }
 for _rpc, _what in _NOT_BUILT.items():

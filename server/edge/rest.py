@@ -53,6 +53,7 @@ from aiohttp import web
 from surge.protos import grpc_service_pb2 as pb
 
 from .. import errors
+from ..observability import tracing
 from . import rest_codec
 from .grpc_servicer import EXTENSIONS, InferenceServicer, _error_message, status_of
 from ..observability.metrics import ServerMetrics
@@ -249,7 +250,8 @@ class RestEndpoint:
             post(f"/v2/{kind}/unregister", self._not_built(f"{rpc}Unregister"))
             post(f"/v2/{kind}/region/{{region}}/unregister", self._not_built(f"{rpc}Unregister"))
         for path in ("/v2/trace/setting", "/v2/models/{model}/trace/setting"):
-            router.add_route("*", path, self._not_built("TraceSetting"))
+            get(path, self._trace_setting)
+            post(path, self._trace_setting)
         router.add_route("*", "/v2/logging", self._not_built("LogSettings"))
 
     @web.middleware
@@ -359,6 +361,12 @@ class RestEndpoint:
         if "gzip" in accept or "deflate" in accept:
             reply.enable_compression()  # what the client accepts (tritonclient's response_compression_algorithm)
         return reply
+
+    async def _trace_setting(self, request: web.Request) -> web.Response:
+        """Triton's trace extension over REST (the gRPC TraceSetting, JSON in and out: ``tracing.py``)."""
+        body = await self._body(request) if request.method == "POST" else b""
+        message = tracing.setting_request(body, request.match_info.get("model", ""))
+        return _json(tracing.setting_json(await self._call(request, "TraceSetting", message)))
 
     # -- repository ----------------------------------------------------------------------------
 
