@@ -302,5 +302,7 @@ def test_client_injects_the_current_context_only_when_a_span_is_current() -> Non
     with tracer.start_as_current_span("caller") as span:
         metadata = dict(call_metadata((("a", "b"),)))
     assert metadata["a"] == "b"
-    assert metadata["traceparent"] == f"00-{span.get_span_context().trace_id:032x}-{span.get_span_context().span_id:016x}-01"
+    version, trace_id, span_id, flags = metadata["traceparent"].split("-")
+    assert (trace_id, span_id) == (f"{span.get_span_context().trace_id:032x}", f"{span.get_span_context().span_id:016x}")
+    assert version == "00" and int(flags, 16) & 1  # sampled
     assert json.dumps(metadata)  # plain strings
