@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import json
 import shutil
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent import futures
@@ -306,3 +307,31 @@ def test_client_injects_the_current_context_only_when_a_span_is_current() -> Non
     assert (trace_id, span_id) == (f"{span.get_span_context().trace_id:032x}", f"{span.get_span_context().span_id:016x}")
     assert version == "00" and int(flags, 16) & 1  # sampled
     assert json.dumps(metadata)  # plain strings
+
+
+def test_shadow_call_is_a_linked_span_of_its_request(tmp_path: Path) -> None:
+    from tests.models import write_add_model
+
+    root = tmp_path / "repository"
+    for version in (1, 2):
+        write_add_model(root / "shadowed" / str(version) / "model.onnx", float(version))
+    (root / "shadowed" / "config.toml").write_text("max_batch_size = 8\n[version_policy]\nall = true\n[routing.weights]\n1 = 1\n[routing.shadow]\nversion = 2\n")
+    exporter = InMemorySpanExporter()
+    thread = ServerThread(ServerConfig(model_repository=root, grpc_port=0, metrics_port=-1, http_port=-1))
+    thread.server.tracing = tracing.build(SimpleSpanProcessor(exporter))
+    thread.start()
+    try:
+        with InferenceClient(thread.address, timeout_s=30.0, retries=0) as client:
+            client.infer("shadowed", {"x": np.ones((2, 4), np.float32)})
+        deadline = time.monotonic() + 10
+        while not any(s.name == "shadow" for s in exporter.get_finished_spans()) and time.monotonic() < deadline:
+            time.sleep(0.02)  # the shadow runs after the primary answered
+    finally:
+        thread.stop()
+    spans = exporter.get_finished_spans()
+    server = next(s for s in spans if s.kind == SpanKind.SERVER)
+    assert server.attributes["surge.route"] == "shadowed" and server.attributes["surge.model_version"] == "1"
+    shadow = next(s for s in spans if s.name == "shadow")
+    assert shadow.parent.span_id == server.context.span_id and [link.context.span_id for link in shadow.links] == [server.context.span_id]
+    assert shadow.attributes["surge.model_version"] == "2" and shadow.attributes["surge.status"] == "OK" and shadow.attributes["surge.route"] == "shadow"
+    assert shadow.end_time > shadow.start_time
