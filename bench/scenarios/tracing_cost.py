@@ -10,6 +10,12 @@ every span is built and exported for real). The load is ``closed_loop`` from thi
 pre-serialised request of 1 row of 16 FP32, answers not parsed. Per side: medians over the rounds of infer/s,
 p50, p99 and the server's CPU per answered request (less moved than throughput by other work on a shared box);
 each cost is also given as the median of the per-round ratios to ``off`` (run back to back).
+
+``--toggle`` (the precise one on a shared machine): one server in this process, pinned to the server CPU, the
+load generator a child process on the other CPU; the servicer's tracing is swapped between off and sampled at
+the first ``--ratios`` value every ``--duration-s`` (off, on, on, off, ...), exactly as the server switches it.
+Same process, memory and sockets on both sides: the paired difference in this process's CPU per answered request
+(every thread, the exporter's included) is what tracing costs.
 """
 
 from __future__ import annotations
@@ -76,8 +82,56 @@ def _server_pid(address_file: Path) -> int:
     return int(pids[-1])
 
 
+def toggle(args: argparse.Namespace, repository: Path, endpoint: str) -> dict:
+    """The in-process toggle (see the module docstring); returns the summary."""
+    import time
+
+    from surge.server.app import Server, ServerConfig
+    from surge.server.observability import tracing
+
+    os.sched_setaffinity(0, {int(SERVER_CPU)})
+    ratio = float(args.ratios.split(",")[0])
+    on = tracing.from_options(tracing.TraceOptions(exporter="otlp-http", endpoint=endpoint, ratio=ratio))
+    server = Server(ServerConfig(model_repository=repository, grpc_port=0, metrics_port=0, http_port=-1))
+    loop = uvloop.new_event_loop()
+    address = loop.run_until_complete(server.start())
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    servicer = server._servicer
+    stats = server.repository.get("tiny").stats
+    generator = subprocess.Popen(["taskset", "-c", GENERATOR_CPU, sys.executable, "-m", "bench.scenarios.tracing_cost", "--generate", address,
+                                  "--concurrency", str(args.concurrency)], cwd=targets.REPO_ROOT)  # fmt: skip
+    per_request: dict[str, list[float]] = {"off": [], "on": []}
+    try:
+        time.sleep(args.warmup_s + 3)
+        for i in range(2 * args.rounds):
+            side = ("off", "on")[(i + i // 2) % 2]
+            servicer.tracing = on if side == "on" else tracing.DISABLED  # a reference swap, read by the loop thread
+            time.sleep(0.3)
+            cpu0, served0, t0 = time.process_time(), stats.success.count, time.perf_counter()
+            time.sleep(args.duration_s)
+            cpu1, served1, t1 = time.process_time(), stats.success.count, time.perf_counter()
+            per_request[side].append((cpu1 - cpu0) / (served1 - served0) * 1e6)
+            print(json.dumps({"window": i, "tracing": side, "server_cpu_us_per_request": per_request[side][-1],
+                              "infer_per_s": (served1 - served0) / (t1 - t0)}), flush=True)  # fmt: skip
+    finally:
+        generator.kill()
+        generator.wait()
+        loop.call_soon_threadsafe(loop.stop)
+        on.shutdown()
+    ratios = [a / b for a, b in zip(per_request["on"], per_request["off"])]
+    return {"mode": "toggle", "ratio": ratio, "concurrency": args.concurrency, "window_s": args.duration_s, "windows_per_side": args.rounds,
+            "on_cpu_us_per_request": statistics.median(per_request["on"]), "off_cpu_us_per_request": statistics.median(per_request["off"]),
+            "paired_cpu_per_request_cost_pct": 100 * (statistics.median(ratios) - 1), "otlp_bytes_received": _Sink.spans_bytes}  # fmt: skip
+
+
+async def _generate(address: str, concurrency: int) -> None:
+    await _measure(address, _payload(), concurrency, 0.0, 3600.0, 0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--toggle", action="store_true", help="one in-process server, tracing switched off and on in turn")
+    parser.add_argument("--generate", metavar="ADDRESS", help=argparse.SUPPRESS)  # --toggle's load generator
     parser.add_argument("--before", help="also measure this git revision (Surge before tracing)")
     parser.add_argument("--ratios", default="0.01", help="comma-separated sampling ratios to measure (default 0.01)")
     parser.add_argument("--rounds", type=int, default=5)
@@ -85,11 +139,19 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=5.0)
     parser.add_argument("--warmup-s", type=float, default=1.0)
     args = parser.parse_args()
-    os.sched_setaffinity(0, {int(GENERATOR_CPU)})
+    if args.generate:
+        uvloop.run(_generate(args.generate, args.concurrency))
+        return
     repository = write_repository(targets.CACHE / "repo-tracing", {"tiny": write_onnx_files(targets.CACHE / "onnx")["tiny"]}, BATCHING)
     sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
     threading.Thread(target=sink.serve_forever, daemon=True).start()
     endpoint = f"http://127.0.0.1:{sink.server_address[1]}"
+    if args.toggle:
+        summary = toggle(args, repository, endpoint)
+        summary["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
+        print(json.dumps({"summary": summary}), flush=True)
+        return
+    os.sched_setaffinity(0, {int(GENERATOR_CPU)})
     sides: dict[str, tuple[dict[str, str], list[str]]] = {}
     if args.before:
         sides["before"] = (targets.surge_source(args.before)[1], [])

@@ -181,11 +181,11 @@ class Tracing:
             raise InvalidInput("trace_mode: Surge traces with OpenTelemetry only")
         parsed = {name: (_parse(name, values) if values else None) for name, values in settings.items() if name != "trace_mode"}
         with self._lock:
-            if model:
+            if model and parsed:
                 scope = self.model_settings.setdefault(model, TraceSettings())
                 for name, value in parsed.items():
                     setattr(scope, name, value)
-            else:
+            elif not model:
                 for name, value in parsed.items():
                     if value is None:
                         raise InvalidInput(f"the global {name} cannot be cleared; give it a value")
