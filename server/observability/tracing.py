@@ -29,7 +29,9 @@ Configured by the standard ``OTEL_*`` variables (``OTEL_TRACES_EXPORTER``, ``OTE
 
 from __future__ import annotations
 
+import functools
 import os
+import random
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -51,6 +53,9 @@ _GRPC_CODES = {
     "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8, "FAILED_PRECONDITION": 9, "ABORTED": 10, "OUT_OF_RANGE": 11,
     "UNIMPLEMENTED": 12, "INTERNAL": 13, "UNAVAILABLE": 14, "DATA_LOSS": 15, "UNAUTHENTICATED": 16,
 }
+
+
+_random64 = functools.partial(random.getrandbits, 64)
 
 
 def _epoch(perf_ns: int) -> int:
@@ -115,6 +120,8 @@ class _Sampler:
         parent = self._parent(parent_context).get_span_context()
         if kind is not self._server:  # a stage, batch or shadow span: exactly when its request is sampled
             sampled = parent.is_valid and parent.trace_flags.sampled
+        elif self._t.decided:  # a new trace that ``Tracing.begin`` sampled already
+            sampled = True
         else:
             sampled = self._t.decide(attributes.get("surge.model", "") if attributes else "", trace_id, parent if parent.is_valid else None)
         return self._result(self._yes, attributes, parent.trace_state if parent.is_valid else None) if sampled else self._drop
@@ -134,6 +141,7 @@ class Tracing:
 
     def __init__(self, *, ratio: float = 1.0) -> None:
         self.on = False
+        self.decided = False  # set by ``begin`` around starting a span it has sampled already (event loop only)
         self._provider: Any = None
         self._lock = threading.Lock()
         rate = max(1, round(1 / ratio)) if ratio > 0 else 1
@@ -224,15 +232,23 @@ class Tracing:
 
     def begin(self, stamps: Stamps, context: Any, model: str, method: str) -> RequestTrace | None:
         """A request arrived (``stamps.start``): its trace when sampled, else None. ``context``: the gRPC (or REST) context."""
-        carrier = {}
+        carrier = None
         for key, value in context.invocation_metadata() or ():
             if key == "traceparent" or key == "tracestate":
+                if carrier is None:
+                    carrier = {}
                 carrier[key] = value if isinstance(value, str) else value.decode("ascii", "replace")
-        parent = self._extract(carrier) if carrier else None
-        span = self._tracer.start_span(
-            f"{RPC_SERVICE}/{method}", context=parent, kind=self._SERVER, start_time=_epoch(stamps.start),
-            attributes={"rpc.system": "grpc", "rpc.service": RPC_SERVICE, "rpc.method": method, "surge.model": model},
-        )
+        if carrier is None:  # a new trace: decided here, so an unsampled request never reaches the SDK
+            if not self.decide(model, _random64(), None):
+                return None
+            self.decided = True
+        try:
+            span = self._tracer.start_span(
+                f"{RPC_SERVICE}/{method}", context=self._extract(carrier) if carrier is not None else None, kind=self._SERVER,
+                start_time=_epoch(stamps.start), attributes={"rpc.system": "grpc", "rpc.service": RPC_SERVICE, "rpc.method": method, "surge.model": model},
+            )
+        finally:
+            self.decided = False
         if not span.is_recording():
             return None
         return RequestTrace(self, span)
