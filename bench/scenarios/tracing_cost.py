@@ -101,6 +101,7 @@ def toggle(args: argparse.Namespace, repository: Path, endpoint: str) -> dict:
     generator = subprocess.Popen(["taskset", "-c", GENERATOR_CPU, sys.executable, "-m", "bench.scenarios.tracing_cost", "--generate", address,
                                   "--concurrency", str(args.concurrency)], cwd=targets.REPO_ROOT)  # fmt: skip
     per_request: dict[str, list[float]] = {"off": [], "on": []}
+    throughput: dict[str, list[float]] = {"off": [], "on": []}
     try:
         time.sleep(args.warmup_s + 3)
         for i in range(2 * args.rounds):
@@ -111,8 +112,8 @@ def toggle(args: argparse.Namespace, repository: Path, endpoint: str) -> dict:
             time.sleep(args.duration_s)
             cpu1, served1, t1 = time.process_time(), stats.success.count, time.perf_counter()
             per_request[side].append((cpu1 - cpu0) / (served1 - served0) * 1e6)
-            print(json.dumps({"window": i, "tracing": side, "server_cpu_us_per_request": per_request[side][-1],
-                              "infer_per_s": (served1 - served0) / (t1 - t0)}), flush=True)  # fmt: skip
+            throughput[side].append((served1 - served0) / (t1 - t0))
+            print(json.dumps({"window": i, "tracing": side, "server_cpu_us_per_request": per_request[side][-1], "infer_per_s": throughput[side][-1]}), flush=True)
     finally:
         generator.kill()
         generator.wait()
@@ -121,7 +122,10 @@ def toggle(args: argparse.Namespace, repository: Path, endpoint: str) -> dict:
     ratios = [a / b for a, b in zip(per_request["on"], per_request["off"])]
     return {"mode": "toggle", "ratio": ratio, "concurrency": args.concurrency, "window_s": args.duration_s, "windows_per_side": args.rounds,
             "on_cpu_us_per_request": statistics.median(per_request["on"]), "off_cpu_us_per_request": statistics.median(per_request["off"]),
-            "paired_cpu_per_request_cost_pct": 100 * (statistics.median(ratios) - 1), "otlp_bytes_received": _Sink.spans_bytes}  # fmt: skip
+            "paired_cpu_per_request_cost_pct": 100 * (statistics.median(ratios) - 1), "otlp_bytes_received": _Sink.spans_bytes,
+            "on_infer_per_s": statistics.median(throughput["on"]), "off_infer_per_s": statistics.median(throughput["off"]),
+            "throughput_cost_pct": 100 * (1 - statistics.median(throughput["on"]) / statistics.median(throughput["off"])),
+            "paired_throughput_cost_pct": 100 * (1 - statistics.median(a / b for a, b in zip(throughput["on"], throughput["off"])))}  # fmt: skip
 
 
 async def _generate(address: str, concurrency: int) -> None:
