@@ -206,7 +206,7 @@ class Tracing:
         self.on = self.configured and any(s.trace_level not in (None, ("OFF",)) and s.trace_count != 0 for s in scopes)
 
     def decide(self, model: str, trace_id: int, parent: Any) -> bool:
-        """The sampler's decision for a new request (called by the SDK, only when tracing is on)."""
+        """Sample a request of ``model``? (``begin`` asks for a new trace, the SDK's sampler for a caller's: ``parent``.)"""
         g, m = self.global_settings, self.model_settings.get(model)
         scope = m if m is not None else g
         level = scope.trace_level if scope.trace_level is not None else g.trace_level

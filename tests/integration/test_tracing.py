@@ -335,3 +335,16 @@ def test_shadow_call_is_a_linked_span_of_its_request(tmp_path: Path) -> None:
     assert shadow.parent.span_id == server.context.span_id and [link.context.span_id for link in shadow.links] == [server.context.span_id]
     assert shadow.attributes["surge.model_version"] == "2" and shadow.attributes["surge.status"] == "OK" and shadow.attributes["surge.route"] == "shadow"
     assert shadow.end_time > shadow.start_time
+
+
+def test_stream_requests_are_traced_under_the_streams_context(traced) -> None:
+    from surge.clients import InferRequest
+
+    thread, exporter = traced
+    _, tracer = _caller()
+    with tracer.start_as_current_span("caller") as caller, InferenceClient(thread.address, timeout_s=30.0, retries=0) as client:
+        answers = list(client.stream_infer([InferRequest("mlp", {"x": _x(1)}), InferRequest("nosuch", {"x": _x(1)}), InferRequest("mlp", {"x": _x(2)})]))
+    assert len(answers) == 3
+    servers = [s for s in _by_trace(exporter.get_finished_spans(), caller.get_span_context().trace_id) if s.kind == SpanKind.SERVER]
+    assert sorted(s.attributes["surge.rows"] for s in servers) == [1, 2]  # the unknown model reached no version: not traced
+    assert all(s.name == "inference.GRPCInferenceService/ModelStreamInfer" and s.attributes["rpc.method"] == "ModelStreamInfer" for s in servers)
