@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import operator
 import random
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -248,3 +249,17 @@ def _nothing(response: object) -> None:
 
 def _models(response: pb.RepositoryIndexResponse) -> list[pb.RepositoryIndexResponse.ModelIndex]:
     return list(response.models)
+
+
+def call_metadata(metadata: tuple[tuple[str, str], ...] | None) -> tuple[tuple[str, str], ...] | None:
+    """``metadata`` plus the caller's current OpenTelemetry context (W3C ``traceparent``/``tracestate``), so a trace
+    crosses client -> server. Only when the application uses opentelemetry (already imported) and a span is current:
+    the client never imports or needs it."""
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None or not trace.get_current_span().get_span_context().is_valid:
+        return metadata
+    from opentelemetry.propagate import inject
+
+    carrier: dict[str, str] = {}
+    inject(carrier)
+    return (*(metadata or ()), *carrier.items()) if carrier else metadata

@@ -154,7 +154,7 @@ class AsyncInferenceClient:
         call = self._get_stub().ModelStreamInfer(
             source.aencoded(),
             timeout=self._settings.call_timeout_s(timeout_s),
-            metadata=self._settings.metadata,
+            metadata=_common.call_metadata(self._settings.metadata),
         )
         try:
             async for response in call:
@@ -190,7 +190,7 @@ class AsyncInferenceClient:
         method = getattr(self._get_stub(), call.method)
         while True:
             try:
-                response = await method(call.request, timeout=retry.timeout_s(), metadata=self._settings.metadata)
+                response = await method(call.request, timeout=retry.timeout_s(), metadata=_common.call_metadata(self._settings.metadata))
             except grpc.aio.AioRpcError as exc:
                 delay_s = retry.next_delay_s(exc)
                 if delay_s is None:

@@ -167,7 +167,7 @@ class InferenceClient:
         call = self._stub.ModelStreamInfer(
             source.encoded(),
             timeout=self._settings.call_timeout_s(timeout_s),
-            metadata=self._settings.metadata,
+            metadata=_common.call_metadata(self._settings.metadata),
         )
         try:
             for response in call:
@@ -184,7 +184,7 @@ class InferenceClient:
         method = getattr(self._stub, call.method)
         while True:
             try:
-                response = method(call.request, timeout=retry.timeout_s(), metadata=self._settings.metadata)
+                response = method(call.request, timeout=retry.timeout_s(), metadata=_common.call_metadata(self._settings.metadata))
             except grpc.RpcError as exc:
                 delay_s = retry.next_delay_s(exc)
                 if delay_s is None:

@@ -36,6 +36,8 @@ from .edge.grpc_servicer import InferenceServicer, add_to_server, status_of
 from .observability.edge import grpc_server_ids
 from .observability.metrics import ServerMetrics, render
 from .observability.metrics_http import MetricsEndpoint, read_scrape_token
+from .observability.tracing import TraceOptions
+from .observability.tracing import from_options as tracing_from_options
 from .execution.model import abandoned_threads
 from .repository import ModelRepository
 from .edge.rest import RestEndpoint
@@ -125,6 +127,8 @@ class ServerConfig:
     state_dir: Path | None = None
     """Where admin route changes and rollouts are kept across restarts (``routes.json``, ``rollouts.json``,
     ``rollout-audit.jsonl``); None: the model repository's ``.surge/`` folder (the repository scan skips dot folders)."""
+    trace: TraceOptions = TraceOptions()
+    """OpenTelemetry tracing (``observability/tracing.py``): exporter, endpoint, ratio; unset fields come from ``OTEL_*``."""
     reuse_port: bool = False
     """Bind the gRPC and REST ports with SO_REUSEPORT so several worker processes share them (set by ``--workers``;
     see ``workers.py``). Off otherwise, so a port already taken is a clear error rather than a silent share."""
@@ -309,6 +313,8 @@ class Server:
         self._servicer: InferenceServicer | None = None
         self._health = _Health()
         self.address = ""
+        self.tracing = tracing_from_options(config.trace)
+        """Spans per request stage, when an exporter is configured (else off: one attribute check per request)."""
         self.security = SecurityPolicy(auth=TokenAuth.load(config.auth_tokens_file), admin_enabled=config.admin_enabled)
 
     def _rollout_page(self, traffic_collector: TrafficCollector) -> Any:
@@ -356,6 +362,7 @@ class Server:
             self.repository, server_name="surge", server_version=SERVER_VERSION, is_ready=self.is_ready, metrics=self.metrics, limits=limits,
             traffic=self.traffic, peers=self._peers,
         )
+        servicer.tracing = self.tracing
         add_to_server(servicer, server)
         add_surge_services(self.traffic, server, self._peers, rollouts=self.rollouts)  # surge.v1.Admin and surge.v1.Feedback (admin scope: server/edge/security.py)
         self._servicer = servicer
@@ -466,6 +473,7 @@ class Server:
             self._metrics_endpoint = None
         if self.metrics is not None:
             await self.metrics.edge.stop_probe()
+        await asyncio.to_thread(self.tracing.shutdown)  # export the spans still buffered
 
 
 async def serve(config: ServerConfig, *, address_file: Path | None = None) -> None:

@@ -119,6 +119,14 @@ def _parser(serving: bool = True) -> argparse.ArgumentParser:
     if serving:
         _add_reliability_flags(serve)
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="log threshold (default info)")
+    serve.add_argument("--trace-exporter", choices=("otlp-grpc", "otlp-http", "console", "none"), default="",
+                       help="export OpenTelemetry traces (needs surge[tracing]); default: $OTEL_TRACES_EXPORTER, else none (tracing off)")
+    serve.add_argument("--trace-endpoint", default="",
+                       help="OTLP collector URL (default: $OTEL_EXPORTER_OTLP_ENDPOINT, else the exporter's localhost:4317 / :4318)")
+    serve.add_argument("--trace-ratio", type=float, default=None,
+                       help="share of new traces sampled, 0..1; a caller's sampled flag is followed (default: $OTEL_TRACES_SAMPLER_ARG, else 1)")
+    serve.add_argument("--trace-service-name", default="",
+                       help="service.name of the spans (default: $OTEL_SERVICE_NAME, else surge)")
     serve.add_argument("--workers", type=int, default=1, metavar="N",
                        help="N server processes sharing the gRPC port (SO_REUSEPORT), supervised; for CPU-bound front ends, "
                             "not GPU models (default 1: one process)")
@@ -343,6 +351,7 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     from .app import ServerConfig, serve
     from .errors import ConfigError
+    from .observability.tracing import TraceOptions
 
     repository = args.model_repository
     if repository is None:
@@ -364,6 +373,7 @@ def _serve(args: argparse.Namespace) -> int:
             strict_readiness=not args.no_strict_readiness,
             drain_timeout_s=args.drain_timeout_s,
             switch_interval_s=args.switch_interval_ms / 1e3,
+            trace=TraceOptions(args.trace_exporter, args.trace_endpoint, args.trace_ratio, args.trace_service_name),
             **_reliability_config(args),  # type: ignore[arg-type]
         )
         if args.workers != 1:

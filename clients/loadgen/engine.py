@@ -27,6 +27,7 @@ import grpc
 import grpc.aio
 import numpy as np
 
+from surge.clients._common import call_metadata
 from surge.clients.loadgen.histogram import new_histogram, record_many
 from surge.clients.loadgen.scenario import Plan
 from surge.protos import grpc_service_pb2 as pb
@@ -309,7 +310,7 @@ async def _closed_loop(calls: list[Any], plan: Plan, load: Load, rec: _Recorder,
             k = mix[i % len(mix)]
             kind = kinds[k]
             try:
-                response = await call(kind.payloads[i % len(kind.payloads)], timeout=kind.timeout_s)
+                response = await call(kind.payloads[i % len(kind.payloads)], timeout=kind.timeout_s, metadata=call_metadata(None))
             except grpc.aio.AioRpcError as exc:
                 if measured:
                     rec.error(exc.code().name, clock())
@@ -363,7 +364,7 @@ async def _open_loop(calls: list[Any], plan: Plan, load: Load, rec: _Recorder, s
         kind = kinds[k]
         sent = clock()
         try:
-            response = await call(kind.payloads[i % len(kind.payloads)], timeout=kind.timeout_s)
+            response = await call(kind.payloads[i % len(kind.payloads)], timeout=kind.timeout_s, metadata=call_metadata(None))
         except grpc.aio.AioRpcError as exc:
             if measured:
                 rec.error(exc.code().name, clock())

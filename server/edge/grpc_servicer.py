@@ -31,6 +31,7 @@ from ..repository import ModelRepository, parse_version
 from ..traffic.routing import RouteEntry, stable_hash
 from ..traffic.shadow import ShadowJob, ShadowSender
 from ..execution.stats import Stamps, now_ns
+from ..observability.tracing import DISABLED, Tracing
 from ..traffic.traffic import Traffic
 from .triton import config_overrides_from_json, model_config_message, statistics_message
 from ..workers import WorkerPeers, is_local_call
@@ -58,8 +59,7 @@ STATUS_OF: dict[type[BaseException], grpc.StatusCode] = {
 }
 
 #: ServerMetadata.extensions: only what is really implemented.
-#: ServerMetadata.extensions: only what is really implemented.
-EXTENSIONS = ("classification", "model_repository", "model_configuration", "statistics", "parameters")
+EXTENSIONS = ("classification", "model_repository", "model_configuration", "statistics", "parameters", "trace")
 #: Answers one ModelStreamInfer stream holds (running, or done and not yet written); at the bound it stops reading.
 STREAM_MAX_ANSWERS = 128
 _MESSAGE, _UNARY, _STREAM = 0, 1, 2  # the forms of an answer (InferenceServicer._infer)
@@ -222,6 +222,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._version = server_version
         self._is_ready = is_ready
         self._stream_readers: set[asyncio.Task[None]] = set()
+        self.tracing: Tracing = DISABLED
+        """The server's tracing (``observability/tracing.py``); set by the server when it is configured."""
 
     # -- health and metadata ---------------------------------------------------------------------
 
@@ -300,6 +302,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _model_infer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext, form: int) -> pb.ModelInferResponse | bytes:
         stamps = Stamps(now_ns())
+        if self.tracing.on:  # sampled: the request's spans (observability/tracing.py)
+            stamps.trace = self.tracing.begin(stamps, context, request.model_name, "ModelInfer")
         entry = self._traffic.table.get(request.model_name) if self._traffic is not None else None
         if entry is None:  # no routes, shadow or feedback for this model: the fast path
             version = self._lookup(request)
@@ -348,6 +352,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             stamps.rows = decoded.rows
             if sender is not None:  # never raises, never waits: the shadow has its own budget
                 job = sender.offer(version.version_str, decoded.inputs, decoded.rows, decoded.output_names, request.id)
+                if job is not None:
+                    job.trace = stamps.trace
             outputs = await version.execute(
                 decoded.inputs, decoded.rows, decoded.output_names, stamps, deadline, priority=decoded.priority, timeout_s=decoded.timeout_s
             )
@@ -364,15 +370,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if job is not None:
                 job.primary_done(None)
             expired = deadline is not None and time.monotonic() >= deadline - DEADLINE_SLACK_S
-            version.stats.record_failure(stamps, now_ns(), "DEADLINE_EXCEEDED" if expired else "CANCELLED")
+            version.stats.record_failure(stamps, end := now_ns(), code := "DEADLINE_EXCEEDED" if expired else "CANCELLED")
+            if stamps.trace is not None:
+                stamps.trace.end(stamps, version, code, end_ns=end)
             raise
         except Exception as exc:
             if job is not None:
                 job.primary_done(None)
-            version.stats.record_failure(stamps, now_ns(), status_of(exc).name)
+            version.stats.record_failure(stamps, end := now_ns(), code := status_of(exc).name)
+            if stamps.trace is not None:
+                stamps.trace.end(stamps, version, code, end_ns=end)
             raise
         stamps.end = now_ns()
         version.stats.record_success(stamps)
+        if stamps.trace is not None:
+            stamps.trace.end(stamps, version, "OK", "shadowed" if job is not None else "primary")
         if feedback is not None and request.id:
             feedback.record(request.id, version.version_str, outputs, decoded.rows)
         return response
@@ -399,6 +411,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def one(request: pb.ModelInferRequest) -> None:
             try:
                 stamps = Stamps(now_ns())
+                if self.tracing.on:
+                    stamps.trace = self.tracing.begin(stamps, context, request.model_name, "ModelStreamInfer")
                 entry = self._traffic.table.get(request.model_name) if self._traffic is not None else None
                 if entry is None:
                     response = await self._infer(request, self._lookup(request), stamps, _deadline(context), form=_STREAM)
@@ -465,6 +479,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def release_answers(self) -> None:
         """Let the unary answers held since ``begin_shutdown`` go out (the connections have been told GOAWAY)."""
         self._answers_released.set()
+
+    @_edge
+    async def TraceSetting(self, request: pb.TraceSettingRequest, context: grpc.aio.ServicerContext) -> pb.TraceSettingResponse:
+        """Triton's trace extension: read (no settings) or change the global or a model's settings."""
+        if request.model_name:
+            self._repo.get(request.model_name, "")  # NOT_FOUND for a model the repository does not serve
+        changes = {name: list(value.value) for name, value in request.settings.items()}
+        response = pb.TraceSettingResponse()
+        for name, values in self.tracing.update(request.model_name, changes).items():
+            response.settings[name].value.extend(values)
+        return response
 
     # -- repository ------------------------------------------------------------------------------
 
@@ -552,7 +577,6 @@ _NOT_BUILT = {
     "CudaSharedMemoryStatus": "CUDA shared memory (send tensors in the request instead)",
     "CudaSharedMemoryRegister": "CUDA shared memory (send tensors in the request instead)",
     "CudaSharedMemoryUnregister": "CUDA shared memory (send tensors in the request instead)",
-    "TraceSetting": "request tracing (TraceSetting)",
     "LogSettings": "LogSettings (set the log level with surge serve --log-level)",
 }
 for _rpc, _what in _NOT_BUILT.items():

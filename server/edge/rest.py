@@ -64,6 +64,7 @@ from aiohttp import web
 from surge.protos import grpc_service_pb2 as pb
 
 from .. import errors
+from ..observability import tracing
 from . import rest_codec
 from .grpc_servicer import EXTENSIONS, InferenceServicer, _error_message, status_of
 from .jsonread import CHUNK
@@ -291,7 +292,8 @@ class RestEndpoint:
             add("POST", f"/v2/{kind}/unregister", self._not_built(f"{rpc}Unregister"), _SERVICE + f"{rpc}Unregister")
             add("POST", f"/v2/{kind}/region/{{region}}/unregister", self._not_built(f"{rpc}Unregister"), _SERVICE + f"{rpc}Unregister")
         for path in ("/v2/trace/setting", "/v2/models/{model}/trace/setting"):
-            add("*", path, self._not_built("TraceSetting"), _SERVICE + "TraceSetting")
+            add("GET", path, self._trace_setting, _SERVICE + "TraceSetting")
+            add("POST", path, self._trace_setting, _SERVICE + "TraceSetting")
         add("*", "/v2/logging", self._not_built("LogSettings"), _SERVICE + "LogSettings")
 
     @web.middleware
@@ -446,6 +448,12 @@ class RestEndpoint:
         if "gzip" in accept or "deflate" in accept:
             reply.enable_compression()  # what the client accepts (tritonclient's response_compression_algorithm)
         return reply
+
+    async def _trace_setting(self, request: web.Request) -> web.Response:
+        """Triton's trace extension over REST (the gRPC TraceSetting, JSON in and out: ``tracing.py``)."""
+        doc = await self._decoded(request, lambda pieces: rest_codec.optional_object(pieces, "the trace-setting body")) if request.method == "POST" else {}
+        message = tracing.setting_request(doc, request.match_info.get("model", ""))
+        return _json(tracing.setting_json(await self._call(request, "TraceSetting", message)))
 
     # -- repository ----------------------------------------------------------------------------
 

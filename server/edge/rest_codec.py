@@ -46,6 +46,7 @@ from .jsonread import read_json, yield_gil
 
 __all__ = [
     "HEADER_LENGTH", "InferRequest", "RestInferRequest", "decode_infer_request", "encode_infer_response", "index_ready", "json_dumps", "load_parameters", "message_to_json",
+    "optional_object",
 ]
 
 #: Triton's binary tensor data extension: the size of the JSON header when binary data follows it.
@@ -444,13 +445,13 @@ def json_dumps(doc: Any) -> bytes:
 
 def index_ready(body: bytes | Iterable[bytes]) -> bool:
     """The ``ready`` flag of a repository index request body (``{"ready": true}``; may be empty)."""
-    ready = _optional_object(body, "the repository index request").get("ready", False)
+    ready = optional_object(body, "the repository index request").get("ready", False)
     if not isinstance(ready, bool):
         raise InvalidInput(f"'ready' must be true or false, got {ready!r}")
     return ready
 
 
-def _optional_object(body: bytes | Iterable[bytes], what: str) -> dict[str, Any]:
+def optional_object(body: bytes | Iterable[bytes], what: str) -> dict[str, Any]:
     """A JSON object body, or {} for an empty or blank one."""
     pieces = [body] if isinstance(body, bytes | bytearray | memoryview) else body
     if not any(bytes(piece).strip() for piece in pieces):
@@ -463,7 +464,7 @@ def load_parameters(body: bytes | Iterable[bytes]) -> dict[str, pb.ModelReposito
 
     ``config`` may also be given as a JSON object (convenient with curl); it is passed on as its JSON text.
     """
-    doc = _optional_object(body, "the load request")
+    doc = optional_object(body, "the load request")
     out: dict[str, pb.ModelRepositoryParameter] = {}
     for key, value in _object(doc.get("parameters"), "'parameters'").items():
         if key == "config" and isinstance(value, dict):

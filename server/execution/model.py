@@ -53,6 +53,7 @@ from ..observability.metrics import VersionMetrics, VersionSample
 from .pipeline import Pipeline, PipelineInstance
 from ..runtimes.base import Runtime, Signature, create_runtime
 from .stats import Stamps, VersionStats, now_ns
+from ..observability.tracing import record_batch
 
 __all__ = ["ModelVersion", "State", "abandoned_threads", "complete_signature", "scheduler_policy"]
 
@@ -533,9 +534,12 @@ class ModelVersion:
             assert self._batcher is not None
             self._batcher.cost.observe(rows, (done - start) / 1e9)
             offset = 0
+            traced = None
             for request in batch:
                 stamps = request.stamps
                 stamps.infer_start, stamps.infer_end, stamps.exec_end = infer_start, infer_end, done
+                if stamps.trace is not None:
+                    traced = [stamps.trace] if traced is None else [*traced, stamps.trace]
                 if not request.future.done():
                     if len(batch) == 1:
                         request.future.set_result(outputs)
@@ -543,6 +547,8 @@ class ModelVersion:
                         end = offset + request.rows
                         request.future.set_result({n: outputs[n][offset:end] for n in request.output_names})
                 offset += request.rows
+            if traced is not None:  # a sampled request is in this batch: its one batch span (observability/tracing.py)
+                record_batch(self.config.name, self.version, traced, len(batch), rows, start, done)
         retire = getattr(inst.runtime, "retire_reason", "")  # its process died, or grew past max_memory_bytes
         if retire and inst in self._instances:
             log.error("model %s version %d: replacing instance %d: %s", self.config.name, self.version, inst.index, retire)

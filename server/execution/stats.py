@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..observability.metrics import VersionMetrics
+    from ..observability.tracing import RequestTrace
 
 __all__ = ["Duration", "Stamps", "VersionStats", "now_ns"]
 
@@ -48,13 +49,14 @@ _EPOCH_OFFSET_NS = time.time_ns() - time.perf_counter_ns()
 class Stamps:
     """perf_counter_ns stamps of one request's stage boundaries (0 = not reached), and its rows."""
 
-    __slots__ = ("decoded", "encode_start", "end", "exec_end", "exec_start", "infer_end", "infer_start", "planned", "rows", "start")
+    __slots__ = ("decoded", "encode_start", "end", "exec_end", "exec_start", "infer_end", "infer_start", "planned", "rows", "start", "trace")
 
     def __init__(self, start: int) -> None:
         self.start = start
         self.decoded = self.exec_start = self.infer_start = self.infer_end = self.exec_end = self.encode_start = self.end = 0
         self.rows = 1
         self.planned = False  # the batcher's SLO mode dispatched its batch when its planned wait ended
+        self.trace: RequestTrace | None = None  # a sampled request's spans (observability/tracing.py); None: not traced
 
 
 @dataclass(slots=True)

@@ -45,6 +45,7 @@ from __future__ import annotations
 import bisect
 import gzip
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -138,7 +139,7 @@ class VersionMetrics:
     Durations are integer nanoseconds.
     """
 
-    __slots__ = ("batch", "batch_les", "histograms", "labels", "latency_buckets_s", "latency_les", "outcomes", "_failed", "_ok", "_queue", "_stages")
+    __slots__ = ("batch", "batch_les", "exemplars", "histograms", "labels", "latency_buckets_s", "latency_les", "outcomes", "_failed", "_ok", "_queue", "_stages")
 
     def __init__(self, model: str, version: str, *, latency_buckets_s: Sequence[float] = (), max_batch_size: int = 0, route: str = ROUTE_PRIMARY) -> None:
         self.labels = (model, version, route)
@@ -154,6 +155,11 @@ class VersionMetrics:
         self.batch_les = (*(floatToGoString(b) for b in self.batch.bounds), "+Inf")
         self._ok = [0, 0]  # requests, rows
         self.outcomes: dict[str, list[int]] = {"OK": self._ok, **{code: [0, 0] for code in PRESET_CODES}}
+        self.exemplars: dict[int, tuple[str, int, float]] = {}  # request-latency bucket -> (trace id, ns, epoch s) of a sampled request
+
+    def exemplar(self, total: int, trace_id: str) -> None:
+        """A traced request's latency (ns) and trace id: the exemplar of its bucket of ``surge_request_duration_seconds``."""
+        self.exemplars[bisect.bisect_left(self._stages[0].bounds, total)] = (trace_id, total, time.time())
 
     def observe_success(self, rows: int, total: int, decode: int, queue: int, assemble: int, infer: int, output: int, encode: int) -> None:
         """An answered request of ``rows`` rows and its stage durations (ns)."""
@@ -193,6 +199,7 @@ class VersionMetrics:
             batch_les=self.batch_les,
             batch=(list(self.batch.counts), self.batch.sum),
             outcomes={code: (c[0], c[1]) for code, c in self.outcomes.items()},
+            exemplars=dict(self.exemplars),
         )
 
 
@@ -204,6 +211,7 @@ class _MetricsSnapshot:
     batch_les: tuple[str, ...]
     batch: tuple[list[int], int]
     outcomes: dict[str, tuple[int, int]]
+    exemplars: dict[int, tuple[str, int, float]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,11 +324,13 @@ def _write(snap: ServerSnapshot, *, openmetrics: bool) -> str:
         family = name[: -len("_total")] if openmetrics and kind == "counter" else name
         w(f"# HELP {family} {help_text}\n# TYPE {family} {kind}\n")
 
-    def histogram(name: str, labels: str, les: Sequence[str], counts: Sequence[int], total: str) -> None:
+    def histogram(name: str, labels: str, les: Sequence[str], counts: Sequence[int], total: str, exemplars: dict[int, tuple[str, int, float]] | None = None) -> None:
         running = 0
-        for le, count in zip(les, counts):
+        for i, (le, count) in enumerate(zip(les, counts)):
             running += count
-            w(f'{name}_bucket{{{labels},le="{le}"}} {running}\n')
+            ex = exemplars.get(i) if exemplars else None  # OpenMetrics only: a traced request's id in its bucket
+            tail = f' # {{trace_id="{ex[0]}"}} {floatToGoString(ex[1] / 1e9)} {ex[2]:.3f}' if ex is not None else ""
+            w(f'{name}_bucket{{{labels},le="{le}"}} {running}{tail}\n')
         w(f"{name}_count{{{labels}}} {running}\n{name}_sum{{{labels}}} {total}\n")
 
     observed = [v.metrics for v in snap.versions if v.metrics is not None]
@@ -333,7 +343,7 @@ def _write(snap: ServerSnapshot, *, openmetrics: bool) -> str:
         header(name, "histogram", help_text)
         for m, labels in zip(observed, route):
             counts, total_ns = m.histograms[index]
-            histogram(name, labels, m.latency_les, counts, floatToGoString(total_ns / 1e9))
+            histogram(name, labels, m.latency_les, counts, floatToGoString(total_ns / 1e9), m.exemplars if openmetrics and index == 0 else None)
     header("surge_batch_size", "histogram", "Rows per executed batch.")
     for m, labels in zip(observed, version):
         histogram("surge_batch_size", labels, m.batch_les, m.batch[0], str(m.batch[1]))

@@ -196,7 +196,7 @@ class PairStats:
 class ShadowJob:
     """One mirrored request: the shadow's inputs, and the primary's answer once it is there."""
 
-    __slots__ = ("inputs", "output_names", "pair", "primary", "primary_ns", "request_id", "rows")
+    __slots__ = ("inputs", "output_names", "pair", "primary", "primary_ns", "request_id", "rows", "trace")
 
     def __init__(self, pair: PairStats, inputs: dict[str, np.ndarray], rows: int, output_names: tuple[str, ...], request_id: str) -> None:
         self.pair = pair
@@ -206,6 +206,7 @@ class ShadowJob:
         self.request_id = request_id
         self.primary: asyncio.Future[dict[str, np.ndarray] | None] = asyncio.get_running_loop().create_future()
         self.primary_ns = 0
+        self.trace: Any = None  # the mirrored request's RequestTrace when it is sampled (observability/tracing.py)
 
     def primary_done(self, outputs: dict[str, np.ndarray] | None, primary_ns: int = 0) -> None:
         """The primary answered (``outputs``) or failed (None). Request path: one future set."""
@@ -295,8 +296,12 @@ class ShadowSender:
         except Exception as exc:  # never reaches the primary: counted, logged at debug level
             pair.outcomes["shadow_failed"] += 1
             log.debug("shadow %s version %s failed: %s", self.model, self.shadow.version_str, exc)
+            if job.trace is not None:
+                job.trace.shadow(self.model, self.shadow.version_str, start, now_ns(), type(exc).__name__)
             return
         shadow_ns = now_ns() - start
+        if job.trace is not None:
+            job.trace.shadow(self.model, self.shadow.version_str, start, start + shadow_ns, "OK")
         try:
             primary = await asyncio.wait_for(asyncio.shield(job.primary), PRIMARY_WAIT_S)
         except TimeoutError:

@@ -119,7 +119,6 @@ def test_not_built_rpcs_answer_unimplemented(stub):
     for call, request in (
         (stub.SystemSharedMemoryRegister, pb.SystemSharedMemoryRegisterRequest(name="r")),
         (stub.CudaSharedMemoryStatus, pb.CudaSharedMemoryStatusRequest()),
-        (stub.TraceSetting, pb.TraceSettingRequest()),
         (stub.LogSettings, pb.LogSettingsRequest()),
     ):
         with pytest.raises(grpc.RpcError) as info:

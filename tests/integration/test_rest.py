@@ -360,7 +360,8 @@ def test_statuses_follow_the_grpc_mapping(rest):
     shm = infer_body([_x(data=None, parameters={"shared_memory_region": "r", "shared_memory_byte_size": 64})])
     assert (r := http(rest, "POST", "/v2/models/mlp/infer", shm)).status == 501 and "shared memory" in r.error
     assert (r := http(rest, "GET", "/v2/systemsharedmemory/status")).status == 501 and "shared memory" in r.error
-    assert (r := http(rest, "POST", "/v2/models/mlp/trace/setting", {})).status == 501
+    assert (r := http(rest, "POST", "/v2/models/mlp/trace/setting", {"trace_rate": "10"})).status == 400 and "--trace-exporter" in r.error
+    assert (r := http(rest, "POST", "/v2/models/nosuch/trace/setting", {})).status == 404
     assert (r := http(rest, "GET", "/v2/models/mlp/infer")).status == 405 and "POST" in r.error and "POST" in r.headers["Allow"]
     assert (r := http(rest, "GET", "/v1/models/mlp")).status == 404 and "no such route" in r.error
     assert_serving(rest)
