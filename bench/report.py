@@ -175,7 +175,7 @@ def markdown(meta: dict, cells: list[dict]) -> str:
 
 
 def main() -> None:
-    """``python -m bench.report RESULTS.json``: render RESULTS.md again from the stored cells (after a report change)."""
+    """``python -m bench.report NAME.json``: render NAME.md again from the stored cells (after a report change)."""
     import json
     import sys
     from pathlib import Path
