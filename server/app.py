@@ -40,6 +40,7 @@ from .edge.rest import RestEndpoint
 from .traffic.routing_metrics import TrafficCollector
 from .edge.reflection import enable_reflection
 from .edge.security import SecurityPolicy, TokenAuth, auth_interceptor
+from .edge.shared_memory import SharedMemoryRegistry
 from .edge.surge_servicer import add_surge_services
 from .traffic.traffic import Traffic
 from .workers import WorkerPeers
@@ -317,6 +318,10 @@ class Server:
         servicer = InferenceServicer(
             self.repository, server_name="surge", server_version=SERVER_VERSION, is_ready=self.is_ready, metrics=self.metrics, limits=limits,
             traffic=self.traffic, peers=self._peers,
+            regions=SharedMemoryRegistry(
+                scoped=self.security.auth is not None, max_regions=limits.max_shared_memory_regions, max_bytes=limits.max_shared_memory_bytes,
+                disabled="a --workers worker's regions would not be seen by its siblings; run one worker" if self._peers is not None else "",
+            ),
         )
         add_to_server(servicer, server)
         add_surge_services(self.traffic, server, self._peers)  # surge.v1.Admin and surge.v1.Feedback (admin scope: server/edge/security.py)

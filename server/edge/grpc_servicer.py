@@ -22,7 +22,7 @@ import grpc
 from surge.protos import grpc_service_pb2 as pb
 from surge.protos import grpc_service_pb2_grpc as pb_grpc
 
-from . import codec, stream
+from . import codec, shared_memory, stream
 from .. import errors
 from ..traffic.feedback import FeedbackIndex
 from ..observability.metrics import ServerMetrics
@@ -178,10 +178,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(
         self, repository: ModelRepository, *, server_name: str, server_version: str, is_ready: Callable[[], bool], metrics: ServerMetrics | None = None,
         limits: codec.Limits = codec.DEFAULT_LIMITS, traffic: Traffic | None = None, peers: WorkerPeers | None = None,
+        regions: shared_memory.SharedMemoryRegistry | None = None,
     ) -> None:
         """``metrics``: where requests that reach no model version are counted (None: metrics off); ``limits``: request limits;
         ``traffic``: version routing, shadows and feedback (None: every request goes to the version it names or the latest);
-        ``peers``: in a ``--workers`` worker, the siblings statistics and repository calls also go to."""
+        ``peers``: in a ``--workers`` worker, the siblings statistics and repository calls also go to;
+        ``regions``: the registered shared memory (None: a registry of its own, shared with the REST edge through this servicer)."""
         self._peers = peers
         self._repo = repository
         self._limits = limits
@@ -192,6 +194,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._version = server_version
         self._is_ready = is_ready
         self._stream_readers: set[asyncio.Task[None]] = set()
+        self._regions = regions if regions is not None else shared_memory.SharedMemoryRegistry()
+        self._extensions = EXTENSIONS + self._regions.extensions()
 
     # -- health and metadata ---------------------------------------------------------------------
 
@@ -213,7 +217,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_edge
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name=self._name, version=self._version, extensions=EXTENSIONS)
+        return pb.ServerMetadataResponse(name=self._name, version=self._version, extensions=self._extensions)
 
     @_edge
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext) -> pb.ModelMetadataResponse:
@@ -263,9 +267,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         entry = self._traffic.table.get(request.model_name) if self._traffic is not None else None
         if entry is None:  # no routes, shadow or feedback for this model: the fast path
             version = self._lookup(request)
-            return await self._infer(request, version, stamps, _deadline(context))
+            return await self._infer(request, version, stamps, _deadline(context), context)
         version, sender, feedback = self._route(request, entry, context)
-        return await self._infer(request, version, stamps, _deadline(context), sender, feedback)
+        return await self._infer(request, version, stamps, _deadline(context), context, sender, feedback)
 
     def _route(
         self, request: pb.ModelInferRequest, entry: RouteEntry[ModelVersion], context: grpc.aio.ServicerContext
@@ -292,7 +296,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise
 
     async def _infer(
-        self, request: pb.ModelInferRequest, version: ModelVersion, stamps: Stamps, deadline: float | None,
+        self, request: pb.ModelInferRequest, version: ModelVersion, stamps: Stamps, deadline: float | None, context: grpc.aio.ServicerContext,
         sender: ShadowSender | None = None, feedback: FeedbackIndex | None = None,
     ) -> pb.ModelInferResponse:
         """Decode, execute, encode. ``sender``: mirror the request to a shadow; ``feedback``: index the answer by request id."""
@@ -300,8 +304,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if spec is None:
             spec = version.codec_spec = codec.model_spec(version.config)
         job: ShadowJob | None = None
+        regions = shared_memory.RequestRegions(self._regions, context.invocation_metadata)  # the regions it uses, until answered
         try:
-            decoded = codec.decode_request(request, spec, self._limits)
+            decoded = codec.decode_request(request, spec, self._limits, regions)
             stamps.decoded = now_ns()
             stamps.rows = decoded.rows
             if sender is not None:  # never raises, never waits: the shadow has its own budget
@@ -312,7 +317,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             stamps.encode_start = now_ns()
             if job is not None:
                 job.primary_done(outputs, stamps.encode_start - stamps.decoded)
-            response = codec.encode_response(request, spec, version.version_str, outputs, decoded.output_names, decoded.classes)
+            response = codec.encode_response(request, spec, version.version_str, outputs, decoded.output_names, decoded.classes, decoded.targets)
         except asyncio.CancelledError:  # gRPC cancels the handler when the deadline passes or the client goes away
             if job is not None:
                 job.primary_done(None)
@@ -324,6 +329,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 job.primary_done(None)
             version.stats.record_failure(stamps, now_ns(), status_of(exc).name)
             raise
+        finally:
+            regions.release()
         stamps.end = now_ns()
         version.stats.record_success(stamps)
         if feedback is not None and request.id:
@@ -351,10 +358,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 stamps = Stamps(now_ns())
                 entry = self._traffic.table.get(request.model_name) if self._traffic is not None else None
                 if entry is None:
-                    response = await self._infer(request, self._lookup(request), stamps, _deadline(context))
+                    response = await self._infer(request, self._lookup(request), stamps, _deadline(context), context)
                 else:
                     version, sender, feedback = self._route(request, entry, context)
-                    response = await self._infer(request, version, stamps, _deadline(context), sender, feedback)
+                    response = await self._infer(request, version, stamps, _deadline(context), context, sender, feedback)
                 results.put_nowait((stream.answer(response), None))
             except Exception as exc:
                 results.put_nowait((stream.failure(status_of(exc).name, _error_message(exc, request.id), request), exc))
@@ -434,6 +441,39 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await self._peers.repository_call("RepositoryModelUnload", request, metadata)
         return pb.RepositoryModelUnloadResponse()
 
+    # -- shared memory (shared_memory.py) --------------------------------------------------------
+
+    def _owner(self, context: grpc.aio.ServicerContext) -> str:
+        return shared_memory.owner_of(context.invocation_metadata(), self._regions.scoped)
+
+    @_edge
+    async def SystemSharedMemoryStatus(self, request: pb.SystemSharedMemoryStatusRequest, context: grpc.aio.ServicerContext) -> Any:
+        return shared_memory.status_message(self._regions, self._owner(context), request.name, "system")
+
+    @_edge
+    async def SystemSharedMemoryRegister(self, request: pb.SystemSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext) -> Any:
+        self._regions.register_system(self._owner(context), request)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @_edge
+    async def SystemSharedMemoryUnregister(self, request: pb.SystemSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext) -> Any:
+        self._regions.unregister(self._owner(context), request.name, "system")
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @_edge
+    async def CudaSharedMemoryStatus(self, request: pb.CudaSharedMemoryStatusRequest, context: grpc.aio.ServicerContext) -> Any:
+        return shared_memory.status_message(self._regions, self._owner(context), request.name, "cuda")
+
+    @_edge
+    async def CudaSharedMemoryRegister(self, request: pb.CudaSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext) -> Any:
+        self._regions.register_cuda(self._owner(context), request)
+        return pb.CudaSharedMemoryRegisterResponse()
+
+    @_edge
+    async def CudaSharedMemoryUnregister(self, request: pb.CudaSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext) -> Any:
+        self._regions.unregister(self._owner(context), request.name, "cuda")
+        return pb.CudaSharedMemoryUnregisterResponse()
+
 
 
 #: The metadata key that carries a routing key (the ``routing_key`` request parameter takes precedence).
@@ -461,12 +501,6 @@ def _not_built(what: str) -> Callable[..., Awaitable[Any]]:
 
 
 _NOT_BUILT = {
-    "SystemSharedMemoryStatus": "system shared memory (send tensors in the request instead)",
-    "SystemSharedMemoryRegister": "system shared memory (send tensors in the request instead)",
-    "SystemSharedMemoryUnregister": "system shared memory (send tensors in the request instead)",
-    "CudaSharedMemoryStatus": "CUDA shared memory (send tensors in the request instead)",
-    "CudaSharedMemoryRegister": "CUDA shared memory (send tensors in the request instead)",
-    "CudaSharedMemoryUnregister": "CUDA shared memory (send tensors in the request instead)",
     "TraceSetting": "request tracing (TraceSetting)",
     "LogSettings": "LogSettings (set the log level with surge serve --log-level)",
 }

@@ -26,7 +26,10 @@ Routes (``{v}``: a version number; every model route also exists without ``/vers
     POST /v2/models/{m}/versions/{v}/infer        JSON or JSON + binary tensors
     POST /v2/repository/index                     [{"name", "version", "state", "reason"}, ...]
     POST /v2/repository/models/{m}/load|unload    optional body {"parameters": {"config": "<ModelConfig JSON>"}}
-    shared memory, trace and logging routes       501, as the gRPC edge answers them
+    GET  /v2/{systemsharedmemory|cudasharedmemory}[/region/{r}]/status      [{"name", ...}, ...]
+    POST /v2/{systemsharedmemory|cudasharedmemory}/region/{r}/register      Triton's body (``shared_memory.register_from_json``)
+    POST /v2/{systemsharedmemory|cudasharedmemory}[/region/{r}]/unregister  all the caller's regions, or one
+    trace and logging routes                      501, as the gRPC edge answers them
 
 Binary tensors are copied into the protobuf request (``raw_input_contents`` owns its bytes), which is what
 keeps the path identical to gRPC's; the README's REST section gives the measured cost.
@@ -53,7 +56,7 @@ from aiohttp import web
 from surge.protos import grpc_service_pb2 as pb
 
 from .. import errors
-from . import rest_codec
+from . import rest_codec, shared_memory
 from .grpc_servicer import EXTENSIONS, InferenceServicer, _error_message, status_of
 from ..observability.metrics import ServerMetrics
 
@@ -242,12 +245,12 @@ class RestEndpoint:
         post("/v2/repository/index", self._repository_index)
         post("/v2/repository/models/{model}/load", self._load)
         post("/v2/repository/models/{model}/unload", self._unload)
-        for kind, rpc in (("systemsharedmemory", "SystemSharedMemory"), ("cudasharedmemory", "CudaSharedMemory")):
-            get(f"/v2/{kind}/status", self._not_built(f"{rpc}Status"))
-            get(f"/v2/{kind}/region/{{region}}/status", self._not_built(f"{rpc}Status"))
-            post(f"/v2/{kind}/region/{{region}}/register", self._not_built(f"{rpc}Register"))
-            post(f"/v2/{kind}/unregister", self._not_built(f"{rpc}Unregister"))
-            post(f"/v2/{kind}/region/{{region}}/unregister", self._not_built(f"{rpc}Unregister"))
+        for path, kind in (("systemsharedmemory", "system"), ("cudasharedmemory", "cuda")):
+            get(f"/v2/{path}/status", self._shared_memory(kind, "Status"))
+            get(f"/v2/{path}/region/{{region}}/status", self._shared_memory(kind, "Status"))
+            post(f"/v2/{path}/region/{{region}}/register", self._shared_memory(kind, "Register"))
+            post(f"/v2/{path}/unregister", self._shared_memory(kind, "Unregister"))
+            post(f"/v2/{path}/region/{{region}}/unregister", self._shared_memory(kind, "Unregister"))
         for path in ("/v2/trace/setting", "/v2/models/{model}/trace/setting"):
             router.add_route("*", path, self._not_built("TraceSetting"))
         router.add_route("*", "/v2/logging", self._not_built("LogSettings"))
@@ -297,6 +300,23 @@ class RestEndpoint:
         async def handler(request: web.Request) -> web.Response:
             await self._call(request, rpc, None)  # the servicer answers UNIMPLEMENTED, with what to do instead
             raise AssertionError(f"{rpc} answered over HTTP")  # pragma: no cover
+
+        return handler
+
+    def _shared_memory(self, kind: str, action: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        """A shared-memory route: the servicer's ``{System,Cuda}SharedMemory{action}`` with the JSON Triton's REST edge uses."""
+        rpc = ("SystemSharedMemory" if kind == "system" else "CudaSharedMemory") + action
+
+        async def handler(request: web.Request) -> web.Response:
+            name = request.match_info.get("region", "")
+            if action == "Register":
+                self._check(request, _SERVICE + rpc)
+                doc = rest_codec.json_body(await self._body(request), "the register request body")
+                message = shared_memory.register_from_json(kind, name, doc)
+            else:
+                message = getattr(pb, rpc + "Request")(name=name)
+            response = await self._call(request, rpc, message)
+            return _json(shared_memory.status_json(response) if action == "Status" else {})
 
         return handler
 

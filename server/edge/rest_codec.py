@@ -40,6 +40,7 @@ from surge.protos import grpc_service_pb2 as pb
 from surge.protos.datatypes import DATATYPES, deserialize_bytes_tensor, numpy_dtype, serialize_bytes_tensor
 
 from ..errors import InvalidInput
+from .codec import parameter_value
 from .extensions import SHARED_MEMORY
 
 __all__ = [
@@ -64,6 +65,11 @@ class InferRequest:
 
     def binary(self, name: str) -> bool:
         return self.binary_outputs.get(name, self.binary_default)
+
+
+def json_body(data: bytes | memoryview, what: str) -> dict[str, Any]:
+    """A request body that must be one JSON object; InvalidInput naming ``what`` otherwise."""
+    return _json_object(data, what)
 
 
 def _json_object(data: bytes | memoryview, what: str) -> dict[str, Any]:
@@ -280,7 +286,9 @@ def encode_infer_response(response: pb.ModelInferResponse, request: InferRequest
         shape = list(tensor.shape)
         entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": shape}
         data = raw[index]
-        if tensor.datatype == "BF16" or request.binary(tensor.name):
+        if "shared_memory_region" in tensor.parameters:  # written into the caller's region: no data here (as Triton)
+            entry["parameters"] = {k: parameter_value(v) for k, v in tensor.parameters.items()}
+        elif tensor.datatype == "BF16" or request.binary(tensor.name):
             entry["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)
         else:
