@@ -4,7 +4,7 @@ One ``surge serve`` (server CPU) serves the demo ``identity`` model (FP32 [-1, -
 (generator CPU) sends 4 MiB inputs (one row of 1,048,576 FP32) in alternating rounds: ``--shared-memory
 system`` (inputs and outputs in regions perf_analyzer registers; the messages carry only region names) and
 plain protobuf (``raw_input_contents`` and ``raw_output_contents``). Each round is one perf_analyzer run (a fixed
-request count, about 3 s) at a fixed concurrency; the table gives each mode's median rows/s and p50 over the rounds, and their ratio.
+request count, about 10 s: perf_analyzer times such a run in whole seconds) at a fixed concurrency; the table gives each mode's median rows/s and p50 over the rounds, and their ratio.
 
     .venv/bin/python -m bench.scenarios.shared_memory [--rounds 5] [--scale 1.0] [--concurrency 2] [--json out.json]
 """
@@ -29,9 +29,9 @@ MODES = {
     "shared memory": ["--shared-memory", "system", "--output-shared-memory-size", str(4 * ELEMENTS)],
     "protobuf": [],
 }
-#: Requests per round, about 3 s of each mode here: perf_analyzer measures exactly that many (no stability search,
+#: Requests per round, about 10 s of each mode here: perf_analyzer measures exactly that many (no stability search,
 #: which a busy shared machine fails even at -s 100; the alternating rounds are the repeats).
-ROUND_REQUESTS = {"shared memory": 1200, "protobuf": 90}
+ROUND_REQUESTS = {"shared memory": 3000, "protobuf": 200}
 
 
 def one_round(address: str, mode: str, scale: float, concurrency: int) -> dict[str, float]:
