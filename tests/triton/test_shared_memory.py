@@ -39,7 +39,7 @@ def _pkg_resources_shim() -> None:
 
 _pkg_resources_shim()
 shm = pytest.importorskip("tritonclient.utils.shared_memory", reason="tritonclient's shared memory utilities are not installed")
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype, serialize_byte_tensor, serialized_byte_size  # noqa: E402
+from tritonclient.utils import InferenceServerException, serialize_byte_tensor, serialized_byte_size  # noqa: E402
 
 from tests.models import ONNX_DATATYPES, write_test_repository  # noqa: E402
 from tests.process import SurgeProcess  # noqa: E402
@@ -245,23 +245,21 @@ def test_bad_registrations(client, http, grpc_regions: Regions) -> None:
 def test_unregister_in_use_waits_for_the_request(client, grpc_regions: Regions) -> None:
     """The region disappears at once, but the request using it still reads its input and writes its output."""
     name, _, handle = grpc_regions.create(8)
-    shm.set_shared_memory_region(handle, [np.array([[1.0]], np.float32)])
+    shm.set_shared_memory_region(handle, [np.array([[2.0]], np.float32)])  # slow_py sleeps delay_s seconds
     delay = _fp32_input("delay_s", name, 4, shape=(1, 1))
     out = grpcclient.InferRequestedOutput("delay_s_out")
     out.set_shared_memory(name, 4, offset=4)
     done: list[object] = []
     thread = threading.Thread(target=lambda: done.append(client.infer("slow_py", [delay], outputs=[out], client_timeout=30)))
     thread.start()
-    deadline = 50
-    while not client.get_inference_statistics("slow_py").model_stats[0].inference_stats.queue.count and deadline:
-        threading.Event().wait(0.05)
-        deadline -= 1
+    threading.Event().wait(0.5)
     client.unregister_system_shared_memory(name)
+    assert not done, "the request finished before the region was unregistered: nothing was in use"
     assert name not in client.get_system_shared_memory_status().regions
     expect_error(lambda: client.infer("slow_py", [_fp32_input("delay_s", name, 4, shape=(1, 1))]), INVALID, "no shared memory region")
     thread.join(30)
     assert done, "the request using the unregistered region did not finish"
-    assert shm.get_contents_as_numpy(handle, np.float32, [1, 1], offset=4).tolist() == [[1.0]]
+    assert shm.get_contents_as_numpy(handle, np.float32, [1, 1], offset=4).tolist() == [[2.0]]
 
 
 # -- token scope ---------------------------------------------------------------------------------
