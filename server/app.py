@@ -45,6 +45,7 @@ from .traffic.rollout import RolloutCollector, Rollouts
 from .traffic.routing_metrics import TrafficCollector
 from .edge.reflection import enable_reflection
 from .edge.security import SecurityPolicy, TokenAuth, auth_interceptor
+from .edge.shared_memory import SharedMemoryRegistry
 from .edge.surge_servicer import add_surge_services
 from .traffic.traffic import Traffic
 from .workers import WorkerPeers
@@ -361,6 +362,10 @@ class Server:
         servicer = InferenceServicer(
             self.repository, server_name="surge", server_version=SERVER_VERSION, is_ready=self.is_ready, metrics=self.metrics, limits=limits,
             traffic=self.traffic, peers=self._peers,
+            regions=SharedMemoryRegistry(
+                scoped=self.security.auth is not None, max_regions=limits.max_shared_memory_regions, max_bytes=limits.max_shared_memory_bytes,
+                disabled="a --workers worker's regions would not be seen by its siblings; run one worker" if self._peers is not None else "",
+            ),
         )
         servicer.tracing = self.tracing
         add_to_server(servicer, server)

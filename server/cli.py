@@ -243,6 +243,10 @@ def _add_reliability_flags(serve: argparse.ArgumentParser) -> None:
                        help=f"concurrent RPCs per client connection (default {d.max_concurrent_streams})")
     serve.add_argument("--max-pending-calls", type=int, default=d.max_pending_calls,
                        help=f"calls received but not yet taken up by a stalled event loop, beyond which gRPC cancels them (default {d.max_pending_calls})")
+    serve.add_argument("--max-shared-memory-regions", type=int, default=d.max_shared_memory_regions,
+                       help=f"registered shared-memory regions, all callers together (default {d.max_shared_memory_regions})")
+    serve.add_argument("--max-shared-memory-bytes", type=int, default=d.max_shared_memory_bytes,
+                       help=f"bytes of registered shared-memory regions mapped at once (default {d.max_shared_memory_bytes})")
 
 
 def _reliability_config(args: argparse.Namespace) -> dict[str, object]:
@@ -254,7 +258,8 @@ def _reliability_config(args: argparse.Namespace) -> dict[str, object]:
         limits = Limits(
             max_request_bytes=args.max_request_bytes, max_tensor_elements=args.max_tensor_elements, max_request_elements=args.max_request_elements,
             max_batch_rows=args.max_batch_rows, max_bytes_element=args.max_bytes_element, max_concurrent_streams=args.max_concurrent_streams,
-            max_pending_calls=args.max_pending_calls,
+            max_pending_calls=args.max_pending_calls, max_shared_memory_regions=args.max_shared_memory_regions,
+            max_shared_memory_bytes=args.max_shared_memory_bytes,
         )
         mode = int(args.grpc_socket_mode, 8)
     except ValueError as exc:

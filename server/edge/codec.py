@@ -22,6 +22,7 @@ from surge.protos.datatypes import CONTENTS_FIELD, ElementTooLarge, deserialize_
 from ..config import ModelConfig, TensorConfig
 from ..errors import InvalidInput, LimitExceeded, Unsupported
 from . import extensions
+from .shared_memory import RequestRegions, Target, write_output
 
 __all__ = ["DEFAULT_LIMITS", "DecodedRequest", "Limits", "decode_request", "encode_outputs", "encode_response", "parameter_value", "with_raw_outputs"]
 
@@ -49,10 +50,16 @@ class Limits:
     in the server's first SETTINGS frame; gRPC clients hold further calls in their own queue until a stream ends."""
     max_pending_calls: int = 4096
     """Calls received but not yet taken up by the event loop (it stalled), all connections together
-    (``--max-pending-calls``); gRPC cancels calls beyond it (CANCELLED). Keep it above ``max_concurrent_streams``."""
+    (``--max-pending-calls``); gRPC cancels calls beyond it (CANCELLED). Keep it above ``max_concurrent_streams``:
+    then one connection's overflow is refused per stream (UNAVAILABLE, retryable) before gRPC cancels anything."""
+    max_shared_memory_regions: int = 256
+    """Registered shared-memory regions, all callers together (``--max-shared-memory-regions``)."""
+    max_shared_memory_bytes: int = 64 * 2**30
+    """Bytes of registered shared-memory regions mapped at once (``--max-shared-memory-bytes``)."""
 
     def __post_init__(self) -> None:
-        for name in ("max_request_bytes", "max_tensor_elements", "max_request_elements", "max_bytes_element", "max_concurrent_streams", "max_pending_calls"):
+        for name in ("max_request_bytes", "max_tensor_elements", "max_request_elements", "max_bytes_element", "max_concurrent_streams", "max_pending_calls",
+                     "max_shared_memory_regions", "max_shared_memory_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_request_bytes > 2**31 - 1:
@@ -98,6 +105,8 @@ class DecodedRequest:
     """Triton's ``timeout`` parameter (given in µs), in seconds; it may only shorten the queue policy's."""
     classes: dict[str, int] | None = None
     """Outputs asked for as classifications (Triton's extension, ``extensions.py``): output name -> classes per row."""
+    targets: dict[str, Target] | None = None
+    """Outputs to write into registered shared memory (``shared_memory.py``): output name -> where."""
 
 
 def _tensor_spec(t: TensorConfig) -> _TensorSpec:
@@ -122,25 +131,36 @@ def model_spec(config: ModelConfig) -> _ModelSpec:
     )
 
 
-def decode_request(request: pb.ModelInferRequest, spec: _ModelSpec, limits: Limits = DEFAULT_LIMITS) -> DecodedRequest:
-    """Validate and decode a request's inputs; raises InvalidInput, LimitExceeded (or Unsupported for BF16 without ml_dtypes)."""
+def decode_request(
+    request: pb.ModelInferRequest, spec: _ModelSpec, limits: Limits = DEFAULT_LIMITS, regions: RequestRegions | None = None
+) -> DecodedRequest:
+    """Validate and decode a request's inputs; raises InvalidInput, LimitExceeded (or Unsupported for BF16 without ml_dtypes).
+
+    ``regions``: the request's access to registered shared memory (None: a tensor in shared memory is UNIMPLEMENTED).
+    """
     raw = request.raw_input_contents
     n_inputs = len(request.inputs)
     if raw and len(raw) != n_inputs:
-        extensions.refuse_shared_memory(request.inputs)  # an input in shared memory has no raw entry: say that, not this
-        raise InvalidInput(f"request has {n_inputs} inputs but {len(raw)} raw_input_contents entries; send one per input, in order")
+        in_memory = extensions.shared_memory_inputs(request.inputs)  # an input in shared memory has no raw entry
+        if not in_memory:
+            raise InvalidInput(f"request has {n_inputs} inputs but {len(raw)} raw_input_contents entries; send one per input, in order")
+        if len(raw) != n_inputs - in_memory:
+            raise InvalidInput(
+                f"request has {n_inputs} inputs ({in_memory} in shared memory) but {len(raw)} raw_input_contents entries; "
+                "send one per input not in shared memory, in order"
+            )
     inputs: dict[str, np.ndarray] = {}
     rows = -1
     elements = 0
-    for index, tensor in enumerate(request.inputs):
+    index = -1
+    for tensor in request.inputs:
         name = tensor.name
         ts = spec.inputs.get(name)
         if ts is None:
             raise InvalidInput(f"unexpected input '{name}' for model '{spec.name}'; its inputs are {sorted(spec.inputs)}")
         if name in inputs:
             raise InvalidInput(f"input '{name}' appears twice in the request")
-        if tensor.parameters:
-            extensions.check_input(name, tensor.parameters)
+        in_memory = bool(tensor.parameters) and extensions.in_shared_memory(name, tensor.parameters, regions)
         if tensor.datatype != ts.datatype:
             raise InvalidInput(f"input '{name}' has datatype {tensor.datatype or '(empty)'} but model '{spec.name}' expects {ts.datatype}")
         shape = tuple(tensor.shape)
@@ -155,17 +175,20 @@ def decode_request(request: pb.ModelInferRequest, spec: _ModelSpec, limits: Limi
             _limit_breach(name, shape, count, elements, tensor_rows, spec, limits)
         if ts.dtype is None:
             raise Unsupported(f"input '{name}' is BF16, which needs the ml_dtypes package on the server")
-        if raw:
+        if in_memory:
+            inputs[name] = regions.input(name, tensor.parameters, ts.datatype, ts.dtype, ts.itemsize, shape, limits.max_bytes_element)  # type: ignore[union-attr]
+        elif raw:
             if tensor.HasField("contents"):  # Triton refuses this too: which one would the model see?
                 raise InvalidInput(f"input '{name}' has both raw_input_contents and contents; send its data in one of them")
+            index += 1
             inputs[name] = _from_raw(ts, shape, raw[index], limits.max_bytes_element)
         else:
             inputs[name] = _from_contents(ts, shape, tensor, limits.max_bytes_element)
     missing = spec.required - inputs.keys()
     if missing:
         raise InvalidInput(f"missing input(s) {sorted(missing)} for model '{spec.name}'; it needs {sorted(spec.required)}")
-    output_names, classes = _requested_outputs(request, spec)
-    decoded = DecodedRequest(inputs, output_names, max(rows, 1), classes=classes)
+    output_names, classes, targets = _requested_outputs(request, spec, regions)
+    decoded = DecodedRequest(inputs, output_names, max(rows, 1), classes=classes, targets=targets)
     if request.parameters:
         _read_parameters(request, decoded)
     return decoded
@@ -262,32 +285,40 @@ def _from_contents(ts: _TensorSpec, shape: tuple[int, ...], tensor: Any, max_byt
         raise InvalidInput(f"input '{ts.name}': a value in contents.{field} does not fit {ts.datatype}") from None
 
 
-def _requested_outputs(request: pb.ModelInferRequest, spec: _ModelSpec) -> tuple[tuple[str, ...], dict[str, int] | None]:
-    """The outputs to compute, and those asked for as classifications (name -> classes per row; None: none)."""
+def _requested_outputs(
+    request: pb.ModelInferRequest, spec: _ModelSpec, regions: RequestRegions | None
+) -> tuple[tuple[str, ...], dict[str, int] | None, dict[str, Target] | None]:
+    """The outputs to compute, those asked for as classifications (name -> classes per row; None: none), and those
+    to write into shared memory (name -> where; None: none)."""
     if not request.outputs:
-        return spec.output_names, None
+        return spec.output_names, None, None
     names: list[str] = []
     classes: dict[str, int] | None = None
+    targets: dict[str, Target] | None = None
     for out in request.outputs:
         ts = spec.outputs.get(out.name)
         if ts is None:
             raise InvalidInput(f"unknown output '{out.name}' requested from model '{spec.name}'; its outputs are {list(spec.output_names)}")
         if out.parameters:
+            if extensions.in_shared_memory(out.name, out.parameters, regions, "output"):
+                targets = targets or {}
+                targets[out.name] = regions.output(out.name, out.parameters)  # type: ignore[union-attr]
             count = extensions.class_count(out.name, out.parameters, ts.datatype)
             if count:
                 classes = classes or {}
                 classes[out.name] = count
         if out.name not in names:
             names.append(out.name)
-    return tuple(names), classes
+    return tuple(names), classes, targets
 
 
 def encode_outputs(
     request: pb.ModelInferRequest, spec: _ModelSpec, version: str, outputs: dict[str, np.ndarray], output_names: tuple[str, ...],
-    classes: dict[str, int] | None = None,
+    classes: dict[str, int] | None = None, targets: dict[str, Target] | None = None,
 ) -> tuple[pb.ModelInferResponse, list[np.ndarray]]:
     """The response without its ``raw_output_contents``, and the arrays that go there (one per output, in the order
-    requested; numeric ones in their wire dtype, BYTES ones as they came; a classification as its BYTES strings)."""
+    requested; numeric ones in their wire dtype, BYTES ones as they came; a classification as its BYTES strings; an
+    output written into shared memory (``targets``) as an empty array, its response entry carrying the region)."""
     response = pb.ModelInferResponse(model_name=spec.name, model_version=version, id=request.id)
     arrays = []
     for name in output_names:
@@ -299,20 +330,34 @@ def encode_outputs(
             datatype = "BYTES"
         elif datatype != "BYTES" and array.dtype != ts.dtype:  # the execution path's output check makes this rare
             array = array.astype(ts.dtype)
-        response.outputs.add(name=name, datatype=datatype, shape=array.shape)
+        added = response.outputs.add(name=name, datatype=datatype, shape=array.shape)
+        if targets is not None and name in targets:
+            target = targets[name]
+            write_output(name, target, array, datatype)
+            params = added.parameters
+            params["shared_memory_region"].string_param = target.region.name
+            params["shared_memory_byte_size"].int64_param = target.byte_size
+            if target.offset:
+                params["shared_memory_offset"].int64_param = target.offset
+            array = _NO_DATA  # an empty raw entry keeps the other outputs' indices as Triton's
         arrays.append(array)
     return response, arrays
 
 
+_NO_DATA = np.empty(0, np.uint8)
+
+
 def encode_response(
     request: pb.ModelInferRequest, spec: _ModelSpec, version: str, outputs: dict[str, np.ndarray], output_names: tuple[str, ...],
-    classes: dict[str, int] | None = None,
+    classes: dict[str, int] | None = None, targets: dict[str, Target] | None = None,
 ) -> pb.ModelInferResponse:
     """Build the response: one ``raw_output_contents`` entry per output, in the order requested.
 
     ``classes``: outputs asked for as classifications (``DecodedRequest.classes``), sent as BYTES ``value:index[:label]``.
+    ``targets``: outputs written into shared memory (``DecodedRequest.targets``): the response carries their name,
+    datatype, shape and shared-memory parameters, and an empty raw entry (so the others' indices stay as Triton's).
     """
-    return with_raw_outputs(*encode_outputs(request, spec, version, outputs, output_names, classes))
+    return with_raw_outputs(*encode_outputs(request, spec, version, outputs, output_names, classes, targets))
 
 
 def with_raw_outputs(response: pb.ModelInferResponse, arrays: list[np.ndarray]) -> pb.ModelInferResponse:

@@ -10,12 +10,14 @@ parameters on in the protocol message, so a REST and a gRPC request meet these s
   a batched model and ``[min(k, n)]`` for one without a batch dimension, ``n`` being the values in a row.
   Ties keep the lower index first. Numeric outputs only (BOOL, BYTES and BF16 are INVALID_ARGUMENT).
 - **Shared memory** (``shared_memory_region``, ``shared_memory_byte_size``, ``shared_memory_offset`` on an
-  input or a requested output): not implemented yet, so UNIMPLEMENTED (REST 501) with what to do instead.
+  input or a requested output): the tensor is read from (or written into) a region the caller registered;
+  ``shared_memory.py`` holds the regions and the checks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,44 +25,36 @@ from surge.protos import grpc_service_pb2 as pb
 
 from ..errors import InvalidInput, Unsupported
 
-__all__ = ["CLASSIFICATION", "SHARED_MEMORY", "check_input", "class_count", "classify", "refuse_shared_memory"]
+if TYPE_CHECKING:
+    from .shared_memory import RequestRegions
+
+__all__ = ["CLASSIFICATION", "SHARED_MEMORY", "class_count", "classify", "in_shared_memory", "shared_memory_inputs"]
 
 CLASSIFICATION = "classification"
 SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 _NOT_CLASSIFIABLE = ("BOOL", "BYTES", "BF16")
 
 
-def _shared_memory_key(parameters: Mapping[str, pb.InferParameter]) -> str | None:
-    return next((key for key in SHARED_MEMORY if key in parameters), None)
+def in_shared_memory(name: str, parameters: Mapping[str, pb.InferParameter], regions: RequestRegions | None, what: str = "input") -> bool:
+    """Whether a tensor's parameters place it in shared memory; Unsupported when they do and the edge has no regions."""
+    key = next((key for key in SHARED_MEMORY if key in parameters), None)
+    if key is None:
+        return False
+    if regions is None:
+        raise Unsupported(f"{what} '{name}' asks for shared memory ({key}), which this endpoint does not serve; send the tensor in the request")
+    return True
 
 
-def check_input(name: str, parameters: Mapping[str, pb.InferParameter]) -> None:
-    """An input's parameters: shared memory is UNIMPLEMENTED; anything else is the runtime's business."""
-    key = _shared_memory_key(parameters)
-    if key is not None:
-        raise Unsupported(
-            f"input '{name}' asks for shared memory ({key}), which Surge does not implement yet; send the tensor in the request"
-        )
-
-
-def refuse_shared_memory(inputs: Sequence[pb.ModelInferRequest.InferInputTensor]) -> None:
-    """Raise for the first input that asks for shared memory (such an input has no data in the request)."""
-    for tensor in inputs:
-        if tensor.parameters:
-            check_input(tensor.name, tensor.parameters)
+def shared_memory_inputs(inputs: Sequence[pb.ModelInferRequest.InferInputTensor]) -> int:
+    """How many inputs are in shared memory (they have no raw_input_contents entry)."""
+    return sum(1 for t in inputs if t.parameters and any(key in t.parameters for key in SHARED_MEMORY))
 
 
 def class_count(name: str, parameters: Mapping[str, pb.InferParameter], datatype: str) -> int:
     """A requested output's parameters: the classification count asked for (0: the raw output).
 
-    Raises Unsupported for shared memory, InvalidInput for a count that is not a non-negative integer or an
-    output that is not numeric.
+    Raises InvalidInput for a count that is not a non-negative integer or an output that is not numeric.
     """
-    key = _shared_memory_key(parameters)
-    if key is not None:
-        raise Unsupported(
-            f"output '{name}' asks for shared memory ({key}), which Surge does not implement yet; outputs come back in the response"
-        )
     param = parameters.get(CLASSIFICATION)
     if param is None:
         return 0

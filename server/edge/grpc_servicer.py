@@ -22,7 +22,7 @@ import grpc
 from surge.protos import grpc_service_pb2 as pb
 from surge.protos import grpc_service_pb2_grpc as pb_grpc
 
-from . import codec, stream, wire
+from . import codec, shared_memory, stream, wire
 from .. import errors
 from ..traffic.feedback import FeedbackIndex
 from ..observability.metrics import ServerMetrics
@@ -207,10 +207,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(
         self, repository: ModelRepository, *, server_name: str, server_version: str, is_ready: Callable[[], bool], metrics: ServerMetrics | None = None,
         limits: codec.Limits = codec.DEFAULT_LIMITS, traffic: Traffic | None = None, peers: WorkerPeers | None = None,
+        regions: shared_memory.SharedMemoryRegistry | None = None,
     ) -> None:
         """``metrics``: where requests that reach no model version are counted (None: metrics off); ``limits``: request limits;
         ``traffic``: version routing, shadows and feedback (None: every request goes to the version it names or the latest);
-        ``peers``: in a ``--workers`` worker, the siblings statistics and repository calls also go to."""
+        ``peers``: in a ``--workers`` worker, the siblings statistics and repository calls also go to;
+        ``regions``: the registered shared memory (None: a registry of its own, shared with the REST edge through this servicer)."""
         self._peers = peers
         self._repo = repository
         self._limits = limits
@@ -224,6 +226,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._stream_readers: set[asyncio.Task[None]] = set()
         self.tracing: Tracing = DISABLED
         """The server's tracing (``observability/tracing.py``); set by the server when it is configured."""
+        self._regions = regions if regions is not None else shared_memory.SharedMemoryRegistry()
+        self._extensions = EXTENSIONS + self._regions.extensions()
 
     # -- health and metadata ---------------------------------------------------------------------
 
@@ -245,7 +249,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_edge
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name=self._name, version=self._version, extensions=EXTENSIONS)
+        return pb.ServerMetadataResponse(name=self._name, version=self._version, extensions=self._extensions)
 
     @_edge
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext) -> pb.ModelMetadataResponse:
@@ -307,9 +311,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         entry = self._traffic.table.get(request.model_name) if self._traffic is not None else None
         if entry is None:  # no routes, shadow or feedback for this model: the fast path
             version = self._lookup(request)
-            return await self._infer(request, version, stamps, _deadline(context), form=form)
+            return await self._infer(request, version, stamps, _deadline(context), context, form=form)
         version, sender, feedback = self._route(request, entry, context)
-        return await self._infer(request, version, stamps, _deadline(context), sender, feedback, form=form)
+        return await self._infer(request, version, stamps, _deadline(context), context, sender, feedback, form=form)
 
     def _route(
         self, request: pb.ModelInferRequest, entry: RouteEntry[ModelVersion], context: grpc.aio.ServicerContext
@@ -336,7 +340,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise
 
     async def _infer(
-        self, request: pb.ModelInferRequest, version: ModelVersion, stamps: Stamps, deadline: float | None,
+        self, request: pb.ModelInferRequest, version: ModelVersion, stamps: Stamps, deadline: float | None, context: grpc.aio.ServicerContext,
         sender: ShadowSender | None = None, feedback: FeedbackIndex | None = None, form: int = _MESSAGE,
     ) -> pb.ModelInferResponse | bytes:
         """Decode, execute, encode. ``sender``: mirror the request to a shadow; ``feedback``: index the answer by request id;
@@ -346,8 +350,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if spec is None:
             spec = version.codec_spec = codec.model_spec(version.config)
         job: ShadowJob | None = None
+        regions = shared_memory.RequestRegions(self._regions, context.invocation_metadata)  # the regions it uses, until answered
         try:
-            decoded = codec.decode_request(request, spec, self._limits)
+            decoded = codec.decode_request(request, spec, self._limits, regions)
             stamps.decoded = now_ns()
             stamps.rows = decoded.rows
             if sender is not None:  # never raises, never waits: the shadow has its own budget
@@ -362,10 +367,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 job.primary_done(outputs, stamps.encode_start - stamps.decoded)
             if form == _MESSAGE:
                 response: pb.ModelInferResponse | bytes = codec.encode_response(
-                    request, spec, version.version_str, outputs, decoded.output_names, decoded.classes
+                    request, spec, version.version_str, outputs, decoded.output_names, decoded.classes, decoded.targets
                 )
             else:
-                response = await _encode_for_wire(request, spec, version.version_str, outputs, decoded.output_names, decoded.classes, form)
+                response = await _encode_for_wire(
+                    request, spec, version.version_str, outputs, decoded.output_names, decoded.classes, decoded.targets, form
+                )
         except asyncio.CancelledError:  # gRPC cancels the handler when the deadline passes or the client goes away
             if job is not None:
                 job.primary_done(None)
@@ -381,6 +388,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if stamps.trace is not None:
                 stamps.trace.end(stamps, version, code, end_ns=end)
             raise
+        finally:
+            regions.release()
         stamps.end = now_ns()
         version.stats.record_success(stamps)
         if stamps.trace is not None:
@@ -415,10 +424,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     stamps.trace = self.tracing.begin(stamps, context, request.model_name, "ModelStreamInfer")
                 entry = self._traffic.table.get(request.model_name) if self._traffic is not None else None
                 if entry is None:
-                    response = await self._infer(request, self._lookup(request), stamps, _deadline(context), form=_STREAM)
+                    response = await self._infer(request, self._lookup(request), stamps, _deadline(context), context, form=_STREAM)
                 else:
                     version, sender, feedback = self._route(request, entry, context)
-                    response = await self._infer(request, version, stamps, _deadline(context), sender, feedback, form=_STREAM)
+                    response = await self._infer(request, version, stamps, _deadline(context), context, sender, feedback, form=_STREAM)
                 results.put_nowait((response if response.__class__ is bytes else stream.answer(response), None))  # bytes: flagged already
             except Exception as exc:
                 results.put_nowait((stream.failure(status_of(exc).name, _error_message(exc, request.id), request), exc))
@@ -529,16 +538,49 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await self._peers.repository_call("RepositoryModelUnload", request, metadata)
         return pb.RepositoryModelUnloadResponse()
 
+    # -- shared memory (shared_memory.py) --------------------------------------------------------
+
+    def _owner(self, context: grpc.aio.ServicerContext) -> str:
+        return shared_memory.owner_of(context.invocation_metadata(), self._regions.scoped)
+
+    @_edge
+    async def SystemSharedMemoryStatus(self, request: pb.SystemSharedMemoryStatusRequest, context: grpc.aio.ServicerContext) -> Any:
+        return shared_memory.status_message(self._regions, self._owner(context), request.name, "system")
+
+    @_edge
+    async def SystemSharedMemoryRegister(self, request: pb.SystemSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext) -> Any:
+        self._regions.register_system(self._owner(context), request)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @_edge
+    async def SystemSharedMemoryUnregister(self, request: pb.SystemSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext) -> Any:
+        self._regions.unregister(self._owner(context), request.name, "system")
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @_edge
+    async def CudaSharedMemoryStatus(self, request: pb.CudaSharedMemoryStatusRequest, context: grpc.aio.ServicerContext) -> Any:
+        return shared_memory.status_message(self._regions, self._owner(context), request.name, "cuda")
+
+    @_edge
+    async def CudaSharedMemoryRegister(self, request: pb.CudaSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext) -> Any:
+        self._regions.register_cuda(self._owner(context), request)
+        return pb.CudaSharedMemoryRegisterResponse()
+
+    @_edge
+    async def CudaSharedMemoryUnregister(self, request: pb.CudaSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext) -> Any:
+        self._regions.unregister(self._owner(context), request.name, "cuda")
+        return pb.CudaSharedMemoryUnregisterResponse()
+
 
 
 async def _encode_for_wire(
     request: pb.ModelInferRequest, spec: Any, version: str, outputs: dict[str, Any], output_names: tuple[str, ...],
-    classes: dict[str, int] | None, form: int,
+    classes: dict[str, int] | None, targets: Any, form: int,
 ) -> pb.ModelInferResponse | bytes:
     """A small response as a message (protobuf's C code is fastest); a large one as its wire bytes, assembled in a
     worker thread without holding the GIL for the copies (``wire.assemble``): nothing that scales with its size
     runs on the loop."""
-    response, arrays = codec.encode_outputs(request, spec, version, outputs, output_names, classes)
+    response, arrays = codec.encode_outputs(request, spec, version, outputs, output_names, classes, targets)
     if sum(a.nbytes for a in arrays) < wire.LARGE_MESSAGE_BYTES:  # a BYTES array's nbytes counts its references
         return codec.with_raw_outputs(response, arrays)
     if form == _STREAM:  # the stream response is assembled here, so its final flag goes into the header now
@@ -571,12 +613,6 @@ def _not_built(what: str) -> Callable[..., Awaitable[Any]]:
 
 
 _NOT_BUILT = {
-    "SystemSharedMemoryStatus": "system shared memory (send tensors in the request instead)",
-    "SystemSharedMemoryRegister": "system shared memory (send tensors in the request instead)",
-    "SystemSharedMemoryUnregister": "system shared memory (send tensors in the request instead)",
-    "CudaSharedMemoryStatus": "CUDA shared memory (send tensors in the request instead)",
-    "CudaSharedMemoryRegister": "CUDA shared memory (send tensors in the request instead)",
-    "CudaSharedMemoryUnregister": "CUDA shared memory (send tensors in the request instead)",
     "LogSettings": "LogSettings (set the log level with surge serve --log-level)",
 }
 for _rpc, _what in _NOT_BUILT.items():

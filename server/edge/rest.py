@@ -26,7 +26,10 @@ Routes (``{v}``: a version number; every model route also exists without ``/vers
     POST /v2/models/{m}/versions/{v}/infer        JSON or JSON + binary tensors
     POST /v2/repository/index                     [{"name", "version", "state", "reason"}, ...]
     POST /v2/repository/models/{m}/load|unload    optional body {"parameters": {"config": "<ModelConfig JSON>"}}
-    shared memory, trace and logging routes       501, as the gRPC edge answers them
+    GET  /v2/{systemsharedmemory|cudasharedmemory}[/region/{r}]/status      [{"name", ...}, ...]
+    POST /v2/{systemsharedmemory|cudasharedmemory}/region/{r}/register      Triton's body (``shared_memory.register_from_json``)
+    POST /v2/{systemsharedmemory|cudasharedmemory}[/region/{r}]/unregister  all the caller's regions, or one
+    trace and logging routes                      501, as the gRPC edge answers them
 
 Bodies: read as they arrive, bounded in size (``max_request_bytes``, before and after decompression) and in
 time (``body_timeout_s`` in all, ``idle_timeout_s`` between pieces: 408); ``Content-Encoding`` gzip or deflate is
@@ -65,7 +68,7 @@ from surge.protos import grpc_service_pb2 as pb
 
 from .. import errors
 from ..observability import tracing
-from . import rest_codec
+from . import rest_codec, shared_memory
 from .grpc_servicer import EXTENSIONS, InferenceServicer, _error_message, status_of
 from .jsonread import CHUNK
 from ..observability.metrics import ServerMetrics
@@ -285,12 +288,13 @@ class RestEndpoint:
         add("POST", "/v2/repository/index", self._repository_index, _SERVICE + "RepositoryIndex")
         add("POST", "/v2/repository/models/{model}/load", self._load, _SERVICE + "RepositoryModelLoad")
         add("POST", "/v2/repository/models/{model}/unload", self._unload, _SERVICE + "RepositoryModelUnload")
-        for kind, rpc in (("systemsharedmemory", "SystemSharedMemory"), ("cudasharedmemory", "CudaSharedMemory")):
-            add("GET", f"/v2/{kind}/status", self._not_built(f"{rpc}Status"), _SERVICE + f"{rpc}Status")
-            add("GET", f"/v2/{kind}/region/{{region}}/status", self._not_built(f"{rpc}Status"), _SERVICE + f"{rpc}Status")
-            add("POST", f"/v2/{kind}/region/{{region}}/register", self._not_built(f"{rpc}Register"), _SERVICE + f"{rpc}Register")
-            add("POST", f"/v2/{kind}/unregister", self._not_built(f"{rpc}Unregister"), _SERVICE + f"{rpc}Unregister")
-            add("POST", f"/v2/{kind}/region/{{region}}/unregister", self._not_built(f"{rpc}Unregister"), _SERVICE + f"{rpc}Unregister")
+        for path, kind in (("systemsharedmemory", "system"), ("cudasharedmemory", "cuda")):
+            rpc = "SystemSharedMemory" if kind == "system" else "CudaSharedMemory"
+            add("GET", f"/v2/{path}/status", self._shared_memory(kind, "Status"), _SERVICE + f"{rpc}Status")
+            add("GET", f"/v2/{path}/region/{{region}}/status", self._shared_memory(kind, "Status"), _SERVICE + f"{rpc}Status")
+            add("POST", f"/v2/{path}/region/{{region}}/register", self._shared_memory(kind, "Register"), _SERVICE + f"{rpc}Register")
+            add("POST", f"/v2/{path}/unregister", self._shared_memory(kind, "Unregister"), _SERVICE + f"{rpc}Unregister")
+            add("POST", f"/v2/{path}/region/{{region}}/unregister", self._shared_memory(kind, "Unregister"), _SERVICE + f"{rpc}Unregister")
         for path in ("/v2/trace/setting", "/v2/models/{model}/trace/setting"):
             add("GET", path, self._trace_setting, _SERVICE + "TraceSetting")
             add("POST", path, self._trace_setting, _SERVICE + "TraceSetting")
@@ -387,6 +391,22 @@ class RestEndpoint:
         async def handler(request: web.Request) -> web.Response:
             await self._call(request, rpc, None)  # the servicer answers UNIMPLEMENTED, with what to do instead
             raise AssertionError(f"{rpc} answered over HTTP")  # pragma: no cover
+
+        return handler
+
+    def _shared_memory(self, kind: str, action: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        """A shared-memory route: the servicer's ``{System,Cuda}SharedMemory{action}`` with the JSON Triton's REST edge uses."""
+        rpc = ("SystemSharedMemory" if kind == "system" else "CudaSharedMemory") + action
+
+        async def handler(request: web.Request) -> web.Response:
+            name = request.match_info.get("region", "")
+            if action == "Register":  # authorized before the body is read, like every route (``_access``)
+                doc = await self._decoded(request, lambda pieces: rest_codec.json_body(pieces, "the register request body"))
+                message = shared_memory.register_from_json(kind, name, doc)
+            else:
+                message = getattr(pb, rpc + "Request")(name=name)
+            response = await self._call(request, rpc, message)
+            return _json(shared_memory.status_json(response) if action == "Status" else {})
 
         return handler
 

@@ -41,6 +41,7 @@ from surge.protos import grpc_service_pb2 as pb
 from surge.protos.datatypes import DATATYPES, deserialize_bytes_tensor, numpy_dtype, serialize_bytes_tensor
 
 from ..errors import InvalidInput, Unsupported
+from .codec import parameter_value
 from .extensions import SHARED_MEMORY
 from .jsonread import read_json, yield_gil
 
@@ -83,6 +84,11 @@ class InferRequest:
 
     def binary(self, name: str) -> bool:
         return self.binary_outputs.get(name, self.binary_default)
+
+
+def json_body(data: bytes | memoryview | Iterable[bytes], what: str) -> dict[str, Any]:
+    """A request body that must be one JSON object; InvalidInput naming ``what`` otherwise."""
+    return _json_object(data, what)
 
 
 def _json_object(data: bytes | memoryview | Iterable[bytes], what: str) -> dict[str, Any]:
@@ -400,7 +406,10 @@ def encode_infer_response(response: pb.ModelInferResponse, request: InferRequest
         shape = list(tensor.shape)
         entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": shape}
         data = raw[index]
-        if tensor.datatype == "BF16" or request.binary(tensor.name):
+        if "shared_memory_region" in tensor.parameters:  # written into the caller's region: no data here (as Triton)
+            entry["parameters"] = {k: parameter_value(v) for k, v in tensor.parameters.items()}
+            outputs.append(json_dumps(entry))
+        elif tensor.datatype == "BF16" or request.binary(tensor.name):
             entry["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)
             outputs.append(json_dumps(entry))

@@ -117,14 +117,24 @@ def test_runtime_error_is_internal_with_request_id_and_no_internals(client):
 
 def test_not_built_rpcs_answer_unimplemented(stub):
     for call, request in (
-        (stub.SystemSharedMemoryRegister, pb.SystemSharedMemoryRegisterRequest(name="r")),
-        (stub.CudaSharedMemoryStatus, pb.CudaSharedMemoryStatusRequest()),
         (stub.LogSettings, pb.LogSettingsRequest()),
     ):
         with pytest.raises(grpc.RpcError) as info:
             call(request, timeout=10)
         assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
         assert "not implemented" in info.value.details()
+
+
+def test_cuda_shared_memory_without_a_gpu_is_unimplemented_with_the_reason(stub):
+    from surge.server.edge.shared_memory import SharedMemoryRegistry
+
+    if SharedMemoryRegistry.cuda_usable():
+        pytest.skip("this machine can open CUDA IPC handles (tests/gpu covers it)")
+    assert "cuda_shared_memory" not in stub.ServerMetadata(pb.ServerMetadataRequest(), timeout=10).extensions
+    assert not stub.CudaSharedMemoryStatus(pb.CudaSharedMemoryStatusRequest(), timeout=10).regions
+    with pytest.raises(grpc.RpcError) as info:
+        stub.CudaSharedMemoryRegister(pb.CudaSharedMemoryRegisterRequest(name="r", raw_handle=bytes(64), byte_size=64), timeout=10)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED and "needs CuPy and a GPU" in info.value.details()
 
 
 def test_repository_changes_refused_in_control_mode_none(stub):

@@ -14,7 +14,7 @@ def test_live_ready_and_server_metadata(client):
     assert client.is_server_live() and client.is_server_ready()
     metadata = client.server_metadata()
     assert metadata.name == "surge" and metadata.version
-    assert list(metadata.extensions) == list(EXTENSIONS)
+    assert list(metadata.extensions) == [*EXTENSIONS, "system_shared_memory"]  # cuda_shared_memory needs CuPy and a GPU
 
 
 def test_model_ready(client):

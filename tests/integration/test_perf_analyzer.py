@@ -97,3 +97,12 @@ def test_perf_analyzer_batch_4(surge_address: str) -> None:
         requests, inferences, executions = server_counts(output)
         assert abs(requests - REQUESTS) <= SLACK and inferences == 4 * requests, output
         assert requests // 2 <= executions <= requests, output
+
+
+def test_perf_analyzer_system_shared_memory(surge_address: str) -> None:
+    """``--shared-memory system``: perf_analyzer unregisters everything, registers a region per input and output,
+    and sends only region names; the server reads the inputs from them and writes the outputs into them."""
+    for output in run_perf_analyzer("-m", "identity", "-u", surge_address, "--shape", "input:1024",
+                                    "--shared-memory", "system", "--output-shared-memory-size", "4096"):  # fmt: skip
+        for count in server_counts(output):
+            assert abs(count - REQUESTS) <= SLACK, output

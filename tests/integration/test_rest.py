@@ -358,8 +358,9 @@ def test_statuses_follow_the_grpc_mapping(rest):
     failing = http(rest, "POST", "/v2/models/failing_py/infer", infer_body([{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [-1.0]}]))
     assert failing.status == 500 and "request id" in failing.error and "secret" not in failing.error
     shm = infer_body([_x(data=None, parameters={"shared_memory_region": "r", "shared_memory_byte_size": 64})])
-    assert (r := http(rest, "POST", "/v2/models/mlp/infer", shm)).status == 501 and "shared memory" in r.error
-    assert (r := http(rest, "GET", "/v2/systemsharedmemory/status")).status == 501 and "shared memory" in r.error
+    assert (r := http(rest, "POST", "/v2/models/mlp/infer", shm)).status == 400 and "no shared memory region named 'r'" in r.error
+    assert (r := http(rest, "POST", "/v2/systemsharedmemory/region/r/register", {"key": "/no/such"})).status == 400 and "'byte_size'" in r.error
+    assert (r := http(rest, "POST", "/v2/systemsharedmemory/region/r/register", {"key": "/x/y", "byte_size": 8})).status == 400 and "POSIX" in r.error
     assert (r := http(rest, "POST", "/v2/models/mlp/trace/setting", {"trace_rate": "10"})).status == 400 and "--trace-exporter" in r.error
     assert (r := http(rest, "POST", "/v2/models/nosuch/trace/setting", {})).status == 404
     assert (r := http(rest, "GET", "/v2/models/mlp/infer")).status == 405 and "POST" in r.error and "POST" in r.headers["Allow"]
@@ -438,9 +439,9 @@ def _grpc_request(inputs: list[dict], outputs: list[dict]):
     ("inputs", "outputs", "http_status", "code"),
     [
         ([_x()], [{"name": "probabilities", "parameters": {"classification": -3}}], 400, "INVALID_ARGUMENT"),
-        ([_x()], [{"name": "probabilities", "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 16}}], 501, "UNIMPLEMENTED"),
-        ([_x(data=None, parameters={"shared_memory_region": "r", "shared_memory_byte_size": 64})], [], 501, "UNIMPLEMENTED"),
-        ([_x(data=None, parameters={"shared_memory_offset": 0})], [{"name": "probabilities", "parameters": {"classification": 2}}], 501, "UNIMPLEMENTED"),
+        ([_x()], [{"name": "probabilities", "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 16}}], 400, "INVALID_ARGUMENT"),
+        ([_x(data=None, parameters={"shared_memory_region": "r", "shared_memory_byte_size": 64})], [], 400, "INVALID_ARGUMENT"),
+        ([_x(data=None, parameters={"shared_memory_offset": 0})], [{"name": "probabilities", "parameters": {"classification": 2}}], 400, "INVALID_ARGUMENT"),
     ],
     ids=["bad-class-count", "output-shm", "input-shm", "input-shm-beside-classification"],
 )

@@ -157,7 +157,7 @@ def test_errors_carry_the_http_status_and_the_servers_message(http_client) -> No
     expect_error(lambda: http_client.infer("mlp", [make_input("x", np.zeros((1, 16), np.float64))]), "400", "FP64 but model 'mlp' expects FP32")
     expect_error(lambda: http_client.infer("broken", [make_input("x", mlp_rows(1))]), "503", "not ready")
     expect_error(lambda: http_client.infer("failing_py", [make_input("x", -np.ones((1, 1), np.float32))]), "500", "request id")
-    expect_error(lambda: http_client.get_system_shared_memory_status(), "501", "shared memory")
+    expect_error(lambda: http_client.get_system_shared_memory_status("nope"), "400", "no system shared memory region named 'nope'")
     expect_error(lambda: http_client.load_model("mlp"), "501", "model-control-mode")
     assert http_client.infer("mlp", [make_input("x", mlp_rows(1))]).as_numpy("probabilities").shape == (1, 4)  # still serving
 
@@ -176,13 +176,13 @@ def test_classification_top_k_with_labels(http_client, mlp_reference, binary: bo
     assert got == (expected if binary else [[v.decode() for v in row] for row in expected])
 
 
-def test_shared_memory_parameters_are_501_as_over_grpc(http_client) -> None:
+def test_unknown_shared_memory_regions_are_400_as_over_grpc(http_client) -> None:
     in_shm = httpclient.InferInput("x", [1, 16], "FP32")
     in_shm.set_shared_memory("region", 64)
-    expect_error(lambda: http_client.infer("mlp", [in_shm]), "501", "input 'x' asks for shared memory", "send the tensor")
+    expect_error(lambda: http_client.infer("mlp", [in_shm]), "400", "input 'x': no shared memory region named 'region'")
     out_shm = httpclient.InferRequestedOutput("probabilities")
     out_shm.set_shared_memory("region", 16)
-    expect_error(lambda: http_client.infer("mlp", [make_input("x", mlp_rows(1))], outputs=[out_shm]), "501", "output 'probabilities' asks for shared memory")
+    expect_error(lambda: http_client.infer("mlp", [make_input("x", mlp_rows(1))], outputs=[out_shm]), "400", "output 'probabilities': no shared memory region")
 
 
 def test_statistics_and_repository_index(http_client) -> None:
