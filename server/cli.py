@@ -113,7 +113,7 @@ def _parser(serving: bool = True) -> argparse.ArgumentParser:
     serve.add_argument("--no-strict-readiness", action="store_true", help="be ready even when some model failed to load")
     serve.add_argument("--switch-interval-ms", type=float, default=0.0,
                        help="the GIL switch interval (sys.setswitchinterval) in ms; 0 (default) keeps Python's 5 ms. Lower it when runtime threads "
-                            "(GPU models) wait for the GIL behind a busy event loop; see the README's GPU section")  # fmt: skip
+                            "(GPU models) wait for the GIL behind a busy event loop; see docs/pages/gpu.md")  # fmt: skip
     serve.add_argument("--drain-timeout-s", type=float, default=30.0, help="on shutdown/unload, how long in-flight requests may run (default 30)")
     serve.add_argument("--address-file", type=Path, help="once ready, write the bound host:port into this file (for scripts)")
     if serving:
@@ -221,7 +221,7 @@ def _parser(serving: bool = True) -> argparse.ArgumentParser:
 
 
 def _add_reliability_flags(serve: argparse.ArgumentParser) -> None:
-    """Limits, TLS, auth and the Unix socket (defaults: ``codec.Limits``, README "Reliability and security")."""
+    """Limits, TLS, auth and the Unix socket (defaults: ``codec.Limits``, docs/pages/reliability-and-security.md)."""
     from .edge.codec import DEFAULT_LIMITS as d
 
     serve.add_argument("--grpc-address", default="", metavar="unix:///PATH.sock", help="serve gRPC on a Unix socket (sidecars) instead of --host/--grpc-port (default: none)")

@@ -36,7 +36,7 @@ omitted)::
     kind = "cpu"                       # "cpu" | "gpu" | "auto"
     gpus = []
 
-    [parameters]                       # runtime options, validated by the runtime (see README)
+    [parameters]                       # runtime options, validated by the runtime (see docs/pages/configuration.md)
     intra_op_threads = 1
 
     [metrics]                          # Prometheus histograms of this model (see metrics.py)

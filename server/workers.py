@@ -5,7 +5,7 @@ core; with CPU models the runtime's threads use others, but the Python front end
 core. N workers multiply the front end: each is a whole ``Server`` (its own event loop, repository,
 batchers and runtime instances), and the kernel spreads new connections across them (SO_REUSEPORT hashes
 each connection to one listening socket). Not for GPU models: each worker would load its own copy of the
-model and create its own CUDA context on the same device (see the README's "Worker processes").
+model and create its own CUDA context on the same device (see docs/pages/scaling.md).
 
 The parent (``Supervisor``) does no serving:
 
@@ -269,7 +269,7 @@ class WorkerPeers:
         """Apply a route change this worker made by itself (its rollout controller) to every sibling (``SetRoutes``).
 
         The call carries no caller token: under token auth the siblings refuse it (logged), so rollouts under
-        ``--workers`` need auth off on the private sockets' callers' side; see the README's rollout section."""
+        ``--workers`` need auth off on the private sockets' callers' side; see docs/pages/routing-and-rollouts.md."""
         from surge.protos import surge_service_pb2 as spb
         from surge.protos import surge_service_pb2_grpc as spb_grpc
 

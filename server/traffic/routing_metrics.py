@@ -3,7 +3,7 @@
 ``TrafficCollector`` is registered on ``ServerMetrics.registry``; prometheus_client calls ``collect`` in the
 metrics endpoint's thread, which reads copies of the counters (``Traffic.snapshot``): nothing here runs on
 the request path. Families (labels ``model``; ``primary``/``shadow`` for shadow pairs; ``version`` for
-feedback quality) are listed in the README (Version routing).
+feedback quality) are listed in docs/pages/routing-and-rollouts.md.
 """
 
 from __future__ import annotations
