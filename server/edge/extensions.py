@@ -28,7 +28,7 @@ from ..errors import InvalidInput, Unsupported
 if TYPE_CHECKING:
     from .shared_memory import RequestRegions
 
-__all__ = ["CLASSIFICATION", "SHARED_MEMORY", "class_count", "classify", "in_shared_memory", "shared_memory_inputs"]
+__all__ = ["CLASSIFICATION", "SHARED_MEMORY", "class_count", "classify", "in_shared_memory", "nonnegative_int", "shared_memory_inputs"]
 
 CLASSIFICATION = "classification"
 SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
@@ -50,6 +50,13 @@ def shared_memory_inputs(inputs: Sequence[pb.ModelInferRequest.InferInputTensor]
     return sum(1 for t in inputs if t.parameters and any(key in t.parameters for key in SHARED_MEMORY))
 
 
+def nonnegative_int(param: pb.InferParameter) -> int | None:
+    """A parameter's value when it is a non-negative integer (int64 or uint64), else None."""
+    which = param.WhichOneof("parameter_choice")
+    value = getattr(param, which) if which in ("int64_param", "uint64_param") else None
+    return value if value is not None and value >= 0 else None
+
+
 def class_count(name: str, parameters: Mapping[str, pb.InferParameter], datatype: str) -> int:
     """A requested output's parameters: the classification count asked for (0: the raw output).
 
@@ -58,9 +65,9 @@ def class_count(name: str, parameters: Mapping[str, pb.InferParameter], datatype
     param = parameters.get(CLASSIFICATION)
     if param is None:
         return 0
-    which = param.WhichOneof("parameter_choice")
-    count = getattr(param, which) if which in ("int64_param", "uint64_param") else None
-    if count is None or count < 0:
+    count = nonnegative_int(param)
+    if count is None:
+        which = param.WhichOneof("parameter_choice")
         shown = getattr(param, which) if which else "(unset)"
         raise InvalidInput(f"output '{name}': the classification parameter must be a non-negative integer (the number of classes), got {shown!r}")
     if count and datatype in _NOT_CLASSIFIABLE:

@@ -43,6 +43,7 @@ from surge.protos import grpc_service_pb2 as pb
 from surge.protos.datatypes import ElementTooLarge, deserialize_bytes_tensor, serialize_bytes_tensor
 
 from ..errors import InvalidInput, LimitExceeded, Unsupported
+from .extensions import nonnegative_int
 
 __all__ = ["RequestRegions", "SharedMemoryRegistry", "Target", "owner_of"]
 
@@ -266,9 +267,8 @@ def _int_param(params: Mapping[str, pb.InferParameter], key: str, what: str) -> 
     param = params.get(key)
     if param is None:
         return 0
-    which = param.WhichOneof("parameter_choice")
-    value = getattr(param, which) if which in ("int64_param", "uint64_param") else None
-    if value is None or value < 0:
+    value = nonnegative_int(param)
+    if value is None:
         raise InvalidInput(f"{what}: parameter '{key}' must be a non-negative integer")
     return value
 
