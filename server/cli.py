@@ -187,6 +187,7 @@ def _parser(serving: bool = True) -> argparse.ArgumentParser:
     ab.add_argument("--baseline", default="", help="the version the others are tested against (default: the lowest version with traffic)")
     ab.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     ab.add_argument("--interval-s", type=float, default=0.0, help="scrape twice, this many seconds apart, and compare only that window (default 0: since the server started)")
+    sub.add_parser("config-schema", help="print the JSON Schema of a model's config.toml (for editors that complete and check it)")
     sub.add_parser("bench", help="load-test a v2 server and gate on an SLO (surge bench --help; client only)", add_help=False)
     batch = sub.add_parser("batch", help="run a model (with its pipeline) over a file in-process: .npy/.npz/.parquet/.csv in, .npz/.parquet/.csv out")
     batch.add_argument("--model-repository", type=Path, required=True, help="the model repository folder")
@@ -264,6 +265,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _command(args: argparse.Namespace) -> int:
     if args.command == "serve":
         return _serve(args)
+    if args.command == "config-schema":
+        import json
+
+        from .config_schema import json_schema
+
+        print(json.dumps(json_schema(), indent=2))
+        return 0
     if args.command == "build-trt":
         return _build_trt(args)
     if args.command == "observability":
