@@ -7,7 +7,8 @@ Layout (Triton's)::
 
 Control modes (Triton's names):
 
-- ``none``: load every model at start; the repository RPCs answer UNIMPLEMENTED-free but refuse changes.
+- ``none``: load every model at start; RepositoryModelLoad/Unload answer UNAVAILABLE in Triton's words (model_analyzer
+  recognises them) with Surge's hint.
 - ``explicit``: load only what ``--load-model`` names at start, then only through RepositoryModelLoad /
   RepositoryModelUnload (and ``surge`` CLI calls of them).
 - ``poll``: like ``none`` at start, then every ``poll_interval_s`` the repository is re-read and changed,
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ModelConfig, load_model_config
-from .errors import ConfigError, InvalidInput, ModelNotFound, ModelNotReady, Unsupported, VersionNotFound, without_root
+from .errors import ConfigError, InvalidInput, ModelNotFound, ModelNotReady, RepositoryFixed, VersionNotFound, without_root
 from .execution.model import ModelVersion, State
 from .edge.security import check_load_overrides, check_model_name, confine
 
@@ -246,9 +247,12 @@ class ModelRepository:
         log.info("model %s unloaded", name)
 
     def check_mutable(self, what: str) -> None:
-        """Raise Unsupported unless the control mode allows repository changes through the API."""
+        """Raise RepositoryFixed (UNAVAILABLE, Triton's message) unless the control mode allows repository changes."""
         if self.control_mode == "none":
-            raise Unsupported(f"{what} needs --model-control-mode explicit or poll (this server runs with 'none')")
+            raise RepositoryFixed(
+                f"explicit model load / unload is not allowed if polling is enabled: {what} needs --model-control-mode explicit "
+                "or poll (this server runs with 'none')"
+            )
 
     def _notify(self, name: str, serving: tuple[ModelVersion, ...]) -> None:
         if self.on_serving_change is not None:
