@@ -250,16 +250,30 @@ def _reliability_config(args: argparse.Namespace) -> dict[str, object]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``surge`` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:  # the load generator parses its own arguments and imports no server module
-        from surge.clients.loadgen.cli import main as bench
-
-        return bench(argv[1:])
-    args = _parser(serving=argv[:1] == ["serve"]).parse_args(argv)
     try:
-        return _command(args)
+        if argv[:1] == ["bench"]:  # the load generator parses its own arguments and imports no server module
+            from surge.clients.loadgen.cli import main as bench
+
+            return bench(argv[1:])
+        return _command(_parser(serving=argv[:1] == ["serve"]).parse_args(argv))
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        extra = _EXTRA_OF.get((exc.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        command = argv[0] if argv else ""
+        print(f"error: surge {command} needs surge[{extra}] ({exc.name} is not installed): pip install 'surge[{extra}]'", file=sys.stderr)
+        return 2
+
+
+#: The extra that installs each optional top-level module (``pip install surge`` is the client alone).
+_EXTRA_OF = {
+    "aiohttp": "server", "uvloop": "server", "prometheus_client": "server", "grpc_health": "server", "grpc_reflection": "server",
+    "msgspec": "server", "onnxruntime": "onnx", "onnx": "onnx", "torch": "torch", "tensorrt": "tensorrt", "numba": "kernels",
+    "hdrh": "bench", "matplotlib": "plot", "pyarrow": "parquet",
+}
 
 
 def _command(args: argparse.Namespace) -> int:
