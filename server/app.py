@@ -31,6 +31,7 @@ from surge.protos import grpc_service_pb2 as pb
 
 from .edge.codec import DEFAULT_LIMITS, Limits
 from .errors import ConfigError
+from .files import write_atomic
 from .edge.grpc_servicer import InferenceServicer, add_to_server, status_of
 from .observability.metrics import ServerMetrics
 from .observability.metrics_http import MetricsEndpoint, read_scrape_token
@@ -437,9 +438,7 @@ async def serve(config: ServerConfig, *, address_file: Path | None = None) -> No
         loop.add_signal_handler(sig, on_signal, sig)
     address = await server.start()
     if address_file is not None:
-        tmp = address_file.with_name(address_file.name + ".tmp")
-        tmp.write_text(address)
-        os.replace(tmp, address_file)
+        write_atomic(address_file, address)
     await stopping.wait()
     log.info("stopping: readiness off, draining in-flight requests (up to %.0f s)", config.drain_timeout_s)
     await server.stop()

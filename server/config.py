@@ -95,7 +95,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from surge.protos.datatypes import DATATYPES
 
 from . import config_schema as schema
 from .config_schema import (  # noqa: F401 - the bounds and the sections used as they are belong to this module's interface
@@ -248,11 +247,11 @@ class ModelConfig:
     name: str
     """The model's name (its folder in the repository)."""
     backend: str = "onnxruntime"
-    """Which runtime executes it: "onnxruntime", "python" or "tensorrt"."""
+    """Which runtime executes it: "onnxruntime", "python", "torch" or "tensorrt"."""
     max_batch_size: int | None = None
     """Rows per request along the leading batch dimension; 0 = no batch dimension; None = decide from the model."""
     default_model_filename: str = ""
-    """File inside each version folder; empty = the backend's default (model.onnx, model.py, model.plan)."""
+    """File inside each version folder; empty = the backend's default (model.onnx, model.py, model.pt, model.plan)."""
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     """Which versions are served."""
     inputs: tuple[TensorConfig, ...] = ()

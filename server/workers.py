@@ -84,6 +84,7 @@ from surge.protos import grpc_service_pb2 as pb
 from surge.protos import grpc_service_pb2_grpc as pb_grpc
 
 from .errors import ConfigError
+from .files import write_atomic
 
 __all__ = [
     "LOCAL_METADATA",
@@ -435,9 +436,7 @@ async def _serve_worker(index: int, config: Any, state_dir: Path, ready: Connect
     await server.start()
     state = {"index": index, "pid": os.getpid(), "private": peers.private_target, "metrics": server.metrics_address, "address": server.address}
     state_file = state_dir / f"worker-{index}.json"
-    tmp = state_file.with_name(state_file.name + ".tmp")
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, state_file)
+    write_atomic(state_file, json.dumps(state))
     ready.send(state)
     ready.close()
     await stopping.wait()
@@ -576,9 +575,7 @@ class Supervisor:
             if not self._stopping.is_set():
                 log.info("Surge READY: %d workers on %s", self.workers, self.address)
                 if address_file is not None:
-                    tmp = address_file.with_name(address_file.name + ".tmp")
-                    tmp.write_text(self.address)
-                    os.replace(tmp, address_file)
+                    write_atomic(address_file, self.address)
             await stop
             log.info("stopping: SIGTERM to every worker; each drains (up to %.0f s)", config.drain_timeout_s)
             await self._stop_all(tasks)

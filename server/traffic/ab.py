@@ -196,10 +196,6 @@ class Report:
     window: str
 
 
-def _label(key: tuple[str, tuple[tuple[str, str], ...]], name: str) -> str:
-    return dict(key[1]).get(name, "")
-
-
 def _by_model(samples: Samples, name: str, model: str) -> Iterable[tuple[dict[str, str], float]]:
     for key, value in samples.items():
         if key[0] == name:
