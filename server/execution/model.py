@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -71,8 +72,8 @@ def abandoned_threads() -> int:
     return _abandoned_running
 
 
-class State:
-    """Version states as RepositoryIndex reports them (Triton's strings)."""
+class State(enum.StrEnum):
+    """Version states as RepositoryIndex reports them (Triton's strings; a member equals its string)."""
 
     LOADING = "LOADING"
     READY = "READY"
