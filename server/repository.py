@@ -32,7 +32,6 @@ from typing import Any
 from .config import ModelConfig, load_model_config
 from .errors import ConfigError, InvalidInput, ModelNotFound, ModelNotReady, RepositoryFixed, VersionNotFound, without_root
 from .execution.model import ModelVersion, State
-from .edge.security import check_load_overrides, check_model_name, confine
 
 __all__ = ["CONTROL_MODES", "IndexEntry", "ModelRepository", "layout_warnings"]
 
@@ -355,3 +354,41 @@ def layout_warnings(root: Path) -> list[str]:
             if _looks_like_model_file(path):
                 warnings.append(f"model {model.name}: {path.name} is outside a version folder: move it to {model.name}/1/{path.name}")
     return warnings
+
+
+# -- confinement: names and paths from requests stay inside the repository -----------------------------------------
+
+
+def check_model_name(name: str) -> None:
+    """A model name from a request must be one plain folder name; raises InvalidInput otherwise."""
+    if (
+        not name
+        or name in (".", "..")
+        or name.startswith(".")
+        or any(c in name for c in ("/", "\\", "\0"))
+        or len(name.encode("utf-8", "replace")) > 255
+    ):
+        raise InvalidInput(
+            f"model name {name!r} is not a folder name of the repository (no path separators, no leading '.', no NUL, at most 255 bytes)"
+        )
+
+
+def confine(root: Path, path: Path, what: str) -> Path:
+    """``path`` resolved (symlinks followed); raises ConfigError when it lies outside ``root`` resolved."""
+    resolved_root = root.resolve()
+    resolved = path.resolve()
+    if resolved != resolved_root and not resolved.is_relative_to(resolved_root):
+        raise ConfigError(f"{what} resolves outside the model repository; refused")
+    return resolved
+
+
+def check_load_overrides(overrides: Mapping[str, Any] | None) -> None:
+    """A load request may not opt into pickle loading or point the model file elsewhere; raises InvalidInput."""
+    if not overrides:
+        return
+    parameters = overrides.get("parameters") or {}
+    if isinstance(parameters, Mapping) and "allow_pickle" in parameters:
+        raise InvalidInput("allow_pickle can only be set in the model's config.toml on the server, not in a load request")
+    filename = overrides.get("default_model_filename")
+    if isinstance(filename, str) and (filename in (".", "..") or any(c in filename for c in ("/", "\\", "\0"))):
+        raise InvalidInput(f"default_model_filename {filename!r} must be a file name inside the version folder")
