@@ -645,7 +645,7 @@ def _ab(args: argparse.Namespace) -> int:
     import time
 
     from .observability.top import fetch_metrics
-    from .traffic.ab import analyse, difference, format_report, parse_samples
+    from .commands.ab import analyse, difference, format_report, parse_samples
 
     with _scrape_errors():
         samples = parse_samples(fetch_metrics(args.metrics_url))

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from surge.server.traffic.ab import analyse, difference, format_report, mann_whitney_binned, parse_samples, two_proportion_z, welch_z
+from surge.server.commands.ab import analyse, difference, format_report, mann_whitney_binned, parse_samples, two_proportion_z, welch_z
 
 
 def test_two_proportion_z_known_value() -> None:

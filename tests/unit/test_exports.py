@@ -21,7 +21,7 @@ MODULES = [
     "surge.server.traffic.feedback",
     "surge.server.traffic.traffic",
     "surge.server.traffic.routing_metrics",
-    "surge.server.traffic.ab",
+    "surge.server.commands.ab",
     "surge.server.edge.surge_servicer",
     "surge.server.observability.gpu_metrics",
     "surge.server.runtimes.onnx_providers",
