@@ -299,7 +299,7 @@ def _command(args: argparse.Namespace) -> int:
     if args.command == "batch":
         return _batch(args)
     if args.command == "top":
-        from .observability.top import run
+        from .commands.top import run
 
         with _scrape_errors():
             return run(args.metrics_url, args.interval_s, once=args.once)
@@ -317,7 +317,7 @@ def _command(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _scrape_errors() -> Iterator[None]:
     """A metrics endpoint that cannot be read (nothing there, a gRPC port, not Prometheus text) is a CliError."""
-    from .observability.top import ScrapeError
+    from .commands.top import ScrapeError
 
     try:
         yield
@@ -569,7 +569,7 @@ def _profile(args: argparse.Namespace) -> int:
 
 def _drift(args: argparse.Namespace) -> int:
     from .observability.drift import drift_report
-    from .observability.top import fetch_metrics
+    from .commands.top import fetch_metrics
 
     with _scrape_errors():
         text = fetch_metrics(args.metrics_url)
@@ -644,7 +644,7 @@ def _route(args: argparse.Namespace) -> int:
 def _ab(args: argparse.Namespace) -> int:
     import time
 
-    from .observability.top import fetch_metrics
+    from .commands.top import fetch_metrics
     from .commands.ab import analyse, difference, format_report, parse_samples
 
     with _scrape_errors():
