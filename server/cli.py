@@ -331,7 +331,7 @@ def _batch(args: argparse.Namespace) -> int:
     import asyncio
 
     logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    from .execution.batchjob import BatchJobError, run_batch_job
+    from .commands.batch import BatchJobError, run_batch_job
 
     try:
         summary = asyncio.run(run_batch_job(

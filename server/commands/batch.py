@@ -63,7 +63,7 @@ from surge.protos.datatypes import numpy_dtype
 from ..config import ModelConfig, TensorConfig, load_model_config
 from ..errors import ConfigError
 from ..files import partial_path, replaced, write_atomic
-from .model import ModelVersion, State
+from ..execution.model import ModelVersion, State
 
 __all__ = ["BatchJobError", "Summary", "default_chunk_rows", "run_batch_job"]
 
