@@ -43,7 +43,7 @@ from .edge.reflection import enable_reflection
 from .edge.security import SecurityPolicy, TokenAuth, auth_interceptor
 from .edge.surge_servicer import add_surge_services
 from .traffic.traffic import Traffic
-from .workers import WorkerPeers
+from .peers import WorkerPeers
 
 __all__ = ["MAX_MESSAGE_BYTES", "Server", "ServerConfig", "serve"]
 

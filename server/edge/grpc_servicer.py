@@ -33,7 +33,7 @@ from ..traffic.shadow import ShadowJob, ShadowSender
 from ..execution.stats import Stamps, now_ns
 from ..traffic.traffic import Traffic
 from .triton import config_overrides_from_json, model_config_message, statistics_message
-from ..workers import WorkerPeers, is_local_call
+from ..peers import WorkerPeers, is_local_call
 
 __all__ = ["EXTENSIONS", "InferenceServicer", "STATUS_OF", "Undecodable", "add_to_server", "add_tolerant"]
 

@@ -23,7 +23,7 @@ from surge.protos import surge_service_pb2_grpc as spb_grpc
 from .. import errors
 from .grpc_servicer import _edge, add_tolerant
 from ..traffic.traffic import RouteState, Traffic
-from ..workers import WorkerPeers, is_local_call
+from ..peers import WorkerPeers, is_local_call
 
 __all__ = ["AdminServicer", "FeedbackServicer", "add_surge_services", "routes_message"]
 

@@ -1,4 +1,4 @@
-"""Which version answers: weighted and sticky routing, shadow traffic, outcome feedback, A/B analysis.
+"""Which version answers: weighted and sticky routing, shadow traffic, outcome feedback.
 
 ``routing`` (the pure router), ``traffic`` (the route table and its admin operations), ``shadow`` (mirroring and
 output comparison off the request path), ``feedback`` (the request-id index outcomes join),
