@@ -32,6 +32,7 @@ from surge.protos import grpc_service_pb2 as pb
 
 from .edge.codec import DEFAULT_LIMITS, Limits
 from .errors import ConfigError
+from .files import write_atomic
 from .edge.grpc_servicer import InferenceServicer, add_to_server, status_of
 from .observability.edge import grpc_server_ids
 from .observability.metrics import ServerMetrics, render
@@ -48,7 +49,7 @@ from .edge.security import SecurityPolicy, TokenAuth, auth_interceptor
 from .edge.shared_memory import SharedMemoryRegistry
 from .edge.surge_servicer import add_surge_services
 from .traffic.traffic import Traffic
-from .workers import WorkerPeers
+from .peers import WorkerPeers
 
 __all__ = ["MAX_MESSAGE_BYTES", "Server", "ServerConfig", "serve"]
 
@@ -501,9 +502,7 @@ async def serve(config: ServerConfig, *, address_file: Path | None = None) -> No
         loop.add_signal_handler(sig, on_signal, sig)
     address = await server.start()
     if address_file is not None:
-        tmp = address_file.with_name(address_file.name + ".tmp")
-        tmp.write_text(address)
-        os.replace(tmp, address_file)
+        write_atomic(address_file, address)
     await stopping.wait()
     log.info("stopping: readiness off, draining in-flight requests (up to %.0f s)", config.drain_timeout_s)
     await server.stop()

@@ -208,6 +208,7 @@ def _parser(serving: bool = True) -> argparse.ArgumentParser:
     ab.add_argument("--baseline", default="", help="the version the others are tested against (default: the lowest version with traffic)")
     ab.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     ab.add_argument("--interval-s", type=float, default=0.0, help="scrape twice, this many seconds apart, and compare only that window (default 0: since the server started)")
+    sub.add_parser("config-schema", help="print the JSON Schema of a model's config.toml (for editors that complete and check it)")
     sub.add_parser("bench", help="load-test a v2 server and gate on an SLO (surge bench --help; client only)", add_help=False)
     batch = sub.add_parser("batch", help="run a model (with its pipeline) over a file in-process: .npy/.npz/.parquet/.csv in, .npz/.parquet/.csv out")
     batch.add_argument("--model-repository", type=Path, required=True, help="the model repository folder")
@@ -275,21 +276,42 @@ def _reliability_config(args: argparse.Namespace) -> dict[str, object]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``surge`` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:  # the load generator parses its own arguments and imports no server module
-        from surge.clients.loadgen.cli import main as bench
-
-        return bench(argv[1:])
-    args = _parser(serving=argv[:1] == ["serve"]).parse_args(argv)
     try:
-        return _command(args)
+        if argv[:1] == ["bench"]:  # the load generator parses its own arguments and imports no server module
+            from surge.clients.loadgen.cli import main as bench
+
+            return bench(argv[1:])
+        return _command(_parser(serving=argv[:1] == ["serve"]).parse_args(argv))
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        extra = _EXTRA_OF.get((exc.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        command = argv[0] if argv else ""
+        print(f"error: surge {command} needs surge[{extra}] ({exc.name} is not installed): pip install 'surge[{extra}]'", file=sys.stderr)
+        return 2
+
+
+#: The extra that installs each optional top-level module (``pip install surge`` is the client alone).
+_EXTRA_OF = {
+    "aiohttp": "server", "uvloop": "server", "prometheus_client": "server", "grpc_health": "server", "grpc_reflection": "server",
+    "msgspec": "server", "onnxruntime": "onnx", "onnx": "onnx", "torch": "torch", "tensorrt": "tensorrt", "numba": "kernels",
+    "hdrh": "bench", "matplotlib": "plot", "pyarrow": "parquet",
+}
 
 
 def _command(args: argparse.Namespace) -> int:
     if args.command == "serve":
         return _serve(args)
+    if args.command == "config-schema":
+        import json
+
+        from .config_schema import json_schema
+
+        print(json.dumps(json_schema(), indent=2))
+        return 0
     if args.command == "build-trt":
         return _build_trt(args)
     if args.command == "observability":
@@ -303,7 +325,7 @@ def _command(args: argparse.Namespace) -> int:
     if args.command == "batch":
         return _batch(args)
     if args.command == "top":
-        from .observability.top import run
+        from .commands.top import run
 
         with _scrape_errors():
             return run(args.metrics_url, args.interval_s, once=args.once)
@@ -323,7 +345,7 @@ def _command(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _scrape_errors() -> Iterator[None]:
     """A metrics endpoint that cannot be read (nothing there, a gRPC port, not Prometheus text) is a CliError."""
-    from .observability.top import ScrapeError
+    from .commands.top import ScrapeError
 
     try:
         yield
@@ -337,7 +359,7 @@ def _batch(args: argparse.Namespace) -> int:
     import asyncio
 
     logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    from .execution.batchjob import BatchJobError, run_batch_job
+    from .commands.batch import BatchJobError, run_batch_job
 
     try:
         summary = asyncio.run(run_batch_job(
@@ -577,7 +599,7 @@ def _profile(args: argparse.Namespace) -> int:
 
 def _drift(args: argparse.Namespace) -> int:
     from .observability.drift import drift_report
-    from .observability.top import fetch_metrics
+    from .commands.top import fetch_metrics
 
     with _scrape_errors():
         text = fetch_metrics(args.metrics_url)
@@ -690,7 +712,7 @@ def format_rollout(r: object) -> str:
 def _ab(args: argparse.Namespace) -> int:
     import time
 
-    from .observability.top import fetch_metrics
+    from .commands.top import fetch_metrics
     from .traffic.ab import analyse, difference, format_report, parse_samples
 
     with _scrape_errors():

@@ -89,15 +89,39 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from surge.protos.datatypes import DATATYPES
 
+from . import config_schema as schema
+from .config_schema import (  # noqa: F401 - the bounds and the sections used as they are belong to this module's interface
+    BACKENDS,
+    CORES,
+    MAX_BATCH_ELEMENTS,
+    MAX_BATCH_SIZE,
+    MAX_DRIFT_FEATURES,
+    MAX_DRIFT_WINDOW_ROWS,
+    MAX_FEEDBACK_REQUESTS,
+    MAX_INSTANCES,
+    MAX_LATENCY_BUCKETS,
+    MAX_LOG_BYTES,
+    MAX_PRIORITY_LEVELS,
+    MAX_QUEUE_DELAY_S,
+    MAX_QUEUE_SIZE,
+    MAX_THREADS,
+    MAX_TIMEOUT_S,
+    MIN_MAX_MEMORY_BYTES,
+    PYTHON_EXECUTION_TIMEOUT_S,
+    DriftConfig,
+    FeedbackConfig,
+    InstanceGroupConfig,
+    MetricsConfig,
+    QueuePolicyConfig,
+    ShadowConfig,
+)
 from .errors import ConfigError
 
 log = logging.getLogger("surge.config")
@@ -119,7 +143,6 @@ __all__ = [
     "parse_model_config",
 ]
 
-BACKENDS = ("onnxruntime", "python", "torch", "tensorrt")
 #: Triton's ``platform`` string for each backend (what ModelConfig and ModelMetadata report).
 PLATFORM_OF = {"onnxruntime": "onnxruntime_onnx", "python": "python", "torch": "pytorch_libtorch", "tensorrt": "tensorrt_plan"}
 #: The model file each backend loads when ``default_model_filename`` is not given.
@@ -167,16 +190,6 @@ class VersionPolicy:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class QueuePolicyConfig:
-    """One priority level's queue policy (Triton's ModelQueuePolicy, in seconds)."""
-
-    max_queue_size: int = 0
-    """Requests waiting at this level beyond which new ones are rejected with UNAVAILABLE (0: 4096)."""
-    default_timeout_s: float = 0.0
-    """How long a request may wait before it is rejected (0: no limit); a request's timeout may only shorten it."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class BatchingConfig:
     """Dynamic batching settings (Triton's ``dynamic_batching``, in seconds)."""
 
@@ -199,26 +212,6 @@ class BatchingConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class InstanceGroupConfig:
-    """How many runtime instances execute this model concurrently, and where."""
-
-    count: int = 1
-    """Number of instances (each with its own executor thread)."""
-    kind: str = "cpu"
-    """"cpu", "gpu" or "auto"."""
-    gpus: tuple[int, ...] = ()
-    """GPU ids for kind "gpu" (instances are spread over them)."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MetricsConfig:
-    """Per-model metrics settings (``[metrics]``)."""
-
-    latency_buckets_s: tuple[float, ...] = ()
-    """Upper bounds (seconds, strictly increasing) of every latency histogram; empty = metrics.DEFAULT_LATENCY_BUCKETS_S."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class StepConfig:
     """One ``[[preprocess]]`` or ``[[postprocess]]`` step; ``params`` are validated by pipeline.py at load."""
 
@@ -235,46 +228,6 @@ class StepConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class DriftConfig:
-    """Drift monitoring settings (``[drift]``); see drift.py."""
-
-    sample_rate: float = 0.01
-    """Fraction of requests whose inputs and outputs are summarised (0 < r <= 1)."""
-    window_rows: int = 1000
-    """Rows in the sliding window compared with the profile."""
-    psi_alert: float = 0.2
-    """PSI above which a feature raises the version's alert gauge."""
-    max_features: int = 64
-    """At most this many features tracked (each is a few time series)."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ShadowConfig:
-    """Shadow traffic settings (``[routing.shadow]``); see shadow.py."""
-
-    version: int = 0
-    """The version that receives the mirrored requests (0: no shadow; only the budget and comparison settings)."""
-    fraction: float = 1.0
-    """Fraction of routed requests mirrored (0 < f <= 1), sampled by routing key."""
-    max_concurrency: int = 4
-    """Shadow requests executing at once: the shadow's own budget, apart from the primary's."""
-    max_queue: int = 64
-    """Shadow requests waiting for the budget; beyond it a shadow request is dropped (and counted)."""
-    rtol: float = 1e-5
-    """Relative tolerance for float outputs (numpy.allclose)."""
-    atol: float = 1e-6
-    """Absolute tolerance for float outputs (numpy.allclose)."""
-    log_path: str = ""
-    """JSON-lines file of sampled disagreements ("": none); relative paths are relative to the model folder."""
-    log_max_bytes: int = 10_000_000
-    """The disagreement log stops growing at this size (bytes)."""
-    log_sample_rate: float = 1.0
-    """Fraction of disagreements written to the log."""
-    log_inputs: bool = False
-    """Include the request's inputs in logged disagreements (off: they may hold personal data)."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class RoutingConfig:
     """Version routing (``[routing]``): a weighted, sticky split of requests that name no version; see routing.py."""
 
@@ -282,16 +235,6 @@ class RoutingConfig:
     """(version, weight) pairs, weights > 0 (relative; normalised); empty: the highest READY version."""
     shadow: ShadowConfig = field(default_factory=ShadowConfig)
     """Shadow traffic and its budget."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FeedbackConfig:
-    """Outcome feedback (``[feedback]``); see feedback.py."""
-
-    output: str = ""
-    """The output whose per-row prediction labels and numbers are compared with ("": the first output)."""
-    max_requests: int = 100_000
-    """Answered requests remembered for joining (oldest forgotten first)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -312,42 +255,6 @@ class RolloutConfig:
     """Significance level of a breach."""
 
 
-#: At most this many latency buckets per histogram (each is one time series per model version and stage).
-MAX_LATENCY_BUCKETS = 200
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))  # the cores this process may run on (a container's cpuset), not the host's
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-# Bounds of every numeric knob, in config.toml and in a load request's overrides alike (both pass through
-# ``parse_model_config``); an error names the key and the bound. Threads and instances scale with the cores.
-CORES = _cores()
-#: Runtime instances of one model version (each is an executor thread): 4 per core, never above 256.
-MAX_INSTANCES = min(256, 4 * CORES)
-#: Thread-count parameters of a runtime (``parameters.*_threads``, per instance): 4 per core, never above 256.
-MAX_THREADS = min(256, 4 * CORES)
-#: ``max_queue_delay_s`` and ``latency_slo_s``: the longest a batcher may hold a request for company.
-MAX_QUEUE_DELAY_S = 10.0
-#: ``default_timeout_s`` and ``execution_timeout_s``: one hour.
-MAX_TIMEOUT_S = 3600.0
-#: ``max_queue_size`` (per priority level) and the shadow's queue and concurrency.
-MAX_QUEUE_SIZE = 65536
-#: ``priority_levels``.
-MAX_PRIORITY_LEVELS = 64
-#: ``max_batch_size`` and ``preferred_batch_sizes`` (rows).
-MAX_BATCH_SIZE = 65536
-#: Elements of one input or output over a full batch (max_batch_size rows of its fixed dims): warm-up and the
-#: preallocated input buffers hold this many at most (1 GiB of FP32).
-MAX_BATCH_ELEMENTS = 2**28
-#: Drift: rows per window, features tracked; feedback: requests remembered; shadow log size.
-MAX_DRIFT_WINDOW_ROWS = 10_000_000
-MAX_DRIFT_FEATURES = 4096
-MAX_FEEDBACK_REQUESTS = 10_000_000
-MAX_LOG_BYTES = 2**34
 _CORES_BOUND = f" (4 per core of the {CORES} this server may use, at most 256)"
 
 
@@ -358,11 +265,11 @@ class ModelConfig:
     name: str
     """The model's name (its folder in the repository)."""
     backend: str = "onnxruntime"
-    """Which runtime executes it: "onnxruntime", "python" or "tensorrt"."""
+    """Which runtime executes it: "onnxruntime", "python", "torch" or "tensorrt"."""
     max_batch_size: int | None = None
     """Rows per request along the leading batch dimension; 0 = no batch dimension; None = decide from the model."""
     default_model_filename: str = ""
-    """File inside each version folder; empty = the backend's default (model.onnx, model.py, model.plan)."""
+    """File inside each version folder; empty = the backend's default (model.onnx, model.py, model.pt, model.plan)."""
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     """Which versions are served."""
     inputs: tuple[TensorConfig, ...] = ()
@@ -481,37 +388,42 @@ def _guess_backend(model_dir: Path) -> str:
 
 
 def parse_model_config(name: str, data: Mapping[str, Any]) -> ModelConfig:
-    """Validate a decoded TOML table into a ModelConfig; raises ConfigError naming the key path."""
-    reader = _Table(data, "")
-    backend = reader.choice("backend", BACKENDS, "onnxruntime")
-    max_batch_size = reader.integer("max_batch_size", None, minimum=0, maximum=MAX_BATCH_SIZE)
+    """Validate a decoded TOML table (or a load request's ModelConfig JSON) into a ModelConfig.
+
+    Types, bounds and unknown keys are the schema's (config_schema.py); the relations between keys are checked
+    here. Raises ConfigError naming the key path.
+    """
+    toml: schema.ModelToml = schema.validate(data)
+    backend = toml.backend
+    max_batch_size = toml.max_batch_size
     config = ModelConfig(
         name=name,
         backend=backend,
         max_batch_size=max_batch_size,
-        default_model_filename=reader.string("default_model_filename", ""),
-        version_policy=_version_policy(reader.table("version_policy")),
-        inputs=tuple(_tensor(t, inputs=True) for t in reader.tables("input")),
-        outputs=tuple(_tensor(t, inputs=False) for t in reader.tables("output")),
-        dynamic_batching=_batching(reader.table("dynamic_batching"), max_batch_size),
-        instance_group=_instance_group(reader.table("instance_group")),
-        parameters=_parameters(reader.table("parameters")),
-        metrics=_metrics(reader.table("metrics")),
-        drift=_drift(reader.table("drift")),
-        execution_timeout_s=_execution_timeout(reader, backend),
-        max_memory_bytes=_max_memory(reader, backend),
-        routing=_routing(reader.table("routing")),
-        feedback=_feedback(reader.table("feedback")),
-        rollout=_rollout(reader.table("rollout")),
-        preprocess=tuple(_step(t) for t in reader.tables("preprocess")),
-        postprocess=tuple(_step(t) for t in reader.tables("postprocess")),
+        default_model_filename=toml.default_model_filename,
+        version_policy=_version_policy(toml.version_policy),
+        inputs=tuple(_tensor(t) for t in toml.input),
+        outputs=tuple(_tensor(t) for t in toml.output),
+        dynamic_batching=_batching(toml.dynamic_batching, max_batch_size, data.get("dynamic_batching") or {}),
+        instance_group=toml.instance_group,
+        parameters=_parameters(toml.parameters),
+        metrics=_metrics(toml.metrics),
+        drift=toml.drift,
+        execution_timeout_s=(PYTHON_EXECUTION_TIMEOUT_S if backend == "python" else 0.0) if toml.execution_timeout_s is None else toml.execution_timeout_s,
+        max_memory_bytes=_max_memory(toml.max_memory_bytes, backend),
+        routing=_routing(toml.routing),
+        feedback=toml.feedback,
+        rollout=_rollout(toml.rollout),
+        preprocess=tuple(_step(s, data, "preprocess", i) for i, s in enumerate(toml.preprocess)),
+        postprocess=tuple(_step(s, data, "postprocess", i) for i, s in enumerate(toml.postprocess)),
     )
-    reader.check_no_unknown()
     for kind, tensors in (("input", config.inputs), ("output", config.outputs)):
         names = [t.name for t in tensors]
         if len(set(names)) != len(names):
             raise ConfigError(f"{kind}: tensor names must be unique, got {names}")
         for i, tensor in enumerate(tensors):
+            if 0 in tensor.dims:
+                raise ConfigError(f"{kind}[{i}].dims: a dimension may not be 0 (use -1 for a variable one), got {list(tensor.dims)}")
             elements = math.prod(d for d in tensor.dims if d > 0) * max(1, max_batch_size or 0)
             if elements > MAX_BATCH_ELEMENTS:
                 raise ConfigError(
@@ -521,32 +433,21 @@ def parse_model_config(name: str, data: Mapping[str, Any]) -> ModelConfig:
     return config
 
 
-def _parameters(reader: _Table) -> dict[str, Any]:
+def _parameters(parameters: dict[str, Any]) -> dict[str, Any]:
     """Runtime options (each runtime validates its own); thread counts (``*_threads``) are bounded here for all."""
-    for key in reader.data:
-        if str(key).endswith("_threads"):
-            reader.integer(key, 0, minimum=0, maximum=MAX_THREADS, bound=_CORES_BOUND)
-    return dict(reader.data)
+    for key, value in parameters.items():
+        if str(key).endswith("_threads") and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_THREADS):
+            raise ConfigError(f"parameters.{key}: expected an integer from 0 to {MAX_THREADS}{_CORES_BOUND}, got {value!r}")
+    return dict(parameters)
 
 
-#: A Python model's execution_timeout_s when its config does not set one (its process is killed and restarted past it).
-PYTHON_EXECUTION_TIMEOUT_S = 60.0
-#: The smallest max_memory_bytes: an interpreter with numpy imported already uses about 30 MiB.
-MIN_MAX_MEMORY_BYTES = 64 << 20
-
-
-def _execution_timeout(reader: _Table, backend: str) -> float:
-    return reader.number("execution_timeout_s", PYTHON_EXECUTION_TIMEOUT_S if backend == "python" else 0.0, minimum=0.0, maximum=MAX_TIMEOUT_S)
-
-
-def _max_memory(reader: _Table, backend: str) -> int:
-    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    value = reader.integer("max_memory_bytes", 0, minimum=0, maximum=physical, bound=" (this machine's memory)")
+def _max_memory(value: int, backend: str) -> int:
     if not value:
         return 0
     if backend != "python":
         raise ConfigError(f"max_memory_bytes: only python models run in a process of their own; backend is {backend!r}")
     if value < MIN_MAX_MEMORY_BYTES:
+        physical = schema.PHYSICAL_MEMORY
         raise ConfigError(
             f"max_memory_bytes: expected 0 (no limit) or {MIN_MAX_MEMORY_BYTES} ({MIN_MAX_MEMORY_BYTES >> 20} MiB) to this machine's "
             f"memory, {physical} ({physical >> 20} MiB); got {value}"
@@ -554,69 +455,53 @@ def _max_memory(reader: _Table, backend: str) -> int:
     return value
 
 
-def _tensor(reader: _Table, *, inputs: bool) -> TensorConfig:
-    tensor = TensorConfig(
-        name=reader.string("name", _REQUIRED),
-        datatype=reader.choice("datatype", sorted(DATATYPES), _REQUIRED),
-        dims=tuple(reader.int_list("dims", minimum=-1, maximum=MAX_BATCH_ELEMENTS)),
-        optional=reader.boolean("optional", False) if inputs else False,
-        label_filename="" if inputs else reader.string("label_filename", ""),
+def _tensor(t: schema.InputToml | schema.OutputToml) -> TensorConfig:
+    return TensorConfig(
+        name=t.name,
+        datatype=t.datatype,
+        dims=tuple(t.dims),
+        optional=getattr(t, "optional", False),
+        label_filename=getattr(t, "label_filename", ""),
     )
-    if 0 in tensor.dims:
-        raise ConfigError(f"{reader.path}dims: a dimension may not be 0 (use -1 for a variable one), got {list(tensor.dims)}")
-    reader.check_no_unknown()
-    return tensor
 
 
-def _version_policy(reader: _Table) -> VersionPolicy:
-    reader.allow("latest", "all", "specific")
-    given = [k for k in ("latest", "all", "specific") if k in reader.data]
+def _version_policy(t: schema.VersionPolicyToml) -> VersionPolicy:
+    given = [k for k in ("latest", "all", "specific") if getattr(t, k) is not None]
     if len(given) > 1:
         raise ConfigError(f"version_policy: give one of latest, all, specific; got {given}")
-    if not given:
-        policy = VersionPolicy()
-    elif given[0] == "latest":
-        policy = VersionPolicy(kind="latest", num_versions=reader.integer("latest", 1, minimum=1, maximum=2**31 - 1))
-    elif given[0] == "all":
-        if reader.boolean("all", True) is not True:
+    if t.latest is not None:
+        return VersionPolicy(kind="latest", num_versions=t.latest)
+    if t.all is not None:
+        if t.all is not True:
             raise ConfigError("version_policy.all: must be true (or use latest / specific)")
-        policy = VersionPolicy(kind="all")
-    else:
-        versions = reader.int_list("specific", minimum=1)
-        if not versions:
+        return VersionPolicy(kind="all")
+    if t.specific is not None:
+        if not t.specific:
             raise ConfigError("version_policy.specific: list at least one version, e.g. specific = [1, 3]")
-        policy = VersionPolicy(kind="specific", versions=tuple(versions))
-    reader.check_no_unknown()
-    return policy
+        return VersionPolicy(kind="specific", versions=tuple(t.specific))
+    return VersionPolicy()
 
 
-def _batching(reader: _Table, max_batch_size: int | None) -> BatchingConfig | None:
-    if not reader.present:
+def _batching(t: schema.BatchingToml | None, max_batch_size: int | None, given: Mapping[str, Any]) -> BatchingConfig | None:
+    if t is None:
         return None
     if max_batch_size == 0:
         raise ConfigError("dynamic_batching: needs a batch dimension, but max_batch_size = 0")
-    slo = reader.number("latency_slo_s", 0.0, minimum=0.0, maximum=MAX_QUEUE_DELAY_S)
-    policies: dict[int, QueuePolicyConfig] = {}
-    by_level = reader.table("priority_queue_policy")
-    for key in list(by_level.data):
-        if not str(key).isdigit():
-            raise ConfigError(f"dynamic_batching.priority_queue_policy.{key}: levels are integers, e.g. [dynamic_batching.priority_queue_policy.1]")
-        policies[int(key)] = _queue_policy(by_level.table(str(key)))
     batching = BatchingConfig(
-        max_queue_delay_s=reader.number("max_queue_delay_s", 0.0, minimum=0.0, maximum=MAX_QUEUE_DELAY_S),
-        latency_slo_s=slo or None,
-        preferred_batch_sizes=tuple(reader.int_list("preferred_batch_sizes", minimum=1, maximum=MAX_BATCH_SIZE)),
-        max_queue_size=reader.integer("max_queue_size", 0, minimum=0, maximum=MAX_QUEUE_SIZE),
-        default_timeout_s=reader.number("default_timeout_s", 0.0, minimum=0.0, maximum=MAX_TIMEOUT_S),
-        priority_levels=reader.integer("priority_levels", 1, minimum=1, maximum=MAX_PRIORITY_LEVELS),
-        default_priority_level=reader.integer("default_priority_level", 1, minimum=1, maximum=MAX_PRIORITY_LEVELS),
-        priority_queue_policy=policies,
+        max_queue_delay_s=t.max_queue_delay_s,
+        latency_slo_s=t.latency_slo_s or None,
+        preferred_batch_sizes=tuple(t.preferred_batch_sizes),
+        max_queue_size=t.max_queue_size,
+        default_timeout_s=t.default_timeout_s,
+        priority_levels=t.priority_levels,
+        default_priority_level=t.default_priority_level,
+        priority_queue_policy={int(level): policy for level, policy in t.priority_queue_policy.items()},
     )
     if batching.max_queue_delay_s > 1.0:  # seconds here; Triton's config writes microseconds
         log.warning("dynamic_batching.max_queue_delay_s = %g s (%g ms) makes requests wait over a second for a batch: "
                     "a unit mistake? Surge takes seconds here (0.002 is 2 ms); Triton's max_queue_delay_microseconds takes microseconds",
                     batching.max_queue_delay_s, batching.max_queue_delay_s * 1e3)
-    if batching.latency_slo_s and "max_queue_delay_s" in reader.data:
+    if batching.latency_slo_s and "max_queue_delay_s" in given:
         raise ConfigError("dynamic_batching: set latency_slo_s or max_queue_delay_s, not both (the SLO mode picks the delay)")
     if max_batch_size and any(size > max_batch_size for size in batching.preferred_batch_sizes):
         raise ConfigError(
@@ -624,225 +509,46 @@ def _batching(reader: _Table, max_batch_size: int | None) -> BatchingConfig | No
         )
     if batching.default_priority_level > batching.priority_levels:
         raise ConfigError(f"dynamic_batching.default_priority_level: {batching.default_priority_level} exceeds priority_levels = {batching.priority_levels}")
-    bad = sorted(level for level in policies if not 1 <= level <= batching.priority_levels)
+    bad = sorted(level for level in batching.priority_queue_policy if not 1 <= level <= batching.priority_levels)
     if bad:
         raise ConfigError(f"dynamic_batching.priority_queue_policy: levels {bad} are outside 1..{batching.priority_levels} (priority_levels)")
-    reader.check_no_unknown()
     return batching
 
 
-def _queue_policy(reader: _Table) -> QueuePolicyConfig:
-    policy = QueuePolicyConfig(
-        max_queue_size=reader.integer("max_queue_size", 0, minimum=0, maximum=MAX_QUEUE_SIZE),
-        default_timeout_s=reader.number("default_timeout_s", 0.0, minimum=0.0, maximum=MAX_TIMEOUT_S),
-    )
-    reader.check_no_unknown()
-    return policy
+def _metrics(t: MetricsConfig) -> MetricsConfig:
+    bounds = t.latency_buckets_s
+    if any(a >= b for a, b in zip(bounds, bounds[1:])):
+        raise ConfigError(f"metrics.latency_buckets_s: expected positive, strictly increasing seconds, got {list(bounds)}")
+    return t
 
 
-def _metrics(reader: _Table) -> MetricsConfig:
-    bounds = reader.number_list("latency_buckets_s")
-    if reader.present and "latency_buckets_s" in reader.data:
-        if not bounds:
-            raise ConfigError("metrics.latency_buckets_s: list at least one upper bound in seconds, e.g. [0.001, 0.01, 0.1, 1.0]")
-        if any(b <= 0 for b in bounds) or any(a >= b for a, b in zip(bounds, bounds[1:])):
-            raise ConfigError(f"metrics.latency_buckets_s: expected positive, strictly increasing seconds, got {bounds}")
-        if len(bounds) > MAX_LATENCY_BUCKETS:
-            raise ConfigError(f"metrics.latency_buckets_s: at most {MAX_LATENCY_BUCKETS} buckets (each is a time series per stage), got {len(bounds)}")
-    config = MetricsConfig(latency_buckets_s=tuple(bounds))
-    reader.check_no_unknown()
-    return config
-
-
-def _drift(reader: _Table) -> DriftConfig | None:
-    if not reader.present:
+def _routing(t: schema.RoutingToml | None) -> RoutingConfig | None:
+    if t is None:
         return None
-    config = DriftConfig(
-        sample_rate=reader.number("sample_rate", 0.01, minimum=0.0, maximum=1.0, unit="fraction"),
-        window_rows=reader.integer("window_rows", 1000, minimum=10, maximum=MAX_DRIFT_WINDOW_ROWS),
-        psi_alert=reader.number("psi_alert", 0.2, minimum=0.0, maximum=math.inf, unit="PSI"),
-        max_features=reader.integer("max_features", 64, minimum=1, maximum=MAX_DRIFT_FEATURES),
-    )
-    if not 0.0 < config.sample_rate <= 1.0:
-        raise ConfigError(f"drift.sample_rate: expected a fraction 0 < r <= 1, got {config.sample_rate}")
-    reader.check_no_unknown()
-    return config
-
-
-def _routing(reader: _Table) -> RoutingConfig | None:
-    if not reader.present:
-        return None
-    weights_table = reader.table("weights")
-    weights: list[tuple[int, float]] = []
-    for key in list(weights_table.data):
-        if not str(key).isdigit() or int(key) < 1:
-            raise ConfigError(f"routing.weights.{key}: keys are version numbers, e.g. weights = {{ 1 = 90, 2 = 10 }}")
-        weight = weights_table.number(str(key), 0.0, minimum=0.0, maximum=math.inf, unit="relative weight")
-        if weight > 0:
-            weights.append((int(key), weight))
-    if weights_table.data and not weights:
+    weights = sorted((int(version), float(weight)) for version, weight in t.weights.items() if weight > 0)
+    if t.weights and not weights:
         raise ConfigError("routing.weights: at least one version needs a weight > 0, e.g. weights = { 1 = 90, 2 = 10 }")
-    shadow = _shadow(reader.table("shadow"))
-    reader.check_no_unknown()
-    return RoutingConfig(weights=tuple(sorted(weights)), shadow=shadow)
+    return RoutingConfig(weights=tuple(weights), shadow=t.shadow)
 
 
-def _shadow(reader: _Table) -> ShadowConfig:
-    config = ShadowConfig(
-        version=reader.integer("version", 0, minimum=0, maximum=2**31 - 1),
-        fraction=reader.number("fraction", 1.0, minimum=0.0, maximum=math.inf, unit="fraction"),
-        max_concurrency=reader.integer("max_concurrency", 4, minimum=1, maximum=MAX_QUEUE_SIZE),
-        max_queue=reader.integer("max_queue", 64, minimum=0, maximum=MAX_QUEUE_SIZE),
-        rtol=reader.number("rtol", 1e-5, minimum=0.0, maximum=math.inf, unit="relative tolerance"),
-        atol=reader.number("atol", 1e-6, minimum=0.0, maximum=math.inf, unit="absolute tolerance"),
-        log_path=reader.string("log_path", ""),
-        log_max_bytes=reader.integer("log_max_bytes", 10_000_000, minimum=0, maximum=MAX_LOG_BYTES),
-        log_sample_rate=reader.number("log_sample_rate", 1.0, minimum=0.0, maximum=math.inf, unit="fraction"),
-        log_inputs=reader.boolean("log_inputs", False),
-    )
-    for key, value in (("fraction", config.fraction), ("log_sample_rate", config.log_sample_rate)):
-        if value > 1.0 or (key == "fraction" and value == 0.0):
-            raise ConfigError(f"routing.shadow.{key}: expected a fraction {'0 <' if key == 'fraction' else '0 <='} f <= 1, got {value}")
-    reader.check_no_unknown()
-    return config
+def _step(step: schema.Step, data: Mapping[str, Any], kind: str, index: int) -> StepConfig:
+    given = data[kind][index]  # the table as written: parameters it leaves out take the pipeline's defaults
+    params = {f: getattr(step, f) for f in step.__struct_fields__ if f not in ("input", "output") and f in given}
+    return StepConfig(op=type(step).__struct_config__.tag, input=step.input, output=step.output or step.input,
+                      params=params, where=f"{kind}[{index}]")
 
 
-def _feedback(reader: _Table) -> FeedbackConfig | None:
-    if not reader.present:
-        return None
-    config = FeedbackConfig(output=reader.string("output", ""), max_requests=reader.integer("max_requests", 100_000, minimum=1, maximum=MAX_FEEDBACK_REQUESTS))
-    reader.check_no_unknown()
-    return config
-
-
-def _rollout(reader: _Table) -> RolloutConfig | None:
-    if not reader.present:
+def _rollout(t: schema.RolloutToml | None) -> RolloutConfig | None:
+    if t is None:
         return None
     from .traffic.rollout_plan import parse_duration, parse_gate, parse_steps  # pure parsers, no server state
 
-    window = reader._get("window", "5m")
-    gates = reader._get("gates", list(RolloutConfig.__dataclass_fields__["gates"].default))
-    steps = reader._get("steps", list(RolloutConfig.__dataclass_fields__["steps"].default))
-    to_version = reader.integer("to_version", _REQUIRED, minimum=1, maximum=2**63 - 1)
-    min_samples = reader.integer("min_samples", 100, minimum=1, maximum=MAX_FEEDBACK_REQUESTS)
-    alpha = reader.number("alpha", 0.01, minimum=0.0, maximum=1.0, unit="significance level")
+    steps = [str(s) for s in t.steps] if isinstance(t.steps, list) else t.steps
+    gates = t.gates if isinstance(t.gates, list) else [t.gates]
     try:
-        config = RolloutConfig(
-            to_version=to_version, steps=parse_steps([str(s) for s in steps] if isinstance(steps, list) else str(steps)),
-            window_s=parse_duration(str(window)), gates=tuple(parse_gate(str(g)).text for g in (gates if isinstance(gates, list) else [gates])),
-            min_samples=min_samples, alpha=alpha,
-        )
+        return RolloutConfig(to_version=t.to_version, steps=parse_steps(steps), window_s=parse_duration(t.window),
+                             gates=tuple(parse_gate(g).text for g in gates), min_samples=t.min_samples, alpha=t.alpha)
     except ValueError as exc:
         raise ConfigError(f"rollout: {exc}") from None
-    if not 0.0 < config.alpha < 1.0:
-        raise ConfigError(f"rollout.alpha: expected 0 < alpha < 1, got {config.alpha}")
-    reader.check_no_unknown()
-    return config
 
-
-def _step(reader: _Table) -> StepConfig:
-    op, name = reader.string("op", _REQUIRED), reader.string("input", _REQUIRED)
-    params = {k: v for k, v in reader.data.items() if k not in ("op", "input", "output")}
-    step = StepConfig(op=op, input=name, output=reader.string("output", name), params=params, where=reader.path.rstrip("."))
-    reader.allow(*params)
-    return step
-
-
-def _instance_group(reader: _Table) -> InstanceGroupConfig:
-    group = InstanceGroupConfig(
-        count=reader.integer("count", 1, minimum=1, maximum=MAX_INSTANCES, bound=_CORES_BOUND),
-        kind=reader.choice("kind", ("cpu", "gpu", "auto"), "cpu"),
-        gpus=tuple(reader.int_list("gpus", minimum=0)),
-    )
-    reader.check_no_unknown()
-    return group
-
-
-_MISSING = object()
-_REQUIRED: Any = object()
-
-
-class _Table:
-    """Typed reads from one TOML table, remembering which keys were used so unknown ones are reported."""
-
-    def __init__(self, data: Any, path: str) -> None:
-        if data is not None and not isinstance(data, Mapping):
-            raise ConfigError(f"{path.rstrip('.') or 'config'}: expected a table, got {type(data).__name__}")
-        self.present = data is not None
-        self.data: Mapping[str, Any] = data if data is not None else {}
-        self.path = path
-        self._used: set[str] = set()
-
-    def _get(self, key: str, default: Any) -> Any:
-        self._used.add(key)
-        value = self.data.get(key, _MISSING)
-        if value is _MISSING:
-            if default is _REQUIRED:
-                raise ConfigError(f"{self.path}{key}: required")
-            return default
-        return value
-
-    def string(self, key: str, default: Any) -> str:
-        value = self._get(key, default)
-        if not isinstance(value, str) or (default is _REQUIRED and not value):
-            raise ConfigError(f"{self.path}{key}: expected a non-empty string, got {value!r}")
-        return value
-
-    def choice(self, key: str, choices: Any, default: Any) -> str:
-        value = self._get(key, default)
-        if value not in choices:
-            raise ConfigError(f"{self.path}{key}: expected one of {', '.join(choices)}; got {value!r}")
-        return value
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self._get(key, default)
-        if not isinstance(value, bool):
-            raise ConfigError(f"{self.path}{key}: expected true or false, got {value!r}")
-        return value
-
-    def integer(self, key: str, default: int | None, *, minimum: int, maximum: int, bound: str = "") -> Any:
-        """An integer in ``minimum..maximum``; ``bound`` says where the maximum comes from (in the error)."""
-        value = self._get(key, default)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-            raise ConfigError(f"{self.path}{key}: expected an integer from {minimum} to {maximum}{bound}, got {value!r}")
-        return value
-
-    def number(self, key: str, default: float, *, minimum: float, maximum: float, unit: str = "seconds") -> float:
-        value = self._get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or not minimum <= value <= maximum:
-            raise ConfigError(f"{self.path}{key}: expected a number from {minimum:g} to {maximum:g} ({unit}), got {value!r}")
-        return float(value)
-
-    def int_list(self, key: str, *, minimum: int, maximum: int = 2**31 - 1) -> list[int]:
-        value = self._get(key, [])
-        if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, int) or not minimum <= v <= maximum for v in value):
-            raise ConfigError(f"{self.path}{key}: expected a list of integers from {minimum} to {maximum}, got {value!r}")
-        return value
-
-    def number_list(self, key: str) -> list[float]:
-        value = self._get(key, [])
-        if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) for v in value):
-            raise ConfigError(f"{self.path}{key}: expected a list of numbers (seconds), got {value!r}")
-        return [float(v) for v in value]
-
-    def table(self, key: str) -> _Table:
-        return _Table(self._get(key, None), f"{self.path}{key}.")
-
-    def tables(self, key: str) -> list[_Table]:
-        value = self._get(key, [])
-        if not isinstance(value, list):
-            raise ConfigError(f"{self.path}{key}: expected an array of tables ([[{key}]]), got {type(value).__name__}")
-        return [_Table(item, f"{self.path}{key}[{i}].") for i, item in enumerate(value)]
-
-    def allow(self, *keys: str) -> None:
-        """Count keys as valid without reading them (for tables whose keys are alternatives)."""
-        self._used.update(keys)
-
-    def check_no_unknown(self) -> None:
-        unknown = sorted(set(self.data) - self._used)
-        if unknown:
-            where = self.path.rstrip(".") or "top level"
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(self._used))}")
 

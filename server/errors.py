@@ -38,6 +38,7 @@ __all__ = [
     "ModelNotReady",
     "PermissionDenied",
     "QueueFull",
+    "RepositoryFixed",
     "RowsRejected",
     "RuntimeFailure",
     "Unauthenticated",
@@ -84,6 +85,11 @@ class VersionNotFound(InferenceServerError):
 
 class ModelNotReady(InferenceServerError):
     """The model exists but cannot serve now: loading, unloading, or failed to load (UNAVAILABLE)."""
+
+
+class RepositoryFixed(ModelNotReady):
+    """A repository load or unload in the ``none`` control mode: UNAVAILABLE with Triton's words (model_analyzer
+    recognises them and tells its user to start the server in explicit mode)."""
 
 
 class QueueFull(InferenceServerError):

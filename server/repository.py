@@ -7,7 +7,8 @@ Layout (Triton's)::
 
 Control modes (Triton's names):
 
-- ``none``: load every model at start; the repository RPCs answer UNIMPLEMENTED-free but refuse changes.
+- ``none``: load every model at start; RepositoryModelLoad/Unload answer UNAVAILABLE in Triton's words (model_analyzer
+  recognises them) with Surge's hint.
 - ``explicit``: load only what ``--load-model`` names at start, then only through RepositoryModelLoad /
   RepositoryModelUnload (and ``surge`` CLI calls of them).
 - ``poll``: like ``none`` at start, then every ``poll_interval_s`` the repository is re-read and changed,
@@ -29,9 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import ModelConfig, load_model_config
-from .errors import ConfigError, InvalidInput, ModelNotFound, ModelNotReady, Unsupported, VersionNotFound, without_root
+from .errors import ConfigError, InvalidInput, ModelNotFound, ModelNotReady, RepositoryFixed, VersionNotFound, without_root
 from .execution.model import ModelVersion, State
-from .edge.security import check_load_overrides, check_model_name, confine
 
 __all__ = ["CONTROL_MODES", "IndexEntry", "ModelRepository", "layout_warnings", "parse_version"]
 
@@ -244,9 +244,12 @@ class ModelRepository:
         log.info("model %s unloaded", name)
 
     def check_mutable(self, what: str) -> None:
-        """Raise Unsupported unless the control mode allows repository changes through the API."""
+        """Raise RepositoryFixed (UNAVAILABLE, Triton's message) unless the control mode allows repository changes."""
         if self.control_mode == "none":
-            raise Unsupported(f"{what} needs --model-control-mode explicit or poll (this server runs with 'none')")
+            raise RepositoryFixed(
+                f"explicit model load / unload is not allowed if polling is enabled: {what} needs --model-control-mode explicit "
+                "or poll (this server runs with 'none')"
+            )
 
     def _notify(self, name: str, serving: tuple[ModelVersion, ...]) -> None:
         if self.on_serving_change is not None:
@@ -358,3 +361,41 @@ def layout_warnings(root: Path) -> list[str]:
             if _looks_like_model_file(path):
                 warnings.append(f"model {model.name}: {path.name} is outside a version folder: move it to {model.name}/1/{path.name}")
     return warnings
+
+
+# -- confinement: names and paths from requests stay inside the repository -----------------------------------------
+
+
+def check_model_name(name: str) -> None:
+    """A model name from a request must be one plain folder name; raises InvalidInput otherwise."""
+    if (
+        not name
+        or name in (".", "..")
+        or name.startswith(".")
+        or any(c in name for c in ("/", "\\", "\0"))
+        or len(name.encode("utf-8", "replace")) > 255
+    ):
+        raise InvalidInput(
+            f"model name {name!r} is not a folder name of the repository (no path separators, no leading '.', no NUL, at most 255 bytes)"
+        )
+
+
+def confine(root: Path, path: Path, what: str) -> Path:
+    """``path`` resolved (symlinks followed); raises ConfigError when it lies outside ``root`` resolved."""
+    resolved_root = root.resolve()
+    resolved = path.resolve()
+    if resolved != resolved_root and not resolved.is_relative_to(resolved_root):
+        raise ConfigError(f"{what} resolves outside the model repository; refused")
+    return resolved
+
+
+def check_load_overrides(overrides: Mapping[str, Any] | None) -> None:
+    """A load request may not opt into pickle loading or point the model file elsewhere; raises InvalidInput."""
+    if not overrides:
+        return
+    parameters = overrides.get("parameters") or {}
+    if isinstance(parameters, Mapping) and "allow_pickle" in parameters:
+        raise InvalidInput("allow_pickle can only be set in the model's config.toml on the server, not in a load request")
+    filename = overrides.get("default_model_filename")
+    if isinstance(filename, str) and (filename in (".", "..") or any(c in filename for c in ("/", "\\", "\0"))):
+        raise InvalidInput(f"default_model_filename {filename!r} must be a file name inside the version folder")

@@ -70,44 +70,23 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-import grpc
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.utils import floatToGoString
 
-from surge.protos import grpc_service_pb2 as pb
-from surge.protos import grpc_service_pb2_grpc as pb_grpc
 
-from . import errors
 from .errors import ConfigError
+from .files import write_atomic
+from .observability.page_merge import Family, format_page, merge_families, parse_page
+from .peers import WorkerPeers
 
-__all__ = [
-    "LOCAL_METADATA",
-    "Family",
-    "Supervisor",
-    "WorkerPeers",
-    "format_page",
-    "gpu_models",
-    "is_local_call",
-    "merge_families",
-    "merge_statistics",
-    "parse_page",
-    "read_worker_states",
-    "reserve_port",
-    "supervise",
-]
+__all__ = ["Supervisor", "gpu_models", "reserve_port", "supervise"]
 
 log = logging.getLogger("surge.workers")
 
-#: Metadata a worker sends to its siblings: "answer for yourself only" (no fan-out, no broadcast).
-LOCAL_METADATA = (("x-surge-worker-local", "1"),)
-#: How long a worker waits for a sibling's statistics or repository call (seconds).
-PEER_TIMEOUT_S = 30.0
 #: How long the parent waits for one worker's /metrics page (seconds).
 SCRAPE_TIMEOUT_S = 10.0
 #: Restart backoff: first delay, cap, and how long a worker must stay up for the delay to reset (seconds).
@@ -116,16 +95,6 @@ BACKOFF_MAX_S = 30.0
 BACKOFF_RESET_S = 60.0
 #: Exit code of a worker that cannot start (bad configuration, port): the whole server stops with it.
 EXIT_CANNOT_START = 2
-
-#: Gauges that are amounts: the whole server's value is the sum over workers. Other gauges: the maximum.
-SUMMED_GAUGES = frozenset({
-    "surge_queue_depth", "surge_inflight_requests",
-    "process_resident_memory_bytes", "process_virtual_memory_bytes", "process_open_fds",
-})  # fmt: skip
-#: Gauges whose whole-server value is the minimum over workers.
-MIN_GAUGES = frozenset({"process_start_time_seconds"})
-_SUMMED_TYPES = frozenset({"counter", "histogram", "gaugehistogram", "summary"})
-
 
 # -- ports ----------------------------------------------------------------------------------------
 
@@ -145,275 +114,6 @@ def reserve_port(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-# -- ModelStatistics across workers ---------------------------------------------------------------
-
-
-def merge_statistics(responses: Iterable[pb.ModelStatisticsResponse]) -> pb.ModelStatisticsResponse:
-    """Sum ModelStatistics responses, version by version (counts and ns added, ``last_inference`` the latest).
-
-    Batch statistics are added per batch size. The order is the first response's, then versions only
-    others have.
-    """
-    merged: dict[tuple[str, str], pb.ModelStatistics] = {}
-    for response in responses:
-        for stats in response.model_stats:
-            key = (stats.name, stats.version)
-            target = merged.get(key)
-            if target is None:
-                merged[key] = target = pb.ModelStatistics(name=stats.name, version=stats.version)
-            _add_statistics(target, stats)
-    out = pb.ModelStatisticsResponse()
-    out.model_stats.extend(merged.values())
-    return out
-
-
-def _add_statistics(target: pb.ModelStatistics, source: pb.ModelStatistics) -> None:
-    target.last_inference = max(target.last_inference, source.last_inference)
-    target.inference_count += source.inference_count
-    target.execution_count += source.execution_count
-    _add_durations(target.inference_stats, source.inference_stats)
-    by_size = {b.batch_size: b for b in target.batch_stats}
-    for batch in source.batch_stats:
-        entry = by_size.get(batch.batch_size)
-        if entry is None:
-            entry = by_size[batch.batch_size] = target.batch_stats.add(batch_size=batch.batch_size)
-        _add_durations(entry, batch)
-    ordered = sorted(target.batch_stats, key=lambda b: b.batch_size)
-    if [b.batch_size for b in ordered] != [b.batch_size for b in target.batch_stats]:
-        copies = [type(b).FromString(b.SerializeToString()) for b in ordered]
-        del target.batch_stats[:]
-        target.batch_stats.extend(copies)
-
-
-def _add_durations(target: Any, source: Any) -> None:
-    """Add every StatisticDuration field (count, ns) of ``source`` into ``target``."""
-    for descriptor, value in source.ListFields():
-        if descriptor.message_type is not None and descriptor.message_type.name == "StatisticDuration":
-            duration = getattr(target, descriptor.name)
-            duration.count += value.count
-            duration.ns += value.ns
-
-
-class WorkerPeers:
-    """What one worker knows of its siblings: the state folder where each writes ``worker-<i>.json``.
-
-    Used by the servicer for ModelStatistics (sum over live workers) and the repository RPCs (applied to all).
-    """
-
-    def __init__(self, state_dir: Path, index: int) -> None:
-        self.state_dir = state_dir
-        self.index = index
-        self.socket_path = state_dir / f"worker-{index}.sock"
-        #: The private gRPC address this worker listens on (besides the shared port).
-        self.private_target = f"unix:{self.socket_path}"
-        self._channels: dict[str, grpc.aio.Channel] = {}
-
-    def siblings(self) -> list[str]:
-        """Private targets of the other workers that are up now (their state files)."""
-        targets = []
-        for info in read_worker_states(self.state_dir):
-            if info.get("index") != self.index and info.get("private"):
-                targets.append(info["private"])
-        return targets
-
-    def _channel(self, target: str) -> grpc.aio.Channel:
-        channel = self._channels.get(target)
-        if channel is None:
-            channel = self._channels[target] = grpc.aio.insecure_channel(target)
-        return channel
-
-    async def call_siblings(self, stub: Any, method: str, request: Any, caller: Iterable[tuple[str, Any]] | None = ()) -> list[Any]:
-        """Call ``stub(channel).method`` on every sibling; UNAVAILABLE ones (restarting, stopping) are left out and logged.
-
-        ``caller``: the metadata of the call being answered; its ``authorization`` is forwarded, so a sibling checks
-        the caller's own token (the private socket has no privilege of its own: see the module docstring)."""
-        metadata = LOCAL_METADATA + tuple((k, v) for k, v in caller or () if k == "authorization")
-        targets = self.siblings()
-        calls = [getattr(stub(self._channel(t)), method)(request, metadata=metadata, timeout=PEER_TIMEOUT_S) for t in targets]
-        results = await asyncio.gather(*calls, return_exceptions=True)
-        answers = []
-        for target, result in zip(targets, results):
-            if isinstance(result, grpc.aio.AioRpcError) and result.code() == grpc.StatusCode.UNAVAILABLE:
-                log.warning("%s: worker at %s is unavailable (restarting or stopping): left out", method, target)
-                continue
-            if isinstance(result, BaseException):
-                raise result
-            answers.append(result)
-        return answers
-
-    async def model_statistics(
-        self, request: pb.ModelStatisticsRequest, local: pb.ModelStatisticsResponse, caller: Iterable[tuple[str, Any]] | None = ()
-    ) -> pb.ModelStatisticsResponse:
-        """This worker's statistics plus every live sibling's, summed."""
-        return merge_statistics([local, *await self.call_siblings(pb_grpc.GRPCInferenceServiceStub, "ModelStatistics", request, caller)])
-
-    async def repository_call(self, method: str, request: Any, caller: Iterable[tuple[str, Any]] | None = ()) -> None:
-        """Apply a RepositoryModelLoad/Unload that succeeded here to every live sibling too."""
-        await self.call_siblings(pb_grpc.GRPCInferenceServiceStub, method, request, caller)
-
-    async def call_owner(self, stub: Any, method: str, request: Any, caller: Iterable[tuple[str, Any]] | None = ()) -> Any | None:
-        """Call ``method`` on the first worker (which runs the rollout controller); None when this is it.
-
-        Raises ModelNotReady while the first worker is not up (it is being restarted)."""
-        if self.index == 0:
-            return None
-        target = next((str(i["private"]) for i in read_worker_states(self.state_dir) if i.get("index") == 0 and i.get("private")), None)
-        if target is None:
-            raise errors.ModelNotReady("the worker that runs rollouts is restarting; try again in a few seconds")
-        metadata = LOCAL_METADATA + tuple((k, v) for k, v in caller or () if k == "authorization")
-        return await getattr(stub(self._channel(target)), method)(request, metadata=metadata, timeout=PEER_TIMEOUT_S)
-
-    async def broadcast_routes(self, name: str, routes: Any) -> None:
-        """Apply a route change this worker made by itself (its rollout controller) to every sibling (``SetRoutes``).
-
-        The call carries no caller token: under token auth the siblings refuse it (logged), so rollouts under
-        ``--workers`` need auth off on the private sockets' callers' side; see docs/pages/routing-and-rollouts.md."""
-        from surge.protos import surge_service_pb2 as spb
-        from surge.protos import surge_service_pb2_grpc as spb_grpc
-
-        request = spb.SetRoutesRequest(model=name, weights=[spb.VersionWeight(version=v, weight=w) for v, w in routes.weights])
-        if routes.shadow_version:
-            request.shadow.CopyFrom(spb.Shadow(version=routes.shadow_version, fraction=routes.shadow_fraction))
-        try:
-            await self.call_siblings(spb_grpc.AdminStub, "SetRoutes", request)
-        except grpc.aio.AioRpcError as exc:
-            log.error("model %s: a sibling worker refused the rollout's route change: %s %s", name, exc.code().name, exc.details())
-
-    async def sibling_pages(self) -> list[str]:
-        """The metrics pages of the other live workers (Prometheus text); a worker that does not answer is left out."""
-        pages = []
-        for info in read_worker_states(self.state_dir):
-            address = info.get("metrics")
-            if info.get("index") == self.index or not address:
-                continue
-            host, _, port = str(address).rpartition(":")
-            try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), PEER_TIMEOUT_S)
-                try:
-                    writer.write(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                    data = await asyncio.wait_for(reader.read(), PEER_TIMEOUT_S)
-                finally:
-                    writer.close()
-            except (OSError, TimeoutError, ValueError) as exc:
-                log.warning("metrics of the worker at %s: %s (left out of the rollout's figures)", address, exc)
-                continue
-            head, _, body = data.partition(b"\r\n\r\n")
-            if head.startswith(b"HTTP/1.1 200"):
-                pages.append(body.decode("utf-8", "replace"))
-        return pages
-
-    async def aclose(self) -> None:
-        for channel in self._channels.values():
-            await channel.close()
-        self._channels.clear()
-
-
-def is_local_call(metadata: Iterable[tuple[str, Any]] | None) -> bool:
-    """Whether a call came from a sibling worker (answer for this worker only)."""
-    return any(k == LOCAL_METADATA[0][0] for k, _ in metadata or ())
-
-
-def read_worker_states(state_dir: Path) -> list[dict[str, Any]]:
-    """The ``worker-<i>.json`` files of the workers that are up (written once ready, removed on stop)."""
-    states = []
-    for path in sorted(state_dir.glob("worker-*.json")):
-        try:
-            states.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            continue  # being replaced or removed right now
-    return states
-
-
-# -- metrics across workers -----------------------------------------------------------------------
-
-
-@dataclass
-class Family:
-    """One metric family of an exposition page: its header lines (HELP, TYPE, UNIT) and samples by series."""
-
-    name: str
-    type: str = "unknown"
-    header: list[str] = field(default_factory=list)
-    samples: dict[str, float] = field(default_factory=dict)
-    """``name{labels}`` (as the exporter wrote it) -> value."""
-
-
-def parse_page(text: str) -> dict[str, Family]:
-    """A Prometheus text (0.0.4) or OpenMetrics page as families, in page order.
-
-    A line-level reader, not a full parser: the pages come from Surge's own workers (``metrics.render``), whose
-    lines are ``# HELP``/``# TYPE``/``# UNIT`` headers and ``series value`` samples without timestamps or
-    exemplars, every sample after its family's headers. Cheap: see the module docstring for the figures.
-    """
-    families: dict[str, Family] = {}
-    current: Family | None = None
-    for line in text.splitlines():
-        if not line:
-            continue
-        if line[0] == "#":
-            parts = line.split(" ", 3)
-            if len(parts) >= 3 and parts[1] in ("HELP", "TYPE", "UNIT"):
-                current = families.get(parts[2])
-                if current is None:
-                    current = families[parts[2]] = Family(parts[2])
-                current.header.append(line)
-                if parts[1] == "TYPE" and len(parts) == 4:
-                    current.type = parts[3]
-            continue  # "# EOF" and comments
-        series, _, value = line.rpartition(" ")
-        if current is None:
-            current = families[series] = Family(series)
-        current.samples[series] = float(value)
-    return families
-
-
-def merge_families(pages: Iterable[dict[str, Family]], retired: dict[str, Family] | None = None) -> dict[str, Family]:
-    """Merge the pages of several workers into the whole server's (rules in the module docstring).
-
-    ``retired``: counter and histogram families of workers that died (added to the sums, never to gauges).
-    """
-    merged: dict[str, Family] = {}
-
-    def add(family: Family, only_summed: bool) -> None:
-        summed = family.type in _SUMMED_TYPES
-        if only_summed and not summed:
-            return
-        target = merged.get(family.name)
-        if target is None:
-            target = merged[family.name] = Family(family.name, family.type, list(family.header))
-        values = target.samples
-        for series, value in family.samples.items():
-            old = values.get(series)
-            if old is None:
-                values[series] = value
-            elif summed:
-                values[series] = min(old, value) if series.split("{", 1)[0].endswith("_created") else old + value
-            elif family.name in SUMMED_GAUGES:
-                values[series] = old + value
-            elif family.name in MIN_GAUGES:
-                values[series] = min(old, value)
-            else:
-                values[series] = max(old, value)
-
-    for page in pages:
-        for family in page.values():
-            add(family, only_summed=False)
-    for family in (retired or {}).values():
-        add(family, only_summed=True)
-    return merged
-
-
-def format_page(families: Iterable[Family], *, openmetrics: bool) -> bytes:
-    """Families back to exposition text (the format their headers were written in)."""
-    out: list[str] = []
-    for family in families:
-        out.extend(family.header)
-        out.extend(f"{series} {floatToGoString(value)}" for series, value in family.samples.items())
-    if openmetrics:
-        out.append("# EOF")
-    return ("\n".join(out) + "\n").encode("utf-8")
 
 
 def _supervisor_families(ready: int, restarts: int, *, openmetrics: bool) -> list[Family]:
@@ -487,9 +187,7 @@ async def _serve_worker(index: int, config: Any, state_dir: Path, ready: Connect
     await server.start()
     state = {"index": index, "pid": os.getpid(), "private": peers.private_target, "metrics": server.metrics_address, "address": server.address}
     state_file = state_dir / f"worker-{index}.json"
-    tmp = state_file.with_name(state_file.name + ".tmp")
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, state_file)
+    write_atomic(state_file, json.dumps(state))
     ready.send(state)
     ready.close()
     await stopping.wait()
@@ -628,9 +326,7 @@ class Supervisor:
             if not self._stopping.is_set():
                 log.info("Surge READY: %d workers on %s", self.workers, self.address)
                 if address_file is not None:
-                    tmp = address_file.with_name(address_file.name + ".tmp")
-                    tmp.write_text(self.address)
-                    os.replace(tmp, address_file)
+                    write_atomic(address_file, self.address)
             await stop
             log.info("stopping: SIGTERM to every worker; each drains (up to %.0f s)", config.drain_timeout_s)
             await self._stop_all(tasks)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from surge.server.execution.batchjob import run_batch_job
+from surge.server.commands.batch import run_batch_job
 from surge.server.config import load_model_config
 from surge.server.demo import write_demo_repository
 from surge.server.execution.model import complete_signature

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.models import BATCHING, MODELS, write_repository
-from surge.server.observability import top
+from surge.server.commands import top
 
 from . import perf_analyzer as pa
 from . import targets

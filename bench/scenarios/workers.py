@@ -42,7 +42,7 @@ import grpc
 from bench.models import MODELS, write_onnx_files, write_repository
 from surge.protos import grpc_service_pb2 as pb
 from surge.protos import grpc_service_pb2_grpc as pb_grpc
-from surge.server.workers import LOCAL_METADATA, read_worker_states
+from surge.server.peers import LOCAL_METADATA, read_worker_states
 
 from .contention import Meter, wait_idle
 from .servers import _model_ready, _stop

@@ -34,7 +34,7 @@ from ..execution.stats import Stamps, now_ns
 from ..observability.tracing import DISABLED, Tracing
 from ..traffic.traffic import Traffic
 from .triton import config_overrides_from_json, model_config_message, statistics_message
-from ..workers import WorkerPeers, is_local_call
+from ..peers import WorkerPeers, is_local_call
 
 __all__ = ["EXTENSIONS", "InferenceServicer", "STATUS_OF", "Undecodable", "add_to_server", "add_tolerant"]
 

@@ -15,9 +15,9 @@
   ``PermissionDenied`` / ``Unsupported``; a REST edge calls them with its own header. ``auth_interceptor``
   makes the gRPC edge's single interceptor over them (installed only when tokens are configured or admin is
   disabled: otherwise it costs nothing).
-- **Repository confinement.** ``check_model_name`` and ``confine`` keep names from a request inside the
-  repository root (no separators, ``..``, absolute paths, NUL, or symlinks resolving outside);
-  ``check_load_overrides`` refuses a load request that tries to opt into pickle loading.
+- **Repository confinement** (names and paths from a request stay inside the repository root, a load request
+  cannot opt into pickle loading) belongs to the repository: ``repository.check_model_name``, ``confine``,
+  ``check_load_overrides``.
 """
 
 from __future__ import annotations
@@ -43,9 +43,6 @@ __all__ = [
     "SecurityPolicy",
     "TokenAuth",
     "auth_interceptor",
-    "check_load_overrides",
-    "check_model_name",
-    "confine",
     "parse_tokens",
     "scope_of",
 ]
@@ -220,41 +217,3 @@ def auth_interceptor(policy: SecurityPolicy, status_of: Callable[[BaseException]
             return await continuation(details)
 
     return AuthInterceptor()
-
-
-# -- the repository on disk ------------------------------------------------------------------------
-
-
-def check_model_name(name: str) -> None:
-    """A model name from a request must be one plain folder name; raises InvalidInput otherwise."""
-    if (
-        not name
-        or name in (".", "..")
-        or name.startswith(".")
-        or any(c in name for c in ("/", "\\", "\0"))
-        or len(name.encode("utf-8", "replace")) > 255
-    ):
-        raise errors.InvalidInput(
-            f"model name {name!r} is not a folder name of the repository (no path separators, no leading '.', no NUL, at most 255 bytes)"
-        )
-
-
-def confine(root: Path, path: Path, what: str) -> Path:
-    """``path`` resolved (symlinks followed); raises ConfigError when it lies outside ``root`` resolved."""
-    resolved_root = root.resolve()
-    resolved = path.resolve()
-    if resolved != resolved_root and not resolved.is_relative_to(resolved_root):
-        raise errors.ConfigError(f"{what} resolves outside the model repository; refused")
-    return resolved
-
-
-def check_load_overrides(overrides: Mapping[str, Any] | None) -> None:
-    """A load request may not opt into pickle loading or point the model file elsewhere; raises InvalidInput."""
-    if not overrides:
-        return
-    parameters = overrides.get("parameters") or {}
-    if isinstance(parameters, Mapping) and "allow_pickle" in parameters:
-        raise errors.InvalidInput("allow_pickle can only be set in the model's config.toml on the server, not in a load request")
-    filename = overrides.get("default_model_filename")
-    if isinstance(filename, str) and (filename in (".", "..") or any(c in filename for c in ("/", "\\", "\0"))):
-        raise errors.InvalidInput(f"default_model_filename {filename!r} must be a file name inside the version folder")

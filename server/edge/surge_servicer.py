@@ -27,7 +27,7 @@ from .grpc_servicer import _edge, add_tolerant
 from ..traffic.rollout import Rollout, Rollouts
 from ..traffic.routing import Routes
 from ..traffic.traffic import RouteState, Traffic
-from ..workers import WorkerPeers, is_local_call
+from ..peers import WorkerPeers, is_local_call
 
 __all__ = ["AdminServicer", "FeedbackServicer", "add_surge_services", "rollout_message", "routes_message"]
 

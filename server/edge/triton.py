@@ -33,7 +33,10 @@ _APPLIED = (
 )
 _BACKEND_OF_PLATFORM = {
     "onnxruntime_onnx": "onnxruntime", "onnxruntime": "onnxruntime", "python": "python", "pytorch_libtorch": "torch", "pytorch": "torch", "torch": "torch",
+    "tensorrt_plan": "tensorrt", "tensorrt": "tensorrt",
 }
+#: Triton's parameters that carry a pipeline's steps (see model_config_message).
+_STEP_PARAMETERS = {"surge_preprocess": "preprocess", "surge_postprocess": "postprocess"}
 
 
 def model_config_message(config: ModelConfig) -> mc.ModelConfig:
@@ -127,7 +130,7 @@ def config_overrides_from_json(model_name: str, text: str) -> dict[str, Any]:
     backend = message.backend or message.platform
     if backend:
         if backend not in _BACKEND_OF_PLATFORM:
-            raise Unsupported(f"backend/platform '{backend}' is not served by Surge (onnxruntime, python)")
+            raise Unsupported(f"backend/platform '{backend}' is not served by Surge ({', '.join(_BACKEND_OF_PLATFORM)})")
         out["backend"] = _BACKEND_OF_PLATFORM[backend]
     if "max_batch_size" in data:
         out["max_batch_size"] = message.max_batch_size
@@ -166,6 +169,10 @@ def config_overrides_from_json(model_name: str, text: str) -> dict[str, Any]:
             {"all": True} if choice == "all" else {"specific": list(vp.specific.versions)} if choice == "specific" else {"latest": vp.latest.num_versions or 1}
         )
     parameters = {key: _parameter(p.string_value) for key, p in message.parameters.items()}
+    for key, section in _STEP_PARAMETERS.items():  # a pipeline's steps; the input and output above are its signature
+        if key in parameters:
+            out[section] = parameters.pop(key)
+            out.pop("input", None), out.pop("output", None)  # the model's own come from config.toml or the model file
     slo = parameters.pop("latency_slo_s", None)  # ours, carried in Triton's parameters map (see model_config_message)
     if slo is not None and "dynamic_batching" in out:
         out["dynamic_batching"]["latency_slo_s"] = slo

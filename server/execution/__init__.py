@@ -1,7 +1,6 @@
-"""Running models: a loaded version's instances, the dynamic batcher, pipelines, offline batch jobs.
+"""Running models: a loaded version's instances, the dynamic batcher, pipelines (``surge batch`` is in commands/).
 
 ``model`` (``ModelVersion``: instances in their threads, warm-up, hung-instance replacement), ``batching`` (the
-dynamic batcher and its latency-SLO mode), ``pipeline`` (pre/postprocess steps around a runtime), ``batchjob``
-(``surge batch``), ``stats`` (per-request stage stamps and Triton's statistics). The runtimes themselves are
+dynamic batcher and its latency-SLO mode), ``pipeline`` (pre/postprocess steps around a runtime), ``stats`` (per-request stage stamps and Triton's statistics). The runtimes themselves are
 in ``surge.server.runtimes``.
 """

@@ -56,26 +56,20 @@ import numpy as np
 from surge.protos.datatypes import numpy_dtype
 
 from ..config import ModelConfig, StepConfig, TensorConfig
+from ..config_schema import MAX_IMAGE_SIDE, POST_OPS, PRE_OPS
 from ..errors import ConfigError, InvalidInput, RowsRejected
 
 __all__ = ["PRE_OPS", "POST_OPS", "Pipeline", "PipelineInstance"]
 
 log = logging.getLogger("surge.pipeline")
 
-PRE_OPS = (
-    "decode_jpeg", "normalize", "resize", "letterbox", "center_crop", "resize_crop_normalize",
-    "tabular_transform", "standardize", "clip", "fill_missing", "bucketize", "one_hot", "hash_bucket",
-)
-POST_OPS = ("softmax", "argmax", "topk", "threshold")
 _IMAGE_DTYPES = ("UINT8", "FP32")
 
 
-#: ``resize`` and ``crop`` sides (pixels): warm-up and the batch buffers hold max_batch_size images of this size.
-MAX_IMAGE_SIDE = 16384
-
-
 class _Params:
-    """Typed reads of a step's parameters, with errors that name ``preprocess[i].key``; unknown keys are errors."""
+    """A step's parameters as the schema validated them (types, bounds, finite numbers, unknown keys: see
+    config_schema.py), with the defaults and checks that depend on the model's signature; errors name
+    ``preprocess[i].key``."""
 
     def __init__(self, step: StepConfig) -> None:
         self.step = step

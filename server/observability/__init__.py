@@ -1,8 +1,8 @@
-"""Watching models in production: metrics, their endpoint, ``surge top``, drift, GPU metrics, and ready-made dashboards.
+"""Watching models in production: metrics, their endpoint, drift, GPU metrics, and ready-made dashboards.
 
 ``metrics`` (per-version histograms and counters, bound at load; the exposition), ``metrics_http`` (``/metrics``),
 ``edge`` (what is seen of calls before the handlers: grpc core's call counters, the event-loop lag),
-``top`` (``surge top``), ``drift`` (profiles, PSI/KS windows), ``gpu_metrics`` (``nv_gpu_*`` from NVML).
+``drift`` (profiles, PSI/KS windows), ``gpu_metrics`` (``nv_gpu_*`` from NVML).
 
 Shipped as package data: a Grafana dashboard and Prometheus alerting rules. Both read only the metrics that
 ``surge.server.observability.metrics`` exports (and Prometheus' ``up``); a test parses the rules and every

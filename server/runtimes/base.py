@@ -1,4 +1,4 @@
-"""The runtime interface: what every backend (ONNX Runtime, Python, TensorRT, later PyTorch) implements.
+"""The runtime interface: what every backend (ONNX Runtime, Python, PyTorch, TensorRT) implements.
 
 A runtime instance is created per (model version, instance) and driven from that instance's own executor
 thread: ``load`` once, ``infer`` per batch, ``close`` once. None of its methods may run on the event loop;

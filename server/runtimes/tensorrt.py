@@ -136,7 +136,6 @@ class TensorRTRuntime:
         self._dynamic_inputs: frozenset[str] = frozenset()
         self._buffers: dict[str, DeviceStaging] = {}
         self._dtypes: dict[str, np.dtype] = {}
-        self._input_names: tuple[str, ...] = ()
         self._output_names: tuple[str, ...] = ()
 
     def load(self, model_path: Path, config: ModelConfig, instance_index: int) -> Signature:
@@ -155,7 +154,6 @@ class TensorRTRuntime:
         self._engine_key, engine = _ENGINES.acquire(trt, model_path, self._device)
         tensors = [_describe(trt, engine, engine.get_tensor_name(i)) for i in range(engine.num_io_tensors)]
         inputs, outputs = engine_signature(tensors)
-        self._input_names = tuple(t.name for t in inputs)
         self._output_names = tuple(t.name for t in outputs)
         self._dtypes = {t.name: numpy_dtype(t.datatype) for t in (*inputs, *outputs)}
         self._dynamic = any(-1 in t.dims for t in inputs)

@@ -1,4 +1,5 @@
-"""``surge ab MODEL``: compare a model's versions from the server's ``/metrics``, with significance tests.
+"""Comparing a model's versions from the server's ``/metrics``, with significance tests: ``surge ab MODEL`` prints
+it, and the rollout controller's gates (rollout.py, rollout_plan.py) decide on the same statistics.
 
 Per version (variant): requests, error rate, latency percentiles, its current route share, shadow
 agreement (when it is someone's shadow) and outcome-feedback quality. Each variant is then tested
@@ -194,10 +195,6 @@ class Report:
     shadows: list[ShadowPair]
     join_ratio: float | None
     window: str
-
-
-def _label(key: tuple[str, tuple[tuple[str, str], ...]], name: str) -> str:
-    return dict(key[1]).get(name, "")
 
 
 def _by_model(samples: Samples, name: str, model: str) -> Iterable[tuple[dict[str, str], float]]:

@@ -54,7 +54,8 @@ from ..errors import InvalidInput, ModelNotFound
 from .ab import Samples, Variant, analyse, difference, parse_samples
 from .routing import Routes
 from .rollout_plan import Figures, GateResult, Plan, check_gates, parse_duration, parse_gate, parse_steps, verdict
-from .traffic import Traffic, write_atomic
+from ..files import write_atomic
+from .traffic import Traffic
 
 __all__ = ["ACTIVE", "Rollout", "RolloutCollector", "Rollouts", "filter_page", "merge_samples"]
 
@@ -437,7 +438,7 @@ class Rollouts:
             self._state_dir.mkdir(parents=True, exist_ok=True)
             with open(self._state_dir / "rollout-audit.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(entry, sort_keys=True) + "\n")
-            write_atomic(self._state_dir / "rollouts.json", {"rollouts": [x.to_json() for x in self.rollouts()]})
+            write_atomic(self._state_dir / "rollouts.json", json.dumps({"rollouts": [x.to_json() for x in self.rollouts()]}, indent=1, sort_keys=True))
         except OSError as exc:
             log.warning("rollout %s: cannot write the state folder %s (%s); the rollout goes on in memory", r.plan.model, self._state_dir, exc)
 

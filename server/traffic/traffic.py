@@ -35,12 +35,13 @@ from typing import Any
 
 from ..config import ModelConfig, ShadowConfig
 from ..errors import InvalidInput
+from ..files import write_atomic
 from .feedback import FeedbackIndex
 from ..repository import ModelRepository
 from .routing import RouteEntry, Routes, compile_entry
 from .shadow import PairStats, ShadowSender
 
-__all__ = ["MAX_HISTORY", "RouteState", "Traffic", "routes_of_config", "write_atomic"]
+__all__ = ["MAX_HISTORY", "RouteState", "Traffic", "routes_of_config"]
 
 log = logging.getLogger("surge.routing")
 
@@ -54,16 +55,6 @@ def routes_of_config(config: ModelConfig | None) -> Routes | None:
         return None
     r = config.routing
     return Routes(weights=r.weights, shadow_version=r.shadow.version, shadow_fraction=r.shadow.fraction)
-
-
-def write_atomic(path: Path, data: object) -> None:
-    """Write ``data`` as JSON to ``path`` so a reader (or a restart after a crash) sees the old or the new file, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _routes_json(routes: Routes | None) -> dict[str, Any] | None:
@@ -304,7 +295,7 @@ class Traffic:
         self._saved[m.name] = _routes_json(m.override)
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.state_dir / "routes.json", self._saved)
+            write_atomic(self.state_dir / "routes.json", json.dumps(self._saved, indent=1, sort_keys=True))
         except OSError as exc:
             log.warning("model %s: cannot save the routes to %s (%s); they hold until the server restarts", m.name, self.state_dir, exc)
 

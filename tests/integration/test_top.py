@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from surge.clients import InferenceClient, InferenceServerError
-from surge.server.observability.top import format_table, histogram_quantile, rows, scrape
+from surge.server.commands.top import format_table, histogram_quantile, rows, scrape
 
 
 def test_histogram_quantile_matches_prometheus() -> None:
@@ -58,7 +58,7 @@ def test_surge_top_once_command(start_server, test_repository) -> None:
 
 
 def test_run_once_writes_one_view(start_server, test_repository) -> None:
-    from surge.server.observability.top import run
+    from surge.server.commands.top import run
 
     thread = start_server(model_repository=test_repository, model_control_mode="explicit", load_models=("mlp",))
     out = io.StringIO()

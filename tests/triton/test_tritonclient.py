@@ -368,8 +368,8 @@ def test_bad_requests_then_good(client, mlp_reference) -> None:
 
 
 def test_repository_control_rejected_in_mode_none(client) -> None:
-    expect_error(lambda: client.load_model("mlp"), "StatusCode.UNIMPLEMENTED", "explicit")
-    expect_error(lambda: client.unload_model("mlp"), "StatusCode.UNIMPLEMENTED", "explicit")
+    expect_error(lambda: client.load_model("mlp"), "StatusCode.UNAVAILABLE", "explicit model load / unload is not allowed if polling is enabled")
+    expect_error(lambda: client.unload_model("mlp"), "StatusCode.UNAVAILABLE", "explicit model load / unload is not allowed if polling is enabled")
     assert client.is_model_ready("mlp") is True
 
 

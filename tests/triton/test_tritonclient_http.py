@@ -158,7 +158,7 @@ def test_errors_carry_the_http_status_and_the_servers_message(http_client) -> No
     expect_error(lambda: http_client.infer("broken", [make_input("x", mlp_rows(1))]), "503", "not ready")
     expect_error(lambda: http_client.infer("failing_py", [make_input("x", -np.ones((1, 1), np.float32))]), "500", "request id")
     expect_error(lambda: http_client.get_system_shared_memory_status("nope"), "400", "no system shared memory region named 'nope'")
-    expect_error(lambda: http_client.load_model("mlp"), "501", "model-control-mode")
+    expect_error(lambda: http_client.load_model("mlp"), "503", "explicit model load / unload is not allowed if polling is enabled", "model-control-mode")
     assert http_client.infer("mlp", [make_input("x", mlp_rows(1))]).as_numpy("probabilities").shape == (1, 4)  # still serving
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from surge.server.execution.batchjob import CHUNK_BYTES, default_chunk_rows
+from surge.server.commands.batch import CHUNK_BYTES, default_chunk_rows
 from surge.server.config import ModelConfig, TensorConfig
 
 

@@ -175,12 +175,12 @@ def test_config_error_is_a_value_error_and_server_error() -> None:
 @pytest.mark.parametrize(
     ("data", "path", "hint"),
     [
-        ({"backend": "tensorflow"}, "backend:", "expected one of onnxruntime, python, torch, tensorrt; got 'tensorflow'"),
+        ({"backend": "tensorflow"}, "backend:", "expected one of onnxruntime, python, tensorrt, torch; got 'tensorflow'"),
         ({"max_batch_size": -1}, "max_batch_size:", "expected an integer from 0 to "),
         ({"max_batch_size": True}, "max_batch_size:", "expected an integer from 0 to "),
         ({"max_batch_size": 4.0}, "max_batch_size:", "expected an integer from 0 to "),
         ({"max_batch_size": "8"}, "max_batch_size:", "expected an integer from 0 to "),
-        ({"default_model_filename": 5}, "default_model_filename:", "expected a non-empty string, got 5"),
+        ({"default_model_filename": 5}, "default_model_filename:", "expected a string, got 5"),
         ({"input": [_input(datatype="FLOAT")]}, "input[0].datatype:", "expected one of BF16, BOOL, BYTES, FP16, FP32"),
         ({"input": [_input(), _input(name="z", datatype="fp32")]}, "input[1].datatype:", "got 'fp32'"),
         ({"input": [{"datatype": "FP32"}]}, "input[0].name:", "required"),
@@ -212,7 +212,7 @@ def test_config_error_is_a_value_error_and_server_error() -> None:
         ({"dynamic_batching": {"preferred_batch_sizes": [0]}}, "dynamic_batching.preferred_batch_sizes:", "expected a list of integers from 1 to"),
         ({"dynamic_batching": {"max_queue_size": -1}}, "dynamic_batching.max_queue_size:", "expected an integer from 0 to "),
         ({"instance_group": {"count": 0}}, "instance_group.count:", "expected an integer from 1 to "),
-        ({"instance_group": {"kind": "tpu"}}, "instance_group.kind:", "expected one of cpu, gpu, auto; got 'tpu'"),
+        ({"instance_group": {"kind": "tpu"}}, "instance_group.kind:", "expected one of auto, cpu, gpu; got 'tpu'"),
         ({"instance_group": {"gpus": [-1]}}, "instance_group.gpus:", "expected a list of integers from 0 to"),
         ({"instance_group": [{"count": 2}]}, "instance_group:", "expected a table, got list"),
         ({"parameters": 3}, "parameters:", "expected a table, got int"),

@@ -50,8 +50,8 @@ def test_absent_tables_and_defaults() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[routing.weights]\nv1 = 1\n", "routing.weights.v1: keys are version numbers"),
-        ("[routing.weights]\n1 = -1\n", "routing.weights.1: expected a number from 0 to"),
+        ("[routing.weights]\nv1 = 1\n", "routing.weights.v1: keys are whole numbers"),
+        ("[routing.weights]\n1 = -1\n", "routing.weights.1: expected a finite number >= 0, got -1"),
         ("[routing.weights]\n1 = 0\n", "routing.weights: at least one version needs a weight > 0"),
         ("[routing]\nweight = 1\n", "routing: unknown key(s) weight"),
         ("[routing.shadow]\nfraction = 0\n", "routing.shadow.fraction: expected a fraction 0 < f <= 1"),

@@ -44,7 +44,7 @@ def test_decode_feeds_an_image_step_and_the_pipeline_takes_bytes() -> None:
         ([DECODE], 4, r"preprocess\[0\]\.output: no later preprocess step reads 'image'"),
         ([{**DECODE, "output": "x"}], 4, r"decode_jpeg feeds an image step .* not model input 'x'"),
         ([DECODE, RCN], 0, r"decode_jpeg needs a batched model"),
-        ([{**DECODE, "channels": 2}, RCN], 4, r"preprocess\[0\]\.channels: expected 3 \(RGB\) or 1 \(grey\), got 2"),
+        ([{**DECODE, "channels": 2}, RCN], 4, r"preprocess\[0\]\.channels: expected one of 1, 3; got 2"),
         ([{**DECODE, "channels": 1}, RCN], 4, r"reads decode_jpeg's output 'image' .* 1 channels"),
         ([DECODE, {**RCN, "datatype": "FP32"}], 4, r"must be one of resize, letterbox, center_crop, resize_crop_normalize taking UINT8"),
         ([{**DECODE, "quality": 3}, RCN], 4, r"unknown key\(s\) quality"),

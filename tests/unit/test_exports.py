@@ -35,7 +35,7 @@ MODULES = [
     "surge.kernels.postprocess",
     "surge.kernels.cuda",
     "surge.server.execution.pipeline",
-    "surge.server.execution.batchjob",
+    "surge.server.commands.batch",
 ]
 
 

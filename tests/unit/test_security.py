@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from surge.server import errors
-from surge.server.edge.security import ADMIN, INFERENCE, OPEN, SecurityPolicy, TokenAuth, check_model_name, confine, parse_tokens, scope_of
+from surge.server.edge.security import ADMIN, INFERENCE, OPEN, SecurityPolicy, TokenAuth, parse_tokens, scope_of
+from surge.server.repository import check_model_name, confine
 
 TOKEN = "a-token-of-enough-length"
 

@@ -10,7 +10,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from surge.protos import grpc_service_pb2 as pb
 from surge.server.observability.metrics import ServerSnapshot, VersionSample, render
-from surge.server.workers import format_page, merge_families, merge_statistics, parse_page, reserve_port
+from surge.server.observability.page_merge import format_page, merge_families, parse_page
+from surge.server.peers import merge_statistics
+from surge.server.workers import reserve_port
 
 
 def _page(requests: int, queue: int, state_ready: int, start: float, le_counts: tuple[int, int, int], psi: float) -> str:

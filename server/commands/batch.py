@@ -64,7 +64,8 @@ from surge.protos.datatypes import numpy_dtype
 
 from ..config import ModelConfig, TensorConfig, load_model_config
 from ..errors import ConfigError, RowsRejected
-from .model import ModelVersion, State
+from ..files import partial_path, replaced, write_atomic
+from ..execution.model import ModelVersion, State
 
 __all__ = ["BatchJobError", "Summary", "default_chunk_rows", "run_batch_job"]
 
@@ -252,12 +253,11 @@ def _table_reader(path: Path, suffix: str, inputs: tuple[TensorConfig, ...], chu
 
 def _save_part(part: Path, outputs: dict[str, np.ndarray]) -> None:
     """One chunk's outputs as raw .npy files in a folder that appears under its final name only when complete."""
-    tmp = part.with_name("partial-" + part.name)  # not matched by chunk-*: a kill leaves no half chunk
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for name, array in outputs.items():
-        np.save(tmp / f"{name}.npy", array)
-    os.replace(tmp, part)
+    with replaced(part) as tmp:  # not matched by chunk-*: a kill leaves no half chunk
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for name, array in outputs.items():
+            np.save(tmp / f"{name}.npy", array)
 
 
 def _load_part(part: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -265,19 +265,17 @@ def _load_part(part: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
 
 
 def _write_npz(final: Path, parts: list[Path], names: tuple[str, ...]) -> None:
-    tmp = final.with_name(final.name + ".tmp")
     shapes: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
     for part in parts:  # headers first: the final shapes
         for n, a in _load_part(part, names).items():
             shapes[n] = ((shapes[n][0][0] if n in shapes else 0) + a.shape[0], *a.shape[1:]), a.dtype
-    with zipfile.ZipFile(tmp, "w", allowZip64=True) as archive:
+    with replaced(final) as tmp, zipfile.ZipFile(tmp, "w", allowZip64=True) as archive:
         for n in names:
             shape, dtype = shapes[n]
             with archive.open(f"{n}.npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array_header_2_0(member, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
                 for part in parts:
                     member.write(memoryview(np.ascontiguousarray(np.load(part / f"{n}.npy", mmap_mode="r"))).cast("B"))
-    os.replace(tmp, final)
 
 
 class _InPlaceNpz:
@@ -387,7 +385,7 @@ def _table_of(data: Any, names: tuple[str, ...], csv: bool) -> Any:
 
 
 def _write_table(final: Path, parts: list[Path], names: tuple[str, ...], suffix: str) -> None:
-    tmp = final.with_name(final.name + ".tmp")
+    tmp = partial_path(final)
     writer: Any = None
     try:
         for part in parts:
@@ -541,13 +539,9 @@ async def run_batch_job(
             if npz is None:
                 layout = _InPlaceNpz.layout_of(outputs, names)
                 npz = _InPlaceNpz(data_file, names, total or 0, layout)
-                tmp = layout_file.with_name("partial-" + layout_file.name)
-                tmp.write_text(json.dumps(layout))
-                os.replace(tmp, layout_file)
+                write_atomic(layout_file, json.dumps(layout))
             npz.write(start, outputs)
-            tmp = part.with_name("partial-" + part.name)  # the marker appears (atomically) once the rows are written
-            tmp.write_text(json.dumps({"rows": n}))
-            os.replace(tmp, part)
+            write_atomic(part, json.dumps({"rows": n}))  # the marker appears once the rows are written
             return n
 
         def drive() -> tuple[int, int, int]:
