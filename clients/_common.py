@@ -163,7 +163,7 @@ class RetryState:
         code = error.code() if callable(getattr(error, "code", None)) else None
         if code is not grpc.StatusCode.UNAVAILABLE or self._attempt >= self._retries:
             return None
-        delay_s = self._backoff_s * 2**self._attempt * (1.0 + _JITTER * random.random())
+        delay_s = self._backoff_s * 2.0**self._attempt * (1.0 + _JITTER * random.random())
         if self._deadline is not None and time.monotonic() + delay_s >= self._deadline:
             return None
         self._attempt += 1

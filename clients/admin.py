@@ -17,7 +17,7 @@ same ``InferenceServerError`` subclasses as ``InferenceClient``'s (``surge.clien
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import grpc
 
@@ -25,6 +25,8 @@ from surge.clients import _common
 from surge.clients.errors import map_rpc_error
 from surge.protos import surge_service_pb2 as spb
 from surge.protos import surge_service_pb2_grpc as spb_grpc
+
+_Reply = TypeVar("_Reply")
 
 __all__ = ["SurgeClient"]
 
@@ -58,39 +60,39 @@ class SurgeClient:
 
     def get_routes(self, model: str) -> spb.Routes:
         """The model's routes now."""
-        return self._call(self._admin.GetRoutes, spb.GetRoutesRequest(model=model))
+        return self._call(self._admin.GetRoutes, spb.GetRoutesRequest(model=model), spb.Routes)
 
     def set_weights(self, model: str, weights: Mapping[int, float]) -> spb.Routes:
         """Split requests naming no version across versions by relative weight (``{}``: no split)."""
         request = spb.SetWeightsRequest(model=model, weights=[spb.VersionWeight(version=int(v), weight=float(w)) for v, w in weights.items()])
-        return self._call(self._admin.SetWeights, request)
+        return self._call(self._admin.SetWeights, request, spb.Routes)
 
     def set_shadow(self, model: str, version: int, *, fraction: float = 1.0) -> spb.Routes:
         """Mirror ``fraction`` of the routed requests to ``version`` and compare its outputs."""
-        return self._call(self._admin.SetShadow, spb.SetShadowRequest(model=model, shadow=spb.Shadow(version=version, fraction=fraction)))
+        return self._call(self._admin.SetShadow, spb.SetShadowRequest(model=model, shadow=spb.Shadow(version=version, fraction=fraction)), spb.Routes)
 
     def remove_shadow(self, model: str) -> spb.Routes:
         """Stop mirroring."""
-        return self._call(self._admin.RemoveShadow, spb.RemoveShadowRequest(model=model))
+        return self._call(self._admin.RemoveShadow, spb.RemoveShadowRequest(model=model), spb.Routes)
 
     def promote(self, model: str, version: int) -> spb.Routes:
         """Send every request naming no version to ``version``; removes the shadow."""
-        return self._call(self._admin.Promote, spb.PromoteRequest(model=model, version=version))
+        return self._call(self._admin.Promote, spb.PromoteRequest(model=model, version=version), spb.Routes)
 
     def rollback(self, model: str) -> spb.Routes:
         """Undo the last route change."""
-        return self._call(self._admin.Rollback, spb.RollbackRequest(model=model))
+        return self._call(self._admin.Rollback, spb.RollbackRequest(model=model), spb.Routes)
 
     def reset_routes(self, model: str) -> spb.Routes:
         """Drop the changes made through the admin API: the config's ``[routing]`` applies again."""
-        return self._call(self._admin.ResetRoutes, spb.ResetRoutesRequest(model=model))
+        return self._call(self._admin.ResetRoutes, spb.ResetRoutesRequest(model=model), spb.Routes)
 
     def set_routes(self, model: str, weights: Mapping[int, float], *, shadow: int = 0, fraction: float = 1.0) -> spb.Routes:
         """Replace the split and the shadow in one change (``shadow`` 0: none)."""
         request = spb.SetRoutesRequest(model=model, weights=[spb.VersionWeight(version=int(v), weight=float(w)) for v, w in weights.items()])
         if shadow:
             request.shadow.CopyFrom(spb.Shadow(version=shadow, fraction=fraction))
-        return self._call(self._admin.SetRoutes, request)
+        return self._call(self._admin.SetRoutes, request, spb.Routes)
 
     def start_rollout(
         self, model: str, to_version: int, *, steps: str | Sequence[str] = "shadow,5,25,50,100", window: str = "5m",
@@ -100,27 +102,27 @@ class SurgeClient:
         step_list = [s.strip() for s in steps.split(",")] if isinstance(steps, str) else list(steps)
         request = spb.StartRolloutRequest(model=model, to_version=to_version, steps=step_list, window=window, gates=list(gates),
                                           min_samples=min_samples, alpha=alpha)
-        return self._call(self._admin.StartRollout, request)
+        return self._call(self._admin.StartRollout, request, spb.Rollout)
 
     def rollout(self, model: str) -> spb.Rollout:
         """The model's rollout now (the running one, else the last finished one)."""
-        return self._call(self._admin.GetRollout, spb.RolloutRequest(model=model))
+        return self._call(self._admin.GetRollout, spb.RolloutRequest(model=model), spb.Rollout)
 
     def pause_rollout(self, model: str) -> spb.Rollout:
         """Hold the rollout at its step: the routes stay, nothing is decided until ``resume_rollout``."""
-        return self._call(self._admin.PauseRollout, spb.RolloutRequest(model=model))
+        return self._call(self._admin.PauseRollout, spb.RolloutRequest(model=model), spb.Rollout)
 
     def resume_rollout(self, model: str) -> spb.Rollout:
         """Go on from the step it was paused at, with a fresh window."""
-        return self._call(self._admin.ResumeRollout, spb.RolloutRequest(model=model))
+        return self._call(self._admin.ResumeRollout, spb.RolloutRequest(model=model), spb.Rollout)
 
     def abort_rollout(self, model: str) -> spb.Rollout:
         """Stop it: every request goes back to the version the rollout started from."""
-        return self._call(self._admin.AbortRollout, spb.RolloutRequest(model=model))
+        return self._call(self._admin.AbortRollout, spb.RolloutRequest(model=model), spb.Rollout)
 
     def promote_rollout(self, model: str) -> spb.Rollout:
         """Finish it now: every request goes to the new version."""
-        return self._call(self._admin.PromoteRollout, spb.RolloutRequest(model=model))
+        return self._call(self._admin.PromoteRollout, spb.RolloutRequest(model=model), spb.Rollout)
 
     def report_outcome(
         self, model: str, request_id: str, *, labels: Sequence[int] | None = None, values: Sequence[float] | None = None,
@@ -136,10 +138,10 @@ class SurgeClient:
             request.values.values.extend(float(v) for v in values)
         if success is not None:
             request.success = bool(success)
-        return self._call(self._feedback.ReportOutcome, request)
+        return self._call(self._feedback.ReportOutcome, request, spb.OutcomeResponse)
 
-    def _call(self, method: Any, request: Any) -> Any:
+    def _call(self, method: Any, request: Any, reply: type[_Reply]) -> _Reply:
         try:
-            return method(request, timeout=self._settings.call_timeout_s(None), metadata=self._settings.metadata)
+            return cast(_Reply, method(request, timeout=self._settings.call_timeout_s(None), metadata=self._settings.metadata))
         except grpc.RpcError as exc:
-            raise map_rpc_error(exc) from exc  # type: ignore[arg-type]
+            raise map_rpc_error(exc) from exc

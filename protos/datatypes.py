@@ -74,7 +74,8 @@ def _bfloat16() -> np.dtype:
         from ml_dtypes import bfloat16
     except ImportError:  # pragma: no cover - depends on the environment
         raise ValueError("BF16 tensors need the ml_dtypes package (pip install ml_dtypes)") from None
-    return np.dtype(bfloat16)
+    dtype: np.dtype = np.dtype(bfloat16)
+    return dtype
 
 
 def numpy_dtype(datatype: str) -> np.dtype:

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +139,7 @@ def _scenario(args: argparse.Namespace) -> Any:
     return Scenario((spec,), seed=args.seed)
 
 
-def _run(args: argparse.Namespace, scenario: Any, levels: list[Any], checks: Any, old: dict | None) -> int:
+def _run(args: argparse.Namespace, scenario: Any, levels: list[Any], checks: Any, old: dict[str, Any] | None) -> int:
     from surge.clients import InferenceClient, InferenceServerError
     from surge.clients.loadgen.engine import run_level
     from surge.clients.loadgen.results import SCHEMA, compare_text, evaluate_slo, level_result, server_delta, table_text
@@ -160,7 +160,7 @@ def _run(args: argparse.Namespace, scenario: Any, levels: list[Any], checks: Any
         return EXIT_USAGE
     report: dict[str, Any] = {
         "schema": SCHEMA,
-        "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": ["surge", "bench", *args.argv],
         "git_revision": _git_revision(Path.cwd()),
         "surge": {"version": _surge_version(), "git_revision": _git_revision(Path(__file__).resolve().parent)},
@@ -201,7 +201,7 @@ def _run(args: argparse.Namespace, scenario: Any, levels: list[Any], checks: Any
     return EXIT_OK
 
 
-def _one_level(args: argparse.Namespace, plan: Any, load: Any, models: list[str], show: bool, run_level: Any, level_result: Any,
+def _one_level(args: argparse.Namespace, plan: Any, load: Any, models: list[str], show: bool, run_level: Any, level_result: Callable[..., dict[str, Any]],
                server_delta: Any) -> dict[str, Any]:  # fmt: skip
     from surge.clients import InferenceClient
     from surge.clients.loadgen.results import level_key

@@ -230,7 +230,7 @@ async def run_process(address: str, plan: Plan, load: Load, start_at: float | No
     """Run one process's share of a level; ``start_at`` is the shared wall-clock start (None: at once)."""
     channels = [grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) for _ in range(load.connections)]
     try:
-        calls = [c.unary_unary(METHOD) for c in channels]
+        calls: list[grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = [c.unary_unary(METHOD) for c in channels]
         try:
             await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in channels)), CONNECT_TIMEOUT_S)
         except TimeoutError:
@@ -272,6 +272,7 @@ class _CpuWindow:
 
     def stop(self) -> tuple[float, float]:
         self._mark()
+        assert self._cpu0 is not None
         return time.process_time() - self._cpu0, time.perf_counter() - self._wall0
 
 
@@ -301,9 +302,8 @@ async def _closed_loop(calls: list[Any], plan: Plan, load: Load, rec: _Recorder,
             if measured:
                 if window_end is not None and intended >= window_end:
                     return
-                if budget is not None:
-                    if rec.measured_sent >= budget:
-                        return
+                if budget is not None and rec.measured_sent >= budget:
+                    return
                 rec.measured_sent += 1
             i = counter
             counter += 1
@@ -326,7 +326,7 @@ async def _closed_loop(calls: list[Any], plan: Plan, load: Load, rec: _Recorder,
     await _finish(workers, None if window_end is None else window_end + load.drain_s)
 
 
-async def _finish(tasks: Collection[asyncio.Future], give_up_at: float | None) -> None:
+async def _finish(tasks: Collection[asyncio.Future[None]], give_up_at: float | None) -> None:
     """Wait for ``tasks``; those still running at ``give_up_at`` (perf_counter; None: never) are cancelled."""
     if not tasks:
         return
@@ -354,7 +354,7 @@ async def _open_loop(calls: list[Any], plan: Plan, load: Load, rec: _Recorder, s
     kinds, mix = plan.kinds, plan.mix
     window_start, window_end, budget = rec.window_start, rec.window_end, load.requests
     rng = np.random.default_rng(load.seed)
-    pending: set[asyncio.Task] = set()
+    pending: set[asyncio.Task[None]] = set()
     room = asyncio.Event()
     room.set()
     sent = rec.sent
@@ -376,7 +376,7 @@ async def _open_loop(calls: list[Any], plan: Plan, load: Load, rec: _Recorder, s
         if measured:
             rec.ok_sent(k, served_version(response), intended, sent, clock())
 
-    def done(task: asyncio.Task) -> None:
+    def done(task: asyncio.Task[None]) -> None:
         pending.discard(task)
         if len(pending) < load.max_inflight:
             room.set()
@@ -429,7 +429,7 @@ def run_level(address: str, plan: Plan, load: Load, processes: int, loop_kind: s
     if processes <= 1:
         return [_run_loop(run_process(address, plan, load, start_at, tick), loop_kind)]
     context = multiprocessing.get_context("spawn")  # never fork a process that holds gRPC state
-    results: multiprocessing.Queue = context.Queue()
+    results: multiprocessing.Queue[tuple[int, str, Any]] = context.Queue()
     start_at = time.time() + START_DELAY_S if start_at is None else start_at
     workers = [
         context.Process(target=_child, args=(address, plan, load.share(i, processes), start_at, loop_kind, results, i), daemon=True)
@@ -446,7 +446,7 @@ def run_level(address: str, plan: Plan, load: Load, processes: int, loop_kind: s
             except queue_module.Empty:
                 dead = [w for w in workers if w.exitcode not in (None, 0)]
                 if dead:
-                    raise RuntimeError(f"a load process exited with code {dead[0].exitcode}")
+                    raise RuntimeError(f"a load process exited with code {dead[0].exitcode}") from None
                 continue
             if kind == "error":
                 raise RuntimeError(f"load process {index} failed: {payload}")

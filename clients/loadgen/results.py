@@ -28,7 +28,7 @@ def level_key(load: dict[str, Any]) -> str:
     return f"c{load['concurrency']}" if load["mode"] == "closed" else f"r{load['rate']:g}"
 
 
-def level_result(load: Load, plan: Plan, parts: Sequence[ProcessResult], server: list[dict] | None) -> dict[str, Any]:
+def level_result(load: Load, plan: Plan, parts: Sequence[ProcessResult], server: list[dict[str, Any]] | None) -> dict[str, Any]:
     """One level's results (JSON-ready) from every process's part."""
     total = new_histogram()
     by_key: dict[tuple[int, str], Any] = {}
@@ -97,7 +97,7 @@ def level_result(load: Load, plan: Plan, parts: Sequence[ProcessResult], server:
     }  # fmt: skip
 
 
-def server_delta(before: pb.ModelStatisticsResponse, after: pb.ModelStatisticsResponse, models: set[str]) -> list[dict]:
+def server_delta(before: pb.ModelStatisticsResponse, after: pb.ModelStatisticsResponse, models: set[str]) -> list[dict[str, Any]]:
     """What the server counted between two ModelStatistics snapshots, per model and version, for ``models``."""
     old = {(s.name, s.version): s for s in before.model_stats}
     out = []
@@ -138,15 +138,15 @@ class SloCheck:
     def value(self, level: dict[str, Any]) -> float:
         if self.metric in level["latency_ms"]:
             v = level["latency_ms"][self.metric]
-            return float("inf") if v is None else v
+            return float("inf") if v is None else float(v)
         if self.metric == "error_rate":
-            return level["error_rate"]
+            return float(level["error_rate"])
         if self.metric == "errors":
             return float(sum(level["errors"].values()))
-        return level["infer_per_s" if self.metric == "infer/s" else "rows_per_s"]
+        return float(level["infer_per_s" if self.metric == "infer/s" else "rows_per_s"])
 
     def passed(self, level: dict[str, Any]) -> bool:
-        return _OPS[self.op](self.value(level), self.threshold)
+        return bool(_OPS[self.op](self.value(level), self.threshold))
 
 
 _OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
