@@ -138,6 +138,7 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if self.http_port is None:
             object.__setattr__(self, "http_port", -1 if self.grpc_address or self.http_address else 8000)
+        assert self.http_port is not None
         if not -1 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics port must be -1 (off), 0 (any free port) or 1..65535, got {self.metrics_port}")
         if not -1 <= self.http_port <= 65535:
@@ -227,7 +228,7 @@ def _unix_socket(path: Path | None, mode: int) -> Iterator[None]:
     os.chmod(path, mode)
 
 
-class _Health(HealthServicer):
+class _Health(HealthServicer):  # type: ignore[misc]  # grpcio-health-checking has no type information
     """grpc's health service, except that on shutdown a Watch stream ends once it has sent NOT_SERVING, so an
     open watch (a load balancer's) does not hold the drain until its deadline; and with List, which
     grpcio-health-checking's asyncio servicer (1.85) leaves unimplemented."""
@@ -240,14 +241,14 @@ class _Health(HealthServicer):
         self._stopping = True
         await super().enter_graceful_shutdown()
 
-    async def List(self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext) -> health_pb2.HealthListResponse:
+    async def List(self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext[Any, Any]) -> health_pb2.HealthListResponse:
         """Every name Check answers for ("" for the whole server, and each service set), with its status."""
         response = health_pb2.HealthListResponse()
         for service, status in list(self._server_status.items()):
             response.statuses[service].status = status
         return response
 
-    async def Watch(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> None:
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         told = asyncio.Event()
         outer = self
 
@@ -268,7 +269,7 @@ class _Health(HealthServicer):
             watch.cancel()
             ended.cancel()
         if watch.done() and not watch.cancelled() and watch.exception() is not None:
-            raise watch.exception()  # type: ignore[misc]
+            raise watch.exception()
 
 
 class Server:

@@ -663,11 +663,11 @@ def _route(args: argparse.Namespace) -> int:
             routes = client.get_routes(args.model)
     total = sum(w.weight for w in routes.weights)
     split = ", ".join(f"v{w.version} {100 * w.weight / total:.1f}%" for w in routes.weights) or "none (the highest serving version answers)"
-    shadow = f"v{routes.shadow.version}, {100 * routes.shadow.fraction:.1f}% of routed requests" if routes.shadow.version else "none"
+    mirror = f"v{routes.shadow.version}, {100 * routes.shadow.fraction:.1f}% of routed requests" if routes.shadow.version else "none"
     print(f"model {routes.model} (routes from {routes.source}, change {routes.generation}, {routes.history} to roll back)")
     print(f"  serving: {', '.join(f'v{v}' for v in routes.serving_versions) or 'nothing'}")
     print(f"  split:   {split}")
-    print(f"  shadow:  {shadow}")
+    print(f"  shadow:  {mirror}")
     return 0
 
 

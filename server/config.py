@@ -534,7 +534,7 @@ def _routing(t: schema.RoutingToml | None) -> RoutingConfig | None:
 def _step(step: schema.Step, data: Mapping[str, Any], kind: str, index: int) -> StepConfig:
     given = data[kind][index]  # the table as written: parameters it leaves out take the pipeline's defaults
     params = {f: getattr(step, f) for f in step.__struct_fields__ if f not in ("input", "output") and f in given}
-    return StepConfig(op=type(step).__struct_config__.tag, input=step.input, output=step.output or step.input,
+    return StepConfig(op=str(type(step).__struct_config__.tag), input=step.input, output=step.output or step.input,
                       params=params, where=f"{kind}[{index}]")
 
 

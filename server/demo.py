@@ -13,7 +13,9 @@ writing it on first use. Tests and benchmarks build their repositories with the 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -98,7 +100,7 @@ def mlp_weights(seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def write_onnx_model(path: Path, graph: object) -> None:
+def write_onnx_model(path: Path, graph: Any) -> None:
     """Serialise an onnx GraphProto as a model file (fixed opset and IR version), creating folders."""
     from onnx import checker, helper
 
@@ -169,7 +171,7 @@ def classifier_graph(seed: int = 0) -> object:
 
 def write_demo_repository(root: Path, *, seed: int = 0) -> Path:
     """Write (or complete) the demo repository under ``root``; returns ``root``. Needs the onnx package."""
-    models = {
+    models: dict[str, tuple[str, Callable[[], object]]] = {
         "mlp": (_MLP_CONFIG, lambda: _mlp_graph(seed)),
         "identity": (_IDENTITY_CONFIG, _identity_graph),
         "classifier": (CLASSIFIER_CONFIG, lambda: classifier_graph(seed)),

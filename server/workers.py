@@ -235,7 +235,7 @@ class _Slot:
 async def _readable(fd: int) -> None:
     loop = asyncio.get_running_loop()
     future: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(fd, lambda: future.done() or future.set_result(None))
+    loop.add_reader(fd, lambda: None if future.done() else future.set_result(None))
     try:
         await future
     finally:

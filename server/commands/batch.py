@@ -52,7 +52,7 @@ import threading
 import time
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,7 +140,7 @@ def _array_reader(path: Path, suffix: str, inputs: tuple[TensorConfig, ...], chu
         if len(inputs) != 1:
             raise BatchJobError(f"input {path}: a .npy holds one array, but the model has inputs {names}; use .npz with one array per input")
         arrays: dict[str, Any] = {names[0]: np.load(path, mmap_mode="r")}
-        read = lambda a, s, e: np.asarray(a[s:e])  # noqa: E731  # a view: the instance reads the mapped pages
+        read: Callable[[Any, int, int], np.ndarray] = lambda a, s, e: np.asarray(a[s:e])  # noqa: E731  # a view: the instance reads the mapped pages
     else:
         archive = zipfile.ZipFile(path)
         members = {Path(m).stem: m for m in archive.namelist() if m.endswith(".npy")}
@@ -275,7 +275,7 @@ def _write_npz(final: Path, parts: list[Path], names: tuple[str, ...]) -> None:
             with archive.open(f"{n}.npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array_header_2_0(member, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
                 for part in parts:
-                    member.write(memoryview(np.ascontiguousarray(np.load(part / f"{n}.npy", mmap_mode="r"))).cast("B"))
+                    member.write(memoryview(np.ascontiguousarray(np.load(part / f"{n}.npy", mmap_mode="r"))).cast("B"))  # type: ignore[arg-type]  # numpy declares __buffer__ for 3.12+ only
 
 
 class _InPlaceNpz:
@@ -292,7 +292,7 @@ class _InPlaceNpz:
         offset = 0
         for n in names:
             descr, row_shape = layout[n]
-            dtype = np.lib.format.descr_to_dtype(descr)
+            dtype = np.lib.format.descr_to_dtype(descr)  # type: ignore[arg-type]  # numpy's stubs omit the str form
             buf = io.BytesIO()
             np.lib.format.write_array_header_2_0(buf, {"descr": descr, "fortran_order": False, "shape": (total, *row_shape)})
             header = buf.getvalue()
@@ -302,7 +302,7 @@ class _InPlaceNpz:
             self.rows_at[n] = offset + local + len(header)
             offset += local + size
         self.end = offset
-        self.row_bytes = {n: int(np.prod(layout[n][1], dtype=np.int64)) * np.lib.format.descr_to_dtype(layout[n][0]).itemsize for n in names}
+        self.row_bytes = {n: int(np.prod(layout[n][1], dtype=np.int64)) * np.lib.format.descr_to_dtype(layout[n][0]).itemsize for n in names}  # type: ignore[arg-type]
         exists = path.is_file() and path.stat().st_size >= offset  # (a kill while closing leaves the directory past the end)
         self.fd = os.open(path, os.O_RDWR | (0 if exists else os.O_CREAT | os.O_TRUNC), 0o644)
         if not exists:
@@ -317,16 +317,16 @@ class _InPlaceNpz:
         arrays = [outputs[n] for n in names]
         if any(a.dtype.hasobject for a in arrays):
             raise BatchJobError("an output holds Python objects (BYTES); write .parquet or .csv instead of .npz")
-        return {n: (np.lib.format.dtype_to_descr(a.dtype), list(a.shape[1:])) for n, a in zip(names, arrays)}
+        return {n: (str(np.lib.format.dtype_to_descr(a.dtype)), list(a.shape[1:])) for n, a in zip(names, arrays)}
 
     def write(self, start: int, outputs: dict[str, np.ndarray]) -> None:
         """A chunk's outputs at rows ``start`` onwards (chunks arrive in row order within one run)."""
         for n in self.names:
             a = outputs[n]
             descr, row_shape = self.layout[n]
-            if np.lib.format.dtype_to_descr(a.dtype) != descr or list(a.shape[1:]) != row_shape:
+            if str(np.lib.format.dtype_to_descr(a.dtype)) != descr or list(a.shape[1:]) != row_shape:
                 raise BatchJobError(f"output '{n}': a chunk gave rows of {a.dtype} {list(a.shape[1:])}, an earlier one {descr} {row_shape}; write .parquet instead")
-            view = memoryview(np.ascontiguousarray(a)).cast("B")
+            view = memoryview(np.ascontiguousarray(a)).cast("B")  # type: ignore[arg-type]
             os.pwrite(self.fd, view, self.rows_at[n] + start * self.row_bytes[n])
             self.crc[n] = zlib.crc32(view, self.crc[n])
 
@@ -338,7 +338,7 @@ class _InPlaceNpz:
         """Write the zip headers and central directory, then move the file to ``final``."""
         entries = []
         dostime, dosdate = 0, (1980 - 1980) << 9 | 1 << 5 | 1
-        for n, header, local, data, size in self.members:
+        for n, _header, local, data, size in self.members:
             crc = self.crc[n]
             if not self.in_order:
                 crc, pos, left = 0, data, size

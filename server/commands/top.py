@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import TextIO
 from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -200,7 +201,7 @@ def fetch_metrics(url: str, timeout_s: float = 10.0) -> str:
     hint = "Surge's metrics endpoint is on port 8002 by default (--metrics-url HOST:PORT)"
     try:
         with urllib.request.urlopen(where, timeout=timeout_s) as response:
-            return response.read().decode("utf-8")
+            return str(response.read().decode("utf-8"))
     except urllib.error.HTTPError as exc:
         raise ScrapeError(f"{where} answered HTTP {exc.code} {exc.reason}: not a Surge metrics endpoint? {hint}") from None
     except (http.client.HTTPException, ConnectionResetError) as exc:  # e.g. a gRPC port: HTTP/2 only, no HTTP/1.1 answer
@@ -221,7 +222,7 @@ def scrape(url: str, timeout_s: float = 10.0) -> Scrape:
         raise ScrapeError(f"http://{metrics_address(url)}/metrics is not Prometheus text ({exc})") from None
 
 
-def run(url: str, interval_s: float, *, once: bool = False, out: object = None) -> int:
+def run(url: str, interval_s: float, *, once: bool = False, out: TextIO | None = None) -> int:
     """Refresh the view every ``interval_s`` until Ctrl-C (``once``: print one view after one interval and return)."""
     stream = out if out is not None else sys.stdout
     previous = scrape(url)
@@ -231,11 +232,11 @@ def run(url: str, interval_s: float, *, once: bool = False, out: object = None) 
             current = scrape(url)
             text = format_table(rows(previous, current), url=url, interval_s=current.at - previous.at)
             if once:
-                stream.write(text)  # type: ignore[attr-defined]
+                stream.write(text)
                 return 0
-            tty = getattr(stream, "isatty", lambda: False)()
-            stream.write(("\x1b[H\x1b[2J" if tty else "\n") + text)  # type: ignore[attr-defined]  # a terminal: home, clear screen  # type: ignore[attr-defined]  # home, clear screen
-            stream.flush()  # type: ignore[attr-defined]
+            tty = stream.isatty()
+            stream.write(("\x1b[H\x1b[2J" if tty else "\n") + text)  # a terminal: home, clear screen
+            stream.flush()
             previous = current
     except KeyboardInterrupt:
         return 0

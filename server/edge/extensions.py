@@ -106,7 +106,7 @@ def _top_indices(flat: np.ndarray, k: int) -> np.ndarray:
     """
     n = flat.shape[1]
     if n <= _SORT_WHOLE_ROWS or 4 * k >= n:  # a stable sort of each reversed row, read from the end
-        return n - 1 - np.argsort(flat[:, ::-1], axis=1, kind="stable")[:, ::-1][:, :k]
+        return np.asarray(n - 1 - np.argsort(flat[:, ::-1], axis=1, kind="stable")[:, ::-1][:, :k])
     candidates = np.argpartition(flat, n - k, axis=1)[:, n - k :]
     values = np.take_along_axis(flat, candidates, axis=1)
     # ascending by value with ties by higher index, reversed: descending, ties by lower index

@@ -28,7 +28,7 @@ import re
 import time
 from collections.abc import Iterable
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import ijson
 
@@ -162,7 +162,7 @@ def read_json(data: bytes | bytearray | memoryview | str | Iterable[bytes], what
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogatepass")
     elif isinstance(data, list) and len(data) == 1:
-        data = data[0]
+        data = cast(bytes, data[0])
     if isinstance(data, bytes | bytearray | memoryview) and len(data) <= CHUNK:
         return _read_small(bytes(data), what)
     try:
@@ -185,7 +185,7 @@ def _finite(text: str) -> float:
 def _read_small(data: bytes, what: str) -> Any:
     """One short text: the depth check, then the standard library's parser made as strict as yajl."""
     _DepthGuard(what).check(data)
-    hooks = {"parse_float": _finite} if _HUGE_NUMBER.search(data) else {}  # only such a number can overflow a double
+    hooks: dict[str, Any] = {"parse_float": _finite} if _HUGE_NUMBER.search(data) else {}  # only such a number can overflow a double
     try:
         text = data.decode("utf-8")
         return json.loads(text, parse_constant=_refuse_constant, **hooks)

@@ -122,7 +122,7 @@ class _ClientErrors(logging.LoggerAdapter):  # type: ignore[type-arg]
         self.warning(f"{msg}: %s", *args, exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1])
 
 
-class _Aborted(grpc.aio.AbortError):  # type: ignore[misc]  # grpc ships no type stubs
+class _Aborted(grpc.aio.AbortError):
     """What ``_HttpContext.abort`` raises: the servicer's answer, as a status and a message."""
 
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
@@ -413,11 +413,11 @@ class RestEndpoint:
     # -- health and metadata -------------------------------------------------------------------
 
     async def _live(self, request: web.Request) -> web.Response:
-        response = await self._servicer.ServerLive(pb.ServerLiveRequest(), _HttpContext(request))
+        response = await self._servicer.ServerLive(pb.ServerLiveRequest(), _HttpContext(request))  # type: ignore[arg-type]
         return _json({"live": response.live}, 200 if response.live else 400)
 
     async def _ready(self, request: web.Request) -> web.Response:
-        response = await self._servicer.ServerReady(pb.ServerReadyRequest(), _HttpContext(request))
+        response = await self._servicer.ServerReady(pb.ServerReadyRequest(), _HttpContext(request))  # type: ignore[arg-type]
         return _json({"ready": response.ready}, 200 if response.ready else 400)
 
     async def _server_metadata(self, request: web.Request) -> web.Response:

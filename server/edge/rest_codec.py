@@ -30,7 +30,7 @@ import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from google.protobuf import json_format
@@ -40,7 +40,7 @@ from google.protobuf.message import Message
 from surge.protos import grpc_service_pb2 as pb
 from surge.protos.datatypes import DATATYPES, deserialize_bytes_tensor, numpy_dtype, serialize_bytes_tensor
 
-from ..errors import InvalidInput, Unsupported
+from ..errors import InvalidInput
 from .codec import parameter_value
 from .extensions import SHARED_MEMORY
 from .jsonread import read_json, yield_gil
@@ -91,7 +91,7 @@ def json_body(data: bytes | memoryview | Iterable[bytes], what: str) -> dict[str
     return _json_object(data, what)
 
 
-def _json_object(data: bytes | memoryview | Iterable[bytes], what: str) -> dict[str, Any]:
+def _json_object(data: bytes | bytearray | memoryview | Iterable[bytes], what: str) -> dict[str, Any]:
     value = read_json(data, what)
     if not isinstance(value, dict):
         raise InvalidInput(f"{what} must be a JSON object, got {type(value).__name__}")
@@ -313,7 +313,7 @@ def _json_tensor_bytes(name: str, datatype: str, shape: list[int], data: Any) ->
             raise InvalidInput(f"input '{name}': a value in 'data' is beyond the range of {datatype}") from None
     _check_count(name, shape, count, filled, leaves)
     out = chunks[0] if len(chunks) == 1 else np.concatenate(chunks) if chunks else np.empty(0, dtype=dtype)
-    return memoryview(out).cast("B")
+    return memoryview(out).cast("B")  # type: ignore[arg-type]  # numpy declares __buffer__ for 3.12+ only
 
 
 def _check_count(name: str, shape: list[int], count: int, filled: int, rest: Iterator[list[Any]]) -> None:
@@ -465,7 +465,7 @@ def optional_object(body: bytes | Iterable[bytes], what: str) -> dict[str, Any]:
     pieces = [body] if isinstance(body, bytes | bytearray | memoryview) else body
     if not any(bytes(piece).strip() for piece in pieces):
         return {}
-    return _json_object(pieces, what)
+    return _json_object(cast("Iterable[bytes]", pieces), what)
 
 
 def load_parameters(body: bytes | Iterable[bytes]) -> dict[str, pb.ModelRepositoryParameter]:
@@ -492,7 +492,7 @@ def load_parameters(body: bytes | Iterable[bytes]) -> dict[str, pb.ModelReposito
 def message_to_json(message: Message) -> dict[str, Any]:
     """A protobuf message as Triton's HTTP endpoint writes it: proto field names, defaults, 64-bit integers as numbers."""
     doc: dict[str, Any] = json_format.MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-    _int64_as_numbers(message.DESCRIPTOR, doc)
+    _int64_as_numbers(message.DESCRIPTOR, doc)  # type: ignore[arg-type]  # upb's Descriptor is the same class at run time
     return doc
 
 

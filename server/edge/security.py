@@ -190,10 +190,10 @@ def auth_interceptor(policy: SecurityPolicy, status_of: Callable[[BaseException]
     """
     import grpc
 
-    def refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    def refusal(handler: grpc.RpcMethodHandler[Any, Any], code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler[Any, Any]:
         """A handler of the same kind as ``handler`` that aborts with ``code`` before reading anything."""
 
-        async def abort(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def abort(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             await context.abort(code, message)
 
         serializers = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
@@ -207,8 +207,8 @@ def auth_interceptor(policy: SecurityPolicy, status_of: Callable[[BaseException]
 
     class AuthInterceptor(grpc.aio.ServerInterceptor):
         async def intercept_service(
-            self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]], details: grpc.HandlerCallDetails
-        ) -> grpc.RpcMethodHandler:
+            self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]], details: grpc.HandlerCallDetails
+        ) -> grpc.RpcMethodHandler[Any, Any] | None:
             try:
                 policy.authorize(details.method, _authorization(details.invocation_metadata))
             except errors.InferenceServerError as exc:

@@ -117,7 +117,7 @@ class SharedMemoryRegistry:
         try:
             import cupy
 
-            return cupy.cuda.runtime.getDeviceCount() > 0
+            return bool(cupy.cuda.runtime.getDeviceCount() > 0)
         except Exception:
             return False
 
@@ -314,6 +314,7 @@ class RequestRegions:
         if region.kind == "cuda":
             data: Any = region.device[offset : offset + size].get().data
         else:
+            assert region.buffer is not None  # a system region holds its mapping until it is unregistered
             data = region.buffer[offset : offset + size]
         if datatype == "BYTES":
             try:
@@ -350,6 +351,7 @@ def write_output(name: str, target: Target, array: np.ndarray, datatype: str) ->
         source = np.frombuffer(data, dtype=np.uint8) if data is not None else np.ascontiguousarray(array).view(np.uint8).reshape(-1)
         region.device[target.offset : target.offset + nbytes].set(source)
         return
+    assert region.buffer is not None
     destination = region.buffer[target.offset : target.offset + nbytes]
     if data is not None:
         destination[:] = data

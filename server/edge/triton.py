@@ -69,8 +69,8 @@ def model_config_message(config: ModelConfig) -> mc.ModelConfig:
             db.priority_levels = batching.priority_levels
             db.default_priority_level = batching.default_priority_level
         _queue_policy_message(db.default_queue_policy, batching.max_queue_size, batching.default_timeout_s)
-        for level, policy in batching.priority_queue_policy.items():
-            _queue_policy_message(db.priority_queue_policy[level], policy.max_queue_size, policy.default_timeout_s)
+        for level, queue in batching.priority_queue_policy.items():
+            _queue_policy_message(db.priority_queue_policy[level], queue.max_queue_size, queue.default_timeout_s)
         if batching.latency_slo_s is not None:
             message.parameters["latency_slo_s"].string_value = repr(batching.latency_slo_s)  # Triton has no field for it
     group = config.instance_group

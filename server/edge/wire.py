@@ -135,7 +135,7 @@ def assemble(header: bytes, arrays: Sequence[np.ndarray], *, stream: bool = Fals
     if stream:
         parts.insert(0, _STREAM_RESPONSE_TAG + _length_prefix(size))
         size += len(parts[0])
-    out = _new_bytes(None, size)
+    out: bytes = _new_bytes(None, size)
     address = _bytes_address(out)
     for part in parts:
         if isinstance(part, np.ndarray):

@@ -53,7 +53,7 @@ class JpegDecoder:
 
     def _open(self, data: object) -> tuple[Any, str | None]:
         """(a Pillow image with its header read, None) or (None, why the row is unusable)."""
-        if not isinstance(data, bytes | bytearray | memoryview) or not len(data):  # type: ignore[arg-type]
+        if not isinstance(data, bytes | bytearray | memoryview) or not len(data):
             return None, "empty; expected the bytes of one JPEG image"
         try:
             image = self._image.open(io.BytesIO(data))

@@ -49,7 +49,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -118,7 +118,7 @@ class _Params:
         value = self._get(key, default)
         if value not in choices:
             raise self.error(key, f"expected one of {', '.join(choices)}; got {value!r}")
-        return value
+        return str(value)
 
     def check_no_unknown(self) -> None:
         unknown = sorted(set(self.step.params) - self.used)
@@ -180,7 +180,7 @@ def _pre_step(step: StepConfig, model_input: TensorConfig) -> _PreStep:
         _expect_dtype(p, model_input, "FP32")
         c, h, w = _image_model_input(p, model_input, "chw")
         mean, std = p.floats("mean", _REQUIRED, c), p.floats("std", _REQUIRED, c)
-        if not np.all(std):  # type: ignore[arg-type]
+        if not np.all(std):
             raise p.error("std", f"must not contain 0, got {std.tolist()}")  # type: ignore[union-attr]
         scale = p.number("scale", 1.0 / 255.0)
         datatype = p.choice("datatype", "UINT8", _IMAGE_DTYPES)
@@ -251,10 +251,10 @@ def _pre_step(step: StepConfig, model_input: TensorConfig) -> _PreStep:
             kw = {k: p.floats(k, required, width) for k in keys}
             if "values" in kw:
                 kw = {"fill": kw.pop("values")}
-            if kw.get("std") is not None and not np.all(kw["std"]):
-                raise p.error("std", f"must not contain 0, got {kw['std'].tolist()}")
-            if kw.get("low") is not None and kw.get("high") is not None and np.any(kw["low"] > kw["high"]):
-                raise p.error("low", f"{kw['low'].tolist()} exceeds high {kw['high'].tolist()}")
+            if (std := kw.get("std")) is not None and not np.all(std):
+                raise p.error("std", f"must not contain 0, got {std.tolist()}")
+            if (low := kw.get("low")) is not None and (high := kw.get("high")) is not None and np.any(low > high):
+                raise p.error("low", f"{low.tolist()} exceeds high {high.tolist()}")
             tensor = TensorConfig(name=name, datatype="FP32", dims=(width,))
             cpu = lambda x: tabular.tabular_transform(x, **kw)  # noqa: E731
             gpu = lambda kc, x, stream: kc.tabular_transform(x, stream=stream, **kw)  # noqa: E731
@@ -320,7 +320,7 @@ def _decode_step(step: StepConfig, batched: bool) -> _PreStep:
     if not batched:
         raise ConfigError(f"{step.where}: decode_jpeg needs a batched model (max_batch_size > 0)")
     tensor = TensorConfig(name=step.input, datatype="BYTES", dims=(1,))
-    unused = lambda *a, **k: None  # noqa: E731  (PipelineInstance decodes with the decoder)
+    unused: Callable[..., Any] = lambda *a, **k: None  # noqa: E731  (PipelineInstance decodes with the decoder)
     return _PreStep(step, tensor, unused, unused, (1,), decoder=JpegDecoder(channels, max_pixels))
 
 
@@ -362,8 +362,8 @@ class Pipeline:
                 source.warm_dims = pre.warm_dims  # warm-up JPEGs as large as the image step's warm-up images
             self.pre.append(pre)
         if decoded:
-            name, step = next(iter(decoded.items()))
-            raise ConfigError(f"{step.step.where}.output: no later preprocess step reads '{name}'")
+            name, pre = next(iter(decoded.items()))
+            raise ConfigError(f"{pre.step.where}.output: no later preprocess step reads '{name}'")
         inputs = [t for t in config.inputs if t.name not in fed] + [s.input for s in self.pre if not s.ragged]
         _unique("input", [t.name for t in inputs], "preprocess")
         available = {t.name: t for t in config.outputs}
@@ -449,7 +449,7 @@ class PipelineInstance:
             except ValueError as exc:  # KernelInputError: this batch's tensors do not fit the step
                 raise InvalidInput(f"model '{p.config.name}' {pre.step.where} ({pre.step.op}) on input '{pre.step.input}': {exc}") from None
         if not p.post:
-            return self.runtime.infer(x, output_names)
+            return cast("dict[str, np.ndarray]", self.runtime.infer(x, output_names))
         outputs = self.runtime.infer(x, p.model_outputs)
         for post in p.post:
             source = outputs[post.step.input]
@@ -461,14 +461,14 @@ class PipelineInstance:
         where = f"model '{self.pipeline.config.name}' {pre.step.where} (decode_jpeg) on input '{pre.step.input}'"
         reject = lambda reasons: RowsRejected(where, reasons)  # noqa: E731
         if not self._decode_on_device:
-            return pre.decoder.cpu(rows, reject)
+            return cast("list[Any]", pre.decoder.cpu(rows, reject))
         runtime = self.runtime
         with self._torch.cuda.stream(runtime._stream):
-            return pre.decoder.cuda(rows, runtime._device, reject)
+            return cast("list[Any]", pre.decoder.cuda(rows, runtime._device, reject))
 
     def _pre_cpu(self, pre: _PreStep, array: Any) -> np.ndarray:
         if pre.ragged:
-            return self._per_shape(array, lambda group: pre.cpu(np.stack(group)), lambda shape, like: np.empty(shape, like.dtype))
+            return cast(np.ndarray, self._per_shape(array, lambda group: pre.cpu(np.stack(group)), lambda shape, like: np.empty(shape, like.dtype)))
         return pre.cpu(array) if self.pipeline.batched else pre.cpu(array[None])[0]
 
     @staticmethod
@@ -487,7 +487,7 @@ class PipelineInstance:
             out[indices] = part
         return out
 
-    def _pre_device(self, pre: _PreStep, array: np.ndarray) -> Any:
+    def _pre_device(self, pre: _PreStep, array: Any) -> Any:
         """Upload the raw batch, run the CUDA kernel on the runtime's stream, hand back a torch CUDA tensor (no copy)."""
         torch, kc, runtime = self._torch, self._kc, self.runtime
         from numba import cuda

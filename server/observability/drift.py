@@ -205,10 +205,10 @@ def _feature_profile(name: str, tensor: str, column: int, values: np.ndarray, bi
         if len(categories) <= max_categories:
             return FeatureProfile(
                 edges=np.empty(0, dtype=np.float64), fractions=category_counts(finite, categories) / len(finite),
-                kind="categorical", categories=categories, **common,  # type: ignore[arg-type]
+                kind="categorical", categories=categories, **common,
             )
     edges = np.unique(np.quantile(finite, np.linspace(0.0, 1.0, bins + 1)[1:-1]))
-    return FeatureProfile(edges=edges, fractions=bin_counts(finite, edges) / len(finite), **common)  # type: ignore[arg-type]
+    return FeatureProfile(edges=edges, fractions=bin_counts(finite, edges) / len(finite), **common)
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,7 +52,7 @@ LAG_BUCKETS_S = (0.001, 0.0016, 0.0025, 0.004, 0.0063, 0.01, 0.016, 0.025, 0.04,
 
 def _cygrpc() -> Any:
     try:
-        from grpc._cython import cygrpc  # channelz and the servicer context type live here (grpcio's compiled core)
+        from grpc._cython import cygrpc  # type: ignore[attr-defined]  # channelz and the servicer context type live here (grpcio's compiled core)
     except ImportError:  # grpcio is a dependency of the server; without it there is no gRPC edge to observe
         return None
     return cygrpc

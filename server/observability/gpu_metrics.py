@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -69,7 +69,7 @@ class GpuMetricsCollector:
         nvml = self._nvml
         families = {name: GaugeMetricFamily(name, text, labels=[_LABEL]) for name, text in GPU_METRICS.items()}
         for uuid, handle in self._devices:
-            readings = (
+            readings: tuple[tuple[str, Callable[[Any], float]], ...] = (
                 ("nv_gpu_utilization", lambda h: nvml.nvmlDeviceGetUtilizationRates(h).gpu / 100),
                 ("nv_gpu_memory_total_bytes", lambda h: nvml.nvmlDeviceGetMemoryInfo(h).total),
                 ("nv_gpu_memory_used_bytes", lambda h: nvml.nvmlDeviceGetMemoryInfo(h).used),

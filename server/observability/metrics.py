@@ -288,7 +288,7 @@ def render(snapshot: ServerSnapshot, collectors: Iterable[object] = (), *, accep
     """
     encoder, content_type = choose_encoder(accept)
     ours = _write(snapshot, openmetrics=content_type.startswith("application/openmetrics-text"))
-    body = ours.encode("utf-8") + plain_gpu_values(encoder(_Collectors(collectors)))  # type: ignore[arg-type]
+    body = ours.encode("utf-8") + plain_gpu_values(encoder(_Collectors(collectors)))
     headers = {"Content-Type": content_type}
     if "gzip" in accept_encoding:
         body = gzip.compress(body, compresslevel=1)

@@ -35,7 +35,7 @@ import random
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import ConfigError, InvalidInput
 from ..execution.stats import _EPOCH_OFFSET_NS as EPOCH_OFFSET_NS
@@ -222,6 +222,7 @@ class Tracing:
                 sampled = bool(parent.trace_flags.sampled)
             else:
                 rate = scope.trace_rate if scope.trace_rate is not None else g.trace_rate
+                assert rate is not None  # the global settings set every field
                 sampled = rate == 1 or (trace_id & 0xFFFFFFFFFFFFFFFF) < (1 << 64) // rate  # TraceIdRatioBased's test
             if sampled and count is not None and count > 0:
                 holder.trace_count = count - 1
@@ -233,7 +234,7 @@ class Tracing:
 
     def begin(self, stamps: Stamps, context: Any, model: str, method: str) -> RequestTrace | None:
         """A request arrived (``stamps.start``): its trace when sampled, else None. ``context``: the gRPC (or REST) context."""
-        carrier = None
+        carrier: dict[str, str] | None = None
         for key, value in context.invocation_metadata() or ():
             if key == "traceparent" or key == "tracestate":
                 if carrier is None:
@@ -375,12 +376,13 @@ def build(processor: Any, *, ratio: float = 1.0, service_name: str = "") -> Trac
     """
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import Sampler
 
     resource = Resource.create({SERVICE_NAME: service_name} if service_name else {})
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: "surge"}))
     tracing = Tracing(ratio=ratio)
-    provider = TracerProvider(resource=resource, sampler=_Sampler(tracing))
+    provider = TracerProvider(resource=resource, sampler=cast(Sampler, _Sampler(tracing)))
     provider.add_span_processor(processor)
     tracing.attach(provider)
     return tracing

@@ -22,7 +22,6 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from ..errors import ConfigError, InferenceServerError
 from .python import put_arrays, view_arrays

@@ -41,7 +41,7 @@ import bisect
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -186,7 +186,7 @@ class TorchRuntime:
                 }
             if opts["cuda_graphs"] and fixed:
                 preferred = config.dynamic_batching.preferred_batch_sizes if config.dynamic_batching else ()
-                self._buckets = graph_buckets(config.max_batch_size, preferred, opts["graph_batch_sizes"])
+                self._buckets = graph_buckets(config.max_batch_size or 0, preferred, opts["graph_batch_sizes"])
                 with _LOAD_LOCK:
                     for bucket in self._buckets:
                         for length in self._lengths or [0]:
@@ -391,5 +391,5 @@ def _to_numpy(torch: Any, tensor: Any) -> np.ndarray:
     if tensor.dtype == torch.bfloat16:
         from ml_dtypes import bfloat16
 
-        return tensor.view(torch.int16).numpy().view(bfloat16)
-    return tensor.numpy()
+        return cast(np.ndarray, tensor.view(torch.int16).numpy().view(bfloat16))
+    return cast(np.ndarray, tensor.numpy())

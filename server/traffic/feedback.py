@@ -124,7 +124,7 @@ def _prediction(output: np.ndarray | None, rows: int) -> np.ndarray | None:
         return None
     output = np.asarray(output)
     if output.dtype.kind == "f" and output.ndim == 2 and output.shape == (rows, output.shape[1]) and output.shape[1] > 1:
-        return output.argmax(axis=1)  # rows x classes: the top class of each row
+        return np.asarray(output.argmax(axis=1))  # rows x classes: the top class of each row
     if output.dtype.kind in "iubf" and output.size == rows:
         return output.reshape(rows).copy()
     return None

@@ -43,7 +43,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,7 +150,7 @@ class Rollouts:
 
     def __init__(
         self, traffic: Traffic, page: Callable[[], Awaitable[list[str]]] | None, state_dir: Path | None, *,
-        broadcast: Callable[[str, Routes], Awaitable[None]] | None = None, tick_s: float | None = None,
+        broadcast: Callable[[str, Routes], Coroutine[Any, Any, None]] | None = None, tick_s: float | None = None,
     ) -> None:
         self._traffic = traffic
         self._page = page

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -330,7 +330,7 @@ def _within(g: Gate, value: float, baseline: float | None) -> bool:
 
 def _show(g: Gate, value: float, baseline: float | None) -> str:
     unit = GATE_METRICS[g.metric][1]
-    fmt = (lambda x: f"{x * 1e3:.3g} ms") if unit == "s" else (lambda x: f"{100 * x:.3g}%") if unit == "ratio" else (lambda x: f"{x:.4g}")
+    fmt: Callable[[float], str] = (lambda x: f"{x * 1e3:.3g} ms") if unit == "s" else (lambda x: f"{100 * x:.3g}%") if unit == "ratio" else (lambda x: f"{x:.4g}")
     if g.relative and baseline:
         return f"{g.metric} {fmt(value)} = {value / baseline:.3g}x the current {fmt(baseline)}, bound {g.text}"
     return f"{g.metric} {fmt(value)}, bound {g.text}"

@@ -72,7 +72,7 @@ def choose(weights: Sequence[tuple[V, float]], key_hash: int, salts: Sequence[in
     """
     if not weights:
         raise ValueError("choose: no candidates")
-    premixed = tuple((int(salts[i] if salts is not None else c) * _GOLDEN) & _MASK64 for i, (c, _) in enumerate(weights))  # type: ignore[call-overload]
+    premixed = tuple((int(salts[i] if salts is not None else c) * _GOLDEN) & _MASK64 for i, (c, _) in enumerate(weights))  # type: ignore[arg-type]
     return _choose(weights, key_hash, premixed)
 
 
