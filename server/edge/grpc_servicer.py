@@ -118,12 +118,12 @@ class _Capture:
     """Stands in for a server to collect a generated ``add_*Servicer_to_server``'s method handlers."""
 
     service = ""
-    handlers: dict[str, grpc.RpcMethodHandler]
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
 
     def add_generic_rpc_handlers(self, handlers: Any) -> None:
         pass
 
-    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]) -> None:
         self.service, self.handlers = service, handlers
 
 
@@ -132,7 +132,7 @@ def add_tolerant(add: Callable[[Any, Any], None], servicer: Any, server: grpc.ai
     raise (see ``Undecodable``; the servicer's methods go through ``_edge``)."""
     capture = _Capture()
     add(servicer, capture)
-    handlers = {name: h._replace(request_deserializer=_tolerant(h.request_deserializer)) for name, h in capture.handlers.items()}
+    handlers = {name: h._replace(request_deserializer=_tolerant(h.request_deserializer)) for name, h in capture.handlers.items()}  # type: ignore[attr-defined, arg-type]  # grpc's handlers are namedtuples
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(capture.service, handlers),))
     server.add_registered_method_handlers(capture.service, handlers)
 
@@ -158,7 +158,7 @@ def _edge(method: _F) -> _F:
     """Map errors raised by a unary RPC to its gRPC status, once, at the edge."""
 
     @functools.wraps(method)
-    async def wrapper(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def wrapper(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             if request.__class__ is Undecodable:
                 raise request.error(method.__name__)
@@ -182,7 +182,7 @@ def _edge(method: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
-def _handler_failed(servicer: object, context: grpc.aio.ServicerContext) -> None:
+def _handler_failed(servicer: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
     """Count a gRPC call a handler ended with an error or that was cancelled in it (observability/edge.py)."""
     metrics = getattr(servicer, "_metrics", None)  # the surge.v1 admin services count nothing
     if metrics is not None:
@@ -195,7 +195,7 @@ def _handler_failed(servicer: object, context: grpc.aio.ServicerContext) -> None
 DEADLINE_SLACK_S = 0.1
 
 
-def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
     """The request's gRPC deadline as a ``time.monotonic()`` value (None without one)."""
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
@@ -232,15 +232,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     # -- health and metadata ---------------------------------------------------------------------
 
     @_edge
-    async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
     @_edge
-    async def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext) -> pb.ServerReadyResponse:
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self._is_ready())
 
     @_edge
-    async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.ModelReadyResponse:
         try:
             version = self._repo.get(request.name, request.version)
         except (errors.ModelNotFound, errors.VersionNotFound, errors.ModelNotReady):
@@ -248,11 +248,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelReadyResponse(ready=version.state == "READY")  # not READY: e.g. its only instance hung and is being replaced
 
     @_edge
-    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext) -> pb.ServerMetadataResponse:
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name=self._name, version=self._version, extensions=self._extensions)
 
     @_edge
-    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext) -> pb.ModelMetadataResponse:
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.ModelMetadataResponse:
         version = self._repo.get(request.name, request.version)
         config = version.config
         batch = [-1] if config.max_batch_size else []
@@ -268,12 +268,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     @_edge
-    async def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext) -> pb.ModelConfigResponse:
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.ModelConfigResponse:
         version = self._repo.get(request.name, request.version)
         return pb.ModelConfigResponse(config=model_config_message(version.config))
 
     @_edge
-    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext) -> pb.ModelStatisticsResponse:
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.ModelStatisticsResponse:
         if request.version:
             parse_version(request.version)
         if not request.name and request.version:
@@ -294,17 +294,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     # -- inference -------------------------------------------------------------------------------
 
     @_edge
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.ModelInferResponse:
         return await self._model_infer(request, context, _MESSAGE)  # type: ignore[return-value]
 
-    async def _model_infer_wire(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse | bytes:
+    async def _model_infer_wire(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.ModelInferResponse | bytes:
         """ModelInfer as gRPC serves it: a large response comes back as its wire bytes (``wire.assemble``)."""
         return await self._model_infer(request, context, _UNARY)
 
     _model_infer_wire.__name__ = "ModelInfer"  # what _edge's errors call it
     model_infer_wire = _edge(_model_infer_wire)
 
-    async def _model_infer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext, form: int) -> pb.ModelInferResponse | bytes:
+    async def _model_infer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any], form: int) -> pb.ModelInferResponse | bytes:
         stamps = Stamps(now_ns())
         if self.tracing.on:  # sampled: the request's spans (observability/tracing.py)
             stamps.trace = self.tracing.begin(stamps, context, request.model_name, "ModelInfer")
@@ -316,7 +316,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return await self._infer(request, version, stamps, _deadline(context), context, sender, feedback, form=form)
 
     def _route(
-        self, request: pb.ModelInferRequest, entry: RouteEntry[ModelVersion], context: grpc.aio.ServicerContext
+        self, request: pb.ModelInferRequest, entry: RouteEntry[ModelVersion], context: grpc.aio.ServicerContext[Any, Any]
     ) -> tuple[ModelVersion, ShadowSender | None, FeedbackIndex | None]:
         """The version that answers (split by routing key unless the request names one), its shadow sender, the feedback index."""
         feedback = entry.extras["feedback"]
@@ -340,7 +340,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise
 
     async def _infer(
-        self, request: pb.ModelInferRequest, version: ModelVersion, stamps: Stamps, deadline: float | None, context: grpc.aio.ServicerContext,
+        self, request: pb.ModelInferRequest, version: ModelVersion, stamps: Stamps, deadline: float | None, context: grpc.aio.ServicerContext[Any, Any],
         sender: ShadowSender | None = None, feedback: FeedbackIndex | None = None, form: int = _MESSAGE,
     ) -> pb.ModelInferResponse | bytes:
         """Decode, execute, encode. ``sender``: mirror the request to a shadow; ``feedback``: index the answer by request id;
@@ -399,8 +399,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     async def ModelStreamInfer(
-        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest | Undecodable], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.ModelStreamInferResponse | bytes]:
         """Bidirectional stream: requests run concurrently, answers come as they finish.
 
         Each request gets one response, flagged final (``stream.answer``). A stream holds at most
@@ -428,7 +428,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 else:
                     version, sender, feedback = self._route(request, entry, context)
                     response = await self._infer(request, version, stamps, _deadline(context), context, sender, feedback, form=_STREAM)
-                results.put_nowait((response if response.__class__ is bytes else stream.answer(response), None))  # bytes: flagged already
+                results.put_nowait((response if response.__class__ is bytes else stream.answer(response), None))  # type: ignore[arg-type]  # bytes: flagged already
             except Exception as exc:
                 results.put_nowait((stream.failure(status_of(exc).name, _error_message(exc, request.id), request), exc))
 
@@ -439,7 +439,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     request = await anext(request_iterator, None)
                     if request is None:
                         break
-                    if request.__class__ is Undecodable:
+                    if isinstance(request, Undecodable):
                         exc = request.error("ModelStreamInfer")
                         results.put_nowait((stream.failure(status_of(exc).name, str(exc)), exc))
                         continue
@@ -460,7 +460,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 response, exc = item
                 if exc is not None and grpc_errors:
                     _handler_failed(self, context)
-                    await context.abort(status_of(exc), response.error_message)
+                    await context.abort(status_of(exc), response.error_message)  # type: ignore[union-attr]  # a failure is a message
                 yield response  # returns once gRPC has taken the message within the client's flow-control window
                 slots.release()
         except (asyncio.CancelledError, GeneratorExit):
@@ -490,7 +490,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._answers_released.set()
 
     @_edge
-    async def TraceSetting(self, request: pb.TraceSettingRequest, context: grpc.aio.ServicerContext) -> pb.TraceSettingResponse:
+    async def TraceSetting(self, request: pb.TraceSettingRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.TraceSettingResponse:
         """Triton's trace extension: read (no settings) or change the global or a model's settings."""
         if request.model_name:
             self._repo.get(request.model_name, "")  # NOT_FOUND for a model the repository does not serve
@@ -503,14 +503,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     # -- repository ------------------------------------------------------------------------------
 
     @_edge
-    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext) -> pb.RepositoryIndexResponse:
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.RepositoryIndexResponse:
         response = pb.RepositoryIndexResponse()
         for row in self._repo.index(ready_only=request.ready):
             response.models.add(name=row.name, version=row.version, state=row.state, reason=row.reason)
         return response
 
     @_edge
-    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext) -> pb.RepositoryModelLoadResponse:
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.RepositoryModelLoadResponse:
         self._repo.check_mutable("RepositoryModelLoad")
         overrides = None
         for key, param in request.parameters.items():
@@ -530,7 +530,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_edge
     async def RepositoryModelUnload(
-        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RepositoryModelUnloadResponse:
         self._repo.check_mutable("RepositoryModelUnload")
         await self._repo.unload(request.model_name)
@@ -540,34 +540,34 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # -- shared memory (shared_memory.py) --------------------------------------------------------
 
-    def _owner(self, context: grpc.aio.ServicerContext) -> str:
+    def _owner(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
         return shared_memory.owner_of(context.invocation_metadata(), self._regions.scoped)
 
     @_edge
-    async def SystemSharedMemoryStatus(self, request: pb.SystemSharedMemoryStatusRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def SystemSharedMemoryStatus(self, request: pb.SystemSharedMemoryStatusRequest, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         return shared_memory.status_message(self._regions, self._owner(context), request.name, "system")
 
     @_edge
-    async def SystemSharedMemoryRegister(self, request: pb.SystemSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def SystemSharedMemoryRegister(self, request: pb.SystemSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         self._regions.register_system(self._owner(context), request)
         return pb.SystemSharedMemoryRegisterResponse()
 
     @_edge
-    async def SystemSharedMemoryUnregister(self, request: pb.SystemSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def SystemSharedMemoryUnregister(self, request: pb.SystemSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         self._regions.unregister(self._owner(context), request.name, "system")
         return pb.SystemSharedMemoryUnregisterResponse()
 
     @_edge
-    async def CudaSharedMemoryStatus(self, request: pb.CudaSharedMemoryStatusRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def CudaSharedMemoryStatus(self, request: pb.CudaSharedMemoryStatusRequest, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         return shared_memory.status_message(self._regions, self._owner(context), request.name, "cuda")
 
     @_edge
-    async def CudaSharedMemoryRegister(self, request: pb.CudaSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def CudaSharedMemoryRegister(self, request: pb.CudaSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         self._regions.register_cuda(self._owner(context), request)
         return pb.CudaSharedMemoryRegisterResponse()
 
     @_edge
-    async def CudaSharedMemoryUnregister(self, request: pb.CudaSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def CudaSharedMemoryUnregister(self, request: pb.CudaSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         self._regions.unregister(self._owner(context), request.name, "cuda")
         return pb.CudaSharedMemoryUnregisterResponse()
 
@@ -592,21 +592,21 @@ async def _encode_for_wire(
 ROUTING_KEY_METADATA = "x-surge-routing-key"
 
 
-def _routing_key(request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> str:
+def _routing_key(request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]) -> str:
     """The request's routing key: parameter ``routing_key``, else metadata ``x-surge-routing-key``, else the request id."""
     params = request.parameters
     if params and "routing_key" in params:
         value = codec.parameter_value(params["routing_key"])
         if value is not None:
             return str(value)
-    for key, value in context.invocation_metadata() or ():
+    for key, text in context.invocation_metadata() or ():
         if key == ROUTING_KEY_METADATA:
-            return value if isinstance(value, str) else value.decode("utf-8", "replace")
+            return text if isinstance(text, str) else text.decode("utf-8", "replace")
     return request.id
 
 
 def _not_built(what: str) -> Callable[..., Awaitable[Any]]:
-    async def rpc(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def rpc(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not implemented by Surge yet")
 
     return rpc

@@ -17,6 +17,8 @@ worker forwards them to it.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import grpc
 
 from surge.protos import surge_service_pb2 as spb
@@ -74,45 +76,45 @@ class AdminServicer(spb_grpc.AdminServicer):
         self._peers = peers
         self._rollouts = rollouts
 
-    async def _everywhere(self, method: str, request: object, context: grpc.aio.ServicerContext, state: RouteState) -> spb.Routes:
+    async def _everywhere(self, method: str, request: object, context: grpc.aio.ServicerContext[Any, Any], state: RouteState) -> spb.Routes:
         """The change (applied here as ``state``) applied by every sibling worker too; answers this worker's routes."""
         if self._peers is not None and not is_local_call(metadata := context.invocation_metadata()):
             await self._peers.call_siblings(spb_grpc.AdminStub, method, request, metadata)
         return routes_message(state)
 
     @_edge
-    async def GetRoutes(self, request: spb.GetRoutesRequest, context: grpc.aio.ServicerContext) -> spb.Routes:
+    async def GetRoutes(self, request: spb.GetRoutesRequest, context: grpc.aio.ServicerContext[Any, Any]) -> spb.Routes:
         return routes_message(self._traffic.state(_model(request.model)))
 
     @_edge
-    async def SetWeights(self, request: spb.SetWeightsRequest, context: grpc.aio.ServicerContext) -> spb.Routes:
+    async def SetWeights(self, request: spb.SetWeightsRequest, context: grpc.aio.ServicerContext[Any, Any]) -> spb.Routes:
         weights = [(w.version, w.weight) for w in request.weights]
         return await self._everywhere("SetWeights", request, context, self._traffic.set_weights(_model(request.model), weights))
 
     @_edge
-    async def SetShadow(self, request: spb.SetShadowRequest, context: grpc.aio.ServicerContext) -> spb.Routes:
+    async def SetShadow(self, request: spb.SetShadowRequest, context: grpc.aio.ServicerContext[Any, Any]) -> spb.Routes:
         if not request.HasField("shadow") or request.shadow.version < 1:
             raise errors.InvalidInput("SetShadow: give shadow.version (>= 1) and optionally shadow.fraction (0 < f <= 1, default 1)")
         return await self._everywhere("SetShadow", request, context, self._traffic.set_shadow(_model(request.model), request.shadow.version, request.shadow.fraction))
 
     @_edge
-    async def RemoveShadow(self, request: spb.RemoveShadowRequest, context: grpc.aio.ServicerContext) -> spb.Routes:
+    async def RemoveShadow(self, request: spb.RemoveShadowRequest, context: grpc.aio.ServicerContext[Any, Any]) -> spb.Routes:
         return await self._everywhere("RemoveShadow", request, context, self._traffic.remove_shadow(_model(request.model)))
 
     @_edge
-    async def Promote(self, request: spb.PromoteRequest, context: grpc.aio.ServicerContext) -> spb.Routes:
+    async def Promote(self, request: spb.PromoteRequest, context: grpc.aio.ServicerContext[Any, Any]) -> spb.Routes:
         return await self._everywhere("Promote", request, context, self._traffic.promote(_model(request.model), request.version))
 
     @_edge
-    async def Rollback(self, request: spb.RollbackRequest, context: grpc.aio.ServicerContext) -> spb.Routes:
+    async def Rollback(self, request: spb.RollbackRequest, context: grpc.aio.ServicerContext[Any, Any]) -> spb.Routes:
         return await self._everywhere("Rollback", request, context, self._traffic.rollback(_model(request.model)))
 
     @_edge
-    async def ResetRoutes(self, request: spb.ResetRoutesRequest, context: grpc.aio.ServicerContext) -> spb.Routes:
+    async def ResetRoutes(self, request: spb.ResetRoutesRequest, context: grpc.aio.ServicerContext[Any, Any]) -> spb.Routes:
         return await self._everywhere("ResetRoutes", request, context, self._traffic.reset(_model(request.model)))
 
     @_edge
-    async def SetRoutes(self, request: spb.SetRoutesRequest, context: grpc.aio.ServicerContext) -> spb.Routes:
+    async def SetRoutes(self, request: spb.SetRoutesRequest, context: grpc.aio.ServicerContext[Any, Any]) -> spb.Routes:
         shadow = request.shadow if request.HasField("shadow") else None
         try:
             routes = Routes(weights=tuple(sorted((w.version, w.weight) for w in request.weights)), shadow_version=shadow.version if shadow else 0,
@@ -121,7 +123,7 @@ class AdminServicer(spb_grpc.AdminServicer):
             raise errors.InvalidInput(f"SetRoutes: {exc}") from None
         return await self._everywhere("SetRoutes", request, context, self._traffic.set_routes(_model(request.model), routes))
 
-    async def _rollout(self, method: str, request: object, context: grpc.aio.ServicerContext) -> spb.Rollout | None:
+    async def _rollout(self, method: str, request: object, context: grpc.aio.ServicerContext[Any, Any]) -> spb.Rollout | None:
         """Under --workers on a worker other than the first: the first worker's answer (None: answer here)."""
         if self._rollouts is None:
             raise errors.Unsupported("this server runs no rollout controller")
@@ -130,7 +132,7 @@ class AdminServicer(spb_grpc.AdminServicer):
         return await self._peers.call_owner(spb_grpc.AdminStub, method, request, context.invocation_metadata())
 
     @_edge
-    async def StartRollout(self, request: spb.StartRolloutRequest, context: grpc.aio.ServicerContext) -> spb.Rollout:
+    async def StartRollout(self, request: spb.StartRolloutRequest, context: grpc.aio.ServicerContext[Any, Any]) -> spb.Rollout:
         if (forwarded := await self._rollout("StartRollout", request, context)) is not None:
             return forwarded
         if request.to_version < 1 or not request.steps:
@@ -141,13 +143,13 @@ class AdminServicer(spb_grpc.AdminServicer):
         return rollout_message(r)
 
     @_edge
-    async def GetRollout(self, request: spb.RolloutRequest, context: grpc.aio.ServicerContext) -> spb.Rollout:
+    async def GetRollout(self, request: spb.RolloutRequest, context: grpc.aio.ServicerContext[Any, Any]) -> spb.Rollout:
         if (forwarded := await self._rollout("GetRollout", request, context)) is not None:
             return forwarded
         assert self._rollouts is not None
         return rollout_message(self._rollouts.status(_model(request.model)))
 
-    async def _act(self, method: str, request: spb.RolloutRequest, context: grpc.aio.ServicerContext) -> spb.Rollout:
+    async def _act(self, method: str, request: spb.RolloutRequest, context: grpc.aio.ServicerContext[Any, Any]) -> spb.Rollout:
         if (forwarded := await self._rollout(method, request, context)) is not None:
             return forwarded
         assert self._rollouts is not None
@@ -156,19 +158,19 @@ class AdminServicer(spb_grpc.AdminServicer):
         return rollout_message(action(_model(request.model)))
 
     @_edge
-    async def PauseRollout(self, request: spb.RolloutRequest, context: grpc.aio.ServicerContext) -> spb.Rollout:
+    async def PauseRollout(self, request: spb.RolloutRequest, context: grpc.aio.ServicerContext[Any, Any]) -> spb.Rollout:
         return await self._act("PauseRollout", request, context)
 
     @_edge
-    async def ResumeRollout(self, request: spb.RolloutRequest, context: grpc.aio.ServicerContext) -> spb.Rollout:
+    async def ResumeRollout(self, request: spb.RolloutRequest, context: grpc.aio.ServicerContext[Any, Any]) -> spb.Rollout:
         return await self._act("ResumeRollout", request, context)
 
     @_edge
-    async def AbortRollout(self, request: spb.RolloutRequest, context: grpc.aio.ServicerContext) -> spb.Rollout:
+    async def AbortRollout(self, request: spb.RolloutRequest, context: grpc.aio.ServicerContext[Any, Any]) -> spb.Rollout:
         return await self._act("AbortRollout", request, context)
 
     @_edge
-    async def PromoteRollout(self, request: spb.RolloutRequest, context: grpc.aio.ServicerContext) -> spb.Rollout:
+    async def PromoteRollout(self, request: spb.RolloutRequest, context: grpc.aio.ServicerContext[Any, Any]) -> spb.Rollout:
         return await self._act("PromoteRollout", request, context)
 
 
@@ -180,7 +182,7 @@ class FeedbackServicer(spb_grpc.FeedbackServicer):
         self._peers = peers
 
     @_edge
-    async def ReportOutcome(self, request: spb.OutcomeRequest, context: grpc.aio.ServicerContext) -> spb.OutcomeResponse:
+    async def ReportOutcome(self, request: spb.OutcomeRequest, context: grpc.aio.ServicerContext[Any, Any]) -> spb.OutcomeResponse:
         which = request.WhichOneof("outcome")
         if which is None:
             raise errors.InvalidInput("ReportOutcome: set one of labels, values, success")
@@ -190,7 +192,7 @@ class FeedbackServicer(spb_grpc.FeedbackServicer):
                 return spb.OutcomeResponse()  # asked by a sibling that missed it too: it counts the miss, once
             for answer in await self._peers.call_siblings(spb_grpc.FeedbackStub, "ReportOutcome", request, metadata):
                 if answer.joined:
-                    return answer  # at most one worker holds the id: an id is indexed by the worker that answered it
+                    return cast(spb.OutcomeResponse, answer)  # at most one worker holds the id: an id is indexed by the worker that answered it
         outcome = {"labels": list(request.labels.values)} if which == "labels" else {"values": list(request.values.values)} if which == "values" else {"success": request.success}
         version = self._traffic.report(_model(request.model), request.request_id, **outcome)
         return spb.OutcomeResponse(joined=bool(version), model_version=version)
