@@ -69,7 +69,8 @@ def _nn() -> tuple[Any, Any]:
 
 def resnet_classifier(spec: ResNetSpec = RESNET50, seed: int = 0) -> Any:
     """``torch.nn.Module``: float32 images [N, 3, crop, crop] -> (classes INT64 [N, k], scores FP32 [N, k])."""
-    torch, nn = _nn()
+    import torch
+    from torch import nn
 
     class Bottleneck(nn.Module):
         expansion = 4
@@ -142,11 +143,14 @@ def resnet_classifier(spec: ResNetSpec = RESNET50, seed: int = 0) -> Any:
 
 def bert_encoder(spec: BertSpec = BERT_BASE, seed: int = 0) -> Any:
     """``torch.nn.Module``: (input_ids, attention_mask) INT64 [N, L] -> mean-pooled embedding FP32 [N, hidden]."""
-    torch, nn = _nn()
+    import torch
+    from torch import nn
     functional = torch.nn.functional
     head_dim = spec.hidden // spec.heads
 
     class Embeddings(nn.Module):
+        position_ids: torch.Tensor  # a registered buffer
+
         def __init__(self) -> None:
             super().__init__()
             self.word_embeddings = nn.Embedding(spec.vocab_size, spec.hidden, padding_idx=0)
