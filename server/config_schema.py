@@ -91,11 +91,11 @@ def _num(lo: float, hi: float, doc: str = "") -> Any:
 
 #: A finite number (NaN and infinities are refused everywhere).
 Finite = Annotated[float, Meta(ge=-_BIG, le=_BIG)]
-Seconds = _num(0.0, MAX_TIMEOUT_S, "seconds")
-QueueDelay = _num(0.0, MAX_QUEUE_DELAY_S, "seconds")
-QueueSize = _int(0, MAX_QUEUE_SIZE)
+Seconds = Annotated[float, Meta(ge=0.0, le=MAX_TIMEOUT_S, description="seconds")]
+QueueDelay = Annotated[float, Meta(ge=0.0, le=MAX_QUEUE_DELAY_S, description="seconds")]
+QueueSize = Annotated[int, Meta(ge=0, le=MAX_QUEUE_SIZE)]
 Fraction = Annotated[float, Meta(gt=0.0, le=1.0)]
-NonNegative = _num(0.0, _BIG)
+NonNegative = Annotated[float, Meta(ge=0.0, le=_BIG)]
 Name = Annotated[str, Meta(min_length=1)]
 Datatype = Literal[tuple(sorted(DATATYPES))]  # type: ignore[valid-type]
 
@@ -418,7 +418,7 @@ class ModelToml(Section):
     backend: Literal[BACKENDS] = "onnxruntime"  # type: ignore[valid-type]
     """Which runtime executes it; when absent, the version folder's file decides (model.py: python, model.pt or model.pt2: torch, model.plan: tensorrt, else onnxruntime)."""
     max_batch_size: _int(0, MAX_BATCH_SIZE) | None = None  # type: ignore[valid-type]
-    """Rows per request along the leading batch dimension; 0: the model has no batch dimension; at most what the model file supports (a TensorRT engine's profiles). When absent: TensorRT, the rows its profiles cover; otherwise 4 if every tensor has a variable first dimension, else 0 (Triton's rule)."""
+    """Rows per request along the leading batch dimension; 0: the model has no batch dimension; at most what the model file supports (a TensorRT engine's profiles). When absent: TensorRT, the rows its profiles cover; otherwise 4 if every tensor has a variable first dimension, else 0 (Triton's rule)."""  # noqa: E501
     default_model_filename: str = ""
     """File in each version folder (default: model.onnx, model.py, model.pt or model.plan)."""
     version_policy: VersionPolicyToml = VersionPolicyToml()
@@ -432,7 +432,7 @@ class ModelToml(Section):
     instance_group: InstanceGroupConfig = InstanceGroupConfig()
     """Concurrent runtime instances."""
     parameters: dict[str, Any] = {}
-    """Runtime options, validated by the runtime at load; ONNX Runtime: intra_op_threads (1), inter_op_threads (1), execution_mode, graph_optimization_level (all) and the GPU options (see GPU); *_threads keys are bounded like instance_group.count for every runtime."""
+    """Runtime options, validated by the runtime at load; ONNX Runtime: intra_op_threads (1), inter_op_threads (1), execution_mode, graph_optimization_level (all) and the GPU options (see GPU); *_threads keys are bounded like instance_group.count for every runtime."""  # noqa: E501
     metrics: MetricsConfig = MetricsConfig()
     """Prometheus histogram settings."""
     drift: DriftConfig | None = None
