@@ -107,7 +107,7 @@ class Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=T
 # --- sections whose validated form is what the server uses ----------------------------------------------------
 
 
-class QueuePolicyConfig(Section):
+class QueuePolicyConfig(Section, frozen=True):
     """One priority level's queue policy (Triton's ModelQueuePolicy, in seconds)."""
 
     max_queue_size: QueueSize = 0
@@ -116,7 +116,7 @@ class QueuePolicyConfig(Section):
     """How long a request may wait before it is rejected (0: no limit); a request's timeout may only shorten it."""
 
 
-class InstanceGroupConfig(Section):
+class InstanceGroupConfig(Section, frozen=True):
     """How many runtime instances execute this model concurrently, and where."""
 
     count: _int(1, MAX_INSTANCES, _CORES_NOTE, "4 per core, at most 256") = 1  # type: ignore[valid-type]
@@ -127,14 +127,14 @@ class InstanceGroupConfig(Section):
     """GPU ids for kind "gpu" (instances take them round-robin; empty: GPU 0)."""
 
 
-class MetricsConfig(Section):
+class MetricsConfig(Section, frozen=True):
     """Per-model Prometheus histogram settings."""
 
     latency_buckets_s: Annotated[tuple[Annotated[float, Meta(gt=0.0, le=_BIG)], ...], Meta(min_length=1, max_length=MAX_LATENCY_BUCKETS)] = ()
     """Upper bounds (seconds, strictly increasing, at most 200) of this model's latency histograms; empty: 10 per decade from 10 us to 60 s."""
 
 
-class DriftConfig(Section):
+class DriftConfig(Section, frozen=True):
     """Drift monitoring (with drift_profile.json in the version folder); see drift.py."""
 
     sample_rate: Fraction = 0.01
@@ -147,7 +147,7 @@ class DriftConfig(Section):
     """At most this many features tracked (the profile's first ones)."""
 
 
-class ShadowConfig(Section):
+class ShadowConfig(Section, frozen=True):
     """Shadow traffic: a sampled fraction of the routed requests mirrored to another version; see shadow.py."""
 
     version: _int(0, _INT32) = 0  # type: ignore[valid-type]
@@ -172,7 +172,7 @@ class ShadowConfig(Section):
     """Include the request's inputs in logged disagreements (off: they may hold personal data)."""
 
 
-class FeedbackConfig(Section):
+class FeedbackConfig(Section, frozen=True):
     """Outcome feedback: answered requests are indexed for joining with outcomes; see feedback.py."""
 
     output: str = ""
@@ -181,12 +181,12 @@ class FeedbackConfig(Section):
     """Answered requests remembered for joining (oldest forgotten first)."""
 
 
-class RolloutToml(Section):
+class RolloutToml(Section, frozen=True):
     """A progressive rollout to a new version, run by the server's controller (traffic/rollout.py)."""
 
     to_version: _int(1, 2**63 - 1)  # type: ignore[valid-type]
     """The version rolled out (it starts once this version is serving; the current one is what answers then)."""
-    steps: list[str | _int(0, 100)] | str = msgspec.field(default_factory=lambda: ["shadow", "5", "25", "50", "100"])
+    steps: list[str | _int(0, 100)] | str = msgspec.field(default_factory=lambda: ["shadow", "5", "25", "50", "100"])  # type: ignore[valid-type]
     """``shadow`` (first only) and rising percentages ending at 100."""
     window: str = "5m"
     """How long every gate must hold at a step before the next (a duration: 30s, 5m, 1h)."""
@@ -201,12 +201,12 @@ class RolloutToml(Section):
 # --- sections config.py reshapes -----------------------------------------------------------------------------
 
 
-class InputToml(Section):
+class InputToml(Section, frozen=True):
     """One input of the model's signature."""
 
     name: Name
     """Tensor name as clients send it."""
-    datatype: Datatype
+    datatype: Datatype  # type: ignore[valid-type]
     """Open Inference Protocol datatype (FP32, INT64, BYTES, ...)."""
     dims: list[_int(-1, MAX_BATCH_ELEMENTS)] = []  # type: ignore[valid-type]
     """Shape without the batch dimension; -1 marks a variable dimension."""
@@ -214,12 +214,12 @@ class InputToml(Section):
     """The request may omit it."""
 
 
-class OutputToml(Section):
+class OutputToml(Section, frozen=True):
     """One output of the model's signature."""
 
     name: Name
     """Tensor name as clients receive it."""
-    datatype: Datatype
+    datatype: Datatype  # type: ignore[valid-type]
     """Open Inference Protocol datatype (FP32, INT64, BYTES, ...)."""
     dims: list[_int(-1, MAX_BATCH_ELEMENTS)] = []  # type: ignore[valid-type]
     """Shape without the batch dimension; -1 marks a variable dimension."""
@@ -227,7 +227,7 @@ class OutputToml(Section):
     """A file in the model folder naming the classes, one per line (for classification results)."""
 
 
-class VersionPolicyToml(Section):
+class VersionPolicyToml(Section, frozen=True):
     """Which numbered version folders are served: one of latest = N, all = true, specific = [1, 3]."""
 
     latest: _int(1, _INT32) | None = None  # type: ignore[valid-type]
@@ -238,7 +238,7 @@ class VersionPolicyToml(Section):
     """Serve these versions."""
 
 
-class BatchingToml(Section):
+class BatchingToml(Section, frozen=True):
     """Present: requests are batched (Triton's dynamic_batching, in seconds)."""
 
     max_queue_delay_s: QueueDelay = 0.0
@@ -259,7 +259,7 @@ class BatchingToml(Section):
     """Queue policy per level ([dynamic_batching.priority_queue_policy.1]), overriding the default one."""
 
 
-class RoutingToml(Section):
+class RoutingToml(Section, frozen=True):
     """Present: requests naming no version are split across versions (and maybe shadowed); see routing.py."""
 
     weights: dict[Annotated[str, Meta(pattern="^[1-9][0-9]*$")], NonNegative] = {}
@@ -271,12 +271,12 @@ class RoutingToml(Section):
 # --- pipeline steps: one struct per op, its parameters typed and bounded ---------------------------------------
 
 Floats = Finite | list[Finite]
-Side = _int(1, MAX_IMAGE_SIDE)
-Size = Side | Annotated[list[Side], Meta(min_length=2, max_length=2)]  # type: ignore[valid-type]
+Side = Annotated[int, Meta(ge=1, le=MAX_IMAGE_SIDE)]
+Size = Side | Annotated[list[Side], Meta(min_length=2, max_length=2)]
 ImageDatatype = Literal["UINT8", "FP32"]
 
 
-class Step(Section, tag_field="op", kw_only=True):
+class Step(Section, tag_field="op", frozen=True, kw_only=True):
     """A pipeline step; ``op`` picks the operation and the parameters it takes."""
 
     input: Name
@@ -285,7 +285,7 @@ class Step(Section, tag_field="op", kw_only=True):
     """The tensor it writes (default: the same name as input)."""
 
 
-class DecodeJpeg(Step, tag="decode_jpeg", kw_only=True):
+class DecodeJpeg(Step, tag="decode_jpeg", frozen=True, kw_only=True):
     """BYTES [1] (one JPEG per row) -> UINT8 [-1, -1, C] images for a later image step (decode.py)."""
 
     channels: Literal[1, 3] = 3
@@ -294,7 +294,7 @@ class DecodeJpeg(Step, tag="decode_jpeg", kw_only=True):
     """Larger images are rejected from their header, before they are decoded."""
 
 
-class Normalize(Step, tag="normalize", kw_only=True):
+class Normalize(Step, tag="normalize", frozen=True, kw_only=True):
     """UINT8 [H, W, C] image -> FP32 [C, H, W]: (x * scale - mean) / std."""
 
     mean: Floats
@@ -303,7 +303,7 @@ class Normalize(Step, tag="normalize", kw_only=True):
     datatype: ImageDatatype = "UINT8"
 
 
-class ResizeCropNormalize(Step, tag="resize_crop_normalize", kw_only=True):
+class ResizeCropNormalize(Step, tag="resize_crop_normalize", frozen=True, kw_only=True):
     """UINT8 [-1, -1, C] image -> FP32 [C, h, w]: resize, center crop, normalize."""
 
     resize: Size
@@ -314,21 +314,21 @@ class ResizeCropNormalize(Step, tag="resize_crop_normalize", kw_only=True):
     datatype: ImageDatatype = "UINT8"
 
 
-class Resize(Step, tag="resize", kw_only=True):
+class Resize(Step, tag="resize", frozen=True, kw_only=True):
     """UINT8 [-1, -1, C] -> FP32 [h, w, C] (size: default the model's h, w)."""
 
     size: Size | None = None
     datatype: ImageDatatype = "UINT8"
 
 
-class CenterCrop(Step, tag="center_crop", kw_only=True):
+class CenterCrop(Step, tag="center_crop", frozen=True, kw_only=True):
     """UINT8 [-1, -1, C] -> UINT8 [h, w, C] (size: default the model's h, w)."""
 
     size: Size | None = None
     datatype: ImageDatatype = "UINT8"
 
 
-class Letterbox(Step, tag="letterbox", kw_only=True):
+class Letterbox(Step, tag="letterbox", frozen=True, kw_only=True):
     """UINT8 [-1, -1, C] -> FP32 [h, w, C], aspect kept, padded with pad_value."""
 
     size: Size | None = None
@@ -336,7 +336,7 @@ class Letterbox(Step, tag="letterbox", kw_only=True):
     datatype: ImageDatatype = "UINT8"
 
 
-class TabularTransform(Step, tag="tabular_transform", kw_only=True):
+class TabularTransform(Step, tag="tabular_transform", frozen=True, kw_only=True):
     """FP32 [F] -> FP32 [F]: fill missing, clip, standardize (each optional)."""
 
     fill: Floats | None = None
@@ -346,61 +346,61 @@ class TabularTransform(Step, tag="tabular_transform", kw_only=True):
     std: Floats | None = None
 
 
-class Standardize(Step, tag="standardize", kw_only=True):
+class Standardize(Step, tag="standardize", frozen=True, kw_only=True):
     """FP32 [F] -> FP32 [F]: (x - mean) / std."""
 
     mean: Floats
     std: Floats
 
 
-class Clip(Step, tag="clip", kw_only=True):
+class Clip(Step, tag="clip", frozen=True, kw_only=True):
     """FP32 [F] -> FP32 [F]: clipped to [low, high]."""
 
     low: Floats
     high: Floats
 
 
-class FillMissing(Step, tag="fill_missing", kw_only=True):
+class FillMissing(Step, tag="fill_missing", frozen=True, kw_only=True):
     """FP32 [F] -> FP32 [F]: NaN replaced by values."""
 
     values: Floats
 
 
-class Bucketize(Step, tag="bucketize", kw_only=True):
+class Bucketize(Step, tag="bucketize", frozen=True, kw_only=True):
     """FP32 [F] -> INT64 [F]: the bucket of each value."""
 
     boundaries: Annotated[list[Finite], Meta(min_length=1)]
 
 
-class OneHot(Step, tag="one_hot", kw_only=True):
+class OneHot(Step, tag="one_hot", frozen=True, kw_only=True):
     """INT64 [F] -> FP32 [F*depth]."""
 
     depth: _int(1, _INT32)  # type: ignore[valid-type]
 
 
-class HashBucket(Step, tag="hash_bucket", kw_only=True):
+class HashBucket(Step, tag="hash_bucket", frozen=True, kw_only=True):
     """INT64 [F] -> INT64 [F]: a seeded hash into num_buckets."""
 
     num_buckets: _int(1, _INT32)  # type: ignore[valid-type]
     seed: _int(0, 2**63 - 1) = 0  # type: ignore[valid-type]
 
 
-class Softmax(Step, tag="softmax", kw_only=True):
+class Softmax(Step, tag="softmax", frozen=True, kw_only=True):
     """FP32 or FP64 [..., K] -> the same shape."""
 
 
-class Argmax(Step, tag="argmax", kw_only=True):
+class Argmax(Step, tag="argmax", frozen=True, kw_only=True):
     """[..., K] -> INT64 [..., 1]."""
 
 
-class Topk(Step, tag="topk", kw_only=True):
+class Topk(Step, tag="topk", frozen=True, kw_only=True):
     """[..., K] -> INT64 [..., k] indices as output; values_output (optional) gets the values."""
 
     k: _int(1, _INT32)  # type: ignore[valid-type]
     values_output: Annotated[str, Meta(min_length=1)] | None = None
 
 
-class Threshold(Step, tag="threshold", kw_only=True):
+class Threshold(Step, tag="threshold", frozen=True, kw_only=True):
     """[..., K] -> BOOL [..., K]: x > value."""
 
     value: Finite
@@ -408,11 +408,11 @@ class Threshold(Step, tag="threshold", kw_only=True):
 
 PreStep = DecodeJpeg | Normalize | ResizeCropNormalize | Resize | CenterCrop | Letterbox | TabularTransform | Standardize | Clip | FillMissing | Bucketize | OneHot | HashBucket
 PostStep = Softmax | Argmax | Topk | Threshold
-PRE_OPS = tuple(t.__struct_config__.tag for t in PreStep.__args__)  # type: ignore[attr-defined]
-POST_OPS = tuple(t.__struct_config__.tag for t in PostStep.__args__)  # type: ignore[attr-defined]
+PRE_OPS = tuple(t.__struct_config__.tag for t in PreStep.__args__)
+POST_OPS = tuple(t.__struct_config__.tag for t in PostStep.__args__)
 
 
-class ModelToml(Section):
+class ModelToml(Section, frozen=True):
     """A model's config.toml (every key optional; inputs and outputs are read from the model file when omitted)."""
 
     backend: Literal[BACKENDS] = "onnxruntime"  # type: ignore[valid-type]
@@ -447,9 +447,9 @@ class ModelToml(Section):
     """Present: answered requests are indexed for outcome feedback."""
     rollout: RolloutToml | None = None
     """Present: the server rolls a new version out by itself, step by step, promoted and rolled back by gates."""
-    preprocess: list[PreStep] = []  # type: ignore[valid-type]
+    preprocess: list[PreStep] = []
     """Pipeline steps before the model ([[preprocess]], op = one of the kernels)."""
-    postprocess: list[PostStep] = []  # type: ignore[valid-type]
+    postprocess: list[PostStep] = []
     """Pipeline steps after the model ([[postprocess]]: softmax, argmax, topk, threshold)."""
 
 
@@ -515,7 +515,7 @@ def _is_scalar(info: Any) -> bool:
     return isinstance(_unwrap(info), mi.IntType | mi.FloatType | mi.StrType | mi.BoolType | mi.LiteralType)
 
 
-def _walk(info: Any, tokens: list[Any], data: Any) -> tuple[Any, Any, bool]:
+def _walk(info: Any, tokens: list[Any], data: Any) -> tuple[Any, Any, bool | str]:
     """The type and the given value at ``tokens`` (the value's own type among a union's)."""
     value: Any = data
     found: Any = True
@@ -524,7 +524,7 @@ def _walk(info: Any, tokens: list[Any], data: Any) -> tuple[Any, Any, bool]:
         info = _unwrap(info)
         if isinstance(info, mi.UnionType) and all(isinstance(t, mi.StructType) and t.tag_field == token for t in info.types):
             value = value.get(token) if isinstance(value, Mapping) else None
-            return mi.LiteralType(tuple(t.tag for t in info.types)), value, True  # an op no step has
+            return mi.LiteralType(tuple(t.tag for t in info.types)), value, True  # type: ignore[attr-defined]  # an op no step has
         info = _unwrap(_pick(info, value))
         if token == "..." and isinstance(value, Mapping) and isinstance(info, mi.DictType):
             token = tokens[n] = _failing_key(value, annotation)
@@ -606,8 +606,8 @@ def _describe(info: Any, portable: bool = False) -> str:
         return "true or false"
     if isinstance(info, mi.ListType | mi.VarTupleType):
         item = re.sub(r"^an? (\w+ )?(integer|number)", r"\1\2s", _describe(info.item_type))
-        low, high = info.min_length or 0, info.max_length
-        length = f"{low} " if low == high else f"{low} to {high} " if high is not None and low else f"at least {low} " if low else f"at most {high} " if high is not None else ""
+        lo, hi = info.min_length or 0, info.max_length
+        length = f"{lo} " if lo == hi else f"{lo} to {hi} " if hi is not None and lo else f"at least {lo} " if lo else f"at most {hi} " if hi is not None else ""
         return f"a list of {length}{item}"
     if isinstance(info, mi.StructType | mi.DictType):
         return "a table"
@@ -645,7 +645,7 @@ def _rows(struct: Any, prefix: str, rows: list[str]) -> None:
             rows.append(f"| `{name}` | table | {'absent' if f.default is None else ''} | {_cell(docs.get(f.name, ''))} |")
             _rows(target, key + ".", rows)
         elif isinstance(item, mi.UnionType) and all(isinstance(t, mi.StructType) for t in item.types):
-            ops = ", ".join(f"`{t.tag}`" for t in item.types)
+            ops = ", ".join(f"`{t.tag}`" for t in item.types)  # type: ignore[attr-defined]
             rows.append(f"| `[[{key}]]` | table: `op` ({ops}), `input`, `output` and the op's parameters (see pipelines) | | {_cell(docs.get(f.name, ''))} |")
         else:
             value = f.default_factory() if f.default is msgspec.NODEFAULT and f.default_factory is not msgspec.NODEFAULT else f.default
