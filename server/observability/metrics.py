@@ -1,7 +1,7 @@
 """Prometheus metrics: per-version histograms and counters on the hot path, exposition at scrape time.
 
-What is exported (prefix ``surge_``, base units; labels ``model``, ``version``, and ``route`` = the
-version's role, "primary" until routing exists):
+What is exported (prefix ``surge_``, base units; labels ``model`` and ``version``: the version that answered,
+whichever route chose it; shadow requests are counted apart, in ``surge_shadow_*``):
 
 - Histograms, one per request stage (``stats.py`` defines the stamps and boundaries), over answered
   requests: ``surge_request_duration_seconds`` (total server time), ``surge_decode_duration_seconds``,
@@ -63,7 +63,6 @@ from .gpu_metrics import register_gpu_metrics
 
 __all__ = [
     "DEFAULT_LATENCY_BUCKETS_S",
-    "ROUTE_PRIMARY",
     "STAGES",
     "ServerMetrics",
     "ServerSnapshot",
@@ -76,7 +75,6 @@ __all__ = [
     "render",
 ]
 
-ROUTE_PRIMARY = "primary"
 STATES = ("LOADING", "READY", "UNAVAILABLE", "UNLOADING")
 #: Outcome codes exported at 0 from the moment a version loads (besides OK), so error ratios and alerts read 0,
 #: not nothing, while a model has no errors: the client's mistakes, cancellations, and every server-side failure.
@@ -129,8 +127,8 @@ class VersionMetrics:
 
     __slots__ = ("batch", "batch_les", "exemplars", "histograms", "labels", "latency_buckets_s", "latency_les", "outcomes", "_failed", "_ok", "_queue", "_stages")
 
-    def __init__(self, model: str, version: str, *, latency_buckets_s: Sequence[float] = (), max_batch_size: int = 0, route: str = ROUTE_PRIMARY) -> None:
-        self.labels = (model, version, route)
+    def __init__(self, model: str, version: str, *, latency_buckets_s: Sequence[float] = (), max_batch_size: int = 0) -> None:
+        self.labels = (model, version)
         self.latency_buckets_s = tuple(latency_buckets_s) or DEFAULT_LATENCY_BUCKETS_S
         bounds_ns = [round(b * 1e9) for b in self.latency_buckets_s]
         self.histograms = tuple(Histogram(bounds_ns) for _ in STAGES)
@@ -193,7 +191,7 @@ class VersionMetrics:
 
 @dataclass(frozen=True, slots=True)
 class _MetricsSnapshot:
-    labels: tuple[str, str, str]
+    labels: tuple[str, str]
     latency_les: tuple[str, ...]
     histograms: tuple[tuple[list[int], int], ...]
     batch_les: tuple[str, ...]
@@ -303,14 +301,13 @@ def _write(snap: ServerSnapshot, writer: Writer) -> None:
     w, header, sample, histogram = writer.w, writer.header, writer.sample, writer.histogram
     openmetrics = writer.openmetrics
     observed = [v.metrics for v in snap.versions if v.metrics is not None]
-    route = [labels(("model", "version", "route"), m.labels) for m in observed]
-    version = [labels(("model", "version"), m.labels[:2]) for m in observed]
+    version = [labels(("model", "version"), m.labels) for m in observed]
 
     header("surge_server_info", "gauge", "Surge server version.")
     w(f'surge_server_info{{version="{label_value(snap.server_version)}"}} 1\n')
     for index, (name, help_text) in enumerate(STAGES):
         header(name, "histogram", help_text)
-        for m, text in zip(observed, route):
+        for m, text in zip(observed, version):
             counts, total_ns = m.histograms[index]
             histogram(name, text, m.latency_les, counts, total_ns / 1e9, m.exemplars if openmetrics and index == 0 else None)
     header("surge_batch_size", "histogram", "Rows per executed batch.")
@@ -318,11 +315,11 @@ def _write(snap: ServerSnapshot, writer: Writer) -> None:
         histogram("surge_batch_size", text, m.batch_les, m.batch[0], m.batch[1])
 
     header("surge_requests_total", "counter", "Requests that reached a model version, by outcome (gRPC status name).")
-    for m, text in zip(observed, route):
+    for m, text in zip(observed, version):
         for code, (n, _) in sorted(m.outcomes.items()):
             w(f'surge_requests_total{{{text},code="{code}"}} {n}\n')
     header("surge_rows_total", "counter", "Rows of requests that reached a model version, by outcome (0 for undecodable requests).")
-    for m, text in zip(observed, route):
+    for m, text in zip(observed, version):
         for code, (_, rows) in sorted(m.outcomes.items()):
             w(f'surge_rows_total{{{text},code="{code}"}} {rows}\n')
     header("surge_unrouted_requests_total", "counter", "Inference requests that reached no model version (unknown model or version, not ready), by outcome.")

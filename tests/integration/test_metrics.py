@@ -62,7 +62,7 @@ def value(found: dict, name: str, **labels: str) -> float:
 
 
 def _version(model: str, version: str = "1") -> dict[str, str]:
-    return {"model": model, "version": version, "route": "primary"}
+    return {"model": model, "version": version}
 
 
 def _histograms_agree_with(found: dict, labels: dict[str, str], stats) -> None:
