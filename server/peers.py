@@ -17,7 +17,7 @@ from surge.protos import grpc_service_pb2 as pb
 from surge.protos import grpc_service_pb2_grpc as pb_grpc
 
 from . import errors
-from .observability.scrape import Credentials, ScrapeError, fetch_page
+from .observability.scrape import ScrapeError, fetch_page
 
 __all__ = ["LOCAL_METADATA", "PEER_TIMEOUT_S", "WorkerPeers", "is_local_call", "merge_statistics", "read_worker_states"]
 
@@ -83,11 +83,9 @@ class WorkerPeers:
     Used by the servicer for ModelStatistics (sum over live workers) and the repository RPCs (applied to all).
     """
 
-    def __init__(self, state_dir: Path, index: int, credentials: Credentials | None = None) -> None:
-        """``credentials``: what the siblings' metrics pages ask of their readers (``scrape.worker_credentials``)."""
+    def __init__(self, state_dir: Path, index: int) -> None:
         self.state_dir = state_dir
         self.index = index
-        self._credentials = credentials
         self.socket_path = state_dir / f"worker-{index}.sock"
         #: The private gRPC address this worker listens on (besides the shared port).
         self.private_target = f"unix:{self.socket_path}"
@@ -168,7 +166,7 @@ class WorkerPeers:
         """The metrics pages of the other live workers (Prometheus text); a worker that does not answer is left out."""
         addresses = [str(i["metrics"]) for i in read_worker_states(self.state_dir) if i.get("index") != self.index and i.get("metrics")]
         answers = await asyncio.gather(
-            *(fetch_page(a, timeout_s=PEER_TIMEOUT_S, credentials=self._credentials) for a in addresses), return_exceptions=True
+            *(fetch_page(a, timeout_s=PEER_TIMEOUT_S) for a in addresses), return_exceptions=True
         )
         pages = []
         for address, answer in zip(addresses, answers):

@@ -78,7 +78,7 @@ from .errors import ConfigError
 from .files import write_atomic
 from .observability.metrics import encode, negotiate
 from .observability.page_merge import Family, format_page, merge_families, parse_page
-from .observability.scrape import Credentials, fetch_page, worker_credentials
+from .observability.scrape import fetch_page
 from .peers import WorkerPeers
 
 __all__ = ["Supervisor", "gpu_models", "reserve_port", "supervise"]
@@ -153,7 +153,7 @@ def _worker_main(index: int, config: Any, state_dir: str, ready: Connection, log
 async def _serve_worker(index: int, config: Any, state_dir: Path, ready: Connection) -> None:
     from .app import Server
 
-    peers = WorkerPeers(state_dir, index, worker_credentials(config))
+    peers = WorkerPeers(state_dir, index)
     peers.socket_path.unlink(missing_ok=True)  # left behind by a crashed predecessor
     server = Server(config, peers=peers)
     stopping = asyncio.Event()
@@ -251,7 +251,6 @@ class Supervisor:
         self._retired: dict[bool, dict[str, Family]] = {}
         self._restarts = 0
         self._all_ready = asyncio.Event()
-        self._credentials = Credentials()
         self.address = ""
         self.metrics_address = ""
 
@@ -287,7 +286,6 @@ class Supervisor:
         try:
             if config.metrics_port >= 0:
                 context, token = config.metrics_protection()
-                self._credentials = worker_credentials(config)  # the workers' pages are protected as this one is
                 endpoint = MetricsEndpoint(None, config.host, config.metrics_port, source=self._scrape, ssl_context=context, token=token)
                 try:
                     self.metrics_address = await endpoint.start()
@@ -404,7 +402,7 @@ class Supervisor:
         openmetrics, content_type = negotiate(accept)
         slots = [s for s in self._slots if s.state is not None and s.state.get("metrics")]
         texts = await asyncio.gather(*(
-            fetch_page(s.state["metrics"], accept=accept, timeout_s=SCRAPE_TIMEOUT_S, credentials=self._credentials)  # type: ignore[index]
+            fetch_page(s.state["metrics"], accept=accept, timeout_s=SCRAPE_TIMEOUT_S)  # type: ignore[index]
             for s in slots
         ), return_exceptions=True)  # fmt: skip
         ready, restarts, retired = sum(s.state is not None for s in self._slots), self._restarts, self._retired.get(openmetrics)

@@ -20,7 +20,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 
 from surge.clients import InferenceClient
-from tests.models import _SLOW_CONFIG, _SLOW_PY, write_add_model
+from tests.models import write_add_model, write_slow_model
 from tests.process import SurgeProcess
 
 pytestmark = pytest.mark.timeout(120)
@@ -61,7 +61,7 @@ def _scrape(address: str, openmetrics: bool = False) -> dict[tuple[str, frozense
 
 
 def _ok_requests(samples: dict) -> float:
-    return samples.get(("surge_requests_total", frozenset({("model", "add"), ("version", "1"), ("route", "primary"), ("code", "OK")})), 0.0)
+    return samples.get(("surge_requests_total", frozenset({("model", "add"), ("version", "1"), ("code", "OK")})), 0.0)
 
 
 def _infer_count(address: str) -> int:
@@ -95,7 +95,7 @@ def test_two_workers_one_port_whole_server_metrics_statistics_restart_and_sigter
         assert _ok_requests(samples) == 12
         assert _ok_requests(_scrape(metrics, openmetrics=True)) == 12
         assert samples[("surge_workers", frozenset())] == 2
-        assert samples[("surge_request_duration_seconds_count", frozenset({("model", "add"), ("version", "1"), ("route", "primary")}))] == 12
+        assert samples[("surge_request_duration_seconds_count", frozenset({("model", "add"), ("version", "1")}))] == 12
         assert samples[("surge_queue_depth", frozenset({("model", "add"), ("version", "1")}))] == 0
         assert samples[("surge_model_state", frozenset({("model", "add"), ("version", "1"), ("state", "READY")}))] == 1
         assert _infer_count(server.address) == 12
@@ -135,9 +135,7 @@ def test_two_workers_one_port_whole_server_metrics_statistics_restart_and_sigter
 
 def test_sigint_drains_requests_in_flight_on_every_worker_and_exits_zero(tmp_path):
     repository = _repository(tmp_path / "repository")
-    (repository / "slow_py" / "1").mkdir(parents=True)
-    (repository / "slow_py" / "1" / "model.py").write_text(_SLOW_PY)
-    (repository / "slow_py" / "config.toml").write_text(_SLOW_CONFIG)
+    write_slow_model(repository / "slow_py")
     server = SurgeProcess(repository, tmp_path / "run", "--workers", "2").start()
     workers = _workers(Path(_from_log(server, r"worker state in (\S+)")))
     delay = {"delay_s": np.array([[1.0]], np.float32)}
@@ -218,7 +216,7 @@ def nvmlDeviceGetPowerManagementLimit(handle):
 
 def test_perf_analyzer_reads_the_gpu_gauges_of_the_merged_page_behind_a_scrape_token(tmp_path):
     """The supervisor re-emits every worker's page: values stay plain digits (perf_analyzer's regex stops at an
-    exponent), and the workers' pages are read with the scrape token the whole server's page asks for."""
+    exponent); the merged page asks for the scrape token, as a single server's does."""
     from tests.unit.test_gpu_metrics import PERF_ANALYZER_REGEX
 
     fake = tmp_path / "fake-nvml"
