@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-
 from surge.protos import grpc_service_pb2 as pb
 from surge.protos import grpc_service_pb2_grpc as pb_grpc
 
 from . import errors
+from .observability.scrape import ScrapeError, fetch_page
 
 __all__ = ["LOCAL_METADATA", "PEER_TIMEOUT_S", "WorkerPeers", "is_local_call", "merge_statistics", "read_worker_states"]
 
@@ -164,25 +164,18 @@ class WorkerPeers:
 
     async def sibling_pages(self) -> list[str]:
         """The metrics pages of the other live workers (Prometheus text); a worker that does not answer is left out."""
+        addresses = [str(i["metrics"]) for i in read_worker_states(self.state_dir) if i.get("index") != self.index and i.get("metrics")]
+        answers = await asyncio.gather(
+            *(fetch_page(a, timeout_s=PEER_TIMEOUT_S) for a in addresses), return_exceptions=True
+        )
         pages = []
-        for info in read_worker_states(self.state_dir):
-            address = info.get("metrics")
-            if info.get("index") == self.index or not address:
-                continue
-            host, _, port = str(address).rpartition(":")
-            try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), PEER_TIMEOUT_S)
-                try:
-                    writer.write(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                    data = await asyncio.wait_for(reader.read(), PEER_TIMEOUT_S)
-                finally:
-                    writer.close()
-            except (OSError, TimeoutError, ValueError) as exc:
-                log.warning("metrics of the worker at %s: %s (left out of the rollout's figures)", address, exc)
-                continue
-            head, _, body = data.partition(b"\r\n\r\n")
-            if head.startswith(b"HTTP/1.1 200"):
-                pages.append(body.decode("utf-8", "replace"))
+        for address, answer in zip(addresses, answers):
+            if isinstance(answer, ScrapeError):
+                log.warning("metrics of the worker at %s: %s (left out of the rollout's figures)", address, answer)
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                pages.append(answer)
         return pages
 
     async def aclose(self) -> None:

@@ -59,7 +59,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import gzip
 import json
 import logging
 import multiprocessing
@@ -75,12 +74,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.exposition import choose_encoder
-
-
 from .errors import ConfigError
 from .files import write_atomic
+from .observability.metrics import encode, negotiate
 from .observability.page_merge import Family, format_page, merge_families, parse_page
+from .observability.scrape import fetch_page
 from .peers import WorkerPeers
 
 __all__ = ["Supervisor", "gpu_models", "reserve_port", "supervise"]
@@ -124,28 +122,6 @@ def _supervisor_families(ready: int, restarts: int, *, openmetrics: bool) -> lis
         Family(restarts_name, "counter", [f"# HELP {restarts_name} Worker processes restarted after they died.",
                                           f"# TYPE {restarts_name} counter"], {"surge_worker_restarts_total": float(restarts)}),
     ]  # fmt: skip
-
-
-async def _http_get(address: str, path: str, timeout_s: float, accept: str = "") -> str:
-    """GET ``http://address/path`` (with an Accept header when given); raises OSError/TimeoutError/ValueError."""
-    host, _, port = address.rpartition(":")
-
-    async def get() -> str:
-        reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
-        try:
-            extra = f"Accept: {accept}\r\n" if accept else ""
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: {address}\r\n{extra}Connection: close\r\n\r\n".encode("latin-1"))
-            await writer.drain()
-            data = await reader.read()
-        finally:
-            writer.close()
-        head, _, body = data.partition(b"\r\n\r\n")
-        status = head.split(b" ", 2)[1] if head.count(b" ") >= 1 else b""
-        if status != b"200":
-            raise ValueError(f"GET http://{address}{path}: status {status.decode('latin-1', 'replace') or '?'}")
-        return body.decode("utf-8")
-
-    return await asyncio.wait_for(get(), timeout_s)
 
 
 # -- the worker process ---------------------------------------------------------------------------
@@ -423,13 +399,15 @@ class Supervisor:
     async def _scrape(self, accept: str, accept_encoding: str) -> tuple[bytes, dict[str, str]]:
         """The whole server's /metrics: every ready worker's page (in the format asked for), merged, plus the
         supervisor's own families."""
-        _, content_type = choose_encoder(accept)
-        openmetrics = content_type.startswith("application/openmetrics-text")
+        openmetrics, content_type = negotiate(accept)
         slots = [s for s in self._slots if s.state is not None and s.state.get("metrics")]
-        texts = await asyncio.gather(*(_http_get(s.state["metrics"], "/metrics", SCRAPE_TIMEOUT_S, accept) for s in slots), return_exceptions=True)  # type: ignore[index]
+        texts = await asyncio.gather(*(
+            fetch_page(s.state["metrics"], accept=accept, timeout_s=SCRAPE_TIMEOUT_S)  # type: ignore[index]
+            for s in slots
+        ), return_exceptions=True)  # fmt: skip
         ready, restarts, retired = sum(s.state is not None for s in self._slots), self._restarts, self._retired.get(openmetrics)
 
-        def merge() -> tuple[list[tuple[_Slot, dict[str, Family]]], bytes]:
+        def merge() -> tuple[list[tuple[_Slot, dict[str, Family]]], str]:
             pages = []
             for slot, text in zip(slots, texts):
                 if isinstance(text, BaseException):
@@ -440,14 +418,10 @@ class Supervisor:
             families = [*_supervisor_families(ready, restarts, openmetrics=openmetrics), *merged.values()]
             return pages, format_page(families, openmetrics=openmetrics)
 
-        pages, body = await asyncio.get_running_loop().run_in_executor(None, merge)
+        pages, text = await asyncio.get_running_loop().run_in_executor(None, merge)
         for slot, page in pages:  # on the loop: read by _keep when a worker dies
             slot.last_page[openmetrics] = page
-        headers = {"Content-Type": content_type}
-        if "gzip" in accept_encoding:
-            body = gzip.compress(body, compresslevel=1)
-            headers["Content-Encoding"] = "gzip"
-        return body, headers
+        return encode(text, content_type, accept_encoding)
 
 
 async def supervise(config: Any, workers: int, *, log_level: str, loop: str, address_file: Path | None = None, share_gpu: bool = False) -> int:

@@ -21,13 +21,14 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from surge.server.demo import write_demo_repository, write_onnx_model
 
-__all__ = ["ALL_DATATYPES", "MLP_LABELS", "ONNX_DATATYPES", "ROLLOUT_VERSIONS", "top_k_classes", "write_add_model", "write_rollout_repository", "write_test_repository"]
+__all__ = ["ALL_DATATYPES", "MLP_LABELS", "ONNX_DATATYPES", "ROLLOUT_VERSIONS", "top_k_classes", "write_add_model", "write_python_model", "write_rollout_repository", "write_slow_model", "write_test_repository"]
 
 #: Datatypes the identity_all ONNX model carries (ONNX Runtime's Identity supports all of these).
 ONNX_DATATYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES")
@@ -70,6 +71,28 @@ def write_add_model(path: Path, constant: float, *, batch: bool = True) -> None:
     write_onnx_model(path, graph)
 
 
+#: A tensor of a Python model's config: (name, datatype, dims).
+Tensor = tuple[str, str, tuple[int, ...]]
+
+
+def write_python_model(
+    model_dir: Path, code: str, *, inputs: Sequence[Tensor], outputs: Sequence[Tensor], max_batch_size: int = 0,
+    settings: str = "", tables: str = "", versions: Sequence[int] = (1,),
+) -> Path:  # fmt: skip
+    """A Python-backend model: ``code`` as ``<version>/model.py`` for each of ``versions`` and its ``config.toml``
+    (``max_batch_size``, the ``settings`` lines (top-level keys), the inputs and outputs, then ``tables``: TOML tables
+    such as ``[dynamic_batching]``). Returns ``model_dir``."""
+    for version in versions:
+        (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
+        (model_dir / str(version) / "model.py").write_text(code)
+    lines = ['backend = "python"', f"max_batch_size = {max_batch_size}", *filter(None, [settings.strip()])]
+    for kind, tensors in (("input", inputs), ("output", outputs)):
+        for name, datatype, dims in tensors:
+            lines += ["", f"[[{kind}]]", f'name = "{name}"', f'datatype = "{datatype}"', f"dims = {list(dims)}"]
+    (model_dir / "config.toml").write_text("\n".join(lines) + "\n" + (f"\n{tables.strip()}\n" if tables.strip() else ""))
+    return model_dir
+
+
 _ECHO_PY = '''
 import numpy as np
 
@@ -77,30 +100,6 @@ class Model:
     def infer(self, inputs, output_names):
         return {"y": inputs["x"] * 1, "b_out": inputs["b"].copy()}
 '''
-_ECHO_CONFIG = """
-backend = "python"
-max_batch_size = 4
-
-[[input]]
-name = "x"
-datatype = "FP32"
-dims = [-1]
-
-[[input]]
-name = "b"
-datatype = "BF16"
-dims = [-1]
-
-[[output]]
-name = "y"
-datatype = "FP32"
-dims = [-1]
-
-[[output]]
-name = "b_out"
-datatype = "BF16"
-dims = [-1]
-"""
 _FAILING_PY = '''
 class Model:
     def infer(self, inputs, output_names):
@@ -108,20 +107,6 @@ class Model:
             raise ValueError("secret internal detail: negative input")
         return {"y": inputs["x"]}
 '''
-_FAILING_CONFIG = """
-backend = "python"
-max_batch_size = 4
-
-[[input]]
-name = "x"
-datatype = "FP32"
-dims = [1]
-
-[[output]]
-name = "y"
-datatype = "FP32"
-dims = [1]
-"""
 _SLOW_PY = '''
 import time
 
@@ -130,23 +115,13 @@ class Model:
         time.sleep(float(inputs["delay_s"].reshape(-1)[0]))
         return {"delay_s_out": inputs["delay_s"]}
 '''
-_SLOW_CONFIG = """
-backend = "python"
-max_batch_size = 1
 
-[[input]]
-name = "delay_s"
-datatype = "FP32"
-dims = [1]
 
-[[output]]
-name = "delay_s_out"
-datatype = "FP32"
-dims = [1]
-
-[dynamic_batching]
-max_queue_size = 2
-"""
+def write_slow_model(model_dir: Path, *, max_queue_size: int = 2, settings: str = "", code: str = _SLOW_PY) -> Path:
+    """slow_py: sleeps ``delay_s`` (FP32 [1] input) seconds and echoes it as ``delay_s_out``; one row per batch,
+    at most ``max_queue_size`` waiting."""
+    return write_python_model(model_dir, code, inputs=[("delay_s", "FP32", (1,))], outputs=[("delay_s_out", "FP32", (1,))], max_batch_size=1,
+                              settings=settings, tables=f"[dynamic_batching]\nmax_queue_size = {max_queue_size}")  # fmt: skip
 
 
 _MLP_BATCHED_CONFIG = """
@@ -194,22 +169,17 @@ def write_test_repository(root: Path) -> Path:
     for version in (1, 2):
         write_add_model(root / "versioned" / str(version) / "model.onnx", float(version))
     (root / "versioned" / "config.toml").write_text("max_batch_size = 16\n\n[version_policy]\nall = true\n")
-    for name, code, config in (
-        ("echo_py", _ECHO_PY, _ECHO_CONFIG),
-        ("failing_py", _FAILING_PY, _FAILING_CONFIG),
-        ("slow_py", _SLOW_PY, _SLOW_CONFIG),
-    ):
-        (root / name / "1").mkdir(parents=True, exist_ok=True)
-        (root / name / "1" / "model.py").write_text(code)
-        (root / name / "config.toml").write_text(config)
+    write_python_model(root / "echo_py", _ECHO_PY, inputs=[("x", "FP32", (-1,)), ("b", "BF16", (-1,))],
+                       outputs=[("y", "FP32", (-1,)), ("b_out", "BF16", (-1,))], max_batch_size=4)  # fmt: skip
+    write_python_model(root / "failing_py", _FAILING_PY, inputs=[("x", "FP32", (1,))], outputs=[("y", "FP32", (1,))], max_batch_size=4)
+    write_slow_model(root / "slow_py")
     shutil.copytree(root / "mlp" / "1", root / "mlp_batched" / "1", dirs_exist_ok=True)
     (root / "mlp_batched" / "config.toml").write_text(_MLP_BATCHED_CONFIG)
     shutil.copytree(root / "mlp" / "1", root / "mlp_labelled" / "1", dirs_exist_ok=True)
     (root / "mlp_labelled" / "config.toml").write_text(_MLP_LABELLED_CONFIG)
     (root / "mlp_labelled" / "labels.txt").write_text("".join(f"{label}\n" for label in MLP_LABELS))
-    (root / "failing_batched_py" / "1").mkdir(parents=True, exist_ok=True)
-    (root / "failing_batched_py" / "1" / "model.py").write_text(_FAILING_PY)
-    (root / "failing_batched_py" / "config.toml").write_text(_FAILING_CONFIG + "\n[dynamic_batching]\nmax_queue_delay_s = 1.0\n")
+    write_python_model(root / "failing_batched_py", _FAILING_PY, inputs=[("x", "FP32", (1,))], outputs=[("y", "FP32", (1,))], max_batch_size=4,
+                       tables="[dynamic_batching]\nmax_queue_delay_s = 1.0")  # fmt: skip
     (root / "broken" / "1").mkdir(parents=True, exist_ok=True)
     (root / "broken" / "1" / "model.onnx").write_bytes(b"this is not an onnx model")
     return root
@@ -243,20 +213,7 @@ class Model:
 #: Version 2 of the rollout model, by kind: a good copy, a slow one (sleeps 30 ms), a wrong one (y = x + 2), a failing one
 #: (raises when x[0] > 1: about 16% of standard-normal inputs).
 ROLLOUT_VERSIONS = {"good": _ROLLOUT_GOOD, "slow": _ROLLOUT_SLOW, "wrong": _ROLLOUT_WRONG, "failing": _ROLLOUT_FAILING}
-_ROLLOUT_CONFIG = """
-backend = "python"
-max_batch_size = 8
-
-[[input]]
-name = "x"
-datatype = "FP32"
-dims = [4]
-
-[[output]]
-name = "y"
-datatype = "FP32"
-dims = [4]
-
+_ROLLOUT_TABLES = """
 [version_policy]
 specific = [1, 2]
 
@@ -272,9 +229,8 @@ max_queue = 256
 def write_rollout_repository(root: Path, kind: str, extra_config: str = "") -> Path:
     """Model ``m`` (Python, FP32 x[-1,4] -> y = x + 1) with version 1 good and version 2 of ``kind`` (``ROLLOUT_VERSIONS``),
     every request pinned to version 1 by ``[routing]``; ``extra_config`` is appended to its config.toml."""
-    model = root / "m"
-    for version, code in ((1, _ROLLOUT_GOOD), (2, ROLLOUT_VERSIONS[kind])):
-        (model / str(version)).mkdir(parents=True)
-        (model / str(version) / "model.py").write_text(code)
-    (model / "config.toml").write_text(_ROLLOUT_CONFIG + extra_config)
+    model = write_python_model(root / "m", _ROLLOUT_GOOD, inputs=[("x", "FP32", (4,))], outputs=[("y", "FP32", (4,))], max_batch_size=8,
+                               tables=_ROLLOUT_TABLES + extra_config)  # fmt: skip
+    (model / "2").mkdir()
+    (model / "2" / "model.py").write_text(ROLLOUT_VERSIONS[kind])
     return root

@@ -24,8 +24,10 @@ STOP_TIMEOUT_S = 30.0
 class SurgeProcess:
     """``surge serve`` in a subprocess on an ephemeral port; ``address`` once it is ready."""
 
-    def __init__(self, repository: Path, workdir: Path, *extra_args: str) -> None:
+    def __init__(self, repository: Path, workdir: Path, *extra_args: str, env: dict[str, str] | None = None) -> None:
+        """``env``: variables added to the server's environment."""
         self.repository = repository
+        self.env = env or {}
         self.workdir = workdir
         self.extra_args = extra_args
         self.address_file = workdir / "address"
@@ -56,7 +58,7 @@ class SurgeProcess:
             "--drain-timeout-s", "5",
             *self.extra_args,
         ]  # fmt: skip
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         with open(self.log_file, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
         deadline = time.monotonic() + START_TIMEOUT_S

@@ -7,23 +7,22 @@ and the server-side share (INTERNAL, UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EX
 server time and p99 of the queue wait (estimated from the histograms as Prometheus' ``histogram_quantile``
 does: linear within a bucket), batch fill (mean rows per executed batch, and as a share of the largest
 bucket bound, which is max_batch_size), and the queue depth and in-flight gauges at the last scrape.
-Plain HTTP and prometheus_client's parser only; nothing of the server is imported, so it runs anywhere.
+Surge's HTTP client (``observability.scrape``) and prometheus_client's parser; nothing that serves is imported.
 """
 
 from __future__ import annotations
 
-import http.client
 import math
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import TextIO
 from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from ..observability.scrape import ScrapeError, fetch_page_sync
 
 __all__ = ["Row", "Scrape", "ScrapeError", "fetch_metrics", "format_table", "histogram_quantile", "metrics_address", "parse_scrape", "rows", "run"]
 
@@ -184,10 +183,6 @@ def format_table(table: Sequence[Row], *, url: str = "", interval_s: float = 0.0
     return "\n".join(lines) + "\n"
 
 
-class ScrapeError(Exception):
-    """The metrics endpoint could not be read; the message says why and what to try, in one line."""
-
-
 def metrics_address(url: str) -> str:
     """``host:port`` of a metrics endpoint given as ``host:port``, ``http://host:port`` or ``http://host:port/metrics``."""
     url = url.strip().removeprefix("http://").rstrip("/")
@@ -196,21 +191,10 @@ def metrics_address(url: str) -> str:
 
 def fetch_metrics(url: str, timeout_s: float = 10.0) -> str:
     """The text of ``http://URL/metrics``; raises ScrapeError with a one-line reason (nothing there, a gRPC port, ...)."""
-    address = metrics_address(url)
-    where = f"http://{address}/metrics"
-    hint = "Surge's metrics endpoint is on port 8002 by default (--metrics-url HOST:PORT)"
     try:
-        with urllib.request.urlopen(where, timeout=timeout_s) as response:
-            return str(response.read().decode("utf-8"))
-    except urllib.error.HTTPError as exc:
-        raise ScrapeError(f"{where} answered HTTP {exc.code} {exc.reason}: not a Surge metrics endpoint? {hint}") from None
-    except (http.client.HTTPException, ConnectionResetError) as exc:  # e.g. a gRPC port: HTTP/2 only, no HTTP/1.1 answer
-        raise ScrapeError(f"{address} did not answer HTTP/1.1 ({type(exc).__name__}): is it the gRPC port? {hint}") from None
-    except urllib.error.URLError as exc:
-        reason = exc.reason.strerror if isinstance(exc.reason, OSError) and exc.reason.strerror else exc.reason
-        raise ScrapeError(f"cannot reach {where}: {reason}; is the server running? {hint}") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:  # timeouts, a non-UTF-8 body, a malformed address
-        raise ScrapeError(f"cannot read {where}: {exc}; {hint}") from None
+        return fetch_page_sync(metrics_address(url), timeout_s=timeout_s)
+    except ScrapeError as exc:
+        raise ScrapeError(f"{exc} Surge's metrics endpoint is on port 8002 by default (--metrics-url HOST:PORT)") from None
 
 
 def scrape(url: str, timeout_s: float = 10.0) -> Scrape:

@@ -538,7 +538,7 @@ class ModelVersion:
             traced = None
             for request in batch:
                 stamps = request.stamps
-                stamps.infer_start, stamps.infer_end, stamps.exec_end = infer_start, infer_end, done
+                stamps.infer_start, stamps.infer_end = infer_start, infer_end
                 if stamps.trace is not None:
                     traced = [stamps.trace] if traced is None else [*traced, stamps.trace]
                 if not request.future.done():

@@ -25,7 +25,6 @@ Triton's ModelStatistics has coarser fields; they are sums of the stages above:
 ``compute_infer = compute_infer``, ``compute_output = compute_output + encode``; ``fail`` is the server
 time of failed requests (their queue wait, when they reached the queue, is counted in ``queue`` too, as
 Triton does). Per executed batch (not per request): ``execution_count`` and ``batch_stats`` by batch size.
-``exec_end`` (the batch's results back on the loop) is shared by every request of a batch.
 """
 
 from __future__ import annotations
@@ -49,11 +48,11 @@ _EPOCH_OFFSET_NS = time.time_ns() - time.perf_counter_ns()
 class Stamps:
     """perf_counter_ns stamps of one request's stage boundaries (0 = not reached), and its rows."""
 
-    __slots__ = ("decoded", "encode_start", "end", "exec_end", "exec_start", "infer_end", "infer_start", "planned", "rows", "start", "trace")
+    __slots__ = ("decoded", "encode_start", "end", "exec_start", "infer_end", "infer_start", "planned", "rows", "start", "trace")
 
     def __init__(self, start: int) -> None:
         self.start = start
-        self.decoded = self.exec_start = self.infer_start = self.infer_end = self.exec_end = self.encode_start = self.end = 0
+        self.decoded = self.exec_start = self.infer_start = self.infer_end = self.encode_start = self.end = 0
         self.rows = 1
         self.planned = False  # the batcher's SLO mode dispatched its batch when its planned wait ended
         self.trace: RequestTrace | None = None  # a sampled request's spans (observability/tracing.py); None: not traced

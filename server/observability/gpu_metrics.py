@@ -14,10 +14,10 @@ families here:
 device). Without ``pynvml``, or without a driver, it yields nothing and logs why once. A value NVML does not
 support on a device (power on some boards) is left out for that device.
 
-Number format: prometheus_client writes values of 10**6 and more in exponent form (``8.589934592e+10``),
-which the Prometheus server reads, but which perf_analyzer's regex cuts at the ``e`` (it would read 8 bytes
-of memory). ``exposition(registry)`` is ``generate_latest(registry)`` with the ``nv_gpu_*`` samples written
-in plain decimals, as Triton writes them; the metrics endpoint should serve it for Triton compatibility.
+Number format: prometheus_client's encoders write values of 10**6 and more in exponent form
+(``8.589934592e+10``), which the Prometheus server reads, but which perf_analyzer's regex cuts at the ``e`` (it
+would read 8 bytes of memory). Surge's pages are written by ``exposition.Writer``, which writes whole values in
+plain digits, as Triton does; ``exposition(registry)`` is a registry's page written that way.
 """
 
 from __future__ import annotations
@@ -26,10 +26,9 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
-from decimal import Decimal
 from typing import Any
 
-__all__ = ["GPU_METRICS", "GpuMetricsCollector", "exposition", "plain_gpu_values", "register_gpu_metrics"]
+__all__ = ["GPU_METRICS", "GpuMetricsCollector", "exposition", "register_gpu_metrics"]
 
 log = logging.getLogger("surge.gpu_metrics")
 
@@ -124,36 +123,9 @@ def register_gpu_metrics(registry: Any, nvml: Any = None) -> GpuMetricsCollector
 
 
 def exposition(registry: Any) -> bytes:
-    """``prometheus_client.generate_latest(registry)`` with ``nv_gpu_*`` sample values in plain decimals."""
-    from prometheus_client import generate_latest
+    """A prometheus_client registry's families as Prometheus text, written by Surge's writer (plain whole numbers)."""
+    from .exposition import Writer
 
-    return plain_gpu_values(generate_latest(registry))
-
-
-def plain_gpu_values(text: bytes) -> bytes:
-    """Rewrite ``nv_gpu_*`` sample values of an exposition in plain decimals (others untouched).
-
-    Triton compatibility: perf_analyzer's regex reads ``\\d+\\.?\\d*`` and stops at an exponent. The text stays
-    valid Prometheus exposition (both forms are numbers there).
-    """
-    if b"nv_gpu_" not in text:
-        return text
-    lines = text.decode("utf-8").split("\n")
-    for i, line in enumerate(lines):
-        name = line.split("{", 1)[0]
-        if name in GPU_METRICS:
-            head, _, value = line.rpartition(" ")
-            lines[i] = f"{head} {_plain(value)}"
-    return "\n".join(lines).encode("utf-8")
-
-
-def _plain(value: str) -> str:
-    """``8.589934592e+10`` -> ``85899345920``; ``0.37`` stays; non-finite values are left as they are."""
-    try:
-        number = Decimal(value)
-    except ArithmeticError:
-        return value
-    if not number.is_finite():
-        return value
-    text = format(number, "f")
-    return text.rstrip("0").rstrip(".") if "." in text else text
+    writer = Writer(openmetrics=False)
+    writer.families(registry.collect())
+    return writer.text().encode("utf-8")

@@ -1,7 +1,7 @@
 """Prometheus metrics: per-version histograms and counters on the hot path, exposition at scrape time.
 
-What is exported (prefix ``surge_``, base units; labels ``model``, ``version``, and ``route`` = the
-version's role, "primary" until routing exists):
+What is exported (prefix ``surge_``, base units; labels ``model`` and ``version``: the version that answered,
+whichever route chose it; shadow requests are counted apart, in ``surge_shadow_*``):
 
 - Histograms, one per request stage (``stats.py`` defines the stamps and boundaries), over answered
   requests: ``surge_request_duration_seconds`` (total server time), ``surge_decode_duration_seconds``,
@@ -31,9 +31,9 @@ version's role, "primary" until routing exists):
 
 Why not prometheus_client's ``Histogram``: its ``observe`` scans the buckets linearly and takes two
 locks, about 3 us per observation with 70 buckets (measured on the dev box), and a request makes eight;
-``_Histogram`` below is one ``bisect`` and two integer additions (~0.25 us), updated on the event loop
+``exposition.Histogram`` is one ``bisect`` and two integer additions (~0.25 us), updated on the event loop
 only, so it needs no lock. prometheus_client does the content negotiation, the process collectors and
-the parsing in tests; Surge's families are written directly (see ``render``: about 10x cheaper).
+the parsing in tests; every family is written by ``exposition.Writer`` (see ``render``: about 10x cheaper).
 
 Threads: ``VersionMetrics`` is written on the event loop. ``ServerMetrics.snapshot()`` runs on the
 loop too (it copies the counters: a few microseconds per version, so a scrape sees one consistent
@@ -46,35 +46,35 @@ import bisect
 import gzip
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
-from prometheus_client.utils import floatToGoString
+from prometheus_client.registry import Collector
 
 from .drift import DriftSnapshot
 from .edge import LAG_BUCKETS_S, EdgeMetrics, EdgeSample, grpc_calls
-from .gpu_metrics import plain_gpu_values, register_gpu_metrics
+from .exposition import Histogram, Writer, bucket_les, label_value, labels
+from .gpu_metrics import register_gpu_metrics
 
 __all__ = [
     "DEFAULT_LATENCY_BUCKETS_S",
-    "ROUTE_PRIMARY",
     "STAGES",
     "ServerMetrics",
     "ServerSnapshot",
     "VersionMetrics",
     "VersionSample",
     "batch_size_buckets",
+    "encode",
     "geometric_buckets",
+    "negotiate",
     "render",
 ]
 
-ROUTE_PRIMARY = "primary"
 STATES = ("LOADING", "READY", "UNAVAILABLE", "UNLOADING")
 #: Outcome codes exported at 0 from the moment a version loads (besides OK), so error ratios and alerts read 0,
 #: not nothing, while a model has no errors: the client's mistakes, cancellations, and every server-side failure.
@@ -117,20 +117,6 @@ STAGES: tuple[tuple[str, str], ...] = (
 )
 
 
-class _Histogram:
-    """Per-bucket counts and a sum, in integer units (ns, rows). Event loop only."""
-
-    __slots__ = ("bounds", "counts", "sum")
-
-    def __init__(self, bounds: Sequence[int]) -> None:
-        self.bounds = list(bounds)
-        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
-        self.sum = 0
-
-    def observe(self, value: int) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1  # bisect_left: a value equal to a bound is in that bucket (le)
-        self.sum += value
-
 
 class VersionMetrics:
     """The metrics of one model version, bound once when it loads: label values, histograms, outcome counters.
@@ -141,18 +127,18 @@ class VersionMetrics:
 
     __slots__ = ("batch", "batch_les", "exemplars", "histograms", "labels", "latency_buckets_s", "latency_les", "outcomes", "_failed", "_ok", "_queue", "_stages")
 
-    def __init__(self, model: str, version: str, *, latency_buckets_s: Sequence[float] = (), max_batch_size: int = 0, route: str = ROUTE_PRIMARY) -> None:
-        self.labels = (model, version, route)
+    def __init__(self, model: str, version: str, *, latency_buckets_s: Sequence[float] = (), max_batch_size: int = 0) -> None:
+        self.labels = (model, version)
         self.latency_buckets_s = tuple(latency_buckets_s) or DEFAULT_LATENCY_BUCKETS_S
         bounds_ns = [round(b * 1e9) for b in self.latency_buckets_s]
-        self.histograms = tuple(_Histogram(bounds_ns) for _ in STAGES)
+        self.histograms = tuple(Histogram(bounds_ns) for _ in STAGES)
         self._stages = self.histograms[:7]
         self._queue = self.histograms[2]
         self._failed = self.histograms[7]
-        self.batch = _Histogram(batch_size_buckets(max_batch_size))
+        self.batch = Histogram(batch_size_buckets(max_batch_size))
         # the ``le`` label values, formatted once (as prometheus_client formats them: canonical for OpenMetrics)
-        self.latency_les = (*(floatToGoString(b) for b in self.latency_buckets_s), "+Inf")
-        self.batch_les = (*(floatToGoString(b) for b in self.batch.bounds), "+Inf")
+        self.latency_les = bucket_les(self.latency_buckets_s)
+        self.batch_les = bucket_les(self.batch.bounds)
         self._ok = [0, 0]  # requests, rows
         self.outcomes: dict[str, list[int]] = {"OK": self._ok, **{code: [0, 0] for code in PRESET_CODES}}
         self.exemplars: dict[int, tuple[str, int, float]] = {}  # request-latency bucket -> (trace id, ns, epoch s) of a sampled request
@@ -205,7 +191,7 @@ class VersionMetrics:
 
 @dataclass(frozen=True, slots=True)
 class _MetricsSnapshot:
-    labels: tuple[str, str, str]
+    labels: tuple[str, str]
     latency_les: tuple[str, ...]
     histograms: tuple[tuple[list[int], int], ...]
     batch_les: tuple[str, ...]
@@ -273,22 +259,36 @@ class ServerMetrics:
         return ServerSnapshot(self._server_version, tuple(self._versions()), dict(self.unrouted), self.edge.sample())
 
 
-def render(snapshot: ServerSnapshot, collectors: Iterable[object] = (), *, accept: str = "", accept_encoding: str = "") -> tuple[bytes, dict[str, str]]:
+def render(snapshot: ServerSnapshot, collectors: Iterable[Collector] = (), *, accept: str = "", accept_encoding: str = "") -> tuple[bytes, dict[str, str]]:
     """Format a snapshot (and extra prometheus_client collectors) as the client asked; returns (body, headers).
 
     ``accept``: the Accept header (OpenMetrics when it asks for ``application/openmetrics-text``, else
     Prometheus text 0.0.4, as prometheus_client negotiates); ``accept_encoding``: gzip when it lists it.
     Runs in any thread.
 
-    Surge's own families are written here directly (``_write``): prometheus_client's generic formatter
-    spends about 20 us per sample, and a version has about 600 samples (8 histograms of 70 buckets), which
-    made a scrape of the demo repository cost 25 ms of CPU in the serving process; written directly it
-    is a few ms. The collectors (process, platform, GC) go through prometheus_client's encoder, whose
-    OpenMetrics output ends with the one ``# EOF``. Both parsers of prometheus_client read the result (tests).
+    Surge's own families are written line by line from the snapshot (``_write``): prometheus_client's generic
+    formatter spends about 20 us per sample, and a version has about 600 samples (8 histograms of 70 buckets),
+    which made a scrape of the demo repository cost 25 ms of CPU in the serving process; written directly it
+    is a few ms. The collectors' families (process, platform, GC, GPU, traffic, rollouts) follow, written by
+    the same ``exposition.Writer``. Both parsers of prometheus_client read the result (tests).
     """
-    encoder, content_type = choose_encoder(accept)
-    ours = _write(snapshot, openmetrics=content_type.startswith("application/openmetrics-text"))
-    body = ours.encode("utf-8") + plain_gpu_values(encoder(_Collectors(collectors)))
+    openmetrics, content_type = negotiate(accept)
+    writer = Writer(openmetrics=openmetrics)
+    _write(snapshot, writer)
+    for collector in collectors:
+        writer.families(collector.collect())
+    return encode(writer.text(), content_type, accept_encoding)
+
+
+def negotiate(accept: str) -> tuple[bool, str]:
+    """(OpenMetrics?, Content-Type) for an Accept header, as prometheus_client negotiates."""
+    _, content_type = choose_encoder(accept)
+    return content_type.startswith("application/openmetrics-text"), content_type
+
+
+def encode(text: str, content_type: str, accept_encoding: str) -> tuple[bytes, dict[str, str]]:
+    """A page's body and headers: UTF-8, gzip when ``accept_encoding`` lists it."""
+    body = text.encode("utf-8")
     headers = {"Content-Type": content_type}
     if "gzip" in accept_encoding:
         body = gzip.compress(body, compresslevel=1)
@@ -296,101 +296,70 @@ def render(snapshot: ServerSnapshot, collectors: Iterable[object] = (), *, accep
     return body, headers
 
 
-class _Collectors:
-    """Several prometheus_client collectors (or registries) seen as one."""
-
-    def __init__(self, collectors: Iterable[object]) -> None:
-        self._collectors = collectors
-
-    def collect(self) -> Iterator[Any]:
-        for collector in self._collectors:
-            yield from collector.collect()  # type: ignore[attr-defined]
-
-
-def _label_value(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(names: Sequence[str], values: Sequence[str]) -> str:
-    return ",".join(f'{n}="{_label_value(v)}"' for n, v in zip(names, values))
-
-
-def _write(snap: ServerSnapshot, *, openmetrics: bool) -> str:
+def _write(snap: ServerSnapshot, writer: Writer) -> None:
     """Surge's families in Prometheus text 0.0.4 or OpenMetrics 1.0 (the same lines, but for counter headers)."""
-    out: list[str] = []
-    w = out.append
-
-    def header(name: str, kind: str, help_text: str) -> None:
-        family = name[: -len("_total")] if openmetrics and kind == "counter" else name
-        w(f"# HELP {family} {help_text}\n# TYPE {family} {kind}\n")
-
-    def histogram(name: str, labels: str, les: Sequence[str], counts: Sequence[int], total: str, exemplars: dict[int, tuple[str, int, float]] | None = None) -> None:
-        running = 0
-        for i, (le, count) in enumerate(zip(les, counts)):
-            running += count
-            ex = exemplars.get(i) if exemplars else None  # OpenMetrics only: a traced request's id in its bucket
-            tail = f' # {{trace_id="{ex[0]}"}} {floatToGoString(ex[1] / 1e9)} {ex[2]:.3f}' if ex is not None else ""
-            w(f'{name}_bucket{{{labels},le="{le}"}} {running}{tail}\n')
-        w(f"{name}_count{{{labels}}} {running}\n{name}_sum{{{labels}}} {total}\n")
-
+    w, header, sample, histogram = writer.w, writer.header, writer.sample, writer.histogram
+    openmetrics = writer.openmetrics
     observed = [v.metrics for v in snap.versions if v.metrics is not None]
-    route = [_labels(("model", "version", "route"), m.labels) for m in observed]
-    version = [_labels(("model", "version"), m.labels[:2]) for m in observed]
+    version = [labels(("model", "version"), m.labels) for m in observed]
 
     header("surge_server_info", "gauge", "Surge server version.")
-    w(f'surge_server_info{{version="{_label_value(snap.server_version)}"}} 1\n')
+    w(f'surge_server_info{{version="{label_value(snap.server_version)}"}} 1\n')
     for index, (name, help_text) in enumerate(STAGES):
         header(name, "histogram", help_text)
-        for m, labels in zip(observed, route):
+        for m, text in zip(observed, version):
             counts, total_ns = m.histograms[index]
-            histogram(name, labels, m.latency_les, counts, floatToGoString(total_ns / 1e9), m.exemplars if openmetrics and index == 0 else None)
+            histogram(name, text, m.latency_les, counts, total_ns / 1e9, m.exemplars if openmetrics and index == 0 else None)
     header("surge_batch_size", "histogram", "Rows per executed batch.")
-    for m, labels in zip(observed, version):
-        histogram("surge_batch_size", labels, m.batch_les, m.batch[0], str(m.batch[1]))
+    for m, text in zip(observed, version):
+        histogram("surge_batch_size", text, m.batch_les, m.batch[0], m.batch[1])
 
     header("surge_requests_total", "counter", "Requests that reached a model version, by outcome (gRPC status name).")
-    for m, labels in zip(observed, route):
+    for m, text in zip(observed, version):
         for code, (n, _) in sorted(m.outcomes.items()):
-            w(f'surge_requests_total{{{labels},code="{code}"}} {n}\n')
+            w(f'surge_requests_total{{{text},code="{code}"}} {n}\n')
     header("surge_rows_total", "counter", "Rows of requests that reached a model version, by outcome (0 for undecodable requests).")
-    for m, labels in zip(observed, route):
+    for m, text in zip(observed, version):
         for code, (_, rows) in sorted(m.outcomes.items()):
-            w(f'surge_rows_total{{{labels},code="{code}"}} {rows}\n')
+            w(f'surge_rows_total{{{text},code="{code}"}} {rows}\n')
     header("surge_unrouted_requests_total", "counter", "Inference requests that reached no model version (unknown model or version, not ready), by outcome.")
     for code, count in sorted(snap.unrouted.items()):
         w(f'surge_unrouted_requests_total{{code="{code}"}} {count}\n')
     if snap.edge is not None:
-        _write_edge(snap.edge, header, w)
+        _write_edge(snap.edge, writer)
 
-    every = [(v, _labels(("model", "version"), (v.model, v.version))) for v in snap.versions]
+    every = [(v, labels(("model", "version"), (v.model, v.version))) for v in snap.versions]
     header("surge_queue_depth", "gauge", "Requests waiting in the version's batcher.")
-    w("".join(f"surge_queue_depth{{{labels}}} {v.queue_depth}\n" for v, labels in every))
+    w("".join(f"surge_queue_depth{{{text}}} {v.queue_depth}\n" for v, text in every))
     header("surge_inflight_requests", "gauge", "Requests queued or executing in the version.")
-    w("".join(f"surge_inflight_requests{{{labels}}} {v.inflight}\n" for v, labels in every))
+    w("".join(f"surge_inflight_requests{{{text}}} {v.inflight}\n" for v, text in every))
     header("surge_queue_dropped_total", "counter", "Requests dropped from the queue before compute, by reason.")
-    for v, labels in every:
-        w(f'surge_queue_dropped_total{{{labels},reason="expired"}} {v.dropped_expired}\n')
-        w(f'surge_queue_dropped_total{{{labels},reason="cancelled"}} {v.dropped_cancelled}\n')
-    slo = [(v.slo, labels) for v, labels in every if v.slo is not None]
+    for v, text in every:
+        w(f'surge_queue_dropped_total{{{text},reason="expired"}} {v.dropped_expired}\n')
+        w(f'surge_queue_dropped_total{{{text},reason="cancelled"}} {v.dropped_cancelled}\n')
+    slo = [(v.slo, text) for v, text in every if v.slo is not None]
     if slo:
         header("surge_batcher_slo_margin_seconds", "gauge", "Latency-SLO mode: time the batcher's plan keeps back from the SLO, steered by measured latencies.")
-        w("".join(f"surge_batcher_slo_margin_seconds{{{labels}}} {floatToGoString(margin)}\n" for (margin, _), labels in slo))
+        for (margin, _), text in slo:
+            sample("surge_batcher_slo_margin_seconds", text, margin)
         header("surge_batcher_late_share", "gauge", "Latency-SLO mode: share of recent answers later than the SLO (about the last 100).")
-        w("".join(f"surge_batcher_late_share{{{labels}}} {floatToGoString(late)}\n" for (_, late), labels in slo))
+        for (_, late), text in slo:
+            sample("surge_batcher_late_share", text, late)
     header("surge_model_state", "gauge", "1 for the version's current state (LOADING, READY, UNAVAILABLE, UNLOADING).")
-    for v, labels in every:
-        w("".join(f'surge_model_state{{{labels},state="{state}"}} {int(v.state == state)}\n' for state in STATES))
+    for v, text in every:
+        w("".join(f'surge_model_state{{{text},state="{state}"}} {int(v.state == state)}\n' for state in STATES))
     header("surge_model_load_duration_seconds", "gauge", "How long the version took to load and warm up.")
-    w("".join(f"surge_model_load_duration_seconds{{{labels}}} {floatToGoString(v.load_duration_s)}\n" for v, labels in every))
-    _write_drift([(v.drift, labels) for v, labels in every if v.drift is not None], header, w)
-    return "".join(out)
+    for v, text in every:
+        sample("surge_model_load_duration_seconds", text, v.load_duration_s)
+    _write_drift([(v.drift, text) for v, text in every if v.drift is not None], writer)
 
 
-_LAG_LES = (*(floatToGoString(b) for b in LAG_BUCKETS_S), "+Inf")
+_LAG_LES = bucket_les(LAG_BUCKETS_S)
 
 
-def _write_edge(edge: EdgeSample, header: Callable[[str, str, str], None], w: Callable[[str], None]) -> None:
+def _write_edge(edge: EdgeSample, writer: Writer) -> None:
     """The edge families (``edge.py``): gRPC core's call counters, handler failures, the event-loop lag."""
+    header, w = writer.header, writer.w
     calls = grpc_calls(edge.grpc_server_id) if edge.grpc_server_id is not None else None  # in the formatting thread
     if calls is not None:
         for name, count, help_text in zip(("started", "succeeded", "failed"), calls, (
@@ -403,11 +372,7 @@ def _write_edge(edge: EdgeSample, header: Callable[[str, str, str], None], w: Ca
     header("surge_grpc_handler_failures_total", "counter", "gRPC inference calls whose handler answered an error or was cancelled; started - succeeded - this: lost outside the handlers.")
     w(f"surge_grpc_handler_failures_total {edge.handler_failures}\n")
     header("surge_event_loop_lag_seconds", "histogram", "How late a timer fires on the server's event loop (sampled 10 times a second): calls wait this long before a handler runs.")
-    running = 0
-    for le, count in zip(_LAG_LES, edge.lag_counts):
-        running += count
-        w(f'surge_event_loop_lag_seconds_bucket{{le="{le}"}} {running}\n')
-    w(f"surge_event_loop_lag_seconds_count {running}\nsurge_event_loop_lag_seconds_sum {floatToGoString(edge.lag_sum_s)}\n")
+    writer.histogram("surge_event_loop_lag_seconds", "", _LAG_LES, edge.lag_counts, edge.lag_sum_s)
 
 
 #: (metric, FeatureDrift attribute, help) of the per-feature drift gauges.
@@ -419,17 +384,19 @@ DRIFT_GAUGES = (
 )
 
 
-def _write_drift(drifts: list[tuple[DriftSnapshot, str]], header: Callable[[str, str, str], None], w: Callable[[str], None]) -> None:
+def _write_drift(drifts: list[tuple[DriftSnapshot, str]], writer: Writer) -> None:
     """The drift families, for the versions that monitor drift (none written when no version does)."""
     if not drifts:
         return
+    header, w = writer.header, writer.w
     for name, attribute, help_text in DRIFT_GAUGES:
         header(name, "gauge", help_text)
-        for d, labels in drifts:
-            w("".join(f'{name}{{{labels},feature="{_label_value(f.name)}"}} {floatToGoString(getattr(f, attribute))}\n' for f in d.features))
+        for d, text in drifts:
+            for f in d.features:
+                writer.sample(name, f'{text},feature="{label_value(f.name)}"', getattr(f, attribute))
     header("surge_drift_alert", "gauge", "1 when a feature's PSI exceeds the model's [drift] psi_alert in the last window.")
-    w("".join(f"surge_drift_alert{{{labels}}} {int(d.alert)}\n" for d, labels in drifts))
+    w("".join(f"surge_drift_alert{{{text}}} {int(d.alert)}\n" for d, text in drifts))
     header("surge_drift_windows_total", "counter", "Window computations of the drift thread.")
-    w("".join(f"surge_drift_windows_total{{{labels}}} {d.windows}\n" for d, labels in drifts))
+    w("".join(f"surge_drift_windows_total{{{text}}} {d.windows}\n" for d, text in drifts))
     header("surge_drift_samples_dropped_total", "counter", "Sampled requests dropped because the drift thread's queue was full.")
-    w("".join(f"surge_drift_samples_dropped_total{{{labels}}} {d.dropped}\n" for d, labels in drifts))
+    w("".join(f"surge_drift_samples_dropped_total{{{text}}} {d.dropped}\n" for d, text in drifts))

@@ -6,8 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from prometheus_client.utils import floatToGoString
-
+from .exposition import number
 
 __all__ = ["MIN_GAUGES", "SUMMED_GAUGES", "Family", "format_page", "merge_families", "parse_page"]
 
@@ -100,12 +99,13 @@ def merge_families(pages: Iterable[dict[str, Family]], retired: dict[str, Family
     return merged
 
 
-def format_page(families: Iterable[Family], *, openmetrics: bool) -> bytes:
-    """Families back to exposition text (the format their headers were written in)."""
+def format_page(families: Iterable[Family], *, openmetrics: bool) -> str:
+    """Families back to exposition text (the format their headers were written in), values written as
+    ``exposition.number`` writes them (whole numbers in plain digits: perf_analyzer reads GPU gauges that way)."""
     out: list[str] = []
     for family in families:
         out.extend(family.header)
-        out.extend(f"{series} {floatToGoString(value)}" for series, value in family.samples.items())
+        out.extend(f"{series} {number(value)}" for series, value in family.samples.items())
     if openmetrics:
         out.append("# EOF")
-    return ("\n".join(out) + "\n").encode("utf-8")
+    return "\n".join(out) + "\n"

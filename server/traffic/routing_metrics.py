@@ -1,19 +1,24 @@
 """Prometheus families of version routing, shadows and outcome feedback (``traffic.py``'s state), at scrape time.
 
-``TrafficCollector`` is registered on ``ServerMetrics.registry``; prometheus_client calls ``collect`` in the
-metrics endpoint's thread, which reads copies of the counters (``Traffic.snapshot``): nothing here runs on
-the request path. Families (labels ``model``; ``primary``/``shadow`` for shadow pairs; ``version`` for
+``TrafficCollector`` is registered on ``ServerMetrics.registry`` (its families are written by ``exposition.Writer``
+like every other); ``collect`` runs in the metrics endpoint's thread and reads copies of the counters
+(``Traffic.snapshot``): nothing here runs on the request path. Families (labels ``model``; ``primary``/``shadow`` for shadow pairs; ``version`` for
 feedback quality) are listed in docs/pages/routing-and-rollouts.md.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.utils import floatToGoString
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 
+from ..observability.exposition import bucket_les
 from ..observability.metrics import DEFAULT_LATENCY_BUCKETS_S
 from .traffic import Traffic
 
@@ -44,7 +49,7 @@ class TrafficCollector:
     @staticmethod
     def _shadow(rows: list[Any]) -> Iterator[Any]:
         pair_labels = ["model", "primary", "shadow"]
-        requests = CounterMetricFamily("surge_shadow_requests", "Shadow requests by outcome: compared, dropped (budget full), shadow_failed, primary_failed.",
+        requests = CounterMetricFamily("surge_shadow_requests", "Shadow requests by outcome: compared, dropped (budget full), shadow_failed, primary_failed, compare_failed (the comparison raised).",
                                        labels=[*pair_labels, "outcome"])
         agreed = CounterMetricFamily("surge_shadow_agreed", "Compared requests whose every output agreed.", labels=pair_labels)
         out_compared = CounterMetricFamily("surge_shadow_output_compared", "Compared requests, per output.", labels=[*pair_labels, "output"])
@@ -64,7 +69,7 @@ class TrafficCollector:
         log_lines = CounterMetricFamily("surge_shadow_log_lines", "Disagreements written to the log, or skipped (log full or unwritable).",
                                         labels=[*pair_labels, "result"])
         pending = GaugeMetricFamily("surge_shadow_pending", "Shadow requests waiting or executing.", labels=["model"])
-        les = [*(floatToGoString(b) for b in DEFAULT_LATENCY_BUCKETS_S), "+Inf"]
+        les = bucket_les(DEFAULT_LATENCY_BUCKETS_S)
         for name, _, _, n_pending, sender, pairs, _ in rows:
             if sender is not None:
                 pending.add_metric([name], n_pending)
@@ -84,14 +89,10 @@ class TrafficCollector:
                         max_abs.add_metric([*labels, output], o.max_abs)
                         mean_abs.add_metric([*labels, output], o.abs_sum / o.abs_count)
                 for role, h in (("primary", p.primary_latency), ("shadow", p.shadow_latency)):
-                    counts, running, buckets = list(h.counts), 0, []
-                    for le, c in zip(les, counts):
-                        running += c
-                        buckets.append((le, running))
-                    latency.add_metric([*labels, role], buckets, h.sum_ns / 1e9)
+                    latency.add_metric([*labels, role], list(zip(les, itertools.accumulate(list(h.counts)))), h.sum / 1e9)
                 compared = sum(p.shadow_latency.counts)
                 if compared:
-                    latency_diff.add_metric(labels, (p.shadow_latency.sum_ns - p.primary_latency.sum_ns) / compared / 1e9)
+                    latency_diff.add_metric(labels, (p.shadow_latency.sum - p.primary_latency.sum) / compared / 1e9)
                 log_lines.add_metric([*labels, "written"], p.log_written)
                 log_lines.add_metric([*labels, "skipped"], p.log_skipped)
         yield from (requests, agreed, out_compared, out_agreed, am_compared, am_agreed, max_abs, mean_abs, latency, latency_diff, log_lines, pending)

@@ -36,7 +36,6 @@ inputs only with ``log_inputs = true``), written by the comparison thread; it st
 from __future__ import annotations
 
 import asyncio
-import bisect
 import collections
 import json
 import logging
@@ -52,8 +51,9 @@ from typing import Any
 import numpy as np
 
 from ..config import ShadowConfig
-from ..observability.metrics import DEFAULT_LATENCY_BUCKETS_S
 from ..execution.stats import Stamps, now_ns
+from ..observability.exposition import Histogram
+from ..observability.metrics import DEFAULT_LATENCY_BUCKETS_S
 
 __all__ = ["Comparison", "PairStats", "ShadowJob", "ShadowSender", "compare"]
 
@@ -68,6 +68,10 @@ LOG_VALUES = 16
 INLINE_COMPARE_ELEMENTS = 4096
 
 _BOUNDS_NS = [round(b * 1e9) for b in DEFAULT_LATENCY_BUCKETS_S]
+#: What became of a mirrored request (``surge_shadow_requests_total{outcome}``): compared; dropped (the budget was
+#: full); shadow_failed; primary_failed; compare_failed (the comparison itself raised: a bug or an output it cannot
+#: read, logged with its traceback).
+OUTCOMES = ("compared", "dropped", "shadow_failed", "primary_failed", "compare_failed")
 
 
 @dataclass(slots=True)
@@ -129,18 +133,6 @@ def _max_mean(diff: np.ndarray) -> tuple[float | None, float | None]:
     return float(finite.max()), float(finite.mean())
 
 
-class _LatencyHistogram:
-    __slots__ = ("counts", "sum_ns")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(_BOUNDS_NS) + 1)
-        self.sum_ns = 0
-
-    def observe(self, ns: int) -> None:
-        self.counts[bisect.bisect_left(_BOUNDS_NS, ns)] += 1
-        self.sum_ns += ns
-
-
 @dataclass(slots=True)
 class OutputStats:
     """Cumulative comparison counters of one output of one (primary, shadow) pair."""
@@ -162,14 +154,13 @@ class PairStats:
     model: str
     primary: str
     shadow: str
-    outcomes: dict[str, int] = field(default_factory=lambda: {"compared": 0, "dropped": 0, "shadow_failed": 0, "primary_failed": 0})
+    outcomes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
     agreed: int = 0
     outputs: dict[str, OutputStats] = field(default_factory=dict)
-    primary_latency: _LatencyHistogram = field(default_factory=_LatencyHistogram)
-    shadow_latency: _LatencyHistogram = field(default_factory=_LatencyHistogram)
+    primary_latency: Histogram = field(default_factory=lambda: Histogram(_BOUNDS_NS))
+    shadow_latency: Histogram = field(default_factory=lambda: Histogram(_BOUNDS_NS))
     log_written: int = 0
     log_skipped: int = 0
-    compare_failed: int = 0  # the comparison itself raised (logged)
 
     def fold(self, comparison: Comparison, primary_ns: int, shadow_ns: int) -> None:
         """Add one compared request (event loop). Counts go up before agreements, and scrapes read agreements
@@ -315,7 +306,7 @@ class ShadowSender:
         else:
             comparison = await loop.run_in_executor(self._pool, self._compare, primary, outputs)
         if comparison is None:
-            pair.compare_failed += 1
+            pair.outcomes["compare_failed"] += 1
             return
         pair.fold(comparison, job.primary_ns, shadow_ns)  # counters are written on the loop only
         if self._log is not None and not comparison.agree and random.random() < self.config.log_sample_rate:

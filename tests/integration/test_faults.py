@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from surge.clients import InferenceClient, InferenceServerError
-from tests.models import write_add_model
+from tests.models import write_add_model, write_python_model, write_slow_model
 
 #: Sleeps delay_s seconds; every load after the first takes REPLACEMENT_LOAD_S (so the window without an
 #: instance is long enough to observe); one instance; batches running past 1 s are failed.
@@ -33,55 +33,18 @@ class Model:
         time.sleep(float(inputs["delay_s"].reshape(-1)[0]))
         return {{"delay_s_out": inputs["delay_s"]}}
 '''
-_HANG_CONFIG = """
-backend = "python"
-max_batch_size = 1
-execution_timeout_s = 1.0
-
-[[input]]
-name = "delay_s"
-datatype = "FP32"
-dims = [1]
-
-[[output]]
-name = "delay_s_out"
-datatype = "FP32"
-dims = [1]
-
-[dynamic_batching]
-max_queue_size = 8
-"""
 _WARMUP_FAILS_PY = '''
 class Model:
     def infer(self, inputs, output_names):
         raise RuntimeError("cannot run on zeros")
 '''
-_WARMUP_FAILS_CONFIG = """
-backend = "python"
-max_batch_size = 2
-
-[[input]]
-name = "x"
-datatype = "FP32"
-dims = [1]
-
-[[output]]
-name = "y"
-datatype = "FP32"
-dims = [1]
-"""
 REPLACEMENT_LOAD_S = 4.0  # long enough to observe the gap on a noisy box
 HANG_S = 3.0  # the abandoned thread sleeps this long, then is closed
 
 
 def _write(root: Path) -> Path:
-    for name, code, config in (
-        ("hang_py", _HANG_PY.format(replacement_load_s=REPLACEMENT_LOAD_S), _HANG_CONFIG),
-        ("warmup_fails_py", _WARMUP_FAILS_PY, _WARMUP_FAILS_CONFIG),
-    ):
-        (root / name / "1").mkdir(parents=True)
-        (root / name / "1" / "model.py").write_text(code)
-        (root / name / "config.toml").write_text(config)
+    write_slow_model(root / "hang_py", max_queue_size=8, settings="execution_timeout_s = 1.0", code=_HANG_PY.format(replacement_load_s=REPLACEMENT_LOAD_S))
+    write_python_model(root / "warmup_fails_py", _WARMUP_FAILS_PY, inputs=[("x", "FP32", (1,))], outputs=[("y", "FP32", (1,))], max_batch_size=2)
     write_add_model(root / "adder" / "1" / "model.onnx", 1.0)
     return root
 

@@ -62,7 +62,7 @@ def value(found: dict, name: str, **labels: str) -> float:
 
 
 def _version(model: str, version: str = "1") -> dict[str, str]:
-    return {"model": model, "version": version, "route": "primary"}
+    return {"model": model, "version": version}
 
 
 def _histograms_agree_with(found: dict, labels: dict[str, str], stats) -> None:
@@ -235,6 +235,51 @@ def test_http_edges(metrics_server):
         urllib.request.urlopen(urllib.request.Request(f"http://{metrics_server.server.metrics_address}/metrics", data=b"x", method="POST"), timeout=30)
     assert info.value.code == 405 and info.value.headers["Allow"] == "GET, HEAD"
     info.value.close()
+
+
+
+def _raw(address: str, data: bytes, timeout_s: float = 30.0) -> bytes:
+    """Send ``data`` on a fresh connection and read until the server closes it."""
+    import socket
+
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=timeout_s) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_oversized_heads_are_refused_and_the_endpoint_keeps_serving(metrics_server):
+    from surge.server.observability.metrics_http import MAX_HEAD_LINE_BYTES, MAX_HEADERS
+
+    address = metrics_server.server.metrics_address
+    long_line = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * (MAX_HEAD_LINE_BYTES + 10) + b"\r\n\r\n"
+    many = b"GET /metrics HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(MAX_HEADERS + 5)) + b"\r\n"
+    long_target = b"GET /" + b"m" * (MAX_HEAD_LINE_BYTES + 10) + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    for head in (long_line, many, long_target):
+        answer = _raw(address, head)
+        status = int(answer.split(b" ", 2)[1])
+        assert 400 <= status < 500 and b"surge_request" not in answer, answer[:200]
+    body = b"x" * 100
+    answer = _raw(address, b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + body + b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 405") and answer.count(b"HTTP/1.1 ") == 1  # answered, then closed: the body is never read
+    assert "surge_request_duration_seconds" in scrape(metrics_server)[0]
+
+
+def test_idle_connections_are_closed(start_server, test_repository, monkeypatch):
+    from surge.server.observability import metrics_http
+
+    monkeypatch.setattr(metrics_http, "IDLE_TIMEOUT_S", 0.5)
+    thread = start_server(model_repository=test_repository, model_control_mode="explicit", load_models=("mlp",))
+    address = thread.server.metrics_address
+    started = time.monotonic()
+    assert _raw(address, b"") == b""  # nothing sent: closed
+    assert _raw(address, b"GET /metrics HTTP/1.1\r\nHost: x\r\n") == b""  # a head that never ends: closed
+    answer = _raw(address, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # keep-alive: answered, then closed once idle
+    assert answer.startswith(b"HTTP/1.1 200") and b"/metrics" in answer
+    assert time.monotonic() - started < 20
 
 
 def test_metrics_off(start_server, test_repository):

@@ -35,6 +35,8 @@ DRIFT_ONLY = {"surge_drift_alert", "surge_drift_psi"}
 SLO_ONLY = {"surge_batcher_slo_margin_seconds", "surge_batcher_late_share"}
 #: Exported only while a model has a rollout (tests/integration/test_progressive_rollout.py scrapes them).
 ROLLOUT_ONLY = {"surge_rollout_decisions_total", "surge_rollout_new_version_share", "surge_rollout_step", "surge_rollout_gate_value"}
+#: Exported only for models with a shadow version (tests/integration/test_routing.py scrapes them).
+SHADOW_ONLY = {"surge_shadow_requests_total"}
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$job": ".*", "$model": ".*", "$version": ".*"}
 
 
@@ -94,7 +96,7 @@ def test_alert_rules_are_well_formed() -> None:
 
 def test_alert_rules_read_only_metrics_the_server_exports(scraped_names: set[str]) -> None:
     for rule in _rules():
-        missing = metric_names(promql_parser.parse(rule["expr"])) - scraped_names - PROMETHEUS_OWN - DRIFT_ONLY - ROLLOUT_ONLY
+        missing = metric_names(promql_parser.parse(rule["expr"])) - scraped_names - PROMETHEUS_OWN - DRIFT_ONLY - ROLLOUT_ONLY - SHADOW_ONLY
         assert not missing, f"{rule['alert']} reads {missing}, which no scrape has"
 
 

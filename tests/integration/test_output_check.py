@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from surge.clients import InferenceClient, InferenceServerError
+from tests.models import write_python_model
 
 #: No batch dimension: x FP32 [2] -> y FP32 [2] and label BYTES [1]; the input's first value picks a fault.
 _WRONG_PY = '''
@@ -35,25 +36,6 @@ class Model:
             y = y.reshape(1, 2)                 # one dimension too many
         return {"y": y, "label": label}
 '''
-_WRONG_CONFIG = """
-backend = "python"
-max_batch_size = 0
-
-[[input]]
-name = "x"
-datatype = "FP32"
-dims = [2]
-
-[[output]]
-name = "y"
-datatype = "FP32"
-dims = [2]
-
-[[output]]
-name = "label"
-datatype = "BYTES"
-dims = [1]
-"""
 #: Batched (no dynamic batcher): answers one row more than it was given.
 _EXTRA_ROW_PY = '''
 import numpy as np
@@ -63,27 +45,11 @@ class Model:
         x = inputs["x"]
         return {"y": x if x[0, 0] == 0 else np.concatenate([x, x[:1]])}
 '''
-_EXTRA_ROW_CONFIG = """
-backend = "python"
-max_batch_size = 4
-
-[[input]]
-name = "x"
-datatype = "FP32"
-dims = [3]
-
-[[output]]
-name = "y"
-datatype = "FP32"
-dims = [3]
-"""
 
 
 def _write(root: Path) -> Path:
-    for name, code, config in (("wrong_py", _WRONG_PY, _WRONG_CONFIG), ("extra_row_py", _EXTRA_ROW_PY, _EXTRA_ROW_CONFIG)):
-        (root / name / "1").mkdir(parents=True)
-        (root / name / "1" / "model.py").write_text(code)
-        (root / name / "config.toml").write_text(config)
+    write_python_model(root / "wrong_py", _WRONG_PY, inputs=[("x", "FP32", (2,))], outputs=[("y", "FP32", (2,)), ("label", "BYTES", (1,))])
+    write_python_model(root / "extra_row_py", _EXTRA_ROW_PY, inputs=[("x", "FP32", (3,))], outputs=[("y", "FP32", (3,))], max_batch_size=4)
     return root
 
 

@@ -32,6 +32,7 @@ import pytest
 from surge.clients import InferenceClient, InferenceServerError
 from surge.protos import grpc_service_pb2 as pb
 from surge.protos import grpc_service_pb2_grpc as pb_grpc
+from tests.models import write_slow_model
 from tests.process import SurgeProcess
 
 QUEUE = 16
@@ -44,37 +45,9 @@ REJECTED_P50_S = 0.1
 REJECTED_P99_S = 1.0
 RSS_GROWTH_MB = 100
 
-_WORK_PY = '''
-import time
-
-class Model:
-    def infer(self, inputs, output_names):
-        time.sleep(float(inputs["delay_s"].reshape(-1)[0]))
-        return {"delay_s_out": inputs["delay_s"]}
-'''
-_WORK_CONFIG = f"""
-backend = "python"
-max_batch_size = 1
-
-[[input]]
-name = "delay_s"
-datatype = "FP32"
-dims = [1]
-
-[[output]]
-name = "delay_s_out"
-datatype = "FP32"
-dims = [1]
-
-[dynamic_batching]
-max_queue_size = {QUEUE}
-"""
-
 
 def write_work_model(root: Path) -> Path:
-    (root / "work_py" / "1").mkdir(parents=True)
-    (root / "work_py" / "1" / "model.py").write_text(_WORK_PY)
-    (root / "work_py" / "config.toml").write_text(_WORK_CONFIG)
+    write_slow_model(root / "work_py", max_queue_size=QUEUE)
     return root
 
 

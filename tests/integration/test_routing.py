@@ -178,6 +178,7 @@ def test_shadow_agreement_metrics_and_disagreement_log(repository: Path, start_s
         for i in range(30):
             assert client.infer("shadowed", {"x": _x(2, i)}, request_id=f"r{i}").model_version == "1"  # the shadow never answers
         _wait_for(lambda: value(samples(server), "surge_shadow_requests_total", **pair, outcome="compared") == 30)
+        assert samples(server)[("surge_shadow_requests_total", frozenset({**pair, "outcome": "compare_failed"}.items()))] == 0  # exported: an alert reads it
         found = samples(server)
         assert value(found, "surge_shadow_agreed_total", **pair) == 30  # an identical copy agrees on every request
         assert value(found, "surge_shadow_max_abs_difference", **pair, output="y") == 0.0

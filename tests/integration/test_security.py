@@ -533,7 +533,7 @@ def test_metrics_over_tls_with_a_scrape_token(repo, pki, tmp_path, start_server)
     url = f"https://{server.server.metrics_address}/metrics"
     trusted = ssl.create_default_context(cafile=str(pki["ca_file"]))
     status, _, body = _scrape(url, trusted, SCRAPE_TOKEN)
-    assert status == 200 and b'surge_requests_total{model="adder",version="1",route="primary",code="OK"} 1' in body, body[:300]
+    assert status == 200 and b'surge_requests_total{model="adder",version="1",code="OK"} 1' in body, body[:300]
     for token in (None, "wrong-token-0123456789abcdef", SCRAPE_TOKEN[:-1]):
         status, headers, body = _scrape(url, trusted, token)
         assert status == 401 and headers.get("WWW-Authenticate", "").startswith("Bearer") and b"surge_requests_total" not in body, (token, status)
@@ -577,6 +577,35 @@ def test_serve_flags_protect_the_metrics_endpoint(repo, pki, tmp_path):
     finally:
         assert server.stop() == 0
 
+
+
+def test_the_workers_merged_page_over_tls_with_the_scrape_token(repo, pki, tmp_path):
+    """Under --workers the whole server's page is served over TLS with the scrape token, and merges every worker's
+    own page (served on 127.0.0.1 for the supervisor alone): it counts every worker's requests."""
+    import re
+    import ssl
+
+    from tests.process import SurgeProcess
+
+    token_file = tmp_path / "scrape-token"
+    token_file.write_text(SCRAPE_TOKEN)
+    server = SurgeProcess(repo, tmp_path / "server", "--workers", "2", "--log-level", "info", "--tls-cert", str(pki["server_cert_file"]),
+                          "--tls-key", str(pki["server_key_file"]), "--metrics-tls", "--metrics-token-file", str(token_file)).start()  # fmt: skip
+    try:
+        found = re.search(r"metrics of all workers on https?://(\S+)/metrics", server.log())
+        assert found, server.log()
+        for _ in range(3):
+            channel, stub = _tls_stub(server.address, pki)  # new connections: spread over the workers by the kernel
+            with channel:
+                _infer(stub)
+        trusted = ssl.create_default_context(cafile=str(pki["ca_file"]))
+        status, _, body = _scrape(f"https://{found.group(1)}/metrics", trusted, SCRAPE_TOKEN)
+        assert status == 200 and b"\nsurge_workers 2\n" in body, body[:300]
+        assert b'surge_requests_total{model="adder",version="1",code="OK"} 3\n' in body, server.log()[-3000:]
+        assert "did not answer" not in server.log()  # every worker's page was read
+        assert _scrape(f"https://{found.group(1)}/metrics", trusted, "x" * 20)[0] == 401
+    finally:
+        assert server.stop() == 0
 
 def test_server_intervals_are_bounded(repo):
     for kwargs, message in (

@@ -15,6 +15,7 @@ import pytest
 from surge.protos import grpc_service_pb2 as pb
 from surge.protos import grpc_service_pb2_grpc as pb_grpc
 from tests.integration.test_overload import _rss_mb
+from tests.models import write_python_model
 from tests.process import SurgeProcess
 
 MESSAGE_FLOATS = 4096  # 16 KiB per message, as in the attack that grew the server by 700 MB in 25 s
@@ -26,26 +27,10 @@ class Model:
     def infer(self, inputs, output_names):
         return {"y": inputs["x"]}
 '''
-_IDENT_CONFIG = """
-backend = "python"
-max_batch_size = 0
-
-[[input]]
-name = "x"
-datatype = "FP32"
-dims = [-1]
-
-[[output]]
-name = "y"
-datatype = "FP32"
-dims = [-1]
-"""
 
 
 def write_ident_model(root: Path) -> Path:
-    (root / "ident_py" / "1").mkdir(parents=True)
-    (root / "ident_py" / "1" / "model.py").write_text(_IDENT_PY)
-    (root / "ident_py" / "config.toml").write_text(_IDENT_CONFIG)
+    write_python_model(root / "ident_py", _IDENT_PY, inputs=[("x", "FP32", (-1,))], outputs=[("y", "FP32", (-1,))])
     return root
 
 

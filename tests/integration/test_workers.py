@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 
 from surge.clients import InferenceClient
-from tests.models import _SLOW_CONFIG, _SLOW_PY, write_add_model
+from tests.models import write_add_model, write_slow_model
 from tests.process import SurgeProcess
 
 pytestmark = pytest.mark.timeout(120)
@@ -60,7 +61,7 @@ def _scrape(address: str, openmetrics: bool = False) -> dict[tuple[str, frozense
 
 
 def _ok_requests(samples: dict) -> float:
-    return samples.get(("surge_requests_total", frozenset({("model", "add"), ("version", "1"), ("route", "primary"), ("code", "OK")})), 0.0)
+    return samples.get(("surge_requests_total", frozenset({("model", "add"), ("version", "1"), ("code", "OK")})), 0.0)
 
 
 def _infer_count(address: str) -> int:
@@ -94,7 +95,7 @@ def test_two_workers_one_port_whole_server_metrics_statistics_restart_and_sigter
         assert _ok_requests(samples) == 12
         assert _ok_requests(_scrape(metrics, openmetrics=True)) == 12
         assert samples[("surge_workers", frozenset())] == 2
-        assert samples[("surge_request_duration_seconds_count", frozenset({("model", "add"), ("version", "1"), ("route", "primary")}))] == 12
+        assert samples[("surge_request_duration_seconds_count", frozenset({("model", "add"), ("version", "1")}))] == 12
         assert samples[("surge_queue_depth", frozenset({("model", "add"), ("version", "1")}))] == 0
         assert samples[("surge_model_state", frozenset({("model", "add"), ("version", "1"), ("state", "READY")}))] == 1
         assert _infer_count(server.address) == 12
@@ -134,9 +135,7 @@ def test_two_workers_one_port_whole_server_metrics_statistics_restart_and_sigter
 
 def test_sigint_drains_requests_in_flight_on_every_worker_and_exits_zero(tmp_path):
     repository = _repository(tmp_path / "repository")
-    (repository / "slow_py" / "1").mkdir(parents=True)
-    (repository / "slow_py" / "1" / "model.py").write_text(_SLOW_PY)
-    (repository / "slow_py" / "config.toml").write_text(_SLOW_CONFIG)
+    write_slow_model(repository / "slow_py")
     server = SurgeProcess(repository, tmp_path / "run", "--workers", "2").start()
     workers = _workers(Path(_from_log(server, r"worker state in (\S+)")))
     delay = {"delay_s": np.array([[1.0]], np.float32)}
@@ -179,3 +178,73 @@ def test_gpu_models_need_an_explicit_opt_in_to_run_under_workers(tmp_path):
                              "--grpc-port", "0", "--metrics-port", "0", "--http-port", "0"], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "model(s) add run on a GPU" in result.stderr and "--workers-share-gpu" in result.stderr
+
+
+#: A stand-in for NVML (``pynvml``) that the workers import: one 80 GiB GPU, whose memory prometheus_client's own
+#: encoder would write as 8.589934592e+10.
+_FAKE_PYNVML = """
+import types
+
+class NVMLError(Exception):
+    pass
+
+def nvmlInit():
+    pass
+
+def nvmlDeviceGetCount():
+    return 1
+
+def nvmlDeviceGetHandleByIndex(index):
+    return index
+
+def nvmlDeviceGetUUID(handle):
+    return "GPU-2a6b0c9e-1111-2222-3333-444455556666"
+
+def nvmlDeviceGetUtilizationRates(handle):
+    return types.SimpleNamespace(gpu=37, memory=0)
+
+def nvmlDeviceGetMemoryInfo(handle):
+    return types.SimpleNamespace(total=85899345920, used=12884901888, free=73014444032)
+
+def nvmlDeviceGetPowerUsage(handle):
+    return 312456
+
+def nvmlDeviceGetPowerManagementLimit(handle):
+    return 700000
+"""
+
+
+def test_perf_analyzer_reads_the_gpu_gauges_of_the_merged_page_behind_a_scrape_token(tmp_path):
+    """The supervisor re-emits every worker's page: values stay plain digits (perf_analyzer's regex stops at an
+    exponent); the merged page asks for the scrape token, as a single server's does."""
+    from tests.unit.test_gpu_metrics import PERF_ANALYZER_REGEX
+
+    fake = tmp_path / "fake-nvml"
+    fake.mkdir()
+    (fake / "pynvml.py").write_text(_FAKE_PYNVML)
+    token = "scrape-token-0123456789abcdef"
+    (tmp_path / "token").write_text(token)
+    pythonpath = os.pathsep.join(filter(None, (str(fake), os.environ.get("PYTHONPATH"))))
+    server = SurgeProcess(_repository(tmp_path / "repository"), tmp_path / "run", "--workers", "2", "--log-level", "info",
+                          "--metrics-token-file", str(tmp_path / "token"), env={"PYTHONPATH": pythonpath}).start()  # fmt: skip
+    try:
+        metrics = _from_log(server, r"metrics of all workers on http://(\S+)/metrics")
+        for _ in range(3):
+            with InferenceClient(server.address, timeout_s=30) as client:
+                client.infer("add", {"x": X})
+        request = urllib.request.Request(f"http://{metrics}/metrics", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            text = response.read().decode()
+        expected = {"nv_gpu_utilization": "0.37", "nv_gpu_memory_total_bytes": "85899345920", "nv_gpu_memory_used_bytes": "12884901888",
+                    "nv_gpu_power_usage": "312.456", "nv_gpu_power_limit": "700"}  # fmt: skip
+        for metric, value in expected.items():
+            assert re.findall(PERF_ANALYZER_REGEX.format(metric=metric), text) == [("GPU-2a6b0c9e-1111-2222-3333-444455556666", value)], metric
+        samples = {(s.name, frozenset(s.labels.items())): s.value for f in text_string_to_metric_families(text) for s in f.samples}
+        assert _ok_requests(samples) == 3 and samples[("surge_workers", frozenset())] == 2  # both workers' pages were read
+        assert "e+" not in text  # no value of the page in exponent form
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(f"http://{metrics}/metrics", timeout=30)
+        assert info.value.code == 401
+        info.value.close()
+    finally:
+        server.stop_and_check()

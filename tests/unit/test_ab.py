@@ -45,17 +45,17 @@ def test_welch_z() -> None:
 
 def _exposition(v2_errors: int, v2_slow: bool) -> str:
     lines = ["# TYPE surge_requests_total counter"]
-    lines += [f'surge_requests_total{{model="m",version="1",route="primary",code="OK"}} 1000',
-              f'surge_requests_total{{model="m",version="2",route="primary",code="OK"}} {1000 - v2_errors}',
-              f'surge_requests_total{{model="m",version="2",route="primary",code="INTERNAL"}} {v2_errors}',
-              'surge_requests_total{model="m",version="2",route="primary",code="CANCELLED"} 7']
+    lines += [f'surge_requests_total{{model="m",version="1",code="OK"}} 1000',
+              f'surge_requests_total{{model="m",version="2",code="OK"}} {1000 - v2_errors}',
+              f'surge_requests_total{{model="m",version="2",code="INTERNAL"}} {v2_errors}',
+              'surge_requests_total{model="m",version="2",code="CANCELLED"} 7']
     lines.append("# TYPE surge_request_duration_seconds histogram")
     les = ["0.001", "0.002", "0.005", "+Inf"]
     for version, counts in (("1", [500, 900, 1000, 1000]), ("2", [100, 300, 1000, 1000] if v2_slow else [500, 900, 1000, 1000])):
         for le, c in zip(les, counts):
-            lines.append(f'surge_request_duration_seconds_bucket{{model="m",version="{version}",route="primary",le="{le}"}} {c}')
-        lines.append(f'surge_request_duration_seconds_count{{model="m",version="{version}",route="primary"}} 1000')
-        lines.append(f'surge_request_duration_seconds_sum{{model="m",version="{version}",route="primary"}} 1.5')
+            lines.append(f'surge_request_duration_seconds_bucket{{model="m",version="{version}",le="{le}"}} {c}')
+        lines.append(f'surge_request_duration_seconds_count{{model="m",version="{version}"}} 1000')
+        lines.append(f'surge_request_duration_seconds_sum{{model="m",version="{version}"}} 1.5')
     lines += ["# TYPE surge_route_weight gauge", 'surge_route_weight{model="m",version="1"} 0.9', 'surge_route_weight{model="m",version="2"} 0.1']
     return "\n".join(lines) + "\n"
 

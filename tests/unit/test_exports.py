@@ -17,6 +17,10 @@ MODULES = [
     "surge.server.observability.metrics",
     "surge.server.observability.drift",
     "surge.server.observability.edge",
+    "surge.server.observability.exposition",
+    "surge.server.observability.scrape",
+    "surge.server.observability.metrics_http",
+    "surge.server.observability.page_merge",
     "surge.server.traffic.routing",
     "surge.server.traffic.shadow",
     "surge.server.traffic.feedback",
@@ -36,6 +40,7 @@ MODULES = [
     "surge.kernels.cuda",
     "surge.server.execution.pipeline",
     "surge.server.commands.batch",
+    "surge.server.commands.top",
 ]
 
 

@@ -15,6 +15,8 @@ import pytest
 
 prometheus_client = pytest.importorskip("prometheus_client")
 
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
 from surge.server.observability.gpu_metrics import GPU_METRICS, GpuMetricsCollector, exposition, register_gpu_metrics  # noqa: E402
 
 #: perf_analyzer's pattern (client_backend/triton/triton_client_backend.cc), with <metric> substituted.
@@ -109,12 +111,15 @@ def test_exactly_one_label_and_gauge_types() -> None:
     assert all(re.fullmatch(r'nv_gpu_[a-z_]+\{gpu_uuid="GPU-[0-9a-f-]+"\} [0-9.]+', line) for line in samples), samples
 
 
-def test_other_metrics_are_left_as_prometheus_client_writes_them() -> None:
+def test_every_whole_value_is_written_in_plain_digits_and_others_round_trip() -> None:
     registry = _registry(_fake_nvml(GPUS[:1]))
-    gauge = prometheus_client.Gauge("surge_big_bytes", "a large value", registry=registry)
-    gauge.set(H100_BYTES)
+    prometheus_client.Gauge("surge_big_bytes", "a large value", registry=registry).set(H100_BYTES)
+    prometheus_client.Gauge("surge_tiny", "a small value", registry=registry).set(2.5e-7)
+    prometheus_client.Gauge("surge_huge", "beyond exact integers", registry=registry).set(1e300)
     text = exposition(registry).decode()
-    assert "surge_big_bytes 8.589934592e+10" in text
+    assert "surge_big_bytes 85899345920\n" in text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["surge_tiny"].samples[0].value == 2.5e-7 and families["surge_huge"].samples[0].value == 1e300
     assert text.endswith("\n")
 
 

@@ -47,7 +47,7 @@ def test_batch_size_buckets_end_at_max_batch_size(max_batch_size: int, expected:
 def _stamps(start: int, *steps: int, rows: int = 1) -> Stamps:
     s = Stamps(start)
     t = start
-    for name, step in zip(("decoded", "exec_start", "infer_start", "infer_end", "exec_end", "encode_start", "end"), steps):
+    for name, step in zip(("decoded", "exec_start", "infer_start", "infer_end", "encode_start", "end"), steps):
         t += step
         setattr(s, name, t)
     s.rows = rows
@@ -67,13 +67,13 @@ def _parse(body: bytes) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 def test_stats_and_histograms_read_the_same_stamps() -> None:
     metrics = VersionMetrics("m", "1", latency_buckets_s=(1e-6, 2e-6, 1e-3), max_batch_size=8)
     stats = VersionStats(metrics=metrics)
-    # stages: decode 1 us, queue 2 us, assemble 1 us, infer 500 us, back 0, output 1 us, encode 2 us (exec_end->encode_start: 1 us)
-    stats.record_success(_stamps(1000, 1000, 2000, 1000, 500_000, 0, 1000, 2000, rows=3))
+    # stages: decode 1 us, queue 2 us, assemble 1 us, infer 500 us, output 1 us (infer_end->encode_start), encode 2 us
+    stats.record_success(_stamps(1000, 1000, 2000, 1000, 500_000, 1000, 2000, rows=3))
     stats.record_execution(3, 1000, 500_000, 0)
     stats.record_failure(_stamps(0, 1000, 7000), 20_000, "INTERNAL")
     body, headers = render(ServerMetrics(lambda: [_sample(metrics)], server_version="9").snapshot())
     found = _parse(body)
-    key = {"model": "m", "version": "1", "route": "primary"}
+    key = {"model": "m", "version": "1"}
 
     def get(name: str, **labels: str) -> float:
         return found[(name, frozenset({**key, **labels}.items()))]
@@ -152,7 +152,7 @@ def test_both_formats_carry_the_same_samples_and_escape_labels() -> None:
 
     metrics = VersionMetrics('we"ird\\name\n', "1", max_batch_size=4)
     stats = VersionStats(metrics=metrics)
-    stats.record_success(_stamps(0, 10, 20, 30, 40, 50, 60, 70, rows=2))
+    stats.record_success(_stamps(0, 10, 20, 30, 40, 50, 60, rows=2))
     stats.record_execution(2, 1, 2, 3)
     server = ServerMetrics(lambda: [_sample(metrics, model='we"ird\\name\n')], server_version="1.0")
     text, _ = render(server.snapshot())
@@ -164,5 +164,5 @@ def test_both_formats_carry_the_same_samples_and_escape_labels() -> None:
 
     from_text = samples(text_string_to_metric_families(text.decode()))
     assert from_text == samples(parse_openmetrics(om.decode()))  # the strict OpenMetrics parser accepts it too
-    assert ("surge_requests_total", (("code", "OK"), ("model", 'we"ird\\name\n'), ("route", "primary"), ("version", "1")), 1.0) in from_text
+    assert ("surge_requests_total", (("code", "OK"), ("model", 'we"ird\\name\n'), ("version", "1")), 1.0) in from_text
     assert {f.name: f.type for f in parse_openmetrics(om.decode())}["surge_requests"] == "counter"

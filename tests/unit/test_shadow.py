@@ -85,7 +85,7 @@ async def test_sender_budget_bounds_concurrency_and_queue_and_counts_drops() -> 
         pool.submit(lambda: None).result()  # the comparisons ran
         stats = sender.pairs[("1", "2")]
         assert version.peak == 2
-        assert stats.outcomes == {"compared": 5, "dropped": 5, "shadow_failed": 0, "primary_failed": 0}
+        assert stats.outcomes == {"compared": 5, "dropped": 5, "shadow_failed": 0, "primary_failed": 0, "compare_failed": 0}
         assert stats.agreed == 5
 
 
@@ -101,6 +101,31 @@ async def test_a_failed_primary_is_not_compared() -> None:
             await asyncio.sleep(0.01)
         assert sender.pairs[("1", "2")].outcomes["primary_failed"] == 1
         assert sender.pairs[("1", "2")].outcomes["compared"] == 0
+
+
+class _Uncomparable:
+    """An output element whose comparison raises (what a broken custom BYTES payload can do)."""
+
+    def __eq__(self, other: object) -> bool:
+        raise TypeError("cannot compare")
+
+    __hash__ = object.__hash__
+
+
+async def test_a_comparison_that_raises_is_counted_as_compare_failed(caplog: pytest.LogCaptureFixture) -> None:
+    with ThreadPoolExecutor(1) as pool:
+        sender = ShadowSender("m", SleepyVersion(0.0), ShadowConfig(version=2), pool)
+        odd = np.array([_Uncomparable()], dtype=object)
+        job = sender.offer("1", {"x": odd}, 1, ("y",), "r")
+        assert job is not None
+        job.primary_done({"y": np.array([_Uncomparable()], dtype=object)}, 1000)
+        for _ in range(100):
+            if sender.pending() == 0:
+                break
+            await asyncio.sleep(0.01)
+        outcomes = sender.pairs[("1", "2")].outcomes
+        assert outcomes["compare_failed"] == 1 and outcomes["compared"] == 0
+    assert "shadow comparison of m failed" in caplog.text
 
 
 async def test_large_answers_are_compared_in_the_thread_small_ones_on_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -45,7 +45,7 @@ process_start_time_seconds {start}
 
 def _values(merged, openmetrics: bool = False) -> dict[tuple[str, frozenset], float]:
     """Merged families as prometheus_client parses their text: the real parser checks the format too."""
-    text = format_page(merged.values(), openmetrics=openmetrics).decode()
+    text = format_page(merged.values(), openmetrics=openmetrics)
     parse = parse_openmetrics if openmetrics else text_string_to_metric_families
     return {(s.name, frozenset(s.labels.items())): s.value for f in parse(text) for s in f.samples}
 
