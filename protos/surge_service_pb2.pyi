@@ -1,8 +1,7 @@
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -204,7 +203,7 @@ class OutcomeRequest(_message.Message):
     labels: Labels
     values: Values
     success: bool
-    def __init__(self, model: _Optional[str] = ..., request_id: _Optional[str] = ..., labels: _Optional[_Union[Labels, _Mapping]] = ..., values: _Optional[_Union[Values, _Mapping]] = ..., success: _Optional[bool] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., request_id: _Optional[str] = ..., labels: _Optional[_Union[Labels, _Mapping]] = ..., values: _Optional[_Union[Values, _Mapping]] = ..., success: bool = ...) -> None: ...
 
 class OutcomeResponse(_message.Message):
     __slots__ = ("joined", "model_version")
@@ -212,4 +211,4 @@ class OutcomeResponse(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     joined: bool
     model_version: str
-    def __init__(self, joined: _Optional[bool] = ..., model_version: _Optional[str] = ...) -> None: ...
+    def __init__(self, joined: bool = ..., model_version: _Optional[str] = ...) -> None: ...

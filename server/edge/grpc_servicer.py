@@ -15,12 +15,13 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import grpc
 
 from surge.protos import grpc_service_pb2 as pb
 from surge.protos import grpc_service_pb2_grpc as pb_grpc
+from surge.protos.pool import POOL as SURGE_POOL
 
 from . import codec, shared_memory, stream, wire
 from .. import errors
@@ -114,17 +115,26 @@ def _tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     return deserialize
 
 
+class _Call(NamedTuple):
+    """The ``grpc.HandlerCallDetails`` of a method, to ask a service handler for that method's handler."""
+
+    method: str
+    invocation_metadata: tuple[tuple[str, str], ...] = ()
+
+
 class _Capture:
-    """Stands in for a server to collect a generated ``add_*Servicer_to_server``'s method handlers."""
+    """Stands in for a server to collect a generated ``add_*Servicer_to_server``'s method handlers (by method name,
+    each asked of the service handler it registers; the methods are those of the service's descriptor)."""
 
     service = ""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
 
-    def add_generic_rpc_handlers(self, handlers: Any) -> None:
-        pass
-
-    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]) -> None:
-        self.service, self.handlers = service, handlers
+    def add_generic_rpc_handlers(self, generic_handlers: tuple[grpc.ServiceRpcHandler, ...]) -> None:
+        (handler,) = generic_handlers
+        self.service = handler.service_name()
+        methods = SURGE_POOL.FindServiceByName(self.service).methods
+        found = {m.name: handler.service(_Call(f"/{self.service}/{m.name}")) for m in methods}  # type: ignore[arg-type]
+        self.handlers = {name: h for name, h in found.items() if h is not None}
 
 
 def add_tolerant(add: Callable[[Any, Any], None], servicer: Any, server: grpc.aio.Server) -> None:

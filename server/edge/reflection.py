@@ -5,6 +5,10 @@ grpcio-reflection (1.85) implements v1alpha only. v1 is the same protocol rename
 same field numbers in package ``grpc.reflection.v1``. So one ``grpc_reflection`` servicer answers both names
 (v1alpha's message classes read and write v1's bytes unchanged), and v1's file descriptor, made from v1alpha's
 with the package renamed, joins the descriptor pool so that reflection can also describe the v1 service itself.
+
+Reflection answers from a pool of its own: Surge's files live in ``surge.protos.pool.POOL`` (so that they import
+beside tritonclient's), the health and reflection services in protobuf's default pool; the served services' files,
+with their imports, are copied into one pool that describes them all.
 """
 
 from __future__ import annotations
@@ -12,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool
-from grpc_reflection.v1alpha import reflection, reflection_pb2
-from grpc_reflection.v1alpha import reflection_pb2_grpc
+from google.protobuf import descriptor, descriptor_pb2, descriptor_pool
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+from surge.protos.pool import POOL as SURGE_POOL
 
 __all__ = ["SERVICE_NAMES", "enable_reflection"]
 
@@ -54,9 +58,33 @@ def _add_v1_descriptor(pool: descriptor_pool.DescriptorPool) -> None:
     pool.Add(file)
 
 
+def _copy_file(pool: descriptor_pool.DescriptorPool, file: descriptor.FileDescriptor) -> None:
+    """Add ``file`` and, first, the files it imports to ``pool`` (each once)."""
+    try:
+        pool.FindFileByName(file.name)
+        return
+    except KeyError:
+        pass
+    for dependency in file.dependencies:
+        _copy_file(pool, dependency)
+    proto = descriptor_pb2.FileDescriptorProto()
+    file.CopyToProto(proto)
+    pool.Add(proto)
+
+
+def _service_file(name: str) -> descriptor.FileDescriptor:
+    try:
+        return SURGE_POOL.FindServiceByName(name).file
+    except KeyError:
+        return descriptor_pool.Default().FindServiceByName(name).file
+
+
 def enable_reflection(service_names: Iterable[str], server: grpc.aio.Server) -> None:
     """Serve reflection for ``service_names`` (plus both reflection services) on ``server``, under v1 and v1alpha."""
-    pool = descriptor_pool.Default()
+    service_names = tuple(service_names)
+    pool = descriptor_pool.DescriptorPool()
+    for name in (*service_names, V1ALPHA):
+        _copy_file(pool, _service_file(name))
     _add_v1_descriptor(pool)
     servicer = reflection.aio.ReflectionServicer((*service_names, *SERVICE_NAMES), pool=pool)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)  # v1alpha

@@ -1,7 +1,7 @@
 """Run the tritonclient compatibility suite (tests/triton) in its own pytest process.
 
-tritonclient's generated protobuf code and ``surge.protos`` register the same ``inference.*`` symbols in
-protobuf's default descriptor pool, so they cannot share a process: this test only launches the suite.
+The suite tests Triton's client alone (tests/triton/conftest.py keeps Surge's client out of it): this test only
+launches it.
 (tests/conftest.py keeps the main run from collecting tests/triton directly: ``collect_ignore``.)
 """
 

@@ -1,10 +1,10 @@
 """Fixtures for the tritonclient compatibility suite: Surge runs as a subprocess, Triton's own client talks to it.
 
 This folder runs in its OWN pytest process (``python -m pytest tests/triton``; ``pytest.ini`` here makes it its
-own rootdir, so ``tests/conftest.py`` is not loaded). tritonclient's generated protobuf code registers the
-``inference.*`` messages in protobuf's default descriptor pool, and so does ``surge.protos``: one process cannot
-import both. Never import ``surge.protos``, ``surge.clients`` or ``surge.server.app``/``grpc_servicer`` here;
-``tests.models`` and ``surge.server.demo`` are fine (numpy and onnx only).
+own rootdir, so ``tests/conftest.py`` is not loaded). It tests Triton's client alone against the server: never
+import ``surge.protos``, ``surge.clients`` or ``surge.server.app``/``grpc_servicer`` here (they would import beside
+tritonclient, see docs/pages/dependencies.md, but nothing here may lean on them); ``tests.models`` and
+``surge.server.demo`` are fine (numpy and onnx only).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tests.process import SurgeProcess  # noqa: E402
 
 def _assert_no_surge_protos() -> None:
     loaded = sorted(m for m in sys.modules if m.startswith(("surge.protos", "surge.clients", "surge.server.app", "surge.server.edge.grpc_servicer")))
-    assert not loaded, f"the tritonclient suite must not import {loaded} (duplicate protobuf symbols)"
+    assert not loaded, f"the tritonclient suite must not import {loaded} (it tests Triton's client alone)"
 
 @pytest.fixture(scope="session")
 def test_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
