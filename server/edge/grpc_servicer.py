@@ -205,7 +205,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _model_infer_wire(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse | bytes:
         """ModelInfer as gRPC serves it: a large response comes back as its wire bytes (``wire.assemble``)."""
-        return await self._plane.infer(request, context.invocation_metadata, _deadline(context), _encode_unary)
+        return await self._plane.infer(request, context.invocation_metadata, _deadline(context), _encode_for_wire)
 
     _model_infer_wire.__name__ = "ModelInfer"  # what _edge's errors call it
     model_infer_wire = _edge(_model_infer_wire)
@@ -374,12 +374,6 @@ async def _encode_message(
     return codec.encode_response(request, spec, version, outputs, decoded.output_names, decoded.classes, decoded.targets)
 
 
-async def _encode_unary(
-    request: pb.ModelInferRequest, spec: Any, version: str, outputs: dict[str, np.ndarray], decoded: codec.DecodedRequest
-) -> pb.ModelInferResponse | bytes:
-    return await _encode_for_wire(request, spec, version, outputs, decoded, False)
-
-
 async def _encode_stream(
     request: pb.ModelInferRequest, spec: Any, version: str, outputs: dict[str, np.ndarray], decoded: codec.DecodedRequest
 ) -> pb.ModelInferResponse | bytes:
@@ -387,9 +381,11 @@ async def _encode_stream(
 
 
 async def _encode_for_wire(
-    request: pb.ModelInferRequest, spec: Any, version: str, outputs: dict[str, np.ndarray], decoded: codec.DecodedRequest, in_stream: bool
+    request: pb.ModelInferRequest, spec: Any, version: str, outputs: dict[str, np.ndarray], decoded: codec.DecodedRequest, in_stream: bool = False
 ) -> pb.ModelInferResponse | bytes:
-    """A small response as a message (protobuf's C code is fastest); a large one as its wire bytes, assembled in a
+    """``DataPlane.infer``'s encoder for ModelInfer (and, ``in_stream``, ModelStreamInfer) as gRPC serves them.
+
+    A small response as a message (protobuf's C code is fastest); a large one as its wire bytes, assembled in a
     worker thread without holding the GIL for the copies (``wire.assemble``): nothing that scales with its size
     runs on the loop."""
     response, arrays = codec.encode_outputs(request, spec, version, outputs, decoded.output_names, decoded.classes, decoded.targets)
