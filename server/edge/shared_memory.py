@@ -3,8 +3,8 @@
 A client on the same host puts tensor bytes in memory it shares with the server and sends only where they are
 (``shared_memory_region``, ``shared_memory_byte_size``, ``shared_memory_offset`` on an input or a requested
 output), as tritonclient's ``utils.shared_memory`` / ``utils.cuda_shared_memory`` and ``perf_analyzer
---shared-memory system|cuda`` do. One ``SharedMemoryRegistry`` per server serves both edges (the REST routes
-call the same servicer methods); ``codec`` reads inputs and writes outputs through a ``RequestRegions``.
+--shared-memory system|cuda`` do. One ``SharedMemoryRegistry`` per server serves both edges (through the data
+plane, ``server/dataplane.py``); ``codec`` reads inputs and writes outputs through a ``RequestRegions``.
 
 - **System regions** (``SystemSharedMemoryRegister{name, key, offset, byte_size}``): ``key`` is a POSIX
   ``shm_open`` name (``/dev/shm/<key>``); the segment is opened and mapped once, at registration, and an input

@@ -2,8 +2,8 @@
 
 Off by default. When off, the request path pays one attribute check (``Tracing.on``). When on:
 
-- each inference request's W3C ``traceparent``/``tracestate`` (gRPC metadata; REST headers arrive the same
-  way, as the invocation metadata of the servicer) is extracted, and the sampler decides; an unsampled request
+- each inference request's W3C ``traceparent``/``tracestate`` (gRPC metadata, or REST headers: the caller's
+  metadata the data plane is given) is extracted, and the sampler decides; an unsampled request
   carries nothing further (``Stamps.trace`` stays None);
 - a sampled request gets a SERVER span (OpenTelemetry RPC conventions: ``rpc.system``, ``rpc.service``,
   ``rpc.method``, ``rpc.grpc.status_code``) started at its arrival stamp, and, when it is answered or fails,
@@ -404,7 +404,7 @@ def _exporter(kind: str, endpoint: str) -> Any:
 
 
 DISABLED = Tracing()
-"""Tracing off: what a servicer has until the server gives it its own."""
+"""Tracing off: what a data plane has until the server gives it its own."""
 
 
 # -- the trace extension over REST ---------------------------------------------------------------
