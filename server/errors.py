@@ -166,7 +166,7 @@ STATUS_NAME_OF: dict[type[BaseException], str] = {
 def status_name(exc: BaseException) -> str:  # not in __all__, which lists the error classes
     """The status an error is answered with (``STATUS_NAME_OF``; a relayed refusal keeps its own; else INTERNAL)."""
     if exc.__class__ is Relayed:
-        return exc.status  # type: ignore[attr-defined, no-any-return]
+        return exc.status
     for cls in type(exc).__mro__:
         name = STATUS_NAME_OF.get(cls)
         if name is not None:

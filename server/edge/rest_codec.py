@@ -427,8 +427,9 @@ def _raw_bytes(datatype: str, array: np.ndarray) -> bytes | memoryview:
     """An output's wire bytes: a view of a numeric array's memory (row-major; copied only when it is not contiguous),
     or a BYTES array's length-prefixed elements."""
     if datatype == "BYTES":
-        return serialize_bytes_tensor(array)
-    return memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+        prefixed: bytes = serialize_bytes_tensor(array)
+        return prefixed
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
 
 
 _NONFINITE_OUT = {math.inf: "Infinity", -math.inf: "-Infinity"}
