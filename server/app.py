@@ -33,6 +33,7 @@ from surge.protos import grpc_service_pb2 as pb
 from .edge.codec import DEFAULT_LIMITS, Limits
 from .errors import ConfigError
 from .files import write_atomic
+from .dataplane import DataPlane
 from .edge.grpc_servicer import InferenceServicer, add_to_server, status_of
 from .observability.edge import grpc_server_ids
 from .observability.metrics import ServerMetrics, render
@@ -314,6 +315,8 @@ class Server:
         self._ready = False
         self._grpc: grpc.aio.Server | None = None
         self._servicer: InferenceServicer | None = None
+        self.dataplane: DataPlane | None = None
+        """The protocol-neutral core both edges call (``dataplane.py``); built by ``start``."""
         self._health = _Health()
         self.address = ""
         self.tracing = tracing_from_options(config.trace)
@@ -361,7 +364,7 @@ class Server:
         if self.metrics is not None:  # grpc core's own call counters (observability/edge.py), and the loop-lag probe
             self.metrics.edge.watch_grpc_server(ids_before)
             self.metrics.edge.start_probe()
-        servicer = InferenceServicer(
+        plane = DataPlane(
             self.repository, server_name="surge", server_version=SERVER_VERSION, is_ready=self.is_ready, metrics=self.metrics, limits=limits,
             traffic=self.traffic, peers=self._peers,
             regions=SharedMemoryRegistry(
@@ -369,7 +372,9 @@ class Server:
                 disabled="a --workers worker's regions would not be seen by its siblings; run one worker" if self._peers is not None else "",
             ),
         )
-        servicer.tracing = self.tracing
+        plane.tracing = self.tracing
+        self.dataplane = plane
+        servicer = InferenceServicer(plane)
         add_to_server(servicer, server)
         add_surge_services(self.traffic, server, self._peers, rollouts=self.rollouts)  # surge.v1.Admin and surge.v1.Feedback (admin scope: server/edge/security.py)
         self._servicer = servicer
@@ -410,11 +415,11 @@ class Server:
                     raise OSError(f"cannot bind the metrics endpoint to {self.config.host}:{self.config.metrics_port}: {exc.strerror or exc}") from None
                 self._metrics_endpoint = endpoint
                 log.info("metrics on %s://%s/metrics%s", "https" if endpoint.tls else "http", self.metrics_address, " (scrape token required)" if endpoint.token_required else "")
-            if self.config.rest_enabled:  # REST v2 over the same servicer (rest.py), the same policy, limits and TLS as gRPC
+            if self.config.rest_enabled:  # REST v2 over the same data plane (rest.py), the same policy, limits and TLS as gRPC
                 rest_socket = self.config.unix_socket_path(self.config.http_address)
                 rest = RestEndpoint(
-                    servicer, self.config.host, self.config.http_port or 0, max_request_bytes=limits.max_request_bytes,
-                    drain_timeout_s=self.config.drain_timeout_s, metrics=self.metrics,
+                    plane, self.config.host, self.config.http_port or 0, max_request_bytes=limits.max_request_bytes,
+                    drain_timeout_s=self.config.drain_timeout_s,
                     authorize=self.security.authorize if self.security.active else None, reuse_port=self.config.reuse_port,
                     ssl_context=self.config.ssl_context(), unix_path=rest_socket,
                 )

@@ -1,8 +1,9 @@
-"""Protocol-neutral errors of the serving core, mapped to gRPC status codes once, in ``grpc_servicer``.
+"""Protocol-neutral errors of the serving core, and the status each one is answered with.
 
-Nothing here imports grpc. Every module below the servicer raises these; the servicer's one table
-(``grpc_servicer.STATUS_OF``) turns each class into a status, and anything not listed becomes INTERNAL
-with a request id (the traceback goes to the log, never to the client).
+Nothing here imports grpc. Every module below the edges raises these; ``STATUS_NAME_OF`` is the one table from
+an error class to its status, named as gRPC names its codes (the vocabulary of statistics, metrics and both
+edges); each edge maps a name to its wire once (``grpc_servicer.STATUS_OF``: gRPC codes, ``rest.HTTP_STATUS_OF``:
+HTTP statuses). Anything not listed is INTERNAL with a request id (the traceback goes to the log, never to the client).
 
     InferenceServerError
     ├── InvalidInput            INVALID_ARGUMENT   malformed request: names the tensor and what was expected
@@ -19,7 +20,8 @@ with a request id (the traceback goes to the log, never to the client).
     │   └── InstanceCrashed     UNAVAILABLE        a Python model's process died during the batch (instance restarted)
     ├── Unauthenticated         UNAUTHENTICATED    no bearer token, or one the server does not know
     ├── PermissionDenied        PERMISSION_DENIED  a known token without the scope the method needs
-    └── ConfigError             INVALID_ARGUMENT   a model or server configuration is invalid (names the key path)
+    ├── ConfigError             INVALID_ARGUMENT   a model or server configuration is invalid (names the key path)
+    └── Relayed                 (its own)          a sibling worker's refusal of a call passed on to it
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ __all__ = [
     "ModelNotReady",
     "PermissionDenied",
     "QueueFull",
+    "Relayed",
     "RepositoryFixed",
     "RowsRejected",
     "RuntimeFailure",
@@ -131,6 +134,44 @@ class PermissionDenied(InferenceServerError):
 
 class ConfigError(InferenceServerError, ValueError):
     """A configuration is invalid; the message names the key path and what is expected."""
+
+
+class Relayed(InferenceServerError):
+    """Another worker's refusal of a call this server passed on (``peers.py``): answered with its status and message."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+#: Error class -> the status it is answered with (subclasses resolve through their MRO; see the module docstring).
+STATUS_NAME_OF: dict[type[BaseException], str] = {
+    InvalidInput: "INVALID_ARGUMENT",
+    ConfigError: "INVALID_ARGUMENT",
+    ModelNotFound: "NOT_FOUND",
+    VersionNotFound: "NOT_FOUND",
+    ModelNotReady: "UNAVAILABLE",
+    QueueFull: "UNAVAILABLE",
+    DeadlineExpired: "DEADLINE_EXCEEDED",
+    LimitExceeded: "RESOURCE_EXHAUSTED",
+    Unsupported: "UNIMPLEMENTED",
+    RuntimeFailure: "INTERNAL",
+    ExecutionTimeout: "DEADLINE_EXCEEDED",
+    InstanceCrashed: "UNAVAILABLE",
+    Unauthenticated: "UNAUTHENTICATED",
+    PermissionDenied: "PERMISSION_DENIED",
+}
+
+
+def status_name(exc: BaseException) -> str:  # not in __all__, which lists the error classes
+    """The status an error is answered with (``STATUS_NAME_OF``; a relayed refusal keeps its own; else INTERNAL)."""
+    if exc.__class__ is Relayed:
+        return exc.status
+    for cls in type(exc).__mro__:
+        name = STATUS_NAME_OF.get(cls)
+        if name is not None:
+            return name
+    return "INTERNAL"
 
 
 def without_root(text: str, root: Path) -> str:  # not in __all__, which lists the error classes

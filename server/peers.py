@@ -124,15 +124,27 @@ class WorkerPeers:
             answers.append(result)
         return answers
 
+    @staticmethod
+    def is_local(metadata: Iterable[tuple[str, Any]] | None) -> bool:
+        """Whether a call came from a sibling worker (answer for this worker only)."""
+        return is_local_call(metadata)
+
     async def model_statistics(
         self, request: pb.ModelStatisticsRequest, local: pb.ModelStatisticsResponse, caller: Iterable[tuple[str, Any]] | None = ()
     ) -> pb.ModelStatisticsResponse:
-        """This worker's statistics plus every live sibling's, summed."""
-        return merge_statistics([local, *await self.call_siblings(pb_grpc.GRPCInferenceServiceStub, "ModelStatistics", request, caller)])
+        """This worker's statistics plus every live sibling's, summed. A sibling's refusal is raised as ``errors.Relayed``."""
+        try:
+            answers = await self.call_siblings(pb_grpc.GRPCInferenceServiceStub, "ModelStatistics", request, caller)
+        except grpc.aio.AioRpcError as exc:
+            raise errors.Relayed(exc.code().name, exc.details() or "") from None
+        return merge_statistics([local, *answers])
 
     async def repository_call(self, method: str, request: Any, caller: Iterable[tuple[str, Any]] | None = ()) -> None:
-        """Apply a RepositoryModelLoad/Unload that succeeded here to every live sibling too."""
-        await self.call_siblings(pb_grpc.GRPCInferenceServiceStub, method, request, caller)
+        """Apply a RepositoryModelLoad/Unload that succeeded here to every live sibling too (a refusal: ``errors.Relayed``)."""
+        try:
+            await self.call_siblings(pb_grpc.GRPCInferenceServiceStub, method, request, caller)
+        except grpc.aio.AioRpcError as exc:
+            raise errors.Relayed(exc.code().name, exc.details() or "") from None
 
     async def call_owner(self, stub: Any, method: str, request: Any, caller: Iterable[tuple[str, Any]] | None = ()) -> Any | None:
         """Call ``method`` on the first worker (which runs the rollout controller); None when this is it.

@@ -64,13 +64,13 @@ def test_grpc_serialize_scores_response(benchmark, response):
 def test_rest_encode_scores_response_binary(benchmark, response):
     request = rest_codec.decode_infer_request(b'{"inputs": [{"name": "a", "datatype": "FP32", "shape": [1], "data": [1]}], '
                                               b'"parameters": {"binary_data_output": true}}', None, "resnet", "")  # fmt: skip
-    body, header_length = benchmark(rest_codec.encode_infer_response, response, request)
+    body, header_length = benchmark(rest_codec.encode_infer_response, response, [SCORES], request)
     assert len(body) - header_length == SCORES.nbytes
 
 
 def test_rest_encode_scores_response_json(benchmark, response):
     request = rest_codec.decode_infer_request(b'{"inputs": [{"name": "a", "datatype": "FP32", "shape": [1], "data": [1]}]}', None, "resnet", "")
-    body, header_length = benchmark(rest_codec.encode_infer_response, response, request)
+    body, header_length = benchmark(rest_codec.encode_infer_response, response, [SCORES], request)
     assert header_length is None and len(json.loads(body)["outputs"][0]["data"]) == 1000
 
 

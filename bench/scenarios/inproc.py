@@ -23,6 +23,7 @@ import numpy as np
 
 from bench.models import MODELS, write_onnx_files, write_repository
 from surge.protos import grpc_service_pb2 as pb
+from surge.server.dataplane import DataPlane
 from surge.server.edge.grpc_servicer import InferenceServicer
 from surge.server.repository import ModelRepository
 from surge.server.traffic.traffic import Traffic
@@ -47,7 +48,7 @@ async def measure(model: str, concurrency: int, requests: int, batching: dict | 
     traffic = Traffic(repo)
     repo.on_serving_change = traffic.serving_changed
     await repo.start()
-    servicer = InferenceServicer(repo, server_name="surge", server_version="bench", is_ready=lambda: True, traffic=traffic)
+    servicer = InferenceServicer(DataPlane(repo, server_name="surge", server_version="bench", is_ready=lambda: True, traffic=traffic))
     features = MODELS[model].features
     request = pb.ModelInferRequest(model_name=model)
     request.inputs.add(name="x", datatype="FP32", shape=[1, features])

@@ -1,92 +1,47 @@
-"""The gRPC edge: Triton's ``inference.GRPCInferenceService`` over grpc.aio. The only module that knows grpc.
+"""The gRPC edge: Triton's ``inference.GRPCInferenceService`` over grpc.aio. Wire format only.
 
-Each RPC reads top to bottom in a few lines (look up, decode, execute, encode); errors are not handled
-in the RPCs but mapped once, by ``_edge`` below, from the protocol-neutral classes of ``errors.py`` to
-gRPC status codes (``STATUS_OF``). Anything unmapped becomes INTERNAL with a request id; its traceback
-goes to the log, never to the client.
+Each RPC turns its request message into the plain arguments of a ``DataPlane`` method (``server/dataplane.py``:
+lookup, routing, limits, statistics, errors) and the answer back into its response message. Errors are not
+handled in the RPCs but mapped once, by ``_edge`` below, from their status name (``errors.status_name``) to a
+gRPC status code (``STATUS_OF``), with the data plane's message (``dataplane.error_message``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
-import logging
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NamedTuple, TypeVar
 
 import grpc
+import numpy as np
 
 from surge.protos import grpc_service_pb2 as pb
 from surge.protos import grpc_service_pb2_grpc as pb_grpc
 from surge.protos.pool import POOL as SURGE_POOL
 
-from . import codec, shared_memory, stream, wire
+from . import codec, stream, wire
 from .. import errors
-from ..traffic.feedback import FeedbackIndex
-from ..observability.metrics import ServerMetrics
-from ..execution.model import ModelVersion
-from ..repository import ModelRepository, parse_version
-from ..traffic.routing import RouteEntry, stable_hash
-from ..traffic.shadow import ShadowJob, ShadowSender
-from ..execution.stats import Stamps, now_ns
-from ..observability.tracing import DISABLED, Tracing
-from ..traffic.traffic import Traffic
-from .triton import config_overrides_from_json, model_config_message, statistics_message
-from ..peers import WorkerPeers, is_local_call
+from ..dataplane import EXTENSIONS, DataPlane, error_message
+from .triton import model_config_message
 
-__all__ = ["EXTENSIONS", "InferenceServicer", "STATUS_OF", "Undecodable", "add_to_server", "add_tolerant"]
+__all__ = ["EXTENSIONS", "InferenceServicer", "STATUS_OF", "Undecodable", "add_to_server", "add_tolerant", "status_of"]
 
-log = logging.getLogger("surge.grpc")
+#: Status name (``errors.status_name``) -> gRPC status code.
+_CODE_OF_NAME: dict[str, grpc.StatusCode] = {code.name: code for code in grpc.StatusCode}
+#: Error class -> gRPC status (``errors.STATUS_NAME_OF`` on this wire).
+STATUS_OF: dict[type[BaseException], grpc.StatusCode] = {cls: _CODE_OF_NAME[name] for cls, name in errors.STATUS_NAME_OF.items()}
 
-#: Error class -> gRPC status (the one table; subclasses resolve through their MRO).
-STATUS_OF: dict[type[BaseException], grpc.StatusCode] = {
-    errors.InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.ConfigError: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
-    errors.VersionNotFound: grpc.StatusCode.NOT_FOUND,
-    errors.ModelNotReady: grpc.StatusCode.UNAVAILABLE,
-    errors.QueueFull: grpc.StatusCode.UNAVAILABLE,
-    errors.DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
-    errors.LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.Unsupported: grpc.StatusCode.UNIMPLEMENTED,
-    errors.RuntimeFailure: grpc.StatusCode.INTERNAL,
-    errors.ExecutionTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
-    errors.InstanceCrashed: grpc.StatusCode.UNAVAILABLE,
-    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-}
-
-#: ServerMetadata.extensions: only what is really implemented.
-EXTENSIONS = ("classification", "model_repository", "model_configuration", "statistics", "parameters", "trace")
 #: Answers one ModelStreamInfer stream holds (running, or done and not yet written); at the bound it stops reading.
 STREAM_MAX_ANSWERS = 128
-_MESSAGE, _UNARY, _STREAM = 0, 1, 2  # the forms of an answer (InferenceServicer._infer)
 
-_request_ids = itertools.count(1)
 _F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
 
 
 def status_of(exc: BaseException) -> grpc.StatusCode:
-    """The status code for an error (INTERNAL for anything not in ``STATUS_OF``)."""
-    for cls in type(exc).__mro__:
-        code = STATUS_OF.get(cls)
-        if code is not None:
-            return code
-    return grpc.StatusCode.INTERNAL
-
-
-def _error_message(exc: BaseException, request_id: str = "") -> str:
-    if isinstance(exc, errors.InferenceServerError) and not isinstance(exc, errors.RuntimeFailure):
-        return str(exc)
-    rid = request_id or f"surge-{next(_request_ids)}"
-    if isinstance(exc, errors.RuntimeFailure):
-        log.error("request %s: %s", rid, exc)
-        return f"{exc} (request id {rid}; the server log has the details)"
-    log.error("request %s failed with an unexpected error", rid, exc_info=exc)
-    return f"internal error (request id {rid}); the server log has the details"
+    """The status code for an error (INTERNAL for anything ``errors.STATUS_NAME_OF`` does not list)."""
+    return _CODE_OF_NAME[errors.status_name(exc)]
 
 
 class Undecodable:
@@ -184,7 +139,7 @@ def _edge(method: _F) -> _F:
                 await self._answers_released.wait()
             if isinstance(exc, grpc.aio.AioRpcError):  # a sibling worker's refusal (workers.py): passed on as it is
                 await context.abort(exc.code(), exc.details() or "")
-            await context.abort(status_of(exc), _error_message(exc, getattr(request, "id", "")))
+            await context.abort(status_of(exc), error_message(exc, getattr(request, "id", "")))
         if getattr(self, "_stopping", False):
             await self._answers_released.wait()
         return response
@@ -199,12 +154,6 @@ def _handler_failed(servicer: object, context: grpc.aio.ServicerContext[Any, Any
         metrics.edge.handler_failed(context)
 
 
-#: A cancellation this close to the request's deadline is counted as the deadline passing: the client's own
-#: deadline fires first and its cancel reaches us before our copy of the deadline (ours starts after transit and
-#: the wait for a handler, which a busy server makes long); a client's early cancel is rarely this close.
-DEADLINE_SLACK_S = 0.1
-
-
 def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
     """The request's gRPC deadline as a ``time.monotonic()`` value (None without one)."""
     remaining = context.time_remaining()
@@ -212,201 +161,64 @@ def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """Triton's GRPCInferenceService over a ModelRepository."""
+    """Triton's GRPCInferenceService over a ``DataPlane``."""
 
-    def __init__(
-        self, repository: ModelRepository, *, server_name: str, server_version: str, is_ready: Callable[[], bool], metrics: ServerMetrics | None = None,
-        limits: codec.Limits = codec.DEFAULT_LIMITS, traffic: Traffic | None = None, peers: WorkerPeers | None = None,
-        regions: shared_memory.SharedMemoryRegistry | None = None,
-    ) -> None:
-        """``metrics``: where requests that reach no model version are counted (None: metrics off); ``limits``: request limits;
-        ``traffic``: version routing, shadows and feedback (None: every request goes to the version it names or the latest);
-        ``peers``: in a ``--workers`` worker, the siblings statistics and repository calls also go to;
-        ``regions``: the registered shared memory (None: a registry of its own, shared with the REST edge through this servicer)."""
-        self._peers = peers
-        self._repo = repository
-        self._limits = limits
+    def __init__(self, plane: DataPlane) -> None:
+        self._plane = plane
+        self._metrics = plane.metrics  # where calls a handler ended with an error are counted (observability/edge.py)
         self._stopping = False
         self._answers_released = asyncio.Event()  # while stopping: set once the connections have been told GOAWAY
-        self._traffic = traffic
-        self._metrics = metrics
-        self._name = server_name
-        self._version = server_version
-        self._is_ready = is_ready
         self._stream_readers: set[asyncio.Task[None]] = set()
-        self.tracing: Tracing = DISABLED
-        """The server's tracing (``observability/tracing.py``); set by the server when it is configured."""
-        self._regions = regions if regions is not None else shared_memory.SharedMemoryRegistry()
-        self._extensions = EXTENSIONS + self._regions.extensions()
 
     # -- health and metadata ---------------------------------------------------------------------
 
     @_edge
     async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.ServerLiveResponse:
-        return pb.ServerLiveResponse(live=True)
+        return pb.ServerLiveResponse(live=self._plane.live())
 
     @_edge
     async def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self._is_ready())
+        return pb.ServerReadyResponse(ready=self._plane.ready())
 
     @_edge
     async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.ModelReadyResponse:
-        try:
-            version = self._repo.get(request.name, request.version)
-        except (errors.ModelNotFound, errors.VersionNotFound, errors.ModelNotReady):
-            return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=version.state == "READY")  # not READY: e.g. its only instance hung and is being replaced
+        return pb.ModelReadyResponse(ready=self._plane.model_ready(request.name, request.version))
 
     @_edge
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name=self._name, version=self._version, extensions=self._extensions)
+        name, version, extensions = self._plane.server_metadata()
+        return pb.ServerMetadataResponse(name=name, version=version, extensions=extensions)
 
     @_edge
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.ModelMetadataResponse:
-        version = self._repo.get(request.name, request.version)
-        config = version.config
-        batch = [-1] if config.max_batch_size else []
-        response = pb.ModelMetadataResponse(
-            name=config.name,
-            versions=[v.version_str for v in self._repo.versions_of(request.name) if v.state == "READY"],
-            platform=config.platform,
-        )
-        for t in config.inputs:
-            response.inputs.add(name=t.name, datatype=t.datatype, shape=batch + list(t.dims))
-        for t in config.outputs:
-            response.outputs.add(name=t.name, datatype=t.datatype, shape=batch + list(t.dims))
+        meta = self._plane.model_metadata(request.name, request.version)
+        response = pb.ModelMetadataResponse(name=meta.name, versions=meta.versions, platform=meta.platform)
+        for t in meta.inputs:
+            response.inputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
+        for t in meta.outputs:
+            response.outputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
         return response
 
     @_edge
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.ModelConfigResponse:
-        version = self._repo.get(request.name, request.version)
-        return pb.ModelConfigResponse(config=model_config_message(version.config))
+        return pb.ModelConfigResponse(config=model_config_message(self._plane.model_config(request.name, request.version)))
 
     @_edge
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.ModelStatisticsResponse:
-        if request.version:
-            parse_version(request.version)
-        if not request.name and request.version:
-            raise errors.InvalidInput("ModelStatistics: a version needs a model name")
-        names = [request.name] if request.name else self._repo.model_names()
-        response = pb.ModelStatisticsResponse()
-        for name in names:
-            versions = self._repo.versions_of(name)
-            if request.version:
-                versions = [v for v in versions if v.version_str == request.version]
-                if not versions:
-                    raise errors.VersionNotFound(f"model '{name}' has no loaded version {request.version}")
-            response.model_stats.extend(statistics_message(name, versions))
-        if self._peers is not None and not is_local_call(metadata := context.invocation_metadata()):
-            response = await self._peers.model_statistics(request, response, metadata)  # the whole server's, summed
-        return response
+        return await self._plane.statistics(request.name, request.version, context.invocation_metadata)
 
     # -- inference -------------------------------------------------------------------------------
 
     @_edge
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.ModelInferResponse:
-        return await self._model_infer(request, context, _MESSAGE)  # type: ignore[return-value]
+        return await self._plane.infer(request, context.invocation_metadata, _deadline(context), _encode_message)
 
     async def _model_infer_wire(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.ModelInferResponse | bytes:
         """ModelInfer as gRPC serves it: a large response comes back as its wire bytes (``wire.assemble``)."""
-        return await self._model_infer(request, context, _UNARY)
+        return await self._plane.infer(request, context.invocation_metadata, _deadline(context), _encode_for_wire)
 
     _model_infer_wire.__name__ = "ModelInfer"  # what _edge's errors call it
     model_infer_wire = _edge(_model_infer_wire)
-
-    async def _model_infer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any], form: int) -> pb.ModelInferResponse | bytes:
-        stamps = Stamps(now_ns())
-        if self.tracing.on:  # sampled: the request's spans (observability/tracing.py)
-            stamps.trace = self.tracing.begin(stamps, context, request.model_name, "ModelInfer")
-        entry = self._traffic.table.get(request.model_name) if self._traffic is not None else None
-        if entry is None:  # no routes, shadow or feedback for this model: the fast path
-            version = self._lookup(request)
-            return await self._infer(request, version, stamps, _deadline(context), context, form=form)
-        version, sender, feedback = self._route(request, entry, context)
-        return await self._infer(request, version, stamps, _deadline(context), context, sender, feedback, form=form)
-
-    def _route(
-        self, request: pb.ModelInferRequest, entry: RouteEntry[ModelVersion], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> tuple[ModelVersion, ShadowSender | None, FeedbackIndex | None]:
-        """The version that answers (split by routing key unless the request names one), its shadow sender, the feedback index."""
-        feedback = entry.extras["feedback"]
-        if request.model_version:  # an explicit version bypasses the split and the shadow
-            return self._lookup(request), None, feedback
-        key = _routing_key(request, context)
-        key_hash = stable_hash(key) if key else random.getrandbits(64)
-        primary = entry.primary(key_hash)
-        shadow = entry.shadow_for(primary, key_hash)
-        return primary, entry.extras["sender"] if shadow is not None else None, feedback
-
-    def _lookup(self, request: pb.ModelInferRequest) -> ModelVersion:
-        """The version that serves the request; a failure is counted by its status code (no model label: bounded)."""
-        try:
-            if self._stopping:
-                raise errors.ModelNotReady("the server is shutting down; retry on another replica")
-            return self._repo.get(request.model_name, request.model_version)
-        except Exception as exc:
-            if self._metrics is not None:
-                self._metrics.record_unrouted(status_of(exc).name)
-            raise
-
-    async def _infer(
-        self, request: pb.ModelInferRequest, version: ModelVersion, stamps: Stamps, deadline: float | None, context: grpc.aio.ServicerContext[Any, Any],
-        sender: ShadowSender | None = None, feedback: FeedbackIndex | None = None, form: int = _MESSAGE,
-    ) -> pb.ModelInferResponse | bytes:
-        """Decode, execute, encode. ``sender``: mirror the request to a shadow; ``feedback``: index the answer by request id;
-        ``form``: the response as a message (_MESSAGE), or, when it is large, as the wire bytes of a ModelInferResponse
-        (_UNARY) or of a ModelStreamInferResponse (_STREAM), built off the event loop."""
-        spec = version.codec_spec
-        if spec is None:
-            spec = version.codec_spec = codec.model_spec(version.config)
-        job: ShadowJob | None = None
-        regions = shared_memory.RequestRegions(self._regions, context.invocation_metadata)  # the regions it uses, until answered
-        try:
-            decoded = codec.decode_request(request, spec, self._limits, regions)
-            stamps.decoded = now_ns()
-            stamps.rows = decoded.rows
-            if sender is not None:  # never raises, never waits: the shadow has its own budget
-                job = sender.offer(version.version_str, decoded.inputs, decoded.rows, decoded.output_names, request.id)
-                if job is not None:
-                    job.trace = stamps.trace
-            outputs = await version.execute(
-                decoded.inputs, decoded.rows, decoded.output_names, stamps, deadline, priority=decoded.priority, timeout_s=decoded.timeout_s
-            )
-            stamps.encode_start = now_ns()
-            if job is not None:
-                job.primary_done(outputs, stamps.encode_start - stamps.decoded)
-            if form == _MESSAGE:
-                response: pb.ModelInferResponse | bytes = codec.encode_response(
-                    request, spec, version.version_str, outputs, decoded.output_names, decoded.classes, decoded.targets
-                )
-            else:
-                response = await _encode_for_wire(
-                    request, spec, version.version_str, outputs, decoded.output_names, decoded.classes, decoded.targets, form
-                )
-        except asyncio.CancelledError:  # gRPC cancels the handler when the deadline passes or the client goes away
-            if job is not None:
-                job.primary_done(None)
-            expired = deadline is not None and time.monotonic() >= deadline - DEADLINE_SLACK_S
-            version.stats.record_failure(stamps, end := now_ns(), code := "DEADLINE_EXCEEDED" if expired else "CANCELLED")
-            if stamps.trace is not None:
-                stamps.trace.end(stamps, version, code, end_ns=end)
-            raise
-        except Exception as exc:
-            if job is not None:
-                job.primary_done(None)
-            version.stats.record_failure(stamps, end := now_ns(), code := status_of(exc).name)
-            if stamps.trace is not None:
-                stamps.trace.end(stamps, version, code, end_ns=end)
-            raise
-        finally:
-            regions.release()
-        stamps.end = now_ns()
-        version.stats.record_success(stamps)
-        if stamps.trace is not None:
-            stamps.trace.end(stamps, version, "OK", "shadowed" if job is not None else "primary")
-        if feedback is not None and request.id:
-            feedback.record(request.id, version.version_str, outputs, decoded.rows)
-        return response
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest | Undecodable], context: grpc.aio.ServicerContext[Any, Any]
@@ -429,18 +241,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         async def one(request: pb.ModelInferRequest) -> None:
             try:
-                stamps = Stamps(now_ns())
-                if self.tracing.on:
-                    stamps.trace = self.tracing.begin(stamps, context, request.model_name, "ModelStreamInfer")
-                entry = self._traffic.table.get(request.model_name) if self._traffic is not None else None
-                if entry is None:
-                    response = await self._infer(request, self._lookup(request), stamps, _deadline(context), context, form=_STREAM)
-                else:
-                    version, sender, feedback = self._route(request, entry, context)
-                    response = await self._infer(request, version, stamps, _deadline(context), context, sender, feedback, form=_STREAM)
-                results.put_nowait((response if response.__class__ is bytes else stream.answer(response), None))  # type: ignore[arg-type]  # bytes: flagged already
+                response = await self._plane.infer(request, context.invocation_metadata, _deadline(context), _encode_stream, "ModelStreamInfer")
+                results.put_nowait((response if isinstance(response, bytes) else stream.answer(response), None))  # bytes: flagged already
             except Exception as exc:
-                results.put_nowait((stream.failure(status_of(exc).name, _error_message(exc, request.id), request), exc))
+                results.put_nowait((stream.failure(errors.status_name(exc), error_message(exc, request.id), request), exc))
 
         async def read() -> None:
             try:
@@ -451,7 +255,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                         break
                     if isinstance(request, Undecodable):
                         exc = request.error("ModelStreamInfer")
-                        results.put_nowait((stream.failure(status_of(exc).name, str(exc)), exc))
+                        results.put_nowait((stream.failure(errors.status_name(exc), str(exc)), exc))
                         continue
                     task = asyncio.create_task(one(request))
                     tasks.add(task)
@@ -492,6 +296,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         connecting: UNAVAILABLE, retryable), never on one being closed, where gRPC would cancel it (CANCELLED).
         """
         self._stopping = True
+        self._plane.stopping = True
         for reader in list(self._stream_readers):
             reader.cancel()
 
@@ -502,128 +307,100 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @_edge
     async def TraceSetting(self, request: pb.TraceSettingRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.TraceSettingResponse:
         """Triton's trace extension: read (no settings) or change the global or a model's settings."""
-        if request.model_name:
-            self._repo.get(request.model_name, "")  # NOT_FOUND for a model the repository does not serve
         changes = {name: list(value.value) for name, value in request.settings.items()}
         response = pb.TraceSettingResponse()
-        for name, values in self.tracing.update(request.model_name, changes).items():
+        for name, values in self._plane.trace_setting(request.model_name, changes).items():
             response.settings[name].value.extend(values)
         return response
+
+    @_edge
+    async def LogSettings(self, request: pb.LogSettingsRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.LogSettingsResponse:
+        self._plane.log_settings()
+        return pb.LogSettingsResponse()  # pragma: no cover  (log_settings raises Unsupported)
 
     # -- repository ------------------------------------------------------------------------------
 
     @_edge
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.RepositoryIndexResponse:
         response = pb.RepositoryIndexResponse()
-        for row in self._repo.index(ready_only=request.ready):
+        for row in self._plane.repository_index(request.ready):
             response.models.add(name=row.name, version=row.version, state=row.state, reason=row.reason)
         return response
 
     @_edge
     async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.RepositoryModelLoadResponse:
-        self._repo.check_mutable("RepositoryModelLoad")
-        overrides = None
-        for key, param in request.parameters.items():
-            if key.startswith("file:"):
-                raise errors.Unsupported(f"loading model files sent in the request ('{key}') is not supported; put them in the repository")
-            if key == "config":
-                which = param.WhichOneof("parameter_choice")
-                text = param.string_param if which == "string_param" else param.bytes_param.decode("utf-8", "replace") if which == "bytes_param" else ""
-                if len(text) <= 1 << 16:
-                    overrides = config_overrides_from_json(request.model_name, text)
-                else:  # a large text is parsed off the event loop
-                    overrides = await asyncio.to_thread(config_overrides_from_json, request.model_name, text)
-        await self._repo.load(request.model_name, overrides)
-        if self._peers is not None and not is_local_call(metadata := context.invocation_metadata()):
-            await self._peers.repository_call("RepositoryModelLoad", request, metadata)
+        parameters = {key: getattr(param, param.WhichOneof("parameter_choice") or "string_param") for key, param in request.parameters.items()}
+        await self._plane.load(request.model_name, parameters, context.invocation_metadata)
         return pb.RepositoryModelLoadResponse()
 
     @_edge
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RepositoryModelUnloadResponse:
-        self._repo.check_mutable("RepositoryModelUnload")
-        await self._repo.unload(request.model_name)
-        if self._peers is not None and not is_local_call(metadata := context.invocation_metadata()):
-            await self._peers.repository_call("RepositoryModelUnload", request, metadata)
+        await self._plane.unload(request.model_name, context.invocation_metadata)
         return pb.RepositoryModelUnloadResponse()
 
     # -- shared memory (shared_memory.py) --------------------------------------------------------
 
-    def _owner(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
-        return shared_memory.owner_of(context.invocation_metadata(), self._regions.scoped)
-
     @_edge
     async def SystemSharedMemoryStatus(self, request: pb.SystemSharedMemoryStatusRequest, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        return shared_memory.status_message(self._regions, self._owner(context), request.name, "system")
+        response = pb.SystemSharedMemoryStatusResponse()
+        for r in self._plane.shared_memory_status("system", request.name, context.invocation_metadata):
+            response.regions[r.name].CopyFrom(pb.SystemSharedMemoryStatusResponse.RegionStatus(name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size))
+        return response
 
     @_edge
     async def SystemSharedMemoryRegister(self, request: pb.SystemSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        self._regions.register_system(self._owner(context), request)
+        self._plane.register_system_shared_memory(request.name, request.key, request.offset, request.byte_size, context.invocation_metadata)
         return pb.SystemSharedMemoryRegisterResponse()
 
     @_edge
     async def SystemSharedMemoryUnregister(self, request: pb.SystemSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        self._regions.unregister(self._owner(context), request.name, "system")
+        self._plane.unregister_shared_memory("system", request.name, context.invocation_metadata)
         return pb.SystemSharedMemoryUnregisterResponse()
 
     @_edge
     async def CudaSharedMemoryStatus(self, request: pb.CudaSharedMemoryStatusRequest, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        return shared_memory.status_message(self._regions, self._owner(context), request.name, "cuda")
+        response = pb.CudaSharedMemoryStatusResponse()
+        for r in self._plane.shared_memory_status("cuda", request.name, context.invocation_metadata):
+            response.regions[r.name].CopyFrom(pb.CudaSharedMemoryStatusResponse.RegionStatus(name=r.name, device_id=r.device_id, byte_size=r.byte_size))
+        return response
 
     @_edge
     async def CudaSharedMemoryRegister(self, request: pb.CudaSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        self._regions.register_cuda(self._owner(context), request)
+        self._plane.register_cuda_shared_memory(request.name, request.raw_handle, request.device_id, request.byte_size, context.invocation_metadata)
         return pb.CudaSharedMemoryRegisterResponse()
 
     @_edge
     async def CudaSharedMemoryUnregister(self, request: pb.CudaSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        self._regions.unregister(self._owner(context), request.name, "cuda")
+        self._plane.unregister_shared_memory("cuda", request.name, context.invocation_metadata)
         return pb.CudaSharedMemoryUnregisterResponse()
 
 
+async def _encode_message(
+    request: pb.ModelInferRequest, spec: Any, version: str, outputs: dict[str, np.ndarray], decoded: codec.DecodedRequest
+) -> pb.ModelInferResponse:
+    """The response as a message (``DataPlane.infer``'s encoder for the generated ModelInfer handler)."""
+    return codec.encode_response(request, spec, version, outputs, decoded.output_names, decoded.classes, decoded.targets)
+
+
+async def _encode_stream(
+    request: pb.ModelInferRequest, spec: Any, version: str, outputs: dict[str, np.ndarray], decoded: codec.DecodedRequest
+) -> pb.ModelInferResponse | bytes:
+    return await _encode_for_wire(request, spec, version, outputs, decoded, True)
+
 
 async def _encode_for_wire(
-    request: pb.ModelInferRequest, spec: Any, version: str, outputs: dict[str, Any], output_names: tuple[str, ...],
-    classes: dict[str, int] | None, targets: Any, form: int,
+    request: pb.ModelInferRequest, spec: Any, version: str, outputs: dict[str, np.ndarray], decoded: codec.DecodedRequest, in_stream: bool = False
 ) -> pb.ModelInferResponse | bytes:
-    """A small response as a message (protobuf's C code is fastest); a large one as its wire bytes, assembled in a
+    """``DataPlane.infer``'s encoder for ModelInfer (and, ``in_stream``, ModelStreamInfer) as gRPC serves them.
+
+    A small response as a message (protobuf's C code is fastest); a large one as its wire bytes, assembled in a
     worker thread without holding the GIL for the copies (``wire.assemble``): nothing that scales with its size
     runs on the loop."""
-    response, arrays = codec.encode_outputs(request, spec, version, outputs, output_names, classes, targets)
+    response, arrays = codec.encode_outputs(request, spec, version, outputs, decoded.output_names, decoded.classes, decoded.targets)
     if sum(a.nbytes for a in arrays) < wire.LARGE_MESSAGE_BYTES:  # a BYTES array's nbytes counts its references
         return codec.with_raw_outputs(response, arrays)
-    if form == _STREAM:  # the stream response is assembled here, so its final flag goes into the header now
+    if in_stream:  # the stream response is assembled here, so its final flag goes into the header now
         response.parameters[stream.FINAL_RESPONSE].bool_param = True
-    return await asyncio.get_running_loop().run_in_executor(None, functools.partial(wire.assemble, response.SerializeToString(), arrays, stream=form == _STREAM))
-
-
-#: The metadata key that carries a routing key (the ``routing_key`` request parameter takes precedence).
-ROUTING_KEY_METADATA = "x-surge-routing-key"
-
-
-def _routing_key(request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    """The request's routing key: parameter ``routing_key``, else metadata ``x-surge-routing-key``, else the request id."""
-    params = request.parameters
-    if params and "routing_key" in params:
-        value = codec.parameter_value(params["routing_key"])
-        if value is not None:
-            return str(value)
-    for key, text in context.invocation_metadata() or ():
-        if key == ROUTING_KEY_METADATA:
-            return text if isinstance(text, str) else text.decode("utf-8", "replace")
-    return request.id
-
-
-def _not_built(what: str) -> Callable[..., Awaitable[Any]]:
-    async def rpc(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not implemented by Surge yet")
-
-    return rpc
-
-
-_NOT_BUILT = {
-    "LogSettings": "LogSettings (set the log level with surge serve --log-level)",
-}
-for _rpc, _what in _NOT_BUILT.items():
-    setattr(InferenceServicer, _rpc, _not_built(_what))
+    return await asyncio.get_running_loop().run_in_executor(None, functools.partial(wire.assemble, response.SerializeToString(), arrays, stream=in_stream))

@@ -1,18 +1,17 @@
 """The REST edge: the Open Inference Protocol's HTTP/JSON binding (KServe v2) plus Triton's HTTP extensions.
 
 Built on aiohttp's server, on the same event loop as grpc.aio (uvloop under ``surge serve``), in the same
-process. It is a thin edge with no serving logic of its own: each route turns its HTTP request into the
-``inference.*`` request message of the matching RPC (``rest_codec``) and awaits the **same servicer
-method** the gRPC server calls, through ``_HttpContext``, a ``ServicerContext`` backed by the HTTP request
-(its headers are the call's metadata; ``abort`` raises). So a REST request meets the very same lookup,
-validation, limits, batcher, statistics, metrics and error messages as a gRPC one, and a change to the
-servicer reaches both edges at once.
+process. It is a thin edge with no serving logic of its own: each route turns its HTTP request into the plain
+arguments of the matching ``DataPlane`` method (``server/dataplane.py``; inference requests through
+``rest_codec``, their binary tensors as views of the body) and its answer into JSON (or JSON and binary
+tensors). So a REST request meets the very same lookup, validation, limits, batcher, statistics, metrics and
+error messages as a gRPC one, and a change to the data plane reaches both edges at once.
 
-Errors: one taxonomy, two edges. The servicer maps an ``errors.*`` class to a gRPC status through
-``grpc_servicer.STATUS_OF``; this edge maps that status to an HTTP status through ``HTTP_STATUS_OF``
-(Triton's mapping for the codes Triton has: INTERNAL 500, NOT_FOUND 404, UNAVAILABLE 503, UNIMPLEMENTED 501,
-the rest 400; the common gRPC-to-HTTP mapping for the codes Triton lacks), and answers ``{"error": "..."}``
-with it. Errors of HTTP itself (no such route, wrong method, body over the limit) answer the same way.
+Errors: one taxonomy, two edges. Every error is answered ``{"error": "..."}`` with the HTTP status of its status
+name (``errors.status_name``) in ``HTTP_STATUS_OF`` (Triton's mapping for the codes Triton has: INTERNAL 500,
+NOT_FOUND 404, UNAVAILABLE 503, UNIMPLEMENTED 501, the rest 400; the common gRPC-to-HTTP mapping for the codes
+Triton lacks) and the data plane's message (``dataplane.error_message``). Errors of HTTP itself (no such route,
+wrong method, body over the limit) answer the same way.
 
 Routes (``{v}``: a version number; every model route also exists without ``/versions/{v}``)::
 
@@ -29,15 +28,17 @@ Routes (``{v}``: a version number; every model route also exists without ``/vers
     GET  /v2/{systemsharedmemory|cudasharedmemory}[/region/{r}]/status      [{"name", ...}, ...]
     POST /v2/{systemsharedmemory|cudasharedmemory}/region/{r}/register      Triton's body (``shared_memory.register_from_json``)
     POST /v2/{systemsharedmemory|cudasharedmemory}[/region/{r}]/unregister  all the caller's regions, or one
-    trace and logging routes                      501, as the gRPC edge answers them
+    GET|POST /v2/trace/setting, /v2/models/{m}/trace/setting   Triton's trace extension
+    /v2/logging                                   501, as the gRPC edge answers LogSettings
 
 Bodies: read as they arrive, bounded in size (``max_request_bytes``, before and after decompression) and in
 time (``body_timeout_s`` in all, ``idle_timeout_s`` between pieces: 408); ``Content-Encoding`` gzip or deflate is
 inflated here, as a stream that stops at the limit (413), never past it. Everything that scales with a body's
 size (inflating, parsing JSON, turning JSON values into tensors, writing JSON outputs) runs in a small thread
 pool, in bounded steps (``jsonread``, ``rest_codec``), so the event loop that serves gRPC too keeps its
-turns; bodies up to ``INLINE_BYTES`` (uncompressed) are decoded in place. Tensor bytes reach the servicer as
-buffers beside the message (``rest_codec.RestInferRequest``), never copied into it.
+turns; bodies up to ``INLINE_BYTES`` (uncompressed) are decoded in place. Binary tensor bytes reach the data
+plane (and the batcher) as views of the body (``rest_codec.RestInferRequest``), and output bytes are copied
+once, from the output arrays into the response body.
 
 Connections: aiohttp's keep-alive timer, set to ``idle_timeout_s``, closes a connection that has not sent a
 complete request head within that time of connecting or of its last answer (slow headers, idle keep-alive).
@@ -61,41 +62,42 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-import grpc
+import numpy as np
 from aiohttp import web
 
 from surge.protos import grpc_service_pb2 as pb
 
 from .. import errors
+from ..dataplane import EXTENSIONS, DataPlane, ModelMetadata, error_message
 from ..observability import tracing
-from . import rest_codec, shared_memory
-from .grpc_servicer import EXTENSIONS, InferenceServicer, _error_message, status_of
+from . import codec, rest_codec, shared_memory
 from .jsonread import CHUNK
-from ..observability.metrics import ServerMetrics
+from .triton import model_config_message
 
 __all__ = ["HTTP_STATUS_OF", "INLINE_BYTES", "RestEndpoint"]
 
 log = logging.getLogger("surge.rest")
 
-#: gRPC status (what ``STATUS_OF`` maps each error class to) -> HTTP status.
-HTTP_STATUS_OF: dict[grpc.StatusCode, int] = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 413,  # Surge's RESOURCE_EXHAUSTED is a size limit: "content too large"
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.INTERNAL: 500,
-    grpc.StatusCode.UNKNOWN: 500,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.ALREADY_EXISTS: 400,
-    grpc.StatusCode.CANCELLED: 400,
+#: Status name (``errors.status_name``) -> HTTP status.
+HTTP_STATUS_OF: dict[str, int] = {
+    "INVALID_ARGUMENT": 400,
+    "NOT_FOUND": 404,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
+    "RESOURCE_EXHAUSTED": 413,  # Surge's RESOURCE_EXHAUSTED is a size limit: "content too large"
+    "UNIMPLEMENTED": 501,
+    "INTERNAL": 500,
+    "UNKNOWN": 500,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "FAILED_PRECONDITION": 400,
+    "ALREADY_EXISTS": 400,
+    "CANCELLED": 400,
 }
-#: ServerMetadata.extensions over HTTP: the gRPC edge's, plus the binary tensor data extension.
+#: ServerMetadata.extensions over HTTP: the data plane's, plus the binary tensor data extension.
 HTTP_EXTENSIONS = (*EXTENSIONS, "binary_tensor_data")
 
+#: What ``authorize`` is told a route stands for: the gRPC method of the same operation.
 _SERVICE = "/inference.GRPCInferenceService/"
 _HEALTH = "/grpc.health.v1.Health/Check"
 _JSON = "application/json"
@@ -110,6 +112,10 @@ INLINE_ELEMENTS = 1 << 14
 _ENCODINGS = ("identity", "gzip", "x-gzip", "deflate")
 
 
+class _BodyTooLarge(errors.LimitExceeded):
+    """The body is over the limit (as sent, or inflated): answered 413, and the connection closed unread."""
+
+
 class _BodyTimeout(Exception):
     """The body did not arrive in time: answered 408, and the connection closed."""
 
@@ -122,60 +128,6 @@ class _ClientErrors(logging.LoggerAdapter):  # type: ignore[type-arg]
         self.warning(f"{msg}: %s", *args, exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1])
 
 
-class _Aborted(grpc.aio.AbortError):
-    """What ``_HttpContext.abort`` raises: the servicer's answer, as a status and a message."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
-
-
-class _HttpContext:
-    """The ``grpc.aio.ServicerContext`` the servicer's methods see for an HTTP request.
-
-    HTTP headers are the invocation metadata (lower-case names, as gRPC's); there is no deadline (the
-    protocol's ``timeout`` parameter bounds the queue wait instead); ``abort`` raises ``_Aborted``.
-    """
-
-    __slots__ = ("_request",)
-
-    def __init__(self, request: web.Request) -> None:
-        self._request = request
-
-    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> None:
-        raise _Aborted(code, details)
-
-    def time_remaining(self) -> float | None:
-        return None
-
-    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-        return tuple((k.lower(), v) for k, v in self._request.headers.items())
-
-    def peer(self) -> str:
-        remote = self._request.remote or ""
-        return f"ipv6:[{remote}]" if ":" in remote else f"ipv4:{remote}"
-
-    def cancelled(self) -> bool:
-        transport = self._request.transport
-        return transport is None or transport.is_closing()
-
-    def done(self) -> bool:
-        return False
-
-    def set_code(self, code: grpc.StatusCode) -> None:
-        pass  # only aborts carry a status over HTTP
-
-    def set_details(self, details: str) -> None:
-        pass
-
-    def set_trailing_metadata(self, trailing_metadata: Any) -> None:
-        pass
-
-    async def send_initial_metadata(self, initial_metadata: Any) -> None:
-        pass
-
-
 def _json(doc: Any, status: int = 200) -> web.Response:
     return web.Response(body=rest_codec.json_dumps(doc), status=status, content_type=_JSON)
 
@@ -184,17 +136,27 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return web.Response(body=rest_codec.json_dumps({"error": message}), status=status, content_type=_JSON, headers=headers)
 
 
+def _failure(exc: BaseException, request_id: str = "") -> web.Response:
+    """An error's answer: the HTTP status of its status name, the data plane's message."""
+    name = errors.status_name(exc)
+    return _error(HTTP_STATUS_OF.get(name, 500), error_message(exc, request_id), _challenge(name))
+
+
+def _metadata(request: web.Request) -> Callable[[], tuple[tuple[str, str], ...]]:
+    """The request's headers as the caller's metadata (``dataplane.Metadata``: lower-case names, read when needed)."""
+    return lambda: tuple((k.lower(), v) for k, v in request.headers.items())
+
+
 class RestEndpoint:
-    """Serves the REST v2 routes over ``servicer``. ``start``/``aclose`` on the event loop."""
+    """Serves the REST v2 routes over ``plane``. ``start``/``aclose`` on the event loop."""
 
     def __init__(
-        self, servicer: InferenceServicer, host: str, port: int, *, max_request_bytes: int, drain_timeout_s: float = 30.0,
-        metrics: ServerMetrics | None = None, authorize: Authorize | None = None, reuse_port: bool = False,
+        self, plane: DataPlane, host: str, port: int, *, max_request_bytes: int, drain_timeout_s: float = 30.0,
+        authorize: Authorize | None = None, reuse_port: bool = False,
         ssl_context: ssl.SSLContext | None = None, unix_path: Path | None = None, idle_timeout_s: float = 10.0, body_timeout_s: float = 60.0,
         decode_threads: int = 2,
     ) -> None:
         """``max_request_bytes``: largest request body accepted (after decompression; larger: 413).
-        ``metrics``: where inference requests whose body cannot be read are counted (as the servicer counts unrouted ones).
         ``authorize``: the access-control hook (module docstring); None: every route is open.
         ``reuse_port``: bind with SO_REUSEPORT, so worker processes can share the port (else a taken port is an error).
         ``ssl_context``: serve HTTPS (``ServerConfig.ssl_context``: the gRPC port's certificate and client CA); None: plain HTTP.
@@ -204,10 +166,9 @@ class RestEndpoint:
         ``body_timeout_s``: the longest a body may take to arrive, in all (else 408).
         ``decode_threads``: the threads that decode large bodies and encode large outputs."""
         self._unix_path = unix_path
-        self._servicer = servicer
+        self._plane = plane
         self._host = host
         self._port = port
-        self._metrics = metrics
         self._authorize = authorize
         self._max_request_bytes = max_request_bytes
         self._reuse_port = reuse_port
@@ -298,7 +259,7 @@ class RestEndpoint:
         for path in ("/v2/trace/setting", "/v2/models/{model}/trace/setting"):
             add("GET", path, self._trace_setting, _SERVICE + "TraceSetting")
             add("POST", path, self._trace_setting, _SERVICE + "TraceSetting")
-        add("*", "/v2/logging", self._not_built("LogSettings"), _SERVICE + "LogSettings")
+        add("*", "/v2/logging", self._log_settings, _SERVICE + "LogSettings")
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
@@ -307,8 +268,6 @@ class RestEndpoint:
         self._idle.clear()
         try:
             return await handler(request)
-        except _Aborted as exc:
-            return _error(HTTP_STATUS_OF.get(exc.code, 500), exc.details, _challenge(exc.code))
         except _BodyTimeout as exc:
             reply = _error(408, str(exc))
             reply.force_close()  # the rest of the body may never come
@@ -318,10 +277,9 @@ class RestEndpoint:
                 raise
             headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
             return _error(exc.status, _http_reason(exc, request), headers)
-        except Exception as exc:  # errors.* raised at this edge (a body that is not a request), or a bug
-            code = status_of(exc)
-            reply = _error(HTTP_STATUS_OF.get(code, 500), _error_message(exc), _challenge(code))
-            if isinstance(exc, errors.LimitExceeded):
+        except Exception as exc:  # errors.* raised by the data plane or at this edge (a body that is not a request), or a bug
+            reply = _failure(exc)
+            if isinstance(exc, _BodyTooLarge):
                 reply.force_close()  # do not read the rest of a body over the limit
             return reply
         finally:
@@ -337,10 +295,6 @@ class RestEndpoint:
             if rpc is not None:  # None: no such route (aiohttp answers 404/405)
                 self._authorize(rpc, request.headers.get("Authorization"))
         return await handler(request)
-
-    async def _call(self, request: web.Request, rpc: str, message: Any) -> Any:
-        """Run the servicer's ``rpc`` on ``message`` exactly as the gRPC server would (``_access`` has authorized it)."""
-        return await getattr(self._servicer, rpc)(message, _HttpContext(request))
 
     async def _read(self, request: web.Request) -> tuple[list[bytes], str]:
         """The body as it arrived (its pieces) and its content coding, bounded in size and time."""
@@ -375,7 +329,7 @@ class RestEndpoint:
         return pieces, encoding
 
     def _too_large(self) -> errors.LimitExceeded:
-        return errors.LimitExceeded(f"the request body is larger than the server's limit of {self._max_request_bytes} bytes; send a smaller batch")
+        return _BodyTooLarge(f"the request body is larger than the server's limit of {self._max_request_bytes} bytes; send a smaller batch")
 
     async def _decoded(self, request: web.Request, decode: Callable[[Iterable[bytes]], _T]) -> _T:
         """Read the body and run ``decode`` on its (inflated) pieces: in place when small and not compressed, else in the pool."""
@@ -387,61 +341,61 @@ class RestEndpoint:
     async def _offload(self, work: Callable[[], _T]) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, work)
 
-    def _not_built(self, rpc: str) -> Callable[[web.Request], Awaitable[web.Response]]:
-        async def handler(request: web.Request) -> web.Response:
-            await self._call(request, rpc, None)  # the servicer answers UNIMPLEMENTED, with what to do instead
-            raise AssertionError(f"{rpc} answered over HTTP")  # pragma: no cover
-
-        return handler
+    async def _log_settings(self, request: web.Request) -> web.Response:
+        self._plane.log_settings()  # UNIMPLEMENTED, with what to do instead
+        raise AssertionError("LogSettings answered over HTTP")  # pragma: no cover
 
     def _shared_memory(self, kind: str, action: str) -> Callable[[web.Request], Awaitable[web.Response]]:
-        """A shared-memory route: the servicer's ``{System,Cuda}SharedMemory{action}`` with the JSON Triton's REST edge uses."""
-        rpc = ("SystemSharedMemory" if kind == "system" else "CudaSharedMemory") + action
+        """A shared-memory route: the data plane's status, register or unregister with the JSON Triton's REST edge uses."""
 
         async def handler(request: web.Request) -> web.Response:
             name = request.match_info.get("region", "")
+            metadata = _metadata(request)
+            if action == "Status":
+                regions = self._plane.shared_memory_status(kind, name, metadata)
+                if kind == "system":
+                    return _json([{"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size} for r in regions])
+                return _json([{"name": r.name, "device_id": r.device_id, "byte_size": r.byte_size} for r in regions])
             if action == "Register":  # authorized before the body is read, like every route (``_access``)
                 doc = await self._decoded(request, lambda pieces: rest_codec.json_body(pieces, "the register request body"))
-                message = shared_memory.register_from_json(kind, name, doc)
+                fields = shared_memory.register_from_json(kind, name, doc)
+                if kind == "system":
+                    self._plane.register_system_shared_memory(**fields, metadata=metadata)
+                else:
+                    self._plane.register_cuda_shared_memory(**fields, metadata=metadata)
             else:
-                message = getattr(pb, rpc + "Request")(name=name)
-            response = await self._call(request, rpc, message)
-            return _json(shared_memory.status_json(response) if action == "Status" else {})
+                self._plane.unregister_shared_memory(kind, name, metadata)
+            return _json({})
 
         return handler
 
     # -- health and metadata -------------------------------------------------------------------
 
     async def _live(self, request: web.Request) -> web.Response:
-        response = await self._servicer.ServerLive(pb.ServerLiveRequest(), _HttpContext(request))  # type: ignore[arg-type]
-        return _json({"live": response.live}, 200 if response.live else 400)
+        live = self._plane.live()
+        return _json({"live": live}, 200 if live else 400)
 
     async def _ready(self, request: web.Request) -> web.Response:
-        response = await self._servicer.ServerReady(pb.ServerReadyRequest(), _HttpContext(request))  # type: ignore[arg-type]
-        return _json({"ready": response.ready}, 200 if response.ready else 400)
+        ready = self._plane.ready()
+        return _json({"ready": ready}, 200 if ready else 400)
 
     async def _server_metadata(self, request: web.Request) -> web.Response:
-        response = await self._call(request, "ServerMetadata", pb.ServerMetadataRequest())
-        doc = rest_codec.message_to_json(response)
-        doc["extensions"] = [*doc["extensions"], *(e for e in HTTP_EXTENSIONS if e not in doc["extensions"])]
-        return _json(doc)
+        name, version, extensions = self._plane.server_metadata()
+        return _json({"name": name, "version": version, "extensions": [*extensions, *(e for e in HTTP_EXTENSIONS if e not in extensions)]})
 
     async def _model_metadata(self, request: web.Request) -> web.Response:
-        response = await self._call(request, "ModelMetadata", pb.ModelMetadataRequest(**_model(request)))
-        return _json(rest_codec.message_to_json(response))
+        return _json(_metadata_json(self._plane.model_metadata(*_model(request))))
 
     async def _model_ready(self, request: web.Request) -> web.Response:
-        model = _model(request)
-        response = await self._call(request, "ModelReady", pb.ModelReadyRequest(**model))
-        return _json({"name": model["name"], "ready": response.ready}, 200 if response.ready else 400)
+        name, version = _model(request)
+        ready = self._plane.model_ready(name, version)
+        return _json({"name": name, "ready": ready}, 200 if ready else 400)
 
     async def _model_config(self, request: web.Request) -> web.Response:
-        response = await self._call(request, "ModelConfig", pb.ModelConfigRequest(**_model(request)))
-        return _json(rest_codec.message_to_json(response.config))
+        return _json(rest_codec.message_to_json(model_config_message(self._plane.model_config(*_model(request)))))
 
     async def _statistics(self, request: web.Request) -> web.Response:
-        message = pb.ModelStatisticsRequest(name=request.match_info.get("model", ""), version=request.match_info.get("version", ""))
-        response = await self._call(request, "ModelStatistics", message)
+        response = await self._plane.statistics(request.match_info.get("model", ""), request.match_info.get("version", ""), _metadata(request))
         return _json(rest_codec.message_to_json(response))
 
     # -- inference -----------------------------------------------------------------------------
@@ -451,15 +405,17 @@ class RestEndpoint:
         model, version = request.match_info["model"], request.match_info.get("version", "")
         try:
             infer = await self._decoded(request, lambda body: rest_codec.decode_infer_request(body, header_length, model, version))
-        except errors.InferenceServerError as exc:  # never reached a model: counted as the servicer counts unrouted requests
-            if self._metrics is not None:
-                self._metrics.record_unrouted(status_of(exc).name)
+        except errors.InferenceServerError as exc:  # never reached a model: counted as the data plane counts unrouted requests
+            self._plane.refused(exc)
             raise
-        response = await self._servicer.ModelInfer(infer.message, _HttpContext(request))  # type: ignore[arg-type]  # RestInferRequest
-        if sum(math.prod(t.shape) for t in response.outputs) <= INLINE_ELEMENTS:  # (reading raw_output_contents would copy them)
-            body, header_length_out = rest_codec.encode_infer_response(response, infer)
+        try:
+            response, arrays = await self._plane.infer(infer.message, _metadata(request), None, _encode_arrays)
+        except Exception as exc:
+            return _failure(exc, infer.message.id)
+        if sum(math.prod(t.shape) for t in response.outputs) <= INLINE_ELEMENTS:
+            body, header_length_out = rest_codec.encode_infer_response(response, arrays, infer)
         else:
-            body, header_length_out = await self._offload(lambda: rest_codec.encode_infer_response(response, infer))
+            body, header_length_out = await self._offload(lambda: rest_codec.encode_infer_response(response, arrays, infer))
         if header_length_out is None:
             reply = web.Response(body=body, content_type=_JSON)
         else:
@@ -470,27 +426,39 @@ class RestEndpoint:
         return reply
 
     async def _trace_setting(self, request: web.Request) -> web.Response:
-        """Triton's trace extension over REST (the gRPC TraceSetting, JSON in and out: ``tracing.py``)."""
+        """Triton's trace extension over REST (JSON in and out: ``tracing.py``)."""
         doc = await self._decoded(request, lambda pieces: rest_codec.optional_object(pieces, "the trace-setting body")) if request.method == "POST" else {}
-        message = tracing.setting_request(doc, request.match_info.get("model", ""))
-        return _json(tracing.setting_json(await self._call(request, "TraceSetting", message)))
+        changes = tracing.setting_request(doc)
+        return _json(tracing.setting_json(self._plane.trace_setting(request.match_info.get("model", ""), changes)))
 
     # -- repository ----------------------------------------------------------------------------
 
     async def _repository_index(self, request: web.Request) -> web.Response:
         ready = await self._decoded(request, rest_codec.index_ready)
-        response = await self._call(request, "RepositoryIndex", pb.RepositoryIndexRequest(ready=ready))
-        return _json([rest_codec.message_to_json(row) for row in response.models])
+        return _json([{"name": row.name, "version": row.version, "state": row.state, "reason": row.reason} for row in self._plane.repository_index(ready)])
 
     async def _load(self, request: web.Request) -> web.Response:
         parameters = await self._decoded(request, rest_codec.load_parameters)
-        await self._call(request, "RepositoryModelLoad", pb.RepositoryModelLoadRequest(model_name=request.match_info["model"], parameters=parameters))
+        await self._plane.load(request.match_info["model"], parameters, _metadata(request))
         return web.Response(status=200)
 
     async def _unload(self, request: web.Request) -> web.Response:
         await self._read(request)  # {"parameters": {"unload_dependents": ...}}: Surge has no dependent models
-        await self._call(request, "RepositoryModelUnload", pb.RepositoryModelUnloadRequest(model_name=request.match_info["model"]))
+        await self._plane.unload(request.match_info["model"], _metadata(request))
         return web.Response(status=200)
+
+
+async def _encode_arrays(
+    request: Any, spec: Any, version: str, outputs: dict[str, np.ndarray], decoded: codec.DecodedRequest
+) -> tuple[pb.ModelInferResponse, list[np.ndarray]]:
+    """``DataPlane.infer``'s encoder for this edge: the outputs' descriptions and arrays (classified, written into shared
+    memory where asked); ``rest_codec.encode_infer_response`` writes the body from them after the request is answered."""
+    return codec.encode_outputs(request, spec, version, outputs, decoded.output_names, decoded.classes, decoded.targets)
+
+
+def _metadata_json(meta: ModelMetadata) -> dict[str, Any]:
+    inputs, outputs = ([{"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in ts] for ts in (meta.inputs, meta.outputs))
+    return {"name": meta.name, "versions": meta.versions, "platform": meta.platform, "inputs": inputs, "outputs": outputs}
 
 
 class _Inflated:
@@ -525,7 +493,7 @@ def _inflate(pieces: list[bytes], encoding: str, limit: int) -> Iterator[bytes]:
                 data = inflater.unconsumed_tail
                 total += len(out)
                 if total > limit:
-                    raise errors.LimitExceeded(
+                    raise _BodyTooLarge(
                         f"the request body inflates past the server's limit of {limit} bytes (Content-Encoding: {encoding}); send a smaller batch"
                     )
                 if out:
@@ -539,12 +507,12 @@ def _inflate(pieces: list[bytes], encoding: str, limit: int) -> Iterator[bytes]:
     raise errors.InvalidInput(f"the request body's {name} data is incomplete (its Content-Encoding says {encoding})")
 
 
-def _model(request: web.Request) -> dict[str, str]:
-    return {"name": request.match_info["model"], "version": request.match_info.get("version", "")}
+def _model(request: web.Request) -> tuple[str, str]:
+    return request.match_info["model"], request.match_info.get("version", "")
 
 
-def _challenge(code: grpc.StatusCode) -> dict[str, str] | None:
-    return {"WWW-Authenticate": "Bearer"} if code == grpc.StatusCode.UNAUTHENTICATED else None
+def _challenge(status: str) -> dict[str, str] | None:
+    return {"WWW-Authenticate": "Bearer"} if status == "UNAUTHENTICATED" else None
 
 
 def _http_reason(exc: web.HTTPException, request: web.Request) -> str:

@@ -1,9 +1,10 @@
-"""HTTP/JSON bodies <-> the protocol messages the gRPC edge already serves: the REST edge's only translation.
+"""HTTP/JSON bodies <-> the data plane's arguments and answers: the REST edge's only translation.
 
 The REST edge (``rest.py``) does not validate tensors against models, batch or count statistics itself: it
-turns each HTTP request into the same ``inference.*`` request message a gRPC client would send and hands
-it to the servicer, so every check (``codec``), every limit, the batcher and the statistics are the ones
-gRPC requests go through. This module is that translation, both ways, and nothing else:
+describes each HTTP inference request in the protocol's ``ModelInferRequest`` shape (its tensors' bytes beside
+it, as views of the body) and hands it to the data plane (``server/dataplane.py``), so every check (``codec``),
+every limit, the batcher and the statistics are the ones gRPC requests go through. This module is that
+translation, both ways, and nothing else:
 
 - **Inference requests** (the Open Inference Protocol's JSON, plus Triton's binary tensor data extension):
   a JSON header, optionally followed by binary tensor data when ``Inference-Header-Content-Length`` gives
@@ -12,10 +13,10 @@ gRPC requests go through. This module is that translation, both ways, and nothin
   becomes one ``raw_input_contents`` entry (little-endian, row-major; BYTES length-prefixed), so ``codec``
   decodes both kinds the same way. JSON values are checked against the datatype here (kind and range)
   because only here are they still JSON.
-- **Inference responses**: each output goes back as JSON ``data`` or, when asked for (the output's
+- **Inference responses** (from the output arrays, never through protobuf): each output goes back as JSON ``data`` or, when asked for (the output's
   ``binary_data`` parameter, else the request's ``binary_data_output``), as binary data after the JSON
   header with ``binary_data_size`` in its parameters; BF16 always goes binary (JSON has no such number).
-- **Other responses**: protobuf messages as JSON with their proto field names, defaults included and
+- **Model configuration and statistics**: Triton's protobuf messages as JSON with their proto field names, defaults included and
   64-bit integers as JSON numbers (protobuf's own JSON mapping writes them as strings; Triton's HTTP
   endpoint writes numbers, and tools read numbers).
 
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any, cast
@@ -57,7 +58,7 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 class RestInferRequest:
-    """What the servicer's ``ModelInfer`` gets from this edge: the ``ModelInferRequest``'s metadata (inputs without
+    """What ``DataPlane.infer`` gets from this edge: the ``ModelInferRequest``'s metadata (inputs without
     contents, parameters, outputs, id) and, beside it, each input's bytes as a buffer (a view of the HTTP body, or
     the array built from JSON ``data``), so no tensor is copied into the message and out again (``codec`` reads
     ``raw_input_contents`` with ``np.frombuffer``). Every other attribute is the message's."""
@@ -74,7 +75,7 @@ class RestInferRequest:
 
 @dataclass(slots=True)
 class InferRequest:
-    """A decoded HTTP inference request: what the servicer receives, and which outputs go back as binary data."""
+    """A decoded HTTP inference request: what the data plane receives, and which outputs go back as binary data."""
 
     message: RestInferRequest
     binary_default: bool = False
@@ -113,7 +114,7 @@ def _header_length(value: str | None, body_size: int) -> int:
 def decode_infer_request(
     body: bytes | bytearray | memoryview | Iterable[bytes], header_length: str | None, model_name: str, model_version: str
 ) -> InferRequest:
-    """Build the request the servicer runs for an HTTP inference request; raises InvalidInput or Unsupported.
+    """Build the request the data plane runs for an HTTP inference request; raises InvalidInput or Unsupported.
 
     ``body``: the whole (decompressed) request body, or, when it is all JSON, its pieces in order (parsed as
     they come); ``header_length``: the ``Inference-Header-Content-Length`` header (None: the body is all JSON).
@@ -390,49 +391,59 @@ def _add_output(request: InferRequest, out: Any, index: int) -> None:
             _set_parameter(added.parameters[key], value, f"output '{name}' parameter '{key}'")
 
 
-def encode_infer_response(response: pb.ModelInferResponse, request: InferRequest) -> tuple[bytes, int | None]:
+def encode_infer_response(response: pb.ModelInferResponse, arrays: Sequence[np.ndarray], request: InferRequest) -> tuple[bytes, int | None]:
     """The HTTP body for an inference response, and the JSON header's length when binary data follows it (else None).
 
-    Each JSON ``data`` list is written ``STEP`` values at a time (so a worker thread leaves the event loop its
-    turns); non-finite floats are written as the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``, which
-    strict JSON parsers read (bare ``NaN`` is not JSON) and numpy turns back into floats.
+    ``response`` and ``arrays``: what ``codec.encode_outputs`` gives (the outputs' names, datatypes, shapes and
+    parameters; one array per output). A binary output's bytes are read from its array where they lie and copied
+    once, into the body; each JSON ``data`` list is written ``STEP`` values at a time (so a worker thread leaves the
+    event loop its turns); non-finite floats are written as the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``,
+    which strict JSON parsers read (bare ``NaN`` is not JSON) and numpy turns back into floats.
     Raises InvalidInput when a BYTES output asked for as JSON is not UTF-8 text.
     """
     head = json_dumps({"model_name": response.model_name, "model_version": response.model_version, **({"id": response.id} if response.id else {})})
     outputs: list[bytes] = []
-    chunks: list[bytes] = []
-    raw = response.raw_output_contents
-    for index, tensor in enumerate(response.outputs):
+    chunks: list[bytes | memoryview] = []
+    for tensor, array in zip(response.outputs, arrays):
         shape = list(tensor.shape)
         entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": shape}
-        data = raw[index]
         if "shared_memory_region" in tensor.parameters:  # written into the caller's region: no data here (as Triton)
             entry["parameters"] = {k: parameter_value(v) for k, v in tensor.parameters.items()}
             outputs.append(json_dumps(entry))
         elif tensor.datatype == "BF16" or request.binary(tensor.name):
+            data = _raw_bytes(tensor.datatype, array)
             entry["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)
             outputs.append(json_dumps(entry))
         else:
-            outputs.append(json_dumps(entry)[:-1] + b',"data":' + _json_data(tensor.name, tensor.datatype, data, math.prod(shape)) + b"}")
+            outputs.append(json_dumps(entry)[:-1] + b',"data":' + _json_data(tensor.name, tensor.datatype, array, math.prod(shape)) + b"}")
     header = b"".join((head[:-1], b',"outputs":[', b",".join(outputs), b"]}"))
     if not chunks:
         return header, None
     return b"".join((header, *chunks)), len(header)
 
 
+def _raw_bytes(datatype: str, array: np.ndarray) -> bytes | memoryview:
+    """An output's wire bytes: a view of a numeric array's memory (row-major; copied only when it is not contiguous),
+    or a BYTES array's length-prefixed elements."""
+    if datatype == "BYTES":
+        prefixed: bytes = serialize_bytes_tensor(array)
+        return prefixed
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
+
+
 _NONFINITE_OUT = {math.inf: "Infinity", -math.inf: "-Infinity"}
 
 
-def _json_data(name: str, datatype: str, data: bytes, count: int) -> bytes:
+def _json_data(name: str, datatype: str, array: np.ndarray, count: int) -> bytes:
     """One output's values as a flat JSON array (its text), ``STEP`` values per step."""
     if datatype == "BYTES":
         try:
-            values: Any = [v.decode("utf-8") for v in deserialize_bytes_tensor(data, count)]
+            values: Any = [v.decode("utf-8") for v in deserialize_bytes_tensor(serialize_bytes_tensor(array), count)]
         except UnicodeDecodeError:
             raise InvalidInput(f"output '{name}' holds bytes that are not UTF-8 text; ask for it as binary data (binary_data: true)") from None
     else:
-        values = np.frombuffer(data, dtype=numpy_dtype(datatype))
+        values = array.reshape(-1)
     floats = datatype in ("FP16", "FP32", "FP64")
     parts: list[str] = []
     for start in range(0, len(values), STEP):
@@ -468,22 +479,18 @@ def optional_object(body: bytes | Iterable[bytes], what: str) -> dict[str, Any]:
     return _json_object(cast("Iterable[bytes]", pieces), what)
 
 
-def load_parameters(body: bytes | Iterable[bytes]) -> dict[str, pb.ModelRepositoryParameter]:
+def load_parameters(body: bytes | Iterable[bytes]) -> dict[str, str | int | bool]:
     """The parameters of a repository load request body (``{"parameters": {"config": "<JSON>", ...}}``; may be empty).
 
     ``config`` may also be given as a JSON object (convenient with curl); it is passed on as its JSON text.
     """
     doc = optional_object(body, "the load request")
-    out: dict[str, pb.ModelRepositoryParameter] = {}
+    out: dict[str, str | int | bool] = {}
     for key, value in _object(doc.get("parameters"), "'parameters'").items():
         if key == "config" and isinstance(value, dict):
             value = json_dumps(value).decode()
-        if isinstance(value, bool):
-            out[key] = pb.ModelRepositoryParameter(bool_param=value)
-        elif isinstance(value, int) and _INT64_MIN <= value <= _INT64_MAX:
-            out[key] = pb.ModelRepositoryParameter(int64_param=value)
-        elif isinstance(value, str):
-            out[key] = pb.ModelRepositoryParameter(string_param=value)
+        if isinstance(value, bool | str) or (isinstance(value, int) and _INT64_MIN <= value <= _INT64_MAX):
+            out[key] = value
         else:
             raise InvalidInput(f"load parameter '{key}' must be a string, 64-bit integer or boolean, got {type(value).__name__}")
     return out

@@ -3,8 +3,8 @@
 A client on the same host puts tensor bytes in memory it shares with the server and sends only where they are
 (``shared_memory_region``, ``shared_memory_byte_size``, ``shared_memory_offset`` on an input or a requested
 output), as tritonclient's ``utils.shared_memory`` / ``utils.cuda_shared_memory`` and ``perf_analyzer
---shared-memory system|cuda`` do. One ``SharedMemoryRegistry`` per server serves both edges (the REST routes
-call the same servicer methods); ``codec`` reads inputs and writes outputs through a ``RequestRegions``.
+--shared-memory system|cuda`` do. One ``SharedMemoryRegistry`` per server serves both edges (through the data
+plane, ``server/dataplane.py``); ``codec`` reads inputs and writes outputs through a ``RequestRegions``.
 
 - **System regions** (``SystemSharedMemoryRegister{name, key, offset, byte_size}``): ``key`` is a POSIX
   ``shm_open`` name (``/dev/shm/<key>``); the segment is opened and mapped once, at registration, and an input
@@ -128,8 +128,7 @@ class SharedMemoryRegistry:
 
     # -- the RPCs -----------------------------------------------------------------------------
 
-    def register_system(self, owner: str, request: pb.SystemSharedMemoryRegisterRequest) -> None:
-        name, key, offset, size = request.name, request.key, request.offset, request.byte_size
+    def register_system(self, owner: str, name: str, key: str, offset: int, size: int) -> None:
         self._check_new(owner, name, size)
         path = _shm_path(key)
         try:
@@ -153,18 +152,17 @@ class SharedMemoryRegistry:
         region = Region(name, "system", size, key=key, offset=offset, buffer=memoryview(mapping)[offset - start :], _mapping=mapping)
         self._add(owner, region)
 
-    def register_cuda(self, owner: str, request: pb.CudaSharedMemoryRegisterRequest) -> None:
-        name, size, device_id = request.name, request.byte_size, request.device_id
+    def register_cuda(self, owner: str, name: str, raw_handle: bytes, device_id: int, size: int) -> None:
         self._check_new(owner, name, size)
         if not self.cuda_usable():
             raise Unsupported(f"region '{name}': CUDA shared memory needs CuPy and a GPU on the server, and this server has none; use system shared memory")
-        if len(request.raw_handle) != 64:
-            raise InvalidInput(f"region '{name}': raw_handle must be a 64-byte cudaIpcMemHandle_t, got {len(request.raw_handle)} bytes")
+        if len(raw_handle) != 64:
+            raise InvalidInput(f"region '{name}': raw_handle must be a 64-byte cudaIpcMemHandle_t, got {len(raw_handle)} bytes")
         import cupy
 
         try:
             with cupy.cuda.Device(device_id):
-                pointer = cupy.cuda.runtime.ipcOpenMemHandle(request.raw_handle)
+                pointer = cupy.cuda.runtime.ipcOpenMemHandle(raw_handle)
                 memory = cupy.cuda.UnownedMemory(pointer, size, owner=None, device_id=device_id)
                 device = cupy.ndarray((size,), dtype=cupy.uint8, memptr=cupy.cuda.MemoryPointer(memory, 0))
         except Exception as exc:
@@ -359,31 +357,11 @@ def write_output(name: str, target: Target, array: np.ndarray, datatype: str) ->
         np.copyto(np.frombuffer(destination, dtype=array.dtype).reshape(array.shape), array, casting="no")
 
 
-# -- the RPCs' messages, for both edges -------------------------------------------------------------
+# -- the register request's body over REST ------------------------------------------------------
 
 
-def status_message(registry: SharedMemoryRegistry, owner: str, name: str, kind: str) -> Any:
-    """``SystemSharedMemoryStatusResponse`` / ``CudaSharedMemoryStatusResponse`` for the caller's regions."""
-    if kind == "system":
-        response: Any = pb.SystemSharedMemoryStatusResponse()
-        for r in registry.status(owner, name, kind):
-            response.regions[r.name].CopyFrom(pb.SystemSharedMemoryStatusResponse.RegionStatus(name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size))
-        return response
-    response = pb.CudaSharedMemoryStatusResponse()
-    for r in registry.status(owner, name, kind):
-        response.regions[r.name].CopyFrom(pb.CudaSharedMemoryStatusResponse.RegionStatus(name=r.name, device_id=r.device_id, byte_size=r.byte_size))
-    return response
-
-
-def status_json(response: Any) -> list[dict[str, Any]]:
-    """A status response as Triton's REST edge writes it: a list of regions."""
-    if isinstance(response, pb.SystemSharedMemoryStatusResponse):
-        return [{"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size} for r in response.regions.values()]
-    return [{"name": r.name, "device_id": r.device_id, "byte_size": r.byte_size} for r in response.regions.values()]
-
-
-def register_from_json(kind: str, name: str, doc: Any) -> Any:
-    """The register request for a REST body: system ``{"key", "offset", "byte_size"}``, CUDA ``{"raw_handle": {"b64"},
+def register_from_json(kind: str, name: str, doc: Any) -> dict[str, Any]:
+    """The register arguments (``DataPlane.register_*_shared_memory``) of a REST body: system ``{"key", "offset", "byte_size"}``, CUDA ``{"raw_handle": {"b64"},
     "device_id", "byte_size"}``; INVALID_ARGUMENT for anything else."""
     if not isinstance(doc, dict):
         raise InvalidInput("a shared memory register request body must be a JSON object")
@@ -400,7 +378,7 @@ def register_from_json(kind: str, name: str, doc: Any) -> Any:
         key = doc.get("key")
         if not isinstance(key, str) or not key:
             raise InvalidInput(f"register '{name}': 'key' must be the shared memory key (a string)")
-        return pb.SystemSharedMemoryRegisterRequest(name=name, key=key, offset=number("offset", False), byte_size=number("byte_size"))
+        return {"name": name, "key": key, "offset": number("offset", False), "byte_size": number("byte_size")}
     handle = doc.get("raw_handle")
     encoded = handle.get("b64") if isinstance(handle, dict) else None
     if not isinstance(encoded, str):
@@ -412,4 +390,4 @@ def register_from_json(kind: str, name: str, doc: Any) -> Any:
         raw = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidInput(f"register '{name}': 'raw_handle.b64' is not base64") from None
-    return pb.CudaSharedMemoryRegisterRequest(name=name, raw_handle=raw, device_id=number("device_id", False), byte_size=number("byte_size"))
+    return {"name": name, "raw_handle": raw, "device_id": number("device_id", False), "byte_size": number("byte_size")}

@@ -35,10 +35,10 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+
+from ..edge.grpc_core import cygrpc, grpc_calls, grpc_server_ids
 
 __all__ = ["EdgeMetrics", "EdgeSample", "LAG_BUCKETS_S", "LAG_INTERVAL_S", "grpc_calls", "grpc_server_ids"]
 
@@ -48,40 +48,6 @@ log = logging.getLogger("surge.metrics")
 LAG_INTERVAL_S = 0.1
 #: Upper bounds of the loop-lag histogram (seconds): 1 ms to 60 s, 5 per decade.
 LAG_BUCKETS_S = (0.001, 0.0016, 0.0025, 0.004, 0.0063, 0.01, 0.016, 0.025, 0.04, 0.063, 0.1, 0.16, 0.25, 0.4, 0.63, 1.0, 1.6, 2.5, 4.0, 6.3, 10.0, 16.0, 25.0, 40.0, 60.0)
-
-
-def _cygrpc() -> Any:
-    try:
-        from grpc._cython import cygrpc  # type: ignore[attr-defined]  # channelz and the servicer context type live here (grpcio's compiled core)
-    except ImportError:  # grpcio is a dependency of the server; without it there is no gRPC edge to observe
-        return None
-    return cygrpc
-
-
-def grpc_server_ids() -> set[int]:
-    """The channelz ids of every gRPC server of this process (empty where channelz cannot be read)."""
-    cygrpc = _cygrpc()
-    if cygrpc is None:
-        return set()
-    try:
-        return {int(s["ref"]["serverId"]) for s in json.loads(cygrpc.channelz_get_servers(0)).get("server", ())}
-    except Exception:  # channelz off (grpc.enable_channelz=0) or a format change: counters are left out
-        return set()
-
-
-def grpc_calls(server_id: int) -> tuple[int, int, int] | None:
-    """(started, succeeded, failed) calls of a gRPC server as grpc core counts them (None: gone, or unreadable).
-
-    Any thread; about 1 ms of wall time and 0.15 ms of CPU (grpcio 1.85, dev box), so scrapes call it in the
-    formatting thread, not on the event loop."""
-    cygrpc = _cygrpc()
-    if cygrpc is None:
-        return None
-    try:
-        data = json.loads(cygrpc.channelz_get_server(server_id))["server"]["data"]
-    except Exception:  # the server is gone (stopped) or channelz changed
-        return None
-    return tuple(int(data.get(f"calls{name}", 0)) for name in ("Started", "Succeeded", "Failed"))  # type: ignore[return-value]  # proto3 JSON leaves zeros out
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +67,7 @@ class EdgeMetrics:
     scrape time), and the event-loop lag probe (``start_probe``/``stop_probe`` on the loop)."""
 
     def __init__(self) -> None:
-        cygrpc = _cygrpc()
-        self._grpc_context = getattr(cygrpc, "_ServicerContext", None)
+        self._grpc_context = getattr(cygrpc(), "_ServicerContext", None)
         self._server_id: int | None = None
         self.handler_failures = 0
         self._lag_counts = [0] * (len(LAG_BUCKETS_S) + 1)
@@ -119,8 +84,7 @@ class EdgeMetrics:
     def handler_failed(self, context: object) -> None:
         """A handler of the inference service ended a gRPC call with an error or was cancelled (error path only).
 
-        The REST edge calls the same handlers with its own context; those calls are not gRPC calls and are
-        not counted here."""
+        Only a grpc.aio servicer context counts (not a stand-in context of a test or benchmark)."""
         if context.__class__ is self._grpc_context:
             self.handler_failures += 1
 

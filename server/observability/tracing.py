@@ -2,8 +2,8 @@
 
 Off by default. When off, the request path pays one attribute check (``Tracing.on``). When on:
 
-- each inference request's W3C ``traceparent``/``tracestate`` (gRPC metadata; REST headers arrive the same
-  way, as the invocation metadata of the servicer) is extracted, and the sampler decides; an unsampled request
+- each inference request's W3C ``traceparent``/``tracestate`` (gRPC metadata, or REST headers: the caller's
+  metadata the data plane is given) is extracted, and the sampler decides; an unsampled request
   carries nothing further (``Stamps.trace`` stays None);
 - a sampled request gets a SERVER span (OpenTelemetry RPC conventions: ``rpc.system``, ``rpc.service``,
   ``rpc.method``, ``rpc.grpc.status_code``) started at its arrival stamp, and, when it is answered or fails,
@@ -33,7 +33,7 @@ import functools
 import os
 import random
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -232,10 +232,11 @@ class Tracing:
 
     # -- request hooks ----------------------------------------------------------------------------
 
-    def begin(self, stamps: Stamps, context: Any, model: str, method: str) -> RequestTrace | None:
-        """A request arrived (``stamps.start``): its trace when sampled, else None. ``context``: the gRPC (or REST) context."""
+    def begin(self, stamps: Stamps, metadata: Callable[[], Iterable[tuple[str, Any]] | None], model: str, method: str) -> RequestTrace | None:
+        """A request arrived (``stamps.start``): its trace when sampled, else None. ``metadata``: the caller's (gRPC metadata
+        or HTTP headers), where a ``traceparent`` continues the caller's trace."""
         carrier: dict[str, str] | None = None
-        for key, value in context.invocation_metadata() or ():
+        for key, value in metadata() or ():
             if key == "traceparent" or key == "tracestate":
                 if carrier is None:
                     carrier = {}
@@ -405,26 +406,24 @@ def _exporter(kind: str, endpoint: str) -> Any:
 
 
 DISABLED = Tracing()
-"""Tracing off: what a servicer has until the server gives it its own."""
+"""Tracing off: what a data plane has until the server gives it its own."""
 
 
 # -- the trace extension over REST ---------------------------------------------------------------
 
 
-def setting_request(doc: Mapping[str, Any], model: str) -> Any:
+def setting_request(doc: Mapping[str, Any]) -> dict[str, list[str]]:
     """A REST trace-setting body, parsed (``{"trace_rate": "10", "trace_level": ["TIMESTAMPS"], "trace_count": null}``;
-    the REST edge reads it with its bounded JSON reader), as the gRPC request."""
-    from surge.protos import grpc_service_pb2 as pb
-
-    message = pb.TraceSettingRequest(model_name=model)
+    the REST edge reads it with its bounded JSON reader), as the settings to change (``Tracing.update``)."""
+    changes: dict[str, list[str]] = {}
     for name, value in doc.items():
         values = [] if value is None else value if isinstance(value, list) else [value]
         if not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in values):
             raise InvalidInput(f"trace setting {str(name)[:60]!r} must be a string, a number, a list of strings, or null")
-        message.settings[name].value.extend(str(v) for v in values)
-    return message
+        changes[name] = [str(v) for v in values]
+    return changes
 
 
-def setting_json(response: Any) -> dict[str, Any]:
-    """A TraceSettingResponse as Triton's REST answers it: ``trace_level`` a list, every other setting one string."""
-    return {name: list(v.value) if name == "trace_level" else (v.value[0] if len(v.value) == 1 else list(v.value)) for name, v in response.settings.items()}
+def setting_json(settings: Mapping[str, list[str]]) -> dict[str, Any]:
+    """Trace settings as Triton's REST answers them: ``trace_level`` a list, every other setting one string."""
+    return {name: list(v) if name == "trace_level" else (v[0] if len(v) == 1 else list(v)) for name, v in settings.items()}

@@ -476,7 +476,7 @@ def test_queue_timeout_is_504_and_queue_full_is_503(rest):
 
 
 def test_oversized_body_is_413_and_the_endpoint_keeps_serving(server):
-    endpoint = RestEndpoint(server.server._servicer, "127.0.0.1", 0, max_request_bytes=4096)
+    endpoint = RestEndpoint(server.server.dataplane, "127.0.0.1", 0, max_request_bytes=4096)
     address = server.call(endpoint.start())
     try:
         big = infer_body([{"name": "x", "datatype": "FP32", "shape": [64, 16], "data": [0.125] * (64 * 16)}])
@@ -576,7 +576,7 @@ def test_authorize_hook_sees_each_route_as_its_grpc_method(server):
         if method.endswith("/RepositoryIndex"):
             raise errors.Unsupported("RepositoryIndex is disabled on this endpoint")
 
-    endpoint = RestEndpoint(server.server._servicer, "127.0.0.1", 0, max_request_bytes=1 << 20, authorize=authorize)
+    endpoint = RestEndpoint(server.server.dataplane, "127.0.0.1", 0, max_request_bytes=1 << 20, authorize=authorize)
     address = server.call(endpoint.start())
     try:
         assert http(address, "GET", "/v2/health/ready", headers={"Authorization": "Bearer t0k3n"}).status == 200
@@ -686,10 +686,10 @@ def test_rest_and_grpc_share_one_set_of_statistics_and_metrics(rest, server):
 
 def test_reuse_port_lets_two_endpoints_share_a_port(server):
     """What worker processes need (SO_REUSEPORT); without it a taken port is refused."""
-    first = RestEndpoint(server.server._servicer, "127.0.0.1", 0, max_request_bytes=1 << 20, reuse_port=True)
+    first = RestEndpoint(server.server.dataplane, "127.0.0.1", 0, max_request_bytes=1 << 20, reuse_port=True)
     port = int(server.call(first.start()).rsplit(":", 1)[1])
-    second = RestEndpoint(server.server._servicer, "127.0.0.1", port, max_request_bytes=1 << 20, reuse_port=True)
-    plain = RestEndpoint(server.server._servicer, "127.0.0.1", port, max_request_bytes=1 << 20)
+    second = RestEndpoint(server.server.dataplane, "127.0.0.1", port, max_request_bytes=1 << 20, reuse_port=True)
+    plain = RestEndpoint(server.server.dataplane, "127.0.0.1", port, max_request_bytes=1 << 20)
     try:
         assert server.call(second.start()) == f"127.0.0.1:{port}"
         with pytest.raises(OSError):
@@ -725,7 +725,7 @@ def test_perf_analyzer_over_http(tmp_path, test_repository):
 def test_aclose_waits_for_in_flight_requests_up_to_the_grace(server):
     slow = infer_body([{"name": "delay_s", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}])
     for grace_s, finishes in ((5.0, True), (0.2, False)):
-        endpoint = RestEndpoint(server.server._servicer, "127.0.0.1", 0, max_request_bytes=1 << 20)
+        endpoint = RestEndpoint(server.server.dataplane, "127.0.0.1", 0, max_request_bytes=1 << 20)
         address = server.call(endpoint.start())
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(http, address, "POST", "/v2/models/slow_py/infer", slow)

@@ -276,7 +276,7 @@ def test_a_missing_token_is_401_before_any_body_is_read(authed, path):
 
 @pytest.fixture
 def short_timeouts(server):
-    endpoint = RestEndpoint(server.server._servicer, "127.0.0.1", 0, max_request_bytes=1 << 20, idle_timeout_s=1.0, body_timeout_s=2.0)
+    endpoint = RestEndpoint(server.server.dataplane, "127.0.0.1", 0, max_request_bytes=1 << 20, idle_timeout_s=1.0, body_timeout_s=2.0)
     address = server.call(endpoint.start())
     yield address
     server.call(endpoint.aclose())

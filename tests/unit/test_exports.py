@@ -13,6 +13,7 @@ import pytest
 MODULES = [
     "surge.clients",
     "surge.server.errors",
+    "surge.server.dataplane",
     "surge.server.config",
     "surge.server.observability.metrics",
     "surge.server.observability.drift",

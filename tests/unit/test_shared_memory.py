@@ -38,7 +38,7 @@ def _input(regions: RequestRegions, region: str, count: int, offset: int = 0) ->
 
 def test_an_input_is_a_read_only_view_over_the_region(key: str) -> None:
     registry = SharedMemoryRegistry()
-    registry.register_system("", pb.SystemSharedMemoryRegisterRequest(name="r", key=key, offset=4096 + 8, byte_size=4096))
+    registry.register_system("", "r", key, 4096 + 8, 4096)
     regions = RequestRegions(registry, ())
     view = _input(regions, "r", 4, offset=8)
     assert view.tolist() == [[1028.0, 1029.0, 1030.0, 1031.0]]  # byte 4096 + 8 + 8 of the object: element 1028
@@ -52,7 +52,7 @@ def test_an_input_is_a_read_only_view_over_the_region(key: str) -> None:
 
 def test_unregister_in_use_defers_the_unmapping_to_the_last_user(key: str) -> None:
     registry = SharedMemoryRegistry()
-    registry.register_system("", pb.SystemSharedMemoryRegisterRequest(name="r", key=key, byte_size=2**20))
+    registry.register_system("", "r", key, 0, 2**20)
     first, second = RequestRegions(registry, ()), RequestRegions(registry, ())
     a, b = _input(first, "r", 8), _input(second, "r", 8)
     registry.unregister("", "r", "system")
@@ -71,19 +71,19 @@ def test_unregister_in_use_defers_the_unmapping_to_the_last_user(key: str) -> No
 def test_bounds_count_regions_and_mapped_bytes(key: str) -> None:
     registry = SharedMemoryRegistry(max_regions=2, max_bytes=3 * 4096)
     register = registry.register_system
-    register("", pb.SystemSharedMemoryRegisterRequest(name="a", key=key, byte_size=4096))
+    register("", "a", key, 0, 4096)
     with pytest.raises(LimitExceeded, match="above the server's limit of 12288"):
-        register("", pb.SystemSharedMemoryRegisterRequest(name="b", key=key, byte_size=3 * 4096))
-    register("", pb.SystemSharedMemoryRegisterRequest(name="b", key=key, byte_size=4096))
+        register("", "b", key, 0, 3 * 4096)
+    register("", "b", key, 0, 4096)
     with pytest.raises(LimitExceeded, match="2 shared memory regions, its limit"):
-        register("", pb.SystemSharedMemoryRegisterRequest(name="c", key=key, byte_size=4096))
+        register("", "c", key, 0, 4096)
     held = RequestRegions(registry, ())
     _input(held, "a", 4)
     registry.unregister("", "", "system")  # all; "a" stays mapped (and counted) while in use
     with pytest.raises(LimitExceeded, match="would map 16384 bytes"):
-        register("", pb.SystemSharedMemoryRegisterRequest(name="c", key=key, byte_size=3 * 4096))
+        register("", "c", key, 0, 3 * 4096)
     held.release()
-    register("", pb.SystemSharedMemoryRegisterRequest(name="c", key=key, byte_size=3 * 4096))
+    register("", "c", key, 0, 3 * 4096)
     registry.close()
     assert registry._mapped == 0
 
@@ -93,7 +93,7 @@ def test_owners_are_tokens_only_when_scoped(key: str) -> None:
     assert owner_of(a, scoped=False) == owner_of(b, scoped=False) == ""
     assert owner_of(a, scoped=True) != owner_of(b, scoped=True)
     registry = SharedMemoryRegistry(scoped=True)
-    registry.register_system(owner_of(a, True), pb.SystemSharedMemoryRegisterRequest(name="r", key=key, byte_size=64))
+    registry.register_system(owner_of(a, True), "r", key, 0, 64)
     with pytest.raises(InvalidInput, match="no shared memory region named 'r'"):
         _input(RequestRegions(registry, b), "r", 4)
     assert _input(RequestRegions(registry, lambda: a), "r", 4).shape == (1, 4)  # metadata read lazily (a callable)
@@ -103,6 +103,6 @@ def test_disabled_registry_says_why(key: str) -> None:
     registry = SharedMemoryRegistry(disabled="one worker only")
     assert registry.extensions() == ()
     with pytest.raises(Unsupported, match="one worker only"):
-        registry.register_system("", pb.SystemSharedMemoryRegisterRequest(name="r", key=key, byte_size=64))
+        registry.register_system("", "r", key, 0, 64)
     with pytest.raises(Unsupported, match="one worker only"):
         _input(RequestRegions(registry, ()), "r", 4)
