@@ -9,12 +9,13 @@ goes to the log, never to the client.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import itertools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import grpc
@@ -400,10 +401,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+    ) -> AsyncIterator[pb.ModelStreamInferResponse | bytes]:
         """Bidirectional stream: requests run concurrently, answers come as they finish.
 
-        Each request gets one response, flagged final (``stream.answer``). A stream holds at most
+        Each request gets one response, flagged final (``stream.FINAL_RESPONSE``). A stream holds at most
         STREAM_MAX_ANSWERS answers (running, or done and not yet written to the client); at the bound it stops
         reading the stream until one is written, so a client that does not read its answers is held back by HTTP/2
         flow control instead of growing the server's memory. A failed request is answered with its message in
@@ -411,58 +412,30 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         (``stream.failure``); the stream stays open. With the ``triton_grpc_error: true`` header (Triton's opt-in),
         the first error instead ends the stream with that gRPC status. On server shutdown the stream stops
         reading, answers what it accepted, and ends.
+
+        The fast path (``_Stream``): a request to a model without routes, shadow or feedback, tracing off, is decoded
+        and queued in the batcher as it is read, with no task of its own; its batch's answers are encoded by callbacks
+        in one loop turn and written by this generator, woken once per group.
         """
         grpc_errors = any(k == "triton_grpc_error" and v.lower() == "true" for k, v in context.invocation_metadata() or ())
-        results: asyncio.Queue[tuple[pb.ModelStreamInferResponse | bytes, BaseException | None] | None] = asyncio.Queue()
-        slots = asyncio.Semaphore(STREAM_MAX_ANSWERS)  # taken before a message is read, given back once its answer is written
-        tasks: set[asyncio.Task[None]] = set()
-
-        async def one(request: pb.ModelInferRequest) -> None:
-            try:
-                stamps = Stamps(now_ns())
-                if self.tracing.on:
-                    stamps.trace = self.tracing.begin(stamps, context, request.model_name, "ModelStreamInfer")
-                entry = self._traffic.table.get(request.model_name) if self._traffic is not None else None
-                if entry is None:
-                    response = await self._infer(request, self._lookup(request), stamps, _deadline(context), context, form=_STREAM)
-                else:
-                    version, sender, feedback = self._route(request, entry, context)
-                    response = await self._infer(request, version, stamps, _deadline(context), context, sender, feedback, form=_STREAM)
-                results.put_nowait((response if response.__class__ is bytes else stream.answer(response), None))  # bytes: flagged already
-            except Exception as exc:
-                results.put_nowait((stream.failure(status_of(exc).name, _error_message(exc, request.id), request), exc))
-
-        async def read() -> None:
-            try:
-                while True:
-                    await slots.acquire()
-                    request = await anext(request_iterator, None)
-                    if request is None:
-                        break
-                    if request.__class__ is Undecodable:
-                        exc = request.error("ModelStreamInfer")
-                        results.put_nowait((stream.failure(status_of(exc).name, str(exc)), exc))
-                        continue
-                    task = asyncio.create_task(one(request))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-            except asyncio.CancelledError:
-                pass  # shutdown (or the client went away): stop reading, finish what was accepted
-            finally:
-                if tasks:
-                    await asyncio.gather(*tasks, return_exceptions=True)
-                results.put_nowait(None)
-
-        reader = asyncio.create_task(read())
+        state = _Stream(self, context)
+        reader = asyncio.create_task(state.read(request_iterator))
         self._stream_readers.add(reader)
+        answers, wake = state.answers, state.wake
         try:
-            while (item := await results.get()) is not None:
+            while True:
+                if not answers:
+                    wake.clear()
+                    await wake.wait()
+                item = answers.popleft()
+                if item is None:
+                    break
                 response, exc = item
                 if exc is not None and grpc_errors:
                     _handler_failed(self, context)
-                    await context.abort(status_of(exc), response.error_message)
+                    await context.abort(status_of(exc), response.error_message)  # type: ignore[union-attr]
                 yield response  # returns once gRPC has taken the message within the client's flow-control window
-                slots.release()
+                state.written()
         except (asyncio.CancelledError, GeneratorExit):
             # The client cancelled or the deadline passed (GeneratorExit: grpc closed the generator while sending). An idle
             # stream's cancel can race with the end of its requests and end the stream normally here: not counted.
@@ -471,8 +444,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         finally:
             self._stream_readers.discard(reader)
             reader.cancel()
-            for task in tasks:
-                task.cancel()
+            state.cancel()
 
     def begin_shutdown(self) -> None:
         """New inference requests get UNAVAILABLE; open streams stop reading: each answers what it accepted, then ends.
@@ -573,19 +545,192 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 
 
+class _Stream:
+    """One ModelStreamInfer stream's requests and answers (``InferenceServicer.ModelStreamInfer``).
+
+    ``read`` takes messages while fewer than STREAM_MAX_ANSWERS are held (read and not yet written). ``start`` runs a
+    request's decode and batcher submission at once, on the reader's turn (``ModelVersion.submit``: no task, no
+    coroutine); ``_finish`` encodes its answer (``codec.encode_header`` + ``wire.join``: bytes from the version's
+    skeleton) when its batch is done, records it and queues it for the writer, which ``put`` wakes once per group.
+    A request the fast path does not cover (routes, shadows, feedback, tracing) runs in a task through
+    ``InferenceServicer._infer`` as a unary call does; so does the off-loop assembly of a large answer.
+    """
+
+    __slots__ = ("answers", "context", "deadline", "held", "pending", "room", "servicer", "tasks", "wake")
+
+    def __init__(self, servicer: InferenceServicer, context: grpc.aio.ServicerContext) -> None:
+        self.servicer = servicer
+        self.context = context
+        self.deadline = _deadline(context)  # the stream's: every request on it shares it
+        self.answers: collections.deque[tuple[pb.ModelStreamInferResponse | bytes, BaseException | None] | None] = collections.deque()
+        self.wake = asyncio.Event()  # the writer's: set when answers has something
+        self.room = asyncio.Event()  # the reader's: set when an answer was written below the bound
+        self.held = 0  # answers held: read, and not yet written
+        self.pending: set[asyncio.Future[Any]] = set()  # requests in a batcher
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def put(self, item: tuple[pb.ModelStreamInferResponse | bytes, BaseException | None] | None) -> None:
+        self.answers.append(item)
+        self.wake.set()
+
+    def written(self) -> None:
+        """An answer went out: one fewer held; the reader goes on if it waited at the bound."""
+        self.held -= 1
+        if not self.room.is_set():
+            self.room.set()
+
+    async def read(self, request_iterator: AsyncIterator[pb.ModelInferRequest]) -> None:
+        try:
+            while True:
+                while self.held >= STREAM_MAX_ANSWERS:
+                    self.room.clear()
+                    await self.room.wait()
+                request = await anext(request_iterator, None)
+                if request is None:
+                    break
+                self.held += 1
+                if request.__class__ is Undecodable:
+                    exc = request.error("ModelStreamInfer")
+                    self.put((stream.failure(status_of(exc).name, str(exc)), exc))
+                    continue
+                self.start(request)
+        except asyncio.CancelledError:
+            pass  # shutdown (or the client went away): stop reading, finish what was accepted
+        finally:
+            while self.pending or self.tasks:
+                await asyncio.gather(*self.pending, *self.tasks, return_exceptions=True)
+            self.put(None)
+
+    def cancel(self) -> None:
+        """The stream ended: what is still queued or running is cancelled (counted CANCELLED)."""
+        for future in list(self.pending):
+            future.cancel()
+        for task in self.tasks:
+            task.cancel()
+
+    def fail(self, exc: BaseException, request: pb.ModelInferRequest) -> None:
+        self.put((stream.failure(status_of(exc).name, _error_message(exc, request.id), request), exc))
+
+    def start(self, request: pb.ModelInferRequest) -> None:
+        servicer = self.servicer
+        stamps = Stamps(now_ns())
+        traffic = servicer._traffic
+        if servicer.tracing.on or (traffic is not None and request.model_name in traffic.table):
+            self.spawn(self._routed(request, stamps))
+            return
+        try:
+            version = servicer._lookup(request)
+        except Exception as exc:
+            self.fail(exc, request)
+            return
+        spec = version.codec_spec
+        if spec is None:
+            spec = version.codec_spec = codec.model_spec(version.config)
+        regions = shared_memory.RequestRegions(servicer._regions, self.context.invocation_metadata)
+        try:
+            decoded = codec.decode_request(request, spec, servicer._limits, regions)
+            stamps.decoded = now_ns()
+            stamps.rows = decoded.rows
+            future = version.submit(
+                decoded.inputs, decoded.rows, decoded.output_names, stamps, self.deadline,
+                functools.partial(self._finish, request, version, decoded, stamps, regions), priority=decoded.priority, timeout_s=decoded.timeout_s,
+            )
+        except Exception as exc:
+            regions.release()
+            version.stats.record_failure(stamps, now_ns(), status_of(exc).name)
+            self.fail(exc, request)
+            return
+        self.pending.add(future)
+
+    def _finish(
+        self, request: pb.ModelInferRequest, version: ModelVersion, decoded: codec.DecodedRequest, stamps: Stamps,
+        regions: shared_memory.RequestRegions, future: asyncio.Future[dict[str, Any]],
+    ) -> None:
+        """On the loop, once the request's batch is done: encode, record, queue the answer for the writer."""
+        self.pending.discard(future)
+        stamps.encode_start = now_ns()
+        try:
+            if future.cancelled():  # the stream ended: nobody to answer
+                version.stats.record_failure(stamps, now_ns(), self._cancelled())
+                return
+            exc = future.exception()
+            if exc is None:
+                try:
+                    header, arrays = codec.encode_header(
+                        request.id, version.codec_spec, version.version_str, future.result(), decoded.output_names, decoded.classes, decoded.targets,
+                        stream.FINAL_PARAMETER,
+                    )
+                except Exception as error:
+                    exc = error
+                else:
+                    if sum(a.nbytes for a in arrays) < wire.LARGE_MESSAGE_BYTES:
+                        response = wire.join(header, arrays, stream=True)
+                        stamps.end = now_ns()
+                        version.stats.record_success(stamps)
+                        self.put((response, None))
+                    else:
+                        self.spawn(self._assemble(version, stamps, header, arrays))
+                    return
+            version.stats.record_failure(stamps, now_ns(), status_of(exc).name)
+            self.fail(exc, request)
+        finally:
+            regions.release()
+
+    def _cancelled(self) -> str:
+        """The outcome of a request the stream's end cancelled: its deadline passing, or the client going away."""
+        expired = self.deadline is not None and time.monotonic() >= self.deadline - DEADLINE_SLACK_S
+        return "DEADLINE_EXCEEDED" if expired else "CANCELLED"
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _assemble(self, version: ModelVersion, stamps: Stamps, header: bytes, arrays: list[Any]) -> None:
+        try:
+            response = await _assemble(header, arrays, stream=True)
+        except asyncio.CancelledError:
+            version.stats.record_failure(stamps, now_ns(), self._cancelled())
+            raise
+        stamps.end = now_ns()
+        version.stats.record_success(stamps)
+        self.put((response, None))
+
+    async def _routed(self, request: pb.ModelInferRequest, stamps: Stamps) -> None:
+        """A request the fast path does not cover, through ``_infer`` as a unary call goes."""
+        servicer, context = self.servicer, self.context
+        try:
+            if servicer.tracing.on:
+                stamps.trace = servicer.tracing.begin(stamps, context, request.model_name, "ModelStreamInfer")
+            entry = servicer._traffic.table.get(request.model_name) if servicer._traffic is not None else None
+            if entry is None:
+                response = await servicer._infer(request, servicer._lookup(request), stamps, self.deadline, context, form=_STREAM)
+            else:
+                version, sender, feedback = servicer._route(request, entry, context)
+                response = await servicer._infer(request, version, stamps, self.deadline, context, sender, feedback, form=_STREAM)
+            self.put((response, None))
+        except Exception as exc:
+            self.fail(exc, request)
+
+
+def _assemble(header: bytes, arrays: list[Any], *, stream: bool) -> asyncio.Future[bytes]:
+    """``wire.assemble`` in a worker thread."""
+    return asyncio.get_running_loop().run_in_executor(None, functools.partial(wire.assemble, header, arrays, stream=stream))
+
+
 async def _encode_for_wire(
     request: pb.ModelInferRequest, spec: Any, version: str, outputs: dict[str, Any], output_names: tuple[str, ...],
     classes: dict[str, int] | None, targets: Any, form: int,
-) -> pb.ModelInferResponse | bytes:
-    """A small response as a message (protobuf's C code is fastest); a large one as its wire bytes, assembled in a
-    worker thread without holding the GIL for the copies (``wire.assemble``): nothing that scales with its size
-    runs on the loop."""
-    response, arrays = codec.encode_outputs(request, spec, version, outputs, output_names, classes, targets)
+) -> bytes:
+    """The response's wire bytes, a ModelInferResponse (_UNARY) or a ModelStreamInferResponse (_STREAM): its header from
+    the version's precomputed skeleton, then the output buffers (``wire.join``); a large one is assembled in a worker
+    thread without holding the GIL for the copies (``wire.assemble``): nothing that scales with its size runs on the loop."""
+    header, arrays = codec.encode_header(
+        request.id, spec, version, outputs, output_names, classes, targets, stream.FINAL_PARAMETER if form == _STREAM else b""
+    )
     if sum(a.nbytes for a in arrays) < wire.LARGE_MESSAGE_BYTES:  # a BYTES array's nbytes counts its references
-        return codec.with_raw_outputs(response, arrays)
-    if form == _STREAM:  # the stream response is assembled here, so its final flag goes into the header now
-        response.parameters[stream.FINAL_RESPONSE].bool_param = True
-    return await asyncio.get_running_loop().run_in_executor(None, functools.partial(wire.assemble, response.SerializeToString(), arrays, stream=form == _STREAM))
+        return wire.join(header, arrays, stream=form == _STREAM)
+    return await _assemble(header, arrays, stream=form == _STREAM)
 
 
 #: The metadata key that carries a routing key (the ``routing_key`` request parameter takes precedence).
