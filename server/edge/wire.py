@@ -138,9 +138,13 @@ def _parts(header: bytes, arrays: Sequence[np.ndarray], stream: bool) -> tuple[l
 def join(header: bytes, arrays: Sequence[np.ndarray], *, stream: bool = False) -> bytes:
     """On the loop, for a small response: ``assemble``'s bytes by one ``bytes.join`` (the arrays' buffers are read in
     place: no ``tobytes``, no protobuf message, no second serialisation)."""
-    if len(arrays) == 1 and not stream and arrays[0].dtype.kind not in "OSUT":  # the common case, without the lists
+    if len(arrays) == 1 and arrays[0].dtype.kind not in "OSUT":  # the common case, without the lists
         data = np.ascontiguousarray(arrays[0])
-        return b"".join((header, _RAW_OUTPUT_TAG, _length_prefix(data.nbytes), data))
+        raw = _RAW_OUTPUT_TAG + _length_prefix(data.nbytes)
+        if stream:
+            size = len(header) + len(raw) + data.nbytes
+            return b"".join((_STREAM_RESPONSE_TAG + _length_prefix(size), header, raw, data))
+        return b"".join((header, raw, data))
     return b"".join(_parts(header, arrays, stream)[0])  # a contiguous array is a buffer join reads as it is
 
 
