@@ -105,7 +105,7 @@ class _Skeleton:
     """The serialised fields of one model version's responses that do not change per request: model name and version,
     and per output its name and datatype; an output entry with its shape is built once per shape seen."""
 
-    __slots__ = ("head", "_entries", "_named")
+    __slots__ = ("_entries", "_named", "head")
 
     def __init__(self, spec: _ModelSpec, version: str) -> None:
         self.head = _field(1, spec.name.encode()) + _field(2, version.encode())

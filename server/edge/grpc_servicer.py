@@ -620,7 +620,7 @@ class _Stream:
             return
         try:
             version = servicer._lookup(request)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  # every failure is answered on the stream (status_of maps it)
             self.fail(exc, request)
             return
         spec = version.codec_spec
@@ -635,7 +635,7 @@ class _Stream:
                 decoded.inputs, decoded.rows, decoded.output_names, stamps, self.deadline,
                 functools.partial(self._finish, request, version, decoded, stamps, regions), priority=decoded.priority, timeout_s=decoded.timeout_s,
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  # every failure is answered on the stream (status_of maps it)
             regions.release()
             version.stats.record_failure(stamps, now_ns(), status_of(exc).name)
             self.fail(exc, request)
@@ -660,7 +660,7 @@ class _Stream:
                         request.id, version.codec_spec, version.version_str, future.result(), decoded.output_names, decoded.classes, decoded.targets,
                         stream.FINAL_PARAMETER,
                     )
-                except Exception as error:
+                except Exception as error:  # noqa: BLE001  # every failure is answered on the stream (status_of maps it)
                     exc = error
                 else:
                     if sum(a.nbytes for a in arrays) < wire.LARGE_MESSAGE_BYTES:
@@ -709,7 +709,7 @@ class _Stream:
                 version, sender, feedback = servicer._route(request, entry, context)
                 response = await servicer._infer(request, version, stamps, self.deadline, context, sender, feedback, form=_STREAM)
             self.put((response, None))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  # every failure is answered on the stream (status_of maps it)
             self.fail(exc, request)
 
 

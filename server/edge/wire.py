@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -138,14 +138,15 @@ def _parts(header: bytes, arrays: Sequence[np.ndarray], stream: bool) -> tuple[l
 def join(header: bytes, arrays: Sequence[np.ndarray], *, stream: bool = False) -> bytes:
     """On the loop, for a small response: ``assemble``'s bytes by one ``bytes.join`` (the arrays' buffers are read in
     place: no ``tobytes``, no protobuf message, no second serialisation)."""
+    # A contiguous array is a buffer bytes.join reads as it is (numpy's stubs do not declare it one: the casts).
     if len(arrays) == 1 and arrays[0].dtype.kind not in "OSUT":  # the common case, without the lists
         data = np.ascontiguousarray(arrays[0])
         raw = _RAW_OUTPUT_TAG + _length_prefix(data.nbytes)
         if stream:
             size = len(header) + len(raw) + data.nbytes
-            return b"".join((_STREAM_RESPONSE_TAG + _length_prefix(size), header, raw, data))
-        return b"".join((header, raw, data))
-    return b"".join(_parts(header, arrays, stream)[0])  # a contiguous array is a buffer join reads as it is
+            return b"".join((_STREAM_RESPONSE_TAG + _length_prefix(size), header, raw, cast(bytes, data)))
+        return b"".join((header, raw, cast(bytes, data)))
+    return b"".join(cast(list[bytes], _parts(header, arrays, stream)[0]))
 
 
 def assemble(header: bytes, arrays: Sequence[np.ndarray], *, stream: bool = False) -> bytes:
