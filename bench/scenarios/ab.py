@@ -65,12 +65,19 @@ def main() -> None:
                 for cell in cells:
                     model, rows, concurrency, *streaming = cell
                     c0, t0 = _cpu_seconds(pattern), time.monotonic()
-                    m = pa.measure(address, model, MODELS[model].features, rows, concurrency=concurrency, windows=windows, streaming=bool(streaming))
+                    try:
+                        m = pa.measure(address, model, MODELS[model].features, rows, concurrency=concurrency, windows=windows, streaming=bool(streaming))
+                    except RuntimeError as exc:  # perf_analyzer found no stable windows twice (a busy shared box): this round has no value
+                        print(f"{':'.join(map(str, cell))} {target}: no measurement this round ({str(exc).splitlines()[0]})", flush=True)
+                        continue
                     m["util"] = (_cpu_seconds(pattern) - c0) / (time.monotonic() - t0)
                     results.setdefault((target, cell), []).append(m)
     for cell in cells:
         for target in args.targets:
-            ms = results[(target, cell)]
+            ms = results.get((target, cell), [])
+            if not ms:
+                print(f"{':'.join(map(str, cell)):16s} {target:12s} no round measured")
+                continue
 
             def med(key: str, ms: list[dict] = ms) -> float:
                 return statistics.median(m[key] for m in ms)
