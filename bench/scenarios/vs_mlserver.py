@@ -6,7 +6,8 @@ Each round starts every Surge revision (``tree`` or a git revision; with ``bench
 MLServer configuration (``bench.peers.mlserver.CONFIGS``: one process or one worker, adaptive batching off or on)
 in turn on the server CPU, and drives each with ``bench.scenarios.loadgen`` (raw grpc.aio ModelInfer, the request
 serialised once) on the generator CPU. Prints, per target, the median infer/s over the rounds and every round's,
-then each Surge revision's ratio to the best MLServer configuration. The MLServer venv is made on first use.
+then each Surge revision's ratio to the best MLServer configuration: of the medians, and the median of each round's
+ratio to that round's best configuration. The MLServer venv is made on first use.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ import statistics
 import subprocess
 import sys
 
-from bench.models import BATCHING, BATCHING_PER_MODEL, MODELS, write_onnx_files, write_repository
+from bench.models import (
+    BATCHING,
+    BATCHING_PER_MODEL,
+    MODELS,
+    write_onnx_files,
+    write_repository,
+)
 from bench.peers import mlserver as mls
 
 from . import targets
@@ -58,8 +65,12 @@ def main() -> None:
     for label, values in results.items():
         print(f"{args.model} c{args.concurrency}  {label:28s} infer/s {medians[label]:7.0f}  rounds {[round(v) for v in values]}")
     best = max((label for label in medians if label.startswith("mlserver")), key=medians.__getitem__)
+    mlserver = [values for label, values in results.items() if label.startswith("mlserver")]
     for rev in args.revisions:
-        print(f"surge {rev} / {best}: {medians[f'surge {rev}'] / medians[best]:.2f}x")
+        # per round against that round's best MLServer configuration: less moved by a busy box than the medians
+        per_round = [v / max(m[i] for m in mlserver) for i, v in enumerate(results[f"surge {rev}"])]
+        print(f"surge {rev} / {best} (medians): {medians[f'surge {rev}'] / medians[best]:.2f}x; per round against that round's best MLServer: "
+              f"median {statistics.median(per_round):.2f}x, rounds {[round(r, 2) for r in per_round]}")
 
 
 if __name__ == "__main__":

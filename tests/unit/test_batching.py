@@ -461,8 +461,8 @@ def test_fixed_delay_decisions_match_a_full_scan_under_random_traffic(loop, seed
     random arrivals, sizes, cancellations, deadlines, priorities and completions, every decision equals the one a
     batcher that always scans makes (the rows it counts follow every way a request leaves the queues)."""
     rng = np.random.default_rng(seed)
-    policy = dict(max_batch_size=8, max_queue_delay_s=0.004, preferred_batch_sizes=[4, 6], priority_levels=2,
-                  default_queue_policy=QueuePolicy(max_queue_size=12))
+    policy = {"max_batch_size": 8, "max_queue_delay_s": 0.004, "preferred_batch_sizes": [4, 6], "priority_levels": 2,
+              "default_queue_policy": QueuePolicy(max_queue_size=12)}
     fast, full = Harness(loop, **policy), Harness(loop, **policy)
     full.batcher._trigger_rows = 0  # always scans
     live: list[tuple[BatchRequest, BatchRequest]] = []

@@ -630,7 +630,8 @@ def _every_datatype_outputs() -> tuple[list[tuple[str, str, tuple[int, ...]]], d
 @pytest.mark.parametrize("large", [False, True], ids=["joined", "assembled"])
 @pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
 def test_responses_from_the_skeleton_are_protobufs_bytes_for_every_datatype(stream: bool, large: bool) -> None:
-    from surge.server.edge import codec, stream as streams, wire
+    from surge.server.edge import codec, wire
+    from surge.server.edge import stream as streams
 
     tensors, outputs = _every_datatype_outputs()
     spec = _spec([("x", "FP32", (1,))], tensors)
