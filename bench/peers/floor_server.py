@@ -3,7 +3,8 @@
     python -m bench.peers.floor_server [--port 0] [--address-file FILE] [--work none|hop|model|batch]
 
 It parses each ModelInferRequest (as any server must) and returns a response serialised in advance for
-that model and row count: no decode, no compute, no encode. What Surge adds on top of this is Surge's
+that model and row count: no decode, no compute, no encode. ModelStreamInfer answers each message of a stream
+the same way, in order, as a ModelStreamInferResponse carrying Triton's final flag (the streaming floor). What Surge adds on top of this is Surge's
 own cost.
 
 ``--work`` adds, per request, what the issue's design requires of any server before its own code counts
@@ -62,6 +63,17 @@ def _infer_response(name: str, rows: int) -> bytes:
     response.outputs.add(name="y", datatype="FP32", shape=[rows, spec.outputs])
     response.raw_output_contents.append(bytes(4 * rows * spec.outputs))
     return response.SerializeToString()
+
+
+def _final_flag() -> bytes:
+    """ModelInferResponse.parameters["triton_final_response"] = true, serialised (appended to a response's bytes)."""
+    response = pb.ModelInferResponse()
+    response.parameters["triton_final_response"].bool_param = True
+    return response.SerializeToString()
+
+
+_FINAL = _final_flag()
+_STREAM_TAG = b"\x12"  # ModelStreamInferResponse.infer_response (field 2, length-delimited)
 
 
 def _varint(n: int) -> bytes:
@@ -140,6 +152,13 @@ class Floor:
 
         done.add_done_callback(finished)
 
+    async def stream(self, requests, context):  # type: ignore[no-untyped-def]
+        """ModelStreamInfer: each request answered in arrival order, as its precomputed response wrapped in a
+        ModelStreamInferResponse (field 2) with Triton's final flag (perf_analyzer's streaming mode waits for it)."""
+        async for request in requests:
+            response = await self.infer(request, context)
+            yield _STREAM_TAG + _varint(len(response) + len(_FINAL)) + response + _FINAL
+
     async def model(self, request, context, table):  # type: ignore[no-untyped-def]
         if request.name not in table:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model '{request.name}'")
@@ -181,6 +200,7 @@ class Floor:
             "ModelConfig": unary(model_config, pb.ModelConfigRequest, pb.ModelConfigResponse),
             "ModelStatistics": unary(statistics, pb.ModelStatisticsRequest, pb.ModelStatisticsResponse),
             "ModelInfer": unary(self.infer, pb.ModelInferRequest),
+            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self.stream, request_deserializer=pb.ModelInferRequest.FromString),
         })  # fmt: skip
 
 

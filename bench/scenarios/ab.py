@@ -36,7 +36,7 @@ def _cpu_seconds(pattern: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("targets", nargs="+", help="floor, floor:hop, floor:model, floor:batch, tree, or git revisions")
-    parser.add_argument("--cells", default="tiny:1:1,tiny:1:64", help="model:rows:concurrency,...")
+    parser.add_argument("--cells", default="tiny:1:1,tiny:1:64", help="model:rows:concurrency[:s],... (:s: over ModelStreamInfer streams)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--surge-batching", type=json.loads, default={"latency_slo_s": 0.01},
                         help=f"[dynamic_batching] as JSON, or null for none (default SLO mode; bench.compare's default is {json.dumps(BATCHING)})")
@@ -44,7 +44,7 @@ def main() -> None:
                         help="a JSON list of [dynamic_batching] tables (null: none): every Surge target is measured with each in turn, "
                              "labelled TARGET#i (compares settings side by side instead of, or as well as, revisions)")  # fmt: skip
     args = parser.parse_args()
-    cells = [(m, int(r), int(c)) for m, r, c in (cell.split(":") for cell in args.cells.split(","))]
+    cells = [(m, int(r), int(c), *s) for m, r, c, *s in (cell.split(":") for cell in args.cells.split(","))]
     windows = pa.Windows(interval_ms=1500, stability_pct=100, max_trials=3, warmup_requests=300)
     onnx = write_onnx_files(targets.CACHE / "onnx")
     batchings = args.batchings if args.batchings is not None else [args.surge_batching]
@@ -55,21 +55,29 @@ def main() -> None:
         args.targets = [t if t.startswith("floor") else f"{t}#{i}" for t in args.targets for i in (range(len(batchings)) if not t.startswith("floor") else [0])]
     repo_of = {t: repos[int(t.partition("#")[2] or 0)] for t in args.targets}
     sources = {t: targets.surge_source(None if t.partition("#")[0] == "tree" else t.partition("#")[0])[1] for t in args.targets if not t.startswith("floor")}
-    results: dict[tuple[str, tuple[str, int, int]], list[dict]] = {}
+    results: dict[tuple[str, tuple[str | int, ...]], list[dict]] = {}
     for _ in range(args.rounds):
         for i, target in enumerate(args.targets):
             is_floor = target.startswith("floor")
             server = targets.floor(target.partition(":")[2] or "none") if is_floor else targets.surge(repo_of[target], sources[target], f"ab{i}")
             pattern = "bench.peers.floor_server" if is_floor else f"ab{i}.address"
             with server as address:
-                for model, rows, concurrency in cells:
+                for cell in cells:
+                    model, rows, concurrency, *streaming = cell
                     c0, t0 = _cpu_seconds(pattern), time.monotonic()
-                    m = pa.measure(address, model, MODELS[model].features, rows, concurrency=concurrency, windows=windows)
+                    try:
+                        m = pa.measure(address, model, MODELS[model].features, rows, concurrency=concurrency, windows=windows, streaming=bool(streaming))
+                    except RuntimeError as exc:  # perf_analyzer found no stable windows twice (a busy shared box): this round has no value
+                        print(f"{':'.join(map(str, cell))} {target}: no measurement this round ({str(exc).splitlines()[0]})", flush=True)
+                        continue
                     m["util"] = (_cpu_seconds(pattern) - c0) / (time.monotonic() - t0)
-                    results.setdefault((target, (model, rows, concurrency)), []).append(m)
+                    results.setdefault((target, cell), []).append(m)
     for cell in cells:
         for target in args.targets:
-            ms = results[(target, cell)]
+            ms = results.get((target, cell), [])
+            if not ms:
+                print(f"{':'.join(map(str, cell)):16s} {target:12s} no round measured")
+                continue
 
             def med(key: str, ms: list[dict] = ms) -> float:
                 return statistics.median(m[key] for m in ms)

@@ -35,9 +35,13 @@ def available() -> bool:
 
 
 def measure(address: str, model: str, features: int, rows: int, *, concurrency: int = 0, rate: float = 0.0,
-            windows: Windows = Windows()) -> dict:  # fmt: skip
-    """infer_per_s (requests), rows_per_s, p50_ms, p99_ms, generator_cpu, stable; raises RuntimeError on failure."""
+            windows: Windows = Windows(), streaming: bool = False) -> dict:  # fmt: skip
+    """infer_per_s (requests), rows_per_s, p50_ms, p99_ms, generator_cpu, stable; raises RuntimeError on failure.
+
+    ``streaming``: the requests go over ModelStreamInfer streams (``--streaming``) instead of ModelInfer calls."""
     load = ["--request-rate-range", f"{rate:g}"] if rate else ["--concurrency-range", str(concurrency)]
+    if streaming:
+        load.append("--streaming")
     base = ["-m", model, "-x", "1", "-u", address, "-i", "grpc", "--async", "-b", str(rows), "--shape", f"x:{features}",
             "--measurement-interval", str(windows.interval_ms), "--warmup-request-count", str(windows.warmup_requests), *load]  # fmt: skip
     result, output = _run(base + ["-s", str(windows.stability_pct), "-r", str(windows.max_trials)], rows)

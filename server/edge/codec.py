@@ -11,7 +11,7 @@ so a request claiming a huge shape costs nothing. ``encode_response`` writes eac
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,10 @@ from ..errors import InvalidInput, LimitExceeded, Unsupported
 from . import extensions
 from .shared_memory import RequestRegions, Target, write_output
 
-__all__ = ["DEFAULT_LIMITS", "DecodedRequest", "Limits", "decode_request", "encode_outputs", "encode_response", "parameter_value", "with_raw_outputs"]
+__all__ = [
+    "DEFAULT_LIMITS", "DecodedRequest", "Limits", "decode_request", "encode_header", "encode_outputs", "encode_response", "parameter_value",
+    "with_raw_outputs",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,6 +93,49 @@ class _ModelSpec:
     required: frozenset[str]
     outputs: dict[str, _TensorSpec]
     output_names: tuple[str, ...]
+    skeletons: dict[str, _Skeleton] = field(default_factory=dict)
+    """Response skeletons by version string (``encode_header``), built on first use."""
+
+
+#: Shapes remembered per output by a skeleton (a model with free dims sees many; beyond this they are built each time).
+_MAX_SHAPES = 1024
+
+
+class _Skeleton:
+    """The serialised fields of one model version's responses that do not change per request: model name and version,
+    and per output its name and datatype; an output entry with its shape is built once per shape seen."""
+
+    __slots__ = ("_entries", "_named", "head")
+
+    def __init__(self, spec: _ModelSpec, version: str) -> None:
+        self.head = _field(1, spec.name.encode()) + _field(2, version.encode())
+        self._named = {name: _field(1, name.encode()) + _field(2, ts.datatype.encode()) for name, ts in spec.outputs.items()}
+        self._entries: dict[tuple[str, tuple[int, ...]], bytes] = {}
+
+    def output(self, name: str, shape: tuple[int, ...]) -> bytes:
+        """The ``outputs`` entry (field 5) of output ``name`` with ``shape``."""
+        key = (name, shape)
+        entry = self._entries.get(key)
+        if entry is None:
+            dims = b"".join(map(_varint, shape))
+            entry = _field(5, self._named[name] + (_field(3, dims) if dims else b""))
+            if len(self._entries) < _MAX_SHAPES:
+                self._entries[key] = entry
+        return entry
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(number: int, data: bytes) -> bytes:
+    """A length-delimited protobuf field (number < 16)."""
+    return bytes((number << 3 | 2,)) + _varint(len(data)) + data
 
 
 @dataclass(slots=True)
@@ -358,6 +404,32 @@ def encode_response(
     datatype, shape and shared-memory parameters, and an empty raw entry (so the others' indices stay as Triton's).
     """
     return with_raw_outputs(*encode_outputs(request, spec, version, outputs, output_names, classes, targets))
+
+
+def encode_header(
+    request_id: str, spec: _ModelSpec, version: str, outputs: dict[str, np.ndarray], output_names: tuple[str, ...],
+    classes: dict[str, int] | None = None, targets: dict[str, Target] | None = None, parameters: bytes = b"",
+) -> tuple[bytes, list[np.ndarray]]:
+    """``encode_outputs`` as wire bytes: the serialised ModelInferResponse without its ``raw_output_contents``, and the
+    arrays that go there (``wire.join`` or ``wire.assemble`` append them). ``parameters``: serialised ``parameters``
+    entries to add (e.g. the stream's final flag). Without classifications or shared-memory outputs the header is
+    put together from the version's precomputed skeleton (no protobuf message is built)."""
+    if classes is not None or targets is not None:
+        response, arrays = encode_outputs(pb.ModelInferRequest(id=request_id), spec, version, outputs, output_names, classes, targets)
+        return response.SerializeToString() + parameters, arrays
+    skeleton = spec.skeletons.get(version)
+    if skeleton is None:
+        skeleton = spec.skeletons[version] = _Skeleton(spec, version)
+    parts = [skeleton.head, _field(3, request_id.encode()) if request_id else b"", parameters]
+    arrays = []
+    for name in output_names:
+        ts = spec.outputs[name]
+        array = outputs[name]
+        if ts.datatype != "BYTES" and array.dtype != ts.dtype:  # the execution path's output check makes this rare
+            array = array.astype(ts.dtype)
+        parts.append(skeleton.output(name, array.shape))
+        arrays.append(array)
+    return b"".join(parts), arrays
 
 
 def with_raw_outputs(response: pb.ModelInferResponse, arrays: list[np.ndarray]) -> pb.ModelInferResponse:

@@ -9,9 +9,10 @@ gRPC status code (``STATUS_OF``), with the data plane's message (``dataplane.err
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, NamedTuple, TypeVar
 
 import grpc
@@ -21,9 +22,11 @@ from surge.protos import grpc_service_pb2 as pb
 from surge.protos import grpc_service_pb2_grpc as pb_grpc
 from surge.protos.pool import POOL as SURGE_POOL
 
-from . import codec, stream, wire
+from . import codec, shared_memory, stream, wire
 from .. import errors
-from ..dataplane import EXTENSIONS, DataPlane, error_message
+from ..dataplane import DEADLINE_SLACK_S, EXTENSIONS, DataPlane, error_message
+from ..execution.model import ModelVersion
+from ..execution.stats import Stamps, now_ns
 from .triton import model_config_message
 
 __all__ = ["EXTENSIONS", "InferenceServicer", "STATUS_OF", "Undecodable", "add_to_server", "add_tolerant", "status_of"]
@@ -225,7 +228,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> AsyncIterator[pb.ModelStreamInferResponse | bytes]:
         """Bidirectional stream: requests run concurrently, answers come as they finish.
 
-        Each request gets one response, flagged final (``stream.answer``). A stream holds at most
+        Each request gets one response, flagged final (``stream.FINAL_RESPONSE``). A stream holds at most
         STREAM_MAX_ANSWERS answers (running, or done and not yet written to the client); at the bound it stops
         reading the stream until one is written, so a client that does not read its answers is held back by HTTP/2
         flow control instead of growing the server's memory. A failed request is answered with its message in
@@ -233,50 +236,30 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         (``stream.failure``); the stream stays open. With the ``triton_grpc_error: true`` header (Triton's opt-in),
         the first error instead ends the stream with that gRPC status. On server shutdown the stream stops
         reading, answers what it accepted, and ends.
+
+        The fast path (``_Stream``): a request to a model without routes, shadow or feedback, tracing off, is decoded
+        and queued in the batcher as it is read, with no task of its own; its batch's answers are encoded by callbacks
+        in one loop turn and written by this generator, woken once per group.
         """
         grpc_errors = any(k == "triton_grpc_error" and v.lower() == "true" for k, v in context.invocation_metadata() or ())
-        results: asyncio.Queue[tuple[pb.ModelStreamInferResponse | bytes, BaseException | None] | None] = asyncio.Queue()
-        slots = asyncio.Semaphore(STREAM_MAX_ANSWERS)  # taken before a message is read, given back once its answer is written
-        tasks: set[asyncio.Task[None]] = set()
-
-        async def one(request: pb.ModelInferRequest) -> None:
-            try:
-                response = await self._plane.infer(request, context.invocation_metadata, _deadline(context), _encode_stream, "ModelStreamInfer")
-                results.put_nowait((response if isinstance(response, bytes) else stream.answer(response), None))  # bytes: flagged already
-            except Exception as exc:
-                results.put_nowait((stream.failure(errors.status_name(exc), error_message(exc, request.id), request), exc))
-
-        async def read() -> None:
-            try:
-                while True:
-                    await slots.acquire()
-                    request = await anext(request_iterator, None)
-                    if request is None:
-                        break
-                    if isinstance(request, Undecodable):
-                        exc = request.error("ModelStreamInfer")
-                        results.put_nowait((stream.failure(errors.status_name(exc), str(exc)), exc))
-                        continue
-                    task = asyncio.create_task(one(request))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-            except asyncio.CancelledError:
-                pass  # shutdown (or the client went away): stop reading, finish what was accepted
-            finally:
-                if tasks:
-                    await asyncio.gather(*tasks, return_exceptions=True)
-                results.put_nowait(None)
-
-        reader = asyncio.create_task(read())
+        state = _Stream(self, context)
+        reader = asyncio.create_task(state.read(request_iterator))
         self._stream_readers.add(reader)
+        answers, wake = state.answers, state.wake
         try:
-            while (item := await results.get()) is not None:
+            while True:
+                if not answers:
+                    wake.clear()
+                    await wake.wait()
+                item = answers.popleft()
+                if item is None:
+                    break
                 response, exc = item
                 if exc is not None and grpc_errors:
                     _handler_failed(self, context)
                     await context.abort(status_of(exc), response.error_message)  # type: ignore[union-attr]  # a failure is a message
                 yield response  # returns once gRPC has taken the message within the client's flow-control window
-                slots.release()
+                state.written()
         except (asyncio.CancelledError, GeneratorExit):
             # The client cancelled or the deadline passed (GeneratorExit: grpc closed the generator while sending). An idle
             # stream's cancel can race with the end of its requests and end the stream normally here: not counted.
@@ -285,8 +268,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         finally:
             self._stream_readers.discard(reader)
             reader.cancel()
-            for task in tasks:
-                task.cancel()
+            state.cancel()
 
     def begin_shutdown(self) -> None:
         """New inference requests get UNAVAILABLE; open streams stop reading: each answers what it accepted, then ends.
@@ -386,21 +368,186 @@ async def _encode_message(
 
 async def _encode_stream(
     request: pb.ModelInferRequest, spec: Any, version: str, outputs: dict[str, np.ndarray], decoded: codec.DecodedRequest
-) -> pb.ModelInferResponse | bytes:
+) -> bytes:
     return await _encode_for_wire(request, spec, version, outputs, decoded, True)
+
+
+class _Stream:
+    """One ModelStreamInfer stream's requests and answers (``InferenceServicer.ModelStreamInfer``).
+
+    ``read`` takes messages while fewer than STREAM_MAX_ANSWERS are held (read and not yet written). ``start`` runs a
+    request's decode and batcher submission at once, on the reader's turn (``ModelVersion.submit``: no task, no
+    coroutine); ``_finish`` encodes its answer (``codec.encode_header`` + ``wire.join``: bytes from the version's
+    skeleton) when its batch is done, records it and queues it for the writer, which ``put`` wakes once per group.
+    A request the fast path does not cover (routes, shadows, feedback, tracing) runs in a task through
+    ``InferenceServicer._infer`` as a unary call does; so does the off-loop assembly of a large answer.
+    """
+
+    __slots__ = ("answers", "context", "deadline", "held", "pending", "room", "servicer", "tasks", "wake")
+
+    def __init__(self, servicer: InferenceServicer, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self.servicer = servicer
+        self.context = context
+        self.deadline = _deadline(context)  # the stream's: every request on it shares it
+        self.answers: collections.deque[tuple[pb.ModelStreamInferResponse | bytes, BaseException | None] | None] = collections.deque()
+        self.wake = asyncio.Event()  # the writer's: set when answers has something
+        self.room = asyncio.Event()  # the reader's: set when an answer was written below the bound
+        self.held = 0  # answers held: read, and not yet written
+        self.pending: set[asyncio.Future[Any]] = set()  # requests in a batcher
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def put(self, item: tuple[pb.ModelStreamInferResponse | bytes, BaseException | None] | None) -> None:
+        self.answers.append(item)
+        self.wake.set()
+
+    def written(self) -> None:
+        """An answer went out: one fewer held; the reader goes on if it waited at the bound."""
+        self.held -= 1
+        if not self.room.is_set():
+            self.room.set()
+
+    async def read(self, request_iterator: AsyncIterator[pb.ModelInferRequest | Undecodable]) -> None:
+        try:
+            while True:
+                while self.held >= STREAM_MAX_ANSWERS:
+                    self.room.clear()
+                    await self.room.wait()
+                request = await anext(request_iterator, None)
+                if request is None:
+                    break
+                self.held += 1
+                if isinstance(request, Undecodable):
+                    exc = request.error("ModelStreamInfer")
+                    self.put((stream.failure(status_of(exc).name, str(exc)), exc))
+                    continue
+                self.start(request)
+        except asyncio.CancelledError:
+            pass  # shutdown (or the client went away): stop reading, finish what was accepted
+        finally:
+            while self.pending or self.tasks:
+                await asyncio.gather(*self.pending, *self.tasks, return_exceptions=True)
+            self.put(None)
+
+    def cancel(self) -> None:
+        """The stream ended: what is still queued or running is cancelled (counted CANCELLED)."""
+        for future in list(self.pending):
+            future.cancel()
+        for task in self.tasks:
+            task.cancel()
+
+    def fail(self, exc: BaseException, request: pb.ModelInferRequest) -> None:
+        self.put((stream.failure(status_of(exc).name, error_message(exc, request.id), request), exc))
+
+    def start(self, request: pb.ModelInferRequest) -> None:
+        plane = self.servicer._plane
+        traffic = plane.traffic
+        if plane.tracing.on or (traffic is not None and request.model_name in traffic.table):
+            self.spawn(self._routed(request))
+            return
+        stamps = Stamps(now_ns())
+        try:
+            version = plane._lookup(request)
+        except Exception as exc:  # noqa: BLE001  # every failure is answered on the stream (status_of maps it)
+            self.fail(exc, request)
+            return
+        spec = version.codec_spec
+        if spec is None:
+            spec = version.codec_spec = codec.model_spec(version.config)
+        regions = shared_memory.RequestRegions(plane.regions, self.context.invocation_metadata)
+        try:
+            decoded = codec.decode_request(request, spec, plane.limits, regions)
+            stamps.decoded = now_ns()
+            stamps.rows = decoded.rows
+            future = version.submit(
+                decoded.inputs, decoded.rows, decoded.output_names, stamps, self.deadline,
+                functools.partial(self._finish, request, version, decoded, stamps, regions), priority=decoded.priority, timeout_s=decoded.timeout_s,
+            )
+        except Exception as exc:  # noqa: BLE001  # every failure is answered on the stream (status_of maps it)
+            regions.release()
+            version.stats.record_failure(stamps, now_ns(), status_of(exc).name)
+            self.fail(exc, request)
+            return
+        self.pending.add(future)
+
+    def _finish(
+        self, request: pb.ModelInferRequest, version: ModelVersion, decoded: codec.DecodedRequest, stamps: Stamps,
+        regions: shared_memory.RequestRegions, future: asyncio.Future[dict[str, Any]],
+    ) -> None:
+        """On the loop, once the request's batch is done: encode, record, queue the answer for the writer."""
+        self.pending.discard(future)
+        stamps.encode_start = now_ns()
+        try:
+            if future.cancelled():  # the stream ended: nobody to answer
+                version.stats.record_failure(stamps, now_ns(), self._cancelled())
+                return
+            exc = future.exception()
+            if exc is None:
+                try:
+                    header, arrays = codec.encode_header(
+                        request.id, version.codec_spec, version.version_str, future.result(), decoded.output_names, decoded.classes, decoded.targets,
+                        stream.FINAL_PARAMETER,
+                    )
+                except Exception as error:  # noqa: BLE001  # every failure is answered on the stream (status_of maps it)
+                    exc = error
+                else:
+                    if sum(a.nbytes for a in arrays) < wire.LARGE_MESSAGE_BYTES:
+                        response = wire.join(header, arrays, stream=True)
+                        stamps.end = now_ns()
+                        version.stats.record_success(stamps)
+                        self.put((response, None))
+                    else:
+                        self.spawn(self._assemble(version, stamps, header, arrays))
+                    return
+            version.stats.record_failure(stamps, now_ns(), status_of(exc).name)
+            self.fail(exc, request)
+        finally:
+            regions.release()
+
+    def _cancelled(self) -> str:
+        """The outcome of a request the stream's end cancelled: its deadline passing, or the client going away."""
+        expired = self.deadline is not None and time.monotonic() >= self.deadline - DEADLINE_SLACK_S
+        return "DEADLINE_EXCEEDED" if expired else "CANCELLED"
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _assemble(self, version: ModelVersion, stamps: Stamps, header: bytes, arrays: list[Any]) -> None:
+        try:
+            response = await _assemble(header, arrays, stream=True)
+        except asyncio.CancelledError:
+            version.stats.record_failure(stamps, now_ns(), self._cancelled())
+            raise
+        stamps.end = now_ns()
+        version.stats.record_success(stamps)
+        self.put((response, None))
+
+    async def _routed(self, request: pb.ModelInferRequest) -> None:
+        """A request the fast path does not cover (routes, shadows, feedback, tracing), through the data plane as a
+        unary call goes."""
+        try:
+            response = await self.servicer._plane.infer(request, self.context.invocation_metadata, self.deadline, _encode_stream, "ModelStreamInfer")
+            self.put((response, None))
+        except Exception as exc:  # noqa: BLE001  # every failure is answered on the stream (status_of maps it)
+            self.fail(exc, request)
+
+
+def _assemble(header: bytes, arrays: list[Any], *, stream: bool) -> asyncio.Future[bytes]:
+    """``wire.assemble`` in a worker thread."""
+    return asyncio.get_running_loop().run_in_executor(None, functools.partial(wire.assemble, header, arrays, stream=stream))
 
 
 async def _encode_for_wire(
     request: pb.ModelInferRequest, spec: Any, version: str, outputs: dict[str, np.ndarray], decoded: codec.DecodedRequest, in_stream: bool = False
-) -> pb.ModelInferResponse | bytes:
-    """``DataPlane.infer``'s encoder for ModelInfer (and, ``in_stream``, ModelStreamInfer) as gRPC serves them.
-
-    A small response as a message (protobuf's C code is fastest); a large one as its wire bytes, assembled in a
-    worker thread without holding the GIL for the copies (``wire.assemble``): nothing that scales with its size
-    runs on the loop."""
-    response, arrays = codec.encode_outputs(request, spec, version, outputs, decoded.output_names, decoded.classes, decoded.targets)
+) -> bytes:
+    """``DataPlane.infer``'s encoder for ModelInfer (and, ``in_stream``, ModelStreamInfer) as gRPC serves them: the
+    response's wire bytes, its header from the version's precomputed skeleton, then the output buffers
+    (``wire.join``); a large one is assembled in a worker thread without holding the GIL for the copies
+    (``wire.assemble``): nothing that scales with its size runs on the loop."""
+    header, arrays = codec.encode_header(
+        request.id, spec, version, outputs, decoded.output_names, decoded.classes, decoded.targets, stream.FINAL_PARAMETER if in_stream else b""
+    )
     if sum(a.nbytes for a in arrays) < wire.LARGE_MESSAGE_BYTES:  # a BYTES array's nbytes counts its references
-        return codec.with_raw_outputs(response, arrays)
-    if in_stream:  # the stream response is assembled here, so its final flag goes into the header now
-        response.parameters[stream.FINAL_RESPONSE].bool_param = True
-    return await asyncio.get_running_loop().run_in_executor(None, functools.partial(wire.assemble, response.SerializeToString(), arrays, stream=in_stream))
+        return wire.join(header, arrays, stream=in_stream)
+    return await _assemble(header, arrays, stream=in_stream)

@@ -15,18 +15,14 @@ from __future__ import annotations
 
 from surge.protos import grpc_service_pb2 as pb
 
-__all__ = ["FINAL_RESPONSE", "STATUS_CODE", "answer", "failure"]
+__all__ = ["FINAL_PARAMETER", "FINAL_RESPONSE", "STATUS_CODE", "failure"]
 
 #: Triton's response parameter: true on the last response of a request.
 FINAL_RESPONSE = "triton_final_response"
+#: ``parameters[FINAL_RESPONSE] = true`` as serialised ModelInferResponse bytes (``codec.encode_header`` adds it).
+FINAL_PARAMETER = pb.ModelInferResponse(parameters={FINAL_RESPONSE: pb.InferParameter(bool_param=True)}).SerializeToString()
 #: The status name of a failed stream request (Surge's; a stream response has no gRPC status of its own).
 STATUS_CODE = "surge_status_code"
-
-
-def answer(response: pb.ModelInferResponse) -> pb.ModelStreamInferResponse:
-    """The stream response for a request's (one, so final) answer."""
-    response.parameters[FINAL_RESPONSE].bool_param = True
-    return pb.ModelStreamInferResponse(infer_response=response)
 
 
 def failure(code_name: str, message: str, request: pb.ModelInferRequest | None = None) -> pb.ModelStreamInferResponse:

@@ -246,6 +246,10 @@ class DynamicBatcher:
         self._call_later = call_later
         levels = max(1, policy.priority_levels)
         self._queues: list[collections.deque[BatchRequest]] = [collections.deque() for _ in range(levels)]
+        self._rows_waiting = 0  # rows of every queued request (cancelled ones too, until dropped)
+        # Below this many rows no batch can be full or of a preferred size: with a fixed delay the oldest request's
+        # wait decides alone, and an arrival need not scan the queue (the scan made a batch cost quadratic in its size).
+        self._trigger_rows = min([*self._preferred, self._max_rows]) if self._batching else 0
         self._policies = [policy.priority_queue_policy.get(level, policy.default_queue_policy) for level in range(1, levels + 1)]
         self._limits = [p.max_queue_size or DEFAULT_MAX_QUEUE_SIZE for p in self._policies]
         self._timer: Any = None
@@ -322,6 +326,7 @@ class DynamicBatcher:
             call_later = self._call_later or asyncio.get_running_loop().call_later
             request.timer = call_later(own, self._expire, request)
         queue.append(request)
+        self._rows_waiting += request.rows
         self._schedule()
 
     def release_slot(self) -> None:
@@ -361,6 +366,7 @@ class DynamicBatcher:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._rows_waiting = 0
         for queue in self._queues:
             while queue:
                 request = queue.popleft()
@@ -389,6 +395,10 @@ class DynamicBatcher:
         if not self._batching:
             self._take([head])
             return [head], None
+        if self._rows_waiting < self._trigger_rows and self.policy.latency_slo_s is None:
+            wait_until = head.enqueued + self.policy.max_queue_delay_s
+            if now < wait_until:
+                return None, wait_until
         candidates: list[BatchRequest] = []
         rows = 0
         full = False
@@ -458,10 +468,12 @@ class DynamicBatcher:
             request = queue[0]
             if request.future.done():
                 queue.popleft()
+                self._rows_waiting -= request.rows
                 _cancel_timer(request)
                 self._count_cancelled(request, now)
             elif request.deadline is not None and request.deadline <= now:
                 queue.popleft()
+                self._rows_waiting -= request.rows
                 self._expire(request)
             else:
                 return
@@ -476,6 +488,7 @@ class DynamicBatcher:
                 self._expire(request)
             else:
                 alive.append(request)
+        self._rows_waiting -= sum(r.rows for r in queue) - sum(r.rows for r in alive)
         queue.clear()
         queue.extend(alive)
 
@@ -503,11 +516,14 @@ class DynamicBatcher:
         for queue in self._queues:
             # Common case: the batch is the front of the queue (stale entries aside): pop, no rebuild.
             while queue and left and (id(queue[0]) in chosen or queue[0].future.done()):
-                if id(queue.popleft()) in chosen:
+                request = queue.popleft()
+                self._rows_waiting -= request.rows
+                if id(request) in chosen:
                     left -= 1
             if left and any(id(r) in chosen for r in queue):
                 kept = [r for r in queue if id(r) not in chosen]
                 left -= len(queue) - len(kept)
+                self._rows_waiting -= sum(r.rows for r in queue if id(r) in chosen)
                 queue.clear()
                 queue.extend(kept)
             if not left:

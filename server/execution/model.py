@@ -35,9 +35,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import functools
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -347,6 +348,44 @@ class ModelVersion:
 
         Raises ModelNotReady, QueueFull, DeadlineExpired, InvalidInput (priority, or from the runtime) or RuntimeFailure.
         """
+        future = self._queue(inputs, rows, output_names, stamps, deadline, priority, timeout_s)
+        try:
+            drift = self._drift
+            sampled = drift is not None and drift.sample()  # the hot path's only drift work: one random draw
+            outputs = await future
+            if sampled:
+                drift.offer(inputs, outputs)  # type: ignore[union-attr]  # by reference, onto the drift thread's queue
+            return outputs
+        finally:
+            self._left()
+
+    def submit(
+        self, inputs: dict[str, np.ndarray], rows: int, output_names: Sequence[str], stamps: Stamps, deadline: float | None,
+        on_done: Callable[[asyncio.Future[dict[str, np.ndarray]]], None], *, priority: int = 0, timeout_s: float | None = None,
+    ) -> asyncio.Future[dict[str, np.ndarray]]:
+        """``execute`` without a task: queue one request and return its future at once; ``on_done(future)`` runs on
+        the loop when its outputs (or its error) are there, also when the caller cancels the future. For callers
+        that answer many requests without a coroutine each (a ModelStreamInfer stream). Raises as ``execute`` does."""
+        future = self._queue(inputs, rows, output_names, stamps, deadline, priority, timeout_s)
+        drift = self._drift
+        sampled = drift is not None and drift.sample()
+        future.add_done_callback(functools.partial(self._answered, inputs, sampled, on_done))
+        return future
+
+    def _answered(
+        self, inputs: dict[str, np.ndarray], sampled: bool, on_done: Callable[[asyncio.Future[dict[str, np.ndarray]]], None],
+        future: asyncio.Future[dict[str, np.ndarray]],
+    ) -> None:
+        self._left()
+        if sampled and not future.cancelled() and future.exception() is None:
+            self._drift.offer(inputs, future.result())  # type: ignore[union-attr]
+        on_done(future)
+
+    def _queue(
+        self, inputs: dict[str, np.ndarray], rows: int, output_names: Sequence[str], stamps: Stamps, deadline: float | None,
+        priority: int, timeout_s: float | None,
+    ) -> asyncio.Future[dict[str, np.ndarray]]:
+        """Submit one request to the batcher (counted in flight until ``_left``); its future."""
         if self.state != State.READY or self._batcher is None:
             raise ModelNotReady(f"model '{self.config.name}' version {self.version} is {self.state.lower()}" + (f": {self.reason}" if self.reason else ""))
         future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
@@ -357,16 +396,16 @@ class ModelVersion:
                 BatchRequest(inputs, rows, output_names, stamps, future), deadline=deadline, priority=priority, timeout_s=timeout_s,
                 spent_s=(stamps.decoded - stamps.start) / 1e9 if stamps.decoded else 0.0,
             )
-            drift = self._drift
-            sampled = drift is not None and drift.sample()  # the hot path's only drift work: one random draw
-            outputs = await future
-            if sampled:
-                drift.offer(inputs, outputs)  # type: ignore[union-attr]  # by reference, onto the drift thread's queue
-            return outputs
-        finally:
-            self._inflight -= 1
-            if not self._inflight:
-                self._idle.set()
+        except BaseException:
+            self._left()
+            raise
+        return future
+
+    def _left(self) -> None:
+        """A request is answered (or failed): no longer in flight."""
+        self._inflight -= 1
+        if not self._inflight:
+            self._idle.set()
 
     def _dispatch(self, batch: list[BatchRequest]) -> None:
         """On the loop, from the batcher: run a batch on the next free instance (one is free: the batcher counts slots)."""

@@ -235,6 +235,51 @@ def test_identity_all_datatype_round_trip(client, datatype: str) -> None:
         assert got.tobytes() == sent.tobytes()
 
 
+def _large(datatype: str) -> np.ndarray:
+    """A [2, n] array of the datatype's values over 1 MiB (the edge's large-message path: views in, assembled out)."""
+    rng = np.random.default_rng(7)
+    if datatype == "BYTES":  # the size counts the element references too
+        return np.array([f"{i}:{'x' * (i % 17)}".encode() for i in range(2 * 80_000)], dtype=np.object_).reshape(2, -1)
+    dtype = np.dtype(triton_to_np_dtype(datatype))
+    n = (3 << 19) // dtype.itemsize  # 1.5 MiB per row
+    if datatype == "BOOL":
+        return rng.integers(0, 2, size=(2, n)).astype(bool)
+    return rng.integers(0, 256, size=(2, n * dtype.itemsize), dtype=np.uint8).view(dtype)  # every bit pattern
+
+
+def _check_bit_exact(result, datatype: str, sent: np.ndarray) -> None:
+    got = result.as_numpy(f"out_{datatype}")
+    assert got.shape == sent.shape
+    if datatype == "BYTES":
+        assert got.tolist() == sent.tolist()
+    else:
+        assert got.dtype == sent.dtype and got.tobytes() == sent.tobytes()
+
+
+@pytest.mark.parametrize("datatype", ONNX_DATATYPES)
+def test_identity_all_large_round_trip_unary_and_streamed(client, datatype: str) -> None:
+    """A tensor over 1 MiB of every datatype, bit-exact both ways, over ModelInfer and over ModelStreamInfer."""
+    sent = _large(datatype)
+    inputs = [make_input(f"in_{dt}", sent if dt == datatype else _sample(dt)[:, :1], dt) for dt in ONNX_DATATYPES]
+    outputs = [grpcclient.InferRequestedOutput(f"out_{datatype}")]
+    _check_bit_exact(client.infer("identity_all", inputs, outputs=outputs, request_id="u"), datatype, sent)
+    responses: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    try:
+        client.async_stream_infer("identity_all", inputs, outputs=outputs, request_id="s")
+        small = [make_input(f"in_{dt}", _sample(dt), dt) for dt in ONNX_DATATYPES]
+        client.async_stream_infer("identity_all", small, outputs=outputs, request_id="small")
+        answers = {}
+        for _ in range(2):
+            result, error = responses.get(timeout=60)
+            assert error is None, error
+            answers[result.get_response().id] = result
+    finally:
+        client.stop_stream()
+    _check_bit_exact(answers["s"], datatype, sent)
+    _check_bit_exact(answers["small"], datatype, _sample(datatype))
+
+
 def test_bytes_must_be_utf8_for_onnx(client) -> None:
     inputs = [make_input(f"in_{dt}", _sample(dt), dt) for dt in ONNX_DATATYPES if dt != "BYTES"]
     inputs.append(make_input("in_BYTES", np.array([[b"ok", b"\xff\xfe", b"ok"]] * 2, dtype=np.object_), "BYTES"))

@@ -453,3 +453,45 @@ def test_cost_estimates_follow_new_measurements():
         cost.observe(16, 0.008)
     assert cost.estimate(4) > between  # interpolated toward the slower 16-row bucket
     assert cost.estimate(16) == pytest.approx(0.008, rel=0.1)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_fixed_delay_decisions_match_a_full_scan_under_random_traffic(loop, seed):
+    """Arrivals skip the queue scan while too few rows wait for any batch to be full or of a preferred size. Under
+    random arrivals, sizes, cancellations, deadlines, priorities and completions, every decision equals the one a
+    batcher that always scans makes (the rows it counts follow every way a request leaves the queues)."""
+    rng = np.random.default_rng(seed)
+    policy = {"max_batch_size": 8, "max_queue_delay_s": 0.004, "preferred_batch_sizes": [4, 6], "priority_levels": 2,
+              "default_queue_policy": QueuePolicy(max_queue_size=12)}
+    fast, full = Harness(loop, **policy), Harness(loop, **policy)
+    full.batcher._trigger_rows = 0  # always scans
+    live: list[tuple[BatchRequest, BatchRequest]] = []
+    for _ in range(400):
+        action = rng.integers(0, 6)
+        if action <= 2:
+            rows, priority = int(rng.integers(1, 4)), int(rng.integers(1, 3))
+            timeout = float(rng.choice([0.0, 0.002, 0.01]))
+            deadline = float(rng.choice([0.0, 0.003]))  # a gRPC deadline: no timer, dropped when found passed
+            pair = []
+            for h in (fast, full):
+                try:
+                    pair.append(h.submit(rows, priority=priority, timeout_s=timeout or None, deadline=h.clock.now + deadline if deadline else None))
+                except QueueFull:
+                    pair.append(None)
+            assert (pair[0] is None) == (pair[1] is None)
+            if pair[0] is not None:
+                live.append((pair[0], pair[1]))
+        elif action == 3 and live:
+            a, b = live.pop(int(rng.integers(0, len(live))))
+            a.future.cancel()
+            b.future.cancel()
+        elif action == 4:
+            step = float(rng.uniform(0, 0.003))
+            for h in (fast, full):
+                h.clock.advance(step)
+        elif fast.batches:
+            fast.complete()
+            full.complete()
+        assert fast.sizes() == full.sizes()
+        waiting = sum(r.rows for q in fast.batcher._queues for r in q)
+        assert fast.batcher._rows_waiting == waiting

@@ -590,3 +590,70 @@ def test_shared_memory_parameters_are_unimplemented_on_inputs_and_outputs(key: s
     output = _array_request({"x": ("FP32", np.zeros((1, 2), np.float32))}, outputs=["y"])
     output.outputs[0].parameters[key].string_param = "region"
     assert "output 'y' asks for shared memory" in _unsupported(output, _spec([("x", "FP32", (2,))]))
+
+
+# --- the wire path: a received message decoded in place; responses from the skeleton --------------------
+
+
+def test_a_16_mib_input_received_on_the_wire_is_decoded_without_a_copy() -> None:
+    """The gRPC edge's deserializer (wire.parse_infer_request) hands decode_request views of the received message:
+    the model's array is the message's own memory."""
+    from surge.server.edge import wire
+
+    values = np.random.default_rng(0).standard_normal((4, 1 << 20)).astype(np.float32)  # 16 MiB
+    received = _array_request({"x": ("FP32", values)}).SerializeToString()
+    tracemalloc.start()
+    try:
+        decoded = decode_request(wire.parse_infer_request(received), _spec([("x", "FP32", (-1,))]))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    array = decoded.inputs["x"]
+    assert array.shape == values.shape and array.tobytes() == values.tobytes()
+    assert np.shares_memory(array, np.frombuffer(received, np.uint8))
+    assert peak < 1 << 20, f"decoding a 16 MiB input allocated {peak} bytes"
+
+
+def _every_datatype_outputs() -> tuple[list[tuple[str, str, tuple[int, ...]]], dict[str, np.ndarray]]:
+    datatypes = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"]
+    rng = np.random.default_rng(1)
+    outputs: dict[str, np.ndarray] = {}
+    for dt in datatypes:
+        if dt == "BYTES":
+            outputs[f"o_{dt}"] = np.array([[b"", b"\x00a"], [b"surge", b"x" * 300]], dtype=object)
+        else:
+            dtype = numpy_dtype(dt)
+            outputs[f"o_{dt}"] = rng.integers(0, 256, size=(2, 2 * dtype.itemsize), dtype=np.uint8).view(dtype).reshape(2, 2)
+    return [(name, name[2:], (2,)) for name in outputs], outputs
+
+
+@pytest.mark.parametrize("large", [False, True], ids=["joined", "assembled"])
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+def test_responses_from_the_skeleton_are_protobufs_bytes_for_every_datatype(stream: bool, large: bool) -> None:
+    from surge.server.edge import codec, wire
+    from surge.server.edge import stream as streams
+
+    tensors, outputs = _every_datatype_outputs()
+    spec = _spec([("x", "FP32", (1,))], tensors)
+    names = tuple(reversed(outputs))  # as requested, not as declared
+    header, arrays = codec.encode_header("rid", spec, "7", outputs, names, parameters=streams.FINAL_PARAMETER if stream else b"")
+    built = (wire.assemble if large else wire.join)(header, arrays, stream=stream)
+    expected = encode_response(pb.ModelInferRequest(id="rid"), spec, "7", outputs, names)
+    if stream:
+        expected.parameters[streams.FINAL_RESPONSE].bool_param = True
+        assert built == pb.ModelStreamInferResponse(infer_response=expected).SerializeToString()
+    else:
+        assert built == expected.SerializeToString()
+    again, _ = codec.encode_header("rid", spec, "7", outputs, names, parameters=streams.FINAL_PARAMETER if stream else b"")
+    assert again == header  # the second time from the skeleton's remembered entries
+
+
+def test_the_skeleton_follows_each_response_shape() -> None:
+    from surge.server.edge import codec, wire
+
+    spec = _spec([("x", "FP32", (-1,))], [("y", "FP32", (-1,))])
+    for rows, cols in ((1, 3), (4, 1), (1, 3), (8, 0)):
+        y = np.ones((rows, cols), np.float32)
+        response = pb.ModelInferResponse.FromString(wire.join(*codec.encode_header("", spec, "1", {"y": y}, ("y",))))
+        assert list(response.outputs[0].shape) == [rows, cols] and response.raw_output_contents[0] == y.tobytes()
+        assert response.id == "" and (response.model_name, response.model_version) == ("m", "1")
