@@ -37,7 +37,7 @@ from .dataplane import DataPlane
 from .edge.grpc_servicer import InferenceServicer, add_to_server, status_of
 from .observability.edge import grpc_server_ids
 from .observability.metrics import ServerMetrics, render
-from .observability.metrics_http import MetricsEndpoint, read_scrape_token
+from .edge.metrics_http import MetricsEndpoint, read_scrape_token
 from .observability.tracing import TraceOptions
 from .observability.tracing import from_options as tracing_from_options
 from .execution.model import abandoned_threads

@@ -17,7 +17,7 @@ from surge.protos import grpc_service_pb2 as pb
 from surge.protos import grpc_service_pb2_grpc as pb_grpc
 
 from . import errors
-from .observability.scrape import ScrapeError, fetch_page
+from .edge.scrape import ScrapeError, fetch_page
 
 __all__ = ["LOCAL_METADATA", "PEER_TIMEOUT_S", "WorkerPeers", "is_local_call", "merge_statistics", "read_worker_states"]
 

@@ -78,7 +78,7 @@ from .errors import ConfigError
 from .files import write_atomic
 from .observability.metrics import encode, negotiate
 from .observability.page_merge import Family, format_page, merge_families, parse_page
-from .observability.scrape import fetch_page
+from .edge.scrape import fetch_page
 from .peers import WorkerPeers
 
 __all__ = ["Supervisor", "gpu_models", "reserve_port", "supervise"]
@@ -260,7 +260,7 @@ class Supervisor:
 
     async def run(self, *, address_file: Path | None = None) -> int:
         """Serve until stopped; returns the exit code (0, or 2 when a worker cannot start)."""
-        from .observability.metrics_http import MetricsEndpoint
+        from .edge.metrics_http import MetricsEndpoint
 
         config = self.config
         try:

@@ -7,7 +7,7 @@ and the server-side share (INTERNAL, UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EX
 server time and p99 of the queue wait (estimated from the histograms as Prometheus' ``histogram_quantile``
 does: linear within a bucket), batch fill (mean rows per executed batch, and as a share of the largest
 bucket bound, which is max_batch_size), and the queue depth and in-flight gauges at the last scrape.
-Surge's HTTP client (``observability.scrape``) and prometheus_client's parser; nothing that serves is imported.
+Surge's HTTP client (``edge.scrape``) and prometheus_client's parser; nothing that serves is imported.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..observability.scrape import ScrapeError, fetch_page_sync
+from ..edge.scrape import ScrapeError, fetch_page_sync
 
 __all__ = ["Row", "Scrape", "ScrapeError", "fetch_metrics", "format_table", "histogram_quantile", "metrics_address", "parse_scrape", "rows", "run"]
 

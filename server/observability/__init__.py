@@ -1,8 +1,7 @@
-"""Watching models in production: metrics, their endpoint, drift, GPU metrics, and ready-made dashboards.
+"""Watching models in production: metrics (served by ``edge/metrics_http.py``), drift, GPU metrics, and ready-made dashboards.
 
 ``metrics`` (per-version histograms and counters, bound at load; what a page holds), ``exposition`` (the one writer of
-Prometheus text and OpenMetrics, and the one histogram class), ``metrics_http`` (``/metrics``, served by aiohttp),
-``scrape`` (the one HTTP client: the ``--workers`` pages, ``surge top``/``ab``/``drift``), ``page_merge`` (``--workers``),
+Prometheus text and OpenMetrics, and the one histogram class), ``page_merge`` (``--workers``),
 ``edge`` (what is seen of calls before the handlers: grpc core's call counters, the event-loop lag),
 ``drift`` (profiles, PSI/KS windows), ``gpu_metrics`` (``nv_gpu_*`` from NVML).
 

@@ -252,7 +252,7 @@ def _raw(address: str, data: bytes, timeout_s: float = 30.0) -> bytes:
 
 
 def test_oversized_heads_are_refused_and_the_endpoint_keeps_serving(metrics_server):
-    from surge.server.observability.metrics_http import MAX_HEAD_LINE_BYTES, MAX_HEADERS
+    from surge.server.edge.metrics_http import MAX_HEAD_LINE_BYTES, MAX_HEADERS
 
     address = metrics_server.server.metrics_address
     long_line = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * (MAX_HEAD_LINE_BYTES + 10) + b"\r\n\r\n"
@@ -269,7 +269,7 @@ def test_oversized_heads_are_refused_and_the_endpoint_keeps_serving(metrics_serv
 
 
 def test_idle_connections_are_closed(start_server, test_repository, monkeypatch):
-    from surge.server.observability import metrics_http
+    from surge.server.edge import metrics_http
 
     monkeypatch.setattr(metrics_http, "IDLE_TIMEOUT_S", 0.5)
     thread = start_server(model_repository=test_repository, model_control_mode="explicit", load_models=("mlp",))

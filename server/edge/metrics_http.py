@@ -32,8 +32,8 @@ from pathlib import Path
 from aiohttp import web
 
 from .. import errors
-from ..edge.security import TokenAuth
-from .metrics import ServerMetrics, render
+from .security import TokenAuth
+from ..observability.metrics import ServerMetrics, render
 
 __all__ = ["MetricsEndpoint", "read_scrape_token"]
 
