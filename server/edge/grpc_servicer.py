@@ -34,7 +34,7 @@ from ..execution.stats import Stamps, now_ns
 from ..observability.tracing import DISABLED, Tracing
 from ..traffic.traffic import Traffic
 from .triton import config_overrides_from_json, model_config_message, statistics_message
-from ..peers import WorkerPeers, is_local_call
+from ..peers import WorkerPeers
 
 __all__ = ["EXTENSIONS", "InferenceServicer", "STATUS_OF", "Undecodable", "add_to_server", "add_tolerant"]
 
@@ -279,6 +279,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if not request.name and request.version:
             raise errors.InvalidInput("ModelStatistics: a version needs a model name")
         names = [request.name] if request.name else self._repo.model_names()
+        await self._repo.refresh_statistics()  # a front end copies in its engines' counters (the whole server's)
         response = pb.ModelStatisticsResponse()
         for name in names:
             versions = self._repo.versions_of(name)
@@ -287,8 +288,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 if not versions:
                     raise errors.VersionNotFound(f"model '{name}' has no loaded version {request.version}")
             response.model_stats.extend(statistics_message(name, versions))
-        if self._peers is not None and not is_local_call(metadata := context.invocation_metadata()):
-            response = await self._peers.model_statistics(request, response, metadata)  # the whole server's, summed
         return response
 
     # -- inference -------------------------------------------------------------------------------
@@ -524,8 +523,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 else:  # a large text is parsed off the event loop
                     overrides = await asyncio.to_thread(config_overrides_from_json, request.model_name, text)
         await self._repo.load(request.model_name, overrides)
-        if self._peers is not None and not is_local_call(metadata := context.invocation_metadata()):
-            await self._peers.repository_call("RepositoryModelLoad", request, metadata)
         return pb.RepositoryModelLoadResponse()
 
     @_edge
@@ -534,8 +531,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.RepositoryModelUnloadResponse:
         self._repo.check_mutable("RepositoryModelUnload")
         await self._repo.unload(request.model_name)
-        if self._peers is not None and not is_local_call(metadata := context.invocation_metadata()):
-            await self._peers.repository_call("RepositoryModelUnload", request, metadata)
         return pb.RepositoryModelUnloadResponse()
 
     # -- shared memory (shared_memory.py) --------------------------------------------------------
