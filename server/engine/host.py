@@ -33,6 +33,7 @@ import os
 import socket
 import weakref
 from collections import Counter
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,7 @@ class EngineHost:
         self._signature: Any = None
         self._snapshot: tuple[str, list[tuple[Any, ...]]] = ("none", [])
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._serving_hook: Callable[[str, tuple[ModelVersion, ...]], None] | None = None
         self.requests_by_front_end: Counter[int] = Counter()
         """Requests each front end (by index) sent this engine: shows batches filling across front ends."""
         self.idle = asyncio.Event()
@@ -119,8 +121,8 @@ class EngineHost:
         server.listen(64)
         server.setblocking(False)
         self._server = server
-        hook = self.repository.on_serving_change
-        self.repository.on_serving_change = lambda name, serving: (hook and hook(name, serving), self._publish_soon())  # type: ignore[func-returns-value]
+        self._serving_hook = self.repository.on_serving_change
+        self.repository.on_serving_change = self._serving_changed
         self._publish()
         self._spawn(self._accept_forever())
         self._spawn(self._watch_forever())
@@ -134,8 +136,13 @@ class EngineHost:
             self._server = None
         self.socket_path.unlink(missing_ok=True)
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
+    def _serving_changed(self, name: str, serving: tuple[ModelVersion, ...]) -> None:
+        if self._serving_hook is not None:
+            self._serving_hook(name, serving)
+        self._publish_soon()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -284,7 +291,7 @@ class EngineHost:
 
     def _answer(self, front_end: _FrontEnd, rid: int, outputs: dict[str, np.ndarray], stamps: Stamps) -> tuple[Any, ...]:
         """The completion message: outputs copied into this front end's response arena (BYTES inline)."""
-        specs = []
+        specs: list[tuple[Any, ...]] = []
         total = 0
         for name, array in outputs.items():
             if array.dtype.hasobject:
@@ -299,7 +306,7 @@ class EngineHost:
                 return ("e", rid, "QueueFull", f"the engine's response memory for this front end is full ({front_end.responses.size >> 20} MiB in "
                         "answers not yet sent); retry")  # fmt: skip
             base = front_end.responses.region(offset, total)
-            for (_, dtype, shape, rel, nbytes, inline), array in zip(specs, outputs.values()):
+            for (_, dtype, shape, rel, nbytes, inline), array in zip(specs, outputs.values(), strict=True):
                 if inline is None:
                     np.copyto(base[rel : rel + nbytes].view(dtype).reshape(shape), array, casting="no")
         return ("d", rid, specs, offset, total, stamps.exec_start, stamps.infer_start, stamps.infer_end, stamps.exec_end, stamps.planned)

@@ -157,7 +157,7 @@ class EngineClient:
                 self._requests, self._responses = requests, responses
                 self._allocator = Allocator(requests.size)
                 link = Link(self._on_messages, self._lost)
-                await loop.create_unix_connection(lambda: link, sock=conn)
+                await loop.create_unix_connection(lambda: link, sock=conn)  # noqa: B023 (awaited here, in this iteration)
                 self._link = link
                 self.connected.set()
                 log.info("connected to engine %s", self.device)
@@ -251,7 +251,7 @@ class EngineClient:
         link, arena = self._link, self._requests
         if link is None or arena is None:
             raise errors.ModelNotReady(f"model '{version.config.name}' is not ready: its engine ({self.device}) is restarting; retry shortly")
-        specs = []
+        specs: list[tuple[Any, ...]] = []
         total = 0
         for name, array in inputs.items():
             if array.dtype.hasobject:  # BYTES: no fixed layout, travels inline
@@ -269,7 +269,7 @@ class EngineClient:
                 raise errors.QueueFull(f"model '{version.config.name}': this front end's request memory ({arena.size >> 20} MiB) is full of requests in "
                                        "flight; retry")  # fmt: skip
             base = arena.region(offset, total)
-            for (_, dtype, shape, rel, nbytes, inline), array in zip(specs, inputs.values()):
+            for (_, dtype, shape, rel, nbytes, inline), array in zip(specs, inputs.values(), strict=True):
                 if inline is None:
                     np.copyto(base[rel : rel + nbytes].view(dtype).reshape(shape), array, casting="no")
         rid = _ids()
@@ -378,7 +378,7 @@ class RemoteRepository(ModelRepository):
             if model is None:
                 model = self._models[name] = _Model(name)
             model.reason, model.wanted = reason, wanted
-            by_token = {getattr(v, "token", None): v for v in model.versions.values()}
+            by_token: dict[Any, Any] = {getattr(v, "token", None): v for v in model.versions.values()}
             table: dict[int, Any] = {}
             for number, token, state, vreason, config in versions:
                 version = by_token.get(token)
@@ -404,6 +404,7 @@ class RemoteRepository(ModelRepository):
             model = self._models[name]
             for version in model.versions.values():
                 version.state, version.reason = State.UNAVAILABLE, reason
+                version.token = -1  # the new engine's versions are new objects (and may reuse an old id)
             if not model.versions:
                 model.reason = reason
             if model.serving:
