@@ -131,6 +131,8 @@ def _parser(serving: bool = True) -> argparse.ArgumentParser:
                        help="N front-end processes sharing the gRPC and REST ports (SO_REUSEPORT) over one engine process per device "
                             "that owns the models (one batcher per model for all); default 1: one process, models in process "
                             "(docs/pages/scaling.md)")
+    serve.add_argument("--engine-process", action="store_true",
+                       help="run the models in an engine process even with --workers 1 (one front end over the engine; for comparisons)")
     serve.add_argument("--engine-arena-mb", type=int, default=512, metavar="MB",
                        help="with --workers: shared memory per front end and engine for request tensors, and as much for responses (pages are "
                             "used only once touched); a request that finds it full gets UNAVAILABLE")
@@ -406,7 +408,7 @@ def _serve(args: argparse.Namespace) -> int:
             trace=TraceOptions(args.trace_exporter, args.trace_endpoint, args.trace_ratio, args.trace_service_name),
             **_reliability_config(args),  # type: ignore[arg-type]
         )
-        if args.workers != 1:
+        if args.workers != 1 or args.engine_process:
             return _serve_workers(config, args)
         _run(serve(config, address_file=args.address_file), args.loop)
     except (ConfigError, OSError) as exc:
@@ -435,7 +437,7 @@ def _serve_workers(config: object, args: argparse.Namespace) -> int:
                                      arena_bytes=args.engine_arena_mb * 2**20))
 
     try:
-        if args.workers < 2:
+        if args.workers < 1:
             raise ConfigError(f"--workers must be 1 or more, got {args.workers}")
         if not 1 <= args.engine_arena_mb <= 1 << 20:
             raise ConfigError(f"--engine-arena-mb must be from 1 to 1048576, got {args.engine_arena_mb}")

@@ -229,8 +229,8 @@ class Supervisor:
     """Runs ``workers`` server processes on ``config``'s port and the whole server's metrics endpoint."""
 
     def __init__(self, config: Any, workers: int, *, log_level: str = "info", loop: str = "auto", arena_bytes: int = ARENA_BYTES) -> None:
-        if workers < 2:
-            raise ConfigError(f"--workers: a supervisor runs 2 or more workers, got {workers}")
+        if workers < 1:
+            raise ConfigError(f"--workers: a supervisor runs 1 or more front ends, got {workers}")
         if config.grpc_address or config.http_address:
             flag, address = ("--grpc-address", config.grpc_address) if config.grpc_address else ("--http-address", config.http_address)
             raise ConfigError(
