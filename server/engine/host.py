@@ -228,21 +228,29 @@ class EngineHost:
 
     def _on_messages(self, front_end: _FrontEnd, messages: list[Any]) -> None:
         for message in messages:
-            kind = message[0]
-            if kind == "i":
-                self._infer(front_end, message)
-            elif kind == "r":
-                front_end.allocator.free(message[1])
-            elif kind == "c":
-                task = front_end.tasks.pop(message[1], None)
-                if task is not None:
-                    task.cancel()
-            elif kind == "s":
-                self._record_success(message)
-            elif kind == "f":
-                self._record_failure(message)
-            elif kind == "q":
-                self._spawn(self._call(front_end, message[1], message[2], message[3]))
+            try:
+                self._on_message(front_end, message)
+            except Exception as exc:  # one bad message fails its request, never the channel
+                log.exception("engine %s: message %r from front end %d failed", self.device, message[:2], front_end.index)
+                if message[0] == "i" and front_end.link is not None:
+                    front_end.link.send(("e", message[1], "RuntimeFailure", f"the engine could not take the request ({type(exc).__name__})"))
+
+    def _on_message(self, front_end: _FrontEnd, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "i":
+            self._infer(front_end, message)
+        elif kind == "r":
+            front_end.allocator.free(message[1])
+        elif kind == "c":
+            task = front_end.tasks.pop(message[1], None)
+            if task is not None:
+                task.cancel()
+        elif kind == "s":
+            self._record_success(message)
+        elif kind == "f":
+            self._record_failure(message)
+        elif kind == "q":
+            self._spawn(self._call(front_end, message[1], message[2], message[3]))
 
     def _infer(self, front_end: _FrontEnd, message: tuple[Any, ...]) -> None:
         _, rid, token, specs, rows, output_names, deadline, priority, timeout_s, start, decoded, offset, size = message

@@ -402,9 +402,9 @@ class RemoteRepository(ModelRepository):
             if owner is not client:
                 continue
             model = self._models[name]
-            for version in model.versions.values():
+            for version in model.versions.values():  # RemoteVersions (the base class types them as ModelVersion)
                 version.state, version.reason = State.UNAVAILABLE, reason
-                version.token = -1  # the new engine's versions are new objects (and may reuse an old id)
+                version.token = -1  # type: ignore[attr-defined]  # the new engine's versions are new objects (ids may repeat)
             if not model.versions:
                 model.reason = reason
             if model.serving:

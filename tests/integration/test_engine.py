@@ -196,3 +196,46 @@ def test_sigterm_answers_every_request_in_flight_on_several_front_ends_and_exits
     assert code == 0, server.log()
     assert server.log().count("stopping: readiness off, draining in-flight requests") == 3
     assert "[engine cpu]: stopped" in server.log()
+
+
+def test_a_deadline_that_passes_in_the_queue_drops_the_request_in_the_engine(served):
+    workers = _workers(Path(_from_log(served, r"state in (\S+)")))
+    x = {"x": np.ones((1, 8), np.float32)}
+    with InferenceClient(workers[0]["private"], timeout_s=30, retries=0) as first, InferenceClient(workers[1]["private"], retries=0) as second:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            held = pool.submit(first.infer, "hold_py", x)  # holds the model's one instance for a second
+            time.sleep(0.3)
+            with pytest.raises(InferenceError) as late:
+                second.infer("hold_py", x, timeout_s=0.3)  # queued behind it in the engine, from the other front end
+            held.result()
+        assert late.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        time.sleep(1.5)  # had the engine kept it, it would have run by now
+        stats = first.model_statistics("hold_py").model_stats[0]
+    assert stats.execution_count == 1 and stats.inference_count == 1, stats
+
+
+def test_load_and_unload_through_one_front_end_act_on_every_front_end(tmp_path):
+    server = SurgeProcess(_repository(tmp_path / "repository"), tmp_path / "run", "--workers", "2", "--log-level", "info",
+                          "--model-control-mode", "explicit", "--load-model", "add").start()  # fmt: skip
+    try:
+        workers = _workers(Path(_from_log(server, r"state in (\S+)")))
+        with InferenceClient(workers[0]["private"], timeout_s=30, retries=0) as zero, InferenceClient(workers[1]["private"], timeout_s=30, retries=0) as one:
+            np.testing.assert_array_equal(one.infer("add", {"x": X})["y"], X + 1)
+            zero.unload_model("add")
+            with pytest.raises(InferenceError) as unloaded:
+                zero.infer("add", {"x": X})  # the front end that took the call sees the change before it returned
+            assert unloaded.value.code == grpc.StatusCode.UNAVAILABLE
+            deadline = time.monotonic() + 5
+            while one.is_model_ready("add"):  # the other within a loop iteration of the engine's snapshot
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            zero.load_model("sleepy_py")
+            np.testing.assert_array_equal(zero.infer("sleepy_py", {"x": X})["y"], X * 2)
+            deadline = time.monotonic() + 5
+            while not one.is_model_ready("sleepy_py"):
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            np.testing.assert_array_equal(one.infer("sleepy_py", {"x": X})["y"], X * 2)
+            assert server.log().count("model sleepy_py version 1 READY") == 1  # loaded once, in the engine
+    finally:
+        assert server.stop() == 0, server.log()
