@@ -135,7 +135,7 @@ def _parser(serving: bool = True) -> argparse.ArgumentParser:
                        help="run the models in an engine process even with --workers 1 (one front end over the engine; for comparisons)")
     serve.add_argument("--engine-arena-mb", type=int, default=512, metavar="MB",
                        help="with --workers: shared memory per front end and engine for request tensors, and as much for responses (pages are "
-                            "used only once touched); a request that finds it full gets UNAVAILABLE")
+                            "used only once touched); a request that finds it full gets UNAVAILABLE (default 512)")
     serve.add_argument("--loop", default="auto", choices=("auto", "uvloop", "asyncio"), help="event loop (default: uvloop when installed)")
 
     infer = sub.add_parser("infer", help="send one inference request and print the outputs")
