@@ -14,9 +14,6 @@ from typing import Any
 
 import grpc
 
-from surge.protos import grpc_service_pb2 as pb
-from surge.protos import grpc_service_pb2_grpc as pb_grpc
-
 from . import errors
 
 __all__ = ["LOCAL_METADATA", "PEER_TIMEOUT_S", "WorkerPeers", "is_local_call", "read_worker_states"]
