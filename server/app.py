@@ -51,6 +51,7 @@ from .edge.shared_memory import SharedMemoryRegistry
 from .edge.surge_servicer import add_surge_services
 from .traffic.traffic import Traffic
 from .peers import WorkerPeers
+from .engine.remote import EngineLinks, RemoteRepository
 
 __all__ = ["MAX_MESSAGE_BYTES", "Server", "ServerConfig", "serve"]
 
@@ -276,18 +277,26 @@ class _Health(HealthServicer):  # type: ignore[misc]  # grpcio-health-checking h
 class Server:
     """One Surge server: gRPC inference service, health, reflection, and the model repository."""
 
-    def __init__(self, config: ServerConfig, *, peers: WorkerPeers | None = None) -> None:
-        """``peers``: set in a ``--workers`` worker (statistics and repository calls span all workers)."""
+    def __init__(self, config: ServerConfig, *, peers: WorkerPeers | None = None, engines: EngineLinks | None = None) -> None:
+        """``peers``: set in a ``--workers`` front end (admin routes and feedback span all front ends); ``engines``: the
+        engine processes that own the models (a front end; None: the models run in this process)."""
         self.config = config
         self._peers = peers
-        self.repository = ModelRepository(
-            config.model_repository,
-            control_mode=config.model_control_mode,
-            load_models=config.load_models,
-            poll_interval_s=config.poll_interval_s,
-            drain_timeout_s=config.drain_timeout_s,
-            metrics=config.metrics_port >= 0,
-        )
+        self.repository: ModelRepository
+        if engines is not None:  # a front end: lookups from the engines' snapshots, requests through shared memory
+            self.repository = RemoteRepository(
+                config.model_repository, engines.sockets, engines.secret, peers.index if peers is not None else 0,
+                control_mode=config.model_control_mode, arena_bytes=engines.arena_bytes,
+            )
+        else:
+            self.repository = ModelRepository(
+                config.model_repository,
+                control_mode=config.model_control_mode,
+                load_models=config.load_models,
+                poll_interval_s=config.poll_interval_s,
+                drain_timeout_s=config.drain_timeout_s,
+                metrics=config.metrics_port >= 0,
+            )
         state_dir = config.state_dir if config.state_dir is not None else config.model_repository / ".surge"
         self.traffic = Traffic(self.repository, state_dir)
         """Version routing, shadows and feedback (``traffic.py``); the repository tells it when versions change."""
@@ -295,7 +304,9 @@ class Server:
         self.metrics: ServerMetrics | None = None
         traffic_collector = TrafficCollector(self.traffic)
         if config.metrics_port >= 0:
-            self.metrics = ServerMetrics(lambda: [v.sample() for v in self.repository.all_versions()], server_version=SERVER_VERSION)
+            # a front end's page has no model families: the engines' pages have them, whole
+            versions = (lambda: []) if engines is not None else (lambda: [v.sample() for v in self.repository.all_versions()])
+            self.metrics = ServerMetrics(versions, server_version=SERVER_VERSION)
             self.metrics.registry.register(traffic_collector)
         owner = peers is None or peers.index == 0  # under --workers the first worker runs the rollout controller
         self.rollouts = Rollouts(
@@ -328,7 +339,10 @@ class Server:
             """This process's model families as text (rendered in a thread), and the sibling workers' pages."""
             assert self.metrics is not None
             body, _ = await asyncio.to_thread(render, self.metrics.snapshot(), (traffic_collector,))
-            return [body.decode("utf-8"), *(await self._peers.sibling_pages() if self._peers is not None else ())]
+            pages = [body.decode("utf-8"), *(await self._peers.sibling_pages() if self._peers is not None else ())]
+            if isinstance(self.repository, RemoteRepository):  # the model families are on the engines' pages
+                pages += await self.repository.engine_pages()
+            return pages
 
         return page
 

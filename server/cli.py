@@ -1,7 +1,7 @@
 """The ``surge`` command line: ``serve``, ``infer``, ``models``, ``build-trt``, ``top``, ``profile``, ``drift``, ...
 
     surge serve [--model-repository DIR] [--host 127.0.0.1] [--grpc-port 8001] [--http-port 8000] [--metrics-port 8002] [--model-control-mode none|explicit|poll]
-                [--workers N]   # N processes on one port (SO_REUSEPORT), see workers.py
+                [--workers N]   # N front ends on one port (SO_REUSEPORT) over one engine per device, see workers.py
     surge infer MODEL [--input NAME=FILE.npy ...] [--url 127.0.0.1:8001] [--batch N]    # --url: always the gRPC address
     surge models [--url 127.0.0.1:8001]
     surge build-trt MODEL.onnx --output model.plan [--fp16] [--max-batch-size N] [--workspace-bytes N] [--instances K]
@@ -128,9 +128,14 @@ def _parser(serving: bool = True) -> argparse.ArgumentParser:
     serve.add_argument("--trace-service-name", default="",
                        help="service.name of the spans (default: $OTEL_SERVICE_NAME, else surge)")
     serve.add_argument("--workers", type=int, default=1, metavar="N",
-                       help="N server processes sharing the gRPC port (SO_REUSEPORT), supervised; for CPU-bound front ends, "
-                            "not GPU models (default 1: one process)")
-    serve.add_argument("--workers-share-gpu", action="store_true", help="with --workers: allow GPU models (each worker loads its own copy)")
+                       help="N front-end processes sharing the gRPC and REST ports (SO_REUSEPORT) over one engine process per device "
+                            "that owns the models (one batcher per model for all); default 1: one process, models in process "
+                            "(docs/pages/scaling.md)")
+    serve.add_argument("--engine-process", action="store_true",
+                       help="run the models in an engine process even with --workers 1 (one front end over the engine; for comparisons)")
+    serve.add_argument("--engine-arena-mb", type=int, default=512, metavar="MB",
+                       help="with --workers: shared memory per front end and engine for request tensors, and as much for responses (pages are "
+                            "used only once touched); a request that finds it full gets UNAVAILABLE (default 512)")
     serve.add_argument("--loop", default="auto", choices=("auto", "uvloop", "asyncio"), help="event loop (default: uvloop when installed)")
 
     infer = sub.add_parser("infer", help="send one inference request and print the outputs")
@@ -403,7 +408,7 @@ def _serve(args: argparse.Namespace) -> int:
             trace=TraceOptions(args.trace_exporter, args.trace_endpoint, args.trace_ratio, args.trace_service_name),
             **_reliability_config(args),  # type: ignore[arg-type]
         )
-        if args.workers != 1:
+        if args.workers != 1 or args.engine_process:
             return _serve_workers(config, args)
         _run(serve(config, address_file=args.address_file), args.loop)
     except (ConfigError, OSError) as exc:
@@ -429,11 +434,13 @@ def _serve_workers(config: object, args: argparse.Namespace) -> int:
 
     async def main() -> None:
         codes.append(await supervise(config, args.workers, log_level=args.log_level, loop=args.loop, address_file=args.address_file,
-                                     share_gpu=args.workers_share_gpu))
+                                     arena_bytes=args.engine_arena_mb * 2**20))
 
     try:
-        if args.workers < 2:
+        if args.workers < 1:
             raise ConfigError(f"--workers must be 1 or more, got {args.workers}")
+        if not 1 <= args.engine_arena_mb <= 1 << 20:
+            raise ConfigError(f"--engine-arena-mb must be from 1 to 1048576, got {args.engine_arena_mb}")
         _run(main(), args.loop)
     except (ConfigError, OSError) as exc:
         logging.getLogger("surge.server").error("cannot start: %s", exc)

@@ -172,12 +172,13 @@ class DataPlane:
 
     async def statistics(self, name: str, version: str, metadata: Metadata) -> pb.ModelStatisticsResponse:
         """Triton's statistics of one model (or every model: empty ``name``), one version (or all); under ``--workers``,
-        the whole server's (this worker's and its siblings', summed), unless a sibling asks."""
+        the whole server's: a front end's repository copies in its engines' counters first."""
         if version:
             parse_version(version)
         if not name and version:
             raise errors.InvalidInput("ModelStatistics: a version needs a model name")
         names = [name] if name else self.repository.model_names()
+        await self.repository.refresh_statistics()  # a front end copies in its engines' counters (the whole server's)
         response = pb.ModelStatisticsResponse()
         for model in names:
             versions = self.repository.versions_of(model)
@@ -186,8 +187,6 @@ class DataPlane:
                 if not versions:
                     raise errors.VersionNotFound(f"model '{model}' has no loaded version {version}")
             response.model_stats.extend(statistics_message(model, versions))
-        if self._peers is not None and not self._peers.is_local(caller := tuple(metadata() or ())):
-            response = await self._peers.model_statistics(pb.ModelStatisticsRequest(name=name, version=version), response, caller)
         return response
 
     # -- repository ------------------------------------------------------------------------------
@@ -208,19 +207,11 @@ class DataPlane:
                     overrides = config_overrides_from_json(name, text)
                 else:  # a large text is parsed off the event loop
                     overrides = await asyncio.to_thread(config_overrides_from_json, name, text)
-        await self.repository.load(name, overrides)
-        if self._peers is not None and not self._peers.is_local(caller := tuple(metadata() or ())):
-            request = pb.RepositoryModelLoadRequest(model_name=name)
-            for key, value in parameters.items():
-                kind = "bool_param" if isinstance(value, bool) else "int64_param" if isinstance(value, int) else "bytes_param" if isinstance(value, bytes) else "string_param"
-                setattr(request.parameters[key], kind, value)
-            await self._peers.repository_call("RepositoryModelLoad", request, caller)
+        await self.repository.load(name, overrides)  # a front end's repository loads it in its engine: the whole server
 
     async def unload(self, name: str, metadata: Metadata) -> None:
         self.repository.check_mutable("RepositoryModelUnload")
         await self.repository.unload(name)
-        if self._peers is not None and not self._peers.is_local(caller := tuple(metadata() or ())):
-            await self._peers.repository_call("RepositoryModelUnload", pb.RepositoryModelUnloadRequest(model_name=name), caller)
 
     # -- shared memory (edge/shared_memory.py) ---------------------------------------------------
 

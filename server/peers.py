@@ -1,7 +1,7 @@
-"""Sibling workers under ``surge serve --workers`` (see workers.py): the gRPC client a worker uses to ask the others
-(``WorkerPeers``: ModelStatistics summed over workers, repository and admin calls applied to every worker), the
-metadata that marks such a call, and the workers' state files. Imported by the edges and the app; it starts no
-process."""
+"""Sibling front ends under ``surge serve --workers`` (see workers.py): the gRPC client a front end uses to ask the
+others (``WorkerPeers``: admin route changes applied to every front end, feedback looked up across them; statistics and
+repository calls go to the engines instead, ``engine/remote.py``), the metadata that marks such a call, and the front
+ends' state files. Imported by the edges and the app; it starts no process."""
 
 from __future__ import annotations
 
@@ -13,13 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from surge.protos import grpc_service_pb2 as pb
-from surge.protos import grpc_service_pb2_grpc as pb_grpc
 
 from . import errors
 from .edge.scrape import ScrapeError, fetch_page
 
-__all__ = ["LOCAL_METADATA", "PEER_TIMEOUT_S", "WorkerPeers", "is_local_call", "merge_statistics", "read_worker_states"]
+__all__ = ["LOCAL_METADATA", "PEER_TIMEOUT_S", "WorkerPeers", "is_local_call", "read_worker_states"]
 
 log = logging.getLogger("surge.workers")
 
@@ -27,55 +25,6 @@ log = logging.getLogger("surge.workers")
 LOCAL_METADATA = (("x-surge-worker-local", "1"),)
 #: How long a worker waits for a sibling's statistics or repository call (seconds).
 PEER_TIMEOUT_S = 30.0
-
-# -- ModelStatistics across workers ---------------------------------------------------------------
-
-
-def merge_statistics(responses: Iterable[pb.ModelStatisticsResponse]) -> pb.ModelStatisticsResponse:
-    """Sum ModelStatistics responses, version by version (counts and ns added, ``last_inference`` the latest).
-
-    Batch statistics are added per batch size. The order is the first response's, then versions only
-    others have.
-    """
-    merged: dict[tuple[str, str], pb.ModelStatistics] = {}
-    for response in responses:
-        for stats in response.model_stats:
-            key = (stats.name, stats.version)
-            target = merged.get(key)
-            if target is None:
-                merged[key] = target = pb.ModelStatistics(name=stats.name, version=stats.version)
-            _add_statistics(target, stats)
-    out = pb.ModelStatisticsResponse()
-    out.model_stats.extend(merged.values())
-    return out
-
-
-def _add_statistics(target: pb.ModelStatistics, source: pb.ModelStatistics) -> None:
-    target.last_inference = max(target.last_inference, source.last_inference)
-    target.inference_count += source.inference_count
-    target.execution_count += source.execution_count
-    _add_durations(target.inference_stats, source.inference_stats)
-    by_size = {b.batch_size: b for b in target.batch_stats}
-    for batch in source.batch_stats:
-        entry = by_size.get(batch.batch_size)
-        if entry is None:
-            entry = by_size[batch.batch_size] = target.batch_stats.add(batch_size=batch.batch_size)
-        _add_durations(entry, batch)
-    ordered = sorted(target.batch_stats, key=lambda b: b.batch_size)
-    if [b.batch_size for b in ordered] != [b.batch_size for b in target.batch_stats]:
-        copies = [type(b).FromString(b.SerializeToString()) for b in ordered]
-        del target.batch_stats[:]
-        target.batch_stats.extend(copies)
-
-
-def _add_durations(target: Any, source: Any) -> None:
-    """Add every StatisticDuration field (count, ns) of ``source`` into ``target``."""
-    for descriptor, value in source.ListFields():
-        if descriptor.message_type is not None and descriptor.message_type.name == "StatisticDuration":
-            duration = getattr(target, descriptor.name)
-            duration.count += value.count
-            duration.ns += value.ns
-
 
 class WorkerPeers:
     """What one worker knows of its siblings: the state folder where each writes ``worker-<i>.json``.
@@ -123,28 +72,6 @@ class WorkerPeers:
                 raise result
             answers.append(result)
         return answers
-
-    @staticmethod
-    def is_local(metadata: Iterable[tuple[str, Any]] | None) -> bool:
-        """Whether a call came from a sibling worker (answer for this worker only)."""
-        return is_local_call(metadata)
-
-    async def model_statistics(
-        self, request: pb.ModelStatisticsRequest, local: pb.ModelStatisticsResponse, caller: Iterable[tuple[str, Any]] | None = ()
-    ) -> pb.ModelStatisticsResponse:
-        """This worker's statistics plus every live sibling's, summed. A sibling's refusal is raised as ``errors.Relayed``."""
-        try:
-            answers = await self.call_siblings(pb_grpc.GRPCInferenceServiceStub, "ModelStatistics", request, caller)
-        except grpc.aio.AioRpcError as exc:
-            raise errors.Relayed(exc.code().name, exc.details() or "") from None
-        return merge_statistics([local, *answers])
-
-    async def repository_call(self, method: str, request: Any, caller: Iterable[tuple[str, Any]] | None = ()) -> None:
-        """Apply a RepositoryModelLoad/Unload that succeeded here to every live sibling too (a refusal: ``errors.Relayed``)."""
-        try:
-            await self.call_siblings(pb_grpc.GRPCInferenceServiceStub, method, request, caller)
-        except grpc.aio.AioRpcError as exc:
-            raise errors.Relayed(exc.code().name, exc.details() or "") from None
 
     async def call_owner(self, stub: Any, method: str, request: Any, caller: Iterable[tuple[str, Any]] | None = ()) -> Any | None:
         """Call ``method`` on the first worker (which runs the rollout controller); None when this is it.

@@ -66,9 +66,10 @@ class ModelRepository:
 
     def __init__(
         self, root: Path, *, control_mode: str = "none", load_models: tuple[str, ...] = (), poll_interval_s: float = 15.0,
-        drain_timeout_s: float = 30.0, metrics: bool = False,
+        drain_timeout_s: float = 30.0, metrics: bool = False, owns: Callable[[str], bool] | None = None,
     ) -> None:
-        """``metrics``: versions keep Prometheus histograms and counters (``surge serve --metrics-port -1`` turns them off)."""
+        """``metrics``: versions keep Prometheus histograms and counters (``surge serve --metrics-port -1`` turns them off);
+        ``owns``: serve only the models it accepts (an engine process serves its device's models, ``engine/devices.py``)."""
         if control_mode not in CONTROL_MODES:
             raise ConfigError(f"model control mode must be one of {', '.join(CONTROL_MODES)}, got {control_mode!r}")
         self.root = root
@@ -77,6 +78,7 @@ class ModelRepository:
         self._poll_interval_s = poll_interval_s
         self._drain_timeout_s = drain_timeout_s
         self._metrics = metrics
+        self._owns = owns
         self._models: dict[str, _Model] = {}
         self.on_serving_change: Callable[[str, tuple[ModelVersion, ...]], None] | None = None
         """Called (on the loop, in the same step) whenever a model's serving versions are swapped: the router's hook."""
@@ -243,6 +245,10 @@ class ModelRepository:
             await asyncio.gather(*(v.aclose(self._drain_timeout_s) for v in old.values()))
         log.info("model %s unloaded", name)
 
+    async def refresh_statistics(self) -> None:
+        """Bring the versions' statistics up to date before a ModelStatistics answer: in process they always are (a
+        front end's repository, ``engine/remote.py``, copies its engines' counters in here)."""
+
     def check_mutable(self, what: str) -> None:
         """Raise RepositoryFixed (UNAVAILABLE, Triton's message) unless the control mode allows repository changes."""
         if self.control_mode == "none":
@@ -263,7 +269,8 @@ class ModelRepository:
     # -- filesystem (run in a thread) ------------------------------------------------------------
 
     def _scan_names(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        names = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return [n for n in names if self._owns(n)] if self._owns is not None else names
 
     def _read_model(self, path: Path, overrides: Mapping[str, Any] | None) -> tuple[ModelConfig, list[int]]:
         confine(self.root, path, f"model folder '{path.name}'")

@@ -1,57 +1,51 @@
-"""``surge serve --workers N``: N server processes on one port (SO_REUSEPORT), supervised by the parent.
+"""``surge serve --workers N``: N front ends on one port (SO_REUSEPORT) over one engine per device, supervised by the parent.
 
-Why processes: one Surge process runs its event loop (decode, batching, encode, the gRPC machinery) on one
-core; with CPU models the runtime's threads use others, but the Python front end tops out at about one
-core. N workers multiply the front end: each is a whole ``Server`` (its own event loop, repository,
-batchers and runtime instances), and the kernel spreads new connections across them (SO_REUSEPORT hashes
-each connection to one listening socket). Not for GPU models: each worker would load its own copy of the
-model and create its own CUDA context on the same device (see docs/pages/scaling.md).
+Why processes: one Surge process runs its event loop (decode, batching, encode, the gRPC machinery) on one core.
+N front ends multiply that part; the models stay in one place: each front end is a ``Server`` whose repository is
+a ``RemoteRepository`` (``engine/remote.py``): the gRPC and REST edges, auth, decoding, validation, routing and
+shadow decisions and encoding run there, and every request goes to the engine process that owns its model
+(``engine/host.py``), tensors through shared memory. So a model is loaded once (one copy of the weights, one CUDA
+context per GPU engine), and its ONE dynamic batcher fills from every front end. ``--workers 1`` (the default)
+keeps the single process, models in process, no IPC.
 
 The parent (``Supervisor``) does no serving:
 
 - **Port.** It reserves the shared port first with a bound, never-listening SO_REUSEPORT socket (port 0
-  becomes a concrete free port every worker then binds; a port held by another program is a clear "cannot
-  bind" error before any worker starts). The REST port is reserved and shared the same way (workers bind both
-  with ``ServerConfig.reuse_port``). A Unix socket gRPC address cannot be shared: refused with exit 2.
-- **Supervision.** Workers are ``multiprocessing`` *spawn* children (never fork: gRPC's threads do not survive
-  fork). A worker that exits while the server runs is logged and restarted, after a backoff that doubles
-  from 0.5 s to 30 s and resets once a worker has stayed up for a minute. A worker that fails at its first
-  start with a configuration error (exit 2) stops the whole server with exit 2, rather than restarting a
-  worker that can never start. SIGTERM/SIGINT: every worker gets SIGTERM and drains as a single server does
-  (readiness off, in-flight requests finish within ``drain_timeout_s``); the parent exits 0 once all have.
-  Workers die with the parent (Linux ``PR_SET_PDEATHSIG``), so a killed supervisor leaves no orphan.
-- **Metrics** (one scrape shows the whole server): each worker serves its own ``/metrics`` on 127.0.0.1 at an
-  ephemeral port; the parent serves the configured metrics port and, per scrape, reads every worker's page,
-  merges it (``merge_families``) and answers in the format the scraper asked for. Why not prometheus_client's
-  multiprocess mode: Surge's hot-path histograms are its own integer counters (``metrics.py``: 0.25 us an
-  observation, not prometheus_client's 3 us), which multiprocess mode cannot see, and multiprocess mode drops
-  the process collectors and needs a shared mmap folder. Merging rules: counters and histograms are summed
-  (bucket by bucket); gauges that are amounts (queue depth, in-flight requests, memory, open fds) are summed;
-  ``process_start_time_seconds`` is the earliest; every other gauge (model state, load duration, drift, GPU,
-  info) is the maximum over workers, so ``surge_model_state{state="LOADING"}`` is 1 while any worker loads.
-  When a worker dies, its counters as last scraped are kept ("retired") and added to every later scrape, so
-  the whole-server counters never go down (what it counted after its last scrape is lost, as on a restart;
-  kept per exposition format, as Prometheus always scrapes in the same one). The pages are merged line by
-  line (``parse_page``), not through prometheus_client's parser and encoder: a scrape of two workers serving the
-  test repository (6,600 lines each) took 41 ms end to end that way, 1.4 s through prometheus_client.
-  The parent adds ``surge_workers`` (ready workers) and ``surge_worker_restarts_total``.
-- **ModelStatistics and repository calls** (``WorkerPeers``): each worker also listens on a private Unix socket
-  in the supervisor's 0700 state folder. A ModelStatistics call to any worker asks every other live worker for
-  its own counters (marked with the ``x-surge-worker-local`` metadata, so they do not fan out again) and
-  answers the sum: whole-server cumulative statistics, of the workers running at that moment (a worker's
-  counters die with it, as a single server's do on restart). RepositoryModelLoad/Unload are applied to every
-  live worker the same way, so explicit model control acts on the whole server (a worker restarted later loads
-  what ``--load-model`` names, not what was loaded through the API since: use ``none`` or ``poll`` control
-  with workers when that matters). ``surge.v1.Admin`` route changes are sent on the same way, and a
-  ``surge.v1.Feedback`` report whose request id this worker never indexed is asked of the siblings
-  (``surge_servicer.py``).
-- **Auth across workers**: a sibling call carries the caller's own ``authorization`` metadata (``call_siblings``)
-  and the sibling checks it like any call: the private socket is served by the same gRPC server, whose auth
-  interceptor sees every port alike, so it grants nothing by itself (it is also only reachable by this user:
-  0700 folder). Trusting the socket instead would need the interceptor to tell ports apart per call.
-- **GPU models** refuse to start under ``--workers`` (a model with ``instance_group.kind = "gpu"`` or a TensorRT
-  engine): N workers would mean N copies of the weights and N CUDA contexts time-slicing one device. One process
-  owns a GPU; ``--workers-share-gpu`` opts in anyway (e.g. a small model whose front end is the bottleneck).
+  becomes a concrete free port every front end then binds; a port held by another program is a clear "cannot
+  bind" error before any process starts). The REST port is reserved and shared the same way. A Unix socket gRPC
+  address cannot be shared: refused with exit 2.
+- **Order.** Engines first (``engine/devices.py``: one for CPU models, one for GPU models when the repository has
+  some), each ready once its models have loaded; then the front ends, which connect to every engine's socket in
+  the 0700 state folder (with a per-server secret) and wait for its repository snapshot.
+- **Supervision.** Every child is a ``multiprocessing`` *spawn* child (never fork: gRPC's threads do not survive
+  fork). A child that exits while the server runs is logged and restarted, after a backoff that doubles from
+  0.5 s to 30 s and resets once it has stayed up for a minute. A dead engine: the front ends answer UNAVAILABLE
+  for its models at once ("its engine stopped; it is being restarted"), reconnect, and serve them again when the
+  new engine has reloaded them; other engines' models keep serving. A child that fails at its first start with a
+  configuration error (exit 2) stops the whole server with exit 2. SIGTERM/SIGINT: every front end gets SIGTERM
+  and drains as a single server does (readiness off, in-flight requests finish within ``drain_timeout_s``); once
+  they have exited, the engines get SIGTERM and free the models; the parent exits 0. Children die with the parent
+  (Linux ``PR_SET_PDEATHSIG``), so a killed supervisor leaves no orphan.
+- **Metrics** (one scrape shows the whole server): each child serves its own ``/metrics`` on 127.0.0.1 at an
+  ephemeral port; the parent serves the configured metrics port and, per scrape, reads every child's page,
+  merges it (``merge_families``) and answers in the format the scraper asked for. The model families (per-model
+  histograms, queue depth, states) come whole from the engine that owns the model (front ends have none); the
+  edge families (gRPC calls, loop lag, unrouted requests) are summed over front ends. Merging rules: counters and
+  histograms are summed (bucket by bucket); gauges that are amounts (queue depth, in-flight requests, memory, open
+  fds) are summed; ``process_start_time_seconds`` is the earliest; every other gauge is the maximum. When a child
+  dies, its counters as last scraped are kept ("retired") and added to every later scrape, so the whole-server
+  counters never go down. The parent adds ``surge_workers`` (ready front ends) and ``surge_worker_restarts_total``
+  (front ends and engines restarted); each engine adds ``surge_engine_requests_total{device, front_end}``.
+- **ModelStatistics and repository calls** go to the engines (``RemoteRepository``): statistics are the engine's
+  counters, whole; RepositoryModelLoad/Unload act on the engine, so once on the whole server, and every front end
+  sees the change in the engine's next snapshot (sent before the call is answered). A restarted engine loads what
+  the control mode and ``--load-model`` say, not what was loaded through the API since.
+- **Front ends among themselves** (``WorkerPeers``): each also listens on a private Unix socket in the state
+  folder; ``surge.v1.Admin`` route changes are sent to every front end, and a ``surge.v1.Feedback`` report whose
+  request id this front end never indexed is asked of the siblings (``surge_servicer.py``). A sibling call carries
+  the caller's own ``authorization`` metadata and the sibling checks it like any call.
+- **Triton shared memory** (client-registered regions) stays refused under ``--workers``: a region registered
+  through one front end would not be seen by the others, nor by the engine.
 """
 
 from __future__ import annotations
@@ -79,9 +73,13 @@ from .files import write_atomic
 from .observability.metrics import encode, negotiate
 from .observability.page_merge import Family, format_page, merge_families, parse_page
 from .edge.scrape import fetch_page
+from .engine.devices import devices_for
+from .engine.host import ARENA_BYTES
+from .engine.process import engine_main, engine_socket
+from .engine.remote import EngineLinks
 from .peers import WorkerPeers
 
-__all__ = ["Supervisor", "gpu_models", "reserve_port", "supervise"]
+__all__ = ["Supervisor", "reserve_port", "supervise"]
 
 log = logging.getLogger("surge.workers")
 
@@ -137,25 +135,25 @@ def _set_parent_death_signal() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _worker_main(index: int, config: Any, state_dir: str, ready: Connection, log_level: str, loop: str) -> None:
-    """Entry point of a spawned worker: serve until SIGTERM; exit 2 when it cannot start."""
+def _worker_main(index: int, config: Any, state_dir: str, ready: Connection, log_level: str, loop: str, engines: EngineLinks) -> None:
+    """Entry point of a spawned front end: serve until SIGTERM; exit 2 when it cannot start."""
     _set_parent_death_signal()
-    logging.basicConfig(level=log_level.upper(), format=f"%(asctime)s %(levelname)-7s %(name)s [worker {index}]: %(message)s")
+    logging.basicConfig(level=log_level.upper(), format=f"%(asctime)s %(levelname)-7s %(name)s [front end {index}]: %(message)s")
     from .cli import _run
 
     try:
-        _run(_serve_worker(index, config, Path(state_dir), ready), loop)
+        _run(_serve_worker(index, config, Path(state_dir), ready, engines), loop)
     except (ConfigError, OSError) as exc:
         logging.getLogger("surge.server").error("cannot start: %s", exc)
         sys.exit(EXIT_CANNOT_START)
 
 
-async def _serve_worker(index: int, config: Any, state_dir: Path, ready: Connection) -> None:
+async def _serve_worker(index: int, config: Any, state_dir: Path, ready: Connection, engines: EngineLinks) -> None:
     from .app import Server
 
     peers = WorkerPeers(state_dir, index)
     peers.socket_path.unlink(missing_ok=True)  # left behind by a crashed predecessor
-    server = Server(config, peers=peers)
+    server = Server(config, peers=peers, engines=engines)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -177,35 +175,20 @@ async def _serve_worker(index: int, config: Any, state_dir: Path, ready: Connect
 # -- the supervisor -------------------------------------------------------------------------------
 
 
-def gpu_models(repository: Path) -> tuple[list[str], list[str]]:
-    """(models that run on a GPU, models that may: ``kind = "auto"``) in the repository, from their configs.
-
-    A model whose config does not parse is left out: the workers report it as they load.
-    """
-    from .config import load_model_config
-
-    gpu: list[str] = []
-    auto: list[str] = []
-    for model_dir in sorted(p for p in repository.iterdir() if p.is_dir()) if repository.is_dir() else ():
-        try:
-            config = load_model_config(model_dir)
-        except (ConfigError, OSError):
-            continue
-        if config.instance_group.kind == "gpu" or config.backend == "tensorrt":
-            gpu.append(model_dir.name)
-        elif config.instance_group.kind == "auto":
-            auto.append(model_dir.name)
-    return gpu, auto
-
-
 @dataclass
 class _Slot:
     index: int
+    device: str = ""
+    """An engine's device ("" for a front end)."""
     process: Any = None
     state: dict[str, Any] | None = None
     ever_ready: bool = False
     last_page: dict[bool, dict[str, Family]] = field(default_factory=dict)
     """The last page scraped from it, per format (OpenMetrics or not: their counter family names differ)."""
+
+
+def _name(slot: _Slot) -> str:
+    return f"engine {slot.device}" if slot.device else f"front end {slot.index}"
 
 
 async def _readable(fd: int) -> None:
@@ -221,31 +204,24 @@ async def _readable(fd: int) -> None:
 class Supervisor:
     """Runs ``workers`` server processes on ``config``'s port and the whole server's metrics endpoint."""
 
-    def __init__(self, config: Any, workers: int, *, log_level: str = "info", loop: str = "auto", share_gpu: bool = False) -> None:
-        if workers < 2:
-            raise ConfigError(f"--workers: a supervisor runs 2 or more workers, got {workers}")
+    def __init__(self, config: Any, workers: int, *, log_level: str = "info", loop: str = "auto", arena_bytes: int = ARENA_BYTES) -> None:
+        if workers < 1:
+            raise ConfigError(f"--workers: a supervisor runs 1 or more front ends, got {workers}")
         if config.grpc_address or config.http_address:
             flag, address = ("--grpc-address", config.grpc_address) if config.grpc_address else ("--http-address", config.http_address)
             raise ConfigError(
                 f"--workers {workers} with {flag} {address}: workers share a TCP port (SO_REUSEPORT); a Unix socket "
                 "has one listener. Use --workers 1 with a Unix socket, or a TCP port (--grpc-port) with workers"
             )
-        gpu, auto = gpu_models(config.model_repository)
-        if gpu and not share_gpu:
-            raise ConfigError(
-                f"--workers {workers}: model(s) {', '.join(gpu)} run on a GPU, and every worker would load its own copy with its "
-                "own CUDA context on the same device (memory x N, kernels time-sliced). Serve them with one process "
-                "(--workers 1: its instances and CUDA streams already overlap), or opt in with --workers-share-gpu"
-            )
-        if auto:
-            log.warning("--workers %d: model(s) %s have instance_group kind 'auto': where a GPU is present every worker "
-                        "puts its own copy on it", workers, ", ".join(auto))  # fmt: skip
         self.config = config
         self.workers = workers
         self._log_level = log_level
         self._loop_name = loop
         self._context = multiprocessing.get_context("spawn")
         self._slots = [_Slot(i) for i in range(workers)]
+        self._engines = [_Slot(i, device=d) for i, d in enumerate(devices_for(config.model_repository))]
+        self._engines_ready = asyncio.Event()
+        self._arena_bytes = arena_bytes
         self._stopping = asyncio.Event()
         self._exit_code = 0
         self._retired: dict[bool, dict[str, Family]] = {}
@@ -292,19 +268,31 @@ class Supervisor:
                 except OSError as exc:
                     raise OSError(f"cannot bind the metrics endpoint to {config.host}:{config.metrics_port}: {exc.strerror or exc}") from None
                 log.info("metrics of all workers on http://%s/metrics", self.metrics_address)
-            log.info("starting %d workers on %s%s (SO_REUSEPORT); worker state in %s", self.workers, self.address,
-                     f" and REST {config.host}:{http_port}" if reserved_http is not None else "", state_dir)
-            tasks = [asyncio.create_task(self._guarded_keep(slot, worker_config, state_dir)) for slot in self._slots]
-            ready = asyncio.create_task(self._all_ready.wait())
+            secret = os.urandom(16).hex().encode()
+            engine_config = dataclasses.replace(config, metrics_port=0 if config.metrics_port >= 0 else -1)
+            devices = [e.device for e in self._engines]
+            log.info("starting engine(s) %s; state in %s", ", ".join(devices), state_dir)
+            tasks = [asyncio.create_task(self._guarded_keep(e, engine_main, (e.device, devices, engine_config, str(state_dir), secret), state_dir))
+                     for e in self._engines]  # fmt: skip
+            engines_up = asyncio.create_task(self._engines_ready.wait())
             stop = asyncio.create_task(self._stopping.wait())
+            await asyncio.wait((engines_up, stop), return_when=asyncio.FIRST_COMPLETED)
+            engines_up.cancel()
+            if not self._stopping.is_set():
+                links = EngineLinks({d: engine_socket(state_dir, d) for d in devices}, secret, self._arena_bytes)
+                log.info("starting %d front ends on %s%s (SO_REUSEPORT)", self.workers, self.address,
+                         f" and REST {config.host}:{http_port}" if reserved_http is not None else "")  # fmt: skip
+                tasks += [asyncio.create_task(self._guarded_keep(slot, _worker_main, (slot.index, worker_config, str(state_dir)), state_dir, links))
+                          for slot in self._slots]  # fmt: skip
+            ready = asyncio.create_task(self._all_ready.wait())
             await asyncio.wait((ready, stop), return_when=asyncio.FIRST_COMPLETED)
             ready.cancel()
             if not self._stopping.is_set():
-                log.info("Surge READY: %d workers on %s", self.workers, self.address)
+                log.info("Surge READY: %d front ends and engine(s) %s on %s", self.workers, ", ".join(devices), self.address)
                 if address_file is not None:
                     write_atomic(address_file, self.address)
             await stop
-            log.info("stopping: SIGTERM to every worker; each drains (up to %.0f s)", config.drain_timeout_s)
+            log.info("stopping: SIGTERM to every front end; each drains (up to %.0f s); then the engines", config.drain_timeout_s)
             await self._stop_all(tasks)
         finally:
             for task in tasks:
@@ -319,45 +307,51 @@ class Supervisor:
         return self._exit_code
 
     async def _stop_all(self, tasks: list[asyncio.Task[None]]) -> None:
-        for slot in self._slots:
-            if slot.process is not None and slot.process.is_alive():
-                slot.process.terminate()
-        deadline = time.monotonic() + self.config.drain_timeout_s + 15.0
-        for slot in self._slots:
-            process = slot.process
-            if process is None:
-                continue
-            while process.is_alive() and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            if process.is_alive():
-                log.error("worker %d (pid %d) did not stop in time: killed", slot.index, process.pid)
-                process.kill()
-                await asyncio.to_thread(process.join, 5.0)
+        """Front ends first (they drain their requests through the engines), then the engines."""
+        for group in (self._slots, self._engines):
+            for slot in group:
+                if slot.process is not None and slot.process.is_alive():
+                    slot.process.terminate()
+            deadline = time.monotonic() + self.config.drain_timeout_s + 15.0
+            for slot in group:
+                process = slot.process
+                if process is None:
+                    continue
+                while process.is_alive() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                if process.is_alive():
+                    log.error("%s (pid %d) did not stop in time: killed", _name(slot), process.pid)
+                    process.kill()
+                    await asyncio.to_thread(process.join, 5.0)
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def _check_all_ready(self) -> None:
+        if all(slot.state is not None for slot in self._engines):
+            self._engines_ready.set()
         if all(slot.state is not None for slot in self._slots):
             self._all_ready.set()
 
-    async def _guarded_keep(self, slot: _Slot, config: Any, state_dir: Path) -> None:
-        """``_keep``, but a supervisor bug (say, a worker that cannot be spawned) stops the server, never hangs it."""
+    async def _guarded_keep(self, slot: _Slot, target: Any, args: tuple[Any, ...], state_dir: Path, *extra: Any) -> None:
+        """``_keep``, but a supervisor bug (say, a child that cannot be spawned) stops the server, never hangs it."""
         try:
-            await self._keep(slot, config, state_dir)
+            await self._keep(slot, target, args, extra)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("worker %d: the supervisor failed to run it: stopping the server", slot.index)
+            log.exception("%s: the supervisor failed to run it: stopping the server", _name(slot))
             self._exit_code = 1
             self._stopping.set()
 
-    async def _keep(self, slot: _Slot, config: Any, state_dir: Path) -> None:
-        """Run one worker, restarting it with backoff whenever it exits while the server runs."""
+    async def _keep(self, slot: _Slot, target: Any, args: tuple[Any, ...], extra: tuple[Any, ...]) -> None:
+        """Run one child (front end or engine), restarting it with backoff whenever it exits while the server runs."""
         backoff_s = BACKOFF_FIRST_S
         while not self._stopping.is_set():
             receiver, sender = self._context.Pipe(duplex=False)
+            if slot.device:
+                extra = (self._arena_bytes,)
             process = self._context.Process(
-                target=_worker_main, args=(slot.index, config, str(state_dir), sender, self._log_level, self._loop_name),
-                name=f"surge-worker-{slot.index}", daemon=False,
+                target=target, args=(*args, sender, self._log_level, self._loop_name, *extra),
+                name=f"surge-engine-{slot.device}" if slot.device else f"surge-front-end-{slot.index}", daemon=False,
             )
             process.start()
             sender.close()
@@ -371,7 +365,7 @@ class Supervisor:
             receiver.close()
             if slot.state is not None:
                 slot.ever_ready = True
-                log.info("worker %d ready (pid %d)", slot.index, process.pid)
+                log.info("%s ready (pid %d)", _name(slot), process.pid)
                 self._check_all_ready()
             await _readable(process.sentinel)
             process.join()
@@ -384,14 +378,14 @@ class Supervisor:
                 return
             how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
             if code == EXIT_CANNOT_START and not slot.ever_ready:
-                log.error("worker %d cannot start (%s): stopping the server", slot.index, how)
+                log.error("%s cannot start (%s): stopping the server", _name(slot), how)
                 self._exit_code = EXIT_CANNOT_START
                 self._stopping.set()
                 return
             if time.monotonic() - started >= BACKOFF_RESET_S:
                 backoff_s = BACKOFF_FIRST_S
             self._restarts += 1
-            log.warning("worker %d (pid %d) died (%s); restarting in %.1f s", slot.index, process.pid, how, backoff_s)
+            log.warning("%s (pid %d) died (%s); restarting in %.1f s", _name(slot), process.pid, how, backoff_s)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), backoff_s)
             backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
@@ -400,7 +394,7 @@ class Supervisor:
         """The whole server's /metrics: every ready worker's page (in the format asked for), merged, plus the
         supervisor's own families."""
         openmetrics, content_type = negotiate(accept)
-        slots = [s for s in self._slots if s.state is not None and s.state.get("metrics")]
+        slots = [s for s in (*self._slots, *self._engines) if s.state is not None and s.state.get("metrics")]
         texts = await asyncio.gather(*(
             fetch_page(s.state["metrics"], accept=accept, timeout_s=SCRAPE_TIMEOUT_S)  # type: ignore[index]
             for s in slots
@@ -411,7 +405,7 @@ class Supervisor:
             pages = []
             for slot, text in zip(slots, texts):
                 if isinstance(text, BaseException):
-                    log.warning("metrics: worker %d did not answer (%s): left out of this scrape", slot.index, text)
+                    log.warning("metrics: %s did not answer (%s): left out of this scrape", _name(slot), text)
                     continue
                 pages.append((slot, parse_page(text)))
             merged = merge_families([page for _, page in pages], retired)
@@ -424,9 +418,9 @@ class Supervisor:
         return encode(text, content_type, accept_encoding)
 
 
-async def supervise(config: Any, workers: int, *, log_level: str, loop: str, address_file: Path | None = None, share_gpu: bool = False) -> int:
+async def supervise(config: Any, workers: int, *, log_level: str, loop: str, address_file: Path | None = None, arena_bytes: int = ARENA_BYTES) -> int:
     """``surge serve --workers N``: run the supervisor until SIGTERM/SIGINT; returns the exit code."""
-    supervisor = Supervisor(config, workers, log_level=log_level, loop=loop, share_gpu=share_gpu)
+    supervisor = Supervisor(config, workers, log_level=log_level, loop=loop, arena_bytes=arena_bytes)
     event_loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         event_loop.add_signal_handler(sig, supervisor.request_stop)

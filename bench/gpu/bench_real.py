@@ -12,7 +12,7 @@ In process: the model's own pipeline object (``Pipeline`` + ``TorchRuntime``, as
 kernels, the model with its CUDA graph, top-5, results on the host) in a Python loop over batches of 1, 8, 32 and
 max_batch_size rows; for ResNet also the step split (decode_jpeg, resize_crop_normalize, model + top-5).
 Through Surge: ``surge serve`` pinned to half the cores, perf_analyzer (one row per request, ``--async``) on the
-others at each concurrency, for each ``--workers`` count (``--workers-share-gpu`` above 1). For each cell: rows/s,
+others at each concurrency, for each ``--workers`` count (N front ends over one engine above 1). For each cell: rows/s,
 p50/p99, the batch Surge formed and the server-side split per request from ModelStatistics (queue, compute input,
 compute infer, which holds the pipeline's decode and kernels, compute output), the protocol decode and encode
 means from Surge's Prometheus histograms (``surge_decode_duration_seconds``, ``surge_encode_duration_seconds``) and
@@ -245,7 +245,7 @@ def surge_cells(results: dict, root: Path, tmp: Path, samples: dict, args: argpa
         data[model] = tmp / f"{model}-data.json"
         perf_input_data(model, samples[model], data[model])
     for workers in [int(n) for n in args.workers.split(",") if n]:
-        extra = ("--workers-share-gpu",) if workers > 1 and not args.cpu_dry_run else ()
+        extra: tuple[str, ...] = ()  # --workers N: N front ends over one GPU engine (one copy of each model)
         with wk.surge(root, workers, server_cores, tmp / f"w{workers}", timeout_s=900, models=tuple(samples), extra=extra) as (address, _):
             found = re.search(r"metrics on http://(\S+)/metrics", (tmp / f"w{workers}" / "server.log").read_text())
             metrics = found.group(1) if found else ""

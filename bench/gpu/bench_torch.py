@@ -8,7 +8,7 @@ CUDA graphs per power-of-two bucket, dynamic batching) driven by ``bench.scenari
 pre-serialised requests) pinned to other cores; the batch size Surge formed comes from ModelStatistics
 deltas. The gRPC floor (``bench.peers.floor_server``, a precomputed answer) gives the transport's own p50.
 With perf_analyzer set up (``.cache/perf_analyzer``), 64-row requests are also driven by it (C++, one channel per
-thread, ``PA_CONCURRENCY`` in flight) into ``surge serve --workers N --workers-share-gpu`` for each ``--workers``
+thread, ``PA_CONCURRENCY`` in flight) into ``surge serve --workers N`` for each ``--workers``
 count, and into the floor: one Python process's front end caps rows/s below the in-process CUDA-graph figure
 (the floor itself reached 38% of it on an H200), so the 64-row target is checked against the best Surge
 configuration measured. Prints one table and the issue's two targets; ``--json`` writes every figure.
@@ -248,7 +248,7 @@ def main() -> int:
 
 
 def _workers_cells(results: dict, root: Path, tmp: Path, counts: list[int], server_cores: str, load_cores: str, switch_ms: float) -> None:
-    """64-row requests from perf_analyzer: the floor, then ``surge serve --workers N --workers-share-gpu``."""
+    """64-row requests from perf_analyzer: the floor, then ``surge serve --workers N``."""
     from bench.scenarios import perf_analyzer as pa
     from bench.scenarios import workers as wk
 
@@ -264,7 +264,7 @@ def _workers_cells(results: dict, root: Path, tmp: Path, counts: list[int], serv
         floor.terminate()
         floor.wait(30)
     for n in counts:
-        with wk.surge(root, n, server_cores, tmp / f"w{n}", models=tuple(MODELS), extra=("--workers-share-gpu", "--switch-interval-ms", str(switch_ms))) as (address, _):
+        with wk.surge(root, n, server_cores, tmp / f"w{n}", models=tuple(MODELS), extra=("--switch-interval-ms", str(switch_ms))) as (address, _):
             for name, (_, features, _) in MODELS.items():
                 before = formed_batch(address, name)  # the whole server's counts (ModelStatistics asks every worker)
                 cell = wk.perf_analyzer(address, PA_CONCURRENCY, load_cores, 2000, model=name, features=features, rows=64)

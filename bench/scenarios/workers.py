@@ -16,8 +16,8 @@ Pinning (``taskset``): the server (the supervisor, its workers and their ONNX Ru
 the last quarter (at least 2) and the server the rest; with fewer, both get every CPU and compete (say so when
 reporting). perf_analyzer runs synchronous, ``--concurrency`` threads, each with its own gRPC channel
 (``TRITON_CLIENT_GRPC_CHANNEL_MAX_SHARE_COUNT=1``): SO_REUSEPORT spreads *connections*, so a load
-generator with one shared connection would reach one worker only. The table shows how many requests each
-worker answered (its own ModelStatistics, over its private socket).
+generator with one shared connection would reach one front end only. The table shows how many requests each
+front end sent the engine (``surge_engine_requests_total``).
 """
 
 from __future__ import annotations
@@ -34,15 +34,16 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 
 from bench.models import MODELS, write_onnx_files, write_repository
-from surge.protos import grpc_service_pb2 as pb
+from prometheus_client.parser import text_string_to_metric_families
+
 from surge.protos import grpc_service_pb2_grpc as pb_grpc
-from surge.server.peers import LOCAL_METADATA, read_worker_states
 
 from .contention import Meter, wait_idle
 from .servers import _model_ready, _stop
@@ -65,8 +66,8 @@ def default_cpus() -> tuple[str, str]:
 @contextlib.contextmanager
 def surge(repository: Path, workers: int, cpus: str, workdir: Path, timeout_s: float = 180.0, models: tuple[str, ...] = (MODEL,),
           extra: tuple[str, ...] = ()) -> Iterator[tuple[str, Path | None]]:  # fmt: skip
-    """``surge serve --workers N [extra]`` pinned to ``cpus``; yields (address, worker state folder or None) once
-    every one of ``models`` is ready."""
+    """``surge serve --workers N [extra]`` pinned to ``cpus``; yields (address, the supervisor's metrics address or None)
+    once every one of ``models`` is ready."""
     workdir.mkdir(parents=True, exist_ok=True)
     address_file, log = workdir / "address", workdir / "server.log"
     address_file.unlink(missing_ok=True)
@@ -76,6 +77,7 @@ def surge(repository: Path, workers: int, cpus: str, workdir: Path, timeout_s: f
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT, start_new_session=True)
+    (workdir / "pid").write_text(str(proc.pid))  # taskset execs surge: the server's own pid (frontends.py reads its CPU time)
     try:
         deadline = time.monotonic() + timeout_s
         while not (address_file.is_file() and address_file.read_text().strip()):
@@ -89,23 +91,22 @@ def surge(repository: Path, workers: int, cpus: str, workdir: Path, timeout_s: f
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"surge serve --workers {workers}: models {models} not ready after {timeout_s:.0f} s; log {log}")
                 time.sleep(0.1)
-        match = re.search(r"worker state in (\S+)", log.read_text())
-        yield address, Path(match.group(1)) if match else None
+        text = log.read_text()
+        match = re.search(r"metrics of all workers on http://(\S+)/metrics", text)
+        yield address, match.group(1) if match else None
     finally:
         _stop(proc)
 
 
-def served_per_worker(state_dir: Path | None) -> list[int]:
-    """Requests each worker answered so far (its own counters, not the whole server's)."""
-    if state_dir is None:
+def served_per_worker(metrics: str | None) -> list[int]:
+    """Requests each front end sent the engine so far (``surge_engine_requests_total`` on the supervisor's page)."""
+    if not metrics:
         return []
-    counts = []
-    for state in sorted(read_worker_states(state_dir), key=lambda s: s["index"]):
-        with grpc.insecure_channel(state["private"]) as channel:
-            stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            response = stub.ModelStatistics(pb.ModelStatisticsRequest(name=MODEL), metadata=LOCAL_METADATA, timeout=10)
-        counts.append(sum(s.inference_count for s in response.model_stats))
-    return counts
+    with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    counts = {int(s.labels["front_end"]): int(s.value) for f in text_string_to_metric_families(text) if f.name == "surge_engine_requests"
+              for s in f.samples if s.name.endswith("_total")}  # fmt: skip
+    return [counts[i] for i in sorted(counts)]
 
 
 def perf_analyzer(address: str, concurrency: int, cpus: str, interval_ms: int, model: str = MODEL, features: int = 0, rows: int = 1) -> dict:
@@ -157,13 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     points: list[dict] = []
     for repeat in range(args.repeats):
         for n in counts:
-            with surge(repository, n, args.server_cpus, work / f"w{n}") as (address, state_dir):
+            with surge(repository, n, args.server_cpus, work / f"w{n}") as (address, metrics):
                 if args.wait_idle_s > 0:
                     wait_idle(args.wait_idle_s, lambda line: print(line, flush=True))
-                before = served_per_worker(state_dir)
+                before = served_per_worker(metrics)
                 with Meter() as meter:  # CPU used by processes outside this benchmark while it measured
                     result = perf_analyzer(address, concurrency, args.generator_cpus, args.interval_ms)
-                after = served_per_worker(state_dir)
+                after = served_per_worker(metrics)
             share = [b - a for a, b in zip(before, after)] if before else []
             points.append({"repeat": repeat, "workers": n, **result, "per_worker": share, "foreign_cores": meter.foreign_cores})
             print(f"  repeat {repeat} workers {n}: {result['infer_per_s']:8.0f} infer/s  p50 {result['p50_ms']:.2f} ms  "

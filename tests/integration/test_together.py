@@ -9,6 +9,7 @@ import re
 import ssl
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -131,8 +132,8 @@ def test_workers_share_the_rest_port_and_forward_the_callers_token(tmp_path, mon
         "--model-control-mode", "explicit", "--load-model", "add",
     ).start()
     try:
-        workers = _workers(Path(_from_log(server, r"worker state in (\S+)")))
-        rest = set(re.findall(r"\[worker (\d)\]: REST v2 on http://(\S+)/v2", server.log()))
+        workers = _workers(Path(_from_log(server, r"state in (\S+)")))
+        rest = set(re.findall(r"\[front end (\d)\]: REST v2 on http://(\S+)/v2", server.log()))
         assert {w for w, _ in rest} == {"0", "1"} and len({a for _, a in rest}) == 1, server.log()  # both workers, one port
         address = server.http_address
         assert address == next(iter(rest))[1] and address.rsplit(":", 1)[1] != "0"
@@ -153,12 +154,15 @@ def test_workers_share_the_rest_port_and_forward_the_callers_token(tmp_path, mon
         metrics = _from_log(server, r"metrics of all workers on http://(\S+)/metrics")
         ok = ("surge_requests_total", frozenset({("model", "add"), ("version", "1"), ("code", "OK")}))
         assert _scrape(metrics)[ok] == 12
-        # a repository call applied to every worker under the caller's admin token
+        # a repository call acts on the engine, so on every front end (the other one within a step of the engine's loop)
         with InferenceClient(server.address, timeout_s=30, retries=0, metadata={"authorization": f"Bearer {BOTH_TOKEN}"}) as admin:
             admin.unload_model("add")
         for index in (0, 1):
             with InferenceClient(workers[index]["private"], timeout_s=30, retries=0, metadata=metadata) as client:
-                assert not client.is_model_ready("add")
+                deadline = time.monotonic() + 5
+                while client.is_model_ready("add"):
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
     finally:
         code = server.stop()
     assert code == 0, server.log()
@@ -192,7 +196,7 @@ def test_workers_apply_route_changes_everywhere_and_join_feedback_across_workers
     user = {"authorization": f"Bearer {INFERENCE_TOKEN}"}
     operator = {"authorization": f"Bearer {BOTH_TOKEN}"}
     try:
-        workers = _workers(Path(_from_log(server, r"worker state in (\S+)")))
+        workers = _workers(Path(_from_log(server, r"state in (\S+)")))
         one, other = workers[0]["private"], workers[1]["private"]
         assert _versions(one, user) == _versions(other, user) == {"1", "2"}
         with SurgeClient(one, metadata=operator) as admin0, SurgeClient(other, metadata=operator) as admin1:

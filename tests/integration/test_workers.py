@@ -1,4 +1,5 @@
-"""``surge serve --workers 2`` as a user runs it: one port, whole-server metrics and statistics, restarts, SIGTERM."""
+"""``surge serve --workers 2`` as a user runs it: two front ends on one port over one engine; whole-server metrics and
+statistics, restarts, SIGTERM."""
 
 from __future__ import annotations
 
@@ -60,6 +61,10 @@ def _scrape(address: str, openmetrics: bool = False) -> dict[tuple[str, frozense
     return {(s.name, frozenset(s.labels.items())): s.value for f in parse(text) for s in f.samples}
 
 
+def _from_front_end(samples: dict, index: int) -> float:
+    return samples.get(("surge_engine_requests_total", frozenset({("device", "cpu"), ("front_end", str(index))})), 0.0)
+
+
 def _ok_requests(samples: dict) -> float:
     return samples.get(("surge_requests_total", frozenset({("model", "add"), ("version", "1"), ("code", "OK")})), 0.0)
 
@@ -74,7 +79,7 @@ def _infer_count(address: str) -> int:
 def test_two_workers_one_port_whole_server_metrics_statistics_restart_and_sigterm(tmp_path):
     server = SurgeProcess(_repository(tmp_path / "repository"), tmp_path / "run", "--workers", "2", "--log-level", "info").start()
     try:
-        state_dir = Path(_from_log(server, r"worker state in (\S+)"))
+        state_dir = Path(_from_log(server, r"state in (\S+)"))
         metrics = _from_log(server, r"metrics of all workers on http://(\S+)/metrics")
         workers = _workers(state_dir)
         assert sorted(workers) == [0, 1] and workers[0]["pid"] != workers[1]["pid"]
@@ -88,10 +93,11 @@ def test_two_workers_one_port_whole_server_metrics_statistics_restart_and_sigter
         for _ in range(4):
             with InferenceClient(server.address, timeout_s=30) as client:  # new connections: spread by the kernel
                 client.infer("add", {"x": X})
-        # each worker counts its own; the supervisor's page and any worker's ModelStatistics are the whole server's
-        own = [_ok_requests(_scrape(workers[i]["metrics"])) for i in (0, 1)]
-        assert own[0] >= 3 and own[1] >= 5 and sum(own) == 12
+        # the engine counts every request once, and which front end sent it; a front end's own page has no model families
         samples = _scrape(metrics)
+        own = [_from_front_end(samples, i) for i in (0, 1)]
+        assert own[0] >= 3 and own[1] >= 5 and sum(own) == 12
+        assert _ok_requests(_scrape(workers[0]["metrics"])) == 0
         assert _ok_requests(samples) == 12
         assert _ok_requests(_scrape(metrics, openmetrics=True)) == 12
         assert samples[("surge_workers", frozenset())] == 2
@@ -101,16 +107,16 @@ def test_two_workers_one_port_whole_server_metrics_statistics_restart_and_sigter
         assert _infer_count(server.address) == 12
         assert _infer_count(workers[0]["private"]) == 12 and _infer_count(workers[1]["private"]) == 12
 
-        # a worker that dies is logged and restarted; the whole-server counters do not go down
+        # a front end that dies is logged and restarted; the whole-server counters do not go down
         os.kill(workers[1]["pid"], signal.SIGKILL)
         deadline = time.monotonic() + 60
         while not (1 in (now := _workers(state_dir)) and now[1]["pid"] != workers[1]["pid"]):
             assert time.monotonic() < deadline, f"worker 1 was not restarted; log:\n{server.log()}"
             time.sleep(0.1)
-        assert re.search(rf"worker 1 \(pid {workers[1]['pid']}\) died \(signal 9\); restarting in 0.5 s", server.log())
+        assert re.search(rf"front end 1 \(pid {workers[1]['pid']}\) died \(signal 9\); restarting in 0.5 s", server.log())
         samples = _scrape(metrics)
         assert samples[("surge_worker_restarts_total", frozenset())] == 1
-        assert _ok_requests(samples) == 12  # worker 1's counters as last scraped, kept; the new worker starts at 0
+        assert _ok_requests(samples) == 12  # counted by the engine, which kept running
         with InferenceClient(now[1]["private"], timeout_s=30) as client:
             client.infer("add", {"x": X})
         assert _ok_requests(_scrape(metrics)) == 13
@@ -122,7 +128,7 @@ def test_two_workers_one_port_whole_server_metrics_statistics_restart_and_sigter
         while not (1 in (again := _workers(state_dir)) and again[1]["pid"] not in (workers[1]["pid"], now[1]["pid"])):
             assert time.monotonic() < deadline, f"worker 1 was not restarted twice; log:\n{server.log()}"
             time.sleep(0.1)
-        assert re.search(rf"worker 1 \(pid {now[1]['pid']}\) died \(signal 9\); restarting in 1.0 s", server.log())
+        assert re.search(rf"front end 1 \(pid {now[1]['pid']}\) died \(signal 9\); restarting in 1.0 s", server.log())
         assert _scrape(metrics)[("surge_worker_restarts_total", frozenset())] == 2
         pids = [workers[0]["pid"], again[1]["pid"]]
     finally:
@@ -137,7 +143,7 @@ def test_sigint_drains_requests_in_flight_on_every_worker_and_exits_zero(tmp_pat
     repository = _repository(tmp_path / "repository")
     write_slow_model(repository / "slow_py")
     server = SurgeProcess(repository, tmp_path / "run", "--workers", "2").start()
-    workers = _workers(Path(_from_log(server, r"worker state in (\S+)")))
+    workers = _workers(Path(_from_log(server, r"state in (\S+)")))
     delay = {"delay_s": np.array([[1.0]], np.float32)}
     clients = [InferenceClient(workers[i]["private"], timeout_s=30, retries=0) for i in (0, 1)]
     try:
@@ -171,13 +177,22 @@ def test_workers_flag_out_of_range(tmp_path):
     assert result.returncode == 2 and "--workers must be 1 or more" in result.stderr
 
 
-def test_gpu_models_need_an_explicit_opt_in_to_run_under_workers(tmp_path):
+def test_gpu_models_get_an_engine_of_their_own_and_cpu_models_keep_serving(tmp_path):
     repository = _repository(tmp_path / "repository")
-    (repository / "add" / "config.toml").write_text('max_batch_size = 8\n\n[instance_group]\nkind = "gpu"\n')
-    result = subprocess.run([sys.executable, "-m", "surge.server.cli", "serve", "--model-repository", str(repository), "--workers", "2",
-                             "--grpc-port", "0", "--metrics-port", "0", "--http-port", "0"], capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert result.returncode == 2, result.stderr
-    assert "model(s) add run on a GPU" in result.stderr and "--workers-share-gpu" in result.stderr
+    write_add_model(repository / "add_gpu" / "1" / "model.onnx", 1.0)
+    (repository / "add_gpu" / "config.toml").write_text('max_batch_size = 8\n\n[instance_group]\nkind = "gpu"\n')
+    server = SurgeProcess(repository, tmp_path / "run", "--workers", "2", "--log-level", "info").start()
+    try:
+        assert "starting engine(s) cpu, gpu" in server.log()
+        with InferenceClient(server.address, timeout_s=30, retries=0) as client:
+            np.testing.assert_array_equal(client.infer("add", {"x": X})["y"], X + 1)
+            index = {(m.name, m.state) for m in client.repository_index()}
+        assert ("add", "READY") in index
+        if not Path("/dev/nvidia0").exists():  # no GPU here: the gpu engine reports the model as unavailable
+            assert ("add_gpu", "UNAVAILABLE") in index
+        assert re.search(r"\[engine gpu\]", server.log())
+    finally:
+        assert server.stop() == 0, server.log()
 
 
 #: A stand-in for NVML (``pynvml``) that the workers import: one 80 GiB GPU, whose memory prometheus_client's own

@@ -2,8 +2,8 @@
 
 The data plane (``server/dataplane.py``) and everything it calls take plain Python values; gRPC and HTTP are
 the business of ``server/edge/``, the wiring (``app``, ``cli``), the ``--workers`` supervisor and its sibling
-client (``workers``, ``peers``), the command-line clients (``commands/``) and the processes that host edges
-(``processes/``). Checked two ways: every import statement in the source (``ast``, so one inside a function
+client (``workers``, ``peers``) and the command-line clients (``commands/``). The engine processes
+(``engine/``) hold no edge: they talk to front ends over their own channel. Checked two ways: every import statement in the source (``ast``, so one inside a function
 counts too), and what importing the data plane really loads.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 SERVER = Path(__file__).resolve().parents[2] / "server"
 #: Where grpc and aiohttp may be imported, relative to server/ (a folder ends with "/").
-ALLOWED = ("edge/", "commands/", "processes/", "app.py", "cli.py", "workers.py", "peers.py")
+ALLOWED = ("edge/", "commands/", "app.py", "cli.py", "workers.py", "peers.py")
 
 
 def _wire_module(name: str) -> bool:

@@ -11,7 +11,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from surge.protos import grpc_service_pb2 as pb
 from surge.server.observability.metrics import ServerSnapshot, VersionSample, render
 from surge.server.observability.page_merge import format_page, merge_families, parse_page
-from surge.server.peers import merge_statistics
 from surge.server.workers import reserve_port
 
 
@@ -106,18 +105,6 @@ def _stats(name: str, version: str, count: int, ns: int, last: int, batches: dic
         entry = s.batch_stats.add(batch_size=size)
         entry.compute_infer.count, entry.compute_infer.ns = n, n * 10
     return s
-
-
-def test_merge_statistics_adds_per_version_and_batch_size() -> None:
-    a = pb.ModelStatisticsResponse(model_stats=[_stats("m", "1", 3, 300, 50, {1: 3}), _stats("m", "2", 1, 10, 70, {})])
-    b = pb.ModelStatisticsResponse(model_stats=[_stats("m", "1", 5, 500, 60, {4: 1, 1: 1})])
-    merged = merge_statistics([a, b])
-    assert [(s.name, s.version) for s in merged.model_stats] == [("m", "1"), ("m", "2")]
-    m1 = merged.model_stats[0]
-    assert (m1.inference_count, m1.execution_count, m1.last_inference) == (8, 8, 60)
-    assert (m1.inference_stats.success.count, m1.inference_stats.success.ns, m1.inference_stats.queue.ns) == (8, 800, 400)
-    assert [(b.batch_size, b.compute_infer.count, b.compute_infer.ns) for b in m1.batch_stats] == [(1, 4, 40), (4, 1, 10)]
-    assert merged.model_stats[1] == _stats("m", "2", 1, 10, 70, {})
 
 
 def test_reserve_port_shares_with_reuseport_sockets_only() -> None:
