@@ -22,7 +22,7 @@ import logging
 import socket
 import weakref
 from dataclasses import dataclass
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,18 @@ class RemoteVersion:
         if self.state != State.READY:
             raise errors.ModelNotReady(f"model '{self.config.name}' version {self.version} is {self.state.lower()}" + (f": {self.reason}" if self.reason else ""))
         return await self.client.infer(self, inputs, rows, output_names, stamps, deadline, priority, timeout_s)
+
+    def submit(
+        self, inputs: dict[str, np.ndarray], rows: int, output_names: Sequence[str], stamps: Stamps, deadline: float | None,
+        on_done: Callable[[asyncio.Future[dict[str, np.ndarray]]], None], *, priority: int = 0, timeout_s: float | None = None,
+    ) -> asyncio.Future[dict[str, np.ndarray]]:
+        """``ModelVersion.submit`` for a front end (a ModelStreamInfer stream's fast path): the request goes to the engine
+        in a task; ``on_done(future)`` runs on the loop when it is answered or cancelled. Raises as ``execute`` does."""
+        if self.state != State.READY:
+            raise errors.ModelNotReady(f"model '{self.config.name}' version {self.version} is {self.state.lower()}" + (f": {self.reason}" if self.reason else ""))
+        task = asyncio.ensure_future(self.client.infer(self, inputs, rows, output_names, stamps, deadline, priority, timeout_s))
+        task.add_done_callback(on_done)
+        return task
 
 
 class EngineClient:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from surge.clients import InferenceClient
+from surge.clients import InferenceClient, InferRequest
 from surge.clients.errors import InferenceServerError as InferenceError
 from tests.integration.test_workers import _from_log, _workers
 from tests.models import write_add_model
@@ -239,3 +239,20 @@ def test_load_and_unload_through_one_front_end_act_on_every_front_end(tmp_path):
             assert server.log().count("model sleepy_py version 1 READY") == 1  # loaded once, in the engine
     finally:
         assert server.stop() == 0, server.log()
+
+
+def test_a_stream_through_a_front_end_is_answered_by_the_engine(served):
+    """ModelStreamInfer's fast path submits each request without a task of its own: through a front end that is the
+    engine's version proxy, answered in order of completion, with a bad request answered in place."""
+    requests = [InferRequest("add", {"x": X * i}, request_id=str(i)) for i in range(20)]
+    requests.insert(5, InferRequest("add", {"x": np.zeros((1, 3), np.float32)}, request_id="bad"))
+    with InferenceClient(served.address, timeout_s=30, retries=0) as client:
+        answers = list(client.stream_infer(requests))
+    errors = [a for a in answers if isinstance(a, InferenceError)]
+    assert len(errors) == 1 and errors[0].code == grpc.StatusCode.INVALID_ARGUMENT, errors
+    results = {a.id: a["y"] for a in answers if not isinstance(a, InferenceError)}
+    assert sorted(results, key=int) == [str(i) for i in range(20)]
+    for i, y in results.items():
+        np.testing.assert_array_equal(y, X * int(i) + 1)
+    with InferenceClient(served.address, timeout_s=30) as client:
+        assert client.model_statistics("add").model_stats[0].inference_count == 20  # counted once, in the engine
