@@ -383,7 +383,6 @@ class Server:
             traffic=self.traffic, peers=self._peers,
             regions=SharedMemoryRegistry(
                 scoped=self.security.auth is not None, max_regions=limits.max_shared_memory_regions, max_bytes=limits.max_shared_memory_bytes,
-                disabled="a --workers worker's regions would not be seen by its siblings; run one worker" if self._peers is not None else "",
             ),
         )
         plane.tracing = self.tracing

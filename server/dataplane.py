@@ -222,15 +222,38 @@ class DataPlane:
         """The caller's regions of ``kind`` ("system" or "cuda"): the one named, or all (empty ``name``)."""
         return self.regions.status(self._owner(metadata), name, kind)
 
-    def register_system_shared_memory(self, name: str, key: str, offset: int, byte_size: int, metadata: Metadata) -> None:
-        self.regions.register_system(self._owner(metadata), name, key, offset, byte_size)
+    async def register_system_shared_memory(self, name: str, key: str, offset: int, byte_size: int, metadata: Metadata) -> None:
+        owner = self._owner(metadata)
+        self.regions.register_system(owner, name, key, offset, byte_size)
+        request = pb.SystemSharedMemoryRegisterRequest(name=name, key=key, offset=offset, byte_size=byte_size)
+        await self._share("SystemSharedMemoryRegister", request, metadata, lambda: self.regions.unregister(owner, name, "system"))
 
-    def register_cuda_shared_memory(self, name: str, raw_handle: bytes, device_id: int, byte_size: int, metadata: Metadata) -> None:
-        self.regions.register_cuda(self._owner(metadata), name, raw_handle, device_id, byte_size)
+    async def register_cuda_shared_memory(self, name: str, raw_handle: bytes, device_id: int, byte_size: int, metadata: Metadata) -> None:
+        owner = self._owner(metadata)
+        self.regions.register_cuda(owner, name, raw_handle, device_id, byte_size)
+        request = pb.CudaSharedMemoryRegisterRequest(name=name, raw_handle=raw_handle, device_id=device_id, byte_size=byte_size)
+        await self._share("CudaSharedMemoryRegister", request, metadata, lambda: self.regions.unregister(owner, name, "cuda"))
 
-    def unregister_shared_memory(self, kind: str, name: str, metadata: Metadata) -> None:
+    async def unregister_shared_memory(self, kind: str, name: str, metadata: Metadata) -> None:
         """Forget the caller's region ``name`` of ``kind`` (empty ``name``: all of them)."""
         self.regions.unregister(self._owner(metadata), name, kind)
+        request: Any = (pb.SystemSharedMemoryUnregisterRequest if kind == "system" else pb.CudaSharedMemoryUnregisterRequest)(name=name)
+        try:
+            await self._share(f"{'System' if kind == 'system' else 'Cuda'}SharedMemoryUnregister", request, metadata, None)
+        except errors.Relayed as exc:  # freed here; a sibling that cannot (e.g. restarted since, without it) is logged
+            log.warning("unregistering %s shared memory '%s' on a sibling front end: %s %s", kind, name, exc.status, exc)
+
+    async def _share(self, method: str, request: Any, metadata: Metadata, undo: Callable[[], None] | None) -> None:
+        """Under ``--workers``, apply a region change made here to the sibling front ends too (``undo`` it here when
+        one refuses a registration), unless a sibling asked."""
+        if self._peers is None or self._peers.is_local(caller := tuple(metadata() or ())):
+            return
+        try:
+            await self._peers.shared_memory_call(method, request, caller)
+        except BaseException:
+            if undo is not None:
+                undo()
+            raise
 
     def log_settings(self) -> None:
         """Triton's LogSettings: not built (the log level is a command-line setting)."""

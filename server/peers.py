@@ -14,6 +14,8 @@ from typing import Any
 
 import grpc
 
+from surge.protos import grpc_service_pb2_grpc as pb_grpc
+
 from . import errors
 from .edge.scrape import ScrapeError, fetch_page
 
@@ -72,6 +74,19 @@ class WorkerPeers:
                 raise result
             answers.append(result)
         return answers
+
+    @staticmethod
+    def is_local(metadata: Iterable[tuple[str, Any]] | None) -> bool:
+        """Whether a call came from a sibling front end (apply it here only)."""
+        return is_local_call(metadata)
+
+    async def shared_memory_call(self, method: str, request: Any, caller: Iterable[tuple[str, Any]] | None = ()) -> None:
+        """Apply a shared-memory register or unregister that succeeded here to every live sibling front end, so a request
+        that names the region reads it whichever front end its connection reached. A refusal: ``errors.Relayed``."""
+        try:
+            await self.call_siblings(pb_grpc.GRPCInferenceServiceStub, method, request, caller)
+        except grpc.aio.AioRpcError as exc:
+            raise errors.Relayed(exc.code().name, exc.details() or "") from None
 
     async def call_owner(self, stub: Any, method: str, request: Any, caller: Iterable[tuple[str, Any]] | None = ()) -> Any | None:
         """Call ``method`` on the first worker (which runs the rollout controller); None when this is it.

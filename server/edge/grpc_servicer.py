@@ -333,12 +333,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_edge
     async def SystemSharedMemoryRegister(self, request: pb.SystemSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        self._plane.register_system_shared_memory(request.name, request.key, request.offset, request.byte_size, context.invocation_metadata)
+        await self._plane.register_system_shared_memory(request.name, request.key, request.offset, request.byte_size, context.invocation_metadata)
         return pb.SystemSharedMemoryRegisterResponse()
 
     @_edge
     async def SystemSharedMemoryUnregister(self, request: pb.SystemSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        self._plane.unregister_shared_memory("system", request.name, context.invocation_metadata)
+        await self._plane.unregister_shared_memory("system", request.name, context.invocation_metadata)
         return pb.SystemSharedMemoryUnregisterResponse()
 
     @_edge
@@ -350,12 +350,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_edge
     async def CudaSharedMemoryRegister(self, request: pb.CudaSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        self._plane.register_cuda_shared_memory(request.name, request.raw_handle, request.device_id, request.byte_size, context.invocation_metadata)
+        await self._plane.register_cuda_shared_memory(request.name, request.raw_handle, request.device_id, request.byte_size, context.invocation_metadata)
         return pb.CudaSharedMemoryRegisterResponse()
 
     @_edge
     async def CudaSharedMemoryUnregister(self, request: pb.CudaSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        self._plane.unregister_shared_memory("cuda", request.name, context.invocation_metadata)
+        await self._plane.unregister_shared_memory("cuda", request.name, context.invocation_metadata)
         return pb.CudaSharedMemoryUnregisterResponse()
 
 

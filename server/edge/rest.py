@@ -360,11 +360,11 @@ class RestEndpoint:
                 doc = await self._decoded(request, lambda pieces: rest_codec.json_body(pieces, "the register request body"))
                 fields = shared_memory.register_from_json(kind, name, doc)
                 if kind == "system":
-                    self._plane.register_system_shared_memory(**fields, metadata=metadata)
+                    await self._plane.register_system_shared_memory(**fields, metadata=metadata)
                 else:
-                    self._plane.register_cuda_shared_memory(**fields, metadata=metadata)
+                    await self._plane.register_cuda_shared_memory(**fields, metadata=metadata)
             else:
-                self._plane.unregister_shared_memory(kind, name, metadata)
+                await self._plane.unregister_shared_memory(kind, name, metadata)
             return _json({})
 
         return handler

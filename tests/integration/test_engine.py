@@ -256,3 +256,41 @@ def test_a_stream_through_a_front_end_is_answered_by_the_engine(served):
         np.testing.assert_array_equal(y, X * int(i) + 1)
     with InferenceClient(served.address, timeout_s=30) as client:
         assert client.model_statistics("add").model_stats[0].inference_count == 20  # counted once, in the engine
+
+
+def test_a_region_registered_through_one_front_end_is_read_and_written_through_another(served):
+    """Triton's system shared memory under --workers: a registration is applied on every front end, so a request
+    naming the region works whichever front end its connection reached; unregistering anywhere frees it everywhere."""
+    from multiprocessing import shared_memory as mp_shm
+
+    from surge.protos import grpc_service_pb2 as pb
+    from surge.protos import grpc_service_pb2_grpc as pb_grpc
+
+    workers = _workers(Path(_from_log(served, r"state in (\S+)")))
+    region = mp_shm.SharedMemory(create=True, size=64)
+    channels = [grpc.insecure_channel(workers[i]["private"]) for i in (0, 1)]
+    try:
+        first, second = (pb_grpc.GRPCInferenceServiceStub(c) for c in channels)
+        np.ndarray((1, 4), np.float32, buffer=region.buf)[:] = [[1, 2, 3, 4]]
+        first.SystemSharedMemoryRegister(pb.SystemSharedMemoryRegisterRequest(name="io", key=f"/{region.name}", byte_size=64), timeout=30)
+        assert [r.name for r in second.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest(), timeout=30).regions.values()] == ["io"]
+        request = pb.ModelInferRequest(model_name="add")
+        tensor = request.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+        tensor.parameters["shared_memory_region"].string_param = "io"
+        tensor.parameters["shared_memory_byte_size"].int64_param = 16
+        output = request.outputs.add(name="y")
+        output.parameters["shared_memory_region"].string_param = "io"
+        output.parameters["shared_memory_offset"].int64_param = 16
+        output.parameters["shared_memory_byte_size"].int64_param = 16
+        second.ModelInfer(request, timeout=30)
+        np.testing.assert_array_equal(np.ndarray((1, 4), np.float32, buffer=region.buf, offset=16), [[2, 3, 4, 5]])
+        second.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest(name="io"), timeout=30)
+        assert not first.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest(), timeout=30).regions
+        with pytest.raises(grpc.RpcError) as info:
+            first.ModelInfer(request, timeout=30)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "io" in info.value.details()
+    finally:
+        for channel in channels:
+            channel.close()
+        region.close()
+        region.unlink()
