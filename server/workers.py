@@ -14,8 +14,8 @@ The parent (``Supervisor``) does no serving:
   becomes a concrete free port every front end then binds; a port held by another program is a clear "cannot
   bind" error before any process starts). The REST port is reserved and shared the same way. A Unix socket gRPC
   address cannot be shared: refused with exit 2.
-- **Order.** Engines first (``engine/devices.py``: one for CPU models, one for GPU models when the repository has
-  some), each ready once its models have loaded; then the front ends, which connect to every engine's socket in
+- **Order.** Engines first (``engine/devices.py``: one for CPU models, one per GPU that the repository's GPU models
+  use, ``gpu0``, ``gpu1``, ...), each ready once its models have loaded; then the front ends, which connect to every engine's socket in
   the 0700 state folder (with a per-server secret) and wait for its repository snapshot.
 - **Supervision.** Every child is a ``multiprocessing`` *spawn* child (never fork: gRPC's threads do not survive
   fork). A child that exits while the server runs is logged and restarted, after a backoff that doubles from

@@ -13,20 +13,30 @@ index, a shadow comparison) stays valid, and nothing is freed while anyone can s
 Allocation is first fit over a free list of (offset, size) holes kept sorted by offset, in 64-byte aligned
 units; bounded by the arena's size: when no hole fits, ``allocate`` returns -1 and the caller refuses the
 request (UNAVAILABLE: retry), rather than growing.
+
+Copying tensor bytes into a region (``copy_into``) takes time that scales with their size, so from
+COPY_IN_THREAD_BYTES on the callers run it in a worker thread (``copy_in_thread``: numpy's copy releases the GIL)
+and the event loop keeps serving; smaller copies run inline, cheaper than the hop to a thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import mmap
 import os
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["ALIGN", "Allocator", "Arena"]
+__all__ = ["ALIGN", "COPY_IN_THREAD_BYTES", "Allocator", "Arena", "copy_in_thread", "copy_into"]
 
 #: Every region starts on a 64-byte boundary (a cache line; numpy's and the runtimes' preferred alignment).
 ALIGN = 64
+#: A region of this many bytes or more is filled in a worker thread, not on the event loop. The same value as
+#: ``edge.wire.LARGE_MESSAGE_BYTES`` (the edges' threshold for the same trade); engine code does not import the edges.
+COPY_IN_THREAD_BYTES = 1 << 20
 
 
 def aligned(nbytes: int) -> int:
@@ -119,3 +129,33 @@ class Arena:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def copy_into(base: np.ndarray, specs: Sequence[tuple[Any, ...]], arrays: Iterable[np.ndarray]) -> None:
+    """Copy each array into its place in region ``base``: ``specs`` are ``(name, dtype, shape, offset in the region,
+    nbytes, inline)`` tuples in the arrays' order; an array sent inline (``inline`` not None: BYTES) is skipped."""
+    for (_, dtype, shape, rel, nbytes, inline), array in zip(specs, arrays, strict=True):
+        if inline is None:
+            np.copyto(base[rel : rel + nbytes].view(dtype).reshape(shape), array, casting="no")
+
+
+async def copy_in_thread(allocator: Allocator, offset: int, base: np.ndarray, specs: Sequence[tuple[Any, ...]], arrays: Sequence[np.ndarray]) -> None:
+    """``copy_into`` in a worker thread (for regions of COPY_IN_THREAD_BYTES or more), the event loop free meanwhile.
+
+    The region (``offset`` of ``allocator``) is freed if the copy fails, or, when the caller is cancelled, once the
+    thread has finished writing it (never while it still does)."""
+    copy = asyncio.get_running_loop().run_in_executor(None, copy_into, base, specs, arrays)
+    try:
+        await asyncio.shield(copy)
+    except asyncio.CancelledError:
+        copy.add_done_callback(lambda done: _free_after(done, allocator, offset))
+        raise
+    except Exception:
+        allocator.free(offset)
+        raise
+
+
+def _free_after(copy: asyncio.Future[None], allocator: Allocator, offset: int) -> None:
+    if not copy.cancelled():
+        copy.exception()  # retrieved: nobody waits for it any more
+    allocator.free(offset)

@@ -9,8 +9,9 @@ that model's one batcher, so batches fill across front ends. Per connection (see
   answers with the response arena it made for that front end, and its metrics address;
 - ``("i", ...)`` a request: the engine builds numpy views on the request arena (no copy), queues it with
   ``ModelVersion.execute`` and answers ``("d", ...)`` with its outputs written into the response arena (one copy,
-  from the runtime's memory), or ``("e", error class, message)``; ``("c", id)`` cancels it (a client that went
-  away or a deadline that passed: the batcher drops it before compute);
+  from the runtime's memory; in a worker thread from ``arena.COPY_IN_THREAD_BYTES`` on), or ``("e", error
+  class, message)``; ``("c", id)`` cancels it (a client that went away or a deadline that passed: the batcher
+  drops it before compute);
 - ``("r", offset)`` frees a response region (the front end's last view on it died); the engine sends the same
   for request regions once its own views die;
 - ``("s", ...)``/``("f", ...)`` fold an answered/failed request's stage stamps into the version's statistics
@@ -43,7 +44,7 @@ from .. import errors
 from ..execution.model import ModelVersion
 from ..execution.stats import Stamps
 from ..repository import ModelRepository
-from .arena import Allocator, Arena, aligned
+from .arena import COPY_IN_THREAD_BYTES, Allocator, Arena, aligned, copy_in_thread, copy_into
 from .channel import Link
 
 __all__ = ["ARENA_BYTES", "HELLO", "EngineHost", "error_from", "snapshot_of"]
@@ -295,10 +296,11 @@ class EngineHost:
         finally:
             front_end.tasks.pop(rid, None)
             del inputs
-        link.send(self._answer(front_end, rid, outputs, stamps))
+        link.send(await self._answer(front_end, rid, outputs, stamps))
 
-    def _answer(self, front_end: _FrontEnd, rid: int, outputs: dict[str, np.ndarray], stamps: Stamps) -> tuple[Any, ...]:
-        """The completion message: outputs copied into this front end's response arena (BYTES inline)."""
+    async def _answer(self, front_end: _FrontEnd, rid: int, outputs: dict[str, np.ndarray], stamps: Stamps) -> tuple[Any, ...]:
+        """The completion message: outputs copied into this front end's response arena (BYTES inline; in a worker
+        thread from COPY_IN_THREAD_BYTES on, so the event loop never copies a large tensor)."""
         specs: list[tuple[Any, ...]] = []
         total = 0
         for name, array in outputs.items():
@@ -314,9 +316,10 @@ class EngineHost:
                 return ("e", rid, "QueueFull", f"the engine's response memory for this front end is full ({front_end.responses.size >> 20} MiB in "
                         "answers not yet sent); retry")  # fmt: skip
             base = front_end.responses.region(offset, total)
-            for (_, dtype, shape, rel, nbytes, inline), array in zip(specs, outputs.values(), strict=True):
-                if inline is None:
-                    np.copyto(base[rel : rel + nbytes].view(dtype).reshape(shape), array, casting="no")
+            if total < COPY_IN_THREAD_BYTES:
+                copy_into(base, specs, outputs.values())
+            else:
+                await copy_in_thread(front_end.allocator, offset, base, specs, list(outputs.values()))
         return ("d", rid, specs, offset, total, stamps.exec_start, stamps.infer_start, stamps.infer_end, stamps.planned)
 
     def _version(self, name: str, number: str) -> ModelVersion | None:

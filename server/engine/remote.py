@@ -3,7 +3,8 @@
 ``RemoteRepository`` is a ``ModelRepository`` whose tables are filled from the engines' snapshots (``host.py``),
 so every lookup, state, reason, index row and readiness answer is the one the repository code computes, and the
 edges, the data plane and the router call the same methods they call in process. Its versions are
-``RemoteVersion``s: ``execute`` writes the request's input bytes into this front end's request arena, sends one
+``RemoteVersion``s: ``execute`` writes the request's input bytes into this front end's request arena (in a worker
+thread from ``arena.COPY_IN_THREAD_BYTES`` on, so the event loop never copies a large tensor), sends one
 control message, and returns numpy views of the outputs in the engine's response arena (the edge encodes from
 there); ``stats.record_success``/``record_failure`` send the request's stamps to the engine, which counts them.
 Repository calls (load, unload) go to the engine that owns the model, so they act on the whole server once;
@@ -32,7 +33,7 @@ from .. import errors
 from ..execution.model import State
 from ..execution.stats import Stamps, VersionStats
 from ..repository import ModelRepository, _Model
-from .arena import Allocator, Arena, aligned
+from .arena import COPY_IN_THREAD_BYTES, Allocator, Arena, aligned, copy_in_thread, copy_into
 from .channel import Link
 from .host import ARENA_BYTES, HELLO, error_from
 
@@ -276,14 +277,20 @@ class EngineClient:
             if total > arena.size:
                 raise errors.LimitExceeded(f"the request's tensors take {total} bytes, more than the engine's request memory of {arena.size} bytes "
                                            "(surge serve --engine-arena-mb)")  # fmt: skip
-            offset = self._allocator.allocate(total)
+            allocator = self._allocator
+            offset = allocator.allocate(total)
             if offset < 0:
                 raise errors.QueueFull(f"model '{version.config.name}': this front end's request memory ({arena.size >> 20} MiB) is full of requests in "
                                        "flight; retry")  # fmt: skip
             base = arena.region(offset, total)
-            for (_, dtype, shape, rel, nbytes, inline), array in zip(specs, inputs.values(), strict=True):
-                if inline is None:
-                    np.copyto(base[rel : rel + nbytes].view(dtype).reshape(shape), array, casting="no")
+            if total < COPY_IN_THREAD_BYTES:
+                copy_into(base, specs, inputs.values())
+            else:
+                await copy_in_thread(allocator, offset, base, specs, list(inputs.values()))
+                if self._link is not link:  # the engine went away meanwhile
+                    allocator.free(offset)
+                    raise errors.ModelNotReady(f"model '{version.config.name}' is not ready: its engine ({self.device}) is restarting; retry shortly")
+            del base
         rid = _ids()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[rid] = future

@@ -294,3 +294,55 @@ def test_a_region_registered_through_one_front_end_is_read_and_written_through_a
             channel.close()
         region.close()
         region.unlink()
+
+
+def _write_big_model(folder: Path) -> None:
+    """y = x + 1 over FP32 x[n], no batching: as large a tensor as the request carries, in and out."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from surge.server.demo import write_onnx_model
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "c"], ["y"])], "big",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])],
+        initializer=[numpy_helper.from_array(np.array(1.0, dtype=np.float32), "c")],
+    )  # fmt: skip
+    write_onnx_model(folder / "1" / "model.onnx", graph)
+    (folder / "config.toml").write_text("max_batch_size = 0\n")
+
+
+def test_large_tensors_are_answered_bit_exact_while_small_requests_keep_answering(tmp_path):
+    # 16 MiB in and 16 MiB out: the front end's and the engine's copies into the arenas run in worker threads, so a
+    # small request through the same front end (and the same engine) is answered meanwhile.
+    repository = _repository(tmp_path / "repository")
+    _write_big_model(repository / "big")
+    server = SurgeProcess(repository, tmp_path / "run", "--workers", "2", "--log-level", "info").start()
+    try:
+        workers = _workers(Path(_from_log(server, r"state in (\S+)")))
+        address = workers[0]["private"]
+        x = np.random.default_rng(7).standard_normal(4 * 2**20).astype(np.float32)  # 16 MiB
+        done = False
+        latencies: list[float] = []
+
+        def probe() -> None:
+            with InferenceClient(address, timeout_s=30, retries=0) as client:
+                while not done:
+                    start = time.perf_counter()
+                    np.testing.assert_array_equal(client.infer("big", {"x": X[0]})["y"], X[0] + 1)
+                    latencies.append(time.perf_counter() - start)
+                    time.sleep(0.01)
+
+        with InferenceClient(address, timeout_s=60, retries=0) as client, concurrent.futures.ThreadPoolExecutor(1) as pool:
+            np.testing.assert_array_equal(client.infer("big", {"x": x})["y"], x + 1)  # warm: the model's first run
+            probing = pool.submit(probe)
+            try:
+                for _ in range(8):
+                    y = client.infer("big", {"x": x})["y"]
+                    assert y.dtype == np.float32 and y.tobytes() == (x + 1).tobytes()
+            finally:
+                done = True
+            probing.result(timeout=60)
+        assert len(latencies) >= 3, latencies
+        assert max(latencies) < 0.5, sorted(latencies)[-5:]
+    finally:
+        assert server.stop() == 0, server.log()

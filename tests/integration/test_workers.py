@@ -177,20 +177,22 @@ def test_workers_flag_out_of_range(tmp_path):
     assert result.returncode == 2 and "--workers must be 1 or more" in result.stderr
 
 
-def test_gpu_models_get_an_engine_of_their_own_and_cpu_models_keep_serving(tmp_path):
+def test_each_gpu_gets_an_engine_of_its_own_and_cpu_models_keep_serving(tmp_path):
     repository = _repository(tmp_path / "repository")
     write_add_model(repository / "add_gpu" / "1" / "model.onnx", 1.0)
     (repository / "add_gpu" / "config.toml").write_text('max_batch_size = 8\n\n[instance_group]\nkind = "gpu"\n')
+    write_add_model(repository / "add_gpu1" / "1" / "model.onnx", 1.0)
+    (repository / "add_gpu1" / "config.toml").write_text('max_batch_size = 8\n\n[instance_group]\ncount = 2\nkind = "gpu"\ngpus = [1, 0]\n')
     server = SurgeProcess(repository, tmp_path / "run", "--workers", "2", "--log-level", "info").start()
     try:
-        assert "starting engine(s) cpu, gpu" in server.log()
+        assert "starting engine(s) cpu, gpu0, gpu1" in server.log()
         with InferenceClient(server.address, timeout_s=30, retries=0) as client:
             np.testing.assert_array_equal(client.infer("add", {"x": X})["y"], X + 1)
             index = {(m.name, m.state) for m in client.repository_index()}
         assert ("add", "READY") in index
-        if not Path("/dev/nvidia0").exists():  # no GPU here: the gpu engine reports the model as unavailable
-            assert ("add_gpu", "UNAVAILABLE") in index
-        assert re.search(r"\[engine gpu\]", server.log())
+        if not Path("/dev/nvidia0").exists():  # no GPU here: each gpu engine reports its model as unavailable
+            assert {("add_gpu", "UNAVAILABLE"), ("add_gpu1", "UNAVAILABLE")} <= index
+        assert re.search(r"\[engine gpu0\]", server.log()) and re.search(r"\[engine gpu1\]", server.log())
     finally:
         assert server.stop() == 0, server.log()
 
