@@ -105,7 +105,7 @@ def test_control_operations_refuse_with_protocol_neutral_errors(repository: Path
         with pytest.raises(errors.InvalidInput, match="no system shared memory region named 'r'"):
             plane.shared_memory_status("system", "r", no_metadata)
         assert plane.shared_memory_status("system", "", no_metadata) == []
-        plane.unregister_shared_memory("system", "r", no_metadata)  # unknown: no error, as Triton
+        await plane.unregister_shared_memory("system", "r", no_metadata)  # unknown: no error, as Triton
 
     run(repository, body)
 
