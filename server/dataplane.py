@@ -285,7 +285,7 @@ class DataPlane:
             stamps.trace = self.tracing.begin(stamps, metadata, request.model_name, method)
         entry = self.traffic.table.get(request.model_name) if self.traffic is not None else None
         if entry is None:  # no routes, shadow or feedback for this model: the fast path
-            return await self._infer(request, self._lookup(request), stamps, deadline, metadata, encode)
+            return await self._infer(request, self.lookup(request), stamps, deadline, metadata, encode)
         version, sender, feedback = self._route(request, entry, metadata)
         return await self._infer(request, version, stamps, deadline, metadata, encode, sender, feedback)
 
@@ -295,14 +295,14 @@ class DataPlane:
         """The version that answers (split by routing key unless the request names one), its shadow sender, the feedback index."""
         feedback = entry.extras["feedback"]
         if request.model_version:  # an explicit version bypasses the split and the shadow
-            return self._lookup(request), None, feedback
+            return self.lookup(request), None, feedback
         key = _routing_key(request, metadata)
         key_hash = stable_hash(key) if key else random.getrandbits(64)
         primary = entry.primary(key_hash)
         shadow = entry.shadow_for(primary, key_hash)
         return primary, entry.extras["sender"] if shadow is not None else None, feedback
 
-    def _lookup(self, request: Any) -> ModelVersion:
+    def lookup(self, request: Any) -> ModelVersion:
         """The version that serves the request; a failure is counted by its status (no model label: bounded)."""
         try:
             if self.stopping:

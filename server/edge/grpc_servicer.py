@@ -446,7 +446,7 @@ class _Stream:
             return
         stamps = Stamps(now_ns())
         try:
-            version = plane._lookup(request)
+            version = plane.lookup(request)
         except Exception as exc:  # noqa: BLE001  # every failure is answered on the stream (status_of maps it)
             self.fail(exc, request)
             return
