@@ -23,6 +23,7 @@ from ..config import ModelConfig, TensorConfig
 from ..errors import InvalidInput, LimitExceeded, Unsupported
 from . import extensions
 from .shared_memory import RequestRegions, Target, write_output
+from .wire import MAX_HEAD_BYTES, WireRequest
 
 __all__ = [
     "DEFAULT_LIMITS", "DecodedRequest", "Limits", "decode_request", "encode_header", "encode_outputs", "encode_response", "parameter_value",
@@ -95,6 +96,46 @@ class _ModelSpec:
     output_names: tuple[str, ...]
     skeletons: dict[str, _Skeleton] = field(default_factory=dict)
     """Response skeletons by version string (``encode_header``), built on first use."""
+    templates: dict[bytes, _Template] = field(default_factory=dict)
+    """Decoded requests by their head's bytes (``decode_request``), remembered as they are first decoded."""
+
+
+#: Templates remembered per loaded version (emptied when full: a client sending endless variety is decoded in full).
+_MAX_TEMPLATES = 256
+
+
+class _Template:
+    """What decoding a request with a given head (``wire.WireRequest.head``: its parameters, inputs and outputs as
+    sent) produced, for the limits it was checked against: per input its name, dtype, shape and byte count (-1:
+    BYTES, decoded each time), and the rest of the DecodedRequest. A request whose head is a template's key is
+    decoded by ``np.frombuffer`` over its raw tensors and nothing else; any mismatch takes the full decode, which
+    names the problem."""
+
+    __slots__ = ("classes", "inputs", "limits", "output_names", "priority", "rows", "timeout_s")
+
+    def __init__(self, spec: _ModelSpec, decoded: DecodedRequest, limits: Limits) -> None:
+        self.limits = limits
+        self.inputs = tuple(
+            (name, spec.inputs[name], array.shape, -1 if spec.inputs[name].datatype == "BYTES" else array.nbytes) for name, array in decoded.inputs.items()
+        )
+        self.output_names = decoded.output_names
+        self.rows = decoded.rows
+        self.priority = decoded.priority
+        self.timeout_s = decoded.timeout_s
+        self.classes = decoded.classes
+
+    def decode(self, raw: list[memoryview]) -> DecodedRequest | None:
+        if len(raw) != len(self.inputs):
+            return None
+        inputs: dict[str, np.ndarray] = {}
+        for (name, ts, shape, nbytes), data in zip(self.inputs, raw):
+            if nbytes < 0:
+                inputs[name] = _from_raw(ts, shape, data, self.limits.max_bytes_element)
+            elif len(data) != nbytes:
+                return None
+            else:
+                inputs[name] = np.ndarray(shape, ts.dtype, data)  # a view of the received bytes (read-only, as they are)
+        return DecodedRequest(inputs, self.output_names, self.rows, self.priority, self.timeout_s, self.classes)
 
 
 #: Shapes remembered per output by a skeleton (a model with free dims sees many; beyond this they are built each time).
@@ -178,12 +219,37 @@ def model_spec(config: ModelConfig) -> _ModelSpec:
 
 
 def decode_request(
-    request: pb.ModelInferRequest, spec: _ModelSpec, limits: Limits = DEFAULT_LIMITS, regions: RequestRegions | None = None
+    request: pb.ModelInferRequest | WireRequest, spec: _ModelSpec, limits: Limits = DEFAULT_LIMITS, regions: RequestRegions | None = None
 ) -> DecodedRequest:
     """Validate and decode a request's inputs; raises InvalidInput, LimitExceeded (or Unsupported for BF16 without ml_dtypes).
 
     ``regions``: the request's access to registered shared memory (None: a tensor in shared memory is UNIMPLEMENTED).
+
+    A request from the gRPC edge (``wire.WireRequest``) whose head was decoded before for this version is decoded
+    from that template; otherwise in full, and the result becomes a template when it depends on the head alone (every
+    input in ``raw_input_contents``, no shared memory).
     """
+    if isinstance(request, WireRequest):
+        template = spec.templates.get(request.head) if request.head is not None else None
+        if template is not None and template.limits is limits:
+            decoded = template.decode(request.raw_input_contents)
+            if decoded is not None:
+                return decoded
+        decoded = _decode(request, spec, limits, regions)
+        if (
+            request.head is not None and len(request.head) <= MAX_HEAD_BYTES and len(request.raw_input_contents) == len(decoded.inputs)
+            and decoded.targets is None and (regions is None or not regions.used)
+        ):  # fmt: skip
+            if len(spec.templates) >= _MAX_TEMPLATES:
+                spec.templates.clear()
+            spec.templates[request.head] = _Template(spec, decoded, limits)
+        return decoded
+    return _decode(request, spec, limits, regions)
+
+
+def _decode(
+    request: pb.ModelInferRequest | WireRequest, spec: _ModelSpec, limits: Limits, regions: RequestRegions | None
+) -> DecodedRequest:
     raw = request.raw_input_contents
     n_inputs = len(request.inputs)
     if raw and len(raw) != n_inputs:
@@ -252,7 +318,7 @@ def _limit_breach(name: str, shape: tuple[int, ...], count: int, elements: int, 
     raise LimitExceeded(f"input '{name}' has batch size {rows}, above the server's max_batch_rows = {limits.max_batch_rows}")
 
 
-def _read_parameters(request: pb.ModelInferRequest, decoded: DecodedRequest) -> None:
+def _read_parameters(request: pb.ModelInferRequest | WireRequest, decoded: DecodedRequest) -> None:
     params = request.parameters
     if "priority" in params:
         priority = parameter_value(params["priority"])
@@ -290,7 +356,7 @@ def _expected_shape(spec: _ModelSpec, ts: _TensorSpec) -> str:
     return ("[-1, " if batched else "[") + ", ".join(map(str, ts.dims)) + "]"
 
 
-def _from_raw(ts: _TensorSpec, shape: tuple[int, ...], data: bytes, max_bytes_element: int) -> np.ndarray:
+def _from_raw(ts: _TensorSpec, shape: tuple[int, ...], data: bytes | memoryview, max_bytes_element: int) -> np.ndarray:
     count = math.prod(shape)
     if ts.datatype == "BYTES":
         try:
@@ -332,7 +398,7 @@ def _from_contents(ts: _TensorSpec, shape: tuple[int, ...], tensor: Any, max_byt
 
 
 def _requested_outputs(
-    request: pb.ModelInferRequest, spec: _ModelSpec, regions: RequestRegions | None
+    request: pb.ModelInferRequest | WireRequest, spec: _ModelSpec, regions: RequestRegions | None
 ) -> tuple[tuple[str, ...], dict[str, int] | None, dict[str, Target] | None]:
     """The outputs to compute, those asked for as classifications (name -> classes per row; None: none), and those
     to write into shared memory (name -> where; None: none)."""

@@ -330,6 +330,11 @@ class RequestRegions:
         region, offset, size = self._locate(params, f"output '{name}'")
         return Target(region, offset, size)
 
+    @property
+    def used(self) -> bool:
+        """Whether the request has touched a region so far."""
+        return bool(self._held)
+
     def release(self) -> None:
         held, self._held = self._held, []
         for region in held:

@@ -4,10 +4,14 @@ gRPC hands a request to its deserializer, and takes a response from its serializ
 copies every ``bytes`` field when it parses and again when a field is read or appended, and serialising copies the
 whole message once more: for a 256 MiB tensor that was seconds of loop time, during which no other call was served.
 
-- ``parse_infer_request``: a request of ``LARGE_MESSAGE_BYTES`` or more is scanned field by field at its top level
-  (a few dozen fields: the tensors are skipped by their length); its ``raw_input_contents`` become ``memoryview``
-  slices of the received message (no copy; ``np.frombuffer`` reads them in place) and only the other fields, a
-  few hundred bytes, are parsed by protobuf. Smaller requests are parsed by protobuf as they are.
+- ``parse_infer_request``: every request is scanned field by field at its top level (a handful of fields: the
+  tensors are skipped by their length) into a ``WireRequest``: its ``raw_input_contents`` are ``memoryview`` slices
+  of the received message (no copy; ``np.frombuffer`` reads them in place), its model name, version and id are
+  read directly, and the rest (parameters, inputs, outputs: a few hundred bytes) is its ``head``. Protobuf parses
+  a head the first time it is seen (a malformed message fails here, as protobuf's own parse would); a head seen
+  before is known to parse, and the codec decodes a request whose head it has decoded before from a template
+  (``codec.decode_request``) without touching protobuf. Anything the scan does not expect (another wire type, an
+  unknown field, invalid UTF-8) goes to protobuf's own parser.
 - ``assemble``: in a worker thread, a response's serialised header and its output arrays are written into one
   ``bytes`` object of the final size by ``memmove`` calls that release the GIL, so the loop keeps running; the
   gRPC serializer (``serialize``) then passes those bytes through. gRPC itself still copies a message once on the
@@ -25,7 +29,7 @@ import numpy as np
 from surge.protos import grpc_service_pb2 as pb
 from surge.protos.datatypes import serialize_bytes_tensor
 
-__all__ = ["LARGE_MESSAGE_BYTES", "RawViews", "assemble", "join", "parse_infer_request", "serialize"]
+__all__ = ["LARGE_MESSAGE_BYTES", "MAX_HEAD_BYTES", "WireRequest", "assemble", "join", "parse_infer_request", "serialize"]
 
 #: Messages from this size on take the paths above; below it protobuf's own C code is the faster choice.
 LARGE_MESSAGE_BYTES = 1 << 20
@@ -44,21 +48,42 @@ _bytes_address.argtypes = (ctypes.py_object,)
 _bytes_address.restype = ctypes.c_void_p
 
 
-class RawViews:
-    """A parsed ModelInferRequest whose ``raw_input_contents`` are memoryviews into the received message; every
-    other attribute is the message's own."""
+#: ModelInferRequest's fields as single-byte tags (all length-delimited): model_name, model_version, id,
+#: parameters, inputs, outputs, raw_input_contents.
+_TAGS = {0x0A: 1, 0x12: 2, 0x1A: 3, 0x22: 4, 0x2A: 5, 0x32: 6, 0x3A: 7}
+#: Heads protobuf has parsed without error (a bounded set: emptied when full, so hostile variety costs only parsing).
+_known_heads: dict[bytes, None] = {}
+_MAX_KNOWN_HEADS = 4096
+#: Heads longer than this are parsed every time and never used as a template's key.
+MAX_HEAD_BYTES = 4096
 
-    __slots__ = ("_message", "raw_input_contents")
 
-    def __init__(self, message: pb.ModelInferRequest, raw: list[memoryview]) -> None:
-        self._message = message
+class WireRequest:
+    """A received ModelInferRequest (``parse_infer_request``): ``model_name``, ``model_version``, ``id`` and
+    ``raw_input_contents`` (memoryviews into the received message) as scanned; ``head`` the bytes of its other
+    top-level fields as sent (None: not scanned that way, never a template's key). Every other attribute is the
+    message's, parsed by protobuf from those fields at most once."""
+
+    __slots__ = ("_message", "_others", "head", "id", "model_name", "model_version", "raw_input_contents")
+
+    def __init__(self, model_name: str, model_version: str, id: str, raw: list[memoryview], head: bytes | None,
+                 others: bytes, message: pb.ModelInferRequest | None) -> None:  # fmt: skip
+        self.model_name = model_name
+        self.model_version = model_version
+        self.id = id
         self.raw_input_contents = raw
+        self.head = head
+        self._others = others  # the fields other than the tensors, as protobuf parses them
+        self._message = message
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._message, name)
+        message = self._message
+        if message is None:
+            message = self._message = pb.ModelInferRequest.FromString(self._others)
+        return getattr(message, name)
 
 
-def _varint(data: memoryview, pos: int) -> tuple[int, int]:
+def _varint(data: memoryview | bytes, pos: int) -> tuple[int, int]:
     value = shift = 0
     while True:
         if pos >= len(data) or shift > 63:
@@ -71,10 +96,63 @@ def _varint(data: memoryview, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def parse_infer_request(data: bytes) -> pb.ModelInferRequest | RawViews:
+def parse_infer_request(data: bytes) -> pb.ModelInferRequest | WireRequest:
     """A ModelInferRequest from its wire bytes; raises ValueError or protobuf's DecodeError for a malformed one."""
+    request = _scan(data)
+    if request is not None:
+        return request
     if len(data) < LARGE_MESSAGE_BYTES:
         return pb.ModelInferRequest.FromString(data)
+    return _scan_any(data)
+
+
+def _scan(data: bytes) -> WireRequest | None:
+    """The common shape: every top-level field one of ModelInferRequest's own. None: anything else (protobuf
+    decides, and raises for a malformed message)."""
+    view = memoryview(data)
+    end = len(data)
+    pos = count = 0
+    strings = ["", "", ""]
+    head: list[bytes] = []
+    raw: list[memoryview] = []
+    tags = _TAGS
+    try:
+        while pos < end:
+            number = tags.get(data[pos])
+            if number is None or count == _MAX_SCANNED_FIELDS:
+                return None
+            count += 1
+            start = pos
+            length = data[pos + 1]
+            pos += 2
+            if length >= 0x80:
+                length, pos = _varint(data, pos - 1)
+            stop = pos + length
+            if stop > end:
+                return None
+            if number == 7:
+                raw.append(view[pos:stop])
+            elif number <= 3:
+                strings[number - 1] = data[pos:stop].decode()  # every occurrence is valid UTF-8 (protobuf checks each)
+            else:
+                head.append(data[start:stop])
+            pos = stop
+    except (IndexError, ValueError):  # truncated, overlong, invalid UTF-8: protobuf's parse says how
+        return None
+    key = b"".join(head)
+    message = None
+    if key not in _known_heads:
+        message = pb.ModelInferRequest.FromString(key)  # raises for a malformed head, as parsing the whole would
+        message.model_name, message.model_version, message.id = strings
+        if len(key) <= MAX_HEAD_BYTES:
+            if len(_known_heads) >= _MAX_KNOWN_HEADS:
+                _known_heads.clear()
+            _known_heads[key] = None
+    return WireRequest(strings[0], strings[1], strings[2], raw, key, key, message)
+
+
+def _scan_any(data: bytes) -> WireRequest | pb.ModelInferRequest:
+    """A large message with other wire types or unknown fields: every field scanned, the tensors kept in place."""
     view = memoryview(data)
     raw: list[memoryview] = []
     others: list[memoryview] = []
@@ -106,7 +184,8 @@ def parse_infer_request(data: bytes) -> pb.ModelInferRequest | RawViews:
         if pos > end:
             raise ValueError("a field runs past the end of the message")
         others.append(view[start:pos])
-    return RawViews(pb.ModelInferRequest.FromString(b"".join(others)), raw)
+    message = pb.ModelInferRequest.FromString(b"".join(others))
+    return WireRequest(message.model_name, message.model_version, message.id, raw, None, b"", message)
 
 
 def serialize(message: Any) -> bytes:

@@ -657,3 +657,71 @@ def test_the_skeleton_follows_each_response_shape() -> None:
         response = pb.ModelInferResponse.FromString(wire.join(*codec.encode_header("", spec, "1", {"y": y}, ("y",))))
         assert list(response.outputs[0].shape) == [rows, cols] and response.raw_output_contents[0] == y.tobytes()
         assert response.id == "" and (response.model_name, response.model_version) == ("m", "1")
+
+
+# --- templates: a request whose head was decoded before ------------------------------------------------------------
+
+
+def _decoded_as_tuple(d: DecodedRequest) -> tuple:
+    return ({k: (v.dtype, v.shape, v.tolist() if v.dtype == object else v.tobytes()) for k, v in d.inputs.items()}, d.output_names, d.rows, d.priority, d.timeout_s, d.classes, d.targets)
+
+
+def _wire(request: pb.ModelInferRequest) -> Any:
+    from surge.server.edge import wire
+
+    return wire.parse_infer_request(request.SerializeToString())
+
+
+@pytest.mark.parametrize("outputs", [None, ["y"]])
+def test_a_template_decodes_exactly_what_the_full_decode_does(outputs: list[str] | None) -> None:
+    spec = _spec([("a", "FP32", (3,)), ("b", "INT64", (-1,)), ("s", "BYTES", (1,))], outputs=[("y", "FP32", (2,))])
+    rng = np.random.default_rng(3)
+    for rows in (1, 2, 1, 2):
+        arrays = {"a": ("FP32", rng.standard_normal((rows, 3)).astype(np.float32)), "b": ("INT64", rng.integers(0, 9, (rows, 5))),
+                  "s": ("BYTES", np.array([[b"x" * rows]] * rows, dtype=object))}  # fmt: skip
+        request = _raw_request(*((n, dt, list(a.shape), serialize_bytes_tensor(a) if dt == "BYTES" else a.tobytes()) for n, (dt, a) in arrays.items()),
+                               outputs=outputs)  # fmt: skip
+        request.parameters["priority"].int64_param = 2
+        full = decode_request(request, spec)
+        first, second = decode_request(_wire(request), spec), decode_request(_wire(request), spec)  # the second from the template
+        assert _decoded_as_tuple(first) == _decoded_as_tuple(second) == _decoded_as_tuple(full)
+        assert first.priority == 2 and second.inputs["s"].tolist() == full.inputs["s"].tolist()
+    assert len(spec.templates) == 2  # one per head (rows 1 and 2), each from its first request
+
+
+def test_a_template_hit_with_wrong_tensor_bytes_fails_as_the_full_decode_does() -> None:
+    spec = _spec([("x", "FP32", (4,))])
+    good = _array_request({"x": ("FP32", np.ones((1, 4), np.float32))})
+    decode_request(_wire(good), spec)
+    short = pb.ModelInferRequest()
+    short.CopyFrom(good)
+    short.raw_input_contents[0] = b"\x00" * 12
+    with pytest.raises(InvalidInput, match=r"has 12 bytes of raw data but shape \[1, 4\] of FP32 needs 16 bytes"):
+        decode_request(_wire(short), spec)
+    missing = pb.ModelInferRequest()
+    missing.CopyFrom(good)
+    del missing.raw_input_contents[:]
+    missing.inputs[0].contents.fp32_contents.extend([1, 2, 3, 4])  # the data in the head instead: a head of its own
+    assert decode_request(_wire(missing), spec).inputs["x"].tolist() == [[1, 2, 3, 4]]
+    assert len(spec.templates) == 1  # data sent in the head never becomes a template
+
+
+def test_a_template_is_per_version_and_per_limits() -> None:
+    request = _array_request({"x": ("FP32", np.ones((4, 2), np.float32))})
+    loose, strict = Limits(), Limits(max_batch_rows=2)
+    spec = _spec([("x", "FP32", (2,))])
+    decode_request(_wire(request), spec, loose)
+    with pytest.raises(Exception, match="max_batch_rows"):
+        decode_request(_wire(request), spec, strict)  # remembered under other limits: decoded (and refused) in full
+    other = _spec([("x", "FP32", (3,))])
+    with pytest.raises(InvalidInput, match="expects"):
+        decode_request(_wire(request), other)  # another version's spec has its own templates
+
+
+def test_templates_stay_bounded() -> None:
+    from surge.server.edge import codec
+
+    spec = _spec([("x", "FP32", (-1,))], max_batch_size=0)
+    for n in range(codec._MAX_TEMPLATES + 20):
+        decode_request(_wire(_array_request({"x": ("FP32", np.ones(n + 1, np.float32))})), spec)
+    assert 0 < len(spec.templates) <= codec._MAX_TEMPLATES

@@ -26,7 +26,7 @@ def test_a_large_request_keeps_its_tensors_in_place():
     a, b = np.arange(BIG // 4, dtype=np.float32), np.ones(3, np.float32)
     data = _request(a, b).SerializeToString()
     parsed = wire.parse_infer_request(data)
-    assert isinstance(parsed, wire.RawViews)
+    assert isinstance(parsed, wire.WireRequest)
     assert all(isinstance(r, memoryview) and r.obj is data for r in parsed.raw_input_contents)  # views of the message
     np.testing.assert_array_equal(np.frombuffer(parsed.raw_input_contents[0], np.float32), a)
     np.testing.assert_array_equal(np.frombuffer(parsed.raw_input_contents[1], np.float32), b)
@@ -46,9 +46,59 @@ def test_fields_in_any_order_and_repeated_scalars_parse_as_protobuf_does():
     assert len(parsed.raw_input_contents) == 1
 
 
-def test_a_small_request_is_protobufs_own():
-    data = _request(np.ones(4, np.float32)).SerializeToString()
-    assert type(wire.parse_infer_request(data)) is pb.ModelInferRequest
+def _same_as_protobuf(parsed, data: bytes) -> None:
+    expected = pb.ModelInferRequest.FromString(data)
+    assert (parsed.model_name, parsed.model_version, parsed.id) == (expected.model_name, expected.model_version, expected.id)
+    assert [bytes(r) for r in parsed.raw_input_contents] == list(expected.raw_input_contents)
+    assert list(parsed.inputs) == list(expected.inputs) and list(parsed.outputs) == list(expected.outputs)
+    assert dict(parsed.parameters) == dict(expected.parameters)
+
+
+def test_a_small_request_is_scanned_into_views_and_its_head():
+    data = _request(np.ones(4, np.float32), np.zeros(2, np.float32)).SerializeToString()
+    parsed = wire.parse_infer_request(data)
+    assert isinstance(parsed, wire.WireRequest) and parsed.head
+    assert all(isinstance(r, memoryview) and r.obj is data for r in parsed.raw_input_contents)
+    _same_as_protobuf(parsed, data)
+    again = wire.parse_infer_request(data)  # the head is known now: protobuf is not asked until an attribute needs it
+    assert again.head == parsed.head and again._message is None
+    _same_as_protobuf(again, data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pb.ModelInferRequest(id="only-an-id").SerializeToString(),
+        b"",
+        _request(np.ones(2, np.float32)).SerializeToString() + b"\x98\x06\x01",  # an unknown varint field: protobuf's parse
+        b"\x0a\x01m" * 3 + _request(np.ones(2, np.float32)).SerializeToString()[::-1][:0],  # a repeated singular field
+        pb.ModelInferRequest(model_name="m", id="x" * 300).SerializeToString(),  # a two-byte length
+    ],
+)
+def test_small_requests_of_every_shape_parse_as_protobuf_does(data):
+    _same_as_protobuf(wire.parse_infer_request(data), data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x2a\x03\xff\xff\xff",  # an inputs entry that is not a message
+        b"\x2a\x02\x0a\x05",  # an inputs entry whose name runs past the entry
+        b"\x0a\x02\xff\xfe",  # invalid UTF-8 in model_name
+        b"\x3a\x10abc",  # raw_input_contents past the end
+        b"\x1a",  # a tag and no length
+    ],
+)
+def test_malformed_small_requests_raise_every_time(data):
+    for _ in range(2):  # a malformed head is never remembered as known
+        with pytest.raises((ValueError, DecodeError)):
+            wire.parse_infer_request(data)
+
+
+def test_known_heads_stay_bounded():
+    for i in range(wire._MAX_KNOWN_HEADS + 10):
+        wire.parse_infer_request(pb.ModelInferRequest(outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name=f"y{i}")]).SerializeToString())
+    assert len(wire._known_heads) <= wire._MAX_KNOWN_HEADS
 
 
 @pytest.mark.parametrize(
