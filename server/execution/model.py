@@ -179,6 +179,7 @@ class ModelVersion:
         self._retired_in_a_row = 0  # replacements with no batch answered in between: sets the backoff
         self._replaced_reason = ""  # the reason while serving again after the last replacement
         self._replacing: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop  # the loop it was loaded on (set by load)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -213,8 +214,10 @@ class ModelVersion:
                 )
             if self._metrics and self.config.drift is not None:
                 self._drift = self._drift_monitor()
+            self._loop = loop  # every request of this version is queued and answered on it (one lookup here, not one per request)
             self._batcher = DynamicBatcher(
-                scheduler_policy(self.config), slots=count, dispatch=self._dispatch, in_server=lambda: self._inflight, name=f"{self.config.name}' version '{self.version}"
+                scheduler_policy(self.config), slots=count, dispatch=self._dispatch, in_server=lambda: self._inflight, name=f"{self.config.name}' version '{self.version}",
+                call_later=loop.call_later,
             )
             if self._batcher.slo_mode:
                 self.stats.latency_listener = self._batcher.observe_latency
@@ -388,7 +391,7 @@ class ModelVersion:
         """Submit one request to the batcher (counted in flight until ``_left``); its future."""
         if self.state != State.READY or self._batcher is None:
             raise ModelNotReady(f"model '{self.config.name}' version {self.version} is {self.state.lower()}" + (f": {self.reason}" if self.reason else ""))
-        future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[dict[str, np.ndarray]] = self._loop.create_future()
         self._inflight += 1  # before submit: the batcher's SLO mode counts the requests in the server
         self._idle.clear()
         try:
@@ -420,7 +423,7 @@ class ModelVersion:
             names = [n for n in self.output_names if n in wanted]
         rows = sum(r.rows for r in batch)
         future = inst.executor.submit(inst.run_batch, batch, names, rows)
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         timeout = self.config.execution_timeout_s
         timer = loop.call_later(timeout, self._on_hang, inst, batch, rows) if timeout else None
         future.add_done_callback(lambda f: _call_soon(loop, self._finish, inst, batch, rows, start, f, timer))
