@@ -245,12 +245,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         state = _Stream(self, context)
         reader = asyncio.create_task(state.read(request_iterator))
         self._stream_readers.add(reader)
-        answers, wake = state.answers, state.wake
+        answers = state.answers
         try:
             while True:
                 if not answers:
-                    wake.clear()
-                    await wake.wait()
+                    await state.answered()
                 item = answers.popleft()
                 if item is None:
                     break
@@ -383,14 +382,15 @@ class _Stream:
     ``InferenceServicer._infer`` as a unary call does; so does the off-loop assembly of a large answer.
     """
 
-    __slots__ = ("answers", "context", "deadline", "held", "pending", "room", "servicer", "tasks", "wake")
+    __slots__ = ("answers", "context", "deadline", "held", "loop", "pending", "room", "servicer", "tasks", "wake")
 
     def __init__(self, servicer: InferenceServicer, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         self.servicer = servicer
         self.context = context
         self.deadline = _deadline(context)  # the stream's: every request on it shares it
         self.answers: collections.deque[tuple[pb.ModelStreamInferResponse | bytes, BaseException | None] | None] = collections.deque()
-        self.wake = asyncio.Event()  # the writer's: set when answers has something
+        self.loop = asyncio.get_running_loop()
+        self.wake: asyncio.Future[None] | None = None  # the writer's, while it waits for answers: resolved by put
         self.room = asyncio.Event()  # the reader's: set when an answer was written below the bound
         self.held = 0  # answers held: read, and not yet written
         self.pending: set[asyncio.Future[Any]] = set()  # requests in a batcher
@@ -398,7 +398,19 @@ class _Stream:
 
     def put(self, item: tuple[pb.ModelStreamInferResponse | bytes, BaseException | None] | None) -> None:
         self.answers.append(item)
-        self.wake.set()
+        wake = self.wake
+        if wake is not None:
+            self.wake = None
+            if not wake.done():
+                wake.set_result(None)
+
+    async def answered(self) -> None:
+        """The writer's, when ``answers`` is empty: until ``put`` adds one."""
+        wake = self.wake = self.loop.create_future()
+        try:
+            await wake
+        finally:
+            self.wake = None
 
     def written(self) -> None:
         """An answer went out: one fewer held; the reader goes on if it waited at the bound."""
