@@ -336,6 +336,8 @@ class RequestRegions:
         return bool(self._held)
 
     def release(self) -> None:
+        if not self._held:  # the common case: no region was touched
+            return
         held, self._held = self._held, []
         for region in held:
             self._registry.release(region)
