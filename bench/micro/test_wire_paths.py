@@ -13,6 +13,9 @@ Each group times the earlier way (``before``: kept here, as the edge did it) aga
   ``wire.assemble`` in a worker thread; ``16MiB-output-assembly`` times that thread's work alone).
 - ``16MiB-input``: a received 16 MiB FP32 request to a decoded array: protobuf's parse and ``raw_input_contents``
   read (each read copies) against ``wire.parse_infer_request`` (views over the received bytes).
+- ``tiny-request``: a received 1x16 FP32 request (as perf_analyzer sends it) to a decoded array: protobuf's parse
+  and the codec's full decode against ``wire.parse_infer_request``'s scan and the version's template for a head
+  it has decoded before.
 """
 
 from __future__ import annotations
@@ -95,3 +98,22 @@ def test_16mib_input_decode(benchmark, way: str) -> None:
     decoded = benchmark(lambda: codec.decode_request(parse(received), spec))
     assert decoded.inputs["x"].tobytes() == BIG.tobytes()
     assert np.shares_memory(decoded.inputs["x"], np.frombuffer(received, np.uint8)) == (way == "after")
+
+
+def _received_tiny_request() -> bytes:
+    """What perf_analyzer sends for ``tiny``: model name, one 1x16 FP32 input described and in raw contents."""
+    request = pb.ModelInferRequest(model_name="tiny", id="7")
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 16])
+    request.raw_input_contents.append(np.arange(16, dtype=np.float32).tobytes())
+    return request.SerializeToString()
+
+
+@pytest.mark.benchmark(group="tiny-request")
+@pytest.mark.parametrize("way", ["before", "after"])
+def test_tiny_request_decode(benchmark, way: str) -> None:
+    spec, received = _spec(16), _received_tiny_request()
+    parse = pb.ModelInferRequest.FromString if way == "before" else wire.parse_infer_request
+    decoded = benchmark(lambda: codec.decode_request(parse(received), spec))
+    assert decoded.inputs["x"].tolist() == [list(range(16))]
+    if way == "after":  # the head was decoded once, then every request came from the version's template
+        assert len(spec.templates) == 1

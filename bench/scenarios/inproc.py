@@ -4,7 +4,7 @@
         [--batching '{"latency_slo_s": 0.01}'] [--stream] [--profile]
 
 A real repository, model versions, batcher, runtime instances and metrics, as ``surge serve`` builds them; N
-coroutines each send requests one after another (parsed from wire bytes, the answer serialised, one loop turn
+coroutines each send requests one after another (parsed from wire bytes by the gRPC edge's deserializer, the answer serialised, one loop turn
 between requests as when they come from the network), through ModelInfer as gRPC serves it. ``--stream``: one
 ModelStreamInfer stream instead, N requests in flight on it (a new one sent as each answer comes). Also prints
 the mean of each stage (the request's stamps, as the metrics read them) over the last round. With
@@ -29,6 +29,7 @@ from bench.models import MODELS, write_onnx_files, write_repository
 from surge.protos import grpc_service_pb2 as pb
 from surge.server.dataplane import DataPlane
 from surge.server.edge.grpc_servicer import InferenceServicer
+from surge.server.edge.wire import parse_infer_request
 from surge.server.repository import ModelRepository
 from surge.server.traffic.traffic import Traffic
 
@@ -63,12 +64,12 @@ async def measure(model: str, concurrency: int, requests: int, batching: dict | 
     request.inputs.add(name="x", datatype="FP32", shape=[1, features])
     request.outputs.add(name="y")
     request.raw_input_contents.append(np.ones(features, np.float32).tobytes())
-    wire = request.SerializeToString()
+    received = request.SerializeToString()
     context = _Context()
 
     async def client(n: int) -> None:
         for _ in range(n):
-            response = await servicer.model_infer_wire(pb.ModelInferRequest.FromString(wire), context)  # type: ignore[arg-type]
+            response = await servicer.model_infer_wire(parse_infer_request(received), context)  # type: ignore[arg-type]
             serialize(response)
             await asyncio.sleep(0)
 
@@ -81,7 +82,7 @@ async def measure(model: str, concurrency: int, requests: int, batching: dict | 
         async def requests() -> AsyncIterator[pb.ModelInferRequest]:
             for _ in range(n * concurrency):
                 await credits.get()
-                yield pb.ModelInferRequest.FromString(wire)
+                yield parse_infer_request(received)  # as gRPC hands it to the servicer
 
         async for response in servicer.ModelStreamInfer(requests(), context):  # type: ignore[arg-type]
             serialize(response)
@@ -121,7 +122,7 @@ async def measure(model: str, concurrency: int, requests: int, batching: dict | 
           f"{', '.join(f'{c:.1f}' for c in cpus)}), {rounds[-1][1]:.1f} rows per execution")  # fmt: skip
     c0 = time.process_time()
     for _ in range(100_000):
-        pb.ModelInferRequest.FromString(wire)  # the floor parses, then returns bytes prepared once
+        pb.ModelInferRequest.FromString(received)  # the floor parses, then returns bytes prepared once
     print(f"the floor's work (parse the request): {(time.process_time() - c0) / 100_000 * 1e6:.2f} us per request")
     await repo.aclose()
 
