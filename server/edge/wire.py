@@ -80,6 +80,7 @@ class WireRequest:
         message = self._message
         if message is None:
             message = self._message = pb.ModelInferRequest.FromString(self._others)
+            message.model_name, message.model_version, message.id = self.model_name, self.model_version, self.id
         return getattr(message, name)
 
 

@@ -63,6 +63,10 @@ def test_a_small_request_is_scanned_into_views_and_its_head():
     again = wire.parse_infer_request(data)  # the head is known now: protobuf is not asked until an attribute needs it
     assert again.head == parsed.head and again._message is None
     _same_as_protobuf(again, data)
+    # once parsed lazily, the whole message is the request's, name, version and id included
+    expected = pb.ModelInferRequest.FromString(data)
+    del expected.raw_input_contents[:]
+    assert again.SerializeToString() == expected.SerializeToString()
 
 
 @pytest.mark.parametrize(
