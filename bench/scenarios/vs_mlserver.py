@@ -1,11 +1,12 @@
 """Surge against MLServer 1.7 on one cell, the same generator for both, rounds interleaved.
 
-    python -m bench.scenarios.vs_mlserver [--model mlp] [--concurrency 64] [--rounds 3] [REVISION ...]
+    python -m bench.scenarios.vs_mlserver [--model mlp] [--concurrency 64] [--rounds 3] [--batching JSON] [REVISION ...]
 
 Each round starts every Surge revision (``tree`` or a git revision; with ``bench.models.BATCHING``) and every
 MLServer configuration (``bench.peers.mlserver.CONFIGS``: one process or one worker, adaptive batching off or on)
 in turn on the server CPU, and drives each with ``bench.scenarios.loadgen`` (raw grpc.aio ModelInfer, the request
-serialised once) on the generator CPU. Prints, per target, the median infer/s over the rounds and every round's,
+serialised once) on the generator CPU. ``floor`` among the revisions adds the gRPC floor
+(``bench/peers/floor_server.py``: precomputed answers, no model): the most any grpc.aio server can serve there. Prints, per target, the median infer/s over the rounds and every round's,
 then each Surge revision's ratio to the best MLServer configuration: of the medians, and the median of each round's
 ratio to that round's best configuration. The MLServer venv is made on first use.
 """
@@ -43,21 +44,24 @@ def _load(address: str, model: str, concurrency: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("revisions", nargs="*", default=["tree"], help="tree or git revisions")
+    parser.add_argument("revisions", nargs="*", default=["tree"], help="tree, git revisions, or floor (bench/peers/floor_server.py: the gRPC floor)")
     parser.add_argument("--model", default="mlp", choices=sorted(MODELS))
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batching", help="Surge's batching table for every model, as JSON (default: bench.models')")
     args = parser.parse_args()
     onnx = write_onnx_files(targets.CACHE / "onnx")
-    repo = write_repository(targets.CACHE / "repo-vs-mlserver", onnx, BATCHING, BATCHING_PER_MODEL)
-    sources = {rev: targets.surge_source(None if rev == "tree" else rev)[1] for rev in args.revisions}
+    batching, per_model = (json.loads(args.batching), None) if args.batching else (BATCHING, BATCHING_PER_MODEL)
+    repo = write_repository(targets.CACHE / "repo-vs-mlserver", onnx, batching, per_model)
+    sources = {rev: targets.surge_source(None if rev == "tree" else rev)[1] for rev in args.revisions if rev != "floor"}
     mls.ensure_venv()
     print(mls.version())
     results: dict[str, list[float]] = {}
     for _ in range(args.rounds):
         for i, rev in enumerate(args.revisions):
-            with targets.surge(repo, sources[rev], f"vs{i}", models=(args.model,)) as address:
-                results.setdefault(f"surge {rev}", []).append(_load(address, args.model, args.concurrency))
+            server = targets.floor() if rev == "floor" else targets.surge(repo, sources[rev], f"vs{i}", models=(args.model,))
+            with server as address:
+                results.setdefault(f"surge {rev}" if rev != "floor" else "floor", []).append(_load(address, args.model, args.concurrency))
         for config in mls.CONFIGS:
             with targets.mlserver(config, {args.model: onnx[args.model]}) as address:
                 results.setdefault(config.label, []).append(_load(address, args.model, args.concurrency))
@@ -67,9 +71,10 @@ def main() -> None:
     best = max((label for label in medians if label.startswith("mlserver")), key=medians.__getitem__)
     mlserver = [values for label, values in results.items() if label.startswith("mlserver")]
     for rev in args.revisions:
+        label = "floor" if rev == "floor" else f"surge {rev}"
         # per round against that round's best MLServer configuration: less moved by a busy box than the medians
-        per_round = [v / max(m[i] for m in mlserver) for i, v in enumerate(results[f"surge {rev}"])]
-        print(f"surge {rev} / {best} (medians): {medians[f'surge {rev}'] / medians[best]:.2f}x; per round against that round's best MLServer: "
+        per_round = [v / max(m[i] for m in mlserver) for i, v in enumerate(results[label])]
+        print(f"{label} / {best} (medians): {medians[label] / medians[best]:.2f}x; per round against that round's best MLServer: "
               f"median {statistics.median(per_round):.2f}x, rounds {[round(r, 2) for r in per_round]}")
 
 
