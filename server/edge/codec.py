@@ -108,8 +108,8 @@ class _Template:
     """What decoding a request with a given head (``wire.WireRequest.head``: its parameters, inputs and outputs as
     sent) produced, for the limits it was checked against: per input its name, dtype, shape and byte count (-1:
     BYTES, decoded each time), and the rest of the DecodedRequest. A request whose head is a template's key is
-    decoded by ``np.frombuffer`` over its raw tensors and nothing else; any mismatch takes the full decode, which
-    names the problem."""
+    decoded as array views over its raw tensors and nothing else; any mismatch takes the full decode, which names
+    the problem."""
 
     __slots__ = ("classes", "inputs", "limits", "output_names", "priority", "rows", "timeout_s")
 
@@ -236,9 +236,11 @@ def decode_request(
             if decoded is not None:
                 return decoded
         decoded = _decode(request, spec, limits, regions)
+        # a template only where the head decides everything: every input raw (an input in shared memory has no raw
+        # entry, one in typed contents has its data in the head) and no output written into shared memory
         if (
             request.head is not None and len(request.head) <= MAX_HEAD_BYTES and len(request.raw_input_contents) == len(decoded.inputs)
-            and decoded.targets is None and (regions is None or not regions.used)
+            and decoded.targets is None
         ):  # fmt: skip
             if len(spec.templates) >= _MAX_TEMPLATES:
                 spec.templates.clear()

@@ -330,11 +330,6 @@ class RequestRegions:
         region, offset, size = self._locate(params, f"output '{name}'")
         return Target(region, offset, size)
 
-    @property
-    def used(self) -> bool:
-        """Whether the request has touched a region so far."""
-        return bool(self._held)
-
     def release(self) -> None:
         if not self._held:  # the common case: no region was touched
             return

@@ -64,22 +64,21 @@ class WireRequest:
     top-level fields as sent (None: not scanned that way, never a template's key). Every other attribute is the
     message's, parsed by protobuf from those fields at most once."""
 
-    __slots__ = ("_message", "_others", "head", "id", "model_name", "model_version", "raw_input_contents")
+    __slots__ = ("_message", "head", "id", "model_name", "model_version", "raw_input_contents")
 
     def __init__(self, model_name: str, model_version: str, id: str, raw: list[memoryview], head: bytes | None,
-                 others: bytes, message: pb.ModelInferRequest | None) -> None:  # fmt: skip
+                 message: pb.ModelInferRequest | None) -> None:  # fmt: skip
         self.model_name = model_name
         self.model_version = model_version
         self.id = id
         self.raw_input_contents = raw
         self.head = head
-        self._others = others  # the fields other than the tensors, as protobuf parses them
-        self._message = message
+        self._message = message  # None only with a head, which protobuf parsed before (``_known_heads``)
 
     def __getattr__(self, name: str) -> Any:
         message = self._message
         if message is None:
-            message = self._message = pb.ModelInferRequest.FromString(self._others)
+            message = self._message = pb.ModelInferRequest.FromString(self.head or b"")
             message.model_name, message.model_version, message.id = self.model_name, self.model_version, self.id
         return getattr(message, name)
 
@@ -149,7 +148,7 @@ def _scan(data: bytes) -> WireRequest | None:
             if len(_known_heads) >= _MAX_KNOWN_HEADS:
                 _known_heads.clear()
             _known_heads[key] = None
-    return WireRequest(strings[0], strings[1], strings[2], raw, key, key, message)
+    return WireRequest(strings[0], strings[1], strings[2], raw, key, message)
 
 
 def _scan_any(data: bytes) -> WireRequest | pb.ModelInferRequest:
@@ -186,7 +185,7 @@ def _scan_any(data: bytes) -> WireRequest | pb.ModelInferRequest:
             raise ValueError("a field runs past the end of the message")
         others.append(view[start:pos])
     message = pb.ModelInferRequest.FromString(b"".join(others))
-    return WireRequest(message.model_name, message.model_version, message.id, raw, None, b"", message)
+    return WireRequest(message.model_name, message.model_version, message.id, raw, None, message)
 
 
 def serialize(message: Any) -> bytes:
