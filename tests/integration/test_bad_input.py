@@ -307,3 +307,36 @@ def test_requests_during_reloads_get_ok_or_unavailable(tmp_path, start_server):
             w.result()
     assert set(outcomes) <= {"OK", "UNAVAILABLE"}, outcomes
     assert outcomes.get("OK", 0) > 0, outcomes
+
+
+def test_requests_each_with_a_head_of_their_own_are_answered_and_what_is_remembered_stays_bounded(server, stub):
+    """The edge remembers request heads protobuf parsed (``wire._known_heads``) and each version remembers decoded
+    heads (``codec`` templates); a client making every request different (a parameter that changes each time) is
+    answered correctly throughout and grows neither beyond its bound. A known head with wrong tensor bytes is refused
+    as the full decode refuses it."""
+    from surge.server.edge import codec, wire
+
+    count = wire._MAX_KNOWN_HEADS + 100
+    x = np.arange(16, dtype=np.float32).reshape(1, 16)
+
+    def requests():
+        for i in range(count):
+            request = _request("mlp", _x(data=x.tobytes()), id=str(i))
+            request.parameters["client_tag"].string_param = f"tag-{i}"
+            yield request
+
+    answers = list(stub.ModelStreamInfer(requests(), timeout=120))
+    assert len(answers) == count and not [a.error_message for a in answers if a.error_message]
+    outputs = {a.infer_response.raw_output_contents[0] for a in answers}
+    assert len(outputs) == 1  # every request decoded to the same tensor, whichever way it was decoded
+    assert 0 < len(wire._known_heads) <= wire._MAX_KNOWN_HEADS
+    spec = server.server.repository.get("mlp", "").codec_spec
+    assert spec is not None and 0 < len(spec.templates) <= codec._MAX_TEMPLATES
+
+    known = _request("mlp", _x(data=x.tobytes()))
+    stub.ModelInfer(known, timeout=10)  # its head is remembered now
+    short = _request("mlp", _x(data=x.tobytes()[:-4]))
+    with pytest.raises(grpc.RpcError) as error:
+        stub.ModelInfer(short, timeout=10)
+    assert error.value.code() == INVALID and "has 60 bytes of raw data but shape [1, 16] of FP32 needs 64 bytes" in error.value.details()
+    assert stub.ModelInfer(known, timeout=10).raw_output_contents[0] in outputs

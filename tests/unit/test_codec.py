@@ -14,7 +14,7 @@ from surge.protos import grpc_service_pb2 as pb
 from surge.protos.datatypes import CONTENTS_FIELD, deserialize_bytes_tensor, numpy_dtype, serialize_bytes_tensor
 from surge.server.edge.codec import DecodedRequest, Limits, decode_request, encode_response, model_spec, parameter_value
 from surge.server.config import ModelConfig, TensorConfig, parse_model_config
-from surge.server.errors import InvalidInput
+from surge.server.errors import InvalidInput, LimitExceeded
 
 _U32 = struct.Struct("<I")
 
@@ -711,7 +711,7 @@ def test_a_template_is_per_version_and_per_limits() -> None:
     loose, strict = Limits(), Limits(max_batch_rows=2)
     spec = _spec([("x", "FP32", (2,))])
     decode_request(_wire(request), spec, loose)
-    with pytest.raises(Exception, match="max_batch_rows"):
+    with pytest.raises(LimitExceeded, match="max_batch_rows"):
         decode_request(_wire(request), spec, strict)  # remembered under other limits: decoded (and refused) in full
     other = _spec([("x", "FP32", (3,))])
     with pytest.raises(InvalidInput, match="expects"):
